@@ -1,0 +1,120 @@
+"""CLI: `api-router [PROFILE] [PORT]` / `python -m service [PROFILE] [PORT]`.
+
+Parse arguments over environment variables, validate the profile once (exit status 2 with one
+line naming the problem, never a fallback), prepare the multiprocess metrics directory, then
+serve with one Sanic worker per CPU (or `--workers N`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+from .config import ConfigError, find_profile, load_file
+from .settings import Settings, SettingsError, parse_port
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"api-router: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="api-router",
+        description="A small, fast, observable gateway in front of one LLM provider.",
+    )
+    p.add_argument("profile", nargs="?", help="profile name or NAME.json (default: qwen)")
+    p.add_argument("port", nargs="?", help="listening port (default: the profile's, 8000)")
+    p.add_argument("--host", help="listening address (default 0.0.0.0)")
+    p.add_argument("--workers", help="worker processes (default: number of CPUs)")
+    p.add_argument("--config", help="path of a profile JSON file (overrides PROFILE lookup)")
+    return p
+
+
+def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
+    args = build_parser().parse_args(argv)
+    if args.port is None and args.profile is not None and args.profile.isdigit():
+        # `api-router 9000` / `api-router --config f.json 9000`: a lone number is the port.
+        args.port, args.profile = args.profile, None
+    name = args.profile or env.get("API_ROUTER_PROFILE") or "qwen"
+    config_path = args.config or env.get("API_ROUTER_CONFIG_PATH") or None
+    path = find_profile(name, config_path)
+    loaded = load_file(path)  # validated here so a bad file fails before any worker starts
+    if args.port is not None:
+        port = parse_port(args.port, "argument PORT")
+    elif env.get("API_ROUTER_PORT"):
+        port = parse_port(env["API_ROUTER_PORT"], "API_ROUTER_PORT")
+    else:
+        port = loaded.profile.port
+    raw_workers = args.workers or env.get("API_ROUTER_WORKERS")
+    if raw_workers:
+        try:
+            workers = int(raw_workers)
+        except ValueError:
+            raise SettingsError(f"invalid worker count {raw_workers!r}: not an integer") from None
+        if not 1 <= workers <= 256:
+            raise SettingsError(f"invalid worker count {workers}: must be 1..256")
+    else:
+        workers = max(1, os.cpu_count() or 1)
+    host = args.host or env.get("API_ROUTER_HOST") or "0.0.0.0"
+    return Settings.from_env(
+        env, profile_path=path.resolve(), host=host, port=port, workers=workers
+    )
+
+
+def prepare_multiproc_dir(env: dict[str, str]) -> str:
+    """A fresh directory for prometheus-client's multiprocess files (stale files would add a
+    previous run's counts)."""
+    path = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        for f in p.glob("*.db"):
+            f.unlink()
+    else:
+        path = tempfile.mkdtemp(prefix="api-router-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    env = dict(os.environ)
+    try:
+        settings = resolve_settings(argv, env)
+    except (ConfigError, SettingsError) as e:
+        print(f"api-router: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    created = "PROMETHEUS_MULTIPROC_DIR" not in env
+    mp_dir = prepare_multiproc_dir(env)  # before prometheus_client is imported anywhere
+    settings = Settings(**{**settings.__dict__, "multiproc_dir": mp_dir})
+
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from .app import create_app
+
+    loader = AppLoader(factory=partial(create_app, settings))
+    app = loader.load()
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        access_log=False,
+        motd=False,
+        single_process=False,
+    )
+    try:
+        Sanic.serve(primary=app, app_loader=loader)
+    finally:
+        if created:
+            shutil.rmtree(mp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`create_app(settings)`: the Sanic application, assembled in one place.
+
+Blueprints for the routes, one error handler, the lifecycle signal listeners, and per-worker
+resources (the upstream client, the limiter handle, metrics, the config watcher) created in
+`before_server_start` and released in `after_server_stop`. Nothing here does I/O at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic import exceptions as sx
+from sanic.response import HTTPResponse
+
+from .config import ConfigHolder, load_file
+from .errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RouterError,
+    error_body,
+)
+from .errors import BadRequest as RouterBadRequest
+from .errors import ServiceUnavailable as RouterUnavailable
+from .observability import lifecycle
+from .observability.logging import configure_logging, redact
+from .observability.metrics import Metrics, worker_exited
+from .proxy.relay import is_anthropic_route
+from .proxy.upstream import create_client
+from .ratelimit import Limit, create_limiter
+from .routes import ops_bp, proxy_bp
+from .settings import Settings
+
+APP_NAME = "api_router"
+
+
+def to_router_error(exc: BaseException) -> RouterError:
+    """Every exception becomes one of ours; unknown ones become a bare 500 (no text leaks)."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, sx.NotFound):
+        return NotFound()
+    if isinstance(exc, sx.MethodNotAllowed):
+        allowed = sorted(getattr(exc, "allowed_methods", None) or [])
+        return MethodNotAllowed(headers={"Allow": ", ".join(allowed)} if allowed else None)
+    if isinstance(exc, sx.PayloadTooLarge):
+        return PayloadTooLarge()
+    if isinstance(exc, sx.RequestTimeout):
+        err = RouterError("Request timed out")
+        err.status, err.type, err.code = 408, "invalid_request_error", "request_timeout"
+        return err
+    if isinstance(exc, sx.BadRequest | sx.HeaderNotFound | sx.InvalidHeader):
+        return RouterBadRequest("Malformed request")
+    if isinstance(exc, sx.ServiceUnavailable):
+        return RouterUnavailable()
+    return RouterError()
+
+
+def error_response(request: Request, exc: BaseException) -> HTTPResponse:
+    err = to_router_error(exc)
+    state = getattr(request.ctx, "state", None)
+    if state is not None and err.error_type is not None:
+        state.error_type = err.error_type
+    if err.status >= 500 and err.error_type is None:
+        lifecycle.access_log.error(
+            "router_error", exc_type=exc.__class__.__name__, route=request.path[:64]
+        )
+    anthropic = is_anthropic_route(request.path)
+    headers = dict(err.headers)
+    rid = getattr(request.ctx, "request_id", None)
+    if rid:
+        headers["X-Request-ID"] = rid
+    return HTTPResponse(
+        error_body(err, anthropic),
+        status=err.status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def create_app(settings: Settings) -> Sanic:
+    configure_logging(settings.log_format, settings.log_level)
+    redact(settings.default_api_key)
+    app = Sanic(APP_NAME, configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    # Upstream timeouts (per profile) bound a request; Sanic's own 60 s would cut long generations.
+    app.config.RESPONSE_TIMEOUT = 24 * 3600
+    app.config.REQUEST_TIMEOUT = 60
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.drain_secs
+    app.config.ACCESS_LOG = False  # our own completion line replaces Sanic's access log
+    app.config.MOTD = False
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+
+    app.ctx.settings = settings
+    app.ctx.config = ConfigHolder(load_file(settings.profile_path))
+    app.ctx.draining = False
+    app.ctx.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
+    app.ctx.limit_cache = (None, {})
+    app.ctx.limiter = create_limiter(settings.rate_limit_backend)
+    app.ctx.metrics = None
+    known_cache: list[Any] = [None, frozenset()]
+
+    def known_models() -> frozenset[str]:
+        cfg = app.ctx.config.current
+        if known_cache[0] is not cfg:
+            known_cache[0] = cfg
+            known_cache[1] = frozenset(cfg.profile.advertised_models())
+        return known_cache[1]  # type: ignore[no-any-return]
+
+    app.ctx.known_models = known_models
+
+    def refresh_gauges() -> None:
+        if app.ctx.metrics is not None:
+            app.ctx.metrics.rate_limiter_buckets.set(
+                sum(app.ctx.limiter.active_buckets().values())
+            )
+
+    app.ctx.refresh_gauges = refresh_gauges
+
+    app.blueprint(ops_bp)
+    app.blueprint(proxy_bp)
+    app.error_handler.add(Exception, error_response)
+    if settings.metrics_enabled or settings.access_log_enabled:
+        lifecycle.install(app)
+    else:
+        # Without observability the request id is still chosen and returned.
+        @app.on_request
+        async def _rid(request: Request) -> None:
+            lifecycle.start(request)
+
+        @app.on_response
+        async def _rid_out(request: Request, response: HTTPResponse) -> None:
+            response.headers.setdefault("X-Request-ID", request.ctx.request_id)
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        app.ctx.http = create_client()
+        if settings.metrics_enabled:
+            app.ctx.metrics = Metrics()
+            app.ctx.config.on_result = app.ctx.metrics.on_reload
+        app.ctx.watch_task = asyncio.get_running_loop().create_task(app.ctx.config.watch())
+
+    @app.before_server_stop
+    async def _drain(app: Sanic) -> None:
+        app.ctx.draining = True
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        app.ctx.watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.ctx.watch_task
+        await app.ctx.http.aclose()
+        await app.ctx.limiter.close()
+        worker_exited(os.getpid())
+
+    return app

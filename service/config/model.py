@@ -1,0 +1,200 @@
+"""The profile model: typed, frozen, strictly validated transformer JSON.
+
+A profile is the operator's description of one upstream provider. Keys are camelCase, as in the
+original transformer files; unknown keys, wrong types and impossible values are rejected (pydantic
+reports the JSON path, which the loader turns into one readable line).
+
+`Profile.resolve()` precomputes, once per load, everything a request needs for each route
+(`ResolvedEndpoint`), so the hot path never merges settings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+# The router's proxied routes (SPEC §4). Endpoint override keys must be one of these.
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+MESSAGES = "/v1/messages"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
+
+PROXY_ROUTES: tuple[str, ...] = (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MESSAGES,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+)
+STREAMING_ROUTES = frozenset({CHAT, COMPLETIONS, MESSAGES})
+MULTIPART_ROUTES = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
+
+RouteKey = Literal[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+]
+
+HeaderMap = dict[Annotated[str, Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+class RateLimit(_Strict):
+    """Token bucket: `requestsPerMinute` 0 means unlimited; burst defaults to requestsPerMinute."""
+
+    requests_per_minute: Annotated[float, Field(ge=0)] = 0
+    burst: Annotated[int, Field(ge=1)] | None = None
+
+
+class StreamConfig(_Strict):
+    """SSE relay settings; on an endpoint, the fields given override the profile's one by one."""
+
+    buffer_size: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] | None = None
+    heartbeat_interval_secs: Annotated[float, Field(gt=0, le=3600)] | None = None
+
+
+class Auth(_Strict):
+    """How the credential travels upstream: `header: scheme credential` (scheme may be empty)."""
+
+    header: Annotated[str, Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")] = (
+        "Authorization"
+    )
+    scheme: str = "Bearer"
+
+
+class Timeouts(_Strict):
+    connect_secs: Annotated[float, Field(gt=0, le=600)] = 10
+    read_secs: Annotated[float, Field(gt=0, le=3600)] = 300
+
+
+class Endpoint(_Strict):
+    upstream_path: str | None = None
+    method: Literal["POST", "PUT", "PATCH"] | None = None
+    headers: HeaderMap = Field(default_factory=dict)
+    stream_support: bool | None = None
+    requires_multipart: bool | None = None
+    rate_limit: RateLimit | None = None
+    stream_config: StreamConfig | None = None
+
+    @field_validator("upstream_path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or "#" in v or any(c.isspace() for c in v)):
+            raise ValueError("must be an absolute path starting with '/' (no fragment, no spaces)")
+        return v
+
+
+DEFAULT_BUFFER_SIZE = 8192
+DEFAULT_HEARTBEAT_SECS = 30.0
+
+
+class ResolvedEndpoint(BaseModel):
+    """Everything a request on one route needs, merged once per profile load."""
+
+    model_config = ConfigDict(frozen=True)
+
+    route: str
+    url: str  # baseUrl + upstream path, with the path's own query if any
+    method: str
+    headers: tuple[tuple[str, str], ...]  # profile headers, then endpoint headers (which win)
+    stream_support: bool
+    requires_multipart: bool
+    rate_limit: RateLimit | None
+    buffer_size: int
+    heartbeat_interval_secs: float
+
+
+class Profile(_Strict):
+    schema_: str | None = Field(default=None, alias="$schema")
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    base_url: str
+    headers: HeaderMap = Field(default_factory=dict)
+    model_mapping: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = (
+        Field(default_factory=dict)
+    )
+    models: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    endpoints: dict[RouteKey, Endpoint] = Field(default_factory=dict)
+    rate_limit: RateLimit | None = None
+    stream_config: StreamConfig | None = None
+    auth: Auth = Field(default_factory=Auth)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            # Credentials belong in DEFAULT_API_KEY / the client's key, never in a config file
+            # that /health echoes.
+            raise ValueError("must not carry user:password; use DEFAULT_API_KEY instead")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment (use endpoints.*.upstreamPath)")
+        return v.rstrip("/")
+
+    def resolve(self) -> dict[str, ResolvedEndpoint]:
+        """Merge global and per-endpoint settings for every proxied route."""
+        out: dict[str, ResolvedEndpoint] = {}
+        global_stream = self.stream_config or StreamConfig()
+        for route in PROXY_ROUTES:
+            ep = self.endpoints.get(route) or Endpoint()  # type: ignore[call-overload]
+            local_stream = ep.stream_config or StreamConfig()
+            headers = dict(self.headers)
+            lowered = {k.lower(): k for k in headers}
+            for k, v in ep.headers.items():
+                old = lowered.get(k.lower())
+                if old is not None:
+                    del headers[old]
+                headers[k] = v
+                lowered[k.lower()] = k
+            out[route] = ResolvedEndpoint(
+                route=route,
+                url=self.base_url + (ep.upstream_path or route),
+                method=ep.method or "POST",
+                headers=tuple(headers.items()),
+                stream_support=(
+                    ep.stream_support
+                    if ep.stream_support is not None
+                    else route in STREAMING_ROUTES
+                ),
+                requires_multipart=(
+                    ep.requires_multipart
+                    if ep.requires_multipart is not None
+                    else route in MULTIPART_ROUTES
+                ),
+                rate_limit=ep.rate_limit or self.rate_limit,
+                buffer_size=local_stream.buffer_size
+                or global_stream.buffer_size
+                or DEFAULT_BUFFER_SIZE,
+                heartbeat_interval_secs=local_stream.heartbeat_interval_secs
+                or global_stream.heartbeat_interval_secs
+                or DEFAULT_HEARTBEAT_SECS,
+            )
+        return out
+
+    def advertised_models(self) -> list[str]:
+        """`models`, then mapping keys and values, each once, in that order."""
+        seen: dict[str, None] = {}
+        for m in (*self.models, *self.model_mapping.keys(), *self.model_mapping.values()):
+            seen.setdefault(m, None)
+        return list(seen)

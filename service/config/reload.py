@@ -1,0 +1,90 @@
+"""Hot reload of the active profile file, per worker.
+
+`ConfigHolder.current` is read once at the start of each request, so a request keeps the config it
+started with. `check()` is called at most once a second by a background task: it stats the file,
+and only when the modification time or size changed does it validate the new text and swap the
+whole `LoadedConfig` in one assignment (atomic for readers). A broken edit keeps the last good
+config, is logged, counted, and shown in `/health`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+import structlog
+
+from .loader import ConfigError, LoadedConfig, load_file
+
+log = structlog.get_logger("api_router.config")
+
+CHECK_INTERVAL_SECS = 1.0
+
+
+class ConfigHolder:
+    def __init__(
+        self,
+        initial: LoadedConfig,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
+        self.current = initial
+        self.reloads = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_check_at: float | None = None
+        self.on_result = on_result
+        self._bad_stamp: tuple[int, int] | None = None
+
+    def check(self) -> bool:
+        """Reload if the file changed; returns True when a new config was swapped in."""
+        self.last_check_at = time.time()
+        path = self.current.path
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = (-1, -1)
+        if stamp == (self.current.mtime_ns, self.current.size) or stamp == self._bad_stamp:
+            return False
+        try:
+            new = load_file(path, now=time.time())
+        except ConfigError as e:
+            # Remember the broken version so it is reported once, not every second.
+            self._bad_stamp = stamp
+            self.failures += 1
+            self.last_error = str(e)
+            self.last_error_at = time.time()
+            log.error("config_reload_failed", path=str(path), error=str(e))
+            if self.on_result:
+                self.on_result("failure")
+            return False
+        self._bad_stamp = None
+        self.current = new
+        self.reloads += 1
+        self.last_error = None
+        log.info("config_reloaded", path=str(path), profile=new.profile.name)
+        if self.on_result:
+            self.on_result("success")
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_SECS)
+            # A stat() per second; parsing happens only when the file really changed.
+            self.check()
+
+    def state(self) -> dict[str, object]:
+        return {
+            "path": str(self.current.path),
+            "profile": self.current.profile.name,
+            "loadedAt": self.current.loaded_at,
+            "lastCheckAt": self.last_check_at,
+            "reloads": self.reloads,
+            "reloadFailures": self.failures,
+            "lastError": self.last_error,
+            "lastErrorAt": self.last_error_at,
+            "status": "error" if self.last_error else "ok",
+        }

@@ -1,0 +1,180 @@
+"""The router's error hierarchy and how each error maps to status, `error_type` and JSON.
+
+    RouterError                      (status, client-facing type/code; never carries secrets)
+    ├── ClientError                  the request itself is wrong; nothing reached the upstream
+    │   ├── BadRequest               400 invalid_request_error
+    │   ├── Unauthorized             401 authentication_error
+    │   ├── PayloadTooLarge          413 request_too_large
+    │   └── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*)
+    ├── ServiceUnavailable           503 (draining, limiter backend down with fail-closed)
+    └── UpstreamError                the upstream could not be used; counted in
+        │                            upstream_errors_total{error_type} and logged with it
+        ├── UpstreamConnectError     502 connect_error   refused / DNS, before any byte was sent
+        ├── UpstreamIOError          502 io_error        reset / closed before a response
+        ├── UpstreamTLSError         502 tls_error
+        ├── UpstreamTimeout          504 timeout         connect or read timeout
+        ├── UpstreamProtocolError    502 protocol_error  the answer was not HTTP
+        ├── UpstreamJSONError        502 json_error      invalid JSON where JSON was promised
+        └── StreamError              (already 200)       stream broke after it began
+
+`upstream_error` (the upstream answered 429 or 5xx) is not an exception: the answer is passed
+through and only counted. Messages are fixed strings written here, never an upstream exception's
+text, so no response can leak a URL with a key, a header or a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+
+class RouterError(Exception):
+    status = 500
+    type = "api_error"  # OpenAI-shape `type`
+    anthropic_type = "api_error"
+    code: str | None = None
+    error_type: str | None = None  # the upstream_errors_total label, when it is one
+    message = "Internal error"
+
+    def __init__(self, message: str | None = None, headers: Mapping[str, str] | None = None):
+        super().__init__(message or self.message)
+        if message:
+            self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class ClientError(RouterError):
+    pass
+
+
+class BadRequest(ClientError):
+    status = 400
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "invalid_request"
+    message = "Invalid request"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    type = "authentication_error"
+    anthropic_type = "authentication_error"
+    code = "invalid_api_key"
+    message = "Invalid or missing API key"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    type = "invalid_request_error"
+    anthropic_type = "request_too_large"
+    code = "request_too_large"
+    message = "Request body is larger than the router accepts"
+
+
+class RateLimited(ClientError):
+    status = 429
+    type = "rate_limit_error"
+    anthropic_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    message = "Rate limit exceeded"
+
+
+class NotFound(ClientError):
+    status = 404
+    type = "invalid_request_error"
+    anthropic_type = "not_found_error"
+    code = "not_found"
+    message = "Unknown route"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+    code = "method_not_allowed"
+    message = "Method not allowed on this route"
+
+
+class ServiceUnavailable(RouterError):
+    status = 503
+    type = "api_error"
+    anthropic_type = "overloaded_error"
+    code = "service_unavailable"
+    message = "Service unavailable"
+
+
+class UpstreamError(RouterError):
+    status = 502
+    type = "api_error"
+    anthropic_type = "api_error"
+    error_type = "io_error"
+    code = "upstream_error"
+    message = "Upstream request failed"
+
+
+class UpstreamConnectError(UpstreamError):
+    error_type = "connect_error"
+    code = "upstream_connect_error"
+    message = "Could not connect to the upstream"
+
+
+class UpstreamIOError(UpstreamError):
+    error_type = "io_error"
+    code = "upstream_io_error"
+    message = "The upstream connection failed before a response"
+
+
+class UpstreamTLSError(UpstreamError):
+    error_type = "tls_error"
+    code = "upstream_tls_error"
+    message = "TLS handshake with the upstream failed"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    anthropic_type = "timeout_error"
+    error_type = "timeout"
+    code = "upstream_timeout"
+    message = "The upstream did not answer in time"
+
+
+class UpstreamProtocolError(UpstreamError):
+    error_type = "protocol_error"
+    code = "upstream_protocol_error"
+    message = "The upstream sent an invalid HTTP response"
+
+
+class UpstreamJSONError(UpstreamError):
+    error_type = "json_error"
+    code = "upstream_json_error"
+    message = "The upstream sent invalid JSON"
+
+
+class StreamError(UpstreamError):
+    error_type = "stream_error"
+    code = "stream_error"
+    message = "The upstream stream broke"
+
+
+# Every value upstream_errors_total{error_type} can take: a closed set.
+ERROR_TYPES: tuple[str, ...] = (
+    "connect_error",
+    "io_error",
+    "tls_error",
+    "timeout",
+    "protocol_error",
+    "json_error",
+    "upstream_error",
+    "stream_error",
+)
+
+
+def error_body(err: RouterError, anthropic: bool) -> bytes:
+    """The JSON error in the client's shape: OpenAI, or Anthropic on /v1/messages."""
+    if anthropic:
+        return orjson.dumps(
+            {"type": "error", "error": {"type": err.anthropic_type, "message": err.message}}
+        )
+    return orjson.dumps({"error": {"message": err.message, "type": err.type, "code": err.code}})

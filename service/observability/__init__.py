@@ -1,0 +1,1 @@
+"""Metrics (all metric objects), logging (structlog) and the request lifecycle listeners."""

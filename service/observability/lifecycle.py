@@ -1,0 +1,135 @@
+"""Request and connection lifecycle, recorded by Sanic signal listeners (`http.lifecycle.*`).
+
+- `http.lifecycle.begin` / `complete`: a client TCP connection opened / closed.
+- `http.lifecycle.request`: a request head arrived: start the clock, choose the request id,
+  clear and bind the logging context.
+- `http.lifecycle.response`: the response is about to be sent (for a stream: the handler has
+  written its last byte): count it, time it, log one completion line.
+
+A client that leaves mid-stream never reaches `http.lifecycle.response`; the relay calls
+`finish(request, 499)` itself. `finish` runs at most once per request.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from sanic import Request, Sanic
+
+from ..config.model import PROXY_ROUTES
+from ..proxy.headers import sane_request_id
+from ..proxy.relay import RequestState
+from .logging import set_request_secret
+from .metrics import method_label
+
+access_log = structlog.get_logger("api_router.access")
+
+KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
+
+
+def route_label(request: Request) -> str:
+    route = request.route
+    if route is not None:
+        return "/" + route.path if not route.path.startswith("/") else route.path
+    # A wrong method on a known path: still a route of the table.
+    return request.path if request.path in KNOWN_PATHS else "unmatched"
+
+
+def model_label(model: str | None, known: frozenset[str]) -> str:
+    if model is None:
+        return "none"
+    return model if model in known else "other"
+
+
+def start(request: Request) -> None:
+    ctx = request.ctx
+    ctx.started = time.perf_counter()
+    ctx.finished = False
+    rid = request.headers.get("x-request-id")
+    ctx.request_id = rid if sane_request_id(rid) else uuid.uuid4().hex
+    ctx.state = RequestState()
+    structlog.contextvars.clear_contextvars()
+    set_request_secret(None)
+    structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+
+
+def finish(request: Request, status: int, response: Any = None) -> None:
+    ctx = request.ctx
+    if getattr(ctx, "finished", True):
+        return
+    ctx.finished = True
+    app = request.app
+    elapsed = time.perf_counter() - ctx.started
+    route = route_label(request)
+    state: RequestState = ctx.state
+    if response is not None and "x-request-id" not in response.headers:
+        response.headers["X-Request-ID"] = ctx.request_id
+    metrics = getattr(app.ctx, "metrics", None)
+    if metrics is not None:
+        metrics.in_flight_requests.dec()
+        metrics.requests_total.labels(route, method_label(request.method), str(status)).inc()
+        metrics.request_latency_seconds.labels(route).observe(elapsed)
+        if state.error_type is not None:
+            metrics.upstream_errors_total.labels(state.error_type).inc()
+        if state.upstream_latency is not None:
+            metrics.upstream_latency_seconds.labels(route).observe(state.upstream_latency)
+            metrics.router_overhead_seconds.labels(route).observe(
+                max(0.0, elapsed - state.upstream_latency)
+            )
+        if state.usage:
+            model = model_label(state.upstream_model or state.model, app.ctx.known_models())
+            for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
+                              ("prompt", "input_tokens"), ("completion", "output_tokens")):
+                n = state.usage.get(key)
+                if isinstance(n, int) and n > 0:
+                    metrics.tokens_total.labels(kind, model).inc(n)
+    if app.ctx.settings.access_log_enabled:
+        fields: dict[str, Any] = {
+            "client_ip": request.remote_addr or request.ip,
+            "method": request.method,
+            "route": route,
+            "status_code": status,
+            "latency_ms": round(elapsed * 1000, 3),
+            "provider": app.ctx.config.current.profile.name,
+            "upstream_latency_ms": (
+                round(state.upstream_latency * 1000, 3)
+                if state.upstream_latency is not None
+                else None
+            ),
+            "model": state.model,
+            "stream": state.stream,
+            "key_id": state.key_id,
+        }
+        if state.error_type is not None:
+            fields["error_type"] = state.error_type
+            access_log.warning("request_completed", **fields)
+        else:
+            access_log.info("request_completed", **fields)
+
+
+def install(app: Sanic) -> None:
+    @app.signal("http.lifecycle.begin")
+    async def _conn_open(conn_info: Any) -> None:
+        m = getattr(app.ctx, "metrics", None)
+        if m is not None:
+            m.active_connections.inc()
+
+    @app.signal("http.lifecycle.complete")
+    async def _conn_close(conn_info: Any) -> None:
+        m = getattr(app.ctx, "metrics", None)
+        if m is not None:
+            m.active_connections.dec()
+
+    @app.signal("http.lifecycle.request")
+    async def _request(request: Request) -> None:
+        start(request)
+        m = getattr(app.ctx, "metrics", None)
+        if m is not None:
+            m.in_flight_requests.inc()
+
+    @app.signal("http.lifecycle.response")
+    async def _response(request: Request, response: Any) -> None:
+        finish(request, response.status, response)

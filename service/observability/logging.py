@@ -1,0 +1,105 @@
+"""structlog configuration: one processor chain, configured in one function.
+
+`LOG_FORMAT=json` gives one JSON object per line (the container default); anything else gives
+readable console lines. Sanic's and httpx's standard-library log records go through the same
+formatter, so every line of the process has one shape. Request context (request_id, route) is
+bound through contextvars and cleared at the start of every request.
+
+A last processor drops any value that looks like a credential the router knows of: secrets are
+registered with `redact()` (DEFAULT_API_KEY at start, a client's key while its request runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+import structlog
+
+_secrets: set[str] = set()
+_request_secret: ContextVar[str | None] = ContextVar("request_secret", default=None)
+REDACTED = "[redacted]"
+
+
+def redact(secret: str | None) -> None:
+    if secret and len(secret) >= 4:
+        _secrets.add(secret)
+
+
+def set_request_secret(secret: str | None) -> None:
+    _request_secret.set(secret if secret and len(secret) >= 4 else None)
+
+
+def _scrub_value(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for s in secrets:
+            if s in value:
+                value = value.replace(s, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v, secrets) for v in value]
+    return value
+
+
+def scrub_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    secrets = list(_secrets)
+    extra = _request_secret.get()
+    if extra:
+        secrets.append(extra)
+    if not secrets:
+        return event_dict
+    return {k: _scrub_value(v, secrets) for k, v in event_dict.items()}
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(fmt: str = "console", level: str = "info") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        exc = [structlog.processors.dict_tracebacks]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        exc = []
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            *exc,
+            scrub_secrets,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), *exc, scrub_secrets],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    # httpx logs every request URL at INFO; keep it to warnings unless debugging.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(lvl, logging.WARNING))

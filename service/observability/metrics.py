@@ -1,0 +1,158 @@
+"""Every Prometheus metric of the router, declared in one place (METRICS.md documents them).
+
+The five metrics of the original design keep their exact names, types and labels; the rest are
+for LLM operators. Label values come from closed sets: routes from the route table (or
+`unmatched`), methods from a fixed list (or `OTHER`), `error_type` from `errors.ERROR_TYPES`,
+models from the profile's known models (or `other`).
+
+With several Sanic workers, prometheus-client's multiprocess mode is used
+(`PROMETHEUS_MULTIPROC_DIR`, set by the CLI before any worker starts): counters and histograms
+are summed; `active_connections` and in-flight requests are `livesum` (dead workers drop out);
+`rate_limiter_buckets` reports the shared limiter's count (`max`), `build_info` is `max`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client import multiprocess as mp
+
+from .. import __version__
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "OTHER"
+
+
+class Metrics:
+    """All metric objects of one worker, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # *_created series would double the series count for nothing
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests_total = Counter(
+            "requests_total",
+            "Requests answered, by route pattern, method and the status the client got",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.upstream_errors_total = Counter(
+            "upstream_errors_total",
+            "Upstream failures by kind (connect_error, io_error, tls_error, timeout, "
+            "protocol_error, json_error, upstream_error, stream_error)",
+            ["error_type"],
+            registry=r,
+        )
+        self.request_latency_seconds = Histogram(
+            "request_latency_seconds",
+            "Time from request head to the last byte of the response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.active_connections = Gauge(
+            "active_connections",
+            "Open client TCP connections",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rate_limiter_buckets = Gauge(
+            "rate_limiter_buckets",
+            "Live rate-limit buckets (buckets that refilled completely are forgotten)",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        # Beyond the original design.
+        self.upstream_latency_seconds = Histogram(
+            "upstream_latency_seconds",
+            "Time from sending upstream to the upstream's last byte",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_first_byte_seconds = Histogram(
+            "stream_first_byte_seconds",
+            "Time from the request head to the first upstream event relayed to the client",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.router_overhead_seconds = Histogram(
+            "router_overhead_seconds",
+            "Request latency minus upstream latency: time spent in the router itself",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens_total = Counter(
+            "tokens_total",
+            "Tokens reported in upstream usage, by type (prompt, completion) and model",
+            ["type", "model"],
+            registry=r,
+        )
+        self.in_flight_requests = Gauge(
+            "in_flight_requests",
+            "Requests being handled right now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.config_reloads_total = Counter(
+            "config_reloads_total",
+            "Profile reloads that were applied",
+            registry=r,
+        )
+        self.config_reload_failures_total = Counter(
+            "config_reload_failures_total",
+            "Profile edits rejected by validation (the last good config stays active)",
+            registry=r,
+        )
+        self.rate_limiter_backend_errors_total = Counter(
+            "rate_limiter_backend_errors_total",
+            "Rate-limit decisions the backend could not make (Redis unreachable)",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "build_info",
+            "Build information; the value is always 1",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        import platform
+
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+
+    def on_reload(self, result: str) -> None:
+        if result == "success":
+            self.config_reloads_total.inc()
+        else:
+            self.config_reload_failures_total.inc()
+
+
+def exposition_registry(local: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics serves: the sum over all live workers in multiprocess mode."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return local
+    registry = CollectorRegistry()
+    mp.MultiProcessCollector(registry, path=path)
+    return registry
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a stopped worker's live gauges (counters stay: they must never go backwards)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        mp.mark_process_dead(pid, path)

@@ -1,0 +1,136 @@
+"""Pure header, URL, credential and model-name decisions (no I/O; property-tested).
+
+- Hop-by-hop headers (RFC 9110 §7.6.1: Connection and every header it names, Keep-Alive,
+  Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) never cross the router in either direction.
+- `Host` and `Content-Length` are the router's own framing; credentials are never forwarded in the
+  client's form: the resolved credential is re-sent the way the profile's `auth` says.
+- Order upstream: client end-to-end headers, then profile headers, then endpoint headers (which
+  win), then the credential, then `X-Request-ID`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
+# Framing and routing headers that belong to each hop.
+NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", "content-length", "expect"}
+# Response headers the router sets itself.
+NOT_RETURNED = HOP_BY_HOP | {"content-length", "date", "server", "x-request-id"}
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def connection_tokens(values: Iterable[str]) -> set[str]:
+    """Header names listed in Connection headers (they are hop-by-hop for this hop)."""
+    out: set[str] = set()
+    for v in values:
+        for token in v.split(","):
+            token = token.strip().lower()
+            if token:
+                out.add(token)
+    return out
+
+
+def _drop_set(items: list[tuple[str, str]], base: frozenset[str]) -> frozenset[str] | set[str]:
+    named = connection_tokens(v for k, v in items if k.lower() == "connection")
+    return base | named if named else base
+
+
+def forwardable_request_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers, in order, with duplicates kept."""
+    items = list(items)
+    drop = _drop_set(items, NOT_FORWARDED)
+    return [(k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")]
+
+
+def returnable_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's end-to-end response headers (content-type, rate-limit, request-id …)."""
+    items = list(items)
+    drop = _drop_set(items, NOT_RETURNED)
+    return [(k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")]
+
+
+def client_credential(headers: Mapping[str, str], default_key: str | None) -> str | None:
+    """`Authorization: Bearer K`, else `x-api-key: K`, else DEFAULT_API_KEY, else none."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("x-api-key")
+    if key and key.strip():
+        return key.strip()
+    return default_key or None
+
+
+def credential_header(header: str, scheme: str, credential: str) -> tuple[str, str]:
+    return (header, f"{scheme} {credential}" if scheme else credential)
+
+
+def key_id(credential: str | None) -> str:
+    """A short, non-reversible id for a credential: safe in logs and bucket keys."""
+    if not credential:
+        return "anonymous"
+    return hashlib.sha256(credential.encode()).hexdigest()[:12]
+
+
+def merge_headers(
+    base: list[tuple[str, str]], overrides: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Each override replaces every header of the same name (case-insensitive) in `base`."""
+    overrides = list(overrides)
+    if not overrides:
+        return base
+    names = {k.lower() for k, _ in overrides}
+    return [(k, v) for k, v in base if k.lower() not in names] + overrides
+
+
+def upstream_headers(
+    client_items: Iterable[tuple[str, str]],
+    profile_headers: Iterable[tuple[str, str]],
+    auth_header: str,
+    auth_scheme: str,
+    credential: str | None,
+    request_id: str,
+) -> list[tuple[str, str]]:
+    headers = merge_headers(forwardable_request_headers(client_items), profile_headers)
+    extra: list[tuple[str, str]] = []
+    if credential:
+        extra.append(credential_header(auth_header, auth_scheme, credential))
+    extra.append(("X-Request-ID", request_id))
+    return merge_headers(headers, extra)
+
+
+def build_url(endpoint_url: str, client_query: str) -> str:
+    """Endpoint URL (baseUrl + upstream path, maybe with its own query) + the client's query."""
+    if not client_query:
+        return endpoint_url
+    return f"{endpoint_url}{'&' if '?' in endpoint_url else '?'}{client_query}"
+
+
+def sane_request_id(value: str | None) -> bool:
+    return bool(value) and _REQUEST_ID.match(value) is not None  # type: ignore[arg-type]
+
+
+def map_model(mapping: Mapping[str, str], model: object) -> str | None:
+    """The upstream name when `model` is mapped (exact match), else None (keep the name)."""
+    if isinstance(model, str):
+        return mapping.get(model)
+    return None

@@ -1,0 +1,227 @@
+"""Forwarding one client request upstream and relaying the answer (SPEC §5).
+
+`forward()` is the single entry point used by every proxied route:
+
+1. snapshot the active profile (a request keeps the config it started with);
+2. read the body: JSON (whole, only `model` rewritten) or multipart (client's boundary kept);
+3. rate-limit on (credential hash, route) before anything reaches the upstream;
+4. send through the per-worker pooled client; map failures to the router's errors;
+5. relay: SSE streams through `sse.relay_stream`, everything else as one response whose status,
+   body and end-to-end headers are the upstream's.
+
+What the observability layer needs is left on `request.ctx` (see `RequestState`).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import httpx
+import orjson
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from ..config.model import MESSAGES, ResolvedEndpoint
+from ..errors import BadRequest, RateLimited, UpstreamJSONError
+from ..ratelimit import Limit
+from . import headers as h
+from .upstream import map_exception, request_timeout
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The client's JSON body; 400 unless it is one JSON object."""
+    if not body:
+        raise BadRequest("Request body must be a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        import json  # orjson refuses integers beyond 64 bits, which JSON allows
+
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return data
+
+
+def dump_json(data: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # e.g. an integer beyond 64 bits
+        import json
+
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def accept_encoding(client_value: str | None, streaming: bool) -> str:
+    """What the router asks the upstream for. It relays bodies byte for byte but must be able to
+    read them (errors, usage), so it only passes on codings the standard library decodes, and
+    none for streams (events must be found as they arrive)."""
+    if streaming or not client_value:
+        return "identity"
+    offered = {t.split(";")[0].strip().lower() for t in client_value.split(",")}
+    usable = [c for c in ("gzip", "deflate") if c in offered]
+    return ", ".join(usable) if usable else "identity"
+
+
+def decoded(body: bytes, content_encoding: str | None) -> bytes | None:
+    """The body as text bytes for inspection, or None when it cannot be decoded."""
+    if not content_encoding or content_encoding.lower() == "identity":
+        return body
+    if content_encoding.lower() in ("gzip", "deflate", "x-gzip"):
+        try:
+            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib, auto-detected
+        except zlib.error:
+            return None
+    return None
+
+
+class RequestState:
+    """Per-request facts for logs and metrics, kept on `request.ctx.state`."""
+
+    __slots__ = (
+        "error_type",
+        "key_id",
+        "model",
+        "stream",
+        "upstream_latency",
+        "upstream_model",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.key_id: str = "anonymous"
+        self.model: str | None = None
+        self.upstream_model: str | None = None
+        self.stream = False
+        self.upstream_latency: float | None = None
+        self.error_type: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+
+def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
+    out = h.returnable_response_headers(resp.headers.multi_items())
+    out.append(("X-Request-ID", request_id))
+    return out
+
+
+async def forward(request: Request, route: str) -> HTTPResponse | None:
+    app = request.app
+    cfg = app.ctx.config.current
+    ep: ResolvedEndpoint = cfg.endpoints[route]
+    profile = cfg.profile
+    state: RequestState = request.ctx.state
+    request_id: str = request.ctx.request_id
+
+    credential = h.client_credential(request.headers, app.ctx.settings.default_api_key)
+    state.key_id = h.key_id(credential)
+
+    streaming = False
+    if ep.requires_multipart:
+        from .multipart import rewrite_multipart
+
+        body = rewrite_multipart(request, profile.model_mapping, state)
+    else:
+        body = request.body
+        payload = parse_json_object(body)
+        model = payload.get("model")
+        state.model = model if isinstance(model, str) else None
+        mapped = h.map_model(profile.model_mapping, model)
+        if mapped is not None:
+            payload["model"] = mapped
+            body = dump_json(payload)
+        state.upstream_model = mapped or state.model
+        streaming = ep.stream_support and payload.get("stream") is True
+        state.stream = streaming
+
+    limit = route_limit(app, cfg, route)
+    decision = None
+    if limit is not None:
+        decision = await app.ctx.limiter.acquire(state.key_id, route, limit)
+        if not decision.allowed:
+            raise RateLimited(headers=decision.headers())
+
+    hdrs = h.upstream_headers(
+        request.headers.items(),
+        ep.headers,
+        profile.auth.header,
+        profile.auth.scheme,
+        credential,
+        request_id,
+    )
+    hdrs = h.merge_headers(
+        hdrs, [("Accept-Encoding", accept_encoding(request.headers.get("accept-encoding"), streaming))]
+    )
+    upstream_request = app.ctx.http.build_request(
+        ep.method,
+        h.build_url(ep.url, request.query_string),
+        headers=hdrs,
+        content=body,
+        timeout=request_timeout(profile.timeouts),
+    )
+    extra = decision.headers() if decision is not None else {}
+
+    if streaming:
+        from .sse import relay_stream
+
+        return await relay_stream(request, upstream_request, ep, extra)
+
+    started = time.perf_counter()
+    try:
+        resp = await app.ctx.http.send(upstream_request, stream=True)
+        try:
+            data = b"".join([chunk async for chunk in resp.aiter_raw()])
+        finally:
+            await resp.aclose()
+    except httpx.HTTPError as e:
+        raise map_exception(e) from None
+    finally:
+        state.upstream_latency = time.perf_counter() - started
+
+    if resp.status_code == 429 or resp.status_code >= 500:
+        state.error_type = "upstream_error"
+    ctype = resp.headers.get("content-type", "")
+    if "json" in ctype and data:
+        text = decoded(data, resp.headers.get("content-encoding"))
+        if text is not None:
+            try:
+                parsed = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise UpstreamJSONError() from None
+            if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+                state.usage = parsed["usage"]
+
+    headers = _response_headers(resp, request_id)
+    for k, v in extra.items():
+        headers.append((k, v))
+    return HTTPResponse(body=data, status=resp.status_code, headers=headers, content_type=None)
+
+
+def is_anthropic_route(route: str | None) -> bool:
+    return route == MESSAGES
+
+
+def limits_for(
+    endpoints: dict[str, ResolvedEndpoint], default: Limit | None
+) -> dict[str, Limit | None]:
+    """Effective limit per route: endpoint > profile > environment (SPEC §7)."""
+    out: dict[str, Limit | None] = {}
+    for route, ep in endpoints.items():
+        rl = ep.rate_limit
+        out[route] = (
+            Limit.per_minute(rl.requests_per_minute, rl.burst) if rl is not None else default
+        )
+    return out
+
+
+def route_limit(app: Any, cfg: Any, route: str) -> Limit | None:
+    """The limit for `route` under `cfg`, recomputed only when a reload swapped the config."""
+    cached_cfg, limits = app.ctx.limit_cache
+    if cached_cfg is not cfg:
+        limits = limits_for(cfg.endpoints, app.ctx.default_limit)
+        app.ctx.limit_cache = (cfg, limits)
+    return limits.get(route)

@@ -1,0 +1,86 @@
+"""The upstream HTTP client: one pooled keep-alive httpx client per worker, and error mapping.
+
+The transport beneath httpx is chosen here and only here (`create_client`), so it can be swapped
+after measurement (bench/README.md) without touching the relay code.
+
+httpx exceptions are mapped to the router's own errors (service.errors) by type, never by
+copying their text: an exception message may contain the upstream URL or a header.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import httpx
+
+from ..config.model import Timeouts
+from ..errors import (
+    ServiceUnavailable,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamIOError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTLSError,
+)
+
+POOL_MAX_CONNECTIONS = 1024
+POOL_MAX_KEEPALIVE = 256
+KEEPALIVE_EXPIRY_SECS = 30.0
+POOL_WAIT_SECS = 5.0
+
+
+def create_client() -> httpx.AsyncClient:
+    """Created in a `before_server_start` listener; closed in `after_server_stop`."""
+    return httpx.AsyncClient(
+        transport=httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=POOL_MAX_CONNECTIONS,
+                max_keepalive_connections=POOL_MAX_KEEPALIVE,
+                keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
+            ),
+            retries=0,
+        ),
+        follow_redirects=False,  # a redirect must never move the request to another host
+        trust_env=False,  # no proxy or netrc credentials picked up from the environment
+        headers={},
+    )
+
+
+def request_timeout(t: Timeouts) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=t.connect_secs, read=t.read_secs, write=t.read_secs, pool=POOL_WAIT_SECS
+    )
+
+
+def _caused_by_tls(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLError | ssl.CertificateError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def map_exception(exc: httpx.HTTPError) -> UpstreamError | ServiceUnavailable:
+    """Which failure-table row an httpx exception is (SPEC §5)."""
+    if isinstance(exc, httpx.PoolTimeout):
+        # Our own pool is exhausted: the upstream is not at fault; answer quickly.
+        return ServiceUnavailable("No upstream connection available; try again")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout()
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamTLSError() if _caused_by_tls(exc) else UpstreamConnectError()
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # httpcore says "Server disconnected without sending a response." when the peer closed
+        # before a status line: that is a reset, not a malformed answer.
+        if str(exc).startswith("Server disconnected"):
+            return UpstreamIOError()
+        return UpstreamProtocolError()
+    if isinstance(exc, httpx.DecodingError):
+        return UpstreamProtocolError()
+    if _caused_by_tls(exc):
+        return UpstreamTLSError()
+    return UpstreamIOError()

@@ -1,0 +1,79 @@
+"""Token-bucket maths, pure: no clock, no I/O, no locks (the backends bring those).
+
+A bucket holds at most `burst` tokens, starts full, and refills continuously at `rate` tokens per
+second. A request takes one token or is refused; a refused request is told how long until one
+token exists (`Retry-After`, whole seconds rounded up, at least 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    rate: float  # tokens per second (requestsPerMinute / 60); > 0
+    burst: int  # capacity, >= 1
+
+    @classmethod
+    def per_minute(cls, requests_per_minute: float, burst: int | None) -> Limit | None:
+        """None means unlimited (requestsPerMinute 0 or absent)."""
+        if requests_per_minute <= 0:
+            return None
+        return cls(
+            rate=requests_per_minute / 60.0,
+            burst=max(1, burst if burst is not None else math.ceil(requests_per_minute)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int  # the burst: the most requests that can pass at once
+    remaining: int  # whole tokens left after this decision
+    reset_secs: float  # until the bucket is full again
+    retry_after: int  # whole seconds until one token exists; 0 when allowed
+
+    def headers(self) -> dict[str, str]:
+        h = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_secs)),
+        }
+        if not self.allowed:
+            h["Retry-After"] = str(self.retry_after)
+        return h
+
+
+def refill(tokens: float, last: float, now: float, limit: Limit) -> float:
+    """Tokens available at `now` for a bucket that held `tokens` at `last`."""
+    elapsed = max(0.0, now - last)
+    return min(float(limit.burst), tokens + elapsed * limit.rate)
+
+
+def take(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, Decision]:
+    """Try to take one token. Returns the new token count (as of `now`) and the decision."""
+    available = refill(tokens, last, now, limit)
+    if available >= 1.0:
+        left = available - 1.0
+        return left, Decision(
+            allowed=True,
+            limit=limit.burst,
+            remaining=int(left),
+            reset_secs=(limit.burst - left) / limit.rate,
+            retry_after=0,
+        )
+    wait = (1.0 - available) / limit.rate
+    return available, Decision(
+        allowed=False,
+        limit=limit.burst,
+        remaining=0,
+        reset_secs=(limit.burst - available) / limit.rate,
+        retry_after=max(1, math.ceil(wait - 1e-9)),
+    )
+
+
+def full_at(tokens: float, last: float, limit: Limit) -> float:
+    """When the bucket is full again (after which it can be forgotten)."""
+    return last + (limit.burst - tokens) / limit.rate

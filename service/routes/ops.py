@@ -1,0 +1,67 @@
+"""Operational routes: /health, /ready, /metrics, /v1/models (GET and HEAD)."""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics import exposition as om
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from ..observability.metrics import exposition_registry
+
+bp = Blueprint("ops")
+
+GET = ["GET", "HEAD"]
+
+
+def _json(data: object, status: int = 200) -> HTTPResponse:
+    return HTTPResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+@bp.route("/health", methods=GET)
+async def health(request: Request) -> HTTPResponse:
+    app = request.app
+    cfg = app.ctx.config.current
+    routes = app.ctx.limiter.active_buckets()
+    return _json(
+        {
+            "status": "ok",
+            "message": "Light API Router running",
+            "profile": cfg.profile.name,
+            "upstream": cfg.profile.base_url,
+            "rateLimiter": {"activeBuckets": sum(routes.values()), "routes": routes},
+            "config": app.ctx.config.state(),
+        }
+    )
+
+
+@bp.route("/ready", methods=GET)
+async def ready(request: Request) -> HTTPResponse:
+    app = request.app
+    if app.ctx.draining:
+        return _json({"status": "draining"}, 503)
+    if not await app.ctx.limiter.healthy() and app.ctx.settings.rate_limit_fail_closed:
+        return _json({"status": "unavailable", "reason": "rate limiter backend down"}, 503)
+    return _json({"status": "ready", "profile": app.ctx.config.current.profile.name})
+
+
+@bp.route("/metrics", methods=GET)
+async def metrics(request: Request) -> HTTPResponse:
+    app = request.app
+    app.ctx.refresh_gauges()
+    registry = exposition_registry(app.ctx.metrics.registry)
+    accept = request.headers.get("accept", "")
+    if "application/openmetrics-text" in accept:
+        return HTTPResponse(om.generate_latest(registry), content_type=om.CONTENT_TYPE_LATEST)
+    return HTTPResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.route("/v1/models", methods=GET)
+async def models(request: Request) -> HTTPResponse:
+    profile = request.app.ctx.config.current.profile
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": profile.name}
+        for m in profile.advertised_models()
+    ]
+    return _json({"object": "list", "data": data})

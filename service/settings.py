@@ -1,0 +1,114 @@
+"""Process settings: CLI arguments over environment variables over defaults, validated once.
+
+`Settings` is frozen and picklable: the primary process builds it and hands it to every Sanic
+worker through the app factory. Secrets are excluded from its repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message is one line that names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}={value} is out of range ({lo}..{hi})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < lo:
+        raise SettingsError(f"{name}={value} must be >= {lo}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def parse_port(raw: str, source: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SettingsError(f"invalid port {raw!r} ({source}): not an integer") from None
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"invalid port {port} ({source}): must be 1..65535")
+    return port
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile_path: Path
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = 1
+    default_api_key: str | None = field(default=None, repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_format: str = "console"
+    log_level: str = "info"
+    rate_limit_rpm: float = 0.0
+    rate_limit_burst: int | None = None
+    rate_limit_backend: str | None = field(default=None, repr=False)  # may hold a password
+    rate_limit_fail_closed: bool = False
+    metrics_enabled: bool = True
+    access_log_enabled: bool = True
+    drain_secs: float = 30.0
+    multiproc_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
+        fmt = env.get("LOG_FORMAT", "console").strip().lower() or "console"
+        if fmt not in ("json", "console"):
+            raise SettingsError(f"LOG_FORMAT={fmt!r} must be 'json' or 'console'")
+        level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
+        if level not in ("debug", "info", "warning", "error", "critical"):
+            raise SettingsError(f"LOG_LEVEL={level!r} must be debug, info, warning or error")
+        burst_raw = env.get("RATE_LIMIT_BURST", "").strip()
+        values: dict[str, object] = {
+            "default_api_key": env.get("DEFAULT_API_KEY") or None,
+            "max_body_bytes": _int(
+                env, "API_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 2**40
+            ),
+            "log_format": fmt,
+            "log_level": level,
+            "rate_limit_rpm": _float(env, "RATE_LIMIT_REQUESTS_PER_MINUTE", 0.0, 0.0),
+            "rate_limit_burst": _int(env, "RATE_LIMIT_BURST", 1, 1, 10**9) if burst_raw else None,
+            "rate_limit_backend": env.get("RATE_LIMIT_BACKEND") or None,
+            "rate_limit_fail_closed": _bool(env, "RATE_LIMIT_FAIL_CLOSED", False),
+            "metrics_enabled": _bool(env, "API_ROUTER_METRICS", True),
+            "access_log_enabled": _bool(env, "API_ROUTER_ACCESS_LOG", True),
+            "drain_secs": _float(env, "API_ROUTER_DRAIN_SECS", 30.0, 0.0),
+            "multiproc_dir": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        }
+        values.update(given)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,136 @@
+"""Running the real router as a subprocess (the real CLI, real Sanic workers) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_profile(directory: Path, profile: dict[str, Any], name: str = "test") -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(profile))
+    return path
+
+
+class RouterProcess:
+    """`python -m service --config FILE --host 127.0.0.1 --workers N PORT`, logs captured."""
+
+    def __init__(
+        self,
+        profile_path: Path,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.profile_path = profile_path
+        self.workers = workers
+        self._log = tempfile.NamedTemporaryFile(prefix="router-", suffix=".log", delete=False)
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("API_ROUTER_", "RATE_LIMIT_", "PROMETHEUS_")) and k not in (
+                "DEFAULT_API_KEY", "LOG_FORMAT", "LOG_LEVEL", "SENTRY_DSN"
+            )
+        }
+        base.update({"LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+        base.update(env or {})
+        self.env = base
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> RouterProcess:
+        cmd = [
+            sys.executable, "-m", "service", "--config", str(self.profile_path),
+            "--host", "127.0.0.1", "--workers", str(self.workers), *self.args, str(self.port),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    # every worker must be up before a test counts anything
+                    if self._workers_ready() >= self.workers:
+                        return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        self._log.close()
+        raise RuntimeError(f"router did not become ready:\n{self.output()}")
+
+    def _workers_ready(self) -> int:
+        return self.output().count("Worker ready")
+
+    def output(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.output().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def access_logs(self) -> list[dict[str, Any]]:
+        return [r for r in self.logs() if r.get("event") == "request_completed"]
+
+    def wait_for_log(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rec in self.logs():
+                if predicate(rec):
+                    return rec
+            time.sleep(0.05)
+        raise AssertionError(f"no matching log line in:\n{self.output()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> RouterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
