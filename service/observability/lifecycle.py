@@ -7,7 +7,13 @@
   written its last byte): count it, time it, log one completion line.
 
 A client that leaves mid-stream never reaches `http.lifecycle.response`; the relay calls
-`finish(request, 499)` itself. `finish` runs at most once per request.
+`finish(request, 499)` itself. A client that leaves while a plain request waits for the upstream
+cancels the handler: `http.lifecycle.complete` (connection closed) then finishes the request it
+was serving with 499. `finish` runs at most once per request.
+
+The failure path (and only it) also feeds the repeated-failure alarm, Sentry when enabled
+(`http.lifecycle.exception` keeps the exception of a router error for it), and nothing else:
+the per-request cost is two signal listeners.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from sanic import Request, Sanic
 from ..config.model import PROXY_ROUTES
 from ..proxy.headers import sane_request_id
 from ..proxy.relay import RequestState
+from . import sentry
+from .alerts import FailureAlarm
 from .logging import set_request_secret
 from .metrics import method_label
 
 access_log = structlog.get_logger("api_router.access")
+alert_log = structlog.get_logger("api_router.alert")
 
 KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
 
@@ -52,7 +61,13 @@ def start(request: Request) -> None:
     ctx.request_id = rid if sane_request_id(rid) else uuid.uuid4().hex
     ctx.state = RequestState()
     structlog.contextvars.clear_contextvars()
-    set_request_secret(None)
+    # The client's own key is scrubbed from every line logged while its request runs.
+    headers = request.headers
+    auth = headers.get("authorization")
+    set_request_secret(
+        auth.strip().rpartition(" ")[2] if auth else None,
+        (headers.get("x-api-key") or "").strip(),
+    )
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
 
 
@@ -81,8 +96,12 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             )
         if state.usage:
             model = model_label(state.upstream_model or state.model, app.ctx.known_models())
-            for kind, key in (("prompt", "prompt_tokens"), ("completion", "completion_tokens"),
-                              ("prompt", "input_tokens"), ("completion", "output_tokens")):
+            for kind, key in (
+                ("prompt", "prompt_tokens"),
+                ("completion", "completion_tokens"),
+                ("prompt", "input_tokens"),
+                ("completion", "output_tokens"),
+            ):
                 n = state.usage.get(key)
                 if isinstance(n, int) and n > 0:
                     metrics.tokens_total.labels(kind, model).inc(n)
@@ -108,9 +127,57 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             access_log.warning("request_completed", **fields)
         else:
             access_log.info("request_completed", **fields)
+    if state.error_type is not None or status >= 500:
+        _failed(request, route, status, state.error_type)
+
+
+def _failed(request: Request, route: str, status: int, error_type: str | None) -> None:
+    """The failure path: repeated-failure alarm and Sentry (never reached by a good request)."""
+    app = request.app
+    alarm: FailureAlarm | None = getattr(app.ctx, "failure_alarm", None)
+    if error_type is not None and alarm is not None and alarm.record():
+        alert_log.error(
+            "upstream_failures_repeated",
+            failures=alarm.threshold,
+            window_secs=alarm.window_secs,
+            error_type=error_type,
+            route=route,
+            provider=app.ctx.config.current.profile.name,
+        )
+    if sentry.enabled():
+        kind = error_type or "router_error"
+        sentry.report(
+            message=f"{kind} on {route}",
+            tags={
+                "request_id": request.ctx.request_id,
+                "route": route,
+                "status_code": str(status),
+                "error_type": kind,
+                "provider": app.ctx.config.current.profile.name,
+            },
+            exc=getattr(request.ctx, "exception", None) if error_type is None else None,
+        )
 
 
 def install(app: Sanic) -> None:
+    app.ctx.failure_alarm = FailureAlarm()
+
+    if sentry.configured():
+
+        @app.before_server_start
+        async def _sentry(app: Sanic) -> None:
+            sentry.init()
+
+        @app.after_server_stop
+        async def _sentry_flush(app: Sanic) -> None:
+            sentry.flush()
+
+        # Only with Sentry: the exception it reports. Costs a dispatch per error response.
+        @app.signal("http.lifecycle.exception")
+        async def _exception(request: Request, exception: BaseException) -> None:
+            if request is not None:
+                request.ctx.exception = exception
+
     @app.signal("http.lifecycle.begin")
     async def _conn_open(conn_info: Any) -> None:
         m = getattr(app.ctx, "metrics", None)
@@ -119,6 +186,9 @@ def install(app: Sanic) -> None:
 
     @app.signal("http.lifecycle.complete")
     async def _conn_close(conn_info: Any) -> None:
+        req = getattr(conn_info.ctx, "request", None)
+        if req is not None and not req.ctx.finished:
+            finish(req, 499)  # the client left while its request was being handled
         m = getattr(app.ctx, "metrics", None)
         if m is not None:
             m.active_connections.dec()
@@ -126,6 +196,8 @@ def install(app: Sanic) -> None:
     @app.signal("http.lifecycle.request")
     async def _request(request: Request) -> None:
         start(request)
+        if request.conn_info is not None:
+            request.conn_info.ctx.request = request
         m = getattr(app.ctx, "metrics", None)
         if m is not None:
             m.in_flight_requests.inc()

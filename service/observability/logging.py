@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -20,7 +21,7 @@ import orjson
 import structlog
 
 _secrets: set[str] = set()
-_request_secret: ContextVar[str | None] = ContextVar("request_secret", default=None)
+_request_secrets: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
 REDACTED = "[redacted]"
 
 
@@ -29,8 +30,9 @@ def redact(secret: str | None) -> None:
         _secrets.add(secret)
 
 
-def set_request_secret(secret: str | None) -> None:
-    _request_secret.set(secret if secret and len(secret) >= 4 else None)
+def set_request_secret(*secrets: str | None) -> None:
+    """The credentials of the request running in this context (cleared with no argument)."""
+    _request_secrets.set(tuple(s for s in secrets if s and len(s) >= 4))
 
 
 def _scrub_value(value: Any, secrets: list[str]) -> Any:
@@ -46,11 +48,22 @@ def _scrub_value(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def scrub_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _known_secrets() -> list[str]:
     secrets = list(_secrets)
-    extra = _request_secret.get()
-    if extra:
-        secrets.append(extra)
+    secrets.extend(_request_secrets.get())
+    return secrets
+
+
+def scrub(value: Any) -> Any:
+    """`value` with every known credential replaced (also used for Sentry events)."""
+    secrets = _known_secrets()
+    return _scrub_value(value, secrets) if secrets else value
+
+
+def scrub_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    secrets = _known_secrets()
     if not secrets:
         return event_dict
     return {k: _scrub_value(v, secrets) for k, v in event_dict.items()}
@@ -102,4 +115,4 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
         lg.propagate = True
     # httpx logs every request URL at INFO; keep it to warnings unless debugging.
     for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(lvl, logging.WARNING))
+        logging.getLogger(name).setLevel(lvl if lvl <= logging.DEBUG else max(lvl, logging.WARNING))

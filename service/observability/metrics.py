@@ -8,12 +8,16 @@ models from the profile's known models (or `other`).
 With several Sanic workers, prometheus-client's multiprocess mode is used
 (`PROMETHEUS_MULTIPROC_DIR`, set by the CLI before any worker starts): counters and histograms
 are summed; `active_connections` and in-flight requests are `livesum` (dead workers drop out);
-`rate_limiter_buckets` reports the shared limiter's count (`max`), `build_info` is `max`.
+`rate_limiter_buckets` is `livemostrecent` (the limiter's count is instance-wide, and the worker
+that answers a scrape sets it just before), `build_info` is `max`. A worker that stops cleanly
+marks itself dead; a worker that was killed is detected at the next scrape (`reap_dead_workers`).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+import re
 
 from prometheus_client import (
     CollectorRegistry,
@@ -72,7 +76,7 @@ class Metrics:
             "rate_limiter_buckets",
             "Live rate-limit buckets (buckets that refilled completely are forgotten)",
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemostrecent",
         )
         # Beyond the original design.
         self.upstream_latency_seconds = Histogram(
@@ -130,8 +134,6 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
-        import platform
-
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
     def on_reload(self, result: str) -> None:
@@ -146,9 +148,36 @@ def exposition_registry(local: CollectorRegistry) -> CollectorRegistry:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         return local
+    reap_dead_workers(path)
     registry = CollectorRegistry()
     mp.MultiProcessCollector(registry, path=path)
     return registry
+
+
+_LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_workers(path: str) -> list[int]:
+    """Drop the live gauges of workers that died without `after_server_stop` (SIGKILL, OOM):
+    otherwise their last `active_connections` / in-flight values would be summed forever."""
+    dead = set()
+    for name in os.listdir(path):
+        m = _LIVE_FILE.match(name)
+        if m and not _alive(int(m.group(1))):
+            dead.add(int(m.group(1)))
+    for pid in dead:
+        mp.mark_process_dead(pid, path)
+    return sorted(dead)
 
 
 def worker_exited(pid: int) -> None:
