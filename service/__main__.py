@@ -16,6 +16,15 @@ from functools import partial
 from pathlib import Path
 
 from .config import ConfigError, find_profile, load_file
+from .ratelimit import check_backend
+from .ratelimit.backends import REDIS_SCHEMES
+from .ratelimit.shared import (
+    DEFAULT_MAX_BUCKETS,
+    MAX_BUCKETS_ENV,
+    TABLE_ENV,
+    create_table,
+    remove_table,
+)
 from .settings import Settings, SettingsError, parse_port
 
 
@@ -83,11 +92,34 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
     return path
 
 
+def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | None:
+    """The embedded limiter's table, shared by every worker: created here, in the primary,
+    before the workers are spawned (they find it through TABLE_ENV). None with Redis."""
+    check_backend(settings.rate_limit_backend)
+    if (settings.rate_limit_backend or "").startswith(REDIS_SCHEMES):
+        return None
+    raw = env.get(MAX_BUCKETS_ENV, "").strip()
+    try:
+        max_buckets = int(raw) if raw else DEFAULT_MAX_BUCKETS
+    except ValueError:
+        raise ValueError(f"{MAX_BUCKETS_ENV}={raw!r} is not an integer") from None
+    if not 1 <= max_buckets <= 50_000_000:
+        raise ValueError(f"{MAX_BUCKETS_ENV}={max_buckets} is out of range (1..50000000)")
+    path = create_table(max_buckets)
+    os.environ[TABLE_ENV] = path
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     try:
         settings = resolve_settings(argv, env)
     except (ConfigError, SettingsError) as e:
+        print(f"api-router: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        table = prepare_ratelimit_table(settings, env)
+    except ValueError as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     created = "PROMETHEUS_MULTIPROC_DIR" not in env
@@ -114,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if created:
             shutil.rmtree(mp_dir, ignore_errors=True)
+        if table is not None:
+            remove_table(table)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from .proxy.relay import is_anthropic_route
 from .proxy.upstream import create_client
 from .ratelimit import Limit, create_limiter
 from .routes import ops_bp, proxy_bp
+from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
 from .settings import Settings
 
 APP_NAME = "api_router"
@@ -102,9 +103,13 @@ def create_app(settings: Settings) -> Sanic:
     app.ctx.draining = False
     app.ctx.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
     app.ctx.limit_cache = (None, {})
-    app.ctx.limiter = create_limiter(settings.rate_limit_backend)
     app.ctx.metrics = None
     known_cache: list[Any] = [None, frozenset()]
+
+    def count_limiter_error() -> None:
+        if app.ctx.metrics is not None:
+            app.ctx.metrics.rate_limiter_backend_errors_total.inc()
+
 
     def known_models() -> frozenset[str]:
         cfg = app.ctx.config.current
@@ -145,6 +150,13 @@ def create_app(settings: Settings) -> Sanic:
             app.ctx.metrics = Metrics()
             app.ctx.config.on_result = app.ctx.metrics.on_reload
         app.ctx.watch_task = asyncio.get_running_loop().create_task(app.ctx.config.watch())
+        # Per worker: a handle on the table the CLI shared between workers, or a Redis client.
+        app.ctx.limiter = create_limiter(
+            settings.rate_limit_backend,
+            table=os.environ.get(SHARED_TABLE_ENV),
+            fail_closed=settings.rate_limit_fail_closed,
+            on_error=count_limiter_error,
+        )
 
     @app.before_server_stop
     async def _drain(app: Sanic) -> None:

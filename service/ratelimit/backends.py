@@ -1,15 +1,31 @@
-"""Bucket stores. `LocalLimiter`: one process's memory (exact for a single worker).
+"""Choosing and guarding the bucket store.
 
-Buckets that are full again are dropped by a periodic sweep, so memory stays bounded by the
-number of keys active within one refill period.
+- `LocalLimiter`: one process's memory; exact only for a single process (tests, embedding).
+- `shared.SharedLimiter`: the default under the CLI, one table in shared memory for all workers.
+- `redis_backend.RedisLimiter`: `RATE_LIMIT_BACKEND=redis://…`, shared by every replica.
+
+`Guarded` wraps whichever is chosen: when the store cannot decide (Redis unreachable, table
+full) the request is let through (fail open: logged, counted in
+`rate_limiter_backend_errors_total`) or refused with 503 when `RATE_LIMIT_FAIL_CLOSED=true`.
+Buckets that are full again are forgotten by every store, so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
+import structlog
+
+from ..errors import ServiceUnavailable
 from .bucket import Decision, Limit, full_at, take
+
+log = structlog.get_logger("api_router.ratelimit")
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+EMBEDDED = ("", "memory", "embedded")
+LOG_EVERY_SECS = 5.0
 
 
 class Limiter(Protocol):
@@ -23,9 +39,9 @@ class Limiter(Protocol):
 
 
 class LocalLimiter:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._buckets: dict[tuple[str, str], tuple[float, float, float]] = {}
-        self._now = time.monotonic
+        self._now = clock
 
     async def acquire(self, key: str, route: str, limit: Limit) -> Decision:
         now = self._now()
@@ -54,5 +70,94 @@ class LocalLimiter:
         self._buckets.clear()
 
 
-def create_limiter(backend: str | None) -> Limiter:
-    return LocalLimiter()
+class Guarded:
+    """Fail-open / fail-closed policy around a store (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: Limiter,
+        *,
+        backend: str,
+        fail_closed: bool = False,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self._backend = backend  # "shared", "redis", "local": never the URL
+        self._fail_closed = fail_closed
+        self._on_error = on_error
+        self._logged_at = -LOG_EVERY_SECS
+        self._unlogged = 0
+
+    async def acquire(self, key: str, route: str, limit: Limit) -> Decision:
+        try:
+            return await self.inner.acquire(key, route, limit)
+        except Exception as e:  # whatever the store raised, the request must get an answer
+            self._failed(e, route)
+            if self._fail_closed:
+                raise ServiceUnavailable() from None
+            return Decision.unchecked(limit)
+
+    def _failed(self, exc: Exception, route: str) -> None:
+        if self._on_error is not None:
+            self._on_error()
+        now = time.monotonic()
+        if now - self._logged_at < LOG_EVERY_SECS:
+            self._unlogged += 1
+            return
+        # The exception's class only: its text may name hosts or carry connection details.
+        log.error(
+            "rate_limiter_backend_error",
+            backend=self._backend,
+            error=exc.__class__.__name__,
+            route=route,
+            action="refused" if self._fail_closed else "allowed",
+            suppressed=self._unlogged,
+        )
+        self._logged_at, self._unlogged = now, 0
+
+    def active_buckets(self) -> dict[str, int]:
+        return self.inner.active_buckets()
+
+    async def healthy(self) -> bool:
+        return await self.inner.healthy()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def check_backend(backend: str | None) -> None:
+    """Raise ValueError (one line, no secret) unless `backend` names a known store."""
+    b = (backend or "").strip()
+    if b.lower() in EMBEDDED or b.startswith(REDIS_SCHEMES):
+        return
+    raise ValueError(
+        "RATE_LIMIT_BACKEND must be empty/'memory' (shared memory) or a redis://, rediss:// "
+        "or unix:// URL"
+    )
+
+
+def create_limiter(
+    backend: str | None,
+    *,
+    table: str | None = None,
+    fail_closed: bool = False,
+    on_error: Callable[[], None] | None = None,
+) -> Limiter:
+    """The store for this worker: Redis when `backend` is a Redis URL, else the shared table
+    the CLI created (`table`), else this process's memory."""
+    check_backend(backend)
+    b = (backend or "").strip()
+    inner: Limiter
+    if b.startswith(REDIS_SCHEMES):
+        from ..observability.logging import redact
+        from .redis_backend import RedisLimiter, password_of
+
+        redact(password_of(b))
+        inner, name = RedisLimiter(b), "redis"
+    elif table:
+        from .shared import SharedLimiter
+
+        inner, name = SharedLimiter(table), "shared"
+    else:
+        inner, name = LocalLimiter(), "local"
+    return Guarded(inner, backend=name, fail_closed=fail_closed, on_error=on_error)

@@ -2,13 +2,17 @@
 
 A bucket holds at most `burst` tokens, starts full, and refills continuously at `rate` tokens per
 second. A request takes one token or is refused; a refused request is told how long until one
-token exists (`Retry-After`, whole seconds rounded up, at least 1).
+token exists (`Retry-After`, whole seconds rounded up, at least 1). Every backend turns its
+stored state into a `Decision` through `decision()`, so the headers mean the same everywhere.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+# Float noise (e.g. 0.1 * 30 = 3.0000000000000004) must not turn an exact wait of 3 s into 4 s.
+_EPS = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +38,20 @@ class Decision:
     remaining: int  # whole tokens left after this decision
     reset_secs: float  # until the bucket is full again
     retry_after: int  # whole seconds until one token exists; 0 when allowed
+    checked: bool = True  # False: the backend could not decide and the request was let through
+
+    @classmethod
+    def unchecked(cls, limit: Limit) -> Decision:
+        """Fail-open: allowed without a bucket; only the configured limit is known."""
+        return cls(True, limit.burst, 0, 0.0, 0, checked=False)
 
     def headers(self) -> dict[str, str]:
+        if not self.checked:
+            return {"X-RateLimit-Limit": str(self.limit)}
         h = {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(math.ceil(self.reset_secs)),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_secs - _EPS)),
         }
         if not self.allowed:
             h["Retry-After"] = str(self.retry_after)
@@ -52,26 +64,21 @@ def refill(tokens: float, last: float, now: float, limit: Limit) -> float:
     return min(float(limit.burst), tokens + elapsed * limit.rate)
 
 
+def decision(allowed: bool, tokens: float, limit: Limit) -> Decision:
+    """The decision for a bucket that holds `tokens` right after taking (or refusing) one."""
+    reset = max(0.0, (limit.burst - tokens) / limit.rate)
+    if allowed:
+        return Decision(True, limit.burst, int(tokens), reset, 0)
+    wait = (1.0 - tokens) / limit.rate
+    return Decision(False, limit.burst, 0, reset, max(1, math.ceil(wait - _EPS)))
+
+
 def take(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, Decision]:
     """Try to take one token. Returns the new token count (as of `now`) and the decision."""
     available = refill(tokens, last, now, limit)
     if available >= 1.0:
-        left = available - 1.0
-        return left, Decision(
-            allowed=True,
-            limit=limit.burst,
-            remaining=int(left),
-            reset_secs=(limit.burst - left) / limit.rate,
-            retry_after=0,
-        )
-    wait = (1.0 - available) / limit.rate
-    return available, Decision(
-        allowed=False,
-        limit=limit.burst,
-        remaining=0,
-        reset_secs=(limit.burst - available) / limit.rate,
-        retry_after=max(1, math.ceil(wait - 1e-9)),
-    )
+        return available - 1.0, decision(True, available - 1.0, limit)
+    return available, decision(False, available, limit)
 
 
 def full_at(tokens: float, last: float, limit: Limit) -> float:

@@ -1,0 +1,141 @@
+"""Buckets in Redis (`RATE_LIMIT_BACKEND=redis://…`): one limit shared by every replica.
+
+Each decision is one atomic Lua script (EVALSHA, EVAL when the server has not cached it yet)
+that reads the bucket hash, refills it by Redis's own clock (`TIME`, so replicas with skewed
+clocks still agree), takes a token or refuses, writes it back and sets the key to expire when
+the bucket would be full again: a bucket that refilled is forgotten by Redis itself.
+
+Keys are `api-router:rl:<route>:<key_id>`; key_id is already a hash of the credential.
+Connection and socket timeouts are short and there are no retries: a Redis that cannot answer
+quickly is reported to the caller (`guard.Guarded` decides between fail-open and 503), and for
+`BACKOFF_SECS` afterwards decisions fail at once instead of each waiting for a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from .bucket import Decision, Limit, decision
+
+PREFIX = "api-router:rl:"
+BACKOFF_SECS = 1.0
+COUNT_EVERY_SECS = 0.5
+
+# KEYS[1] bucket; ARGV rate (tokens/s), burst. Returns {allowed 0|1, tokens after (string)}.
+SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(b[1])
+local last = tonumber(b[2])
+if tokens == nil or last == nil then
+  tokens = burst
+  last = now
+end
+local elapsed = now - last
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(burst, tokens + elapsed * rate)
+if tokens < 1 then
+  return {0, string.format('%.17g', tokens)}
+end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+           'last', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) / rate * 1000)))
+return {1, string.format('%.17g', tokens)}
+"""
+
+
+class BackendDown(RuntimeError):
+    """Redis did not answer recently; not tried again until the back-off ends."""
+
+
+def password_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+class RedisLimiter:
+    def __init__(self, url: str, *, timeout: float = 0.5, prefix: str = PREFIX) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._client: Any = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+        self._script = self._client.register_script(SCRIPT)
+        self._prefix = prefix
+        self._down_until = 0.0
+        self._counts: dict[str, int] = {}
+        self._counted_at = 0.0
+        self._count_task: asyncio.Task[None] | None = None
+
+    def key(self, key: str, route: str) -> str:
+        return f"{self._prefix}{route}:{key}"
+
+    async def acquire(self, key: str, route: str, limit: Limit) -> Decision:
+        if time.monotonic() < self._down_until:
+            raise BackendDown("redis unavailable")
+        try:
+            allowed, tokens = await self._script(
+                keys=[self.key(key, route)], args=[repr(limit.rate), limit.burst]
+            )
+        except Exception:
+            self._down_until = time.monotonic() + BACKOFF_SECS
+            raise
+        return decision(bool(allowed), float(tokens), limit)
+
+    async def count(self) -> dict[str, int]:
+        """Live buckets per route: the keys that have not expired (SCAN, never KEYS)."""
+        out: dict[str, int] = {}
+        plen = len(self._prefix)
+        async for raw in self._client.scan_iter(match=self._prefix + "*", count=1000):
+            route = raw.decode()[plen:].rpartition(":")[0]
+            out[route] = out.get(route, 0) + 1
+        return out
+
+    async def _recount(self) -> None:
+        try:
+            self._counts = await self.count()
+        except Exception:  # reported by acquire/healthy; a count is best effort
+            self._down_until = time.monotonic() + BACKOFF_SECS
+        finally:
+            self._counted_at = time.monotonic()
+
+    def active_buckets(self) -> dict[str, int]:
+        """The last count; a new one is started when it is older than COUNT_EVERY_SECS (the
+        Limiter protocol is synchronous, a Redis count is not)."""
+        stale = time.monotonic() - self._counted_at > COUNT_EVERY_SECS
+        if stale and (self._count_task is None or self._count_task.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop: keep the last count
+                self._count_task = asyncio.get_running_loop().create_task(self._recount())
+        return dict(self._counts)
+
+    async def healthy(self) -> bool:
+        try:
+            await self._client.ping()
+        except Exception:
+            self._down_until = time.monotonic() + BACKOFF_SECS
+            return False
+        self._down_until = 0.0
+        return True
+
+    async def close(self) -> None:
+        if self._count_task is not None and not self._count_task.done():
+            self._count_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._count_task
+        await self._client.aclose()
