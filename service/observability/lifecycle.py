@@ -76,6 +76,9 @@ def finish(request: Request, status: int, response: Any = None) -> None:
     if getattr(ctx, "finished", True):
         return
     ctx.finished = True
+    conn = request.conn_info
+    if conn is not None and conn.lost:
+        status = 499  # the client left before the answer reached it
     app = request.app
     elapsed = time.perf_counter() - ctx.started
     route = route_label(request)
