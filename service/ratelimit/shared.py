@@ -55,7 +55,7 @@ class TableFull(RuntimeError):
 
 def _capacity(max_buckets: int) -> int:
     # Linear probing stays short at a load factor of at most 3/4.
-    return 1 << max(10, math.ceil(math.log2(max_buckets * 4 / 3)))
+    return 1 << max(4, math.ceil(math.log2(max_buckets * 4 / 3)))
 
 
 def table_size(max_buckets: int) -> int:
