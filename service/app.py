@@ -16,6 +16,7 @@ from sanic import Request, Sanic
 from sanic import exceptions as sx
 from sanic.response import HTTPResponse
 
+from . import shutdown
 from .config import ConfigHolder, load_file
 from .errors import (
     MethodNotAllowed,
@@ -166,6 +167,8 @@ def create_app(settings: Settings) -> Sanic:
     @app.before_server_stop
     async def _drain(app: Sanic) -> None:
         app.ctx.draining = True
+
+    shutdown.install(app)  # SIGTERM: stop accepting, close idle connections, drain, exit 0
 
     @app.after_server_stop
     async def _close(app: Sanic) -> None:

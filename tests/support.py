@@ -67,8 +67,11 @@ class RouterProcess:
             sys.executable, "-m", "service", "--config", str(self.profile_path),
             "--host", "127.0.0.1", "--workers", str(self.workers), *self.args, str(self.port),
         ]
+        # A session of its own: Sanic's manager answers a second signal with killpg() on its
+        # workers' process group, which must not be the test runner's.
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,68 @@
+"""Graceful shutdown: what SIGTERM (podman stop, a Kubernetes pod deletion) does.
+
+1. The main process closes its copy of the listening socket as soon as the signal arrives, and
+   each worker closes its own when it starts to stop: the port then refuses new connections
+   (Sanic alone keeps the main process's copy open until every worker has exited, so the kernel
+   would go on completing handshakes that nobody accepts).
+2. Each worker sets `app.ctx.draining` (so `/ready` answers 503 to any request still being
+   read), closes its idle keep-alive connections at once and marks the busy ones to close after
+   their response (`Connection: close` on responses not yet started).
+3. Sanic then waits for requests in flight, streams included, up to `GRACEFUL_SHUTDOWN_TIMEOUT`
+   (`API_ROUTER_DRAIN_SECS`), aborts what is left, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from sanic import Request, Sanic
+
+
+def install(app: Sanic) -> None:
+    app.ctx.draining = False
+    app.ctx.connections = None  # this worker's open client connections, set on a first request
+
+    @app.on_request
+    async def _drain_guard(request: Request) -> None:
+        if app.ctx.draining:
+            # Served while draining: answer, then close rather than wait for another request.
+            request.stream.keep_alive = False  # type: ignore[union-attr]
+        elif app.ctx.connections is None:
+            # Sanic keeps one set of live connections per worker; every protocol holds it.
+            app.ctx.connections = request.transport.get_protocol().connections  # type: ignore[attr-defined]
+
+    @app.before_server_stop
+    async def _begin_drain(app: Sanic) -> None:
+        app.ctx.draining = True
+        for conn in list(app.ctx.connections or ()):
+            http = getattr(conn, "_http", None)
+            if http is not None:
+                http.keep_alive = False  # a busy connection closes after its response
+            conn.close_if_idle()
+
+    @app.main_process_ready
+    async def _close_listener_on_signal(app: Sanic, _: Any) -> None:
+        socks = [s for info in app.state.server_info if (s := info.settings.get("sock"))]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            _chain_handler(sig, lambda: _close_all(socks))
+
+
+def _close_all(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+
+
+def _chain_handler(sig: signal.Signals, first: Callable[[], None]) -> None:
+    """Run `first`, then the handler Sanic's worker manager installed for `sig`."""
+    previous = signal.getsignal(sig)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        first()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(sig, handler)

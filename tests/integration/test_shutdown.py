@@ -1,0 +1,232 @@
+"""Graceful shutdown of the real router process (SIGTERM), as Kubernetes and podman stop it.
+
+On SIGTERM the router stops accepting connections, answers `/ready` with 503 to a request that
+arrives while it drains, closes idle keep-alive connections at once, lets streams in flight finish
+(up to API_ROUTER_DRAIN_SECS) and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream
+from tests.support import RouterProcess, write_profile
+
+SSE = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+
+
+def slow_stream(pieces: int, gap: float) -> Reply:
+    events = openai_chat_stream("up-model-4", tuple(f"p{i} " for i in range(pieces)))
+    return Reply(headers=SSE, chunks=[(gap, e.encode()) for e in events])
+
+
+class StreamReader(threading.Thread):
+    """Reads one streaming chat completion in the background, keeping every SSE data line."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.first = threading.Event()
+        self.lines: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        body = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        try:
+            with (
+                httpx.Client(timeout=30) as c,
+                c.stream("POST", self.url + "/v1/chat/completions", json=body) as r,
+            ):
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        self.lines.append(line[6:])
+                        self.first.set()
+        except BaseException as e:  # reported by the test
+            self.error = e
+            self.first.set()
+
+    def content(self) -> str:
+        out = []
+        for data in self.lines:
+            if data != "[DONE]":
+                for choice in json.loads(data)["choices"]:
+                    out.append(choice["delta"].get("content") or "")
+        return "".join(out)
+
+
+def http_get(sock: socket.socket, path: str) -> bytes:
+    """One complete GET on a raw keep-alive connection; returns the response head."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def wait_until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake upstream, left only when every connection the router opened to it has ended
+    (a stream cut by the drain ends at the fake's next write), so none outlives the test."""
+    opened = upstream.conn_opened
+    yield upstream
+    wait_until(
+        lambda: len(upstream.conn_closed_at) >= upstream.conn_opened - opened,
+        10,
+        "the fake upstream's connections to end",
+    )
+
+
+def profile(tmp_path: Path, upstream: FakeUpstream) -> Path:
+    return write_profile(tmp_path, base_profile(upstream.url, timeouts={"readSecs": 30}))
+
+
+def test_sigterm_drains_in_flight_stream_and_exits_zero(fake: FakeUpstream, tmp_path: Path) -> None:
+    # 12 pieces, 0.4 s apart: the stream is still running well after the signal.
+    fake.reply_with(slow_stream(12, 0.4))
+    router = RouterProcess(profile(tmp_path, fake), workers=1).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+        assert b" 200 " in http_get(idle, "/health").split(b"\r\n")[0]
+        # A request whose head is still arriving when the signal comes: it is served while
+        # the router drains, so it shows what /ready answers then.
+        late = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+        late.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\n")
+
+        stream = StreamReader(router.url)
+        stream.start()
+        assert stream.first.wait(10) and stream.error is None, stream.error
+
+        assert router.proc is not None
+        router.proc.send_signal(signal.SIGTERM)
+
+        # Stops accepting new connections while the stream is still in flight.
+        wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
+        assert stream.is_alive(), "the stream ended before the listener closed"
+        # The idle keep-alive connection is closed by the router (EOF), not left to time out.
+        idle.settimeout(5)
+        assert idle.recv(1024) == b""
+        # /ready answers 503 (draining) and the connection is then closed.
+        late.sendall(b"\r\n")
+        late.settimeout(5)
+        head = read_response(late)
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert b"draining" in head
+        assert b"connection: close" in head.lower()
+        assert stream.is_alive(), "the stream ended before the drain was observed"
+
+        stream.join(20)
+        assert not stream.is_alive()
+        assert stream.error is None, stream.error
+        assert stream.lines[-1] == "[DONE]"
+        assert stream.content() == "".join(f"p{i} " for i in range(12))
+        assert router.proc.wait(20) == 0, router.output()[-3000:]
+        idle.close()
+        late.close()
+    finally:
+        router.stop()
+
+
+def test_keep_alive_connection_of_a_drained_stream_is_closed(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """A client whose stream started before the signal gets its whole stream, then the router
+    closes that connection instead of keeping it alive until the drain time runs out."""
+    fake.reply_with(slow_stream(4, 0.4))
+    env = {"API_ROUTER_DRAIN_SECS": "60"}
+    router = RouterProcess(profile(tmp_path, fake), env=env).start()
+    try:
+        body = json.dumps(
+            {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        ).encode()
+        sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        data = sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200"), data
+        assert router.proc is not None
+        router.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before the stream ended"
+            data += chunk
+        assert b"data: [DONE]" in data
+        # Then EOF: the drained connection is closed, and the process exits well before the
+        # 60 s drain time would have let a kept-alive connection linger.
+        sock.settimeout(10)
+        assert sock.recv(1024) == b""
+        assert router.proc.wait(10) == 0, router.output()[-3000:]
+        sock.close()
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("drain_secs", ["1"])
+def test_drain_time_bounds_a_stream_that_does_not_end(
+    fake: FakeUpstream, tmp_path: Path, drain_secs: str
+) -> None:
+    # 60 pieces 0.5 s apart would take 30 s; the drain time of 1 s cuts it.
+    fake.reply_with(slow_stream(60, 0.5))
+    env = {"API_ROUTER_DRAIN_SECS": drain_secs}
+    router = RouterProcess(profile(tmp_path, fake), env=env).start()
+    try:
+        stream = StreamReader(router.url)
+        stream.start()
+        assert stream.first.wait(10) and stream.error is None, stream.error
+        assert router.proc is not None
+        router.proc.send_signal(signal.SIGTERM)
+        assert router.proc.wait(15) == 0, router.output()[-3000:]
+        stream.join(5)
+        assert not stream.is_alive()
+        assert "[DONE]" not in stream.lines  # cut by the drain time, not completed
+    finally:
+        router.stop()
