@@ -14,8 +14,8 @@ from tests.support import free_port
 
 
 class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -1,0 +1,186 @@
+"""Rate limits shared through a real redis-server (SPEC §7): exact across two router instances,
+keys that expire, fail-open / fail-closed when Redis is gone, /ready following Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.proxy.headers import key_id
+from tests.conftest import base_profile
+from tests.fakes.redis_server import RedisServer
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.test_ratelimit import (
+    BODY,
+    CHAT,
+    EMBEDDINGS,
+    RATE_LIMITED,
+    SECRET,
+    post,
+    sent_upstream,
+)
+from tests.support import RouterProcess, free_port, write_profile
+
+
+def limited_profile(url: str) -> dict[str, object]:
+    return base_profile(
+        url,
+        rateLimit={"requestsPerMinute": 1, "burst": 10},
+        # 60 a minute, burst 1: a used bucket is full again (and its key gone) after 1 s
+        endpoints={EMBEDDINGS: {"rateLimit": {"requestsPerMinute": 60, "burst": 1}}},
+    )
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pair(
+    redis_server: RedisServer,
+    fake_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RouterProcess, RouterProcess]]:
+    """Two router instances (2 workers each) sharing one Redis."""
+    path = write_profile(tmp_path_factory.mktemp("rl-redis"), limited_profile(fake_upstream.url))
+    env = {"RATE_LIMIT_BACKEND": redis_server.url}
+    with (
+        RouterProcess(path, workers=2, env=env) as a,
+        RouterProcess(path, workers=2, env=env) as b,
+    ):
+        yield a, b
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def spread(urls: list[str], n: int, key: str) -> list[int]:
+    """`n` requests at once over the instances in turn, each on its own connection."""
+
+    async def one(url: str) -> int:
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await c.post(url + CHAT, json=BODY, headers={"Authorization": f"Bearer {key}"})
+            return r.status_code
+
+    return list(await asyncio.gather(*(one(urls[i % len(urls)]) for i in range(n))))
+
+
+def test_exact_across_two_instances(
+    pair: tuple[RouterProcess, RouterProcess], upstream: FakeUpstream
+) -> None:
+    a, b = pair
+    statuses = asyncio.run(spread([a.url, b.url], 100, "sk-redis-exact"))
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 90
+    assert sent_upstream(upstream, CHAT, "sk-redis-exact") == 10
+    # the bucket is shared: the other instance refuses too, with the 429 of SPEC §7
+    for r in (post(a.url, key="sk-redis-exact"), post(b.url, key="sk-redis-exact")):
+        assert r.status_code == 429
+        assert r.json() == RATE_LIMITED
+        assert int(r.headers["Retry-After"]) >= 1
+        assert r.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_keys_hold_a_hash_only_and_expire_when_full_again(
+    pair: tuple[RouterProcess, RouterProcess], redis_server: RedisServer
+) -> None:
+    a, b = pair
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert post(a.url, EMBEDDINGS, SECRET).status_code == 200
+        assert post(b.url, EMBEDDINGS, SECRET).status_code == 429  # one bucket for both
+        key = f"api-router:rl:{EMBEDDINGS}:{key_id(SECRET)}".encode()
+        keys = client.keys("*")
+        assert key in keys
+        assert all(SECRET.encode() not in k and SECRET[3:20].encode() not in k for k in keys)
+        assert 0 < client.pttl(key) <= 1000  # expires when full again
+        for rec in a.logs() + b.logs():
+            assert SECRET not in str(rec)
+        # several distinct keys on the short-lived route, then they all expire
+        for i in range(5):
+            assert post(a.url, EMBEDDINGS, f"sk-expire-{i}").status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and client.keys(f"api-router:rl:{EMBEDDINGS}:*"):
+            time.sleep(0.1)
+        assert client.keys(f"api-router:rl:{EMBEDDINGS}:*") == []
+    finally:
+        client.close()
+
+
+def test_health_and_gauge_count_live_keys(
+    pair: tuple[RouterProcess, RouterProcess], redis_server: RedisServer
+) -> None:
+    a, _ = pair
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        live = len(client.keys("api-router:rl:*"))
+        deadline = time.monotonic() + 10
+        # the count is refreshed in the background at most twice a second: ask until it is
+        while time.monotonic() < deadline:
+            h = httpx.get(a.url + "/health", timeout=5).json()["rateLimiter"]
+            if h["activeBuckets"] == live and h["routes"].get(CHAT):
+                break
+            time.sleep(0.2)
+        assert h["activeBuckets"] == live
+        assert h["routes"][CHAT] == len(client.keys(f"api-router:rl:{CHAT}:*"))
+        assert metric(a.url, "rate_limiter_buckets") >= 1
+    finally:
+        client.close()
+
+
+def test_unreachable_redis_fails_open_logged_and_counted(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    path = write_profile(tmp_path, limited_profile(fake_upstream.url))
+    nowhere = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    with RouterProcess(path, workers=1, env={"RATE_LIMIT_BACKEND": nowhere}) as r:
+        statuses = [post(r.url, key="sk-open").status_code for _ in range(12)]
+        assert statuses == [200] * 12  # served although no limit could be checked
+        assert sent_upstream(upstream, CHAT, "sk-open") == 12
+        assert metric(r.url, "rate_limiter_backend_errors_total") == 12
+        rec = r.wait_for_log(lambda x: x.get("event") == "rate_limiter_backend_error")
+        assert rec["backend"] == "redis"
+        assert rec["action"] == "allowed"
+        assert httpx.get(r.url + "/ready").status_code == 200  # fail-open: still ready
+        assert "hunter2-password" not in r.output()
+
+
+def test_fail_closed_refuses_and_ready_follows_redis(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    path = write_profile(tmp_path, limited_profile(fake_upstream.url))
+    server = RedisServer().start()
+    try:
+        env = {"RATE_LIMIT_BACKEND": server.url, "RATE_LIMIT_FAIL_CLOSED": "true"}
+        with RouterProcess(path, workers=1, env=env) as r:
+            assert post(r.url, key="sk-closed").status_code == 200
+            server.stop()
+            resp = post(r.url, key="sk-closed")
+            assert resp.status_code == 503
+            assert resp.json()["error"]["code"] == "service_unavailable"
+            assert sent_upstream(upstream, CHAT, "sk-closed") == 1
+            assert httpx.get(r.url + "/ready").status_code == 503
+            assert metric(r.url, "rate_limiter_backend_errors_total") >= 1
+            server = RedisServer(port=server.port).start()  # Redis is back
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if httpx.get(r.url + "/ready").status_code == 200:
+                    break
+                time.sleep(0.2)
+            assert httpx.get(r.url + "/ready").status_code == 200
+            # a fresh Redis has a fresh bucket: limits apply again
+            assert post(r.url, key="sk-closed").status_code == 200
+    finally:
+        server.stop()
