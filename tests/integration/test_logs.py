@@ -114,7 +114,7 @@ def _chat(router: RouterProcess, rid: str, **body: Any) -> httpx.Response:
         )
 
 
-# -- the completion line ---------------------------------------------------------------------------
+# -- the completion line --------------------------------------------------------------------------
 
 
 def test_one_completion_line_per_request_with_every_field(
@@ -149,7 +149,8 @@ def test_context_is_per_request_on_a_kept_alive_connection(
     upstream.reply_with(Reply(action="reset"))
     with httpx.Client(timeout=10) as c:
         c.post(debug_router.url + CHAT, json={"model": "a"}, headers={"X-Request-ID": "ka-1"})
-        upstream.reply_with(Reply(status=200, body=b"{}", headers=[("Content-Type", "application/json")]))  # fmt: skip
+        ok = Reply(status=200, body=b"{}", headers=[("Content-Type", "application/json")])
+        upstream.reply_with(ok)
         c.post(debug_router.url + CHAT, json={"model": "b"}, headers={"X-Request-ID": "ka-2"})
     second = _completion(debug_router, "ka-2")
     assert "error_type" not in second and second["model"] == "b"
@@ -161,7 +162,7 @@ def test_context_is_per_request_on_a_kept_alive_connection(
     assert all(r["request_id"] == "ka-2" for r in after_first if r.get("request_id") != "ka-1")
 
 
-# -- every error_type: the log line and the counter agree -------------------------------------------
+# -- every error_type: the log line and the counter agree -----------------------------------------
 
 SCENARIOS: dict[str, tuple[str, Reply | None, int]] = {
     # error_type: (router fixture, upstream reply, status the client gets)
@@ -228,7 +229,7 @@ def test_stream_break_logs_stream_error_and_counts_it(
     )
 
 
-# -- no credential anywhere -------------------------------------------------------------------------
+# -- no credential anywhere -----------------------------------------------------------------------
 
 
 def test_sentinel_credentials_never_appear_in_logs_metrics_or_error_bodies(
@@ -288,7 +289,7 @@ def test_sentinel_credentials_never_appear_in_logs_metrics_or_error_bodies(
             assert secret not in hd
 
 
-# -- format and level ------------------------------------------------------------------------------
+# -- format and level -----------------------------------------------------------------------------
 
 
 def test_sanic_and_httpx_records_use_the_same_json_formatter(debug_router: RouterProcess) -> None:
@@ -305,7 +306,8 @@ def test_sanic_and_httpx_records_use_the_same_json_formatter(debug_router: Route
 
 def test_log_level_is_respected(closed_port_router: RouterProcess) -> None:
     with httpx.Client() as c:
-        assert c.get(closed_port_router.url + "/health", headers={"X-Request-ID": "lvl-ok"}).status_code == 200  # fmt: skip
+        r = c.get(closed_port_router.url + "/health", headers={"X-Request-ID": "lvl-ok"})
+        assert r.status_code == 200
     rid = "lvl-fail-" + uuid.uuid4().hex[:6]
     assert _chat(closed_port_router, rid).status_code == 502
     _completion(closed_port_router, rid)  # warnings are logged ...
@@ -341,7 +343,7 @@ def _wait_line(r: RouterProcess, needle: str) -> str:
     raise AssertionError(r.output()[-2000:])
 
 
-# -- repeated failures raise one alert line ---------------------------------------------------------
+# -- repeated failures raise one alert line -------------------------------------------------------
 
 
 def test_repeated_upstream_failures_log_one_alert_line(

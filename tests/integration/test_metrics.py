@@ -44,7 +44,7 @@ def _wait_for(predicate: object, timeout: float = 5.0) -> None:
     raise AssertionError("condition not reached")
 
 
-# -- 1. the five metrics of the original design ---------------------------------------------
+# -- 1. the five metrics of the original design ---------------------------------------------------
 
 
 def test_the_five_original_metrics_have_exact_names_types_and_labels(
@@ -151,7 +151,7 @@ def test_a_client_that_leaves_is_counted_as_499(
     assert value(after, "in_flight_requests") == 1  # only this scrape
 
 
-# -- 3. bounded cardinality --------------------------------------------------------------------
+# -- 3. bounded cardinality -----------------------------------------------------------------------
 
 
 def test_series_do_not_grow_with_random_paths_or_models(
@@ -170,7 +170,7 @@ def test_series_do_not_grow_with_random_paths_or_models(
     assert value(text, "tokens_total", type="prompt", model="other") >= 7 * 1001
 
 
-# -- 4. beyond the original: what LLM operators need ----------------------------------------
+# -- 4. beyond the original: what LLM operators need ----------------------------------------------
 
 
 def test_upstream_latency_overhead_and_tokens_per_known_model(
@@ -245,7 +245,7 @@ def test_config_reload_results_are_counted(router: RouterProcess) -> None:
     _wait_for(lambda: value(scrape(router.url), "config_reloads_total") == 2)
 
 
-# -- 2. exact with several workers -------------------------------------------------------------
+# -- 2. exact with several workers ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -370,7 +370,7 @@ def test_multiproc_dir_is_fresh_at_start_and_killed_workers_drop_out(
             s.close()
 
 
-# -- 8. METRICS.md and the dashboard match what /metrics serves -------------------------------
+# -- 8. METRICS.md and the dashboard match what /metrics serves -----------------------------------
 
 
 def _documented() -> dict[str, tuple[str, set[str]]]:
