@@ -97,6 +97,8 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             metrics.router_overhead_seconds.labels(route).observe(
                 max(0.0, elapsed - state.upstream_latency)
             )
+        if state.first_byte_latency is not None:
+            metrics.stream_first_byte_seconds.labels(route).observe(state.first_byte_latency)
         if state.usage:
             model = model_label(state.upstream_model or state.model, app.ctx.known_models())
             for kind, key in (

@@ -14,6 +14,7 @@ What the observability layer needs is left on `request.ctx` (see `RequestState`)
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from typing import Any
@@ -23,11 +24,15 @@ import orjson
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from ..config.model import MESSAGES, ResolvedEndpoint
+from ..config.model import CHAT, COMPLETIONS, MESSAGES, ResolvedEndpoint
 from ..errors import BadRequest, RateLimited, UpstreamJSONError
 from ..ratelimit import Limit
 from . import headers as h
+from .events import ask_for_usage
 from .upstream import map_exception, request_timeout
+
+# OpenAI-format streaming routes whose upstreams send usage when `stream_options` asks for it.
+USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -85,6 +90,7 @@ class RequestState:
 
     __slots__ = (
         "error_type",
+        "first_byte_latency",
         "key_id",
         "model",
         "stream",
@@ -101,6 +107,7 @@ class RequestState:
         self.upstream_latency: float | None = None
         self.error_type: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.first_byte_latency: float | None = None  # request start to a stream's first event
 
 
 def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
@@ -121,11 +128,16 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     state.key_id = h.key_id(credential)
 
     streaming = False
+    strip_usage = False
+    upstream_length: int | None = None
+    body: Any
     if ep.requires_multipart:
-        from .multipart import rewrite_multipart
+        from .multipart import prepare
 
-        body = rewrite_multipart(request, profile.model_mapping, state)
+        body, upstream_length = await prepare(request, profile.model_mapping, state)
     else:
+        if not request.body:
+            await request.receive_body()  # a streaming route (routes.proxy) that takes JSON here
         body = request.body
         payload = parse_json_object(body)
         model = payload.get("model")
@@ -137,6 +149,9 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         state.upstream_model = mapped or state.model
         streaming = ep.stream_support and payload.get("stream") is True
         state.stream = streaming
+        if streaming and route in USAGE_ROUTES and ask_for_usage(payload):
+            strip_usage = True
+            body = dump_json(payload)
 
     limit = route_limit(app, cfg, route)
     decision = None
@@ -156,6 +171,8 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     hdrs = h.merge_headers(
         hdrs, [("Accept-Encoding", accept_encoding(request.headers.get("accept-encoding"), streaming))]
     )
+    if upstream_length is not None:  # a streamed multipart body keeps a known length
+        hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
     upstream_request = app.ctx.http.build_request(
         ep.method,
         h.build_url(ep.url, request.query_string),
@@ -168,7 +185,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     if streaming:
         from .sse import relay_stream
 
-        return await relay_stream(request, upstream_request, ep, extra)
+        return await relay_stream(request, upstream_request, ep, extra, strip_usage)
 
     started = time.perf_counter()
     try:
@@ -179,6 +196,12 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
             await resp.aclose()
     except httpx.HTTPError as e:
         raise map_exception(e) from None
+    except asyncio.CancelledError:  # the client went away: 499, not an upstream failure
+        from ..observability.lifecycle import finish
+
+        state.upstream_latency = time.perf_counter() - started
+        finish(request, 499)
+        raise
     finally:
         state.upstream_latency = time.perf_counter() - started
 

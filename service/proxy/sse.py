@@ -1,18 +1,116 @@
-"""Server-Sent-Events relay (SPEC §6)."""
+"""Server-Sent-Events relay (SPEC §6): upstream events to the client, whole, in order, flushed.
+
+- Upstream non-2xx before anything was committed: a normal response with that status and body.
+- No upstream response head within `heartbeatIntervalSecs`: the 200 SSE head is committed early
+  and heartbeats start; a later failure or non-2xx answer becomes an `event: error`.
+- Events are written as soon as they are complete (`events.EventFramer`), never split, so a
+  heartbeat (`: heartbeat` + blank line, after `heartbeatIntervalSecs` without a write) always
+  falls between two events.
+- Back-pressure: the next upstream read starts only after the previous write was accepted, and
+  the client transport queues at most `bufferSize` bytes before a write waits; memory per stream
+  is that plus one event.
+- Client gone (Sanic cancels the handler): the upstream response is closed (its connection is
+  dropped, not pooled), the request is recorded as 499, and the cancellation propagates.
+- Upstream breaks mid-stream: `event: error` with a JSON `data:` line, then the end
+  (`error_type` `stream_error`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import httpx
+import orjson
 from sanic import Request
+from sanic.compat import Header
+from sanic.response import HTTPResponse
 
-from ..config.model import ResolvedEndpoint
+from ..config.model import MESSAGES, ResolvedEndpoint
+from ..errors import RouterError, StreamError, UpstreamError, error_body
+from ..observability import lifecycle
 from . import headers as h
+from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker
 from .upstream import map_exception
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
+_NOT_FROM_UPSTREAM = frozenset({"cache-control", "content-type", "content-encoding"})
+# Of an upstream error body that arrives after the head was committed, this much is kept for
+# the error event; the rest is read and dropped so that the connection can be reused.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def error_event(data: bytes) -> bytes:
+    return b"event: error\ndata: " + data + b"\n\n"
+
+
+def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
+    """The `data:` of the error event for an upstream non-2xx answer after an early commit: the
+    upstream's own JSON error when it sent one, else the router's, on one line."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "error" in parsed:
+        return orjson.dumps(parsed)
+    return error_body(UpstreamError(f"The upstream answered HTTP {status}"), anthropic)
+
+
+class _Stream:
+    """The client side of one relayed stream: the committed response and the heartbeat clock."""
+
+    __slots__ = ("anthropic", "interval", "last_write", "out", "request")
+
+    def __init__(self, request: Request, interval: float, anthropic: bool) -> None:
+        self.request = request
+        self.interval = interval
+        self.anthropic = anthropic
+        self.out: Any = None
+        self.last_write = 0.0
+
+    async def commit(self, headers: list[tuple[str, str]], buffer_size: int) -> None:
+        headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FROM_UPSTREAM]
+        headers.extend(SSE_HEADERS)
+        self.out = await self.request.respond(
+            status=200, headers=Header(headers), content_type="text/event-stream"
+        )
+        transport = getattr(self.request, "transport", None)
+        if transport is not None:
+            # A slow client makes writes wait once bufferSize bytes are queued for it.
+            transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
+        self.last_write = time.monotonic()
+
+    async def write(self, data: bytes) -> None:
+        await self.out.send(data)
+        self.last_write = time.monotonic()
+
+    async def wait(self, task: asyncio.Future[Any]) -> None:
+        """Wait for `task`, writing a heartbeat whenever nothing was written for the interval."""
+        while not task.done():
+            remaining = self.last_write + self.interval - time.monotonic()
+            if remaining > 0:
+                await asyncio.wait({task}, timeout=remaining)
+            elif not task.done():
+                await self.write(HEARTBEAT)
+
+    async def fail(self, err: RouterError, data: bytes | None = None) -> None:
+        self.request.ctx.state.error_type = err.error_type
+        await self.write(error_event(data or error_body(err, self.anthropic)))
+        await self.out.eof()
+
+
+async def _abandon(task: asyncio.Future[Any] | None) -> None:
+    """Cancel a helper task and wait for it without raising its outcome (ours still propagates)."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if not task.cancelled():
+        exc = task.exception()
+        if exc is None and isinstance(task.result(), httpx.Response):
+            await task.result().aclose()
 
 
 async def relay_stream(
@@ -20,33 +118,101 @@ async def relay_stream(
     upstream_request: httpx.Request,
     ep: ResolvedEndpoint,
     extra_headers: dict[str, str],
-) -> Any:
+    strip_usage_chunk: bool = False,
+) -> HTTPResponse | None:
     app = request.app
     state = request.ctx.state
+    stream = _Stream(request, ep.heartbeat_interval_secs, ep.route == MESSAGES)
+    head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
     started = time.perf_counter()
+    sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(
+        app.ctx.http.send(upstream_request, stream=True)
+    )
+    reading: asyncio.Future[bytes] | None = None
+    resp: httpx.Response | None = None
+    usage = UsageTracker(strip_usage_chunk)
     try:
-        resp = await app.ctx.http.send(upstream_request, stream=True)
-    except httpx.HTTPError as e:
-        state.upstream_latency = time.perf_counter() - started
-        raise map_exception(e) from None
-    try:
-        headers = h.returnable_response_headers(resp.headers.multi_items())
-        headers.append(("X-Request-ID", request.ctx.request_id))
-        headers.extend(extra_headers.items())
-        if resp.status_code >= 300:
+        assert sending is not None
+        await asyncio.wait({sending}, timeout=ep.heartbeat_interval_secs)
+        if not sending.done():
+            # Nothing from the upstream yet: show the client (and load balancers) life.
+            await stream.commit(head_headers, ep.buffer_size)
+            await stream.wait(sending)
+        done, sending = sending, None
+        try:
+            resp = done.result()
+        except httpx.HTTPError as e:
+            err = map_exception(e)
+            if stream.out is None:
+                raise err from None
+            await stream.fail(err)
+            return None
+
+        if not 200 <= resp.status_code < 300:
             if resp.status_code == 429 or resp.status_code >= 500:
                 state.error_type = "upstream_error"
-            data = b"".join([c async for c in resp.aiter_raw()])
-            from sanic.response import HTTPResponse
+            body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
+            if stream.out is None:
+                headers = h.returnable_response_headers(resp.headers.multi_items())
+                headers.extend(head_headers)
+                return HTTPResponse(
+                    body=body, status=resp.status_code, headers=Header(headers), content_type=None
+                )
+            data = upstream_error_data(resp.status_code, body, stream.anthropic)
+            await stream.write(error_event(data))
+            await stream.out.eof()
+            return None
 
-            return HTTPResponse(body=data, status=resp.status_code, headers=headers, content_type=None)
-        headers = [(k, v) for k, v in headers if k.lower() not in ("cache-control", "content-type")]
-        headers.extend(SSE_HEADERS.items())
-        out = await request.respond(status=200, headers=headers, content_type="text/event-stream")
-        async for chunk in resp.aiter_raw():
-            await out.send(chunk)
-        await out.eof()
+        if stream.out is None:
+            headers = h.returnable_response_headers(resp.headers.multi_items())
+            headers.extend(head_headers)
+            await stream.commit(headers, ep.buffer_size)
+
+        framer = EventFramer()
+        chunks = resp.aiter_raw()
+        while True:
+            reading = asyncio.ensure_future(chunks.__anext__())
+            await stream.wait(reading)
+            done_read, reading = reading, None
+            try:
+                events = framer.feed(done_read.result())
+            except StopAsyncIteration:
+                break
+            except (httpx.HTTPError, EventTooLarge):
+                await stream.fail(StreamError())
+                return None
+            out = [e for e in events if usage.keep(e)]
+            if out:
+                if state.first_byte_latency is None:
+                    state.first_byte_latency = time.perf_counter() - request.ctx.started
+                await stream.write(out[0] if len(out) == 1 else b"".join(out))
+        rest = framer.flush()
+        if rest:
+            await stream.write(rest)
+        await stream.out.eof()
         return None
+    except asyncio.CancelledError:
+        # The client went away (Sanic cancelled us): not an upstream failure.
+        state.upstream_latency = time.perf_counter() - started
+        state.usage = usage.usage
+        lifecycle.finish(request, 499)
+        raise
     finally:
         state.upstream_latency = time.perf_counter() - started
-        await resp.aclose()
+        state.usage = usage.usage
+        await _abandon(reading)
+        await _abandon(sending)
+        if resp is not None:
+            await resp.aclose()  # after a complete read this returns the connection to the pool
+
+
+async def _read_body(resp: httpx.Response, limit: int | None) -> bytes:
+    """The whole body (a normal response), or its first `limit` bytes with the rest drained."""
+    parts: list[bytes] = []
+    kept = 0
+    async for chunk in resp.aiter_raw():
+        if limit is None or kept < limit:
+            parts.append(chunk)
+            kept += len(chunk)
+    data = b"".join(parts)
+    return data if limit is None else data[:limit]

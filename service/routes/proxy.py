@@ -1,19 +1,32 @@
 """The proxied LLM routes. One handler serves them all: the route pattern selects the endpoint
-settings, and `proxy.relay.forward` does the work (JSON, multipart or SSE)."""
+settings, and `proxy.relay.forward` does the work (JSON, multipart or SSE).
+
+The multipart (audio) routes stream their request body (Sanic `stream=True`): the relay reads it
+only as far as the model rewrite needs and sends the rest upstream as it arrives. Sanic lifts the
+body-size limit for streaming handlers, so the handler puts `API_ROUTER_MAX_BODY_BYTES` back; the
+body reader then answers 413 past it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..config.model import PROXY_ROUTES
+from ..config.model import MULTIPART_ROUTES, PROXY_ROUTES
 from ..proxy.relay import forward
 
 bp = Blueprint("proxy")
 
 
-def _handler(route: str):  # type: ignore[no-untyped-def]
+def _handler(route: str) -> Callable[[Request], Coroutine[Any, Any, HTTPResponse | None]]:
+    streamed = route in MULTIPART_ROUTES
+
     async def handler(request: Request) -> HTTPResponse | None:
+        if streamed and request.stream is not None:
+            request.stream.request_max_size = request.app.ctx.settings.max_body_bytes
         return await forward(request, route)
 
     handler.__name__ = "proxy_" + route.strip("/").replace("/", "_")
@@ -21,4 +34,5 @@ def _handler(route: str):  # type: ignore[no-untyped-def]
 
 
 for _route in PROXY_ROUTES:
-    bp.add_route(_handler(_route), _route, methods=["POST"], name=_handler(_route).__name__)
+    _h = _handler(_route)
+    bp.add_route(_h, _route, methods=["POST"], name=_h.__name__, stream=_route in MULTIPART_ROUTES)

@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,12 @@ class Reply:
     # "invalid_json" (200 application/json whose body is not JSON).
     action: str | None = None
     delay: float = 0.0  # before the response head
+    # A chunked body produced lazily (it may be endless): called once per response, yields
+    # (delay before it, bytes) like `chunks`. Used instead of `chunks` when set.
+    chunk_source: Callable[[], Iterable[tuple[float, bytes]]] | None = None
+    # While waiting out a chunk's delay, notice at once when the peer closed the connection (so
+    # that `conn_closed_at` records the moment the router let go, not the next failed write).
+    watch_close: bool = False
 
 
 def sse(*events: str) -> list[tuple[float, bytes]]:
@@ -76,6 +82,19 @@ def openai_chat(model: str, content: str = "Hello from fake") -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
     }
+
+
+def openai_usage_chunk(model: str) -> str:
+    """The extra last chunk an OpenAI upstream sends when `stream_options.include_usage`."""
+    data = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+    }
+    return "data: " + json.dumps(data) + "\n\n"
 
 
 def openai_chat_stream(model: str, pieces: tuple[str, ...] = ("Hel", "lo")) -> list[str]:
@@ -216,22 +235,32 @@ def default_reply(req: Recorded) -> Reply:
     """Answer like a provider: OpenAI shapes on OpenAI paths, Anthropic on /v1/messages."""
     model = "unknown"
     stream = False
+    include_usage = False
     if req.body and (req.header("content-type") or "").startswith("application/json"):
         try:
             data = json.loads(req.body)
             model = data.get("model", model)
             stream = data.get("stream") is True
+            opts = data.get("stream_options")
+            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         except ValueError:
             pass
     path = req.path
     sse_headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
     if path.endswith("/chat/completions"):
         if stream:
-            return Reply(headers=sse_headers, chunks=sse(*openai_chat_stream(model)))
+            events = openai_chat_stream(model)
+            if include_usage:  # like OpenAI: one more chunk, with usage and no choices
+                events.insert(-1, openai_usage_chunk(model))
+            return Reply(headers=sse_headers, chunks=sse(*events))
         return _json_reply(openai_chat(model))
     if path.endswith("/completions"):
         if stream:
-            return Reply(headers=sse_headers, chunks=sse(*openai_completion_stream(model)))
+            events = openai_completion_stream(model)
+            if include_usage:
+                usage = openai_usage_chunk(model)
+                events.insert(-1, usage.replace("chat.completion.chunk", "text_completion"))
+            return Reply(headers=sse_headers, chunks=sse(*events))
         return _json_reply(openai_completion(model))
     if path.endswith("/embeddings"):
         return _json_reply(openai_embeddings(model))
@@ -252,6 +281,7 @@ class FakeUpstream:
         self.conn_opened = 0
         self.conn_closed_at: list[float] = []
         self.write_failed_at: list[float] = []
+        self.body_bytes_sent = 0  # body bytes written by chunked replies, over all responses
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -381,7 +411,7 @@ class FakeUpstream:
         head = [f"HTTP/1.1 {reply.status} {reason}"]
         names = {k.lower() for k, _ in reply.headers}
         head += [f"{k}: {v}" for k, v in reply.headers]
-        chunked = reply.chunks is not None
+        chunked = reply.chunks is not None or reply.chunk_source is not None
         if chunked:
             head.append("Transfer-Encoding: chunked")
         elif reply.action == "close_mid":
@@ -390,16 +420,23 @@ class FakeUpstream:
             head.append(f"Content-Length: {len(reply.body)}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         if chunked:
-            assert reply.chunks is not None
-            for i, (delay, data) in enumerate(reply.chunks):
+            items = reply.chunk_source() if reply.chunk_source is not None else reply.chunks
+            assert items is not None
+            last = len(reply.chunks) - 1 if reply.chunks is not None else -1
+            for i, (delay, data) in enumerate(items):
                 if delay:
                     await writer.drain()
-                    await asyncio.sleep(delay)
-                if reply.action == "close_mid" and i == len(reply.chunks) - 1:
+                    if reply.watch_close:
+                        if await _peer_closed_within(reader, delay):
+                            return False
+                    else:
+                        await asyncio.sleep(delay)
+                if reply.action == "close_mid" and i == last:
                     await writer.drain()
                     return False
                 writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 await writer.drain()
+                self.body_bytes_sent += len(data)
             writer.write(b"0\r\n\r\n")
         else:
             writer.write(reply.body)
@@ -408,3 +445,14 @@ class FakeUpstream:
                 return False
         await writer.drain()
         return True
+
+
+async def _peer_closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait `seconds`; True as soon as the peer closes the connection (EOF) in that time."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), seconds)
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return data == b""

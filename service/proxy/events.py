@@ -1,0 +1,163 @@
+"""Server-Sent-Events framing and token usage, as pure functions over bytes (no I/O).
+
+The SSE relay forwards upstream events byte for byte. `EventFramer` only finds where each event
+ends (a blank line; any of the three SSE line endings `\\r\\n`, `\\n`, `\\r`; across arbitrary read
+boundaries), so that the relay writes whole events and never puts a heartbeat inside one.
+`UsageTracker` reads token usage from the few events that carry it (OpenAI usage chunks,
+Anthropic `message_start` / `message_delta`) and drops the usage-only chunk the router asked for on
+the client's behalf. `ask_for_usage` is the request side of that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+HEARTBEAT = b": heartbeat\n\n"
+
+# One event larger than this is not an LLM stream; the relay ends it as a stream error rather
+# than hold an unbounded amount of memory for it.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class EventTooLarge(Exception):
+    pass
+
+
+class EventFramer:
+    """Splits a byte stream into complete SSE events (each including its terminating blank line).
+
+    Holds at most one incomplete event between calls.
+    """
+
+    __slots__ = ("_after_cr", "_cr_blank", "_line_empty", "_pending", "max_event")
+
+    def __init__(self, max_event: int = MAX_EVENT_BYTES) -> None:
+        self._pending = bytearray()
+        self._line_empty = True  # at the start of a line: the next line ending is a blank line
+        self._after_cr = False  # the last byte was a CR that may pair with a leading LF
+        self._cr_blank = False  # ...and that CR ended a blank line: the event waits for its LF
+        self.max_event = max_event
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the incomplete event held."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        events: list[bytes] = []
+        n = len(data)
+        pos = start = 0
+        if self._after_cr and n:
+            self._after_cr = False
+            if data[0] == 0x0A:
+                pos = 1  # the LF of a CRLF split across two reads: not a new line
+            if self._cr_blank:
+                self._cr_blank = False
+                self._pending += data[:pos]
+                events.append(bytes(self._pending))
+                self._pending.clear()
+                start = pos
+        while True:
+            m = _EOL.search(data, pos)
+            if m is None:
+                if pos < n:
+                    self._line_empty = False
+                break
+            if m.start() > pos:
+                self._line_empty = False
+            end = m.end()
+            self._after_cr = end == n and end - m.start() == 1 and data[m.start()] == 0x0D
+            if self._line_empty:  # a blank line: the event is complete
+                if self._after_cr:
+                    self._cr_blank = True  # unless an LF follows in the next read
+                elif self._pending:
+                    self._pending += data[start:end]
+                    events.append(bytes(self._pending))
+                    self._pending.clear()
+                    start = end
+                else:
+                    events.append(data[start:end])
+                    start = end
+            self._line_empty = True
+            pos = end
+        if start < n:
+            self._pending += data[start:]
+            if len(self._pending) > self.max_event:
+                raise EventTooLarge()
+        return events
+
+    def flush(self) -> bytes:
+        """What is left when the upstream response ended (an unterminated last event)."""
+        rest = bytes(self._pending)
+        self._pending.clear()
+        self._after_cr = self._cr_blank = False
+        return rest
+
+
+def event_data(event: bytes) -> bytes:
+    """The event's `data` field: its `data:` lines joined with LF (one leading space dropped)."""
+    parts = []
+    for line in _EOL.split(event):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts)
+
+
+def ask_for_usage(payload: dict[str, Any]) -> bool:
+    """Make an OpenAI-format streaming request ask for usage (`stream_options.include_usage`).
+
+    Returns True when the router added the request, i.e. the client did not ask for usage and the
+    extra usage-only chunk must be removed from what it receives.
+    """
+    opts = payload.get("stream_options")
+    if opts is None:
+        payload["stream_options"] = {"include_usage": True}
+        return True
+    if isinstance(opts, dict):
+        if opts.get("include_usage") is True:
+            return False
+        payload["stream_options"] = {**opts, "include_usage": True}
+        return True
+    return False  # a value we do not understand: leave the client's request alone
+
+
+class UsageTracker:
+    """Token usage seen in a stream's events; drops the usage-only chunk when told to."""
+
+    __slots__ = ("strip_usage_chunk", "usage")
+
+    def __init__(self, strip_usage_chunk: bool = False) -> None:
+        self.strip_usage_chunk = strip_usage_chunk
+        self.usage: dict[str, int] | None = None
+
+    def keep(self, event: bytes) -> bool:
+        """Records any usage in `event`; False when the event must not reach the client."""
+        if b'"usage"' not in event:  # cheap test: most events carry no usage
+            return True
+        try:
+            parsed = orjson.loads(event_data(event))
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(parsed, dict):
+            return True
+        kind = parsed.get("type")
+        if kind == "message_start":
+            message = parsed.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+        else:
+            usage = parsed.get("usage")
+        if not isinstance(usage, dict):
+            return True
+        counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if self.usage is None:
+            self.usage = counts
+        else:
+            # Anthropic's message_delta carries cumulative output_tokens: later values win.
+            self.usage.update(counts)
+        return not (self.strip_usage_chunk and parsed.get("choices") == [])

@@ -1,0 +1,520 @@
+"""SSE relay through the real router subprocess (SPEC §6, issue 3): raw bytes, timing, faults,
+back-pressure, disconnects, and the real openai / anthropic SDKs as streaming clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from service.config.model import Profile
+from service.proxy.events import HEARTBEAT, EventFramer
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream, Recorded, Reply, anthropic_stream, openai_chat_stream
+from tests.scrape import scrape, value
+from tests.support import RouterProcess, write_profile
+
+HB = 0.3  # the profile's heartbeatIntervalSecs
+HB_COMPLETIONS = 0.6  # the /v1/completions endpoint's own, merged over the profile's
+BUFFER = 65536
+SSE = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+CHAT_BODY = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def stream_profile(url: str) -> dict[str, Any]:
+    return base_profile(
+        url,
+        streamConfig={"bufferSize": BUFFER, "heartbeatIntervalSecs": HB},
+        endpoints={"/v1/completions": {"streamConfig": {"heartbeatIntervalSecs": HB_COMPLETIONS}}},
+    )
+
+
+@pytest.fixture(scope="module")
+def srouter(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    d: Path = tmp_path_factory.mktemp("stream-router")
+    with RouterProcess(write_profile(d, stream_profile(fake_upstream.url))) as r:
+        yield r
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def metric(router: RouterProcess, name: str, **labels: str) -> float:
+    return value(scrape(router.url), name, **labels)
+
+
+class Received:
+    """A streamed response read with httpx: head, and each piece with its arrival time."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: httpx.Headers = httpx.Headers()
+        self.t0 = 0.0
+        self.head_at = 0.0
+        self.pieces: list[tuple[float, bytes]] = []
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(p for _, p in self.pieces)
+
+    def events(self) -> list[tuple[float, bytes]]:
+        """Each complete event of the body with the time its last byte arrived."""
+        f = EventFramer()
+        out = []
+        for t, p in self.pieces:
+            out += [(t, e) for e in f.feed(p)]
+        assert f.flush() == b""
+        return out
+
+
+def stream(router: RouterProcess, path: str, body: dict[str, Any], **kw: Any) -> Received:
+    got = Received()
+    got.t0 = time.monotonic()
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream("POST", router.url + path, json=body, **kw) as r,
+    ):
+        got.head_at = time.monotonic()
+        got.status, got.headers = r.status_code, r.headers
+        for piece in r.iter_raw():
+            got.pieces.append((time.monotonic(), piece))
+    return got
+
+
+def assert_sse_head(got: Received) -> None:
+    assert got.status == 200
+    assert got.headers["content-type"].startswith("text/event-stream")
+    assert got.headers["cache-control"] == "no-cache"
+    assert got.headers["x-accel-buffering"] == "no"
+    assert got.headers.get("x-request-id")
+
+
+def assert_heartbeat_spacing(got: Received, interval: float) -> None:
+    """The router writes a heartbeat only `interval` after its previous write, so the k-th
+    heartbeat cannot have been sent before k intervals after the request (arrival times measured
+    by the client are late by a varying delay, so gaps between them are not checked)."""
+    beat_times = [t for t, e in got.events() if e == HEARTBEAT]
+    for k, t in enumerate(beat_times, start=1):
+        assert t - got.t0 >= k * interval * 0.95, (k, t - got.t0)
+
+
+def access_line(router: RouterProcess, request_id: str) -> dict[str, Any]:
+    return router.wait_for_log(
+        lambda r: r.get("event") == "request_completed" and r.get("request_id") == request_id
+    )
+
+
+# Events in every framing SSE allows, split across upstream writes in awkward places.
+EVENTS = [
+    b'event: message_start\ndata: {"type":"message_start","n":1}\n\n',
+    b'id: 7\r\nevent: ping\r\ndata: {"type": "ping"}\r\n\r\n',
+    b": an upstream comment\n\n",
+    'data: {"text": "h\u00e9llo \u2603"}\n\n'.encode(),
+    b"data: line one\ndata: line two\r\r",
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+]
+
+
+def test_events_are_relayed_byte_exact_in_order_and_whole(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    raw = b"".join(EVENTS)
+    # cut points inside events, with a pause after each so that each half arrives on its own
+    cuts = [5, 60, 61, 95, 140, 170, len(raw) - 3]
+    chunks, prev = [], 0
+    for c in [*cuts, len(raw)]:
+        chunks.append((0.05, raw[prev:c]))
+        prev = c
+    upstream.reply_with(Reply(headers=[*SSE, ("x-upstream-trace", "t-1")], chunks=chunks))
+    got = stream(srouter, "/v1/messages", {"model": "claude", "stream": True, "max_tokens": 5})
+    assert_sse_head(got)
+    assert got.headers["x-upstream-trace"] == "t-1"  # end-to-end headers still reach the client
+    assert got.body == raw
+    assert b"HTTP/1.1" not in got.body and b"chunked" not in got.body.lower()
+    # every write of the router ends on an event boundary: no event ever arrives in halves
+    boundaries = {0}
+    pos = 0
+    for e in EVENTS:
+        pos += len(e)
+        boundaries.add(pos)
+    pos = 0
+    for _, piece in got.pieces:
+        pos += len(piece)
+        assert pos in boundaries, f"a write ended inside an event at byte {pos}"
+    assert upstream.last.json()["stream"] is True
+
+
+def test_stream_ends_with_the_upstream_response_and_its_connection_is_reused(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0, e.encode()) for e in anthropic_stream("m")]))
+    body = {"model": "claude", "stream": True, "max_tokens": 5}
+    stream(srouter, "/v1/messages", body)  # may open a pooled connection
+    opened, closed = upstream.conn_opened, len(upstream.conn_closed_at)
+    for _ in range(3):
+        # the fake keeps each connection open after the chunked body: the stream must end with
+        # the body (the client's read would otherwise wait for its timeout)
+        got = stream(srouter, "/v1/messages", body)
+        assert got.body.endswith(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    assert upstream.conn_opened == opened  # read to the end: back to the pool, reused
+    assert len(upstream.conn_closed_at) == closed
+
+
+def test_upstream_non_2xx_reaches_a_streaming_client_as_a_normal_response(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    err = b'{"error":{"message":"overloaded","type":"server_error","code":"busy"}}'
+    upstream.reply_with(
+        Reply(
+            status=503,
+            headers=[("Content-Type", "application/json"), ("Retry-After", "7")],
+            body=err,
+        )
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": "nx-503"})
+    assert got.status == 503
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["retry-after"] == "7"
+    assert got.body == err
+    line = access_line(srouter, "nx-503")
+    assert line["status_code"] == 503 and line["error_type"] == "upstream_error"
+
+
+def test_heartbeats_only_between_events_after_an_idle_interval(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    first, second, last = openai_chat_stream("up-model-4")[:3]
+    half = len(second) // 2
+    upstream.reply_with(
+        Reply(
+            headers=SSE,
+            chunks=[
+                (0, first.encode()),
+                (0, second[:half].encode()),  # the upstream pauses in the middle of an event
+                (1.0, second[half:].encode()),
+                (0, last.encode()),
+            ],
+        )
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    assert_sse_head(got)
+    events = got.events()
+    kinds = [e for _, e in events]
+    assert kinds[0] == first.encode()
+    assert kinds[-2:] == [second.encode(), last.encode()]
+    beats = kinds[1:-2]
+    assert beats and all(b == HEARTBEAT for b in beats)  # whole heartbeats, between events
+    assert got.body.replace(HEARTBEAT, b"") == (first + second + last).encode()
+    assert len(beats) >= 2  # the upstream was silent for 1 s: about one per 0.3 s
+    assert_heartbeat_spacing(got, HB)
+
+
+def test_endpoint_stream_config_overrides_the_profile_field_by_field(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    cfg = Profile.model_validate(stream_profile("http://x")).resolve()
+    assert cfg["/v1/completions"].heartbeat_interval_secs == HB_COMPLETIONS
+    assert cfg["/v1/completions"].buffer_size == BUFFER  # not overridden: the profile's
+    assert cfg["/v1/chat/completions"].heartbeat_interval_secs == HB
+
+    text = 'data: {"choices":[{"index":0,"text":"x","finish_reason":null}]}\n\n'
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0, text.encode()), (1.3, b"data: [DONE]\n\n")]))
+    got = stream(srouter, "/v1/completions", {"model": "m", "prompt": "p", "stream": True})
+    assert [e for _, e in got.events()].count(HEARTBEAT) >= 1
+    assert_heartbeat_spacing(got, HB_COMPLETIONS)
+
+
+def test_early_commit_when_the_upstream_head_is_late(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        lambda req: Reply(
+            headers=SSE, chunks=[(0, e.encode()) for e in openai_chat_stream("m")], delay=1.2
+        )
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    assert_sse_head(got)
+    assert got.head_at - got.t0 < 1.2  # the router committed before the upstream answered
+    kinds = [e for _, e in got.events()]
+    assert kinds[0] == HEARTBEAT
+    assert b"".join(k for k in kinds if k != HEARTBEAT) == "".join(openai_chat_stream("m")).encode()
+
+
+def test_early_commit_then_upstream_error_becomes_an_error_event(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    err = {"error": {"message": "model overloaded", "type": "server_error", "code": None}}
+    upstream.reply_with(
+        Reply(
+            status=500,
+            headers=[("Content-Type", "application/json")],
+            body=json.dumps(err).encode(),
+            delay=0.8,
+        )
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": "ec-500"})
+    assert_sse_head(got)
+    kinds = [e for _, e in got.events()]
+    assert kinds[0] == HEARTBEAT
+    assert kinds[-1].startswith(b"event: error\ndata: ")
+    assert json.loads(kinds[-1].split(b"data: ", 1)[1]) == err
+    assert access_line(srouter, "ec-500")["error_type"] == "upstream_error"
+
+    upstream.reply_with(Reply(action="reset", delay=0.8))
+    got = stream(
+        srouter, "/v1/messages", {"model": "c", "stream": True}, headers={"X-Request-ID": "ec-rst"}
+    )
+    assert got.status == 200
+    last = got.events()[-1][1]
+    assert last.startswith(b"event: error\ndata: ")
+    data = json.loads(last.split(b"data: ", 1)[1])
+    assert data["type"] == "error" and data["error"]["type"] == "api_error"  # Anthropic shape
+    assert access_line(srouter, "ec-rst")["error_type"] == "io_error"
+
+
+def test_upstream_break_mid_stream_ends_with_an_error_event(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    before = metric(srouter, "upstream_errors_total", error_type="stream_error")
+    first = openai_chat_stream("m")[0].encode()
+    upstream.reply_with(
+        Reply(
+            headers=SSE,
+            chunks=[(0, first), (0.05, b'data: {"partial'), (0, b"never sent")],
+            action="close_mid",
+        )
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": "mid-1"})
+    assert_sse_head(got)
+    events = [e for _, e in got.events()]
+    assert events[0] == first
+    assert b"partial" not in got.body  # the incomplete event is not half-delivered
+    assert events[-1].startswith(b"event: error\ndata: ")
+    data = json.loads(events[-1].split(b"data: ", 1)[1])
+    assert data["error"]["code"] == "stream_error"
+    line = access_line(srouter, "mid-1")
+    assert line["status_code"] == 200 and line["error_type"] == "stream_error"
+    assert metric(srouter, "upstream_errors_total", error_type="stream_error") == before + 1
+
+    # the openai SDK turns the error event into an exception
+    upstream.reply_with(
+        Reply(headers=SSE, chunks=[(0, first), (0, b"data: {"), (0, b"x")], action="close_mid")
+    )
+    client = openai.OpenAI(base_url=srouter.url + "/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            pass
+
+
+def test_client_disconnect_cancels_the_upstream_within_a_second(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    piece = openai_chat_stream("m", ("tok",))[0].encode()
+
+    def endless() -> Iterator[tuple[float, bytes]]:
+        for _ in range(10_000):
+            yield (0.1, piece)
+
+    upstream.reply_with(Reply(headers=SSE, chunk_source=endless, watch_close=True))
+    errors_before = metric(srouter, "upstream_errors_total")
+    gone_before = metric(srouter, "requests_total", route="/v1/chat/completions", status="499")
+    closed = len(upstream.conn_closed_at)
+    body = json.dumps(CHAT_BODY).encode()
+    with socket.create_connection(("127.0.0.1", srouter.port)) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Request-ID: gone-1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        seen = b""
+        while seen.count(b"chat.completion.chunk") < 2:
+            data = s.recv(65536)
+            assert data
+            seen += data
+        assert seen.startswith(b"HTTP/1.1 200")
+    left_at = time.monotonic()
+    deadline = left_at + 3
+    while len(upstream.conn_closed_at) == closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(upstream.conn_closed_at) > closed, "the upstream connection stayed open"
+    assert upstream.conn_closed_at[-1] - left_at < 1.0
+    line = access_line(srouter, "gone-1")
+    assert line["status_code"] == 499
+    assert "error_type" not in line
+    assert (
+        metric(srouter, "requests_total", route="/v1/chat/completions", status="499")
+        == gone_before + 1
+    )
+    assert metric(srouter, "upstream_errors_total") == errors_before
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def worker_pids(router: RouterProcess) -> list[int]:
+    """The router's Sanic workers: children of the router process that logged "Worker ready"."""
+    assert router.proc is not None
+    ready = {int(m) for m in re.findall(r"Worker ready \[(\d+)\]", router.output())}
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) in ready:
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == router.proc.pid:
+                out.append(int(entry))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+EVENT = b"data: " + b"x" * (65536 - 8) + b"\n\n"
+TOTAL_EVENTS = 3200  # 3200 * 64 KiB = 200 MiB
+
+
+def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    pids = worker_pids(srouter)
+    assert len(pids) == 1, pids
+    pid = pids[0]
+
+    def big() -> Iterator[tuple[float, bytes]]:
+        for _ in range(TOTAL_EVENTS):
+            yield (0, EVENT)
+
+    upstream.reply_with(lambda _r: Reply(headers=SSE, chunk_source=big))
+    # warm up allocator and code paths with a short version of the same stream
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0, EVENT)] * 32))
+    stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    upstream.reply_with(Reply(headers=SSE, chunk_source=big))
+    base = rss_kib(pid)
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    received = 0
+    sent_during_pause = 0
+    try:
+        with (
+            httpx.Client(timeout=30) as c,
+            c.stream("POST", srouter.url + "/v1/chat/completions", json=CHAT_BODY) as r,
+        ):
+            assert r.status_code == 200
+            for i, piece in enumerate(r.iter_raw(65536)):
+                received += len(piece)
+                if i == 16:
+                    # the reader stops: the router must stop reading the upstream too
+                    sent_before = upstream.body_bytes_sent
+                    time.sleep(1.5)
+                    sent_during_pause = upstream.body_bytes_sent - sent_before
+                elif i % 8 == 0:
+                    time.sleep(0.002)  # and then reads slowly
+    finally:
+        stop.set()
+        sampler.join()
+    assert received == TOTAL_EVENTS * len(EVENT)
+    grown_mib = (peak[0] - base) / 1024
+    assert grown_mib < 50, f"worker RSS grew by {grown_mib:.1f} MiB"
+    # back-pressure reached the upstream: while the reader paused, at most the socket buffers
+    # (a few MiB each way) were filled, not the 200 MiB stream
+    assert sent_during_pause < 64 * 1024 * 1024, sent_during_pause
+
+
+# -- real SDK clients --------------------------------------------------------------------------
+
+
+def _openai(router: RouterProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.url + "/v1", api_key="sk-stream", max_retries=0)
+
+
+def test_openai_sdk_chat_stream_gets_usage_counted_but_not_the_extra_chunk(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    prompt0 = metric(srouter, "tokens_total", type="prompt", model="up-model-4")
+    completion0 = metric(srouter, "tokens_total", type="completion", model="up-model-4")
+    ttfb0 = metric(srouter, "stream_first_byte_seconds_count", route="/v1/chat/completions")
+    chunks = list(
+        _openai(srouter).chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello"
+    assert all(c.choices for c in chunks)  # the usage-only chunk was removed
+    assert all(c.usage is None for c in chunks)
+    sent: Recorded = upstream.last
+    assert sent.json()["stream_options"] == {"include_usage": True}
+    assert sent.json()["model"] == "up-model-4"
+    assert metric(srouter, "tokens_total", type="prompt", model="up-model-4") == prompt0 + 7
+    assert metric(srouter, "tokens_total", type="completion", model="up-model-4") == completion0 + 3
+    assert (
+        metric(srouter, "stream_first_byte_seconds_count", route="/v1/chat/completions")
+        == ttfb0 + 1
+    )
+
+
+def test_openai_sdk_chat_stream_that_asked_for_usage_gets_it(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    prompt0 = metric(srouter, "tokens_total", type="prompt", model="up-model-4")
+    chunks = list(
+        _openai(srouter).chat.completions.create(
+            model="gpt-4",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 7
+    assert chunks[-1].choices == []
+    assert metric(srouter, "tokens_total", type="prompt", model="up-model-4") == prompt0 + 7
+
+
+def test_openai_sdk_completions_stream(srouter: RouterProcess, upstream: FakeUpstream) -> None:
+    chunks = list(_openai(srouter).completions.create(model="gpt-4", prompt="Say hi", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == "Hello"
+    assert all(c.choices for c in chunks)
+    assert upstream.last.path == "/v1/completions"
+    assert upstream.last.json()["stream_options"] == {"include_usage": True}
+
+
+def test_anthropic_sdk_messages_stream(srouter: RouterProcess, upstream: FakeUpstream) -> None:
+    prompt0 = metric(srouter, "tokens_total", type="prompt", model="other")
+    completion0 = metric(srouter, "tokens_total", type="completion", model="other")
+    client = anthropic.Anthropic(base_url=srouter.url, api_key="sk-ant", max_retries=0)
+    with client.messages.stream(
+        model="claude-x", max_tokens=32, messages=[{"role": "user", "content": "hi"}]
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "Hello"
+    assert final.usage.output_tokens == 4
+    assert "stream_options" not in upstream.last.json()  # only OpenAI-format routes get it
+    assert metric(srouter, "tokens_total", type="prompt", model="other") == prompt0 + 9
+    assert metric(srouter, "tokens_total", type="completion", model="other") == completion0 + 4

@@ -1,0 +1,198 @@
+"""SSE framing, usage extraction and the streaming multipart rewrite: pure functions, properties."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.errors import BadRequest
+from service.proxy.events import (
+    EventFramer,
+    EventTooLarge,
+    UsageTracker,
+    ask_for_usage,
+    event_data,
+)
+from service.proxy.multipart import ModelPartRewriter, boundary_of, rewrite_body
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for p in points:
+        out.append(data[prev:p])
+        prev = p
+    out.append(data[prev:])
+    return out
+
+
+def frame(pieces: list[bytes]) -> tuple[list[bytes], bytes]:
+    f = EventFramer()
+    events = []
+    for p in pieces:
+        events += f.feed(p)
+    return events, f.flush()
+
+
+line = st.binary(max_size=20).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+eol = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+@st.composite
+def sse_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    events = []
+    for _ in range(draw(st.integers(0, 6))):
+        lines = draw(st.lists(line.filter(bool), min_size=1, max_size=4))
+        ends = [draw(eol) for _ in lines]
+        body = b"".join(ln + e for ln, e in zip(lines, ends, strict=True))
+        blank = draw(eol)
+        if ends[-1] == b"\r" and blank == b"\n":
+            blank = b"\r"  # CR then LF would be one line ending, not a blank line
+        events.append(body + blank)
+    return b"".join(events), events
+
+
+@given(sse_streams(), st.lists(st.integers(0, 10_000), max_size=8))
+def test_framer_finds_every_event_whatever_the_read_boundaries(
+    stream: tuple[bytes, list[bytes]], cuts: list[int]
+) -> None:
+    data, expected = stream
+    events, rest = frame(split_at(data, cuts))
+    assert b"".join(events) + rest == data  # byte-exact, nothing lost or added
+    # An event whose blank line is a lone CR at the very end of the input waits for a possible LF,
+    # so it comes out at the end of the stream instead.
+    assert events + ([rest] if rest else []) == expected
+    assert rest == b"" or rest.endswith(b"\r")
+
+
+def test_framer_holds_an_incomplete_event_and_flushes_it_at_the_end() -> None:
+    f = EventFramer()
+    assert f.feed(b"data: a\n\ndata: hel") == [b"data: a\n\n"]
+    assert f.pending == len(b"data: hel")
+    assert f.feed(b"lo\n") == []
+    assert f.feed(b"\n: c\n") == [b"data: hello\n\n"]
+    assert f.flush() == b": c\n"
+
+
+def test_crlf_split_across_reads_is_one_line_ending() -> None:
+    f = EventFramer()
+    assert f.feed(b"data: a\r") == []
+    assert f.feed(b"\n") == []  # the LF completes the CRLF; still inside the event
+    assert f.feed(b"\r\n") == [b"data: a\r\n\r\n"]
+
+
+def test_an_event_over_the_limit_is_refused() -> None:
+    f = EventFramer(max_event=100)
+    f.feed(b"data: " + b"x" * 90)
+    with pytest.raises(EventTooLarge):
+        f.feed(b"x" * 20)
+
+
+def test_event_data_joins_data_lines() -> None:
+    assert event_data(b'event: x\ndata: {"a":\ndata:1}\n\n') == b'{"a":\n1}'
+    assert event_data(b": comment\n\n") == b""
+
+
+def test_ask_for_usage_only_when_the_client_did_not() -> None:
+    p: dict = {"stream": True}
+    assert ask_for_usage(p) is True
+    assert p["stream_options"] == {"include_usage": True}
+    p = {"stream_options": {"include_usage": True}}
+    assert ask_for_usage(p) is False
+    p = {"stream_options": {"include_usage": False, "other": 1}}
+    assert ask_for_usage(p) is True
+    assert p["stream_options"] == {"include_usage": True, "other": 1}
+    p = {"stream_options": "weird"}
+    assert ask_for_usage(p) is False and p["stream_options"] == "weird"
+
+
+def _chunk(data: dict) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def test_usage_chunk_is_read_and_dropped_only_when_the_router_asked() -> None:
+    usage_chunk = _chunk({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    content = _chunk({"choices": [{"delta": {"content": "hi"}}], "usage": None})
+    t = UsageTracker(strip_usage_chunk=True)
+    assert t.keep(content) is True
+    assert t.keep(usage_chunk) is False
+    assert t.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+    t = UsageTracker(strip_usage_chunk=False)
+    assert t.keep(usage_chunk) is True
+    assert t.usage == {"prompt_tokens": 5, "completion_tokens": 2}
+    assert t.keep(b"data: [DONE]\n\n") is True
+
+
+def test_anthropic_usage_from_message_start_and_delta() -> None:
+    t = UsageTracker()
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}}
+    delta = {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 4}}
+    assert t.keep(b"event: message_start\n" + _chunk(start))
+    assert t.keep(b"event: message_delta\n" + _chunk(delta))
+    assert t.usage == {"input_tokens": 9, "output_tokens": 4}
+
+
+# -- multipart ---------------------------------------------------------------------------------
+
+BOUNDARY = b"----b0und4ry"
+
+
+def form(parts: list[tuple[str, bytes]], boundary: bytes = BOUNDARY) -> bytes:
+    out = b""
+    for name, value in parts:
+        extra = '; filename="a.wav"' if name == "file" else ""
+        out += b"--" + boundary + b"\r\n"
+        out += f'Content-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode()
+        out += value + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+values = st.binary(max_size=60).filter(lambda b: BOUNDARY not in b)
+
+
+@given(
+    st.lists(st.sampled_from(["file", "language", "prompt"]), max_size=3),
+    values,
+    st.sampled_from(["whisper-1", "other"]),
+    st.integers(0, 3),
+    st.lists(st.integers(0, 10_000), max_size=10),
+)
+def test_streaming_rewrite_equals_whole_body_rewrite(
+    names: list[str], value: bytes, model: str, at: int, cuts: list[int]
+) -> None:
+    parts = [(n, value) for n in names]
+    parts.insert(min(at, len(parts)), ("model", model.encode()))
+    body = form(parts)
+    mapping = {"whisper-1": "up-whisper"}
+    rw = ModelPartRewriter(BOUNDARY, mapping)
+    out = b"".join(rw.feed(p) for p in split_at(body, cuts)) + rw.finish()
+    expected_model = "up-whisper" if model == "whisper-1" else model
+    assert out == form([(n, expected_model.encode() if n == "model" else v) for n, v in parts])
+    assert rw.model == model and rw.upstream_model == expected_model
+    assert len(out) == len(body) + rw.delta
+    same, _ = rewrite_body(body, BOUNDARY, {})
+    assert same == body
+
+
+def test_multipart_holds_nothing_of_a_file_part_beyond_a_delimiter() -> None:
+    rw = ModelPartRewriter(BOUNDARY, {"m": "n"})
+    head = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"\r\n\r\n'
+    assert rw.feed(head) == head
+    big = b"\0" * 100_000
+    out = rw.feed(big)
+    assert len(out) >= len(big) - len(BOUNDARY) - 4  # only a delimiter-sized tail is held
+
+
+def test_multipart_errors() -> None:
+    with pytest.raises(BadRequest):
+        boundary_of("application/json")
+    with pytest.raises(BadRequest):
+        boundary_of("multipart/form-data")
+    with pytest.raises(BadRequest):
+        rewrite_body(b"not multipart at all", BOUNDARY, {})
+    with pytest.raises(BadRequest):
+        rewrite_body(b"", BOUNDARY, {})
+    assert boundary_of('multipart/form-data; boundary="abc"') == b"abc"
