@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.openmetrics import exposition as om
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
@@ -54,7 +54,8 @@ async def metrics(request: Request) -> HTTPResponse:
     accept = request.headers.get("accept", "")
     if "application/openmetrics-text" in accept:
         return HTTPResponse(om.generate_latest(registry), content_type=om.CONTENT_TYPE_LATEST)
-    return HTTPResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    # The classic text format 0.0.4 (SPEC §4): every scraper reads it.
+    return HTTPResponse(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 @bp.route("/v1/models", methods=GET)
