@@ -44,5 +44,11 @@ format: $(STAMP)
 schema: $(STAMP)
 	$(PY) -c 'import json; from service.config import profile_schema; print(json.dumps(profile_schema(), indent=2))' > service/config/profile.schema.json
 
+# The container image `api-router` (podman): on the official slim Python base when a registry
+# answers, else on a local debootstrap base (scripts/build-base-image.sh), as an air-gapped site.
+IMAGE ?= localhost/api-router:latest
+image:
+	bash scripts/build-image.sh $(IMAGE)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

