@@ -32,3 +32,15 @@ if ((${#need_apt[@]})); then
 fi
 bash scripts/ensure-helm.sh >/dev/null
 # --- end container and chart tools
+
+# --- observability (issue 5): prometheus + promtool come from the first block; check that they
+# run. openssl makes the untrusted self-signed certificate of the tls_error log test.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "install-tools: apt-get install openssl"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
+prometheus --version >/dev/null 2>&1 && promtool --version >/dev/null 2>&1 \
+  || { echo "install-tools: prometheus/promtool are installed but do not run" >&2; exit 1; }
+# --- end observability
