@@ -22,8 +22,8 @@ from .ratelimit.shared import (
     DEFAULT_MAX_BUCKETS,
     MAX_BUCKETS_ENV,
     TABLE_ENV,
-    create_table,
     remove_table,
+    share_table,
 )
 from .settings import Settings, SettingsError, parse_port
 
@@ -105,7 +105,7 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
         raise ValueError(f"{MAX_BUCKETS_ENV}={raw!r} is not an integer") from None
     if not 1 <= max_buckets <= 50_000_000:
         raise ValueError(f"{MAX_BUCKETS_ENV}={max_buckets} is out of range (1..50000000)")
-    path = create_table(max_buckets)
+    path = share_table(max_buckets)
     os.environ[TABLE_ENV] = path
     return path
 

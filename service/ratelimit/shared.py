@@ -77,7 +77,23 @@ def create_table(max_buckets: int = DEFAULT_MAX_BUCKETS, directory: str | None =
     return path
 
 
+def share_table(max_buckets: int = DEFAULT_MAX_BUCKETS) -> str:
+    """A table for the workers of this (primary) process: the path they should open.
+
+    On Linux the file is unlinked at once and reached through `/proc/<pid>/fd/<fd>` while this
+    process keeps it open, so it can never outlive the router, even one killed by SIGKILL."""
+    path = create_table(max_buckets)
+    fd_dir = f"/proc/{os.getpid()}/fd"
+    if not os.path.isdir(fd_dir):
+        return path  # removed by remove_table when the router stops
+    fd = os.open(path, os.O_RDWR)  # deliberately kept open for the life of the process
+    os.unlink(path)
+    return f"{fd_dir}/{fd}"
+
+
 def remove_table(path: str) -> None:
+    if path.startswith("/proc/"):
+        return  # an unlinked table: gone with the last process that has it open
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 

@@ -41,9 +41,20 @@ async def ready(request: Request) -> HTTPResponse:
     app = request.app
     if app.ctx.draining:
         return _json({"status": "draining"}, 503)
-    if not await app.ctx.limiter.healthy() and app.ctx.settings.rate_limit_fail_closed:
-        return _json({"status": "unavailable", "reason": "rate limiter backend down"}, 503)
-    return _json({"status": "ready", "profile": app.ctx.config.current.profile.name})
+    # The limiter's store is reported either way; it makes us unready only when fail-closed.
+    limiter = "ok" if await app.ctx.limiter.healthy() else "down"
+    if limiter == "down" and app.ctx.settings.rate_limit_fail_closed:
+        return _json(
+            {
+                "status": "unavailable",
+                "reason": "rate limiter backend down",
+                "rateLimiter": limiter,
+            },
+            503,
+        )
+    return _json(
+        {"status": "ready", "profile": app.ctx.config.current.profile.name, "rateLimiter": limiter}
+    )
 
 
 @bp.route("/metrics", methods=GET)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from service.ratelimit.bucket import Limit
 from service.ratelimit.shared import SharedLimiter, create_table, remove_table
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, write_profile
+from tests.support import ROOT, RouterProcess, write_profile
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -174,6 +177,24 @@ def test_credential_never_in_logs_metrics_or_health(limited: RouterProcess) -> N
         if rec.get("status_code") == 429 and rec.get("key_id") == key_id(SECRET)
     ]
     assert refused
+
+
+def test_unknown_backend_is_refused_at_start(tmp_path: Path) -> None:
+    path = write_profile(tmp_path, base_profile("http://127.0.0.1:9"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_ROUTER_", "RATE_LIMIT_"))}
+    env["RATE_LIMIT_BACKEND"] = "memcached://:pw-secret@127.0.0.1:11211"
+    r = subprocess.run(
+        [sys.executable, "-m", "service", "--config", str(path), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert r.stderr.startswith("api-router: error: RATE_LIMIT_BACKEND must be")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "pw-secret" not in r.stderr
 
 
 # -- bounded memory -------------------------------------------------------------------------
