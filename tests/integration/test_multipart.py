@@ -1,0 +1,272 @@
+"""Multipart audio routes through the real router subprocess (SPEC §5, issue 3 point 7): the real
+openai SDK with a WAV made here, byte-exact forwarding with the client's boundary, the model
+rewrite, 413 / 400, and a 100 MB upload that the router streams instead of holding."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.test_streaming import rss_kib, worker_pids
+from tests.support import RouterProcess, write_profile
+
+SMALL_LIMIT = 1024 * 1024
+BIG_LIMIT = 256 * 1024 * 1024
+
+
+def _router(fake: FakeUpstream, d: Path, limit: int) -> RouterProcess:
+    path = write_profile(d, base_profile(fake.url))
+    return RouterProcess(path, env={"API_ROUTER_MAX_BODY_BYTES": str(limit)})
+
+
+@pytest.fixture(scope="module")
+def mrouter(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    with _router(fake_upstream, tmp_path_factory.mktemp("mp-big"), BIG_LIMIT) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def small_router(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    with _router(fake_upstream, tmp_path_factory.mktemp("mp-small"), SMALL_LIMIT) as r:
+        yield r
+
+
+def wav_bytes(seconds: float = 0.2, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        frames = bytearray()
+        for i in range(int(seconds * rate)):
+            frames += ((i * 37) % 2000 - 1000).to_bytes(2, "little", signed=True)
+        w.writeframes(bytes(frames))
+    return buf.getvalue()
+
+
+class Captured:
+    """An openai client whose exact requests are kept (an httpx event hook sees each one)."""
+
+    def __init__(self, router: RouterProcess) -> None:
+        self.requests: list[httpx.Request] = []
+
+        def hook(request: httpx.Request) -> None:
+            request.read()
+            self.requests.append(request)
+
+        self.http = httpx.Client(event_hooks={"request": [hook]}, timeout=30)
+        self.client = openai.OpenAI(
+            base_url=router.url + "/v1", api_key="sk-audio", max_retries=0, http_client=self.http
+        )
+
+    def __enter__(self) -> Captured:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+
+def form(boundary: bytes, parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    out = b""
+    for name, filename, value in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += b"--" + boundary + b"\r\nContent-Disposition: " + disp.encode() + b"\r\n"
+        if filename:
+            out += b"Content-Type: audio/wav\r\n"
+        out += b"\r\n" + value + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+def test_openai_transcription_keeps_boundary_and_parts_and_maps_the_model(
+    mrouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    audio = wav_bytes()
+    with Captured(mrouter) as cap:
+        result = cap.client.audio.transcriptions.create(
+            model="whisper-1", file=("clip.wav", audio, "audio/wav"), language="en"
+        )
+    assert result.text == "hello world"
+    sent = cap.requests[-1]
+    got = upstream.last
+    assert got.path == "/v1/audio/transcriptions"
+    assert got.header("content-type") == sent.headers["content-type"]  # the client's boundary
+    expected = sent.content.replace(b"\r\n\r\nwhisper-1\r\n", b"\r\n\r\nup-whisper\r\n", 1)
+    assert expected != sent.content
+    assert got.body == expected  # every part byte for byte, only the model value changed
+    assert audio in got.body
+    assert got.header("content-length") == str(len(expected))
+    assert got.header("transfer-encoding") is None
+    assert got.header("authorization") == "Bearer sk-audio"
+    line = mrouter.wait_for_log(
+        lambda r: (
+            r.get("event") == "request_completed" and r.get("route") == "/v1/audio/transcriptions"
+        )
+    )
+    assert line["model"] == "whisper-1" and line["status_code"] == 200
+
+
+def test_openai_translation_with_an_unmapped_model_is_forwarded_unchanged(
+    mrouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    # this openai release marks audio.translations deprecated; the route must still work for it
+    with Captured(mrouter) as cap, pytest.warns(DeprecationWarning):
+        result = cap.client.audio.translations.create(
+            model="my-own-model", file=("clip.wav", wav_bytes(0.1), "audio/wav"), prompt="hi"
+        )
+    assert result.text == "hello world"
+    assert upstream.last.path == "/v1/audio/translations"
+    assert upstream.last.body == cap.requests[-1].content
+
+
+def test_model_part_after_the_file_and_a_chunked_upload(
+    mrouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    boundary = b"xYz-123_boundary"
+    audio = b"RIFF" + bytes(range(256)) * 12_000  # ~3 MB, with CR/LF and dashes inside
+    body = form(boundary, [("file", "a.wav", audio), ("model", None, b"whisper-1")])
+    expected = form(boundary, [("file", "a.wav", audio), ("model", None, b"up-whisper")])
+    ctype = "multipart/form-data; boundary=" + boundary.decode()
+    r = httpx.post(
+        mrouter.url + "/v1/audio/transcriptions",
+        content=body,
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert upstream.last.body == expected
+    assert upstream.last.header("content-length") == str(len(expected))
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(body), 70_001):
+            yield body[i : i + 70_001]
+
+    r = httpx.post(
+        mrouter.url + "/v1/audio/transcriptions",
+        content=pieces(),
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert upstream.last.body == expected
+
+
+def test_body_over_the_limit_is_413_and_nothing_reaches_the_upstream(
+    small_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    boundary = b"b0und"
+    body = form(boundary, [("model", None, b"whisper-1"), ("file", "a.wav", b"\0" * SMALL_LIMIT)])
+    headers = {"Content-Type": "multipart/form-data; boundary=b0und"}
+    seen = len(upstream.requests)
+    r = httpx.post(
+        small_router.url + "/v1/audio/translations", content=body, headers=headers, timeout=30
+    )
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    try:
+        r = httpx.post(
+            small_router.url + "/v1/audio/translations",
+            content=pieces(),
+            headers=headers,
+            timeout=30,
+        )
+        status = r.status_code
+    except httpx.WriteError:  # the router may close before the client finished writing
+        status = 413
+    assert status == 413
+    assert len(upstream.requests) == seen
+    # a body within the limit still passes
+    small = form(boundary, [("model", None, b"whisper-1"), ("file", "a.wav", b"\0" * 1000)])
+    r = httpx.post(small_router.url + "/v1/audio/translations", content=small, headers=headers)
+    assert r.status_code == 200
+
+
+def test_a_body_that_is_not_multipart_is_400_before_the_upstream(
+    small_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    url = small_router.url + "/v1/audio/transcriptions"
+    seen = len(upstream.requests)
+    for content, ctype in (
+        (b'{"model":"whisper-1"}', "application/json"),
+        (b"just some bytes", "multipart/form-data; boundary=abc"),
+        (b"", "multipart/form-data; boundary=abc"),
+        (b"--abc\r\n\r\nx\r\n--abc--\r\n", "multipart/form-data"),
+    ):
+        r = httpx.post(url, content=content, headers={"Content-Type": ctype})
+        assert r.status_code == 400, (content, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert len(upstream.requests) == seen
+
+
+UPLOAD = 100 * 1024 * 1024
+
+
+def test_a_100_mb_upload_is_streamed_not_held(
+    mrouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    (pid,) = worker_pids(mrouter)
+    boundary = b"big-boundary"
+    head = form(boundary, [("model", None, b"whisper-1")])[: -len(b"--big-boundary--\r\n")]
+    head += (
+        b'--big-boundary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    )
+    tail = b"\r\n--big-boundary--\r\n"
+    block = bytes(range(256)) * 4096  # 1 MiB
+    blocks = UPLOAD // len(block)
+    length = len(head) + blocks * len(block) + len(tail)
+
+    def body() -> Iterator[bytes]:
+        yield head
+        for _ in range(blocks):
+            yield block
+        yield tail
+
+    base = rss_kib(pid)
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        r = httpx.post(
+            mrouter.url + "/v1/audio/transcriptions",
+            content=body(),
+            headers={
+                "Content-Type": "multipart/form-data; boundary=big-boundary",
+                "Content-Length": str(length),
+            },
+            timeout=60,
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    assert r.status_code == 200
+    got = upstream.last
+    assert len(got.body) == length + len("up-whisper") - len("whisper-1")
+    assert got.body.startswith(head.replace(b"whisper-1", b"up-whisper"))
+    upstream.reset()  # drop the 100 MB copy
+    grown_mib = (peak[0] - base) / 1024
+    assert grown_mib < 50, f"worker RSS grew by {grown_mib:.1f} MiB for a {UPLOAD >> 20} MiB upload"
