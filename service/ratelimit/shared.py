@@ -47,6 +47,7 @@ _ROUTES_AT = 128  # _MAX_ROUTES names of _ROUTE_NAME bytes
 _ROUTE_LIVE_AT = _ROUTES_AT + _MAX_ROUTES * _ROUTE_NAME  # _MAX_ROUTES u64 counters
 _STEP_SWEEP = 4  # slots examined by each decision
 _CHUNK = 8192  # slots per lock hold during a full sweep
+COUNT_SWEEP_EVERY_SECS = 1.0
 
 
 class TableFull(RuntimeError):
@@ -101,9 +102,15 @@ def remove_table(path: str) -> None:
 class SharedLimiter:
     """One worker's handle on the shared table (see the module docstring)."""
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.monotonic,
+        count_sweep_every: float = COUNT_SWEEP_EVERY_SECS,
+    ) -> None:
         # CLOCK_MONOTONIC is one clock for the whole machine, so workers agree on `now`.
         self._now = clock
+        self._count_sweep_every = count_sweep_every
         self._fd = os.open(path, os.O_RDWR)
         self._mm = mmap.mmap(self._fd, 0)
         magic, cap, max_live, *_ = _FIELDS.unpack_from(self._mm, 0)
@@ -124,6 +131,7 @@ class SharedLimiter:
         at += 8 * cap
         self._full = mv[at : at + 8 * cap].cast("d")
         self._hdr = mv[8:48].cast("Q")  # capacity, max_live, live, cursor, route count
+        self._swept_at = mv[48:56].cast("d")  # last whole-table sweep, by any worker
         self._route_live = mv[_ROUTE_LIVE_AT : _ROUTE_LIVE_AT + 8 * _MAX_ROUTES].cast("Q")
         self._route_ids: dict[str, int] = {}
         self._views: list[memoryview[Any]] = [
@@ -283,7 +291,12 @@ class SharedLimiter:
         return int(self._hdr[2])
 
     def active_buckets(self) -> dict[str, int]:
-        self._sweep_all()
+        # A whole sweep costs tens of ms at 100k live buckets: once a second is enough for
+        # /health and /metrics, whichever worker asks.
+        now = self._now()
+        if now - self._swept_at[0] >= self._count_sweep_every:
+            self._swept_at[0] = now
+            self._sweep_all()
         out: dict[str, int] = {}
         with self._locked():
             for i in range(self._hdr[4]):
@@ -298,7 +311,7 @@ class SharedLimiter:
         return True
 
     async def close(self) -> None:
-        for v in [*self._views, self._hdr, self._route_live]:
+        for v in [*self._views, self._hdr, self._swept_at, self._route_live]:
             v.release()
         self._views.clear()
         self._mm.close()

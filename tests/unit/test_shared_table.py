@@ -60,7 +60,7 @@ def test_table_decides_and_forgets_like_the_dict_model(
 ) -> None:
     clock = Clock()
     path = create_table(24)  # 20 possible buckets in 32 slots: long runs, wrap-around
-    shared = SharedLimiter(path, clock=clock)
+    shared = SharedLimiter(path, clock=clock, count_sweep_every=0)
     model = LocalLimiter(clock=clock)
     limits = {"/v1/chat/completions": Limit(rate=1.0, burst=3), "/v1/embeddings": Limit(2.0, 1)}
     try:
