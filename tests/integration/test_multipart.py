@@ -5,8 +5,6 @@ rewrite, 413 / 400, and a 100 MB upload that the router streams instead of holdi
 from __future__ import annotations
 
 import io
-import threading
-import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.integration.test_streaming import rss_kib, worker_pids
+from tests.integration.test_streaming import RssPeak, worker_pids
 from tests.support import RouterProcess, write_profile
 
 SMALL_LIMIT = 1024 * 1024
@@ -239,18 +237,7 @@ def test_a_100_mb_upload_is_streamed_not_held(
             yield block
         yield tail
 
-    base = rss_kib(pid)
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with RssPeak(pid) as rss:
         r = httpx.post(
             mrouter.url + "/v1/audio/transcriptions",
             content=body(),
@@ -260,13 +247,9 @@ def test_a_100_mb_upload_is_streamed_not_held(
             },
             timeout=60,
         )
-    finally:
-        stop.set()
-        sampler.join()
     assert r.status_code == 200
     got = upstream.last
     assert len(got.body) == length + len("up-whisper") - len("whisper-1")
     assert got.body.startswith(head.replace(b"whisper-1", b"up-whisper"))
     upstream.reset()  # drop the 100 MB copy
-    grown_mib = (peak[0] - base) / 1024
-    assert grown_mib < 50, f"worker RSS grew by {grown_mib:.1f} MiB for a {UPLOAD >> 20} MiB upload"
+    assert rss.grown_mib < 50, f"worker RSS grew by {rss.grown_mib:.1f} MiB for 100 MiB"

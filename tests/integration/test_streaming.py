@@ -388,6 +388,33 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+class RssPeak:
+    """Samples a process's RSS in a thread while the block runs; `grown_mib` = peak - start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = self.peak = rss_kib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.02)
+
+    @property
+    def grown_mib(self) -> float:
+        return (self.peak - self.base) / 1024
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 EVENT = b"data: " + b"x" * (65536 - 8) + b"\n\n"
 TOTAL_EVENTS = 3200  # 3200 * 64 KiB = 200 MiB
 
@@ -403,45 +430,29 @@ def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
         for _ in range(TOTAL_EVENTS):
             yield (0, EVENT)
 
-    upstream.reply_with(lambda _r: Reply(headers=SSE, chunk_source=big))
     # warm up allocator and code paths with a short version of the same stream
     upstream.reply_with(Reply(headers=SSE, chunks=[(0, EVENT)] * 32))
     stream(srouter, "/v1/chat/completions", CHAT_BODY)
     upstream.reply_with(Reply(headers=SSE, chunk_source=big))
-    base = rss_kib(pid)
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     received = 0
     sent_during_pause = 0
-    try:
-        with (
-            httpx.Client(timeout=30) as c,
-            c.stream("POST", srouter.url + "/v1/chat/completions", json=CHAT_BODY) as r,
-        ):
-            assert r.status_code == 200
-            for i, piece in enumerate(r.iter_raw(65536)):
-                received += len(piece)
-                if i == 16:
-                    # the reader stops: the router must stop reading the upstream too
-                    sent_before = upstream.body_bytes_sent
-                    time.sleep(1.5)
-                    sent_during_pause = upstream.body_bytes_sent - sent_before
-                elif i % 8 == 0:
-                    time.sleep(0.002)  # and then reads slowly
-    finally:
-        stop.set()
-        sampler.join()
+    with (
+        RssPeak(pid) as rss,
+        httpx.Client(timeout=30) as c,
+        c.stream("POST", srouter.url + "/v1/chat/completions", json=CHAT_BODY) as r,
+    ):
+        assert r.status_code == 200
+        for i, piece in enumerate(r.iter_raw(65536)):
+            received += len(piece)
+            if i == 16:
+                # the reader stops: the router must stop reading the upstream too
+                sent_before = upstream.body_bytes_sent
+                time.sleep(1.5)
+                sent_during_pause = upstream.body_bytes_sent - sent_before
+            elif i % 8 == 0:
+                time.sleep(0.002)  # and then reads slowly
     assert received == TOTAL_EVENTS * len(EVENT)
-    grown_mib = (peak[0] - base) / 1024
-    assert grown_mib < 50, f"worker RSS grew by {grown_mib:.1f} MiB"
+    assert rss.grown_mib < 50, f"worker RSS grew by {rss.grown_mib:.1f} MiB"
     # back-pressure reached the upstream: while the reader paused, at most the socket buffers
     # (a few MiB each way) were filled, not the 200 MiB stream
     assert sent_during_pause < 64 * 1024 * 1024, sent_during_pause
