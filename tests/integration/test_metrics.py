@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from service import __version__
 from service.observability.metrics import Metrics
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream, Reply
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream
 from tests.scrape import families, scrape, series, value
 from tests.support import RouterProcess, write_profile
 
@@ -109,6 +109,27 @@ def test_route_is_the_pattern_or_unmatched_and_status_is_what_the_client_got(
     assert not any("/no/such" in line for line in after.splitlines())
     up_err = value(after, "upstream_errors_total", error_type="upstream_error")
     assert up_err - value(before, "upstream_errors_total", error_type="upstream_error") == 2
+
+
+def test_a_streams_latency_ends_with_its_last_byte(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    events = openai_chat_stream("up-model-4")
+    chunks = [(0.0, events[0].encode())] + [(0.2, e.encode()) for e in events[1:]]
+    upstream.reply_with(Reply(headers=[("Content-Type", "text/event-stream")], chunks=chunks))
+    before = scrape(router.url)
+    with httpx.Client(timeout=10) as c:
+        r = c.post(router.url + CHAT, json={"model": "gpt-4", "messages": [], "stream": True})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    after = scrape(router.url)
+    pause = 0.2 * (len(events) - 1)  # the upstream paused this long between events
+
+    def d(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert d("request_latency_seconds_count", route=CHAT) == 1
+    assert d("request_latency_seconds_sum", route=CHAT) >= pause
+    assert d("upstream_latency_seconds_sum", route=CHAT) >= pause
 
 
 def test_metrics_counts_its_own_requests(router: RouterProcess) -> None:
