@@ -60,7 +60,7 @@ def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
 class _Stream:
     """The client side of one relayed stream: the committed response and the heartbeat clock."""
 
-    __slots__ = ("anthropic", "interval", "last_write", "out", "request")
+    __slots__ = ("anthropic", "interval", "last_write", "out", "request", "saved_limits")
 
     def __init__(self, request: Request, interval: float, anthropic: bool) -> None:
         self.request = request
@@ -68,6 +68,7 @@ class _Stream:
         self.anthropic = anthropic
         self.out: Any = None
         self.last_write = 0.0
+        self.saved_limits: tuple[int, int] | None = None
 
     async def commit(self, headers: list[tuple[str, str]], buffer_size: int) -> None:
         headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FROM_UPSTREAM]
@@ -78,6 +79,7 @@ class _Stream:
         transport = getattr(self.request, "transport", None)
         if transport is not None:
             # A slow client makes writes wait once bufferSize bytes are queued for it.
+            self.saved_limits = transport.get_write_buffer_limits()
             transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
         self.last_write = time.monotonic()
 
@@ -93,6 +95,13 @@ class _Stream:
                 await asyncio.wait({task}, timeout=remaining)
             elif not task.done():
                 await self.write(HEARTBEAT)
+
+    def restore(self) -> None:
+        """The connection may serve more requests after this stream: back to Sanic's limits."""
+        transport = getattr(self.request, "transport", None)
+        if self.saved_limits is not None and transport is not None and not transport.is_closing():
+            low, high = self.saved_limits
+            transport.set_write_buffer_limits(high=high, low=low)
 
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         self.request.ctx.state.error_type = err.error_type
@@ -148,7 +157,10 @@ async def relay_stream(
             await stream.fail(err)
             return None
 
-        if not 200 <= resp.status_code < 300:
+        is_sse = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
+        if not 200 <= resp.status_code < 300 or (stream.out is None and not is_sse):
+            # An error, or an upstream that answered a stream request with a plain body (e.g.
+            # JSON): relayed as it is, as long as no SSE head went out yet.
             if resp.status_code == 429 or resp.status_code >= 500:
                 state.error_type = "upstream_error"
             body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
@@ -200,6 +212,7 @@ async def relay_stream(
     finally:
         state.upstream_latency = time.perf_counter() - started
         state.usage = usage.usage
+        stream.restore()
         await _abandon(reading)
         await _abandon(sending)
         if resp is not None:

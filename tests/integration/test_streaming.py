@@ -193,6 +193,17 @@ def test_upstream_non_2xx_reaches_a_streaming_client_as_a_normal_response(
     assert line["status_code"] == 503 and line["error_type"] == "upstream_error"
 
 
+def test_a_plain_2xx_answer_to_a_stream_request_is_relayed_as_it_is(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    body = json.dumps({"id": "x", "choices": [], "usage": None}).encode()
+    upstream.reply_with(Reply(headers=[("Content-Type", "application/json")], body=body))
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    assert got.status == 200
+    assert got.headers["content-type"] == "application/json"
+    assert got.body == body
+
+
 def test_heartbeats_only_between_events_after_an_idle_interval(
     srouter: RouterProcess, upstream: FakeUpstream
 ) -> None:
