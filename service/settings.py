@@ -6,7 +6,6 @@ worker through the app factory. Secrets are excluded from its repr.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

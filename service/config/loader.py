@@ -58,9 +58,7 @@ def find_profile(name: str, config_path: str | None = None) -> Path:
         candidate = base / f"{name}.json"
         if candidate.is_file():
             return candidate
-    raise ConfigError(
-        f"unknown profile {name!r}; available: {', '.join(available_profiles())}"
-    )
+    raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
 
 
 def _json_path(loc: tuple[int | str, ...]) -> str:

@@ -127,9 +127,9 @@ class Profile(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
     base_url: str
     headers: HeaderMap = Field(default_factory=dict)
-    model_mapping: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = (
-        Field(default_factory=dict)
-    )
+    model_mapping: dict[
+        Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]
+    ] = Field(default_factory=dict)
     models: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     endpoints: dict[RouteKey, Endpoint] = Field(default_factory=dict)
     rate_limit: RateLimit | None = None

@@ -57,14 +57,18 @@ def forwardable_request_headers(items: Iterable[tuple[str, str]]) -> list[tuple[
     """The client's end-to-end headers, in order, with duplicates kept."""
     items = list(items)
     drop = _drop_set(items, NOT_FORWARDED)
-    return [(k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")]
+    return [
+        (k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")
+    ]
 
 
 def returnable_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The upstream's end-to-end response headers (content-type, rate-limit, request-id …)."""
     items = list(items)
     drop = _drop_set(items, NOT_RETURNED)
-    return [(k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")]
+    return [
+        (k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")
+    ]
 
 
 def client_credential(headers: Mapping[str, str], default_key: str | None) -> str | None:

@@ -15,6 +15,8 @@ What the observability layer needs is left on `request.ctx` (see `RequestState`)
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import zlib
 from typing import Any
@@ -31,6 +33,15 @@ from . import headers as h
 from .events import ask_for_usage
 from .upstream import map_exception, request_timeout
 
+# orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
+# (a run of 20+ digits, checked at C speed) is parsed and written by the exact standard library.
+_BIG_INT = re.compile(rb"\d{20,}")
+
+
+def _exact(body: bytes) -> bool:
+    return _BIG_INT.search(body) is not None
+
+
 # OpenAI-format streaming routes whose upstreams send usage when `stream_options` asks for it.
 USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
 
@@ -40,26 +51,18 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise BadRequest("Request body must be a JSON object")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        import json  # orjson refuses integers beyond 64 bits, which JSON allows
-
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("Request body is not valid JSON") from None
+        data = json.loads(body) if _exact(body) else orjson.loads(body)
+    except (ValueError, UnicodeDecodeError):  # orjson.JSONDecodeError is a ValueError
+        raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
 
 
-def dump_json(data: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(data)
-    except TypeError:  # e.g. an integer beyond 64 bits
-        import json
-
+def dump_json(data: dict[str, Any], exact: bool = False) -> bytes:
+    if exact:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(data)
 
 
 def accept_encoding(client_value: str | None, streaming: bool) -> str:
@@ -145,13 +148,13 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         mapped = h.map_model(profile.model_mapping, model)
         if mapped is not None:
             payload["model"] = mapped
-            body = dump_json(payload)
+            body = dump_json(payload, exact=_exact(body))
         state.upstream_model = mapped or state.model
         streaming = ep.stream_support and payload.get("stream") is True
         state.stream = streaming
         if streaming and route in USAGE_ROUTES and ask_for_usage(payload):
             strip_usage = True
-            body = dump_json(payload)
+            body = dump_json(payload, exact=_exact(body))
 
     limit = route_limit(app, cfg, route)
     decision = None
@@ -169,7 +172,8 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         request_id,
     )
     hdrs = h.merge_headers(
-        hdrs, [("Accept-Encoding", accept_encoding(request.headers.get("accept-encoding"), streaming))]
+        hdrs,
+        [("Accept-Encoding", accept_encoding(request.headers.get("accept-encoding"), streaming))],
     )
     if upstream_length is not None:  # a streamed multipart body keeps a known length
         hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])

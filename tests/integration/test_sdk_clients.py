@@ -57,21 +57,24 @@ def test_anthropic_messages_create(router: RouterProcess, upstream: FakeUpstream
     assert msg.content[0].text == "Hello from fake"  # type: ignore[union-attr]
     sent = upstream.last
     assert sent.path == "/v1/messages"
-    # the anthropic SDK sends x-api-key; the profile's auth (default Bearer) decides the upstream form
+    # the SDK sends x-api-key; the profile's auth (default Bearer) decides the upstream form
     assert sent.header("authorization") == "Bearer sk-ant-client"
     assert sent.header("x-api-key") is None
     assert sent.header("anthropic-version") is not None
     assert sent.json()["max_tokens"] == 64
 
 
-def test_openai_sdk_sees_upstream_error_status(router: RouterProcess, upstream: FakeUpstream) -> None:
+def test_openai_sdk_sees_upstream_error_status(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
     from tests.fakes.upstream import Reply
 
     upstream.reply_with(
         Reply(
             status=429,
             headers=[("Content-Type", "application/json"), ("x-ratelimit-remaining-requests", "0")],
-            body=b'{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limited"}}',
+            body=b'{"error":{"message":"slow down","type":"rate_limit_error",'
+            b'"code":"rate_limited"}}',
         )
     )
     client = _openai(router)

@@ -1,0 +1,319 @@
+"""Forwarding (SPEC §4, §5) through the real router: headers, ids, bodies, errors, routes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream, Reply
+from tests.support import RouterProcess, free_port, write_profile
+
+SECRET = "sk-default-SENTINEL-4242"
+
+
+@pytest.fixture(scope="module")
+def keyed_router(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    """A router with DEFAULT_API_KEY and a profile with headers and a custom auth header."""
+    d = tmp_path_factory.mktemp("keyed")
+    profile = base_profile(
+        fake_upstream.url,
+        headers={"X-Profile": "p", "X-Override": "profile"},
+        auth={"header": "x-api-key", "scheme": ""},
+        endpoints={
+            "/v1/embeddings": {
+                "upstreamPath": "/custom/embeddings?api-version=7",
+                "headers": {"X-Override": "endpoint"},
+            }
+        },
+        timeouts={"connectSecs": 1, "readSecs": 1},
+    )
+    with RouterProcess(
+        write_profile(d, profile),
+        env={"DEFAULT_API_KEY": SECRET, "API_ROUTER_MAX_BODY_BYTES": "4096"},
+    ) as r:
+        yield r
+
+
+def chat(url: str, **kw: object) -> httpx.Response:
+    body = kw.pop("json", {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=10, **kw)  # type: ignore[arg-type]
+
+
+def test_hop_by_hop_stripped_end_to_end_forwarded(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    r = chat(
+        router.url,
+        headers={
+            "Authorization": "Bearer sk-client",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "must-not-pass",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authorization": "Basic x",
+            "anthropic-beta": "tools-2024",
+            "OpenAI-Organization": "org-9",
+            "X-Request-ID": "client-rid.1",
+        },
+    )
+    assert r.status_code == 200
+    sent = upstream.last
+    names = sent.header_names()
+    assert {"x-hop", "keep-alive", "proxy-authorization", "upgrade", "te"}.isdisjoint(names)
+    assert sent.header("anthropic-beta") == "tools-2024"
+    assert sent.header("openai-organization") == "org-9"
+    assert sent.header("authorization") == "Bearer sk-client"
+    assert sent.header("x-request-id") == "client-rid.1"
+    assert sent.header("host") == f"127.0.0.1:{upstream.port}"
+    assert r.headers["x-request-id"] == "client-rid.1"
+    # upstream end-to-end headers come back
+    assert r.headers["x-request-id-upstream"] == "up-123"
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_insane_request_id_is_replaced(router: RouterProcess, upstream: FakeUpstream) -> None:
+    r = chat(router.url, headers={"X-Request-ID": "bad id with spaces"})
+    rid = r.headers["x-request-id"]
+    assert rid != "bad id with spaces" and len(rid) == 32
+    assert upstream.last.header("x-request-id") == rid
+    r2 = httpx.get(router.url + "/health")
+    assert len(r2.headers["x-request-id"]) == 32
+
+
+def test_body_forwarded_byte_for_byte_when_model_not_mapped(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    raw = (
+        b'{"model":"unmapped","messages":[],"z_order":  [3,2,1],'
+        b' "n":123456789012345678901234567890}'
+    )
+    r = httpx.post(
+        router.url + "/v1/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 200
+    assert upstream.last.body == raw
+
+
+def test_mapped_model_rewrites_only_model(router: RouterProcess, upstream: FakeUpstream) -> None:
+    body = {
+        "model": "gpt-4",
+        "messages": [{"role": "user", "content": "é"}],
+        "seed": 2**70,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "unknown_future_field": True,
+    }
+    r = chat(router.url, json=body)
+    assert r.status_code == 200
+    got = json.loads(upstream.last.body)
+    assert got == {**body, "model": "up-model-4"}
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b'"s"', b""])
+def test_invalid_json_is_400_before_any_upstream_call(
+    router: RouterProcess, upstream: FakeUpstream, raw: bytes
+) -> None:
+    for path, shape in (("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")):
+        r = httpx.post(router.url + path, content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        body = r.json()
+        if shape == "openai":
+            assert body["error"]["type"] == "invalid_request_error"
+            assert set(body["error"]) == {"message", "type", "code"}
+        else:
+            assert body["type"] == "error"
+            assert body["error"]["type"] == "invalid_request_error"
+    assert upstream.requests == []
+
+
+def test_upstream_status_body_and_headers_pass_through(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(
+            status=503,
+            headers=[
+                ("Content-Type", "text/plain"),
+                ("Retry-After", "7"),
+                ("x-upstream-thing", "v"),
+            ],
+            body=b"busy upstream",
+        )
+    )
+    r = chat(router.url)
+    assert r.status_code == 503
+    assert r.content == b"busy upstream"
+    assert r.headers["retry-after"] == "7"
+    assert r.headers["x-upstream-thing"] == "v"
+    assert r.headers["content-type"] == "text/plain"
+    upstream.reply_with(
+        Reply(status=201, headers=[("Content-Type", "application/json")], body=b'{"ok":1}')
+    )
+    r = chat(router.url)
+    assert (r.status_code, r.content) == (201, b'{"ok":1}')
+
+
+def test_404_405_and_head(router: RouterProcess) -> None:
+    r = httpx.get(router.url + "/v1/nope")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+    r = httpx.get(router.url + "/v1/chat/completions")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    r = httpx.post(router.url + "/health")
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
+    for path in ("/health", "/ready", "/metrics", "/v1/models"):
+        h = httpx.head(router.url + path)
+        assert h.status_code == 200, path
+        assert h.content == b""
+
+
+def test_models_list(router: RouterProcess) -> None:
+    data = httpx.get(router.url + "/v1/models").json()
+    assert data["object"] == "list"
+    ids = [m["id"] for m in data["data"]]
+    assert ids == ["extra-model", "gpt-4", "whisper-1", "up-model-4", "up-whisper"]
+    assert {m["owned_by"] for m in data["data"]} == {"testprov"}
+
+
+def test_default_key_used_when_client_sends_none_and_auth_header_shape(
+    keyed_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    r = httpx.post(keyed_router.url + "/v1/embeddings?user=1", json={"model": "m", "input": "x"})
+    assert r.status_code == 200
+    sent = upstream.last
+    assert sent.path == "/custom/embeddings"
+    assert sent.query == "api-version=7&user=1"
+    assert sent.header("x-api-key") == SECRET
+    assert sent.header("authorization") is None
+    assert sent.header("x-profile") == "p"
+    assert sent.header("x-override") == "endpoint"
+    # client key wins over the default
+    chat(keyed_router.url, headers={"x-api-key": "sk-own"})
+    assert upstream.last.header("x-api-key") == "sk-own"
+
+
+def test_no_credential_at_all_sends_none(router: RouterProcess, upstream: FakeUpstream) -> None:
+    chat(router.url)
+    assert upstream.last.header("authorization") is None
+    assert upstream.last.header("x-api-key") is None
+
+
+def test_health_never_shows_a_secret(keyed_router: RouterProcess) -> None:
+    body = httpx.get(keyed_router.url + "/health").text
+    assert SECRET not in body
+    data = json.loads(body)
+    assert data["status"] == "ok" and data["message"] == "Light API Router running"
+    assert data["profile"] == "testprov"
+    assert "activeBuckets" in data["rateLimiter"]
+    assert data["config"]["status"] == "ok"
+
+
+def test_body_over_limit_is_413(keyed_router: RouterProcess, upstream: FakeUpstream) -> None:
+    big = {"model": "m", "input": "x" * 8000}
+    r = httpx.post(keyed_router.url + "/v1/embeddings", json=big)
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "request_too_large"
+    r = httpx.post(keyed_router.url + "/v1/messages", json=big)
+    assert r.status_code == 413
+    assert r.json()["error"]["type"] == "request_too_large"
+    assert upstream.requests == []
+
+
+# -- the failure table (SPEC §5) ------------------------------------------------------------
+
+
+def _assert_error(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"]["code"] == code
+    text = r.text.lower()
+    for leak in ("traceback", "httpx", "httpcore", "127.0.0.1", "errno", SECRET.lower()):
+        assert leak not in text, leak
+    assert r.headers.get("x-request-id")
+
+
+@pytest.mark.parametrize(
+    ("reply", "status", "code", "error_type"),
+    [
+        (Reply(action="reset"), 502, "upstream_io_error", "io_error"),
+        (Reply(action="garbage"), 502, "upstream_protocol_error", "protocol_error"),
+        (Reply(action="invalid_json"), 502, "upstream_json_error", "json_error"),
+        (Reply(delay=2.5), 504, "upstream_timeout", "timeout"),
+    ],
+)
+def test_upstream_failures(
+    keyed_router: RouterProcess,
+    upstream: FakeUpstream,
+    reply: Reply,
+    status: int,
+    code: str,
+    error_type: str,
+) -> None:
+    upstream.reply_with(reply)
+    r = chat(keyed_router.url, headers={"X-Request-ID": f"fail-{error_type}"})
+    _assert_error(r, status, code)
+    rec = keyed_router.wait_for_log(
+        lambda x: (
+            x.get("request_id") == f"fail-{error_type}" and x.get("event") == "request_completed"
+        )
+    )
+    assert rec["error_type"] == error_type
+    assert rec["status_code"] == status
+
+
+def test_anthropic_route_errors_use_anthropic_shape(
+    keyed_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(Reply(action="reset"))
+    r = httpx.post(
+        keyed_router.url + "/v1/messages", json={"model": "m", "max_tokens": 1, "messages": []}
+    )
+    assert r.status_code == 502
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+
+
+def _not_tls_server() -> tuple[int, threading.Thread]:
+    """Answers any connection with plain-text HTTP: a TLS client fails its handshake."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(15)
+
+    def serve() -> None:
+        with srv:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                time.sleep(0.5)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv.getsockname()[1], t
+
+
+def test_connect_refused_and_tls_failure(tmp_path: Path) -> None:
+    closed = free_port()
+    tls_port, thread = _not_tls_server()
+    for base, code in (
+        (f"http://127.0.0.1:{closed}", "upstream_connect_error"),
+        (f"https://127.0.0.1:{tls_port}", "upstream_tls_error"),
+    ):
+        p = write_profile(tmp_path, base_profile(base), name=code)
+        with RouterProcess(p, env={"DEFAULT_API_KEY": SECRET}) as r:
+            resp = chat(r.url)
+            _assert_error(resp, 502, code)
+    thread.join(5)

@@ -1,0 +1,84 @@
+"""Hot reload (SPEC §3): a good edit is applied, a broken edit keeps the last good config."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.support import RouterProcess, write_profile
+
+
+def _wait(predicate, timeout: float = 6.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            # One worker has it; each worker checks once a second, so all have it 1 s later.
+            time.sleep(1.2)
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _rewrite(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(data if isinstance(data, str) else json.dumps(data))
+    os.replace(tmp, path)  # what editors and ConfigMap updates do: an atomic rename
+
+
+def test_good_edit_applied_broken_edit_ignored(tmp_path: Path, upstream: FakeUpstream) -> None:
+    profile = base_profile(upstream.url)
+    path = write_profile(tmp_path, profile)
+    with RouterProcess(path, workers=2) as r:
+        body = {"model": "gpt-4", "messages": []}
+        httpx.post(r.url + "/v1/chat/completions", json=body)
+        assert upstream.last.json()["model"] == "up-model-4"
+
+        # a good edit: new mapping, new name
+        profile["modelMapping"] = {"gpt-4": "reloaded-model"}
+        profile["name"] = "renamed"
+        _rewrite(path, profile)
+        _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "renamed")
+        # every worker has it: several requests on fresh connections
+        for _ in range(6):
+            httpx.post(r.url + "/v1/chat/completions", json=body)
+            assert upstream.last.json()["model"] == "reloaded-model"
+
+        # a broken edit: invalid value; the last good config stays
+        _rewrite(path, {**profile, "rateLimit": {"requestsPerMinute": -5}})
+        _wait(lambda: httpx.get(r.url + "/health").json()["config"]["lastError"] is not None)
+        state = httpx.get(r.url + "/health").json()["config"]
+        assert state["status"] == "error"
+        assert "$.rateLimit.requestsPerMinute" in state["lastError"]
+        assert state["reloadFailures"] >= 1
+        for _ in range(4):
+            resp = httpx.post(r.url + "/v1/chat/completions", json=body)
+            assert resp.status_code == 200
+            assert upstream.last.json()["model"] == "reloaded-model"
+        r.wait_for_log(lambda x: x.get("event") == "config_reload_failed")
+        metrics = httpx.get(r.url + "/metrics").text
+        assert (
+            "config_reload_failures_total 1.0" in metrics
+            or "config_reload_failures_total 2.0" in metrics
+        )
+
+        # invalid JSON too
+        _rewrite(path, "{ not json")
+        _wait(
+            lambda: (
+                "invalid JSON" in (httpx.get(r.url + "/health").json()["config"]["lastError"] or "")
+            )
+        )
+        assert httpx.post(r.url + "/v1/chat/completions", json=body).status_code == 200
+
+        # fixing the file clears the error
+        profile["modelMapping"] = {"gpt-4": "fixed-model"}
+        _rewrite(path, profile)
+        _wait(lambda: httpx.get(r.url + "/health").json()["config"]["status"] == "ok")
+        httpx.post(r.url + "/v1/chat/completions", json=body)
+        assert upstream.last.json()["model"] == "fixed-model"

@@ -1,0 +1,246 @@
+"""Profile validation, lookup, shipped profiles and the shipped JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, available_profiles, find_profile, load_file, profile_schema
+from service.config.loader import SHIPPED_DIR
+from service.config.model import PROXY_ROUTES
+from service.proxy.headers import credential_header
+
+SHIPPED = [
+    "anthropic",
+    "cohere",
+    "gemini",
+    "generic",
+    "ollama-cloud",
+    "ollama-local",
+    "openai",
+    "qwen",
+]
+
+
+def _write(tmp_path: Path, data: object, name: str = "p.json") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return p
+
+
+def test_the_eight_profiles_ship() -> None:
+    assert sorted(p.stem for p in SHIPPED_DIR.glob("*.json")) == SHIPPED
+
+
+@pytest.mark.parametrize(
+    ("name", "chat_url", "messages_url", "auth", "mapping"),
+    [
+        (
+            "qwen",
+            "https://portal.qwen.ai/v1/chat/completions",
+            "https://portal.qwen.ai/v1/messages",
+            ("Authorization", "Bearer K"),
+            {
+                "gpt-3.5-turbo": "qwen3-coder-plus",
+                "gpt-4": "qwen3-coder-max",
+                "gpt-4-turbo": "qwen3-coder-turbo",
+            },
+        ),
+        (
+            "openai",
+            "https://api.openai.com/v1/chat/completions",
+            "https://api.openai.com/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+        (
+            "anthropic",
+            "https://api.anthropic.com/v1/chat/completions",
+            "https://api.anthropic.com/v1/messages",
+            ("x-api-key", "K"),
+            {},
+        ),
+        (
+            "cohere",
+            "https://api.cohere.ai/compatibility/v1/chat/completions",
+            "https://api.cohere.ai/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+        (
+            "gemini",
+            "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+            "https://generativelanguage.googleapis.com/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+        (
+            "ollama-cloud",
+            "https://ollama.com/v1/chat/completions",
+            "https://ollama.com/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+        (
+            "ollama-local",
+            "http://localhost:11434/v1/chat/completions",
+            "http://localhost:11434/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+        (
+            "generic",
+            "http://localhost:8080/v1/chat/completions",
+            "http://localhost:8080/v1/messages",
+            ("Authorization", "Bearer K"),
+            {},
+        ),
+    ],
+)
+def test_shipped_profile_urls_auth_and_mapping(
+    name: str, chat_url: str, messages_url: str, auth: tuple[str, str], mapping: dict[str, str]
+) -> None:
+    cfg = load_file(find_profile(name))
+    assert cfg.profile.name == name
+    assert cfg.endpoints["/v1/chat/completions"].url == chat_url
+    assert cfg.endpoints["/v1/messages"].url == messages_url
+    a = cfg.profile.auth
+    assert credential_header(a.header, a.scheme, "K") == auth
+    assert cfg.profile.model_mapping == mapping
+    assert set(cfg.endpoints) == set(PROXY_ROUTES)
+
+
+def test_qwen_rate_limits_and_anthropic_version_header() -> None:
+    qwen = load_file(find_profile("qwen.json"))
+    chat = qwen.endpoints["/v1/chat/completions"].rate_limit
+    assert chat is not None and (chat.requests_per_minute, chat.burst) == (60, 25)
+    emb = qwen.endpoints["/v1/embeddings"].rate_limit
+    assert emb is not None and (emb.requests_per_minute, emb.burst) == (120, 40)
+    ant = load_file(find_profile("anthropic"))
+    assert ("anthropic-version", "2023-06-01") in ant.endpoints["/v1/messages"].headers
+
+
+def test_unknown_profile_lists_available_names() -> None:
+    with pytest.raises(ConfigError) as e:
+        find_profile("qwne")
+    msg = str(e.value)
+    assert "unknown profile 'qwne'" in msg
+    for n in SHIPPED:
+        assert n in msg
+    assert set(SHIPPED) <= set(available_profiles())
+
+
+def test_local_transformer_dir_wins_over_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "transformer").mkdir()
+    _write(tmp_path / "transformer", {"name": "qwen", "baseUrl": "http://127.0.0.1:1"}, "qwen.json")
+    monkeypatch.chdir(tmp_path)
+    assert load_file(find_profile("qwen")).profile.base_url == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"name": "x"}, "$.baseUrl: Field required"),
+        ({"name": "x", "baseUrl": "ftp://h"}, "$.baseUrl"),
+        ({"name": "x", "baseUrl": "http://user:pw@h"}, "must not carry user:password"),
+        (
+            {"name": "x", "baseUrl": "http://h", "bogus": 1},
+            "$.bogus: Extra inputs are not permitted",
+        ),
+        (
+            {"name": "x", "baseUrl": "http://h", "rateLimit": {"requestsPerMinute": -1}},
+            "$.rateLimit.requestsPerMinute",
+        ),
+        (
+            {"name": "x", "baseUrl": "http://h", "rateLimit": {"requestsPerMinute": "60"}},
+            "$.rateLimit.requestsPerMinute",
+        ),
+        ({"name": "x", "baseUrl": "http://h", "port": 70000}, "$.port"),
+        ({"name": "x", "baseUrl": "http://h", "endpoints": {"/v1/nope": {}}}, "$.endpoints"),
+        (
+            {
+                "name": "x",
+                "baseUrl": "http://h",
+                "endpoints": {"/v1/chat/completions": {"upstreamPath": "no-slash"}},
+            },
+            "$.endpoints./v1/chat/completions.upstreamPath",
+        ),
+        (
+            {
+                "name": "x",
+                "baseUrl": "http://h",
+                "endpoints": {"/v1/chat/completions": {"streamConfig": {"bufferSize": 0}}},
+            },
+            "$.endpoints./v1/chat/completions.streamConfig.bufferSize",
+        ),
+        ({"name": "x", "baseUrl": "http://h", "modelMapping": {"a": 1}}, "$.modelMapping.a"),
+        ([1, 2], "$: must be a JSON object"),
+    ],
+)
+def test_invalid_profiles_name_file_and_json_path(
+    tmp_path: Path, data: object, fragment: str
+) -> None:
+    p = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_file(p)
+    msg = str(e.value)
+    assert msg.startswith(str(p) + ": ")
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
+    p = _write(tmp_path, '{\n  "name": "x",\n  "baseUrl": \n}')
+    with pytest.raises(ConfigError, match=r"invalid JSON at line 4 column 1"):
+        load_file(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_file(tmp_path / "nope.json")
+
+
+def test_endpoint_overrides_merge_over_globals(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        {
+            "name": "x",
+            "baseUrl": "http://h/prefix/",
+            "headers": {"X-A": "1", "X-B": "profile"},
+            "streamConfig": {"bufferSize": 4096, "heartbeatIntervalSecs": 10},
+            "rateLimit": {"requestsPerMinute": 100},
+            "endpoints": {
+                "/v1/chat/completions": {
+                    "upstreamPath": "/chat?api-version=2",
+                    "headers": {"x-b": "endpoint"},
+                    "streamConfig": {"heartbeatIntervalSecs": 2},
+                    "streamSupport": False,
+                }
+            },
+        },
+    )
+    cfg = load_file(p)
+    chat = cfg.endpoints["/v1/chat/completions"]
+    assert chat.url == "http://h/prefix/chat?api-version=2"
+    assert dict(chat.headers) == {"X-A": "1", "x-b": "endpoint"}
+    assert (chat.buffer_size, chat.heartbeat_interval_secs) == (4096, 2)
+    assert chat.stream_support is False
+    emb = cfg.endpoints["/v1/embeddings"]
+    assert emb.url == "http://h/prefix/v1/embeddings"
+    assert (emb.buffer_size, emb.heartbeat_interval_secs) == (4096, 10)
+    assert emb.stream_support is False
+    assert cfg.endpoints["/v1/messages"].stream_support is True
+    assert cfg.endpoints["/v1/audio/transcriptions"].requires_multipart is True
+    assert emb.rate_limit is not None and emb.rate_limit.requests_per_minute == 100
+
+
+def test_shipped_schema_is_current_and_validates_shipped_profiles() -> None:
+    shipped = json.loads((SHIPPED_DIR.parent / "profile.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(profile_schema())), "run `make schema`"
+    props = shipped["properties"]
+    assert {"baseUrl", "modelMapping", "rateLimit", "streamConfig", "endpoints"} <= set(props)
+    assert shipped["additionalProperties"] is False

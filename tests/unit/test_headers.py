@@ -1,0 +1,174 @@
+"""Pure forwarding decisions: header filtering, URL building, credentials, model mapping."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.errors import BadRequest
+from service.proxy import headers as h
+from service.proxy.relay import accept_encoding, decoded, parse_json_object
+
+token = st.text(alphabet=string.ascii_letters + "-", min_size=1, max_size=20)
+
+
+def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
+    items = [
+        ("Host", "router"),
+        ("Connection", "keep-alive, X-Secret-Hop"),
+        ("X-Secret-Hop", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Authorization", "Basic abc"),
+        ("TE", "trailers"),
+        ("Trailer", "x"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Content-Length", "12"),
+        ("Authorization", "Bearer k"),
+        ("x-api-key", "k"),
+        ("anthropic-version", "2023-06-01"),
+        ("OpenAI-Organization", "org-1"),
+        ("Accept", "application/json"),
+    ]
+    out = h.forwardable_request_headers(items)
+    assert out == [
+        ("anthropic-version", "2023-06-01"),
+        ("OpenAI-Organization", "org-1"),
+        ("Accept", "application/json"),
+    ]
+
+
+@given(st.lists(st.tuples(token, st.text(max_size=10)), max_size=15), st.lists(token, max_size=4))
+def test_nothing_named_by_connection_or_hop_by_hop_survives(
+    items: list[tuple[str, str]], named: list[str]
+) -> None:
+    items = [*items, ("Connection", ", ".join(named))]
+    out = h.forwardable_request_headers(items)
+    names = {k.lower() for k, _ in out}
+    assert not names & h.NOT_FORWARDED
+    assert not names & {n.lower() for n in named}
+    assert not any(n.startswith("proxy-") for n in names)
+    # everything else survives, in order
+    kept = [
+        (k, v)
+        for k, v in items
+        if k.lower() not in h.NOT_FORWARDED
+        and k.lower() not in {n.lower() for n in named}
+        and not k.lower().startswith("proxy-")
+    ]
+    assert out == kept
+
+
+def test_response_headers_keep_end_to_end_and_drop_framing() -> None:
+    items = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", "10"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+        ("x-ratelimit-remaining-requests", "5"),
+        ("x-request-id", "upstream-id"),
+        ("openai-processing-ms", "12"),
+    ]
+    out = dict(h.returnable_response_headers(items))
+    assert out == {
+        "Content-Type": "application/json",
+        "x-ratelimit-remaining-requests": "5",
+        "openai-processing-ms": "12",
+    }
+
+
+def test_credential_resolution_order() -> None:
+    assert h.client_credential({"authorization": "Bearer abc"}, "def") == "abc"
+    assert h.client_credential({"x-api-key": "xyz"}, "def") == "xyz"
+    assert h.client_credential({"authorization": "Bearer a", "x-api-key": "b"}, None) == "a"
+    assert h.client_credential({"authorization": "Basic zzz"}, "def") == "def"
+    assert h.client_credential({}, "def") == "def"
+    assert h.client_credential({}, None) is None
+    assert h.client_credential({"authorization": "Bearer "}, None) is None
+
+
+def test_upstream_headers_apply_profile_then_credential_then_request_id() -> None:
+    out = h.upstream_headers(
+        [("Accept", "a"), ("X-Custom", "client"), ("Authorization", "Bearer client")],
+        (("x-custom", "profile"), ("anthropic-version", "2023-06-01")),
+        "x-api-key",
+        "",
+        "client",
+        "rid-1",
+    )
+    d = {k.lower(): v for k, v in out}
+    assert d["x-custom"] == "profile"
+    assert d["x-api-key"] == "client"
+    assert "authorization" not in d
+    assert d["x-request-id"] == "rid-1"
+    assert [k.lower() for k, _ in out].count("x-custom") == 1
+
+
+def test_no_credential_sends_no_auth_header() -> None:
+    out = h.upstream_headers([], (), "Authorization", "Bearer", None, "r")
+    assert {k.lower() for k, _ in out} == {"x-request-id"}
+
+
+def test_build_url_appends_client_query() -> None:
+    assert h.build_url("http://u/v1/x", "") == "http://u/v1/x"
+    assert h.build_url("http://u/v1/x", "a=1") == "http://u/v1/x?a=1"
+    assert h.build_url("http://u/v1/x?api-version=2", "a=1") == "http://u/v1/x?api-version=2&a=1"
+
+
+def test_request_id_sanity() -> None:
+    assert h.sane_request_id("abc-123_X.y")
+    assert not h.sane_request_id("")
+    assert not h.sane_request_id(None)
+    assert not h.sane_request_id("a" * 129)
+    assert h.sane_request_id("a" * 128)
+    assert not h.sane_request_id("has space")
+    assert not h.sane_request_id("inject\r\nx")
+
+
+def test_model_mapping_exact_match_only() -> None:
+    m = {"gpt-4": "qwen3-coder-max"}
+    assert h.map_model(m, "gpt-4") == "qwen3-coder-max"
+    assert h.map_model(m, "GPT-4") is None
+    assert h.map_model(m, "gpt-4-turbo") is None
+    assert h.map_model(m, None) is None
+    assert h.map_model(m, 4) is None
+
+
+def test_key_id_is_short_hash_never_the_key() -> None:
+    kid = h.key_id("sk-secret-value")
+    assert len(kid) == 12 and "secret" not in kid
+    assert h.key_id(None) == "anonymous"
+    assert h.key_id("sk-secret-value") == kid
+
+
+def test_parse_json_object() -> None:
+    assert parse_json_object(b'{"a": 1}') == {"a": 1}
+    big = parse_json_object(b'{"n": 123456789012345678901234567890}')
+    assert big["n"] == 123456789012345678901234567890
+    for bad in (b"", b"[1]", b"nope", b'"str"', b"{", b"\xff\xfe"):
+        try:
+            parse_json_object(bad)
+        except BadRequest:
+            pass
+        else:
+            raise AssertionError(bad)
+
+
+def test_accept_encoding_only_what_the_router_can_read() -> None:
+    assert accept_encoding(None, False) == "identity"
+    assert accept_encoding("gzip, deflate, br, zstd", False) == "gzip, deflate"
+    assert accept_encoding("br", False) == "identity"
+    assert accept_encoding("gzip", True) == "identity"
+
+
+def test_decoded_handles_gzip_and_deflate() -> None:
+    import gzip
+    import zlib
+
+    assert decoded(gzip.compress(b"{}"), "gzip") == b"{}"
+    assert decoded(zlib.compress(b"{}"), "deflate") == b"{}"
+    assert decoded(b"{}", None) == b"{}"
+    assert decoded(b"junk", "gzip") is None
+    assert decoded(b"x", "br") is None
