@@ -1,0 +1,340 @@
+"""The Helm chart at helm/ (SPEC §10, issue 6): linted, rendered, validated, and run.
+
+No Kubernetes cluster is reachable here, so:
+- every render (defaults and each helm/ci/*-values.yaml) is validated offline against the
+  Kubernetes schemas by `kubernetes-validate --strict`; the Prometheus Operator objects, which
+  it has no schema for, are checked by shape, and the alert rules by `promtool check rules`;
+- the rendered Deployment + ConfigMap are started by `podman kube play` on the image built from
+  this tree and must answer /health and /metrics. podman has no Service, so the test adds a
+  `hostPort` on 127.0.0.1 to the rendered container port (the only change to the render) and
+  runs one replica.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.e2e.podman import ROOT, built_image, podman, wait_http
+from tests.support import free_port
+
+pytestmark = pytest.mark.timeout(900)  # the first kube play test may pay for the image build
+
+CHART = ROOT / "helm"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+CASES = [None, *CI_VALUES]
+
+
+def case_id(values: Path | None) -> str:
+    return "defaults" if values is None else values.name.removesuffix("-values.yaml")
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "ensure-helm.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def render(helm: str, *args: str, release: str = "rel") -> str:
+    out = run([helm, "template", release, str(CHART), "--namespace", "llm", *args])
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for d in manifests:
+        assert d["kind"] not in out, f"two {d['kind']} objects"
+        out[d["kind"]] = d
+    return out
+
+
+def values_args(values: Path | None) -> list[str]:
+    return [] if values is None else ["-f", str(values)]
+
+
+def tool(name: str) -> str:
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="module")
+def renders(helm: str) -> dict[str, str]:
+    return {case_id(v): render(helm, *values_args(v)) for v in CASES}
+
+
+def test_the_ci_values_files_cover_each_optional_piece() -> None:
+    assert {case_id(v) for v in CI_VALUES} >= {
+        "redis",
+        "monitoring",
+        "autoscaling",
+        "inline-profile",
+    }
+
+
+@pytest.mark.parametrize("values", CASES, ids=case_id)
+def test_helm_lint(helm: str, values: Path | None) -> None:
+    out = run([helm, "lint", "--strict", str(CHART), *values_args(values)])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("values", CASES, ids=case_id)
+def test_render_is_valid_kubernetes(
+    renders: dict[str, str], values: Path | None, tmp_path: Path
+) -> None:
+    path = tmp_path / "render.yaml"
+    path.write_text(renders[case_id(values)])
+    out = run([tool("kubernetes-validate"), "--strict", str(path)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ERROR" not in out.stdout + out.stderr
+
+
+def test_validator_rejects_an_unknown_field(renders: dict[str, str], tmp_path: Path) -> None:
+    """The check above can fail: --strict refuses a field the Deployment schema lacks."""
+    manifests = docs(renders["defaults"])
+    deployment = by_kind(manifests)["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump_all(manifests))
+    out = run([tool("kubernetes-validate"), "--strict", str(path)])
+    assert out.returncode != 0
+    assert "livenesProbe" in out.stdout + out.stderr
+
+
+def test_default_render_is_a_hardened_deployment(renders: dict[str, str]) -> None:
+    objs = by_kind(docs(renders["defaults"]))
+    assert set(objs) == {"Deployment", "Service", "ConfigMap", "ServiceAccount", "Pod"}
+    # The Pod is the `helm test` hook: it checks /health and /ready through the Service.
+    assert objs["Pod"]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "/ready" in json.dumps(objs["Pod"]["spec"])
+    pod = objs["Deployment"]["spec"]["template"]
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    # Probes: liveness /health, readiness /ready.
+    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    # Restricted security context.
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    # Prometheus scrape annotations and the config checksum.
+    ann = pod["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert ann["prometheus.io/port"] == "8000"
+    assert ann["prometheus.io/path"] == "/metrics"
+    assert len(ann["checksum/config"]) == 64
+    # SIGKILL never cuts the drain short: grace >= preStop sleep + drain time.
+    cm = objs["ConfigMap"]["data"]
+    pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + int(cm["API_ROUTER_DRAIN_SECS"])
+    assert cm["API_ROUTER_PROFILE"] == "qwen" and cm["LOG_FORMAT"] == "json"
+    # No key given: no Secret, and no secret reference in the pod.
+    assert "DEFAULT_API_KEY" not in json.dumps(c)
+
+
+def test_a_config_change_rolls_the_pods(helm: str) -> None:
+    def checksum(*args: str) -> str:
+        dep = by_kind(docs(render(helm, *args)))["Deployment"]
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    base = checksum()
+    assert checksum("--set", "profile.name=openai") != base
+    assert checksum("--set", "router.logLevel=debug") != base
+    assert checksum("--set", "replicaCount=5") == base  # not a config change
+
+
+def test_redis_values_put_the_url_and_key_in_a_secret(renders: dict[str, str]) -> None:
+    import base64
+
+    objs = by_kind(docs(renders["redis"]))
+    data = {k: base64.b64decode(v).decode() for k, v in objs["Secret"]["data"].items()}
+    assert data["RATE_LIMIT_BACKEND"].startswith("redis://")
+    assert data["DEFAULT_API_KEY"] == "sk-ci-placeholder"
+    env = {
+        e["name"]: e for e in objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["RATE_LIMIT_BACKEND"]["valueFrom"]["secretKeyRef"]["name"] == "rel-api-router"
+    assert objs["ConfigMap"]["data"]["RATE_LIMIT_FAIL_CLOSED"] == "true"
+    # The secret values appear nowhere else in the render.
+    text = renders["redis"]
+    assert "s3cret" not in text and "sk-ci-placeholder" not in text
+
+
+def test_existing_secret_is_referenced_not_created(renders: dict[str, str]) -> None:
+    objs = by_kind(docs(renders["autoscaling"]))
+    assert "Secret" not in objs
+    (c,) = objs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    ref = next(e for e in c["env"] if e["name"] == "DEFAULT_API_KEY")["valueFrom"]
+    assert ref["secretKeyRef"] == {"name": "llm-provider-key", "key": "api-key"}
+
+
+def test_autoscaling_values_make_an_hpa_and_a_pdb(renders: dict[str, str]) -> None:
+    objs = by_kind(docs(renders["autoscaling"]))
+    assert "replicas" not in objs["Deployment"]["spec"]  # the HPA owns the count
+    hpa = objs["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 12)
+    assert hpa["scaleTargetRef"]["name"] == objs["Deployment"]["metadata"]["name"]
+    pdb = objs["PodDisruptionBudget"]["spec"]
+    assert pdb["minAvailable"] == 2
+    assert pdb["selector"]["matchLabels"] == objs["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
+    renders: dict[str, str], tmp_path: Path
+) -> None:
+    objs = by_kind(docs(renders["monitoring"]))
+    sm = objs["ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["selector"]["matchLabels"] == objs["Service"]["spec"]["selector"]
+    rule = objs["PrometheusRule"]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "ApiRouterUpstreamErrorRate",
+        "ApiRouterRateLimitedRate",
+        "ApiRouterHighP99Latency",
+    }
+    assert "upstream_errors_total" in alerts["ApiRouterUpstreamErrorRate"]["expr"]
+    assert 'status="429"' in alerts["ApiRouterRateLimitedRate"]["expr"]
+    assert "request_latency_seconds_bucket" in alerts["ApiRouterHighP99Latency"]["expr"]
+    assert "> 20" in alerts["ApiRouterHighP99Latency"]["expr"]  # from the values file
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    out = run([tool("promtool"), "check", "rules", str(rules)])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
+    objs = by_kind(docs(renders["inline-profile"]))
+    data = objs["ConfigMap"]["data"]
+    inline = yaml.safe_load((CHART / "ci" / "inline-profile-values.yaml").read_text())
+    assert json.loads(data["profile.json"]) == inline["profile"]["inline"]
+    assert data["API_ROUTER_CONFIG_PATH"] == "/etc/api-router/profile.json"
+    assert "API_ROUTER_PROFILE" not in data
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "profile")
+    assert mount == {"name": "profile", "mountPath": "/etc/api-router", "readOnly": True}
+    # drainSeconds 60 -> a longer grace period.
+    assert spec["terminationGracePeriodSeconds"] >= 60
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("router.workers=0", "router.workers"),
+        ("router.port=http", "router.port"),
+        ("router.logLevel=verbose", "router.logLevel"),
+        ("redis.url=http://redis:6379", "redis.url"),
+        ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+        ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
+        ("unknownKey=1", "unknownKey"),
+    ],
+)
+def test_values_schema_rejects_bad_values(helm: str, setting: str, message: str) -> None:
+    out = run([helm, "template", "rel", str(CHART), "--set", setting])
+    assert out.returncode != 0
+    assert "values don't meet the specifications of the schema" in out.stderr
+    assert message in out.stderr
+
+
+# -- the rendered Deployment + ConfigMap, run by podman kube play ------------------------------
+
+
+def playable(helm: str, image: str, port: int, *args: str) -> str:
+    """The Deployment and ConfigMap of a render, on `image`, reachable on 127.0.0.1:port."""
+    repo, _, tag = image.rpartition(":")
+    text = render(
+        helm,
+        "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never", "--set", "replicaCount=1",
+        "--show-only", "templates/configmap.yaml", "--show-only", "templates/deployment.yaml",
+        *args,
+        release="kube-play",
+    )  # fmt: skip
+    manifests = docs(text)
+    deployment = by_kind(manifests)["Deployment"]
+    (container_port,) = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    container_port.update({"hostPort": port, "hostIP": "127.0.0.1"})
+    return yaml.safe_dump_all(manifests)
+
+
+@pytest.fixture
+def kube_play(tmp_path: Path) -> Iterator[Any]:
+    played: list[Path] = []
+
+    def play(text: str) -> None:
+        path = tmp_path / f"play-{len(played)}.yaml"
+        path.write_text(text)
+        played.append(path)
+        podman("kube", "play", str(path), timeout=180)
+
+    yield play
+    for path in played:
+        podman("kube", "down", str(path), check=False)
+
+
+def pod_logs(release: str = "kube-play") -> str:
+    out = podman("pod", "logs", f"{release}-api-router-pod-0", check=False)
+    return out.stdout[-3000:] + out.stderr[-1000:]
+
+
+def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
+    port = free_port()
+    kube_play(playable(helm, built_image(), port))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{pod_logs()}") from None
+    health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    assert health["status"] == "ok" and health["profile"] == "qwen"
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+    assert metrics.status_code == 200 and "# TYPE requests_total counter" in metrics.text
+    # The pod's container really is read-only and non-root, as the chart asks.
+    ps = podman(
+        "ps", "--filter", "name=kube-play-api-router-pod-0-api-router", "--format", "{{.ID}}"
+    )
+    cid = ps.stdout.split()[0]
+    info = json.loads(podman("inspect", cid).stdout)[0]
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    assert info["Config"]["User"].split(":")[0] == "10001"
+
+
+def test_kube_play_serves_an_inline_profile_from_the_config_map(helm: str, kube_play: Any) -> None:
+    port = free_port()
+    kube_play(
+        playable(helm, built_image(), port, "-f", str(CHART / "ci" / "inline-profile-values.yaml"))
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{pod_logs()}") from None
+    health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    assert health["profile"] == "local-vllm"
+    models = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+    assert "meta-llama/Llama-3.1-8B-Instruct" in models
