@@ -51,12 +51,12 @@ def to_router_error(exc: BaseException) -> RouterError:
         return MethodNotAllowed(headers={"Allow": ", ".join(allowed)} if allowed else None)
     if isinstance(exc, sx.PayloadTooLarge):
         return PayloadTooLarge()
-    if isinstance(exc, sx.RequestTimeout):
     if isinstance(exc, sx.RequestCancelled):
         # The client went away: nobody reads this answer, but logs and metrics record 499.
         err = RouterError("Client closed the request")
         err.status, err.type, err.code = 499, "invalid_request_error", "client_closed_request"
         return err
+    if isinstance(exc, sx.RequestTimeout):
         err = RouterError("Request timed out")
         err.status, err.type, err.code = 408, "invalid_request_error", "request_timeout"
         return err
