@@ -35,6 +35,17 @@ PROXY_ROUTES: tuple[str, ...] = (
 STREAMING_ROUTES = frozenset({CHAT, COMPLETIONS, MESSAGES})
 MULTIPART_ROUTES = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
 
+# Wire formats an upstream endpoint can speak. A route whose endpoint declares the other format
+# than the route's own is translated (service.translate); only the two chat routes can be.
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+UpstreamFormat = Literal["openai", "anthropic"]
+# The format clients use on each route; also the upstream's format unless the endpoint says.
+CLIENT_FORMAT = {route: ANTHROPIC if route == MESSAGES else OPENAI for route in PROXY_ROUTES}
+# Where a translated route goes when its endpoint names no upstreamPath: the other format's route.
+COUNTERPART = {MESSAGES: CHAT, CHAT: MESSAGES}
+TRANSLATION_NONE = "none"
+
 RouteKey = Literal[
     "/v1/chat/completions",
     "/v1/completions",
@@ -93,6 +104,8 @@ class Endpoint(_Strict):
     requires_multipart: bool | None = None
     rate_limit: RateLimit | None = None
     stream_config: StreamConfig | None = None
+    # The format the upstream speaks on this route; the route's own format when absent.
+    format: UpstreamFormat | None = None
 
     @field_validator("upstream_path")
     @classmethod
@@ -120,6 +133,9 @@ class ResolvedEndpoint(BaseModel):
     rate_limit: RateLimit | None
     buffer_size: int
     heartbeat_interval_secs: float
+    format: str  # what the upstream speaks
+    # "none", or "<client format>_to_<upstream format>" (the `translations_total` label)
+    translation: str
 
 
 class Profile(_Strict):
@@ -152,6 +168,27 @@ class Profile(_Strict):
             raise ValueError("must not carry a query or fragment (use endpoints.*.upstreamPath)")
         return v.rstrip("/")
 
+    @field_validator("endpoints")
+    @classmethod
+    def _formats(cls, v: dict[str, Endpoint]) -> dict[str, Endpoint]:
+        for route, ep in v.items():
+            if ep.format is not None and ep.format != CLIENT_FORMAT[route]:
+                if route not in COUNTERPART:
+                    raise ValueError(
+                        f"endpoints.{route}.format: only /v1/chat/completions and /v1/messages "
+                        "can be translated to another format"
+                    )
+        return v
+
+    def _upstream_path(self, route: str, ep: Endpoint, translated: bool) -> str:
+        if ep.upstream_path:
+            return ep.upstream_path
+        if translated:
+            other = COUNTERPART[route]
+            other_ep = self.endpoints.get(other)  # type: ignore[call-overload]
+            return (other_ep.upstream_path if other_ep is not None else None) or other
+        return route
+
     def resolve(self) -> dict[str, ResolvedEndpoint]:
         """Merge global and per-endpoint settings for every proxied route."""
         out: dict[str, ResolvedEndpoint] = {}
@@ -167,9 +204,15 @@ class Profile(_Strict):
                     del headers[old]
                 headers[k] = v
                 lowered[k.lower()] = k
+            fmt = ep.format or CLIENT_FORMAT[route]
+            translated = fmt != CLIENT_FORMAT[route]
             out[route] = ResolvedEndpoint(
                 route=route,
-                url=self.base_url + (ep.upstream_path or route),
+                url=self.base_url + self._upstream_path(route, ep, translated),
+                format=fmt,
+                translation=(
+                    f"{CLIENT_FORMAT[route]}_to_{fmt}" if translated else TRANSLATION_NONE
+                ),
                 method=ep.method or "POST",
                 headers=tuple(headers.items()),
                 stream_support=(

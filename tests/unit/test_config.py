@@ -40,7 +40,7 @@ def test_the_eight_profiles_ship() -> None:
         (
             "qwen",
             "https://portal.qwen.ai/v1/chat/completions",
-            "https://portal.qwen.ai/v1/messages",
+            "https://portal.qwen.ai/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {
                 "gpt-3.5-turbo": "qwen3-coder-plus",
@@ -51,13 +51,13 @@ def test_the_eight_profiles_ship() -> None:
         (
             "openai",
             "https://api.openai.com/v1/chat/completions",
-            "https://api.openai.com/v1/messages",
+            "https://api.openai.com/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
         (
             "anthropic",
-            "https://api.anthropic.com/v1/chat/completions",
+            "https://api.anthropic.com/v1/messages",
             "https://api.anthropic.com/v1/messages",
             ("x-api-key", "K"),
             {},
@@ -65,35 +65,35 @@ def test_the_eight_profiles_ship() -> None:
         (
             "cohere",
             "https://api.cohere.ai/compatibility/v1/chat/completions",
-            "https://api.cohere.ai/v1/messages",
+            "https://api.cohere.ai/compatibility/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
         (
             "gemini",
             "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
-            "https://generativelanguage.googleapis.com/v1/messages",
+            "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
         (
             "ollama-cloud",
             "https://ollama.com/v1/chat/completions",
-            "https://ollama.com/v1/messages",
+            "https://ollama.com/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
         (
             "ollama-local",
             "http://localhost:11434/v1/chat/completions",
-            "http://localhost:11434/v1/messages",
+            "http://localhost:11434/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
         (
             "generic",
             "http://localhost:8080/v1/chat/completions",
-            "http://localhost:8080/v1/messages",
+            "http://localhost:8080/v1/chat/completions",
             ("Authorization", "Bearer K"),
             {},
         ),
@@ -110,6 +110,14 @@ def test_shipped_profile_urls_auth_and_mapping(
     assert credential_header(a.header, a.scheme, "K") == auth
     assert cfg.profile.model_mapping == mapping
     assert set(cfg.endpoints) == set(PROXY_ROUTES)
+    # Each upstream speaks one format; the other format's route is translated to it (issue 8).
+    native = "anthropic" if name == "anthropic" else "openai"
+    assert cfg.endpoints["/v1/chat/completions"].format == native
+    assert cfg.endpoints["/v1/messages"].format == native
+    translated = "/v1/chat/completions" if native == "anthropic" else "/v1/messages"
+    assert cfg.endpoints[translated].translation == (
+        "openai_to_anthropic" if native == "anthropic" else "anthropic_to_openai"
+    )
 
 
 def test_qwen_rate_limits_and_anthropic_version_header() -> None:
