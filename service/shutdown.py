@@ -33,7 +33,10 @@ def install(app: Sanic) -> None:
             request.stream.keep_alive = False  # type: ignore[union-attr]
         elif app.ctx.connections is None:
             # Sanic keeps one set of live connections per worker; every protocol holds it.
-            app.ctx.connections = request.transport.get_protocol().connections  # type: ignore[attr-defined]
+            # (An ASGI server's transport has no protocol: there, it keeps its own connections.)
+            get_protocol = getattr(request.transport, "get_protocol", None)
+            protocol = get_protocol() if get_protocol is not None else None
+            app.ctx.connections = getattr(protocol, "connections", None)
 
     @app.before_server_stop
     async def _begin_drain(app: Sanic) -> None:
