@@ -97,6 +97,8 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             metrics.router_overhead_seconds.labels(route).observe(
                 max(0.0, elapsed - state.upstream_latency)
             )
+        if state.translation != "none":
+            metrics.translations_total.labels(state.translation).inc()
         if state.first_byte_latency is not None:
             metrics.stream_first_byte_seconds.labels(route).observe(state.first_byte_latency)
         if state.usage:
@@ -125,6 +127,7 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             ),
             "model": state.model,
             "stream": state.stream,
+            "translation": state.translation,
             "key_id": state.key_id,
         }
         if state.error_type is not None:

@@ -127,6 +127,13 @@ class Metrics:
             "Rate-limit decisions the backend could not make (Redis unreachable)",
             registry=r,
         )
+        self.translations_total = Counter(
+            "translations_total",
+            "Requests on a route translated between API formats, by direction "
+            "(anthropic_to_openai, openai_to_anthropic)",
+            ["direction"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "build_info",
             "Build information; the value is always 1",

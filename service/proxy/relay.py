@@ -29,6 +29,7 @@ from sanic.response import HTTPResponse
 from ..config.model import CHAT, COMPLETIONS, MESSAGES, ResolvedEndpoint
 from ..errors import BadRequest, RateLimited, UpstreamJSONError
 from ..ratelimit import Limit
+from ..translate import Translator
 from . import headers as h
 from .events import ask_for_usage
 from .upstream import map_exception, request_timeout
@@ -97,6 +98,7 @@ class RequestState:
         "key_id",
         "model",
         "stream",
+        "translation",
         "upstream_latency",
         "upstream_model",
         "usage",
@@ -111,6 +113,7 @@ class RequestState:
         self.error_type: str | None = None
         self.usage: dict[str, Any] | None = None
         self.first_byte_latency: float | None = None  # request start to a stream's first event
+        self.translation = "none"  # which format translation ran (service.translate.DIRECTIONS)
 
 
 def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
@@ -132,6 +135,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
     streaming = False
     strip_usage = False
+    translator: Translator | None = None
     upstream_length: int | None = None
     body: Any
     if ep.requires_multipart:
@@ -152,7 +156,11 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         state.upstream_model = mapped or state.model
         streaming = ep.stream_support and payload.get("stream") is True
         state.stream = streaming
-        if streaming and route in USAGE_ROUTES and ask_for_usage(payload):
+        if ep.translation != "none":
+            state.translation = ep.translation
+            translator = Translator(ep.translation, payload, int(time.time()))
+            body = dump_json(translator.request(), exact=_exact(body))
+        elif streaming and route in USAGE_ROUTES and ask_for_usage(payload):
             strip_usage = True
             body = dump_json(payload, exact=_exact(body))
 
@@ -173,7 +181,14 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     )
     hdrs = h.merge_headers(
         hdrs,
-        [("Accept-Encoding", accept_encoding(request.headers.get("accept-encoding"), streaming))],
+        [
+            (
+                "Accept-Encoding",
+                accept_encoding(
+                    request.headers.get("accept-encoding"), streaming or translator is not None
+                ),
+            )
+        ],
     )
     if upstream_length is not None:  # a streamed multipart body keeps a known length
         hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
@@ -189,7 +204,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     if streaming:
         from .sse import relay_stream
 
-        return await relay_stream(request, upstream_request, ep, extra, strip_usage)
+        return await relay_stream(request, upstream_request, ep, extra, strip_usage, translator)
 
     started = time.perf_counter()
     try:
@@ -223,6 +238,9 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
                 state.usage = parsed["usage"]
 
     headers = _response_headers(resp, request_id)
+    if translator is not None:  # the answer in the client's format, with the upstream's status
+        text = decoded(data, resp.headers.get("content-encoding"))
+        headers, data = translator.answer(resp.status_code, headers, text or b"")
     for k, v in extra.items():
         headers.append((k, v))
     return HTTPResponse(body=data, status=resp.status_code, headers=headers, content_type=None)

@@ -30,6 +30,7 @@ from sanic.response import HTTPResponse
 from ..config.model import MESSAGES, ResolvedEndpoint
 from ..errors import RouterError, StreamError, UpstreamError, error_body
 from ..observability import lifecycle
+from ..translate import BadUpstreamEvent, Translator
 from . import headers as h
 from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker
 from .upstream import map_exception
@@ -128,7 +129,10 @@ async def relay_stream(
     ep: ResolvedEndpoint,
     extra_headers: dict[str, str],
     strip_usage_chunk: bool = False,
+    translator: Translator | None = None,
 ) -> HTTPResponse | None:
+    """`translator`: the request's format translation (service.translate), applied to each
+    complete upstream event and to error bodies; None relays the upstream's bytes as they are."""
     app = request.app
     state = request.ctx.state
     stream = _Stream(request, ep.heartbeat_interval_secs, ep.route == MESSAGES)
@@ -166,11 +170,16 @@ async def relay_stream(
             body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
             if stream.out is None:
                 headers = h.returnable_response_headers(resp.headers.multi_items())
+                if translator is not None:
+                    headers, body = translator.answer(resp.status_code, headers, body)
                 headers.extend(head_headers)
                 return HTTPResponse(
                     body=body, status=resp.status_code, headers=Header(headers), content_type=None
                 )
-            data = upstream_error_data(resp.status_code, body, stream.anthropic)
+            if translator is not None:
+                data = translator.error_data(resp.status_code, body)
+            else:
+                data = upstream_error_data(resp.status_code, body, stream.anthropic)
             await stream.write(error_event(data))
             await stream.out.eof()
             return None
@@ -188,17 +197,25 @@ async def relay_stream(
             done_read, reading = reading, None
             try:
                 events = framer.feed(done_read.result())
+                out = [e for e in events if usage.keep(e)]
+                if translator is not None:
+                    out = translator.events(out)
             except StopAsyncIteration:
                 break
-            except (httpx.HTTPError, EventTooLarge):
+            except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):
                 await stream.fail(StreamError())
                 return None
-            out = [e for e in events if usage.keep(e)]
             if out:
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 await stream.write(out[0] if len(out) == 1 else b"".join(out))
         rest = framer.flush()
+        if translator is not None:  # the upstream ended: what closes the client's stream
+            try:
+                rest = b"".join(translator.events([rest] if rest else []) + translator.finish())
+            except BadUpstreamEvent:
+                await stream.fail(StreamError())
+                return None
         if rest:
             await stream.write(rest)
         await stream.out.eof()
