@@ -50,5 +50,16 @@ IMAGE ?= localhost/api-router:latest
 image:
 	bash scripts/build-image.sh $(IMAGE)
 
+# Benchmark (bench/README.md): not part of `make test`. bench/setup.sh installs wrk, nginx, the
+# peers (LiteLLM, Portkey) and the chart's matplotlib in their own ignored folders under .cache/.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	bash bench/setup.sh
+	.cache/bench-venv/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	bash bench/setup.sh
+	.cache/bench-venv/bin/python bench/run.py --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

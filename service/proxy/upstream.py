@@ -1,7 +1,9 @@
 """The upstream HTTP client: one pooled keep-alive httpx client per worker, and error mapping.
 
 The transport beneath httpx is chosen here and only here (`create_client`), so it can be swapped
-after measurement (bench/README.md) without touching the relay code.
+after measurement (bench/README.md) without touching the relay code. The default is httpx's own
+transport; `API_ROUTER_UPSTREAM_TRANSPORT=aiohttp` selects httpx-aiohttp's `AiohttpTransport`
+(the `aiohttp` extra) so the benchmark can compare the two on the same code.
 
 httpx exceptions are mapped to the router's own errors (service.errors) by type, never by
 copying their text: an exception message may contain the upstream URL or a header.
@@ -9,6 +11,7 @@ copying their text: an exception message may contain the upstream URL or a heade
 
 from __future__ import annotations
 
+import os
 import ssl
 
 import httpx
@@ -28,19 +31,29 @@ POOL_MAX_CONNECTIONS = 1024
 POOL_MAX_KEEPALIVE = 256
 KEEPALIVE_EXPIRY_SECS = 30.0
 POOL_WAIT_SECS = 5.0
+TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
+TRANSPORTS = ("httpx", "aiohttp")
+
+
+def _transport(name: str) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(
+        max_connections=POOL_MAX_CONNECTIONS,
+        max_keepalive_connections=POOL_MAX_KEEPALIVE,
+        keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
+    )
+    if name == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport  # the optional `aiohttp` extra
+
+        return AiohttpTransport(limits=limits, trust_env=False)
+    if name != "httpx":
+        raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
+    return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
 def create_client() -> httpx.AsyncClient:
     """Created in a `before_server_start` listener; closed in `after_server_stop`."""
     return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=POOL_MAX_CONNECTIONS,
-                max_keepalive_connections=POOL_MAX_KEEPALIVE,
-                keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
-            ),
-            retries=0,
-        ),
+        transport=_transport(os.environ.get(TRANSPORT_ENV, "").strip().lower() or "httpx"),
         follow_redirects=False,  # a redirect must never move the request to another host
         trust_env=False,  # no proxy or netrc credentials picked up from the environment
         headers={},

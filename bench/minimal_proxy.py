@@ -1,0 +1,91 @@
+"""The reference for what the HTTP client layer costs: the smallest Sanic proxy for one JSON route.
+
+    .venv/bin/python bench/minimal_proxy.py --client aiohttp|httpx|httpx-aiohttp PORT UPSTREAM_URL
+
+Per request it does what the router's hot path cannot avoid (read the body, parse it, rewrite
+`model`, send it upstream over a pooled keep-alive client, relay status and body) and nothing
+else: no profile, no limiter, no logs, no metrics. Run side by side with the router by
+bench/run.py, it separates the client library's cost (plain aiohttp vs httpx on its default
+transport vs httpx on httpx-aiohttp's AiohttpTransport) from the router's own features.
+Listens on 127.0.0.1 only; two workers, like the router's measured configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import orjson
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+
+
+def create_app(client: str, upstream: str) -> Sanic:
+    app = Sanic("minimal_" + client.replace("-", "_"), configure_logging=False)
+    app.config.ACCESS_LOG = False
+    app.config.MOTD = False
+    url = upstream.rstrip("/") + "/v1/chat/completions"
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        if client == "aiohttp":
+            import aiohttp
+
+            app.ctx.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30),
+                auto_decompress=False,
+            )
+        else:
+            import httpx
+
+            limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+            transport: Any
+            if client == "httpx-aiohttp":
+                from httpx_aiohttp import AiohttpTransport
+
+                transport = AiohttpTransport(limits=limits, trust_env=False)
+            else:
+                transport = httpx.AsyncHTTPTransport(limits=limits)
+            app.ctx.http = httpx.AsyncClient(transport=transport, trust_env=False)
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        await (app.ctx.http.close() if client == "aiohttp" else app.ctx.http.aclose())
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> HTTPResponse:
+        payload = orjson.loads(request.body)
+        payload["model"] = "upstream-model"
+        body = orjson.dumps(payload)
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
+        if client == "aiohttp":
+            async with app.ctx.http.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                return HTTPResponse(data, status=resp.status, content_type="application/json")
+        resp = await app.ctx.http.post(url, content=body, headers=headers)
+        return HTTPResponse(resp.content, status=resp.status_code, content_type="application/json")
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--client", choices=CLIENTS, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("port", type=int)
+    p.add_argument("upstream")
+    args = p.parse_args()
+    from functools import partial
+
+    from sanic.worker.loader import AppLoader
+
+    loader = AppLoader(factory=partial(create_app, args.client, args.upstream))
+    app = loader.load()
+    app.prepare(host="127.0.0.1", port=args.port, workers=args.workers, access_log=False)
+    Sanic.serve(primary=app, app_loader=loader)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""The results writer: summary (median and range over rounds), the targets of issue 7, and the
+three outputs `<date>.json`, `<date>.md` (the tables quoted in the README) and `<date>.png`.
+
+    .cache/bench-venv/bin/python bench/report.py bench/results/<date>.json   # rewrite md + png
+
+Ratios are taken per round (every configuration ran once per round, interleaved) and their
+median and range are reported, so a slow moment of the machine weighs on both sides of a ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROUTER = "router-2w"
+
+
+def _stat(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _by_round(runs: list[dict[str, Any]], config: str, scenario: str, key: str) -> dict[int, float]:
+    return {
+        r["round"]: r[key]
+        for r in runs
+        if r["config"] == config and r["scenario"] == scenario and r.get(key) is not None
+    }
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    runs = results["runs"]
+    out: dict[str, Any] = {}
+    for name in results["configs"]:
+        per: dict[str, Any] = {}
+        for sc in [*results["scenarios"], "ttfb"]:
+            mine = [r for r in runs if r["config"] == name and r["scenario"] == sc]
+            if not mine:
+                continue
+            if sc == "ttfb":
+                per[sc] = {
+                    "p50_us": _stat([r["p50_us"] for r in mine if "p50_us" in r]),
+                    "p99_us": _stat([r["p99_us"] for r in mine if "p99_us" in r]),
+                    "errors": sum(r["errors"] for r in mine),
+                }
+                continue
+            per[sc] = {
+                "rps": _stat([r["ok_rps"] for r in mine]),
+                "p50_us": _stat([r["p50_us"] for r in mine]),
+                "p99_us": _stat([r["p99_us"] for r in mine]),
+                "errors": sum(r["errors"] for r in mine),
+                "requests": sum(r["requests"] for r in mine),
+            }
+        out[name] = per
+    return out
+
+
+def ratio(
+    runs: list[dict[str, Any]],
+    a: str,
+    b: str,
+    scenario: str,
+    key: str,
+    op: Callable[[float, float], float],
+) -> dict[str, float] | None:
+    """`op(a, b)` in each round where both ran; median and range."""
+    ra, rb = _by_round(runs, a, scenario, key), _by_round(runs, b, scenario, key)
+    return _stat([op(ra[k], rb[k]) for k in ra if rb.get(k)])
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    runs, s = results["runs"], results["summary"]
+    div: Callable[[float, float], float] = lambda x, y: x / y  # noqa: E731
+    sub: Callable[[float, float], float] = lambda x, y: x - y  # noqa: E731
+    out: list[dict[str, Any]] = []
+
+    def add(
+        what: str,
+        value: dict[str, float] | None,
+        limit: float,
+        higher: bool,
+        unit: str,
+        aim: float | None = None,
+    ) -> None:
+        holds = None
+        if value is not None:
+            holds = value["median"] >= limit if higher else value["median"] <= limit
+        out.append(
+            {
+                "target": what,
+                "value": value,
+                "limit": limit,
+                "aim": aim,
+                "higher_is_better": higher,
+                "unit": unit,
+                "holds": holds,
+            }
+        )
+
+    add(
+        "JSON 64 conn: api-router 2w all on / nginx req/s",
+        ratio(runs, ROUTER, "nginx", "json64", "ok_rps", div),
+        0.12,
+        True,
+        "x",
+        0.20,
+    )
+    add(
+        "JSON 1 conn: added p50 latency over direct",
+        ratio(runs, ROUTER, "direct", "json1", "p50_us", sub),
+        800,
+        False,
+        "us",
+        300,
+    )
+    add(
+        "JSON 1 conn: added p99 latency over direct",
+        ratio(runs, ROUTER, "direct", "json1", "p99_us", sub),
+        2000,
+        False,
+        "us",
+    )
+    add(
+        "SSE: api-router 2w streams/s / nginx",
+        ratio(runs, ROUTER, "nginx", "sse64", "ok_rps", div),
+        0.8,
+        True,
+        "x",
+    )
+    add(
+        "SSE: time-to-first-byte overhead over direct (p50)",
+        ratio(runs, ROUTER, "direct", "ttfb", "p50_us", sub),
+        1000,
+        False,
+        "us",
+    )
+    add(
+        "all features on / metrics+logs off (JSON 64 conn req/s)",
+        ratio(runs, ROUTER, "router-2w-off", "json64", "ok_rps", div),
+        0.85,
+        True,
+        "x",
+    )
+    for peer, factor in (("portkey", 1.0), ("litellm", 20.0)):
+        add(
+            f"JSON 64 conn: api-router 2w / {peer} req/s",
+            ratio(runs, ROUTER, peer, "json64", "ok_rps", div),
+            factor,
+            True,
+            "x",
+        )
+    errs = {name: sum(v.get("errors", 0) for v in per.values()) for name, per in s.items()}
+    measured = {k: v for k, v in errs.items() if results["configs"][k]["status"] == "ok"}
+    out.append(
+        {
+            "target": "zero errors in every scenario (api-router configurations)",
+            "value": {k: v for k, v in measured.items() if k.startswith("router")},
+            "holds": all(v == 0 for k, v in measured.items() if k.startswith("router")),
+            "unit": "errors",
+        }
+    )
+    rss = [mb for workers in results.get("rss_mb", {}).values() for mb in workers.values() if mb]
+    router_rss = [
+        mb
+        for name, w in results.get("rss_mb", {}).items()
+        if name.startswith("router")
+        for mb in w.values()
+        if mb
+    ]
+    out.append(
+        {
+            "target": "RSS per api-router worker <= 80 MB",
+            "value": max(router_rss or [0]),
+            "limit": 80,
+            "holds": bool(rss) and max(router_rss or [999]) <= 80,
+            "unit": "MB",
+        }
+    )
+    soak = results.get("soak")
+    if soak:
+        growth = max(soak["growth_pct"].values()) if soak["growth_pct"] else None
+        out.append(
+            {
+                "target": f"RSS growth over a {soak['seconds'] / 60:.0f}-min soak at half "
+                f"load < 5 %",
+                "value": growth,
+                "limit": 5.0,
+                "holds": growth is not None and growth < 5.0,
+                "unit": "%",
+            }
+        )
+    return out
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+
+def _fmt(st: dict[str, float] | None, digits: int = 0, scale: float = 1.0) -> str:
+    if not st:
+        return "—"
+    m, lo, hi = st["median"] * scale, st["min"] * scale, st["max"] * scale
+    return f"{m:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
+
+
+def _ms(st: dict[str, float] | None) -> str:
+    return _fmt(st, 2, 1e-3)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, s, cfgs = results["meta"], results["summary"], results["configs"]
+    mach = m["machine"]
+    runs = results["runs"]
+    lines = [
+        f"# Benchmark {m['date']}{' (quick smoke run)' if m['quick'] else ''}",
+        "",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['memory_mb']:,} MB, "
+        f"{mach['os']}, kernel {mach['kernel']}; {mach['python']}; {mach['packages']}; "
+        f"{mach['wrk']}; {mach['nginx']}; node {mach['node']}; LiteLLM {mach['litellm']}; "
+        f"Portkey gateway {mach['portkey']}.",
+        "",
+        f"Method: {m['rounds']} interleaved rounds x {m['duration_secs']:.0f} s per wrk run; "
+        "median (min-max) over rounds. Load generator (wrk), fake upstream (nginx) and the "
+        "configuration under test share the same cores, all on 127.0.0.1. "
+        f"Load average before {m['loadavg_before']}, after {m.get('loadavg_after')}."
+        + (f" Conditions: {m['conditions']}" if m.get("conditions") else ""),
+        "",
+        "| configuration | JSON 64c req/s | x nginx | JSON 1c p50 ms | JSON 1c p99 ms "
+        "| added p50 / p99 ms | SSE 64c streams/s | SSE TTFB p50 ms | 1 MB body req/s "
+        "| 429/s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in cfgs.items():
+        if c["group"] != "main":
+            continue
+        if c["status"] != "ok" and name not in s:
+            lines.append(f"| {c['label']} | {c['status']} |  |  |  |  |  |  |  |  |  |")
+            continue
+        p = s.get(name, {})
+        x = ratio(runs, name, "nginx", "json64", "ok_rps", lambda a, b: a / b)
+        add50 = ratio(runs, name, "direct", "json1", "p50_us", lambda a, b: a - b)
+        add99 = ratio(runs, name, "direct", "json1", "p99_us", lambda a, b: a - b)
+        added = (
+            f"{add50['median'] / 1e3:+.2f} / {add99['median'] / 1e3:+.2f}"
+            if add50 and add99 and name != "direct"
+            else "—"
+        )
+        lines.append(
+            f"| {c['label']} | {_fmt(p.get('json64', {}).get('rps'))} "
+            f"| {_fmt(x, 3) if name != 'nginx' else '1'} "
+            f"| {_ms(p.get('json1', {}).get('p50_us'))} | {_ms(p.get('json1', {}).get('p99_us'))} "
+            f"| {added} | {_fmt(p.get('sse64', {}).get('rps'))} "
+            f"| {_ms(p.get('ttfb', {}).get('p50_us'))} | {_fmt(p.get('body1mb', {}).get('rps'))} "
+            f"| {_fmt(p.get('limited64', {}).get('rps'))} "
+            f"| {sum(v.get('errors', 0) for v in p.values())} |"
+        )
+    lines += [
+        "",
+        f"SSE: {m['events_per_stream']} events per stream (events/s = streams/s x "
+        f"{m['events_per_stream']}). `errors` = socket errors, timeouts and unexpected "
+        "statuses over all scenarios and rounds.",
+        "",
+    ]
+
+    lines += [
+        "## Upstream transport (JSON)",
+        "",
+        "| configuration | 64c req/s | 1c p50 ms | 1c p99 ms | x minimal aiohttp (64c) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in (
+        "router-2w",
+        "router-2w-aiohttp",
+        "minimal-httpx",
+        "minimal-httpx-aiohttp",
+        "minimal-aiohttp",
+    ):
+        if name not in s:
+            continue
+        p = s[name]
+        x = ratio(runs, name, "minimal-aiohttp", "json64", "ok_rps", lambda a, b: a / b)
+        lines.append(
+            f"| {cfgs[name]['label']} | {_fmt(p.get('json64', {}).get('rps'))} "
+            f"| {_ms(p.get('json1', {}).get('p50_us'))} "
+            f"| {_ms(p.get('json1', {}).get('p99_us'))} | {_fmt(x, 3)} |"
+        )
+
+    lines += [
+        "",
+        "## Targets (issue 7)",
+        "",
+        "| target | measured | limit | holds |",
+        "|---|---|---|---|",
+    ]
+    for t in results["targets"]:
+        v = t["value"]
+        if isinstance(v, dict) and "median" in v:
+            digits = 3 if t["unit"] == "x" else 0
+            shown = f"{_fmt(v, digits)} {t['unit']}"
+        elif isinstance(v, dict):
+            shown = ", ".join(f"{k}: {n}" for k, n in v.items()) or "—"
+        elif v is None:
+            shown = "not measured"
+        else:
+            shown = f"{v:.1f} {t['unit']}"
+        limit = t.get("limit")
+        lim = (
+            ""
+            if limit is None
+            else (
+                ("≥ " if t.get("higher_is_better") else "≤ ")
+                + f"{limit:g} {t['unit']}"
+                + (f" (aim {t['aim']:g})" if t.get("aim") else "")
+            )
+        )
+        if t["unit"] in ("MB", "%"):
+            lim = f"{'<' if t['unit'] == '%' else '≤'} {limit:g} {t['unit']}"
+        holds = {True: "yes", False: "**no**", None: "not measured"}[t["holds"]]
+        lines.append(f"| {t['target']} | {shown} | {lim} | {holds} |")
+    rss = results.get("rss_mb") or {}
+    if rss:
+        lines += [
+            "",
+            "RSS per worker after the rounds (MB): "
+            + "; ".join(
+                f"{k}: {', '.join(f'{v:.0f}' for v in w.values() if v)}" for k, w in rss.items()
+            ),
+        ]
+    soak = results.get("soak")
+    if soak:
+        lines += [
+            f"Soak: {soak['seconds']:.0f} s at {soak.get('achieved_rps') or 0:,.0f} req/s "
+            f"(target {soak['target_rps']:,.0f}, half the measured maximum), "
+            f"{soak.get('errors')} errors; RSS growth per worker (%): "
+            + ", ".join(f"{v:+.2f}" for v in soak["growth_pct"].values())
+        ]
+    not_ok = {k: c["status"] for k, c in cfgs.items() if c["status"] != "ok"}
+    if not_ok:
+        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in not_ok.items())]
+    return "\n".join(lines) + "\n"
+
+
+# --- chart -------------------------------------------------------------------------------------
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, cfgs = results["summary"], results["configs"]
+    names = [n for n in cfgs if "json64" in s.get(n, {})]
+    labels = [cfgs[n]["label"].replace(", ", "\n", 1) for n in names]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.55 * len(names) + 2.5))
+
+    def bars(
+        ax: Any,
+        values: list[dict[str, float]],
+        color: str,
+        offset: float = 0.0,
+        height: float = 0.8,
+        label: str | None = None,
+    ) -> None:
+        med = [v["median"] for v in values]
+        err = [[v["median"] - v["min"] for v in values], [v["max"] - v["median"] for v in values]]
+        ys = [i + offset for i in range(len(values))]
+        ax.barh(ys, med, height=height, xerr=err, color=color, capsize=3, label=label)
+
+    bars(ax1, [s[n]["json64"]["rps"] for n in names], "#4c72b0")
+    ax1.set_yticks(range(len(names)), labels, fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("req/s, JSON, 64 connections (median, bars: range)")
+    ax1.set_xscale("log")
+    one = [n for n in names if "json1" in s[n]]
+    bars(
+        ax2,
+        [{k: v / 1e3 for k, v in s[n]["json1"]["p50_us"].items()} for n in one],
+        "#55a868",
+        -0.2,
+        0.4,
+        "p50",
+    )
+    bars(
+        ax2,
+        [{k: v / 1e3 for k, v in s[n]["json1"]["p99_us"].items()} for n in one],
+        "#c44e52",
+        0.2,
+        0.4,
+        "p99",
+    )
+    ax2.set_yticks(
+        range(len(one)), [cfgs[n]["label"].replace(", ", "\n", 1) for n in one], fontsize=8
+    )
+    ax2.invert_yaxis()
+    ax2.set_xscale("log")
+    ax2.set_xlabel("latency ms, JSON, 1 connection")
+    ax2.legend()
+    m = results["meta"]
+    fig.suptitle(
+        f"api-router benchmark {m['date']} — {m['machine']['cpu']}, "
+        f"{m['machine']['cores']} cores (load generator on the same cores)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summarise(results)
+    results["targets"] = targets(results)
+    stem = out_dir / results["meta"]["date"]
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
+    paths[0].write_text(json.dumps(results, indent=1) + "\n")
+    paths[1].write_text(markdown(results))
+    chart(results, paths[2])
+    return paths
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1])
+    data = json.loads(src.read_text())
+    for p in write(data, src.parent):
+        print(p)

@@ -1,0 +1,879 @@
+"""The benchmark harness: every configuration side by side, in interleaved rounds, in one run.
+
+    .cache/bench-venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S] [--soak S]
+
+(`make bench` / `make bench-quick` install what it needs and call it.) It starts, on 127.0.0.1:
+
+- the fake upstream: nginx answering a chat completion (JSON) or its 22-event stream (SSE) from
+  memory (bench/nginx/upstream.conf), so the upstream never limits a configuration;
+- the configurations: direct to the upstream; nginx as a reverse proxy; api-router with 1 and 2
+  workers, all features on (metrics, JSON logs, a rate limit that does not trigger); api-router
+  with 2 workers, metrics and logs off; api-router on httpx-aiohttp's transport; the minimal
+  Sanic proxy (bench/minimal_proxy.py) on plain aiohttp, httpx, and httpx + AiohttpTransport;
+  the LiteLLM proxy and the Portkey gateway where they installed;
+
+then runs `wrk` for each scenario (JSON at 1 and 64 connections, SSE at 64, a 1 MB body at 8,
+rate-limited 429s at 64) and an SSE time-to-first-byte probe, round after round, every run bounded
+by time. Afterwards: RSS per router worker and a soak at half the measured maximum load. Results
+go to bench/results/<date>.{json,md,png} (bench/report.py); --quick writes to bench/results/tmp/.
+Every process it starts is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CACHE = ROOT / ".cache"
+ROUTER_PY = ROOT / ".venv" / "bin" / "python"
+BENCH_VENV = CACHE / "bench-venv"
+NODE_DIR = CACHE / "bench-node"
+PORTKEY_SERVER = NODE_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+
+SSE_PATH = "/sse/v1/chat/completions"
+API_KEY = "bench-key"
+EVENTS_PER_STREAM = 22  # 20 content chunks, the finish chunk, the usage chunk (+ [DONE])
+
+sys.path.insert(0, str(BENCH))
+import report  # noqa: E402
+
+# --- the fake upstream's answers and the request bodies ---------------------------------------
+
+
+def completion_json() -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "upstream-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "The quick brown fox " * 8},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 24, "completion_tokens": 40, "total_tokens": 64},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def completion_sse() -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
+        body: dict[str, Any] = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "upstream-model",
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if usage:
+            body["usage"] = usage
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    parts = [chunk({"role": "assistant", "content": ""})]
+    parts += [chunk({"content": f"word{i} "}) for i in range(19)]
+    parts.append(chunk({}, "stop"))
+    parts.append(
+        chunk({}, usage={"prompt_tokens": 24, "completion_tokens": 20, "total_tokens": 44})
+    )
+    parts.append(b"data: [DONE]\n\n")
+    assert len(parts) == EVENTS_PER_STREAM + 1
+    return b"".join(parts)
+
+
+def request_body(model: str, stream: bool = False, size: int = 0) -> bytes:
+    content = "Say something about foxes."
+    if size:
+        content = "x" * size
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # as the OpenAI SDK sends it
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def sse_parts(size: int = 2048) -> list[str]:
+    """The stream in whole events of at most about `size` bytes each, as nginx strings."""
+    parts: list[str] = []
+    for event in completion_sse().split(b"\n\n")[:-1]:
+        text = nginx_string(event + b"\n\n")
+        if parts and len(parts[-1]) + len(text) <= size:
+            parts[-1] += text
+        else:
+            parts.append(text)
+    return parts
+
+
+def write_bodies(run: Path) -> dict[str, Path]:
+    """The request bodies, as files for wrk: `kind:model` -> path."""
+    bodies: dict[str, Path] = {}
+    for model in ("bench-model", "bench-model-sse"):
+        for kind, data in (
+            ("json", request_body(model)),
+            ("sse", request_body(model, stream=True)),
+            ("big", request_body(model, size=1024 * 1024)),
+        ):
+            f = run / f"{kind}-{model}.json"
+            f.write_bytes(data)
+            bodies[f"{kind}:{model}"] = f
+    return bodies
+
+
+def nginx_string(data: bytes) -> str:
+    """`data` as the inside of an nginx single-quoted string."""
+    text = data.decode()
+    assert "'" not in text and "\\" not in text
+    return text.replace("\n", "\\n")
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"not listening on {port} after {timeout:.0f} s")
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for k in kids:
+            out.append(int(k))
+            todo.append(int(k))
+    return out
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f[9])
+    return inodes
+
+
+def worker_pids(pid: int, port: int) -> list[int]:
+    """The processes under `pid` that serve `port` (Sanic's workers, not its manager process)."""
+    wanted = {f"socket:[{i}]" for i in listening_inodes(port)}
+    out = []
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{p}/fd")
+            if any(os.readlink(fds / fd) in wanted for fd in os.listdir(fds)):
+                out.append(p)
+    return out
+
+
+@dataclass
+class Server:
+    """One started process group (stopped by its pid at the end)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    port: int,
+    run: Path,
+    env: dict[str, str] | None = None,
+    stdout: Path | None = None,
+    timeout: float = 60,
+) -> Server:
+    out = open(stdout or os.devnull, "wb")
+    err = open(run / f"{name}.stderr", "wb")
+    proc = subprocess.Popen(
+        argv,
+        stdout=out,
+        stderr=err,
+        env={**os.environ, **(env or {})},
+        cwd=run,
+        start_new_session=True,  # its own process group: stopped whole by the leader's pid
+    )
+    server = Server(name, proc, port)
+    try:
+        wait_port(port, proc, timeout)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
+# --- configurations ----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Where one configuration is measured: a request for each scenario it supports."""
+
+    name: str
+    group: str  # "main" (the comparison table) or "transport" (the client-layer comparison)
+    label: str
+    port: int = 0
+    server: Server | None = None
+    json_path: str = "/v1/chat/completions"
+    sse_path: str | None = SSE_PATH
+    limited_path: str | None = None
+    model: str = "bench-model"
+    sse_model: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    sse_headers: dict[str, str] = field(default_factory=dict)
+    status: str = "ok"
+    sanic: bool = False  # RSS is read from its Sanic workers
+
+    def request(self, scenario: str, bodies: dict[str, Path]) -> tuple[str, Path, dict[str, str]]:
+        h = {"Authorization": f"Bearer {API_KEY}", **self.headers}
+        if scenario == "sse64":
+            return (
+                self.sse_path or "",
+                bodies[f"sse:{self.sse_model or self.model}"],
+                {**h, **self.sse_headers},
+            )
+        if scenario == "limited64":
+            return self.limited_path or "", bodies[f"json:{self.model}"], h
+        if scenario == "body1mb":
+            return self.json_path, bodies[f"big:{self.model}"], h
+        return self.json_path, bodies[f"json:{self.model}"], h
+
+    def supports(self, scenario: str) -> bool:
+        if scenario == "limited64":
+            return self.limited_path is not None
+        if scenario in ("sse64", "ttfb", "body1mb"):
+            return self.group == "main" and self.sse_path is not None
+        return True
+
+
+def router_profile(upstream_port: int, run: Path) -> Path:
+    profile = {
+        "name": "bench",
+        "baseUrl": f"http://127.0.0.1:{upstream_port}",
+        "models": ["bench-model"],
+        "modelMapping": {"bench-model": "upstream-model"},
+        # A limit that never triggers: every request still takes a rate-limit decision.
+        "rateLimit": {"requestsPerMinute": 1e9, "burst": 1_000_000_000},
+        "endpoints": {
+            "/v1/chat/completions": {"upstreamPath": "/v1/chat/completions"},
+            # The SSE scenario goes through the same relay on the other OpenAI streaming route.
+            "/v1/completions": {"upstreamPath": SSE_PATH},
+            # The 429 scenario: one request a minute, so all but the first are rejected.
+            "/v1/embeddings": {
+                "upstreamPath": "/v1/chat/completions",
+                "rateLimit": {"requestsPerMinute": 1, "burst": 1},
+            },
+        },
+    }
+    path = run / "router-profile.json"
+    path.write_text(json.dumps(profile, indent=2))
+    return path
+
+
+def start_router(
+    t: Target, workers: int, upstream_port: int, run: Path, env: dict[str, str]
+) -> None:
+    t.port = free_port()
+    argv = [
+        str(ROUTER_PY),
+        "-m",
+        "service",
+        "--config",
+        str(router_profile(upstream_port, run)),
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+        str(t.port),
+    ]
+    t.server = spawn(
+        t.name, argv, t.port, run, env={"LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **env}
+    )
+    t.json_path, t.sse_path, t.limited_path, t.sanic = (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        True,
+    )
+
+
+def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
+    exe = BENCH_VENV / "bin" / "litellm"
+    if not exe.exists():
+        raise RuntimeError("not installed (see .cache/bench-logs/litellm.log)")
+    base = f"http://127.0.0.1:{upstream_port}"
+    cfg = run / "litellm.yaml"
+    cfg.write_text(
+        "model_list:\n"
+        "  - model_name: bench-model\n"
+        f"    litellm_params: {{model: openai/upstream-model, api_base: '{base}/v1', "
+        "api_key: bench-upstream-key}\n"
+        "  - model_name: bench-model-sse\n"
+        f"    litellm_params: {{model: openai/upstream-model, api_base: '{base}/sse/v1', "
+        "api_key: bench-upstream-key}\n"
+        "litellm_settings: {telemetry: false, drop_params: true}\n"
+    )
+    t.port = free_port()
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+        "NO_PROXY": "*",
+        "no_proxy": "*",
+    }
+    t.server = spawn(
+        t.name,
+        [
+            str(exe),
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(t.port),
+            "--num_workers",
+            "2",
+        ],
+        t.port,
+        run,
+        env=env,
+        timeout=180,
+    )
+    t.json_path, t.sse_path, t.sse_model = (
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        ("bench-model-sse"),
+    )
+
+
+def start_portkey(t: Target, upstream_port: int, run: Path) -> None:
+    node = shutil.which("node")
+    if node is None or not PORTKEY_SERVER.exists():
+        raise RuntimeError("not installed (see .cache/bench-logs/portkey.log)")
+    t.port = free_port()
+    base = f"http://127.0.0.1:{upstream_port}"
+    env = {"NODE_ENV": "production", "TRUSTED_CUSTOM_HOSTS": "127.0.0.1,localhost"}
+    t.server = spawn(
+        t.name,
+        [
+            node,
+            "--require",
+            str(BENCH / "loopback.cjs"),
+            str(PORTKEY_SERVER),
+            f"--port={t.port}",
+            "--headless",
+        ],
+        t.port,
+        run,
+        env=env,
+        timeout=60,
+    )
+    t.headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{base}/v1"}
+    t.sse_headers = {"x-portkey-custom-host": f"{base}/sse/v1"}
+    t.sse_path = "/v1/chat/completions"
+
+
+def start_upstream(run: Path, port: int) -> Server:
+    conf = (BENCH / "nginx" / "upstream.conf").read_text()
+    conf = (
+        conf.replace("@RUN@", str(run))
+        .replace("@PORT@", str(port))
+        .replace("@JSON@", nginx_string(completion_json()))
+        .replace(
+            "@SSE_SET@",
+            "\n            ".join(f"set $sse{i} '{part}';" for i, part in enumerate(sse_parts())),
+        )
+        .replace("@SSE@", "".join(f"$sse{i}" for i in range(len(sse_parts()))))
+    )
+    (run / "upstream.conf").write_text(conf)
+    return spawn("upstream", ["nginx", "-p", str(run), "-c", str(run / "upstream.conf")], port, run)
+
+
+def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, list[Target]]:
+    up_port = free_port()
+    upstream = start_upstream(run, up_port)
+    base = f"http://127.0.0.1:{up_port}"
+
+    targets: list[Target] = []
+
+    def add(t: Target, start: Callable[[Target], None]) -> None:
+        if only and t.name not in only:
+            return
+        try:
+            start(t)
+        except Exception as e:  # a peer that does not install or start is recorded, not fatal
+            t.status = f"not measured: {e}"
+            print(f"bench: {t.name}: {t.status}", file=sys.stderr)
+        targets.append(t)
+
+    def direct(t: Target) -> None:
+        t.port = up_port
+
+    def nginx_proxy(t: Target) -> None:
+        t.port = free_port()
+        c = (BENCH / "nginx" / "proxy.conf").read_text()
+        c = (
+            c.replace("@RUN@", str(run))
+            .replace("@PORT@", str(t.port))
+            .replace("@UPSTREAM_PORT@", str(up_port))
+        )
+        (run / "proxy.conf").write_text(c)
+        t.server = spawn(
+            t.name, ["nginx", "-p", str(run), "-c", str(run / "proxy.conf")], t.port, run
+        )
+
+    off = {"API_ROUTER_METRICS": "false", "API_ROUTER_ACCESS_LOG": "false"}
+    add(Target("direct", "main", "direct to upstream"), direct)
+    add(Target("nginx", "main", "nginx reverse proxy"), nginx_proxy)
+    add(
+        Target("router-1w", "main", "api-router 1 worker, all on"),
+        lambda t: start_router(t, 1, up_port, run, {}),
+    )
+    add(
+        Target("router-2w", "main", "api-router 2 workers, all on"),
+        lambda t: start_router(t, 2, up_port, run, {}),
+    )
+    add(
+        Target("router-2w-off", "main", "api-router 2 workers, metrics+logs off"),
+        lambda t: start_router(t, 2, up_port, run, off),
+    )
+    if not quick:
+        add(
+            Target("litellm", "main", "LiteLLM proxy (2 workers)"),
+            lambda t: start_litellm(t, up_port, run),
+        )
+        add(
+            Target("portkey", "main", "Portkey gateway (node)"),
+            lambda t: start_portkey(t, up_port, run),
+        )
+    add(
+        Target("router-2w-aiohttp", "transport", "api-router 2w, httpx + AiohttpTransport"),
+        lambda t: start_router(t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": "aiohttp"}),
+    )
+    for client in ("httpx", "httpx-aiohttp", "aiohttp"):
+
+        def minimal(t: Target, client: str = client) -> None:
+            t.port = free_port()
+            t.server = spawn(
+                t.name,
+                [
+                    str(ROUTER_PY),
+                    str(BENCH / "minimal_proxy.py"),
+                    "--client",
+                    client,
+                    "--workers",
+                    "2",
+                    str(t.port),
+                    base,
+                ],
+                t.port,
+                run,
+            )
+            t.sanic = True
+
+        add(Target(f"minimal-{client}", "transport", f"minimal Sanic proxy, {client}"), minimal)
+    return upstream, targets
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "json1": {"connections": 1, "threads": 1, "title": "JSON, 1 connection"},
+    "json64": {"connections": 64, "threads": 2, "title": "JSON, 64 connections"},
+    "sse64": {"connections": 64, "threads": 2, "title": "SSE, 64 connections"},
+    "body1mb": {"connections": 8, "threads": 2, "title": "1 MB request body, 8 connections"},
+    "limited64": {"connections": 64, "threads": 2, "title": "rate-limited (429), 64 connections"},
+}
+
+
+def check(t: Target, scenario: str, bodies: dict[str, Path]) -> str | None:
+    """One request before measuring: None when the answer is what the scenario expects."""
+    path, body, headers = t.request(scenario, bodies)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
+        conn.request(
+            "POST",
+            path,
+            body=body.read_bytes(),
+            headers={"Content-Type": "application/json", **headers},
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+    except OSError as e:
+        return f"{e.__class__.__name__}: {e}"
+    if scenario == "limited64":
+        return None if resp.status in (200, 429) else f"HTTP {resp.status}"
+    if resp.status != 200:
+        return f"HTTP {resp.status}: {data[:200]!r}"
+    if scenario == "sse64" and b"data:" not in data:
+        return f"not an event stream: {data[:200]!r}"
+    return None
+
+
+def wrk(
+    t: Target,
+    scenario: str,
+    bodies: dict[str, Path],
+    duration: float,
+    extra_env: dict[str, str] | None = None,
+    connections: int | None = None,
+) -> dict[str, Any]:
+    sc = SCENARIOS[scenario]
+    path, body, headers = t.request(scenario, bodies)
+    env = {
+        **os.environ,
+        "BENCH_BODY": str(body),
+        "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in headers.items()),
+        **(extra_env or {}),
+    }
+    if scenario == "limited64":
+        env["BENCH_COUNT_429"] = "1"
+    argv = [
+        "wrk",
+        "-t",
+        str(sc["threads"]),
+        "-c",
+        str(connections or sc["connections"]),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "wrk" / "post.lua"),
+        f"http://127.0.0.1:{t.port}{path}",
+    ]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            r: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+            secs = r["duration_us"] / 1e6
+            socket_errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
+            if scenario == "limited64":
+                ok = r["n429"]
+                errors = socket_errors + max(0, r["status"] - r["n429"] - 1)
+            else:
+                ok = r["requests"] - r["status"]
+                errors = socket_errors + r["status"]
+            r.update(rps=r["requests"] / secs, ok_rps=ok / secs, errors=errors)
+            return r
+    raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+def ttfb(t: Target, bodies: dict[str, Path], count: int, limit_secs: float) -> dict[str, Any]:
+    """Time to the first byte of the first event, one stream at a time on a kept-alive connection
+    (bounded by `count` streams and `limit_secs`)."""
+    path, body_file, headers = t.request("sse64", bodies)
+    body = body_file.read_bytes()
+    conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
+    samples: list[float] = []
+    errors = 0
+    last_error = None
+    deadline = time.monotonic() + limit_secs
+    try:
+        while len(samples) < count and time.monotonic() < deadline:
+            try:
+                started = time.perf_counter()
+                conn.request(
+                    "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+                )
+                resp = conn.getresponse()
+                first = resp.read1(65536) if resp.status == 200 else b""
+                got = time.perf_counter()
+                rest = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                # A kept-alive connection the server closed between two streams: not a sample.
+                errors += 1
+                last_error = f"{e.__class__.__name__}: {e}"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
+                continue
+            if resp.status != 200 or not (first + rest).rstrip().endswith(b"[DONE]"):
+                errors += 1
+                last_error = f"HTTP {resp.status}: {(first + rest)[-120:]!r}"
+                continue
+            samples.append((got - started) * 1e6)
+    finally:
+        conn.close()
+    samples.sort()
+    if not samples:
+        return {"count": 0, "errors": errors, "last_error": last_error}
+    return {
+        "count": len(samples),
+        "errors": errors,
+        "last_error": last_error,
+        "p50_us": samples[len(samples) // 2],
+        "p99_us": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+    }
+
+
+def soak(t: Target, bodies: dict[str, Path], max_rps: float, secs: float) -> dict[str, Any]:
+    """wrk paced to about half of `max_rps` for `secs`; RSS of every worker sampled meanwhile."""
+    assert t.server is not None
+    conns = 64
+    delay_ms = max(1, round(1000 * conns / (max_rps / 2)))
+    pids = worker_pids(t.server.proc.pid, t.port)
+    result: dict[str, Any] = {
+        "seconds": secs,
+        "delay_ms": delay_ms,
+        "target_rps": max_rps / 2,
+        "samples": [],
+    }
+    holder: dict[str, Any] = {}
+
+    import threading
+
+    def go() -> None:
+        holder["r"] = wrk(t, "json64", bodies, secs, {"BENCH_DELAY_MS": str(delay_ms)}, conns)
+
+    th = threading.Thread(target=go)
+    th.start()
+    start = time.monotonic()
+    time.sleep(min(30.0, secs / 10))  # warmed up: the first sample is the baseline
+    while th.is_alive():
+        result["samples"].append(
+            {"t": round(time.monotonic() - start, 1), "rss_mb": {str(p): rss_mb(p) for p in pids}}
+        )
+        th.join(timeout=max(1.0, secs / 20))
+    result["samples"].append(
+        {"t": round(time.monotonic() - start, 1), "rss_mb": {str(p): rss_mb(p) for p in pids}}
+    )
+    r = holder.get("r", {})
+    result.update(achieved_rps=r.get("rps"), errors=r.get("errors"))
+    first, last = result["samples"][0]["rss_mb"], result["samples"][-1]["rss_mb"]
+    result["growth_pct"] = {
+        p: round(100 * (last[p] - first[p]) / first[p], 2)
+        for p in first
+        if first[p] and last.get(p)
+    }
+    return result
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+
+    def version(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return "absent"
+        return (p.stdout + p.stderr).strip().splitlines()[0] if (p.stdout + p.stderr) else "?"
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mb": mem,
+        "kernel": platform.release(),
+        "os": version(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+        "python": version([str(ROUTER_PY), "--version"]),
+        "wrk": version(["wrk", "--version"]),
+        "nginx": version(["nginx", "-v"]),
+        "node": version(["node", "--version"]),
+        "litellm": version(
+            [
+                str(BENCH_VENV / "bin" / "python"),
+                "-c",
+                "import importlib.metadata as m; print(m.version('litellm'))",
+            ]
+        ),
+        "portkey": version(
+            ["node", "-p", f"require('{PORTKEY_SERVER.parent.parent}/package.json').version"]
+        ),
+        "packages": version(
+            [
+                str(ROUTER_PY),
+                "-c",
+                "import importlib.metadata as m; print(', '.join("
+                "f'{p} {m.version(p)}' for p in ('sanic','httpx','httpcore','aiohttp',"
+                "'httpx-aiohttp','uvloop')))",
+            ]
+        ),
+    }
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+@contextlib.contextmanager
+def scratch(quick: bool) -> Iterator[Path]:
+    CACHE.mkdir(exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="bench-run-", dir=CACHE))
+    try:
+        yield run
+    finally:
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="api-router benchmark (see bench/README.md)")
+    p.add_argument("--quick", action="store_true", help="smoke run: short, no peers, no long soak")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--duration", type=float, help="seconds per wrk run")
+    p.add_argument("--soak", type=float, help="seconds of the half-load soak (0: none)")
+    p.add_argument("--only", help="comma-separated configuration names")
+    p.add_argument("--out", type=Path, help="results directory")
+    a = p.parse_args()
+    rounds = a.rounds or (1 if a.quick else 3)
+    duration = a.duration or (2.0 if a.quick else 5.0)
+    soak_secs = a.soak if a.soak is not None else (10.0 if a.quick else 600.0)
+    out_dir = a.out or (BENCH / "results" / ("tmp" if a.quick else ""))
+    only = set(a.only.split(",")) | {"direct", "nginx"} if a.only else None
+
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": a.quick,
+        "rounds": rounds,
+        "duration_secs": duration,
+        "machine": machine(),
+        "loadavg_before": loadavg(),
+        "events_per_stream": EVENTS_PER_STREAM,
+        "conditions": os.environ.get("BENCH_CONDITIONS", ""),
+    }
+    runs: list[dict[str, Any]] = []
+    with scratch(a.quick) as run:
+        bodies = write_bodies(run)
+        upstream, targets = start_all(run, a.quick, only)
+        try:
+            plan: list[tuple[Target, str]] = []
+            for t in targets:
+                if t.status != "ok":
+                    continue
+                for sc in SCENARIOS:
+                    if not t.supports(sc):
+                        continue
+                    problem = check(t, sc, bodies)
+                    if problem:
+                        t.status = f"{sc}: {problem}"
+                        print(f"bench: {t.name} {sc}: {problem}", file=sys.stderr)
+                        continue
+                    plan.append((t, sc))
+            total = rounds * (len(plan) * duration + 8 * len(targets)) + soak_secs
+            print(
+                f"bench: {len(plan)} runs x {rounds} rounds, about {total / 60:.0f} min",
+                file=sys.stderr,
+            )
+            for rnd in range(rounds):
+                # Interleaved: every configuration once per round, the order rotated each round.
+                order = plan[rnd % len(plan) :] + plan[: rnd % len(plan)] if plan else []
+                for t, sc in order:
+                    r = wrk(t, sc, bodies, duration)
+                    runs.append({"round": rnd, "config": t.name, "scenario": sc, **r})
+                    print(
+                        f"bench: round {rnd + 1} {t.name:20} {sc:10} {r['rps']:9.0f} req/s "
+                        f"p50 {r['p50_us']:6d} us p99 {r['p99_us']:6d} us errors {r['errors']}",
+                        file=sys.stderr,
+                    )
+                for t in targets:
+                    if t.status == "ok" and t.supports("ttfb"):
+                        r = ttfb(t, bodies, count=200, limit_secs=10)
+                        runs.append({"round": rnd, "config": t.name, "scenario": "ttfb", **r})
+            rss = {
+                t.name: {str(pid): rss_mb(pid) for pid in worker_pids(t.server.proc.pid, t.port)}
+                for t in targets
+                if t.sanic and t.server is not None
+            }
+            soak_result = None
+            router = next((t for t in targets if t.name == "router-2w" and t.status == "ok"), None)
+            if soak_secs > 0 and router is not None:
+                best = [
+                    r["rps"]
+                    for r in runs
+                    if r["config"] == "router-2w" and r["scenario"] == "json64"
+                ]
+                soak_result = soak(router, bodies, statistics.median(best), soak_secs)
+        finally:
+            for t in targets:
+                if t.server is not None:
+                    t.server.stop()
+            upstream.stop()
+    meta["loadavg_after"] = loadavg()
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = {
+        "meta": meta,
+        "configs": {
+            t.name: {"label": t.label, "group": t.group, "status": t.status} for t in targets
+        },
+        "scenarios": {k: v["title"] for k, v in SCENARIOS.items()},
+        "runs": runs,
+        "rss_mb": rss,
+        "soak": soak_result,
+    }
+    paths = report.write(results, out_dir)
+    for path in paths:
+        print(f"bench: wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
