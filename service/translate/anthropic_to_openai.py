@@ -322,7 +322,7 @@ class EventTranslator(StreamTranslator):
     def finish(self) -> list[bytes]:
         """The upstream ended: close the message if it finished without `[DONE]` (some servers
         omit it); a stream cut before any finish_reason ends as cut."""
-        return self._end() if self._finish is not None else []
+        return self._end() if self._finish is not None and not self.done else []
 
     def _message_start(self, chunk: dict[str, Any]) -> bytes:
         self._started = True

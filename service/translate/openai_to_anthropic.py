@@ -132,11 +132,10 @@ def _messages(
         elif role == "assistant":
             messages.append({"role": "assistant", "content": _assistant_content(m, where)})
         elif role == "tool":
-            result = {
-                "type": "tool_result",
-                "tool_use_id": m.get("tool_call_id"),
-                "content": text_of(content, f"{where}.content", UPSTREAM),
-            }
+            result = {"type": "tool_result", "tool_use_id": m.get("tool_call_id")}
+            text = text_of(content, f"{where}.content", UPSTREAM)
+            if text:  # an empty result is sent without content
+                result["content"] = text
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "user" and _all_results(last["content"]):
                 last["content"].append(result)

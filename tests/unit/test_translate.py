@@ -1,0 +1,390 @@
+"""Format translation (service.translate): the conformance table in tests/conformance/ (one JSON
+file per case: input, expected output) plus properties and edge cases of the pure functions.
+
+A case file holds `kind` (request | refused | response | error | stream), `description`, `in`
+and `out` (or `refused`: a fragment of the 400 message). Stream items are `{"event"?, "data"}`
+(data: a JSON value or the string "[DONE]") or `{"comment": text}`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.config import ConfigError, load_file
+from service.errors import BadRequest, UpstreamJSONError
+from service.proxy.events import EventFramer
+from service.translate import DIRECTIONS, BadUpstreamEvent, Translator, Untranslatable
+from service.translate.common import event_json
+
+CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
+CREATED = 1700000000
+
+
+def render(items: list[dict[str, Any]]) -> list[bytes]:
+    """Stream items of a case file as SSE events (what the relay's framer hands over)."""
+    out = []
+    for item in items:
+        if "comment" in item:
+            out.append(b":" + item["comment"].encode() + b"\n\n")
+            continue
+        data = item["data"]
+        payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
+        head = b"event: " + item["event"].encode() + b"\n" if item.get("event") else b""
+        out.append(head + b"data: " + payload + b"\n\n")
+    return out
+
+
+def parse(events: list[bytes]) -> list[dict[str, Any]]:
+    """The translator's output as stream items; each must be one well-formed SSE event."""
+    items: list[dict[str, Any]] = []
+    for ev in events:
+        assert ev.endswith(b"\n\n") and b"\n\n" not in ev[:-2], ev
+        lines = ev[:-2].split(b"\n")
+        if all(line.startswith(b":") for line in lines):
+            items.append({"comment": b"\n".join(line[1:] for line in lines).decode()})
+            continue
+        item: dict[str, Any] = {}
+        for line in lines:
+            name, _, value = line.partition(b": ")
+            assert name in (b"event", b"data"), ev
+            if name == b"event":
+                item["event"] = value.decode()
+        data = event_json(ev)
+        item["data"] = data.decode() if isinstance(data, bytes) else data
+        items.append(item)
+    return items
+
+
+def run_case(direction: str, case: dict[str, Any]) -> Any:
+    kind = case["kind"]
+    if kind == "request":
+        return Translator(direction, case["in"], CREATED).request()
+    if kind == "response":
+        body = Translator(direction, {}, CREATED).body(
+            200, "application/json", json.dumps(case["in"]).encode()
+        )
+        return json.loads(body)
+    if kind == "error":
+        raw = case["in"]
+        data = raw.encode() if isinstance(raw, str) else json.dumps(raw).encode()
+        ctype = "text/html" if isinstance(raw, str) else "application/json"
+        return json.loads(Translator(direction, {}, CREATED).body(case["status"], ctype, data))
+    if kind == "stream":
+        tr = Translator(direction, case.get("client_request", {}), CREATED)
+        return parse(tr.events(render(case["in"])) + tr.finish())
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def _cases() -> list[Any]:
+    out = []
+    for direction in DIRECTIONS:
+        for path in sorted((CONFORMANCE / direction).glob("*.json")):
+            out.append(pytest.param(direction, path, id=f"{direction}/{path.stem}"))
+    return out
+
+
+CASES = _cases()
+
+
+def test_the_table_covers_every_kind_in_both_directions() -> None:
+    kinds: dict[str, set[str]] = {d: set() for d in DIRECTIONS}
+    for direction, path in (c.values for c in CASES):
+        kinds[direction].add(json.loads(path.read_text())["kind"])
+    for direction in DIRECTIONS:
+        assert kinds[direction] == {"request", "refused", "response", "error", "stream"}, direction
+
+
+@pytest.mark.parametrize(("direction", "path"), CASES)
+def test_conformance(direction: str, path: Path) -> None:
+    case = json.loads(path.read_text())
+    if case["kind"] == "refused":
+        with pytest.raises(Untranslatable) as e:
+            Translator(direction, case["in"], CREATED).request()
+        assert e.value.status == 400
+        assert case["refused"] in e.value.message
+        return
+    assert run_case(direction, case) == case["out"]
+
+
+def _stream_cases() -> list[Any]:
+    return [c for c in CASES if json.loads(c.values[1].read_text())["kind"] == "stream"]
+
+
+@pytest.mark.parametrize(("direction", "path"), _stream_cases())
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=12))
+def test_streams_translate_the_same_whatever_the_read_boundaries(
+    direction: str, path: Path, cuts: list[int]
+) -> None:
+    """The relay frames upstream bytes into events as they arrive; translation depends only on
+    the events, not on where the reads were cut."""
+    case = json.loads(path.read_text())
+    raw = b"".join(render(case["in"]))
+    framer = EventFramer()
+    tr = Translator(direction, case.get("client_request", {}), CREATED)
+    out: list[bytes] = []
+    pos = 0
+    for cut in sorted(set(cuts)):
+        out += tr.events(framer.feed(raw[pos:cut]))
+        pos = max(pos, cut)
+    out += tr.events(framer.feed(raw[pos:]))
+    assert framer.flush() == b""
+    assert parse(out + tr.finish()) == case["out"]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_stream_output_follows_each_input_event_without_waiting(direction: str) -> None:
+    """No buffering of the stream: every content delta fed in comes out in the same call."""
+    name = "stream_text.json"
+    case = json.loads((CONFORMANCE / direction / name).read_text())
+    tr = Translator(direction, case.get("client_request", {}), CREATED)
+    for item, event in zip(case["in"], render(case["in"]), strict=True):
+        out = parse(tr.events([event]))
+        text = json.dumps(item)
+        if "Hel" in text or '"lo"' in text:
+            assert any("Hel" in json.dumps(o) or '"lo"' in json.dumps(o) for o in out), item
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    system=st.none() | _text,
+    turns=st.lists(_text, min_size=1, max_size=6),
+    max_tokens=st.integers(min_value=1, max_value=100000),
+    temperature=st.none() | st.floats(min_value=0, max_value=1),
+    stops=st.lists(_text, max_size=3),
+)
+def test_a_text_conversation_survives_both_translations(
+    system: str | None,
+    turns: list[str],
+    max_tokens: int,
+    temperature: float | None,
+    stops: list[str],
+) -> None:
+    """Messages -> Chat Completions -> Messages keeps roles, texts and sampling settings."""
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)
+    ]
+    body: dict[str, Any] = {"model": "m", "max_tokens": max_tokens, "messages": messages}
+    if system is not None:
+        body["system"] = system
+    if temperature is not None:
+        body["temperature"] = temperature
+    if stops:
+        body["stop_sequences"] = stops
+    chat = Translator("anthropic_to_openai", body, CREATED).request()
+    back = Translator("openai_to_anthropic", chat, CREATED).request()
+    assert back["model"] == "m" and back["max_tokens"] == max_tokens
+    assert back.get("temperature") == temperature
+    assert back.get("stop_sequences", []) == stops
+    assert back.get("system", []) == ([{"type": "text", "text": system}] if system else [])
+    got = [
+        (m["role"], m["content"] if isinstance(m["content"], str) else m["content"][0]["text"])
+        for m in back["messages"]
+    ]
+    assert got == [(m["role"], m["content"]) for m in messages]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.none() | _text,
+    calls=st.lists(
+        st.tuples(_text, st.dictionaries(_text, st.integers() | _text, max_size=3)), max_size=3
+    ),
+    finish=st.sampled_from(["stop", "length", "tool_calls", "content_filter"]),
+    prompt=st.integers(min_value=0, max_value=10**6),
+    completion=st.integers(min_value=0, max_value=10**6),
+)
+def test_a_chat_answer_survives_both_translations(
+    text: str | None,
+    calls: list[tuple[str, dict[str, Any]]],
+    finish: str,
+    prompt: int,
+    completion: int,
+) -> None:
+    """Chat Completions answer -> Messages answer -> Chat Completions answer keeps the text, the
+    tool calls (ids, names, arguments), the finish reason and the token counts."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+            for i, (name, args) in enumerate(calls)
+        ]
+    chat = {
+        "id": "x",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
+    }
+    to_anthropic = Translator("anthropic_to_openai", {}, CREATED)
+    msg = to_anthropic.body(200, "application/json", orjson.dumps(chat))
+    again = json.loads(
+        Translator("openai_to_anthropic", {}, CREATED).body(200, "application/json", msg)
+    )
+    m = again["choices"][0]["message"]
+    assert m["content"] == (text or None)
+    got_calls = [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in m.get("tool_calls", [])
+    ]
+    assert got_calls == [(f"call_{i}", n, a) for i, (n, a) in enumerate(calls)]
+    assert again["choices"][0]["finish_reason"] == finish
+    assert (again["usage"]["prompt_tokens"], again["usage"]["completion_tokens"]) == (
+        prompt,
+        completion,
+    )
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_stream_event_that_is_not_json_is_an_upstream_fault(direction: str) -> None:
+    tr = Translator(direction, {}, CREATED)
+    with pytest.raises(BadUpstreamEvent):
+        tr.events([b"data: {not json\n\n"])
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_a_2xx_answer_that_is_not_a_json_object_is_json_error(direction: str) -> None:
+    tr = Translator(direction, {}, CREATED)
+    for ctype, body in (("application/json", b"[1]"), ("text/plain", b"hello"), ("", b"")):
+        with pytest.raises(UpstreamJSONError):
+            tr.body(200, ctype, body)
+
+
+def test_tool_arguments_that_are_not_a_json_object_are_json_error() -> None:
+    chat = {
+        "choices": [
+            {
+                "message": {
+                    "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{oops"}}]
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    with pytest.raises(UpstreamJSONError):
+        Translator("anthropic_to_openai", {}, CREATED).body(
+            200, "application/json", orjson.dumps(chat)
+        )
+
+
+def test_client_tool_arguments_that_are_not_json_are_400() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
+                ],
+            }
+        ],
+    }
+    with pytest.raises(BadRequest, match="arguments"):
+        Translator("openai_to_anthropic", body, CREATED).request()
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("messages", [None, "hi", {"role": "user"}])
+def test_messages_must_be_an_array(direction: str, messages: Any) -> None:
+    with pytest.raises(BadRequest, match="'messages' must be an array"):
+        Translator(direction, {"model": "m", "messages": messages}, CREATED).request()
+
+
+def test_an_openai_stream_that_ends_without_done_is_closed_after_its_finish_reason() -> None:
+    chunks = [
+        {"data": {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "a"}}]}},
+        {
+            "data": {
+                "id": "c",
+                "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        },
+    ]
+    tr = Translator("anthropic_to_openai", {}, CREATED)
+    out = parse(tr.events(render(chunks)) + tr.finish())
+    assert [o["event"] for o in out][-2:] == ["message_delta", "message_stop"]
+    # A stream cut before any finish_reason is not made to look complete.
+    cut = Translator("anthropic_to_openai", {}, CREATED)
+    out = parse(cut.events(render(chunks[:1])) + cut.finish())
+    assert "message_stop" not in [o["event"] for o in out]
+
+
+def test_an_anthropic_stream_cut_before_its_stop_reason_gets_no_done() -> None:
+    case = json.loads((CONFORMANCE / "openai_to_anthropic" / "stream_text.json").read_text())
+    tr = Translator("openai_to_anthropic", case["client_request"], CREATED)
+    out = parse(tr.events(render(case["in"][:4])) + tr.finish())
+    assert {"data": "[DONE]"} not in out
+    whole = Translator("openai_to_anthropic", case["client_request"], CREATED)
+    out = parse(whole.events(render(case["in"][:-1])) + whole.finish())  # no message_stop
+    assert out[-1] == {"data": "[DONE]"}
+
+
+def test_translated_answers_keep_upstream_headers_but_describe_their_own_body() -> None:
+    tr = Translator("openai_to_anthropic", {}, CREATED)
+    headers, body = tr.answer(
+        529,
+        [("content-type", "text/plain"), ("Content-Encoding", "identity"), ("retry-after", "3")],
+        b"overloaded",
+    )
+    assert headers == [("retry-after", "3"), ("Content-Type", "application/json")]
+    assert json.loads(body)["error"]["message"] == "The upstream answered HTTP 529"
+
+
+def _profile(tmp_path: Path, endpoints: dict[str, Any]) -> Path:
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"name": "x", "baseUrl": "http://h", "endpoints": endpoints}))
+    return p
+
+
+def test_format_resolves_url_and_translation(tmp_path: Path) -> None:
+    cfg = load_file(
+        _profile(
+            tmp_path,
+            {
+                "/v1/chat/completions": {"upstreamPath": "/compat/chat"},
+                "/v1/messages": {"format": "openai"},
+            },
+        )
+    )
+    msgs = cfg.endpoints["/v1/messages"]
+    assert (msgs.url, msgs.format, msgs.translation) == (
+        "http://h/compat/chat",
+        "openai",
+        "anthropic_to_openai",
+    )
+    chat = cfg.endpoints["/v1/chat/completions"]
+    assert (chat.format, chat.translation) == ("openai", "none")
+    # Without `format` a route keeps its own format (operators' existing files keep working).
+    plain = load_file(_profile(tmp_path, {}))
+    assert plain.endpoints["/v1/messages"].url == "http://h/v1/messages"
+    assert plain.endpoints["/v1/messages"].translation == "none"
+    own = load_file(
+        _profile(tmp_path, {"/v1/chat/completions": {"format": "anthropic", "upstreamPath": "/m"}})
+    )
+    assert own.endpoints["/v1/chat/completions"].url == "http://h/m"
+    assert own.endpoints["/v1/chat/completions"].translation == "openai_to_anthropic"
+
+
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/v1/completions", "/v1/audio/transcriptions"])
+def test_format_anthropic_only_on_the_chat_routes(tmp_path: Path, route: str) -> None:
+    with pytest.raises(ConfigError, match=r"\$\.endpoints: .*can be translated"):
+        load_file(_profile(tmp_path, {route: {"format": "anthropic"}}))
+
+
+def test_format_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\$\.endpoints\./v1/messages\.format"):
+        load_file(_profile(tmp_path, {"/v1/messages": {"format": "gemini"}}))
