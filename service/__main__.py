@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
 
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
+    from .connlimits import GuardedHttpProtocol
+
     app.prepare(
+        protocol=GuardedHttpProtocol,  # total head/body deadlines, connections per worker
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

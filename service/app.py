@@ -16,8 +16,9 @@ from sanic import Request, Sanic
 from sanic import exceptions as sx
 from sanic.response import HTTPResponse
 
-from . import shutdown
+from . import connlimits, shutdown
 from .config import ConfigHolder, load_file
+from .errors import BadRequest as RouterBadRequest
 from .errors import (
     MethodNotAllowed,
     NotFound,
@@ -25,7 +26,6 @@ from .errors import (
     RouterError,
     error_body,
 )
-from .errors import BadRequest as RouterBadRequest
 from .errors import ServiceUnavailable as RouterUnavailable
 from .observability import lifecycle
 from .observability.logging import configure_logging, redact
@@ -33,8 +33,8 @@ from .observability.metrics import Metrics, worker_exited
 from .proxy.relay import is_anthropic_route
 from .proxy.upstream import create_client
 from .ratelimit import Limit, create_limiter
-from .routes import ops_bp, proxy_bp
 from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
+from .routes import ops_bp, proxy_bp
 from .settings import Settings
 
 APP_NAME = "api_router"
@@ -49,6 +49,11 @@ def to_router_error(exc: BaseException) -> RouterError:
     if isinstance(exc, sx.MethodNotAllowed):
         allowed = sorted(getattr(exc, "allowed_methods", None) or [])
         return MethodNotAllowed(headers={"Allow": ", ".join(allowed)} if allowed else None)
+    if isinstance(exc, sx.PayloadTooLarge) and "header" in str(exc).lower():
+        # Sanic says 413 for a request head over REQUEST_MAX_HEADER_SIZE; RFC 6585 says 431.
+        err = RouterError("Request header fields too large")
+        err.status, err.type, err.code = 431, "invalid_request_error", "header_too_large"
+        return err
     if isinstance(exc, sx.PayloadTooLarge):
         return PayloadTooLarge()
     if isinstance(exc, sx.RequestCancelled):
@@ -96,8 +101,11 @@ def create_app(settings: Settings) -> Sanic:
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Upstream timeouts (per profile) bound a request; Sanic's own 60 s would cut long generations.
     app.config.RESPONSE_TIMEOUT = 24 * 3600
-    app.config.REQUEST_TIMEOUT = 60
-    app.config.KEEP_ALIVE_TIMEOUT = 75
+    # Client-side limits; the total head/body deadlines and the connection cap are enforced by
+    # connlimits.GuardedHttpProtocol (the CLI serves with it), these by Sanic itself.
+    app.config.REQUEST_TIMEOUT = settings.header_timeout_secs  # silence while reading a head
+    app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_secs
+    app.config.REQUEST_MAX_HEADER_SIZE = settings.max_header_bytes
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.drain_secs
     app.config.ACCESS_LOG = False  # our own completion line replaces Sanic's access log
     app.config.MOTD = False
@@ -134,6 +142,7 @@ def create_app(settings: Settings) -> Sanic:
 
     app.ctx.refresh_gauges = refresh_gauges
 
+    connlimits.install(app)  # strict request heads, the body clock
     app.blueprint(ops_bp)
     app.blueprint(proxy_bp)
     app.error_handler.add(Exception, error_response)

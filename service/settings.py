@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 8192
+MAX_HEADER_BYTES_CEILING = 16384  # Sanic's own ceiling for a request head
 
 
 class SettingsError(ValueError):
@@ -83,6 +85,19 @@ class Settings:
     access_log_enabled: bool = True
     drain_secs: float = 30.0
     multiproc_dir: str | None = None
+    # Client-side limits (service.connlimits; README "Security and limits").
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_secs: float = 10.0
+    body_timeout_secs: float = 120.0
+    keep_alive_secs: float = 75.0
+    max_connections: int = 500
+    # Upstream side (service.proxy.upstream / sse).
+    upstream_max_connections: int = 1024
+    upstream_pool_wait_secs: float = 5.0
+    stream_idle_secs: float = 300.0
+    stream_max_secs: float = 3600.0
+    # Shared deployments: a file of hashed client keys (service.access); None = open router.
+    access_keys_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
@@ -108,6 +123,39 @@ class Settings:
             "access_log_enabled": _bool(env, "API_ROUTER_ACCESS_LOG", True),
             "drain_secs": _float(env, "API_ROUTER_DRAIN_SECS", 30.0, 0.0),
             "multiproc_dir": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            **_hardening(env),
         }
         values.update(given)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default, 0.0)
+    if value <= 0:
+        raise SettingsError(f"{name}={value} must be > 0")
+    return value
+
+
+def _hardening(env: Mapping[str, str]) -> dict[str, object]:
+    """Limits against hostile clients and failing upstreams (README "Security and limits")."""
+    keys_file = (env.get("API_ROUTER_ACCESS_KEYS_FILE") or "").strip()
+    return {
+        "max_header_bytes": _int(
+            env,
+            "API_ROUTER_MAX_HEADER_BYTES",
+            DEFAULT_MAX_HEADER_BYTES,
+            1024,
+            MAX_HEADER_BYTES_CEILING,
+        ),
+        "header_timeout_secs": _positive(env, "API_ROUTER_HEADER_TIMEOUT_SECS", 10.0),
+        "body_timeout_secs": _positive(env, "API_ROUTER_BODY_TIMEOUT_SECS", 120.0),
+        "keep_alive_secs": _positive(env, "API_ROUTER_KEEP_ALIVE_SECS", 75.0),
+        "max_connections": _int(env, "API_ROUTER_MAX_CONNECTIONS", 500, 1, 1_000_000),
+        "upstream_max_connections": _int(
+            env, "API_ROUTER_UPSTREAM_MAX_CONNECTIONS", 1024, 1, 1_000_000
+        ),
+        "upstream_pool_wait_secs": _positive(env, "API_ROUTER_UPSTREAM_POOL_WAIT_SECS", 5.0),
+        "stream_idle_secs": _positive(env, "API_ROUTER_STREAM_IDLE_SECS", 300.0),
+        "stream_max_secs": _positive(env, "API_ROUTER_STREAM_MAX_SECS", 3600.0),
+        "access_keys_file": Path(keys_file) if keys_file else None,
+    }

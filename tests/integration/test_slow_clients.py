@@ -1,0 +1,161 @@
+"""Slow and greedy clients (raw sockets): a head or a body dripped byte by byte is cut at its
+total deadline with 408, an idle keep-alive connection is closed, and a worker holds at most
+API_ROUTER_MAX_CONNECTIONS client connections."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.rawhttp import closed_by_peer, connect, read_response
+from tests.support import RouterProcess, write_profile
+
+# Every gap between two bytes is shorter than any silence timeout, so only a total deadline
+# can end these clients.
+GAP = 0.25
+MAX_DRIP = 40  # pieces; a drip that is never cut stops after GAP * MAX_DRIP seconds
+
+
+@pytest.fixture(scope="module")
+def slow_router(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    d: Path = tmp_path_factory.mktemp("slow")
+    env = {
+        "API_ROUTER_HEADER_TIMEOUT_SECS": "1.5",
+        "API_ROUTER_BODY_TIMEOUT_SECS": "2",
+        "API_ROUTER_KEEP_ALIVE_SECS": "1",
+    }
+    with RouterProcess(write_profile(d, base_profile(fake_upstream.url)), env=env) as r:
+        yield r
+
+
+def drip(sock: socket.socket, pieces: list[bytes]) -> int:
+    """Send the pieces GAP apart until the server answers or closes; how many were sent."""
+    for i, piece in enumerate(pieces):
+        try:
+            sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            return i
+        ready, _, _ = select.select([sock], [], [], GAP)
+        if ready:
+            return i + 1
+    return len(pieces)
+
+
+def test_a_dripped_head_is_cut_at_the_header_deadline(slow_router: RouterProcess) -> None:
+    lines = [b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: x\r\n"]
+    lines += [b"X-Drip-%d: y\r\n" % i for i in range(MAX_DRIP)]
+    with connect(slow_router.port) as s:
+        sent = drip(s, lines)
+        assert sent < len(lines), "the router waited for the whole dripped head"
+        resp = read_response(s)
+        assert resp is not None and resp.status == 408, resp
+        assert resp.json()["error"]["code"] == "request_timeout"
+        assert closed_by_peer(s, 5)
+
+
+def test_a_dripped_body_is_cut_at_the_body_deadline(
+    slow_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    body = b'{"model":"gpt-4","messages":[]' + b" " * 200 + b"}"
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with connect(slow_router.port) as s:
+        s.sendall(head)
+        sent = drip(s, [body[i : i + 1] for i in range(min(len(body), MAX_DRIP))])
+        assert sent < MAX_DRIP, "the router waited for the whole dripped body"
+        resp = read_response(s)
+        assert resp is not None and resp.status == 408, resp
+        assert closed_by_peer(s, 5)
+    assert upstream.requests == []
+
+
+def test_a_dripped_multipart_body_is_cut_too(
+    slow_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The audio routes stream their body to the upstream as it comes: the deadline holds."""
+    boundary = b"b0undary"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.wav"'
+        b"\r\nContent-Type: audio/wav\r\n\r\n" + b"\0" * 400 + b"\r\n--" + boundary + b"--\r\n"
+    )
+    head = (
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with connect(slow_router.port) as s:
+        s.sendall(head)
+        sent = drip(s, [body[i : i + 4] for i in range(0, 4 * MAX_DRIP, 4)])
+        assert sent < MAX_DRIP
+        resp = read_response(s)
+        # 408, or the connection is simply closed once the upstream request was abandoned
+        assert resp is None or resp.status == 408, resp
+        assert closed_by_peer(s, 5)
+
+
+def test_a_prompt_head_and_body_are_served(slow_router: RouterProcess) -> None:
+    """The control case: a client that sends at once is not affected by the deadlines."""
+    body = b'{"model":"gpt-4","messages":[]}'
+    with connect(slow_router.port) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        resp = read_response(s)
+        assert resp is not None and resp.status == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed(slow_router: RouterProcess) -> None:
+    with connect(slow_router.port) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = read_response(s)
+        assert resp is not None and resp.status == 200
+        assert resp.headers.get("connection") == "keep-alive"
+        assert closed_by_peer(s, 10), "an idle keep-alive connection was kept past its limit"
+
+
+def test_a_connection_that_never_sends_is_closed(slow_router: RouterProcess) -> None:
+    with connect(slow_router.port) as s:
+        assert closed_by_peer(s, 10)
+
+
+def test_connections_per_worker_are_capped(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    env = {"API_ROUTER_MAX_CONNECTIONS": "3", "API_ROUTER_KEEP_ALIVE_SECS": "30"}
+    with RouterProcess(write_profile(tmp_path, base_profile(fake_upstream.url)), env=env) as r:
+        held = [connect(r.port) for _ in range(3)]
+        try:
+            for s in held:  # each is served and stays open (keep-alive)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                resp = read_response(s)
+                assert resp is not None and resp.status == 200
+            with connect(r.port) as extra:
+                resp = read_response(extra)  # answered before it sent anything
+                assert resp is not None and resp.status == 503, resp
+                assert resp.json()["error"]["message"] == "Too many open connections"
+                assert closed_by_peer(extra, 5)
+            held.pop().close()
+            # the slot is free again once the router has seen the close
+            deadline = time.monotonic() + 10
+            while True:
+                with connect(r.port) as again:
+                    again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    resp = read_response(again)
+                if resp is not None and resp.status == 200:
+                    break
+                assert time.monotonic() < deadline, "the freed slot was never reused"
+                time.sleep(0.1)
+        finally:
+            for s in held:
+                s.close()
