@@ -1,0 +1,612 @@
+"""Format translation end to end: the real SDKs, the real router running the shipped profiles
+(their baseUrl pointed at the fake upstream), the fake upstream answering in its own format.
+
+- the `anthropic` SDK on the qwen profile, whose upstream speaks only OpenAI Chat Completions;
+- the `openai` SDK on the anthropic profile, whose upstream speaks only Anthropic Messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from service.config.loader import SHIPPED_DIR
+from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, sse
+from tests.scrape import scrape, value
+from tests.support import RouterProcess, write_profile
+
+SSE_HEADERS = [("Content-Type", "text/event-stream")]
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+def _shipped(name: str, url: str, tmp: Path) -> Path:
+    profile = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
+    profile.pop("$schema", None)
+    profile["baseUrl"] = url
+    profile["timeouts"] = {"connectSecs": 2, "readSecs": 10}
+    return write_profile(tmp, profile, name)
+
+
+@pytest.fixture(scope="module")
+def qwen(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    """The shipped qwen profile: an OpenAI-only upstream."""
+    with RouterProcess(_shipped("qwen", fake_upstream.url, tmp_path_factory.mktemp("q"))) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def claude(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    """The shipped anthropic profile: an Anthropic-only upstream."""
+    with RouterProcess(_shipped("anthropic", fake_upstream.url, tmp_path_factory.mktemp("a"))) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def ant(qwen: RouterProcess) -> Iterator[anthropic.Anthropic]:
+    """The anthropic SDK in front of the qwen profile."""
+    with anthropic.Anthropic(base_url=qwen.url, api_key="sk-ant-client", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def oai(claude: RouterProcess) -> Iterator[openai.OpenAI]:
+    """The openai SDK in front of the anthropic profile."""
+    with openai.OpenAI(base_url=claude.url + "/v1", api_key="sk-client", max_retries=0) as c:
+        yield c
+
+
+def _json(data: Any, status: int = 200) -> Reply:
+    return Reply(
+        status=status,
+        headers=[("Content-Type", "application/json")],
+        body=json.dumps(data).encode(),
+    )
+
+
+def _data(obj: Any) -> str:
+    return "data: " + json.dumps(obj) + "\n\n"
+
+
+def _event(obj: dict[str, Any]) -> str:
+    return f"event: {obj['type']}\ndata: {json.dumps(obj)}\n\n"
+
+
+# -- OpenAI-format upstream answers with tool calls ---------------------------------------------
+
+
+def openai_tool_call(model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-tool",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me look.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
+    }
+
+
+def openai_tool_stream(model: str) -> list[str]:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-ts",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    call = {"index": 0, "id": "call_s", "type": "function"}
+    return [
+        _data(chunk({"role": "assistant", "content": "Checking"})),
+        _data(
+            chunk({"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}]})
+        ),
+        _data(chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city"'}}]})),
+        _data(chunk({"tool_calls": [{"index": 0, "function": {"arguments": ': "Oslo"}'}}]})),
+        _data(chunk({}, "tool_calls")),
+        _data(
+            {
+                **chunk({}),
+                "choices": [],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17},
+            }
+        ),
+        "data: [DONE]\n\n",
+    ]
+
+
+# -- Anthropic-format upstream answers with tool use --------------------------------------------
+
+
+def anthropic_tool_use(model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_tool",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [
+            {"type": "text", "text": "Let me look."},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 50, "output_tokens": 20},
+    }
+
+
+def anthropic_tool_stream(model: str) -> list[str]:
+    start = {**anthropic_tool_use(model), "content": [], "stop_reason": None}
+    start["usage"] = {"input_tokens": 11, "output_tokens": 1}
+    block = {"type": "tool_use", "id": "toolu_s", "name": "get_weather", "input": {}}
+    return [
+        _event({"type": "message_start", "message": start}),
+        _event({"type": "content_block_start", "index": 0, "content_block": block}),
+        _event({"type": "ping"}),
+        _event(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": '{"city"'},
+            }
+        ),
+        _event(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": ': "Oslo"}'},
+            }
+        ),
+        _event({"type": "content_block_stop", "index": 0}),
+        _event(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 6},
+            }
+        ),
+        _event({"type": "message_stop"}),
+    ]
+
+
+def _model(req: Recorded) -> str:
+    return str(req.json().get("model"))
+
+
+# -- the anthropic SDK against an OpenAI-format upstream ----------------------------------------
+
+
+def test_anthropic_sdk_messages_create_on_an_openai_upstream(
+    ant: anthropic.Anthropic, upstream: FakeUpstream
+) -> None:
+    msg = ant.messages.create(
+        model="gpt-4",
+        max_tokens=64,
+        system=[{"type": "text", "text": "Be brief."}],
+        messages=[{"role": "user", "content": "hi"}],
+        stop_sequences=["END"],
+        extra_body={"temperature": 0.3},  # this SDK version no longer has the parameter
+        metadata={"user_id": "u-1"},
+    )
+    sent = upstream.last
+    assert sent.path == "/v1/chat/completions"
+    assert sent.header("authorization") == "Bearer sk-ant-client"
+    assert sent.json() == {
+        "model": "qwen3-coder-max",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        "max_tokens": 64,
+        "stop": ["END"],
+        "temperature": 0.3,
+        "user": "u-1",
+    }
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.content[0].type == "text" and msg.content[0].text == "Hello from fake"
+    assert msg.stop_reason == "end_turn"
+    assert (msg.usage.input_tokens, msg.usage.output_tokens) == (7, 3)
+
+
+def test_anthropic_sdk_messages_stream_on_an_openai_upstream(
+    ant: anthropic.Anthropic, upstream: FakeUpstream
+) -> None:
+    with ant.messages.stream(
+        model="gpt-4", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    body = upstream.last.json()
+    assert upstream.last.path == "/v1/chat/completions"
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert final.content[0].type == "text" and final.content[0].text == "Hello"
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (7, 3)
+    raw = [k for k in kinds if k not in ("text",)]
+    assert raw[0] == "message_start" and raw[-1] == "message_stop"
+    assert raw.count("content_block_start") == raw.count("content_block_stop") == 1
+    assert "message_delta" in raw
+
+
+def test_anthropic_sdk_tool_use_round_trip_on_an_openai_upstream(
+    ant: anthropic.Anthropic, upstream: FakeUpstream
+) -> None:
+    client = ant
+    upstream.reply_with(lambda req: _json(openai_tool_call(_model(req))))
+    first = client.messages.create(
+        model="gpt-4",
+        max_tokens=64,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "auto"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    sent = upstream.last.json()
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": WEATHER_TOOL["input_schema"],
+            },
+        }
+    ]
+    assert sent["tool_choice"] == "auto"
+    assert first.stop_reason == "tool_use"
+    tool = first.content[1]
+    assert tool.type == "tool_use" and (tool.id, tool.name, tool.input) == (
+        "call_1",
+        "get_weather",
+        {"city": "Paris"},
+    )
+
+    upstream.reply_with(default_reply)
+    final = client.messages.create(
+        model="gpt-4",
+        max_tokens=64,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": first.content},  # type: ignore[typeddict-item]
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "18C"}],
+            },
+        ],
+    )
+    assert final.content[0].type == "text" and final.content[0].text == "Hello from fake"
+    messages = upstream.last.json()["messages"]
+    assert messages[1] == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            }
+        ],
+    }
+    assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": "18C"}
+
+
+def test_anthropic_sdk_streamed_tool_use_on_an_openai_upstream(
+    ant: anthropic.Anthropic, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        lambda req: Reply(headers=SSE_HEADERS, chunks=sse(*openai_tool_stream(_model(req))))
+    )
+    with ant.messages.stream(
+        model="gpt-4",
+        max_tokens=64,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+    ) as stream:
+        partial = [e.partial_json for e in stream if e.type == "input_json"]
+        final = stream.get_final_message()
+    assert upstream.last.json()["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "get_weather"},
+    }
+    assert "".join(partial) == '{"city": "Oslo"}'
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    tool = final.content[1]
+    assert tool.type == "tool_use" and (tool.id, tool.input) == ("call_s", {"city": "Oslo"})
+    assert final.stop_reason == "tool_use"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 6)
+
+
+# -- the openai SDK against an Anthropic-format upstream ----------------------------------------
+
+
+def test_openai_sdk_chat_on_an_anthropic_upstream(
+    claude: RouterProcess, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    resp = oai.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        stop=["END"],
+        user="u-2",
+    )
+    sent = upstream.last
+    assert sent.path == "/v1/messages"
+    assert sent.header("x-api-key") == "sk-client" and sent.header("authorization") is None
+    assert sent.header("anthropic-version") == "2023-06-01"  # from the profile
+    assert sent.json() == {
+        "model": "claude-sonnet-4-5",
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4096,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "u-2"},
+    }
+    assert resp.object == "chat.completion"
+    assert resp.choices[0].message.content == "Hello from fake"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage is not None
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens, resp.usage.total_tokens) == (
+        9,
+        4,
+        13,
+    )
+
+
+def test_openai_sdk_stream_on_an_anthropic_upstream(
+    claude: RouterProcess, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    chunks = list(
+        oai.chat.completions.create(
+            model="claude-sonnet-4-5",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    sent = upstream.last.json()
+    assert sent["stream"] is True and "stream_options" not in sent
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (9, 4)
+    # Without include_usage: no usage chunk, and the raw stream ends with [DONE].
+    with httpx.Client(timeout=10) as c:
+        raw = c.post(
+            claude.url + "/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.endswith("data: [DONE]\n\n")
+    assert '"usage"' not in raw.text
+
+
+def test_openai_sdk_tool_calls_on_an_anthropic_upstream(
+    claude: RouterProcess, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    client = oai
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": WEATHER_TOOL["input_schema"],
+            },
+        }
+    ]
+    upstream.reply_with(lambda req: _json(anthropic_tool_use(_model(req))))
+    first = client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice="required",
+    )
+    sent = upstream.last.json()
+    assert sent["tools"] == [WEATHER_TOOL] and sent["tool_choice"] == {"type": "any"}
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me look."
+    call = choice.message.tool_calls[0]  # type: ignore[index]
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (  # type: ignore[union-attr]
+        "toolu_1",
+        "get_weather",
+        {"city": "Paris"},
+    )
+
+    # The tool's result goes back as a tool message: upstream it is a tool_result block.
+    upstream.reply_with(default_reply)
+    final = client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "18C"},
+        ],
+        tools=tools,  # type: ignore[arg-type]
+    )
+    assert final.choices[0].message.content == "Hello from fake"
+    messages = upstream.last.json()["messages"]
+    assert messages[1]["content"][1] == {
+        "type": "tool_use",
+        "id": "toolu_1",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
+    assert messages[2] == {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}],
+    }
+
+    # Streamed: tool call deltas, finish_reason tool_calls, [DONE].
+    upstream.reply_with(
+        lambda req: Reply(headers=SSE_HEADERS, chunks=sse(*anthropic_tool_stream(_model(req))))
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-sonnet-4-5",
+            messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            tools=tools,  # type: ignore[arg-type]
+            stream=True,
+        )
+    )
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id == "toolu_s" and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert {d.index for d in deltas} == {0}
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+# -- errors and refusals --------------------------------------------------------------------------
+
+
+def test_upstream_errors_reach_each_client_in_its_own_shape(
+    ant: anthropic.Anthropic, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(
+            status=429,
+            headers=[("Content-Type", "application/json"), ("retry-after", "7")],
+            body=b'{"error":{"message":"slow down","type":"requests",'
+            b'"code":"rate_limit_exceeded"}}',
+        )
+    )
+    with pytest.raises(anthropic.RateLimitError) as a:
+        ant.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert a.value.status_code == 429
+    assert a.value.body == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "slow down"},
+    }
+    assert a.value.response.headers["retry-after"] == "7"
+
+    upstream.reply_with(
+        _json(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, 529
+        )
+    )
+    with pytest.raises(openai.APIStatusError) as o:
+        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert o.value.status_code == 529
+    assert o.value.body == {
+        "message": "Overloaded",
+        "type": "overloaded_error",
+        "param": None,
+        "code": None,
+    }
+
+    # A stream request answered with an error: a plain error response in the client's shape.
+    with pytest.raises(openai.APIStatusError) as s:
+        list(
+            oai.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+    assert s.value.status_code == 529 and s.value.body["type"] == "overloaded_error"  # type: ignore[index]
+
+
+def test_features_without_an_equivalent_are_refused_with_400_before_the_upstream(
+    ant: anthropic.Anthropic, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    before = len(upstream.requests)
+    with pytest.raises(anthropic.BadRequestError) as a:
+        ant.messages.create(
+            model="m",
+            max_tokens=5,
+            extra_body={"top_k": 3},
+            messages=[{"role": "user", "content": "x"}],
+        )
+    assert a.value.status_code == 400
+    assert a.value.body["type"] == "error"  # type: ignore[index]
+    assert a.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "'top_k' has no equivalent" in a.value.body["error"]["message"]  # type: ignore[index]
+
+    with pytest.raises(openai.BadRequestError) as o:
+        oai.chat.completions.create(model="m", n=2, messages=[{"role": "user", "content": "x"}])
+    assert o.value.status_code == 400
+    assert o.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert o.value.body["code"] == "untranslatable_request"  # type: ignore[index]
+    assert "'n' has no equivalent" in o.value.body["message"]  # type: ignore[index]
+    assert len(upstream.requests) == before
+
+
+def test_logs_and_metrics_say_which_translation_ran(
+    qwen: RouterProcess, claude: RouterProcess, upstream: FakeUpstream
+) -> None:
+    before = value(scrape(qwen.url), "translations_total", direction="anthropic_to_openai")
+    with httpx.Client(timeout=10) as c:
+        r = c.post(
+            qwen.url + "/v1/messages",
+            headers={"X-Request-ID": "tr-a2o"},
+            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 200 and r.json()["type"] == "message"
+        r = c.post(
+            qwen.url + "/v1/chat/completions",
+            headers={"X-Request-ID": "tr-none"},
+            json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        r = c.post(
+            claude.url + "/v1/chat/completions",
+            headers={"X-Request-ID": "tr-o2a"},
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert r.status_code == 200
+    a2o = qwen.wait_for_log(
+        lambda rec: rec.get("request_id") == "tr-a2o" and rec.get("event") == "request_completed"
+    )
+    none = qwen.wait_for_log(
+        lambda rec: rec.get("request_id") == "tr-none" and rec.get("event") == "request_completed"
+    )
+    o2a = claude.wait_for_log(
+        lambda rec: rec.get("request_id") == "tr-o2a" and rec.get("event") == "request_completed"
+    )
+    assert (a2o["translation"], none["translation"], o2a["translation"]) == (
+        "anthropic_to_openai",
+        "none",
+        "openai_to_anthropic",
+    )
+    assert o2a["stream"] is True
+    assert (
+        value(scrape(qwen.url), "translations_total", direction="anthropic_to_openai") == before + 1
+    )
+    assert value(scrape(claude.url), "translations_total", direction="openai_to_anthropic") >= 1
+    # Token usage is counted from the upstream's own usage, whatever the client's format.
+    assert value(scrape(claude.url), "tokens_total", type="completion") >= 4
