@@ -22,6 +22,7 @@ from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, s
 from tests.scrape import scrape, value
 from tests.support import RouterProcess, write_profile
 
+TempDirs = pytest.TempPathFactory
 SSE_HEADERS = [("Content-Type", "text/event-stream")]
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -34,30 +35,26 @@ WEATHER_TOOL = {
 }
 
 
-def _shipped(name: str, url: str, tmp: Path) -> Path:
+def _shipped(name: str, url: str, tmp: Path) -> Iterator[RouterProcess]:
+    """The router running shipped profile `name` with its baseUrl pointed at `url`."""
     profile = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
     profile.pop("$schema", None)
     profile["baseUrl"] = url
     profile["timeouts"] = {"connectSecs": 2, "readSecs": 10}
-    return write_profile(tmp, profile, name)
+    with RouterProcess(write_profile(tmp, profile, name)) as r:
+        yield r
 
 
 @pytest.fixture(scope="module")
-def qwen(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+def qwen(fake_upstream: FakeUpstream, tmp_path_factory: TempDirs) -> Iterator[RouterProcess]:
     """The shipped qwen profile: an OpenAI-only upstream."""
-    with RouterProcess(_shipped("qwen", fake_upstream.url, tmp_path_factory.mktemp("q"))) as r:
-        yield r
+    yield from _shipped("qwen", fake_upstream.url, tmp_path_factory.mktemp("qwen"))
 
 
 @pytest.fixture(scope="module")
-def claude(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+def claude(fake_upstream: FakeUpstream, tmp_path_factory: TempDirs) -> Iterator[RouterProcess]:
     """The shipped anthropic profile: an Anthropic-only upstream."""
-    with RouterProcess(_shipped("anthropic", fake_upstream.url, tmp_path_factory.mktemp("a"))) as r:
-        yield r
+    yield from _shipped("anthropic", fake_upstream.url, tmp_path_factory.mktemp("anthropic"))
 
 
 @pytest.fixture(scope="module")
