@@ -15,6 +15,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
+from .access import from_settings
 from .config import ConfigError, find_profile, load_file
 from .ratelimit import check_backend
 from .ratelimit.backends import REDIS_SCHEMES
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     try:
         settings = resolve_settings(argv, env)
+        from_settings(settings)  # an unusable access keys file stops us here, not in a worker
     except (ConfigError, SettingsError) as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -16,7 +16,7 @@ from sanic import Request, Sanic
 from sanic import exceptions as sx
 from sanic.response import HTTPResponse
 
-from . import connlimits, shutdown
+from . import access, connlimits, shutdown
 from .config import ConfigHolder, load_file
 from .errors import BadRequest as RouterBadRequest
 from .errors import (
@@ -143,6 +143,7 @@ def create_app(settings: Settings) -> Sanic:
     app.ctx.refresh_gauges = refresh_gauges
 
     connlimits.install(app)  # strict request heads, the body clock
+    access.install(app, access.from_settings(settings))  # API_ROUTER_ACCESS_KEYS_FILE
     app.blueprint(ops_bp)
     app.blueprint(proxy_bp)
     app.error_handler.add(Exception, error_response)

@@ -70,10 +70,13 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
     return False
 
 
-def exchange(port: int, raw: bytes, timeout: float = 10.0) -> tuple[RawResponse | None, bool]:
-    """Send `raw` on a new connection; the first response and whether the server then closed."""
+def exchange(
+    port: int, raw: bytes, timeout: float = 10.0, wait_close: bool = True
+) -> tuple[RawResponse | None, bool]:
+    """Send `raw` on a new connection; the first response and whether the server then closed
+    (waited for only with `wait_close`)."""
     with connect(port, timeout) as s:
         s.sendall(raw)
         resp = read_response(s, timeout)
-        closed = resp is None or closed_by_peer(s, timeout)
+        closed = resp is None or (wait_close and closed_by_peer(s, timeout))
         return resp, closed

@@ -132,6 +132,10 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
     credential = h.client_credential(request.headers, app.ctx.settings.default_api_key)
     state.key_id = h.key_id(credential)
+    if app.ctx.access is not None:
+        # Shared deployment (service.access): the client's key was an access key, already
+        # checked; it keys the buckets, and the upstream gets the operator's credential only.
+        credential = app.ctx.settings.default_api_key
 
     streaming = False
     strip_usage = False
