@@ -103,8 +103,8 @@ def create_app(settings: Settings) -> Sanic:
     app.config.RESPONSE_TIMEOUT = 24 * 3600
     # Client-side limits; the total head/body deadlines and the connection cap are enforced by
     # connlimits.GuardedHttpProtocol (the CLI serves with it), these by Sanic itself.
-    app.config.REQUEST_TIMEOUT = settings.header_timeout_secs  # silence while reading a head
-    app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_secs
+    app.config.REQUEST_TIMEOUT = settings.header_timeout_secs  # type: ignore[assignment]
+    app.config.KEEP_ALIVE_TIMEOUT = settings.keep_alive_secs  # type: ignore[assignment]
     app.config.REQUEST_MAX_HEADER_SIZE = settings.max_header_bytes
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.drain_secs
     app.config.ACCESS_LOG = False  # our own completion line replaces Sanic's access log
