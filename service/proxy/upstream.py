@@ -42,22 +42,49 @@ def _transport(name: str) -> httpx.AsyncBaseTransport:
         keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
     )
     if name == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport  # the optional `aiohttp` extra
+        from ._aiohttp import HttpxErrorsTransport
 
-        return AiohttpTransport(limits=limits, trust_env=False)
+        return HttpxErrorsTransport(limits)
     if name != "httpx":
         raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` for a relay shared by every client of the router.
+
+    `send` hands the request straight to the transport: a relay has no authentication, follows
+    no redirect (one must never move a request to another host), and keeps no cookie jar (an
+    upstream's `Set-Cookie` for one client must never be sent on another client's request).
+    Skipping those layers is also the cheaper path; everything else is httpx's.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,  # no proxy or netrc credentials picked up from the environment
+            headers={},
+        )
+        self._upstream = transport
+
+    async def send(
+        self, request: httpx.Request, *, stream: bool = False, **_: object
+    ) -> httpx.Response:
+        response = await self._upstream.handle_async_request(request)
+        response.request = request
+        if not stream:
+            try:
+                await response.aread()
+            except BaseException:
+                await response.aclose()
+                raise
+        return response
+
+
 def create_client() -> httpx.AsyncClient:
     """Created in a `before_server_start` listener; closed in `after_server_stop`."""
-    return httpx.AsyncClient(
-        transport=_transport(os.environ.get(TRANSPORT_ENV, "").strip().lower() or "httpx"),
-        follow_redirects=False,  # a redirect must never move the request to another host
-        trust_env=False,  # no proxy or netrc credentials picked up from the environment
-        headers={},
-    )
+    return UpstreamClient(_transport(os.environ.get(TRANSPORT_ENV, "").strip().lower() or "httpx"))
 
 
 def request_timeout(t: Timeouts) -> httpx.Timeout:
