@@ -607,3 +607,41 @@ def test_logs_and_metrics_say_which_translation_ran(
     assert value(scrape(claude.url), "translations_total", direction="openai_to_anthropic") >= 1
     # Token usage is counted from the upstream's own usage, whatever the client's format.
     assert value(scrape(claude.url), "tokens_total", type="completion") >= 4
+
+
+# -- and each SDK against an upstream of its own format, on the same profiles (no translation) ---
+
+
+def test_each_sdk_streams_tool_use_from_an_upstream_of_its_own_format(
+    qwen: RouterProcess, claude: RouterProcess, upstream: FakeUpstream
+) -> None:
+    with anthropic.Anthropic(base_url=claude.url, api_key="k", max_retries=0) as native:
+        upstream.reply_with(
+            lambda req: Reply(headers=SSE_HEADERS, chunks=sse(*anthropic_tool_stream(_model(req))))
+        )
+        with native.messages.stream(
+            model="claude-test",
+            max_tokens=64,
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        ) as stream:
+            final = stream.get_final_message()
+        assert upstream.last.path == "/v1/messages" and upstream.last.json()["tools"] == [
+            WEATHER_TOOL
+        ]
+        tool = final.content[0]
+        assert tool.type == "tool_use" and tool.input == {"city": "Oslo"}
+    with openai.OpenAI(base_url=qwen.url + "/v1", api_key="k", max_retries=0) as same:
+        upstream.reply_with(
+            lambda req: Reply(headers=SSE_HEADERS, chunks=sse(*openai_tool_stream(_model(req))))
+        )
+        chunks = list(
+            same.chat.completions.create(
+                model="gpt-4", messages=[{"role": "user", "content": "Weather?"}], stream=True
+            )
+        )
+        assert upstream.last.path == "/v1/chat/completions"
+        deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        arguments = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
+        assert json.loads(arguments) == {"city": "Oslo"}
+    assert value(scrape(claude.url), "translations_total", direction="anthropic_to_openai") == 0
