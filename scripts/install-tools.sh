@@ -32,7 +32,7 @@ apt_need redis-server prometheus openssl
 apt_need podman runc netavark aardvark-dns iptables catatonit debootstrap
 bash scripts/ensure-helm.sh >/dev/null
 
-for tool in redis-server prometheus promtool openssl podman debootstrap; do
+for tool in redis-server prometheus promtool openssl podman; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-tools: $tool missing after install" >&2; exit 1; }
 done
 prometheus --version >/dev/null 2>&1 && promtool --version >/dev/null 2>&1 \
