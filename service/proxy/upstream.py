@@ -11,6 +11,7 @@ copying their text: an exception message may contain the upstream URL or a heade
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 
@@ -32,6 +33,7 @@ POOL_MAX_KEEPALIVE = 256
 KEEPALIVE_EXPIRY_SECS = 30.0
 POOL_WAIT_SECS = 5.0
 TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
+_httpx_log = logging.getLogger("httpx")
 TRANSPORTS = ("httpx", "aiohttp")
 
 
@@ -73,6 +75,15 @@ class UpstreamClient(httpx.AsyncClient):
     ) -> httpx.Response:
         response = await self._upstream.handle_async_request(request)
         response.request = request
+        if _httpx_log.isEnabledFor(logging.INFO):  # the line httpx's own send logs
+            _httpx_log.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
         if not stream:
             try:
                 await response.aread()
