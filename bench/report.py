@@ -274,7 +274,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name in (
         "router-2w",
-        "router-2w-aiohttp",
+        "router-2w-httpx",
         "minimal-httpx",
         "minimal-httpx-aiohttp",
         "minimal-aiohttp",

@@ -8,7 +8,7 @@
   memory (bench/nginx/upstream.conf), so the upstream never limits a configuration;
 - the configurations: direct to the upstream; nginx as a reverse proxy; api-router with 1 and 2
   workers, all features on (metrics, JSON logs, a rate limit that does not trigger); api-router
-  with 2 workers, metrics and logs off; api-router on httpx-aiohttp's transport; the minimal
+  with 2 workers, metrics and logs off; api-router on httpx's own transport; the minimal
   Sanic proxy (bench/minimal_proxy.py) on plain aiohttp, httpx, and httpx + AiohttpTransport;
   the LiteLLM proxy and the Portkey gateway where they installed;
 
@@ -508,8 +508,8 @@ def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, li
             lambda t: start_portkey(t, up_port, run),
         )
     add(
-        Target("router-2w-aiohttp", "transport", "api-router 2w, httpx + AiohttpTransport"),
-        lambda t: start_router(t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": "aiohttp"}),
+        Target("router-2w-httpx", "transport", "api-router 2w, httpx's own transport"),
+        lambda t: start_router(t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": "httpx"}),
     )
     for client in ("httpx", "httpx-aiohttp", "aiohttp"):
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs, where it belongs, when it is missing (idempotent):
 # - wrk and nginx from Debian (load generator and reference proxy / fake upstream);
-# - the router venv's optional `aiohttp` extra (the transport comparison);
 # - .cache/bench-venv: matplotlib (chart), py-spy (profiles) and the LiteLLM proxy, apart from the
 #   router's venv so its dependencies cannot change what is measured;
 # - .cache/bench-node: the Portkey gateway from npm, run on the machine's Node.js.
@@ -28,9 +27,6 @@ fi
 command -v wrk >/dev/null && command -v nginx >/dev/null \
   || { echo "bench/setup: wrk and nginx are required" >&2; exit 1; }
 # The Debian package enables a system nginx service; the benchmark only runs its own instances.
-
-.venv/bin/python -c 'import httpx_aiohttp' 2>/dev/null \
-  || .venv/bin/python -m pip install --quiet -e '.[aiohttp]'
 
 venv=.cache/bench-venv
 if [[ ! -x $venv/bin/python ]]; then
