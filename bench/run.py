@@ -375,7 +375,10 @@ def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
         "litellm_settings: {telemetry: false, drop_params: true}\n"
     )
     t.port = free_port()
+    master_key = "sk-bench-" + os.urandom(16).hex()  # LiteLLM refuses to start without one
+    t.headers = {"Authorization": f"Bearer {master_key}"}
     env = {
+        "LITELLM_MASTER_KEY": master_key,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": "ERROR",
