@@ -74,7 +74,7 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
         workers = max(1, os.cpu_count() or 1)
     host = args.host or env.get("API_ROUTER_HOST") or "0.0.0.0"
     return Settings.from_env(
-        env, profile_path=path.resolve(), host=host, port=port, workers=workers
+        env, profile_path=path.absolute(), host=host, port=port, workers=workers
     )
 
 

@@ -34,6 +34,7 @@ class LoadedConfig:
     endpoints: dict[str, ResolvedEndpoint]
     mtime_ns: int
     size: int
+    inode: int
     loaded_at: float = field(default=0.0)
 
 
@@ -106,6 +107,7 @@ def load_file(path: Path, now: float = 0.0) -> LoadedConfig:
         endpoints=profile.resolve(),
         mtime_ns=st.st_mtime_ns,
         size=st.st_size,
+        inode=st.st_ino,
         loaded_at=now,
     )
 

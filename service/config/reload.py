@@ -2,7 +2,7 @@
 
 `ConfigHolder.current` is read once at the start of each request, so a request keeps the config it
 started with. `check()` is called at most once a second by a background task: it stats the file,
-and only when the modification time or size changed does it validate the new text and swap the
+and only when the file's identity, modification time or size changed does it validate the new text and swap the
 whole `LoadedConfig` in one assignment (atomic for readers). A broken edit keeps the last good
 config, is logged, counted, and shown in `/health`.
 """
@@ -36,7 +36,7 @@ class ConfigHolder:
         self.last_error_at: float | None = None
         self.last_check_at: float | None = None
         self.on_result = on_result
-        self._bad_stamp: tuple[int, int] | None = None
+        self._bad_stamp: tuple[int, int, int] | None = None
 
     def check(self) -> bool:
         """Reload if the file changed; returns True when a new config was swapped in."""
@@ -44,10 +44,11 @@ class ConfigHolder:
         path = self.current.path
         try:
             st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
-            stamp = (-1, -1)
-        if stamp == (self.current.mtime_ns, self.current.size) or stamp == self._bad_stamp:
+            stamp = (-1, -1, -1)
+        current = (self.current.mtime_ns, self.current.size, self.current.inode)
+        if stamp in (current, self._bad_stamp):
             return False
         try:
             new = load_file(path, now=time.time())

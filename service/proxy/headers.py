@@ -63,11 +63,18 @@ def forwardable_request_headers(items: Iterable[tuple[str, str]]) -> list[tuple[
 
 
 def returnable_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's end-to-end response headers (content-type, rate-limit, request-id …)."""
+    """The upstream's end-to-end response headers (content-type, rate-limit, request-id …).
+
+    The client's `X-Request-ID` is the router's; the upstream's own request id (OpenAI's
+    `req_…`, what a provider's support asks for) comes back as `X-Upstream-Request-ID`.
+    """
     items = list(items)
     drop = _drop_set(items, NOT_RETURNED)
     return [
-        (k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")
+        ("X-Upstream-Request-ID", v) if k.lower() == "x-request-id" else (k, v)
+        for k, v in items
+        if (k.lower() not in drop or k.lower() == "x-request-id")
+        and not k.lower().startswith("proxy-")
     ]
 
 

@@ -8,6 +8,7 @@ from prometheus_client.openmetrics import exposition as om
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from ..errors import NotFound
 from ..observability.metrics import exposition_registry
 
 bp = Blueprint("ops")
@@ -60,6 +61,9 @@ async def ready(request: Request) -> HTTPResponse:
 @bp.route("/metrics", methods=GET)
 async def metrics(request: Request) -> HTTPResponse:
     app = request.app
+    if app.ctx.metrics is None:
+        # API_ROUTER_METRICS=false: nothing is recorded, so there is nothing to serve.
+        raise NotFound("Metrics are disabled (API_ROUTER_METRICS=false)")
     app.ctx.refresh_gauges()
     registry = exposition_registry(app.ctx.metrics.registry)
     accept = request.headers.get("accept", "")

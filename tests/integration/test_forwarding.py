@@ -317,3 +317,25 @@ def test_connect_refused_and_tls_failure(tmp_path: Path) -> None:
             resp = chat(r.url)
             _assert_error(resp, 502, code)
     thread.join(5)
+
+
+def test_upstream_request_id_comes_back_as_x_upstream_request_id(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(headers=[("Content-Type", "application/json"), ("x-request-id", "req_abc123")],
+              body=b"{}")
+    )
+    r = chat(router.url, headers={"X-Request-ID": "mine-1"})
+    assert r.headers["x-request-id"] == "mine-1"
+    assert r.headers["x-upstream-request-id"] == "req_abc123"
+
+
+def test_metrics_off_means_no_metrics_route(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    p = write_profile(tmp_path, base_profile(fake_upstream.url))
+    with RouterProcess(p, env={"API_ROUTER_METRICS": "false"}) as r:
+        resp = httpx.get(r.url + "/metrics")
+        assert resp.status_code == 404
+        assert resp.json()["error"]["message"].startswith("Metrics are disabled")
+        assert chat(r.url).status_code == 200
+        assert "router_error" not in r.output()

@@ -82,3 +82,30 @@ def test_good_edit_applied_broken_edit_ignored(tmp_path: Path, upstream: FakeUps
         _wait(lambda: httpx.get(r.url + "/health").json()["config"]["status"] == "ok")
         httpx.post(r.url + "/v1/chat/completions", json=body)
         assert upstream.last.json()["model"] == "fixed-model"
+
+
+def test_configmap_style_symlink_swap_is_picked_up(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>/` and
+    updates it by swapping the `..data` link: the router must follow the path, not the file it
+    pointed at when it started."""
+    profile = base_profile(upstream.url)
+
+    def version(tag: str, data: dict[str, object]) -> None:
+        d = tmp_path / f"..{tag}"
+        d.mkdir()
+        (d / "profile.json").write_text(json.dumps(data))
+        link = tmp_path / "..data_tmp"
+        link.symlink_to(d.name)
+        os.replace(link, tmp_path / "..data")
+
+    version("v1", profile)
+    (tmp_path / "profile.json").symlink_to("..data/profile.json")
+    with RouterProcess(tmp_path / "profile.json") as r:
+        body = {"model": "gpt-4", "messages": []}
+        httpx.post(r.url + "/v1/chat/completions", json=body)
+        assert upstream.last.json()["model"] == "up-model-4"
+        version("v2", {**profile, "name": "swapped", "modelMapping": {"gpt-4": "from-v2"}})
+        _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "swapped")
+        httpx.post(r.url + "/v1/chat/completions", json=body)
+        assert upstream.last.json()["model"] == "from-v2"
+        assert httpx.get(r.url + "/health").json()["config"]["status"] == "ok"

@@ -75,6 +75,7 @@ def test_response_headers_keep_end_to_end_and_drop_framing() -> None:
     assert out == {
         "Content-Type": "application/json",
         "x-ratelimit-remaining-requests": "5",
+        "X-Upstream-Request-ID": "upstream-id",
         "openai-processing-ms": "12",
     }
 
