@@ -82,27 +82,33 @@ class HttpxErrorsTransport(httpx.AsyncBaseTransport):
     def __init__(self, limits: httpx.Limits) -> None:
         self._inner = AiohttpTransport(limits=limits, trust_env=False)
 
+    def _pool_full(self) -> bool:
+        connector = getattr(self._inner.client, "connector", None)
+        limit = getattr(connector, "limit", 0)
+        return bool(limit) and len(getattr(connector, "_acquired", ())) >= limit
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         failed: list[BaseException] = []
         if isinstance(request.stream, httpx.AsyncByteStream) and not hasattr(request, "_content"):
             request.stream = _Upload(request.stream, failed)
+        pool_full = self._pool_full()
         try:
             resp = await self._inner.handle_async_request(request)
         except Exception as e:
             if failed:  # the request body's own error (e.g. too large): as httpx lets it through
                 raise failed[0] from None
+            cause = e.__cause__ if isinstance(e, httpx.HTTPError) else e
+            if pool_full and isinstance(cause, aiohttp.ConnectionTimeoutError):
+                # aiohttp times the wait for a pooled connection with its connect timeout: with
+                # every connection in use when we asked, it was that wait (httpx: PoolTimeout).
+                raise httpx.PoolTimeout("No free upstream connection in time") from cause
             mapped = as_httpx_error(e)
             if mapped is None:
                 raise
             raise mapped from (e.__cause__ if isinstance(e, httpx.HTTPError) else e)
         assert isinstance(resp.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=resp.status_code,
-            headers=resp.headers,
-            stream=_Body(resp.stream),
-            request=request,
-            extensions=resp.extensions,
-        )
+        resp.stream = _Body(resp.stream)
+        return resp
 
     async def aclose(self) -> None:
         await self._inner.aclose()
