@@ -161,7 +161,7 @@ def create_app(settings: Settings) -> Sanic:
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
-        app.ctx.http = create_client()
+        app.ctx.http = create_client(settings.upstream_max_connections)
         if settings.metrics_enabled:
             app.ctx.metrics = Metrics()
             app.ctx.config.on_result = app.ctx.metrics.on_reload

@@ -32,7 +32,7 @@ from ..ratelimit import Limit
 from ..translate import Translator
 from . import headers as h
 from .events import ask_for_usage
-from .upstream import map_exception, request_timeout
+from .upstream import map_exception, request_timeout, send
 
 # orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
 # (a run of 20+ digits, checked at C speed) is parsed and written by the exact standard library.
@@ -201,7 +201,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         h.build_url(ep.url, request.query_string),
         headers=hdrs,
         content=body,
-        timeout=request_timeout(profile.timeouts),
+        timeout=request_timeout(profile.timeouts, app.ctx.settings.upstream_pool_wait_secs),
     )
     extra = decision.headers() if decision is not None else {}
 
@@ -212,7 +212,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
     started = time.perf_counter()
     try:
-        resp = await app.ctx.http.send(upstream_request, stream=True)
+        resp = await send(app.ctx.http, upstream_request)  # retried once if never connected
         try:
             data = b"".join([chunk async for chunk in resp.aiter_raw()])
         finally:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -28,18 +29,20 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from ..config.model import MESSAGES, ResolvedEndpoint
-from ..errors import RouterError, StreamError, UpstreamError, error_body
+from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
 from ..observability import lifecycle
 from ..translate import BadUpstreamEvent, Translator
 from . import headers as h
 from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker
-from .upstream import map_exception
+from .upstream import map_exception, send
 
 SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 _NOT_FROM_UPSTREAM = frozenset({"cache-control", "content-type", "content-encoding"})
 # Of an upstream error body that arrives after the head was committed, this much is kept for
 # the error event; the rest is read and dropped so that the connection can be reused.
 MAX_ERROR_BODY = 64 * 1024
+# A stream past its idle time or its total deadline ends with this error event (`timeout`).
+STREAM_TIMEOUT = UpstreamTimeout("The upstream stream exceeded its idle time or its deadline")
 
 
 def error_event(data: bytes) -> bytes:
@@ -88,14 +91,19 @@ class _Stream:
         await self.out.send(data)
         self.last_write = time.monotonic()
 
-    async def wait(self, task: asyncio.Future[Any]) -> None:
-        """Wait for `task`, writing a heartbeat whenever nothing was written for the interval."""
+    async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
+        """Wait for `task`, writing a heartbeat whenever nothing was written for the interval;
+        False when the monotonic time `until` came first."""
         while not task.done():
-            remaining = self.last_write + self.interval - time.monotonic()
-            if remaining > 0:
-                await asyncio.wait({task}, timeout=remaining)
-            elif not task.done():
+            now = time.monotonic()
+            if now >= until:
+                return False
+            beat = self.last_write + self.interval
+            if now >= beat:
                 await self.write(HEARTBEAT)
+            else:
+                await asyncio.wait({task}, timeout=min(beat, until) - now)
+        return True
 
     def restore(self) -> None:
         """The connection may serve more requests after this stream: back to Sanic's limits."""
@@ -139,8 +147,13 @@ async def relay_stream(
     head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
     started = time.perf_counter()
     sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(
-        app.ctx.http.send(upstream_request, stream=True)
+        send(app.ctx.http, upstream_request)
     )
+    # API_ROUTER_STREAM_MAX_SECS bounds the whole stream; API_ROUTER_STREAM_IDLE_SECS the time
+    # without one complete upstream event (a drip of bytes that never completes one counts).
+    settings = app.ctx.settings
+    deadline = time.monotonic() + settings.stream_max_secs
+    idle_secs = settings.stream_idle_secs
     reading: asyncio.Future[bytes] | None = None
     resp: httpx.Response | None = None
     usage = UsageTracker(strip_usage_chunk)
@@ -150,7 +163,11 @@ async def relay_stream(
         if not sending.done():
             # Nothing from the upstream yet: show the client (and load balancers) life.
             await stream.commit(head_headers, ep.buffer_size)
-            await stream.wait(sending)
+            if not await stream.wait(sending, deadline):
+                await _abandon(sending)
+                sending = None
+                await stream.fail(STREAM_TIMEOUT)
+                return None
         done, sending = sending, None
         try:
             resp = done.result()
@@ -191,12 +208,27 @@ async def relay_stream(
 
         framer = EventFramer()
         chunks = resp.aiter_raw()
+        last_event = time.monotonic()
         while True:
             reading = asyncio.ensure_future(chunks.__anext__())
-            await stream.wait(reading)
+            if not await stream.wait(reading, min(last_event + idle_secs, deadline)):
+                # Let go of the upstream before the client sees the end of its stream (once it
+                # has, it may close, and that cancels this handler).
+                await _abandon(reading)
+                reading = None
+                await resp.aclose()
+                await stream.fail(STREAM_TIMEOUT)
+                return None
             done_read, reading = reading, None
             try:
                 events = framer.feed(done_read.result())
+                now = time.monotonic()
+                if events:
+                    last_event = now
+                if now >= min(last_event + idle_secs, deadline):
+                    await resp.aclose()
+                    await stream.fail(STREAM_TIMEOUT)
+                    return None
                 out = [e for e in events if usage.keep(e)]
                 if translator is not None:
                     out = translator.events(out)

@@ -18,6 +18,7 @@ import os
 import ssl
 
 import httpx
+import structlog
 
 from ..config.model import Timeouts
 from ..errors import (
@@ -36,14 +37,15 @@ KEEPALIVE_EXPIRY_SECS = 30.0
 POOL_WAIT_SECS = 5.0
 TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
 _httpx_log = logging.getLogger("httpx")
+_log = structlog.get_logger("api_router.upstream")
 TRANSPORTS = ("aiohttp", "httpx")
 DEFAULT_TRANSPORT = "aiohttp"  # measured: bench/README.md, "Upstream transport"
 
 
-def _transport(name: str) -> httpx.AsyncBaseTransport:
+def _transport(name: str, max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(
-        max_connections=POOL_MAX_CONNECTIONS,
-        max_keepalive_connections=POOL_MAX_KEEPALIVE,
+        max_connections=max_connections,  # API_ROUTER_UPSTREAM_MAX_CONNECTIONS, per worker
+        max_keepalive_connections=min(POOL_MAX_KEEPALIVE, max_connections),
         keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
     )
     if name == "aiohttp":
@@ -96,17 +98,33 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
-def create_client() -> httpx.AsyncClient:
+def create_client(max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncClient:
     """Created in a `before_server_start` listener; closed in `after_server_stop`."""
-    return UpstreamClient(
-        _transport(os.environ.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT)
-    )
+    name = os.environ.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT
+    return UpstreamClient(_transport(name, max_connections))
 
 
-def request_timeout(t: Timeouts) -> httpx.Timeout:
+def request_timeout(t: Timeouts, pool_wait: float = POOL_WAIT_SECS) -> httpx.Timeout:
+    """`pool_wait` (API_ROUTER_UPSTREAM_POOL_WAIT_SECS): how long a request may wait for a free
+    pooled connection before it is answered 503 (httpx.PoolTimeout), instead of queueing."""
     return httpx.Timeout(
-        connect=t.connect_secs, read=t.read_secs, write=t.read_secs, pool=POOL_WAIT_SECS
+        connect=t.connect_secs, read=t.read_secs, write=t.read_secs, pool=pool_wait
     )
+
+
+async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """`client.send(request, stream=True)`, retried once when the request provably never reached
+    the upstream: the connection could not be established (refused, DNS, reset during the
+    handshake), so no byte of the request left the router. Never after a timeout (that would
+    double the wait), a TLS failure (it would fail again), or anything once connected: a POST
+    to an LLM costs money and is not idempotent."""
+    try:
+        return await client.send(request, stream=True)
+    except httpx.ConnectError as e:
+        if _caused_by_tls(e):
+            raise
+    _log.warning("upstream_retry", reason="connect_error")
+    return await client.send(request, stream=True)
 
 
 def _caused_by_tls(exc: BaseException) -> bool:

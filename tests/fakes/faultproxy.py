@@ -63,6 +63,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._open: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -73,11 +74,21 @@ class FaultProxy:
             self._plan.extend(faults)
 
     def reset(self, default: Fault | None = None) -> None:
+        """Clear the plan and the counts, and close every open connection: the router's pool
+        must not carry a connection from one test (and its fault) into the next."""
         with self._lock:
             self._plan.clear()
             self.default = default or Fault()
             self.connections = 0
             self.received = []
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._close_open(), self._loop).result(5)
+
+    async def _close_open(self) -> None:
+        for writer in list(self._open):
+            writer.close()
+        self._open.clear()
+        await asyncio.sleep(0.05)  # let the closes reach the peers
 
     def _next(self) -> Fault:
         with self._lock:
@@ -125,6 +136,7 @@ class FaultProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         fault = self._next()
         index = self.connections - 1
+        self._open.add(writer)
         try:
             if fault.mode == "reset_on_accept":
                 _rst(writer)
@@ -148,6 +160,7 @@ class FaultProxy:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._open.discard(writer)
             if not writer.is_closing():
                 writer.close()
 
