@@ -4,6 +4,7 @@
     ├── ClientError                  the request itself is wrong; nothing reached the upstream
     │   ├── BadRequest               400 invalid_request_error
     │   ├── Unauthorized             401 authentication_error
+    │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile)
     │   ├── PayloadTooLarge          413 request_too_large
     │   └── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*)
     ├── ServiceUnavailable           503 (draining, limiter backend down with fail-closed)
@@ -86,6 +87,11 @@ class NotFound(ClientError):
     anthropic_type = "not_found_error"
     code = "not_found"
     message = "Unknown route"
+
+
+class RouteNotAvailable(NotFound):
+    code = "route_not_available"
+    message = "This route is not available with the active profile's provider"
 
 
 class MethodNotAllowed(ClientError):

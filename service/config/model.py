@@ -80,6 +80,9 @@ class StreamConfig(_Strict):
 
     buffer_size: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)] | None = None
     heartbeat_interval_secs: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # Ask an OpenAI-format upstream for usage on streams (`stream_options.include_usage`, the
+    # extra chunk hidden from clients that did not ask); false for upstreams that reject it.
+    request_usage: bool | None = None
 
 
 class Auth(_Strict):
@@ -106,6 +109,8 @@ class Endpoint(_Strict):
     stream_config: StreamConfig | None = None
     # The format the upstream speaks on this route; the route's own format when absent.
     format: UpstreamFormat | None = None
+    # false: the provider has no such endpoint; the router answers 404 itself.
+    enabled: bool = True
 
     @field_validator("upstream_path")
     @classmethod
@@ -136,6 +141,8 @@ class ResolvedEndpoint(BaseModel):
     format: str  # what the upstream speaks
     # "none", or "<client format>_to_<upstream format>" (the `translations_total` label)
     translation: str
+    enabled: bool = True
+    request_usage: bool = True
 
 
 class Profile(_Strict):
@@ -232,6 +239,12 @@ class Profile(_Strict):
                 heartbeat_interval_secs=local_stream.heartbeat_interval_secs
                 or global_stream.heartbeat_interval_secs
                 or DEFAULT_HEARTBEAT_SECS,
+                enabled=ep.enabled,
+                request_usage=next(
+                    (v for v in (local_stream.request_usage, global_stream.request_usage)
+                     if v is not None),
+                    True,
+                ),
             )
         return out
 

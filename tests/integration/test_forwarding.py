@@ -339,3 +339,36 @@ def test_metrics_off_means_no_metrics_route(tmp_path: Path, fake_upstream: FakeU
         assert resp.json()["error"]["message"].startswith("Metrics are disabled")
         assert chat(r.url).status_code == 200
         assert "router_error" not in r.output()
+
+
+def test_upstream_error_with_a_non_json_body_keeps_its_status(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(status=503, headers=[("Content-Type", "application/json"), ("Retry-After", "30")],
+              body=b"<html>overloaded</html>")
+    )
+    r = chat(router.url)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "30"
+    assert r.content == b"<html>overloaded</html>"
+
+
+def test_disabled_route_and_request_usage_off(tmp_path: Path, upstream: FakeUpstream) -> None:
+    profile = base_profile(
+        upstream.url,
+        streamConfig={"requestUsage": False},
+        endpoints={"/v1/embeddings": {"enabled": False}, "/v1/messages": {"enabled": False}},
+    )
+    with RouterProcess(write_profile(tmp_path, profile)) as r:
+        resp = httpx.post(r.url + "/v1/embeddings", json={"model": "m", "input": "x"})
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "route_not_available"
+        resp = httpx.post(r.url + "/v1/messages", json={"model": "m", "max_tokens": 1})
+        assert resp.status_code == 404
+        assert resp.json()["error"]["type"] == "not_found_error"
+        assert upstream.requests == []
+        with httpx.stream("POST", r.url + "/v1/chat/completions",
+                          json={"model": "m", "messages": [], "stream": True}) as s:
+            s.read()
+        assert "stream_options" not in upstream.last.json()

@@ -252,3 +252,72 @@ def test_shipped_schema_is_current_and_validates_shipped_profiles() -> None:
     props = shipped["properties"]
     assert {"baseUrl", "modelMapping", "rateLimit", "streamConfig", "endpoints"} <= set(props)
     assert shipped["additionalProperties"] is False
+
+
+# Every route of every shipped profile: where it goes, or that the router refuses it itself
+# because the provider has no endpoint speaking that format.
+ROUTE_TABLE = {
+    "qwen": {
+        "/v1/chat/completions": "https://portal.qwen.ai/v1/chat/completions",
+        "/v1/completions": "https://portal.qwen.ai/v1/completions",
+        "/v1/embeddings": "https://portal.qwen.ai/v1/embeddings",
+        "/v1/messages": "https://portal.qwen.ai/v1/chat/completions",
+    },
+    "openai": {r: "https://api.openai.com" + r for r in PROXY_ROUTES if r != "/v1/messages"}
+    | {"/v1/messages": "https://api.openai.com/v1/chat/completions"},
+    "anthropic": {
+        "/v1/chat/completions": "https://api.anthropic.com/v1/messages",
+        "/v1/messages": "https://api.anthropic.com/v1/messages",
+    },
+    "cohere": {
+        "/v1/chat/completions": "https://api.cohere.ai/compatibility/v1/chat/completions",
+        "/v1/embeddings": "https://api.cohere.ai/compatibility/v1/embeddings",
+        "/v1/messages": "https://api.cohere.ai/compatibility/v1/chat/completions",
+    },
+    "gemini": {
+        "/v1/chat/completions": "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+        "/v1/embeddings": "https://generativelanguage.googleapis.com/v1beta/openai/embeddings",
+        "/v1/messages": "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+    },
+    "ollama-cloud": {
+        "/v1/chat/completions": "https://ollama.com/v1/chat/completions",
+        "/v1/completions": "https://ollama.com/v1/completions",
+        "/v1/embeddings": "https://ollama.com/v1/embeddings",
+        "/v1/messages": "https://ollama.com/v1/chat/completions",
+    },
+    "ollama-local": {
+        "/v1/chat/completions": "http://localhost:11434/v1/chat/completions",
+        "/v1/completions": "http://localhost:11434/v1/completions",
+        "/v1/embeddings": "http://localhost:11434/v1/embeddings",
+        "/v1/messages": "http://localhost:11434/v1/chat/completions",
+    },
+    "generic": {r: "http://localhost:8080" + r for r in PROXY_ROUTES if r != "/v1/messages"}
+    | {"/v1/messages": "http://localhost:8080/v1/chat/completions"},
+}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_route_of_every_shipped_profile(name: str) -> None:
+    cfg = load_file(find_profile(name))
+    enabled = {r: ep.url for r, ep in cfg.endpoints.items() if ep.enabled}
+    assert enabled == ROUTE_TABLE[name]
+
+
+def test_request_usage_merges_like_the_other_stream_fields(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        {
+            "name": "x",
+            "baseUrl": "http://h",
+            "streamConfig": {"requestUsage": False},
+            "endpoints": {
+                "/v1/completions": {"streamConfig": {"requestUsage": True}},
+                "/v1/embeddings": {"enabled": False},
+            },
+        },
+    )
+    cfg = load_file(p)
+    assert cfg.endpoints["/v1/chat/completions"].request_usage is False
+    assert cfg.endpoints["/v1/completions"].request_usage is True
+    assert cfg.endpoints["/v1/embeddings"].enabled is False
+    assert load_file(find_profile("openai")).endpoints["/v1/chat/completions"].request_usage
