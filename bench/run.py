@@ -738,7 +738,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "os": version(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
         "python": version([str(ROUTER_PY), "--version"]),
-        "wrk": version(["wrk", "--version"]),
+        "wrk": version(["wrk", "--version"]).split(" Copyright")[0],
         "nginx": version(["nginx", "-v"]),
         "node": version(["node", "--version"]),
         "litellm": version(
