@@ -76,11 +76,29 @@ class _Upload(httpx.AsyncByteStream):
             raise
 
 
+class _SharedSessionTransport(AiohttpTransport):
+    """One aiohttp session per worker, shared by every client of the router, so it must keep
+    nothing between requests: no cookie jar (an upstream's `Set-Cookie` for one client must never
+    ride on another client's request) and no headers the client did not send."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 0,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Content-Type"),
+        )
+
+
 class HttpxErrorsTransport(httpx.AsyncBaseTransport):
     """`AiohttpTransport` with httpx's exception semantics; a pooled aiohttp session inside."""
 
     def __init__(self, limits: httpx.Limits) -> None:
-        self._inner = AiohttpTransport(limits=limits, trust_env=False)
+        self._inner = _SharedSessionTransport(limits=limits, trust_env=False)
 
     def _pool_full(self) -> bool:
         connector = getattr(self._inner.client, "connector", None)

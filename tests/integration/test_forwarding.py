@@ -372,3 +372,28 @@ def test_disabled_route_and_request_usage_off(tmp_path: Path, upstream: FakeUpst
                           json={"model": "m", "messages": [], "stream": True}) as s:
             s.read()
         assert "stream_options" not in upstream.last.json()
+
+
+def test_no_cookie_or_invented_header_is_shared_between_clients(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """The upstream connection pool is shared by every client of a worker: a `Set-Cookie` for
+    one client must never be replayed on another's request (a host name, not an IP address, is
+    where HTTP clients keep cookies)."""
+    p = write_profile(tmp_path, base_profile(f"http://localhost:{upstream.port}"))
+    with RouterProcess(p) as r:
+        upstream.reply_with(
+            Reply(headers=[("Content-Type", "application/json"),
+                           ("Set-Cookie", "session=client-a-secret; Path=/")], body=b"{}")
+        )
+        first = chat(r.url, headers={"Authorization": "Bearer client-a"})
+        assert first.headers["set-cookie"].startswith("session=client-a-secret")
+        upstream.reset()
+        raw = b'{"model":"m"}'
+        chat(r.url, headers={"Authorization": "Bearer client-b"})
+        assert upstream.last.header("cookie") is None
+        httpx.post(r.url + "/v1/embeddings", content=raw)  # no content-type, no user-agent
+        sent = upstream.last
+        assert sent.header("cookie") is None
+        assert sent.header("content-type") is None
+        assert "aiohttp" not in (sent.header("user-agent") or "")
