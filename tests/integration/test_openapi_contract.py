@@ -1,0 +1,48 @@
+"""docs/openapi.yaml against the live router (schemathesis): for every documented operation,
+generated requests (valid and invalid) get no 5xx made by the router itself (the upstream is the
+fake, answering normally), a documented status, and a body that matches its documented schema:
+every router error is the OpenAI shape, or the Anthropic one on /v1/messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.support import ROOT, RouterProcess, write_profile
+
+schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def live(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    profile = base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 6000, "burst": 20})
+    with RouterProcess(write_profile(tmp_path_factory.mktemp("contract"), profile)) as r:
+        yield r.url
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_the_router_keeps_its_contract(case: schemathesis.Case, live: str) -> None:
+    case.call_and_validate(base_url=live, checks=CHECKS, timeout=30)
