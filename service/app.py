@@ -118,12 +118,12 @@ def create_app(settings: Settings) -> Sanic:
     app.ctx.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
     app.ctx.limit_cache = (None, {})
     app.ctx.metrics = None
-    known_cache: list[Any] = [None, frozenset()]
 
     def count_limiter_error() -> None:
         if app.ctx.metrics is not None:
             app.ctx.metrics.rate_limiter_backend_errors_total.inc()
 
+    known_cache: list[Any] = [None, frozenset()]
 
     def known_models() -> frozenset[str]:
         cfg = app.ctx.config.current
@@ -136,9 +136,7 @@ def create_app(settings: Settings) -> Sanic:
 
     def refresh_gauges() -> None:
         if app.ctx.metrics is not None:
-            app.ctx.metrics.rate_limiter_buckets.set(
-                sum(app.ctx.limiter.active_buckets().values())
-            )
+            app.ctx.metrics.rate_limiter_buckets.set(sum(app.ctx.limiter.active_buckets().values()))
 
     app.ctx.refresh_gauges = refresh_gauges
 
@@ -165,7 +163,6 @@ def create_app(settings: Settings) -> Sanic:
         if settings.metrics_enabled:
             app.ctx.metrics = Metrics()
             app.ctx.config.on_result = app.ctx.metrics.on_reload
-        app.ctx.watch_task = asyncio.get_running_loop().create_task(app.ctx.config.watch())
         # Per worker: a handle on the table the CLI shared between workers, or a Redis client.
         app.ctx.limiter = create_limiter(
             settings.rate_limit_backend,
@@ -173,6 +170,7 @@ def create_app(settings: Settings) -> Sanic:
             fail_closed=settings.rate_limit_fail_closed,
             on_error=count_limiter_error,
         )
+        app.ctx.watch_task = asyncio.get_running_loop().create_task(app.ctx.config.watch())
 
     @app.before_server_stop
     async def _drain(app: Sanic) -> None:

@@ -42,7 +42,9 @@ def module_upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture(scope="module")
-def router(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+def router(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
     """One router (1 worker) in front of the fake upstream, shared by a test module."""
     d: Path = tmp_path_factory.mktemp("router")
     path = write_profile(d, base_profile(fake_upstream.url))

@@ -51,9 +51,8 @@ class RouterProcess:
         base = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("API_ROUTER_", "RATE_LIMIT_", "PROMETHEUS_")) and k not in (
-                "DEFAULT_API_KEY", "LOG_FORMAT", "LOG_LEVEL", "SENTRY_DSN"
-            )
+            if not k.startswith(("API_ROUTER_", "RATE_LIMIT_", "PROMETHEUS_"))
+            and k not in ("DEFAULT_API_KEY", "LOG_FORMAT", "LOG_LEVEL", "SENTRY_DSN")
         }
         base.update({"LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
         base.update(env or {})
@@ -67,13 +66,26 @@ class RouterProcess:
 
     def start(self, timeout: float = 20.0) -> RouterProcess:
         cmd = [
-            sys.executable, "-m", "service", "--config", str(self.profile_path),
-            "--host", "127.0.0.1", "--workers", str(self.workers), *self.args, str(self.port),
+            sys.executable,
+            "-m",
+            "service",
+            "--config",
+            str(self.profile_path),
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            str(self.workers),
+            *self.args,
+            str(self.port),
         ]
         # A session of its own: Sanic's manager answers a second signal with killpg() on its
         # workers' process group, which must not be the test runner's.
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from ..config.model import CHAT, COMPLETIONS, MESSAGES, ResolvedEndpoint
-from ..errors import BadRequest, RateLimited, UpstreamJSONError
+from ..errors import BadRequest, RateLimited, RouteNotAvailable, UpstreamJSONError
 from ..ratelimit import Limit
 from ..translate import Translator
 from . import headers as h
@@ -126,6 +126,8 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     app = request.app
     cfg = app.ctx.config.current
     ep: ResolvedEndpoint = cfg.endpoints[route]
+    if not ep.enabled:
+        raise RouteNotAvailable()
     profile = cfg.profile
     state: RequestState = request.ctx.state
     request_id: str = request.ctx.request_id
@@ -164,7 +166,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
             state.translation = ep.translation
             translator = Translator(ep.translation, payload, int(time.time()))
             body = dump_json(translator.request(), exact=_exact(body))
-        elif streaming and route in USAGE_ROUTES and ask_for_usage(payload):
+        elif streaming and ep.request_usage and route in USAGE_ROUTES and ask_for_usage(payload):
             strip_usage = True
             body = dump_json(payload, exact=_exact(body))
 
@@ -231,7 +233,9 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
     ctype = resp.headers.get("content-type", "")
-    if "json" in ctype and data:
+    # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
+    # balancer under a JSON content-type) is passed through with its status and Retry-After.
+    if "json" in ctype and data and 200 <= resp.status_code < 300:
         text = decoded(data, resp.headers.get("content-encoding"))
         if text is not None:
             try:
