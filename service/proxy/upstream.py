@@ -13,9 +13,11 @@ copying their text: an exception message may contain the upstream URL or a heade
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import ssl
+from typing import Any
 
 import httpx
 import structlog
@@ -74,6 +76,36 @@ class UpstreamClient(httpx.AsyncClient):
             headers={},
         )
         self._upstream = transport
+        self._defaults = list(self.headers.multi_items())  # httpx's User-Agent, Accept, ...
+
+    def build_request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        *,
+        content: Any = None,
+        headers: list[tuple[str, str]] | None = None,
+        timeout: httpx.Timeout | None = None,
+        **rest: Any,
+    ) -> httpx.Request:
+        """httpx's `build_request` for what the relay sends (a URL string, a header list, a
+        timeout), without re-parsing the same upstream URL on every request and without merging
+        the cookies, parameters and base URL a relay never has. Anything else: httpx's own."""
+        if rest or timeout is None or not isinstance(url, str) or not isinstance(headers, list):
+            return super().build_request(
+                method, url, content=content, headers=headers, timeout=timeout, **rest
+            )
+        given = headers or []
+        names = {k.lower() for k, _ in given}
+        merged = [(k, v) for k, v in self._defaults if k.lower() not in names]
+        merged.extend(given)  # as httpx merges: the client's defaults, overridden by the request
+        return httpx.Request(
+            method,
+            _url(url),
+            content=content,
+            headers=merged,
+            extensions={"timeout": timeout.as_dict()},
+        )
 
     async def send(
         self, request: httpx.Request, *, stream: bool = False, **_: object
@@ -96,6 +128,12 @@ class UpstreamClient(httpx.AsyncClient):
                 await response.aclose()
                 raise
         return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(raw: str) -> httpx.URL:
+    """Parsed once per distinct upstream URL (httpx.URL is immutable)."""
+    return httpx.URL(raw)
 
 
 def create_client(max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncClient:
