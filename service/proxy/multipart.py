@@ -30,6 +30,7 @@ _MODEL_PART = re.compile(
 MAX_PREAMBLE = 64 * 1024
 MAX_PART_HEAD = 16 * 1024
 MAX_MODEL_VALUE = 64 * 1024
+HOLD_LIMIT = 1024 * 1024  # most the relay holds to learn the new Content-Length
 
 _PREAMBLE, _AFTER_DELIM, _HEAD, _BODY, _MODEL, _PASS = range(6)
 
@@ -177,21 +178,27 @@ async def prepare(
 
     source = body_stream.__aiter__()
     held: list[bytes] = []
+    held_bytes = 0
     ended = False
-    # With a mapping the new length is known only once the model part was seen.
-    while not (rw.settled or (rw.started and not mapping)):
+    # With a mapping the new length is known only once the model part was seen. A model part
+    # that comes after a large file would make us hold the file: past HOLD_LIMIT the body goes
+    # upstream chunked instead (its length unknown), rewritten on the fly.
+    while not (rw.settled or (rw.started and not mapping)) and held_bytes < HOLD_LIMIT:
         try:
             chunk = await source.__anext__()
         except StopAsyncIteration:
             ended = True
             held.append(rw.finish())
             break
-        held.append(rw.feed(chunk))
+        piece = rw.feed(chunk)
+        held.append(piece)
+        held_bytes += len(piece)
     state.model, state.upstream_model = rw.model, rw.upstream_model
 
     length = None
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    length_known = ended or rw.settled or not mapping
+    if declared is not None and declared.isdigit() and length_known:
         length = int(declared) + rw.delta
 
     async def relay() -> AsyncIterator[bytes]:
