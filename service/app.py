@@ -8,7 +8,6 @@ resources (the upstream client, the limiter handle, metrics, the config watcher)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -181,8 +180,9 @@ def create_app(settings: Settings) -> Sanic:
     @app.after_server_stop
     async def _close(app: Sanic) -> None:
         app.ctx.watch_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await app.ctx.watch_task
+        # gather() hands back the task's own CancelledError; a cancellation of *this* listener
+        # still propagates.
+        await asyncio.gather(app.ctx.watch_task, return_exceptions=True)
         await app.ctx.http.aclose()
         await app.ctx.limiter.close()
         worker_exited(os.getpid())

@@ -136,6 +136,5 @@ class RedisLimiter:
     async def close(self) -> None:
         if self._count_task is not None and not self._count_task.done():
             self._count_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._count_task
+            await asyncio.gather(self._count_task, return_exceptions=True)
         await self._client.aclose()
