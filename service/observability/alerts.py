@@ -1,13 +1,18 @@
 """Repeated upstream failures raise one alert log line, at most once per `ALERT_INTERVAL_SECS`.
 
 "Repeated" is `FAILURE_THRESHOLD` failures within `FAILURE_WINDOW_SECS` (SPEC §9: 5 in 5 minutes,
-at most once a minute). Each worker keeps its own alarm (no cross-process state on the hot path);
-the instance-wide picture is the `upstream_errors_total` counter, which the PrometheusRule of the
-Helm chart alerts on.
+at most once a minute), counted over the whole instance: with a `state_path` (a small file in the
+per-start multiprocess directory, shared by every worker) the last failure times and the last
+alert time live in that file under an exclusive `flock`, so five failures spread over several
+workers alert, and only one worker logs the line. Only the failure path touches the file; a good
+request never does. Without a path (one process, tests) the state stays in memory.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +34,8 @@ class FailureAlarm:
         threshold: int = FAILURE_THRESHOLD,
         window_secs: float = FAILURE_WINDOW_SECS,
         interval_secs: float = ALERT_INTERVAL_SECS,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,  # CLOCK_MONOTONIC: one clock for all workers
+        state_path: str | None = None,
     ) -> None:
         self.threshold = threshold
         self.window_secs = window_secs
@@ -37,9 +43,9 @@ class FailureAlarm:
         self._clock = clock
         self._times: deque[float] = deque(maxlen=threshold)
         self._last_alert: float | None = None
+        self._path = state_path
 
-    def record(self) -> bool:
-        now = self._clock()
+    def _decide(self, now: float) -> bool:
         self._times.append(now)
         if len(self._times) < self.threshold or now - self._times[0] > self.window_secs:
             return False
@@ -47,3 +53,25 @@ class FailureAlarm:
             return False
         self._last_alert = now
         return True
+
+    def record(self) -> bool:
+        now = self._clock()
+        if self._path is None:
+            return self._decide(now)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = os.pread(fd, 4096, 0)
+            try:
+                saved = json.loads(raw) if raw else {}
+            except ValueError:
+                saved = {}
+            self._times = deque(saved.get("times", []), maxlen=self.threshold)
+            self._last_alert = saved.get("last")
+            due = self._decide(now)
+            data = json.dumps({"times": list(self._times), "last": self._last_alert}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            return due
+        finally:
+            os.close(fd)  # closing releases the lock

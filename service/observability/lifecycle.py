@@ -18,6 +18,7 @@ the per-request cost is two signal listeners.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -168,7 +169,10 @@ def _failed(request: Request, route: str, status: int, error_type: str | None) -
 
 
 def install(app: Sanic) -> None:
-    app.ctx.failure_alarm = FailureAlarm()
+    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    app.ctx.failure_alarm = FailureAlarm(
+        state_path=os.path.join(mp_dir, "failure-alarm.json") if mp_dir else None
+    )
 
     if sentry.configured():
 

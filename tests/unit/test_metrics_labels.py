@@ -211,3 +211,19 @@ def test_known_credentials_are_scrubbed_from_structlog_and_stdlib_records(
     lifecycle.start(SimpleNamespace(headers={}, ctx=SimpleNamespace()))  # type: ignore[arg-type]
     logging.getLogger("x").warning("sk-client-abc-2 sk-operator-default-1")
     assert "sk-client-abc-2 [redacted]" in _lines(json_logs)[-1]["event"]
+
+
+def test_alarm_state_is_shared_by_every_worker(tmp_path: Path) -> None:
+    """Five failures spread over three workers alert once, in one worker only."""
+    t = [1000.0]
+    path = str(tmp_path / "failure-alarm.json")
+    workers = [FailureAlarm(clock=lambda: t[0], state_path=path) for _ in range(3)]
+    fired = []
+    for i in range(5):
+        t[0] += 1
+        fired.append(workers[i % 3].record())
+    assert fired == [False, False, False, False, True]
+    t[0] += 10  # within the minute: no worker repeats it
+    assert [w.record() for w in workers] == [False, False, False]
+    t[0] += 61
+    assert workers[1].record() is True
