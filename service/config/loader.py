@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -92,7 +93,7 @@ def parse_profile(path: Path, text: str) -> Profile:
         raise ConfigError(format_validation_error(path, e)) from None
 
 
-def load_file(path: Path, now: float = 0.0) -> LoadedConfig:
+def load_file(path: Path, now: float | None = None) -> LoadedConfig:
     try:
         st = os.stat(path)
         text = path.read_text(encoding="utf-8")
@@ -108,7 +109,7 @@ def load_file(path: Path, now: float = 0.0) -> LoadedConfig:
         mtime_ns=st.st_mtime_ns,
         size=st.st_size,
         inode=st.st_ino,
-        loaded_at=now,
+        loaded_at=time.time() if now is None else now,
     )
 
 

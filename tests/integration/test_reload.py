@@ -107,3 +107,8 @@ def test_configmap_style_symlink_swap_is_picked_up(tmp_path: Path, upstream: Fak
         httpx.post(r.url + "/v1/chat/completions", json=body)
         assert upstream.last.json()["model"] == "from-v2"
         assert httpx.get(r.url + "/health").json()["config"]["status"] == "ok"
+
+
+def test_health_reports_when_the_config_was_loaded(router: RouterProcess) -> None:
+    state = httpx.get(router.url + "/health").json()["config"]
+    assert abs(state["loadedAt"] - time.time()) < 3600
