@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> Sanic:
         if known_cache[0] is not cfg:
             known_cache[0] = cfg
             known_cache[1] = frozenset(cfg.profile.advertised_models())
-        return known_cache[1]  # type: ignore[no-any-return]
+        return known_cache[1]
 
     app.ctx.known_models = known_models
 

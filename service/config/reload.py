@@ -1,9 +1,10 @@
 """Hot reload of the active profile file, per worker.
 
 `ConfigHolder.current` is read once at the start of each request, so a request keeps the config it
-started with. `check()` is called at most once a second by a background task: it stats the file,
-and only when the file's identity, modification time or size changed does it validate the new text and swap the
-whole `LoadedConfig` in one assignment (atomic for readers). A broken edit keeps the last good
+started with. `check()` is called at most once a second by a background task: it stats the file
+(following symlinks: a ConfigMap update swaps a link), and only when the file's identity,
+modification time or size changed does it validate the new text and swap the whole
+`LoadedConfig` in one assignment (atomic for readers). A broken edit keeps the last good
 config, is logged, counted, and shown in `/health`.
 """
 

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 from sanic import Request
+from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from ..config.model import CHAT, COMPLETIONS, MESSAGES, ResolvedEndpoint
@@ -251,7 +252,9 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         headers, data = translator.answer(resp.status_code, headers, text or b"")
     for k, v in extra.items():
         headers.append((k, v))
-    return HTTPResponse(body=data, status=resp.status_code, headers=headers, content_type=None)
+    return HTTPResponse(
+        body=data, status=resp.status_code, headers=Header(headers), content_type=None
+    )
 
 
 def is_anthropic_route(route: str | None) -> bool:
