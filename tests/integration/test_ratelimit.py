@@ -299,3 +299,41 @@ def test_a_reload_that_changes_the_limit_applies_to_new_decisions(
         assert statuses == [200] * 5 + [429]
         d = post(r.url, key="sk-r3")
         assert d.headers["X-RateLimit-Limit"] == "5"
+
+
+def test_100k_live_keys_in_a_running_router_then_none(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """100,000 live buckets in the table a running 2-worker router shares: /health and the
+    `rate_limiter_buckets` gauge both report them, and both fall back to 0 once they refill.
+    (The keys go in through the table itself, as a worker would: 100,000 HTTP requests would
+    take minutes here.)"""
+    from service.ratelimit.shared import TABLE_ENV
+
+    profile = base_profile(fake_upstream.url)
+    with RouterProcess(write_profile(tmp_path, profile), workers=2) as r:
+        assert r.proc is not None
+        children = Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children").read_text().split()
+        environ = Path(f"/proc/{children[-1]}/environ").read_bytes().split(b"\0")
+        table = next(
+            v.split(b"=", 1)[1].decode() for v in environ if v.startswith(TABLE_ENV.encode() + b"=")
+        )
+        lim = SharedLimiter(table)
+        limit = Limit.per_minute(6, 1)  # a used bucket is full again 10 s later
+        assert limit is not None
+        try:
+            for i in range(100_000):
+                assert lim.acquire_sync(f"k{i:06d}", CHAT if i % 4 else EMBEDDINGS, limit).allowed
+            want = {"activeBuckets": 100_000, "routes": {CHAT: 75_000, EMBEDDINGS: 25_000}}
+            deadline = time.monotonic() + 5  # each worker recounts at most once a second
+            while health_buckets(r.url) != want and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert health_buckets(r.url) == want
+            assert buckets_gauge(r.url) == 100_000
+            deadline = time.monotonic() + 20
+            while health_buckets(r.url)["activeBuckets"] and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert health_buckets(r.url) == {"activeBuckets": 0, "routes": {}}
+            assert buckets_gauge(r.url) == 0
+        finally:
+            asyncio.run(lim.close())
