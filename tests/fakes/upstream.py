@@ -198,14 +198,22 @@ def anthropic_stream(model: str, pieces: tuple[str, ...] = ("Hel", "lo")) -> lis
         ev("message_start", {"type": "message_start", "message": msg}),
         ev(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         ),
     ]
     for p in pieces:
         out.append(
             ev(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": p},
+                },
             )
         )
     out.append(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
