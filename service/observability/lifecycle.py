@@ -216,4 +216,9 @@ def install(app: Sanic) -> None:
 
     @app.signal("http.lifecycle.response")
     async def _response(request: Request, response: Any) -> None:
+        if not hasattr(request.ctx, "finished"):
+            # Refused before its head was accepted (malformed, too large, too slow): Sanic
+            # answers through an empty request that never passed `http.lifecycle.request`.
+            # It is still counted and logged (route `unmatched` unless the path was read).
+            await _request(request)
         finish(request, response.status, response)
