@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import zlib
 from typing import Any
@@ -36,12 +35,15 @@ from .events import ask_for_usage
 from .upstream import map_exception, request_timeout, send
 
 # orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
-# (a run of 20+ digits, checked at C speed) is parsed and written by the exact standard library.
-_BIG_INT = re.compile(rb"\d{20,}")
+# (a run of 20+ digits) is parsed and written by the exact standard library. The run is found at C
+# speed: every ASCII digit mapped to "0", anything else to "x", then a substring search (a regex
+# `\d{20,}` costs 10 ms on a 1 MB body; this, 0.7 ms: bench/README.md).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
+_BIG_INT_RUN = b"0" * 20
 
 
 def _exact(body: bytes) -> bool:
-    return _BIG_INT.search(body) is not None
+    return _BIG_INT_RUN in body.translate(_DIGITS_AS_ZERO)
 
 
 # OpenAI-format streaming routes whose upstreams send usage when `stream_options` asks for it.
