@@ -832,6 +832,9 @@ def main() -> None:
                 order = plan[rnd % len(plan) :] + plan[: rnd % len(plan)] if plan else []
                 for t, sc in order:
                     r = wrk(t, sc, bodies, duration)
+                    if t.sanic and t.server is not None:  # RSS after each scenario, per worker
+                        pids = worker_pids(t.server.proc.pid, t.port)
+                        r["rss_mb"] = [rss_mb(pid) for pid in pids]
                     runs.append({"round": rnd, "config": t.name, "scenario": sc, **r})
                     print(
                         f"bench: round {rnd + 1} {t.name:20} {sc:10} {r['rps']:9.0f} req/s "
