@@ -111,6 +111,25 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
     return path
 
 
+def _stop_waiting_for_workers_on_shutdown() -> None:
+    """Sanic 25's manager waits for every worker's start-up acknowledgement in a loop that, when
+    SIGTERM arrives first, re-queues the shutdown message to itself forever (a busy loop at full
+    CPU until SIGKILL): a pod stopped while starting would spin through its grace period. Once
+    shutting down, stop waiting; the manager's monitor then sees the shutdown message and stops
+    the workers as usual."""
+    from sanic.worker.manager import WorkerManager
+
+    acked = WorkerManager._all_workers_ack
+    if getattr(acked, "_api_router_patched", False):
+        return
+
+    def _all_workers_ack(self: WorkerManager) -> bool:
+        return bool(self._shutting_down) or acked(self)
+
+    _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
+    WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     try:
@@ -147,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         single_process=False,
     )
     try:
+        _stop_waiting_for_workers_on_shutdown()
         Sanic.serve(primary=app, app_loader=loader)
     finally:
         if created:

@@ -186,3 +186,41 @@ def test_drain_time_bounds_a_stream_that_does_not_end(
         assert "[DONE]" not in stream.lines  # cut by the drain time, not completed
     finally:
         router.stop()
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9])
+def test_sigterm_while_workers_start_ends_the_process(
+    fake: FakeUpstream, tmp_path: Path, delay: float
+) -> None:
+    """A pod stopped while it starts: SIGTERM before the workers have acknowledged start-up.
+    Stock Sanic's manager then spins at full CPU until SIGKILL; the router stops instead."""
+    import subprocess
+    import sys
+
+    r = RouterProcess(profile(tmp_path, fake), workers=2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--config",
+        str(r.profile_path),
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "2",
+        str(r.port),
+    ]
+    log = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen(
+        cmd, env=r.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        time.sleep(delay)  # the workers are being spawned: none has acknowledged yet
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)  # stock Sanic: TimeoutExpired here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        r.__exit__(None, None, None)  # only its port, env and log file were used
