@@ -101,9 +101,6 @@ def test_env_profile_and_port_are_used_and_args_win(tmp_path: Path) -> None:
         assert health is not None, "router did not start"
         while "Worker ready" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        # Sanic's manager mishandles a SIGTERM that arrives before it has seen its workers'
-        # acknowledgement (it then spins until its 30 s ack threshold); give it that moment.
-        time.sleep(1.0)
         assert health["profile"] == "mine"
         assert health["upstream"] == "http://127.0.0.1:9"
     finally:
