@@ -27,6 +27,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from tests.fakes.loopback import LoopbackServer
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -50,24 +52,18 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     writer.close()
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
+    thread_name = "fault-proxy"
+
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.target = (target_host, target_port)
         self.default = Fault()
         self._plan: deque[Fault] = deque()
         self.connections = 0
         self.received: list[bytes] = []  # what each accepted connection sent, by connection
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
         self._lock = threading.Lock()
         self._open: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def plan(self, *faults: Fault) -> None:
         with self._lock:
@@ -95,42 +91,6 @@ class FaultProxy:
             self.connections += 1
             self.received.append(b"")
             return self._plan.popleft() if self._plan else self.default
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fault proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            self._server.close()
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.close()
 
     # -- one connection ----------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

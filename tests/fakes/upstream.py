@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.fakes.loopback import LoopbackServer
 
 
 @dataclass
@@ -281,25 +282,20 @@ def default_reply(req: Recorded) -> Reply:
     return _json_reply({"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
 
 
-class FakeUpstream:
+class FakeUpstream(LoopbackServer):
+    thread_name = "fake-upstream"
+    stream_limit = 2**20
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Recorded] = []
         self.handler: Callable[[Recorded], Reply] = default_reply
-        self.port = 0
         self.conn_opened = 0
         self.conn_closed_at: list[float] = []
         self.write_failed_at: list[float] = []
         self.body_bytes_sent = 0  # body bytes written by chunked replies, over all responses
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
 
     # -- test-facing API -------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def reply_with(self, reply: Reply | Callable[[Recorded], Reply]) -> None:
         self.handler = reply if callable(reply) else (lambda _r: reply)
 
@@ -313,35 +309,7 @@ class FakeUpstream:
     def last(self) -> Recorded:
         return self.requests[-1]
 
-    def start(self) -> FakeUpstream:
-        self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
-
     # -- server ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, limit=2**20)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            self._server.close()
-            loop.close()
-
     async def _read_request(self, reader: asyncio.StreamReader) -> Recorded | None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
