@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,46 +284,56 @@ def test_anthropic_route_errors_use_anthropic_shape(
     assert body["type"] == "error" and body["error"]["type"] == "api_error"
 
 
-def _not_tls_server() -> tuple[int, threading.Thread]:
-    """Answers any connection with plain-text HTTP: a TLS client fails its handshake."""
+def _not_tls_server() -> tuple[int, threading.Event, threading.Thread]:
+    """Answers every connection with plain-text HTTP: a TLS client fails its handshake."""
     srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(15)
+    srv.settimeout(0.2)
+    stop = threading.Event()
 
     def serve() -> None:
         with srv:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                time.sleep(0.5)
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    return srv.getsockname()[1], t
+    return srv.getsockname()[1], stop, t
 
 
 def test_connect_refused_and_tls_failure(tmp_path: Path) -> None:
     closed = free_port()
-    tls_port, thread = _not_tls_server()
-    for base, code in (
-        (f"http://127.0.0.1:{closed}", "upstream_connect_error"),
-        (f"https://127.0.0.1:{tls_port}", "upstream_tls_error"),
-    ):
-        p = write_profile(tmp_path, base_profile(base), name=code)
-        with RouterProcess(p, env={"DEFAULT_API_KEY": SECRET}) as r:
-            resp = chat(r.url)
-            _assert_error(resp, 502, code)
-    thread.join(5)
+    tls_port, stop, thread = _not_tls_server()
+    try:
+        for base, code in (
+            (f"http://127.0.0.1:{closed}", "upstream_connect_error"),
+            (f"https://127.0.0.1:{tls_port}", "upstream_tls_error"),
+        ):
+            p = write_profile(tmp_path, base_profile(base), name=code)
+            with RouterProcess(p, env={"DEFAULT_API_KEY": SECRET}) as r:
+                resp = chat(r.url, headers={"X-Request-ID": code})
+                _assert_error(resp, 502, code)
+                if code == "upstream_tls_error":  # a TLS failure would fail again: no retry
+                    assert not [x for x in r.logs() if x.get("event") == "upstream_retry"]
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_upstream_request_id_comes_back_as_x_upstream_request_id(
     router: RouterProcess, upstream: FakeUpstream
 ) -> None:
     upstream.reply_with(
-        Reply(headers=[("Content-Type", "application/json"), ("x-request-id", "req_abc123")],
-              body=b"{}")
+        Reply(
+            headers=[("Content-Type", "application/json"), ("x-request-id", "req_abc123")],
+            body=b"{}",
+        )
     )
     r = chat(router.url, headers={"X-Request-ID": "mine-1"})
     assert r.headers["x-request-id"] == "mine-1"
@@ -345,8 +354,11 @@ def test_upstream_error_with_a_non_json_body_keeps_its_status(
     router: RouterProcess, upstream: FakeUpstream
 ) -> None:
     upstream.reply_with(
-        Reply(status=503, headers=[("Content-Type", "application/json"), ("Retry-After", "30")],
-              body=b"<html>overloaded</html>")
+        Reply(
+            status=503,
+            headers=[("Content-Type", "application/json"), ("Retry-After", "30")],
+            body=b"<html>overloaded</html>",
+        )
     )
     r = chat(router.url)
     assert r.status_code == 503
@@ -368,8 +380,11 @@ def test_disabled_route_and_request_usage_off(tmp_path: Path, upstream: FakeUpst
         assert resp.status_code == 404
         assert resp.json()["error"]["type"] == "not_found_error"
         assert upstream.requests == []
-        with httpx.stream("POST", r.url + "/v1/chat/completions",
-                          json={"model": "m", "messages": [], "stream": True}) as s:
+        with httpx.stream(
+            "POST",
+            r.url + "/v1/chat/completions",
+            json={"model": "m", "messages": [], "stream": True},
+        ) as s:
             s.read()
         assert "stream_options" not in upstream.last.json()
 
@@ -383,8 +398,13 @@ def test_no_cookie_or_invented_header_is_shared_between_clients(
     p = write_profile(tmp_path, base_profile(f"http://localhost:{upstream.port}"))
     with RouterProcess(p) as r:
         upstream.reply_with(
-            Reply(headers=[("Content-Type", "application/json"),
-                           ("Set-Cookie", "session=client-a-secret; Path=/")], body=b"{}")
+            Reply(
+                headers=[
+                    ("Content-Type", "application/json"),
+                    ("Set-Cookie", "session=client-a-secret; Path=/"),
+                ],
+                body=b"{}",
+            )
         )
         first = chat(r.url, headers={"Authorization": "Bearer client-a"})
         assert first.headers["set-cookie"].startswith("session=client-a-secret")
