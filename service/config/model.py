@@ -241,8 +241,11 @@ class Profile(_Strict):
                 or DEFAULT_HEARTBEAT_SECS,
                 enabled=ep.enabled,
                 request_usage=next(
-                    (v for v in (local_stream.request_usage, global_stream.request_usage)
-                     if v is not None),
+                    (
+                        v
+                        for v in (local_stream.request_usage, global_stream.request_usage)
+                        if v is not None
+                    ),
                     True,
                 ),
             )
