@@ -50,12 +50,14 @@ def _exact(body: bytes) -> bool:
 USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
     """The client's JSON body; 400 unless it is one JSON object."""
     if not body:
         raise BadRequest("Request body must be a JSON object")
     try:
-        data = json.loads(body) if _exact(body) else orjson.loads(body)
+        if exact is None:
+            exact = _exact(body)
+        data = json.loads(body) if exact else orjson.loads(body)
     except (ValueError, UnicodeDecodeError):  # orjson.JSONDecodeError is a ValueError
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -155,23 +157,27 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         if not request.body:
             await request.receive_body()  # a streaming route (routes.proxy) that takes JSON here
         body = request.body
-        payload = parse_json_object(body)
+        exact = _exact(body)  # one scan of the body, whatever is done with it below
+        payload = parse_json_object(body, exact)
         model = payload.get("model")
         state.model = model if isinstance(model, str) else None
         mapped = h.map_model(profile.model_mapping, model)
+        rewrite = mapped is not None  # the body is written again once, at the end
         if mapped is not None:
             payload["model"] = mapped
-            body = dump_json(payload, exact=_exact(body))
         state.upstream_model = mapped or state.model
         streaming = ep.stream_support and payload.get("stream") is True
         state.stream = streaming
         if ep.translation != "none":
             state.translation = ep.translation
             translator = Translator(ep.translation, payload, int(time.time()))
-            body = dump_json(translator.request(), exact=_exact(body))
+            body = dump_json(translator.request(), exact=exact)
+            rewrite = False
         elif streaming and ep.request_usage and route in USAGE_ROUTES and ask_for_usage(payload):
             strip_usage = True
-            body = dump_json(payload, exact=_exact(body))
+            rewrite = True
+        if rewrite:
+            body = dump_json(payload, exact=exact)
 
     limit = route_limit(app, cfg, route)
     decision = None
