@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,8 +45,8 @@ def median_us(fn: Callable[[], float], rounds: int = 3) -> float:
     return statistics.median(fn() for _ in range(rounds))
 
 
-def bench_local(n: int) -> float:
-    lim = LocalLimiter()
+def _per_decision_us(lim: Any, n: int) -> float:
+    """Mean µs per `acquire` over n distinct keys."""
     ks = keys(n)
 
     async def run() -> float:
@@ -57,18 +58,14 @@ def bench_local(n: int) -> float:
     return asyncio.run(run())
 
 
+def bench_local(n: int) -> float:
+    return _per_decision_us(LocalLimiter(), n)
+
+
 def bench_shared(path: str, n: int) -> float:
     lim = SharedLimiter(path)
-    ks = keys(n)
-
-    async def run() -> float:
-        t = time.perf_counter()
-        for k in ks:
-            await lim.acquire(k, ROUTE, LIMIT)
-        return (time.perf_counter() - t) / n * 1e6
-
     try:
-        return asyncio.run(run())
+        return _per_decision_us(lim, n)
     finally:
         asyncio.run(lim.close())
 

@@ -242,10 +242,10 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
     ctype = resp.headers.get("content-type", "")
+    text = decoded(data, resp.headers.get("content-encoding"))  # once, for both uses below
     # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
     # balancer under a JSON content-type) is passed through with its status and Retry-After.
     if "json" in ctype and data and 200 <= resp.status_code < 300:
-        text = decoded(data, resp.headers.get("content-encoding"))
         if text is not None:
             try:
                 parsed = orjson.loads(text)
@@ -256,7 +256,6 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
     headers = _response_headers(resp, request_id)
     if translator is not None:  # the answer in the client's format, with the upstream's status
-        text = decoded(data, resp.headers.get("content-encoding"))
         headers, data = translator.answer(resp.status_code, headers, text or b"")
     for k, v in extra.items():
         headers.append((k, v))

@@ -76,7 +76,9 @@ class UpstreamClient(httpx.AsyncClient):
             headers={},
         )
         self._upstream = transport
-        self._defaults = list(self.headers.multi_items())  # httpx's User-Agent, Accept, ...
+        # A relay invents no header: httpx's default User-Agent / Accept / Connection are not
+        # added; the upstream sees the client's own (SPEC §5), plus the profile's.
+        self._headers = httpx.Headers()  # the setter would merge the defaults back in
 
     def build_request(  # type: ignore[override]
         self,
@@ -95,15 +97,11 @@ class UpstreamClient(httpx.AsyncClient):
             return super().build_request(
                 method, url, content=content, headers=headers, timeout=timeout, **rest
             )
-        given = headers or []
-        names = {k.lower() for k, _ in given}
-        merged = [(k, v) for k, v in self._defaults if k.lower() not in names]
-        merged.extend(given)  # as httpx merges: the client's defaults, overridden by the request
         return httpx.Request(
             method,
             _url(url),
             content=content,
-            headers=merged,
+            headers=headers,
             extensions={"timeout": timeout.as_dict()},
         )
 
