@@ -1,11 +1,11 @@
 """The upstream HTTP client: one pooled keep-alive httpx client per worker, and error mapping.
 
 The transport beneath httpx is chosen here and only here (`create_client`), so it can be swapped
-after measurement (bench/README.md) without touching the relay code. The default is
-httpx-aiohttp's `AiohttpTransport` under httpx (about 3x httpx's own transport in req/s at 64
-connections: httpcore's pool scans every connection on each request);
-`API_ROUTER_UPSTREAM_TRANSPORT=httpx` selects httpx's own transport, so that the benchmark can
-compare the two on the same code.
+after measurement (bench/README.md) without touching the relay code. The default is the router's
+own `h1transport.H1Transport` (HTTP/1.1 on raw asyncio connections with llhttp: about 2x
+httpx-aiohttp's `AiohttpTransport` per request, which was 3x httpx's own transport);
+`API_ROUTER_UPSTREAM_TRANSPORT=aiohttp` or `=httpx` selects the others, so the benchmark can
+compare them on the same code.
 
 httpx exceptions are mapped to the router's own errors (service.errors) by type, never by
 copying their text: an exception message may contain the upstream URL or a header.
@@ -40,8 +40,8 @@ POOL_WAIT_SECS = 5.0
 TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
 _httpx_log = logging.getLogger("httpx")
 _log = structlog.get_logger("api_router.upstream")
-TRANSPORTS = ("aiohttp", "httpx")
-DEFAULT_TRANSPORT = "aiohttp"  # measured: bench/README.md, "Upstream transport"
+TRANSPORTS = ("h1", "aiohttp", "httpx")
+DEFAULT_TRANSPORT = "h1"  # measured: bench/README.md, "Upstream transport"
 
 
 def _transport(name: str, max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncBaseTransport:
@@ -50,6 +50,10 @@ def _transport(name: str, max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.
         max_keepalive_connections=min(POOL_MAX_KEEPALIVE, max_connections),
         keepalive_expiry=KEEPALIVE_EXPIRY_SECS,
     )
+    if name == "h1":
+        from .h1transport import H1Transport
+
+        return H1Transport(limits)
     if name == "aiohttp":
         from ._aiohttp import HttpxErrorsTransport
 

@@ -1,0 +1,556 @@
+"""`H1Transport`: an httpx transport speaking HTTP/1.1 on raw asyncio connections (the default).
+
+Why our own: the relay sends one request and reads one answer per client request, so the
+transport is on every request's path. Measured in bench/README.md ("Upstream transport"): httpx's
+own transport (httpcore + anyio) scans its whole pool on every request, and httpx-aiohttp's
+`AiohttpTransport` pays for two clients' objects (aiohttp's request/response, then httpx's). This
+one is an `asyncio.Protocol` per connection with llhttp (httptools, already a Sanic dependency)
+parsing the response, and a keep-alive pool; everything above it is still httpx (`httpx.Request`,
+`httpx.Response`, httpx's exception types), so the relay code does not know which transport runs.
+
+What it does, and the decisions taken where HTTP leaves a choice:
+- HTTP/1.1 only, `http` and `https` (TLS verified with httpx's default context: certifi's CAs,
+  ALPN `http/1.1`). The request head is written as the relay built it (httpx adds `Host` and
+  `Content-Length`); a header name or value holding CR, LF or NUL is refused before anything is
+  sent (`httpx.LocalProtocolError`): the router never forwards a header it could not frame.
+- Request bodies: bytes are written with the head in one call; a streamed body (multipart audio)
+  is written as it arrives, waiting for the socket to drain (write timeout). An error raised by
+  the body's source (e.g. the client's body over the size limit) propagates as it is.
+- Responses: 1xx answers are skipped; the body is handed over as it arrives (reading pauses past
+  256 KiB buffered, so a slow client slows the upstream instead of growing memory); chunked
+  bodies are de-chunked, `Content-Encoding` is left alone (the relay passes raw bytes); a body
+  delimited by the connection's end is complete at EOF. A response head over 64 KiB is refused
+  (`RemoteProtocolError`).
+- Pool: per (scheme, host, port); at most `max_connections` open (idle or busy) per worker, at
+  most `max_keepalive_connections` kept idle, each for `keepalive_expiry` seconds. A request that
+  finds the pool full waits up to the `pool` timeout for a connection to be released, then gets
+  `httpx.PoolTimeout`. A connection goes back to the pool only after its response was read to
+  the end with keep-alive on; one abandoned mid-response (client gone, error) is closed.
+- Timeouts from the request's `timeout` extension: connect (TCP + TLS), read (each wait for
+  bytes, the head included), write (each wait for the socket to drain), pool.
+- Errors are httpx's types, as httpx's own transport raises them in the same situation, each
+  with the underlying error as its cause (so a TLS failure is recognisable, never by its text):
+  ConnectTimeout, ConnectError, PoolTimeout, ReadTimeout, WriteTimeout, WriteError,
+  RemoteProtocolError ("Server disconnected without sending a response." when the upstream
+  closed before a response; "peer closed connection without sending complete body" mid-body;
+  "Malformed ..." for what llhttp rejects).
+- No retry here: a request is never re-sent once a byte of it was written (an LLM call costs
+  money and is not idempotent); `upstream.send` retries only a failed connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import httpx
+
+HEAD_LIMIT = 64 * 1024
+READ_PAUSE_BYTES = 256 * 1024
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_CHUNK_END = b"0\r\n\r\n"
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection: the socket, the llhttp parser and the response being read."""
+
+    def __init__(self, pool: H1Transport, key: tuple[bytes, bytes, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False  # the socket is gone (by us or by the peer)
+        self.error: BaseException | None = None  # why, if the peer or the parser ended it
+        self.waiter: asyncio.Future[None] | None = None
+        self.drain: asyncio.Future[None] | None = None
+        self.idle_since = 0.0
+        self.busy = False  # a request is using it (from acquire to release/close)
+        self.reading_paused = False
+        self._new_response()
+
+    def _new_response(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.until_eof = False  # no Content-Length, not chunked: the body ends with the socket
+        self.got_bytes = False
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.head_request = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:  # bytes nobody asked for: this connection cannot be trusted again
+            self.abort()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("Unexpected protocol upgrade from the upstream"))
+        except httptools.HttpParserError as e:
+            self._fail(httpx.RemoteProtocolError("Malformed response from the upstream"), e)
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.until_eof and self.head_done and not self.complete and exc is None:
+                self.complete = True  # the body was delimited by the end of the connection
+                self.keep_alive = False
+            elif self.error is None and self.busy and not self.complete:
+                if self.head_done:
+                    err = httpx.RemoteProtocolError(
+                        "peer closed connection without sending complete body"
+                    )
+                else:
+                    err = httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                if exc is not None:
+                    err.__cause__ = exc
+                self.error = err
+            self.pool._closed(self)
+        self._wake()
+        d = self.drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.drain is None or self.drain.done():
+            self.drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        d = self.drain
+        if d is not None and not d.done():
+            d.set_result(None)
+
+    # -- llhttp callbacks -----------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, n: int) -> None:
+        self.head_size += n
+        if self.head_size > HEAD_LIMIT:
+            raise httpx.RemoteProtocolError("Upstream response head too large")
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise httpx.RemoteProtocolError("Unexpected protocol switch from the upstream")
+            self.reason = b""  # an informational answer (100 Continue): the real one follows
+            self.headers = []
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        if status not in (204, 304) and not self.head_request:
+            chunked = length = False
+            for name, value in self.headers:
+                lname = name.lower()
+                if lname == b"content-length":
+                    length = True
+                elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                    chunked = True
+            self.until_eof = not (chunked or length)
+        self.head_done = True
+        if self.head_request:  # llhttp cannot be told a HEAD answer has no body
+            self.complete = True
+            self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > READ_PAUSE_BYTES and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+
+    # -- used by the transport ------------------------------------------------------------------
+    def _fail(self, err: BaseException, cause: BaseException | None = None) -> None:
+        if self.error is None:
+            if cause is not None and cause.__context__ is not None:
+                inner = cause.__context__
+                if isinstance(inner, httpx.HTTPError):  # raised by one of our callbacks
+                    err = inner
+            err.__cause__ = err.__cause__ or cause
+            self.error = err
+        self.abort()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self, limit: float | None) -> None:
+        """Until the protocol has news (bytes, end, error); TimeoutError after `limit` s."""
+        fut = self.loop.create_future()
+        self.waiter = fut
+        handle = self.loop.call_later(limit, _expire, fut) if limit is not None else None
+        try:
+            await fut
+        finally:
+            self.waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    def take(self) -> bytes:
+        chunks = self.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self.error is None
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()  # connection_lost follows (it calls pool._closed)
+
+    async def drained(self, limit: float | None) -> None:
+        d = self.drain
+        if d is None or d.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(d), limit)
+        except TimeoutError:
+            raise httpx.WriteTimeout("Timed out writing to the upstream") from None
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body as it arrives; the connection goes back to the pool at its end."""
+
+    def __init__(self, conn: _Conn, read_timeout: float | None) -> None:
+        self._conn: _Conn | None = conn
+        self._timeout = read_timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            return
+        while True:
+            if conn.chunks:
+                yield conn.take()
+                continue
+            if conn.complete:
+                break
+            if conn.error is not None:
+                self._discard()
+                raise conn.error
+            if conn.closed:  # ended without a recorded error (should not happen): incomplete
+                self._discard()
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete body"
+                )
+            try:
+                await conn.wait(self._timeout)
+            except TimeoutError:
+                self._discard()
+                raise httpx.ReadTimeout("Timed out reading from the upstream") from None
+        self._done()
+
+    def _done(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.pool._release(conn)
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+            conn.pool._release(conn)
+
+    async def aclose(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            if conn.complete and not conn.chunks:
+                self._done()
+            else:
+                self._discard()  # abandoned mid-response: the connection is not reusable
+
+    def __del__(self) -> None:  # never leak a pool slot, even if nobody closed the response
+        if self._conn is not None:
+            try:
+                self._discard()
+            except RuntimeError:  # the event loop is already closed: nothing left to free
+                pass
+
+
+class H1Transport(httpx.AsyncBaseTransport):
+    """httpx transport: HTTP/1.1 over pooled asyncio connections (module docstring)."""
+
+    def __init__(
+        self,
+        limits: httpx.Limits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        limits = limits or httpx.Limits()
+        self._max = limits.max_connections or 1 << 30
+        self._max_idle = (
+            limits.max_keepalive_connections
+            if limits.max_keepalive_connections is not None
+            else self._max
+        )
+        expiry = limits.keepalive_expiry
+        self._expiry = float("inf") if expiry is None else expiry
+        self._ssl = ssl_context
+        self._idle: dict[tuple[bytes, bytes, int], list[_Conn]] = {}
+        self._open = 0  # connections open or being opened
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    # -- pool -------------------------------------------------------------------------------------
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+            self._ssl.set_alpn_protocols(["http/1.1"])
+        return self._ssl
+
+    def _closed(self, conn: _Conn) -> None:
+        """A connection's socket is gone (called once, from connection_lost)."""
+        self._open -= 1
+        idle = self._idle.get(conn.key)
+        if idle and not conn.busy and conn in idle:
+            idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+                return
+
+    def _release(self, conn: _Conn) -> None:
+        if not conn.busy:
+            return
+        conn.busy = False
+        if conn.reusable():
+            idle = self._idle.setdefault(conn.key, [])
+            if len(idle) < self._max_idle:
+                conn.idle_since = conn.loop.time()
+                conn._new_response()
+                idle.append(conn)
+                self._wake_one()
+                return
+        conn.abort()  # not reusable, or enough idle ones: close (pool._closed wakes a waiter)
+
+    async def _acquire(self, key: tuple[bytes, bytes, int], timeouts: dict[str, Any]) -> _Conn:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            idle = self._idle.get(key)
+            if idle:
+                now = loop.time()
+                while idle:
+                    conn = idle.pop()
+                    if not conn.closed and now - conn.idle_since < self._expiry:
+                        conn.busy = True
+                        return conn
+                    conn.abort()
+            if self._open < self._max:
+                return await self._connect(key, timeouts.get("connect"))
+            if self._evict_idle():
+                continue
+            pool = timeouts.get("pool")
+            if deadline is None and pool is not None:
+                deadline = loop.time() + pool
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            handle = loop.call_at(deadline, _expire, fut) if deadline is not None else None
+            try:
+                await fut
+            except TimeoutError:
+                raise httpx.PoolTimeout("No free upstream connection in time") from None
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._wake_one()  # the slot this waiter was woken for goes to the next one
+                raise
+            finally:
+                if handle is not None:
+                    handle.cancel()
+
+    def _evict_idle(self) -> bool:
+        """At the cap with idle connections to another host: close one to make room."""
+        for idle in self._idle.values():
+            if idle:
+                conn = idle.pop(0)
+                conn.abort()
+                return True
+        return False
+
+    async def _connect(self, key: tuple[bytes, bytes, int], connect_secs: float | None) -> _Conn:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        ctx = self._ssl_context() if scheme == b"https" else None
+        hostname = host.decode("ascii")
+        self._open += 1
+        conn = _Conn(self, key)
+        conn.busy = True
+        try:
+            async with asyncio.timeout(connect_secs):
+                await loop.create_connection(
+                    lambda: conn,
+                    hostname,
+                    port,
+                    ssl=ctx,
+                    server_hostname=hostname if ctx is not None else None,
+                )
+        except TimeoutError as e:
+            self._connect_failed(conn)
+            raise httpx.ConnectTimeout("Timed out connecting to the upstream") from e
+        except OSError as e:  # refused, unreachable, DNS, reset, TLS (ssl.SSLError)
+            self._connect_failed(conn)
+            raise httpx.ConnectError("Could not connect to the upstream") from e
+        except BaseException:
+            self._connect_failed(conn)
+            raise
+        return conn
+
+    def _connect_failed(self, conn: _Conn) -> None:
+        if conn.transport is not None:
+            conn.abort()  # connection_lost -> _closed
+        else:
+            conn.closed = True
+            self._open -= 1
+            self._wake_one()
+
+    # -- httpx.AsyncBaseTransport ------------------------------------------------------------------
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol("The upstream URL must be http:// or https://")
+        key = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        method = request.method.encode("ascii")
+        head = _head(method, url.raw_path, request.headers.raw)
+        try:
+            body: bytes | None = request.content
+        except httpx.RequestNotRead:
+            body = None
+        timeout: dict[str, Any] = request.extensions.get("timeout", {})
+        conn = await self._acquire(key, timeout)
+        conn.head_request = method == b"HEAD"
+        try:
+            await self._write(conn, head, body, request, timeout.get("write"))
+            read_timeout = timeout.get("read")
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                if conn.closed:
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                try:
+                    await conn.wait(read_timeout)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("Timed out reading from the upstream") from None
+        except BaseException:
+            conn.abort()
+            self._release(conn)
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(conn, timeout.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+        )
+
+    async def _write(
+        self,
+        conn: _Conn,
+        head: bytes,
+        body: bytes | None,
+        request: httpx.Request,
+        write_timeout: float | None,
+    ) -> None:
+        transport = conn.transport
+        assert transport is not None
+        if body is not None:
+            if body:
+                transport.writelines((head, body))
+            else:
+                transport.write(head)
+            await conn.drained(write_timeout)
+            self._check_written(conn)
+            return
+        transport.write(head)
+        chunked = b"chunked" in request.headers.get("transfer-encoding", "").encode()
+        stream = request.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
+            if conn.head_done or conn.closed:  # answered (or gone) before the body was sent
+                if conn.head_done:
+                    conn.keep_alive = False  # the rest of the body was never sent
+                    return
+                break
+            if not chunk:
+                continue
+            if chunked:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            await conn.drained(write_timeout)
+        if chunked and not conn.closed:
+            transport.write(_CHUNK_END)
+        await conn.drained(write_timeout)
+        self._check_written(conn)
+
+    @staticmethod
+    def _check_written(conn: _Conn) -> None:
+        if conn.closed and not conn.head_done and not conn.got_bytes:
+            err = httpx.WriteError("Connection to the upstream broke while sending")
+            err.__cause__ = conn.error
+            raise err
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+            idle.clear()
+
+
+def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    # Exactly one CR and one LF per line: a CR, LF or NUL inside a name or value would let a
+    # client's header split into another header (or request) upstream.
+    lines = len(headers) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
+        raise httpx.LocalProtocolError("A header holds a line break or NUL; not forwarded")
+    return head
