@@ -256,6 +256,7 @@ class _Body(httpx.AsyncByteStream):
     def __init__(self, conn: _Conn, read_timeout: float | None) -> None:
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
+        self._last: float | None = None  # loop time of the last bytes handed over (receive)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -281,6 +282,44 @@ class _Body(httpx.AsyncByteStream):
                 self._discard()
                 raise httpx.ReadTimeout("Timed out reading from the upstream") from None
         self._done()
+
+    async def receive(self, limit: float) -> bytes | None:
+        """The next bytes of the body, b"" at its end, or None when none came within `limit`
+        seconds; unlike iterating, a caller may then wait again (a relay writing heartbeats
+        between upstream events needs no task per read this way). The read timeout still
+        applies: no byte for that long is `httpx.ReadTimeout`, as when iterating."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        loop = conn.loop
+        while True:
+            if conn.chunks:
+                self._last = loop.time()
+                return conn.take()
+            if conn.complete:
+                self._done()
+                return b""
+            if conn.error is not None:
+                self._discard()
+                raise conn.error
+            if conn.closed:
+                self._discard()
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete body"
+                )
+            now = loop.time()
+            if self._last is None:
+                self._last = now
+            read_until = self._last + self._timeout if self._timeout is not None else None
+            wait = limit if read_until is None else min(limit, read_until - now)
+            try:
+                await conn.wait(max(0.0, wait))
+            except TimeoutError:
+                if read_until is not None and loop.time() >= read_until:
+                    self._discard()
+                    raise httpx.ReadTimeout("Timed out reading from the upstream") from None
+                if wait >= limit:
+                    return None
 
     def _done(self) -> None:
         conn, self._conn = self._conn, None

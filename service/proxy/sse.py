@@ -105,6 +105,22 @@ class _Stream:
                 await asyncio.wait({task}, timeout=min(beat, until) - now)
         return True
 
+    async def receive(self, receive: Any, until: float) -> bytes | None:
+        """`receive(limit)` of the upstream body until the monotonic time `until`, writing a
+        heartbeat whenever nothing was written for the interval: the bytes, b"" at the end, or
+        None when `until` came first."""
+        while True:
+            now = time.monotonic()
+            if now >= until:
+                return None
+            beat = self.last_write + self.interval
+            if now >= beat:
+                await self.write(HEARTBEAT)
+                continue
+            data: bytes | None = await receive(min(beat, until) - now)
+            if data is not None:
+                return data
+
     def restore(self) -> None:
         """The connection may serve more requests after this stream: back to Sanic's limits."""
         transport = getattr(self.request, "transport", None)
@@ -207,21 +223,36 @@ async def relay_stream(
             await stream.commit(headers, ep.buffer_size)
 
         framer = EventFramer()
+        # A transport whose body offers `receive(limit)` (the default h1) is read without a task
+        # per read; any other through a task that survives the heartbeat waits.
+        receive = getattr(resp.stream, "receive", None)
         chunks = resp.aiter_raw()
         last_event = time.monotonic()
         while True:
-            reading = asyncio.ensure_future(chunks.__anext__())
-            if not await stream.wait(reading, min(last_event + idle_secs, deadline)):
-                # Let go of the upstream before the client sees the end of its stream (once it
-                # has, it may close, and that cancels this handler).
-                await _abandon(reading)
-                reading = None
-                await resp.aclose()
-                await stream.fail(STREAM_TIMEOUT)
-                return None
-            done_read, reading = reading, None
+            until = min(last_event + idle_secs, deadline)
             try:
-                events = framer.feed(done_read.result())
+                if receive is not None:
+                    chunk = await stream.receive(receive, until)
+                else:
+                    reading = asyncio.ensure_future(chunks.__anext__())
+                    if await stream.wait(reading, until):
+                        done_read, reading = reading, None
+                        try:
+                            chunk = done_read.result()
+                        except StopAsyncIteration:
+                            chunk = b""
+                    else:
+                        await _abandon(reading)
+                        reading, chunk = None, None
+                if chunk is None:
+                    # Let go of the upstream before the client sees the end of its stream (once
+                    # it has, it may close, and that cancels this handler).
+                    await resp.aclose()
+                    await stream.fail(STREAM_TIMEOUT)
+                    return None
+                if not chunk:
+                    break
+                events = framer.feed(chunk)
                 now = time.monotonic()
                 if events:
                     last_event = now
@@ -232,8 +263,6 @@ async def relay_stream(
                 out = [e for e in events if usage.keep(e)]
                 if translator is not None:
                     out = translator.events(out)
-            except StopAsyncIteration:
-                break
             except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):
                 await stream.fail(StreamError())
                 return None

@@ -491,3 +491,35 @@ def test_an_idle_connection_closed_by_the_upstream_is_not_used(scripted) -> None
 
     asyncio.run(go())
     assert s.connections == 3
+
+
+def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b"6\r\nsecond\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)  # then silent past the read timeout
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        resp = await c.send(req(c, s.url, read=1.0), stream=True)
+        receive = resp.stream.receive  # type: ignore[attr-defined]
+        assert await receive(5.0) == b"first"
+        nones = 0
+        while (data := await receive(0.05)) is None:
+            nones += 1  # nothing within the limit: the body is still readable
+        assert data == b"second" and nones >= 3
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            while await receive(0.2) is None:
+                pass
+        assert time.monotonic() - started >= 0.9  # the read timeout, not the 0.2 s limit
+        await resp.aclose()
+        await c.aclose()
+
+    asyncio.run(go())

@@ -40,12 +40,17 @@ def stream_profile(url: str) -> dict[str, Any]:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["h1", "aiohttp", "httpx"])
 def srouter(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    fake_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RouterProcess]:
+    """Every streaming test runs on each upstream transport: the default `h1` is read through
+    its body's `receive` (no task per read), the others through the generic task path."""
     d: Path = tmp_path_factory.mktemp("stream-router")
-    with RouterProcess(write_profile(d, stream_profile(fake_upstream.url))) as r:
+    env = {"API_ROUTER_UPSTREAM_TRANSPORT": request.param}
+    with RouterProcess(write_profile(d, stream_profile(fake_upstream.url)), env=env) as r:
         yield r
 
 
