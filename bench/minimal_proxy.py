@@ -1,12 +1,17 @@
 """The reference for what the HTTP client layer costs: the smallest Sanic proxy for one JSON route.
 
-    .venv/bin/python bench/minimal_proxy.py --client aiohttp|httpx|httpx-aiohttp PORT UPSTREAM_URL
+    .venv/bin/python bench/minimal_proxy.py --client CLIENT PORT UPSTREAM_URL
+
+CLIENT: aiohttp | httpx | httpx-aiohttp | httpx-h1.
 
 Per request it does what the router's hot path cannot avoid (read the body, parse it, rewrite
 `model`, send it upstream over a pooled keep-alive client, relay status and body) and nothing
 else: no profile, no limiter, no logs, no metrics. Run side by side with the router by
 bench/run.py, it separates the client library's cost (plain aiohttp vs httpx on its default
-transport vs httpx on httpx-aiohttp's AiohttpTransport) from the router's own features.
+transport vs httpx on httpx-aiohttp's AiohttpTransport vs httpx on the router's own
+`service.proxy.h1transport.H1Transport`) from the router's own features. The H1Transport is
+imported only for `httpx-h1` (with the repository on PYTHONPATH); where it is missing that variant
+exits before listening and the harness records it as not measured.
 Listens on 127.0.0.1 only; two workers, like the router's measured configuration.
 """
 
@@ -19,7 +24,7 @@ import orjson
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "httpx-h1")
 
 
 def create_app(client: str, upstream: str) -> Sanic:
@@ -46,6 +51,10 @@ def create_app(client: str, upstream: str) -> Sanic:
                 from httpx_aiohttp import AiohttpTransport
 
                 transport = AiohttpTransport(limits=limits, trust_env=False)
+            elif client == "httpx-h1":
+                from service.proxy.h1transport import H1Transport
+
+                transport = H1Transport(limits)
             else:
                 transport = httpx.AsyncHTTPTransport(limits=limits)
             app.ctx.http = httpx.AsyncClient(transport=transport, trust_env=False)
@@ -77,6 +86,11 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("upstream")
     args = p.parse_args()
+    if args.client == "httpx-h1":
+        try:  # fail here, before any worker starts, when the transport is not there
+            import service.proxy.h1transport  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"minimal_proxy: httpx-h1 needs service.proxy.h1transport: {e}") from e
     from functools import partial
 
     from sanic.worker.loader import AppLoader

@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--env", action="append", default=[], help="router environment, K=V")
+    p.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
     a = p.parse_args()
     env = dict(kv.split("=", 1) for kv in a.env)
     out_dir = run.CACHE / "bench-profile"
@@ -58,7 +59,7 @@ def main() -> None:
     with run.scratch(True) as scratch:
         bodies = run.write_bodies(scratch)
         up_port = run.free_port()
-        upstream = run.start_upstream(scratch, up_port)
+        upstreams = run.start_upstream(scratch, up_port, a.sse_gap_ms)
         t = run.Target("router-1w", "main", "profiled")
         try:
             run.start_router(t, 1, up_port, scratch, env)
@@ -91,7 +92,8 @@ def main() -> None:
         finally:
             if t.server is not None:
                 t.server.stop()
-            upstream.stop()
+            for u in upstreams:
+                u.stop()
     print(top(collapsed, a.top))
 
 

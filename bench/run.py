@@ -1,22 +1,26 @@
 """The benchmark harness: every configuration side by side, in interleaved rounds, in one run.
 
     .cache/bench-venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S] [--soak S]
+                                              [--sse-gap-ms MS] [--only NAME,...]
 
 (`make bench` / `make bench-quick` install what it needs and call it.) It starts, on 127.0.0.1:
 
-- the fake upstream: nginx answering a chat completion (JSON) or its 22-event stream (SSE) from
-  memory (bench/nginx/upstream.conf), so the upstream never limits a configuration;
+- the fake upstream: nginx answering a chat completion (JSON) or its 22-event stream (SSE burst)
+  from memory (bench/nginx/upstream.conf), so the upstream never limits a configuration; and, for
+  the paced SSE scenario, a small Node.js server (bench/paced_upstream.cjs, behind the same nginx)
+  sending the same 22 events one every --sse-gap-ms (10 ms: 100 tokens/s, a fast model);
 - the configurations: direct to the upstream; nginx as a reverse proxy; api-router with 1 and 2
   workers, all features on (metrics, JSON logs, a rate limit that does not trigger); api-router
-  with 2 workers, metrics and logs off; api-router on httpx's own transport; the minimal
-  Sanic proxy (bench/minimal_proxy.py) on plain aiohttp, httpx, and httpx + AiohttpTransport;
-  the LiteLLM proxy and the Portkey gateway where they installed;
+  with 2 workers, metrics and logs off; api-router on the other upstream transports
+  (httpx-aiohttp's, httpx's own); the minimal Sanic proxy (bench/minimal_proxy.py) on plain
+  aiohttp, httpx, httpx + AiohttpTransport and httpx + the router's H1Transport; the LiteLLM proxy
+  and the Portkey gateway where they installed;
 
-then runs `wrk` for each scenario (JSON at 1 and 64 connections, SSE at 64, a 1 MB body at 8,
-rate-limited 429s at 64) and an SSE time-to-first-byte probe, round after round, every run bounded
-by time. Afterwards: RSS per router worker and a soak at half the measured maximum load. Results
-go to bench/results/<date>.{json,md,png} (bench/report.py); --quick writes to bench/results/tmp/.
-Every process it starts is stopped by its pid.
+then runs `wrk` for each scenario (JSON at 1 and 64 connections, SSE burst and SSE paced at 64, a
+1 MB body at 8, rate-limited 429s at 64) and an SSE time-to-first-byte probe, round after round,
+every run bounded by time. Afterwards: RSS per router worker and a soak at half the measured
+maximum load. Results go to bench/results/<date>.{json,md,png} (bench/report.py); --quick
+writes to bench/results/tmp/. Every process it starts is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ NODE_DIR = CACHE / "bench-node"
 PORTKEY_SERVER = NODE_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 
 SSE_PATH = "/sse/v1/chat/completions"
+# The paced stream: the same path with this header (bench/nginx/upstream.conf passes it to the
+# pacing server), or this path for the peers, which do not forward a client's headers upstream.
+PACED_HEADER = "X-Bench-Paced"
+PACED_BASE = "/paced/v1"
+DEFAULT_SSE_GAP_MS = 10.0
 API_KEY = "bench-key"
 EVENTS_PER_STREAM = 22  # 20 content chunks, the finish chunk, the usage chunk (+ [DONE])
 
@@ -102,6 +111,14 @@ def completion_sse() -> bytes:
     return b"".join(parts)
 
 
+def paced_events() -> list[str]:
+    """The same stream as the pacing server's writes: one event each, `[DONE]` with the last."""
+    events = [e + b"\n\n" for e in completion_sse().split(b"\n\n")[:-1]]
+    events[-2:] = [events[-2] + events[-1]]
+    assert len(events) == EVENTS_PER_STREAM
+    return [e.decode() for e in events]
+
+
 def request_body(model: str, stream: bool = False, size: int = 0) -> bytes:
     content = "Say something about foxes."
     if size:
@@ -128,7 +145,7 @@ def sse_parts(size: int = 2048) -> list[str]:
 def write_bodies(run: Path) -> dict[str, Path]:
     """The request bodies, as files for wrk: `kind:model` -> path."""
     bodies: dict[str, Path] = {}
-    for model in ("bench-model", "bench-model-sse"):
+    for model in ("bench-model", "bench-model-sse", "bench-model-paced"):
         for kind, data in (
             ("json", request_body(model)),
             ("sse", request_body(model, stream=True)),
@@ -280,8 +297,10 @@ class Target:
     limited_path: str | None = None
     model: str = "bench-model"
     sse_model: str | None = None
+    paced_model: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     sse_headers: dict[str, str] = field(default_factory=dict)
+    paced_headers: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     sanic: bool = False  # RSS is read from its Sanic workers
 
@@ -293,6 +312,12 @@ class Target:
                 bodies[f"sse:{self.sse_model or self.model}"],
                 {**h, **self.sse_headers},
             )
+        if scenario == "ssepaced":
+            return (
+                self.sse_path or "",
+                bodies[f"sse:{self.paced_model or self.sse_model or self.model}"],
+                {**h, **self.sse_headers, PACED_HEADER: "1", **self.paced_headers},
+            )
         if scenario == "limited64":
             return self.limited_path or "", bodies[f"json:{self.model}"], h
         if scenario == "body1mb":
@@ -302,7 +327,7 @@ class Target:
     def supports(self, scenario: str) -> bool:
         if scenario == "limited64":
             return self.limited_path is not None
-        if scenario in ("sse64", "ttfb", "body1mb"):
+        if scenario in ("sse64", "ssepaced", "ttfb", "body1mb"):
             return self.group == "main" and self.sse_path is not None
         return True
 
@@ -372,6 +397,9 @@ def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
         "  - model_name: bench-model-sse\n"
         f"    litellm_params: {{model: openai/upstream-model, api_base: '{base}/sse/v1', "
         "api_key: bench-upstream-key}\n"
+        "  - model_name: bench-model-paced\n"
+        f"    litellm_params: {{model: openai/upstream-model, api_base: '{base}{PACED_BASE}', "
+        "api_key: bench-upstream-key}\n"
         "litellm_settings: {telemetry: false, drop_params: true}\n"
     )
     t.port = free_port()
@@ -403,10 +431,11 @@ def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
         env=env,
         timeout=180,
     )
-    t.json_path, t.sse_path, t.sse_model = (
+    t.json_path, t.sse_path, t.sse_model, t.paced_model = (
         "/v1/chat/completions",
         "/v1/chat/completions",
-        ("bench-model-sse"),
+        "bench-model-sse",
+        "bench-model-paced",
     )
 
 
@@ -434,14 +463,29 @@ def start_portkey(t: Target, upstream_port: int, run: Path) -> None:
     )
     t.headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{base}/v1"}
     t.sse_headers = {"x-portkey-custom-host": f"{base}/sse/v1"}
+    t.paced_headers = {"x-portkey-custom-host": f"{base}{PACED_BASE}"}
     t.sse_path = "/v1/chat/completions"
 
 
-def start_upstream(run: Path, port: int) -> Server:
+def start_upstream(run: Path, port: int, gap_ms: float) -> list[Server]:
+    """The fake upstream: the pacing Node.js server, then nginx in front of it."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("the paced SSE upstream needs Node.js (bench/setup.sh installs it)")
+    events = (run / "paced-events.json").resolve()
+    events.write_text(json.dumps(paced_events()))
+    paced_port = free_port()
+    paced = spawn(
+        "paced-upstream",
+        [node, str(BENCH / "paced_upstream.cjs"), str(paced_port), f"{gap_ms:g}", str(events)],
+        paced_port,
+        run,
+    )
     conf = (BENCH / "nginx" / "upstream.conf").read_text()
     conf = (
         conf.replace("@RUN@", str(run))
         .replace("@PORT@", str(port))
+        .replace("@PACED_PORT@", str(paced_port))
         .replace("@JSON@", nginx_string(completion_json()))
         .replace(
             "@SSE_SET@",
@@ -450,12 +494,21 @@ def start_upstream(run: Path, port: int) -> Server:
         .replace("@SSE@", "".join(f"$sse{i}" for i in range(len(sse_parts()))))
     )
     (run / "upstream.conf").write_text(conf)
-    return spawn("upstream", ["nginx", "-p", str(run), "-c", str(run / "upstream.conf")], port, run)
+    try:
+        front = spawn(
+            "upstream", ["nginx", "-p", str(run), "-c", str(run / "upstream.conf")], port, run
+        )
+    except RuntimeError:
+        paced.stop()
+        raise
+    return [front, paced]
 
 
-def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, list[Target]]:
+def start_all(
+    run: Path, quick: bool, only: set[str] | None, gap_ms: float
+) -> tuple[list[Server], list[Target]]:
     up_port = free_port()
-    upstream = start_upstream(run, up_port)
+    upstream = start_upstream(run, up_port, gap_ms)
     base = f"http://127.0.0.1:{up_port}"
 
     targets: list[Target] = []
@@ -510,11 +563,17 @@ def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, li
             Target("portkey", "main", "Portkey gateway (node)"),
             lambda t: start_portkey(t, up_port, run),
         )
-    add(
-        Target("router-2w-httpx", "transport", "api-router 2w, httpx's own transport"),
-        lambda t: start_router(t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": "httpx"}),
-    )
-    for client in ("httpx", "httpx-aiohttp", "aiohttp"):
+    for transport, label in (
+        ("aiohttp", "api-router 2w, aiohttp transport"),
+        ("httpx", "api-router 2w, httpx's own transport"),
+    ):
+        add(
+            Target(f"router-2w-{transport}", "transport", label),
+            lambda t, tr=transport: start_router(
+                t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": tr}
+            ),
+        )
+    for client in ("httpx", "httpx-aiohttp", "httpx-h1", "aiohttp"):
 
         def minimal(t: Target, client: str = client) -> None:
             t.port = free_port()
@@ -532,6 +591,7 @@ def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, li
                 ],
                 t.port,
                 run,
+                env={"PYTHONPATH": str(ROOT)},  # httpx-h1 imports service.proxy.h1transport
             )
             t.sanic = True
 
@@ -544,7 +604,10 @@ def start_all(run: Path, quick: bool, only: set[str] | None) -> tuple[Server, li
 SCENARIOS: dict[str, dict[str, Any]] = {
     "json1": {"connections": 1, "threads": 1, "title": "JSON, 1 connection"},
     "json64": {"connections": 64, "threads": 2, "title": "JSON, 64 connections"},
-    "sse64": {"connections": 64, "threads": 2, "title": "SSE, 64 connections"},
+    # SSE burst: the whole 22-event stream at once (raw relay CPU per stream).
+    "sse64": {"connections": 64, "threads": 2, "title": "SSE burst, 64 connections"},
+    # SSE paced: one event every --sse-gap-ms, as a model streams (the SSE target is judged here).
+    "ssepaced": {"connections": 64, "threads": 2, "title": "SSE paced, 64 connections"},
     "body1mb": {"connections": 8, "threads": 2, "title": "1 MB request body, 8 connections"},
     "limited64": {"connections": 64, "threads": 2, "title": "rate-limited (429), 64 connections"},
 }
@@ -570,8 +633,8 @@ def check(t: Target, scenario: str, bodies: dict[str, Path]) -> str | None:
         return None if resp.status in (200, 429) else f"HTTP {resp.status}"
     if resp.status != 200:
         return f"HTTP {resp.status}: {data[:200]!r}"
-    if scenario == "sse64" and b"data:" not in data:
-        return f"not an event stream: {data[:200]!r}"
+    if scenario in ("sse64", "ssepaced") and not data.rstrip().endswith(b"data: [DONE]"):
+        return f"not a whole event stream: {data[:200]!r}...{data[-100:]!r}"
     return None
 
 
@@ -785,6 +848,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, help="seconds per wrk run")
     p.add_argument("--soak", type=float, help="seconds of the half-load soak (0: none)")
     p.add_argument("--only", help="comma-separated configuration names")
+    p.add_argument(
+        "--sse-gap-ms",
+        type=float,
+        default=DEFAULT_SSE_GAP_MS,
+        help="ms between two events of the paced SSE stream (default 10: 100 tokens/s)",
+    )
     p.add_argument("--out", type=Path, help="results directory")
     a = p.parse_args()
     rounds = a.rounds or (1 if a.quick else 3)
@@ -802,12 +871,16 @@ def main() -> None:
         "machine": machine(),
         "loadavg_before": loadavg(),
         "events_per_stream": EVENTS_PER_STREAM,
+        "sse_gap_ms": a.sse_gap_ms,
         "conditions": os.environ.get("BENCH_CONDITIONS", ""),
     }
     runs: list[dict[str, Any]] = []
     with scratch(a.quick) as run:
         bodies = write_bodies(run)
-        upstream, targets = start_all(run, a.quick, only)
+        SCENARIOS["ssepaced"]["title"] = (
+            f"SSE paced ({a.sse_gap_ms:g} ms per event), 64 connections"
+        )
+        upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms)
         try:
             plan: list[tuple[Target, str]] = []
             for t in targets:
@@ -863,7 +936,8 @@ def main() -> None:
             for t in targets:
                 if t.server is not None:
                     t.server.stop()
-            upstream.stop()
+            for u in upstreams:
+                u.stop()
     meta["loadavg_after"] = loadavg()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results = {
