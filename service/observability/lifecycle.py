@@ -13,7 +13,10 @@ was serving with 499. `finish` runs at most once per request.
 
 The failure path (and only it) also feeds the repeated-failure alarm, Sentry when enabled
 (`http.lifecycle.exception` keeps the exception of a router error for it), and nothing else:
-the per-request cost is two signal listeners.
+the per-request cost is two signal listeners. The app (`service.app.RouterApp`) calls these
+listeners directly rather than through Sanic's signal router; metric children are looked up once
+per label set (`Metrics.*_by`), and the completion line is rendered by structlog and written
+straight to the log stream (`observability.logging`).
 """
 
 from __future__ import annotations
@@ -89,19 +92,17 @@ def finish(request: Request, status: int, response: Any = None) -> None:
     metrics = getattr(app.ctx, "metrics", None)
     if metrics is not None:
         metrics.in_flight_requests.dec()
-        metrics.requests_total.labels(route, method_label(request.method), str(status)).inc()
-        metrics.request_latency_seconds.labels(route).observe(elapsed)
+        metrics.requests_by[route, method_label(request.method), status].inc()
+        metrics.request_latency_by[route].observe(elapsed)
         if state.error_type is not None:
-            metrics.upstream_errors_total.labels(state.error_type).inc()
+            metrics.upstream_errors_by[state.error_type].inc()
         if state.upstream_latency is not None:
-            metrics.upstream_latency_seconds.labels(route).observe(state.upstream_latency)
-            metrics.router_overhead_seconds.labels(route).observe(
-                max(0.0, elapsed - state.upstream_latency)
-            )
+            metrics.upstream_latency_by[route].observe(state.upstream_latency)
+            metrics.router_overhead_by[route].observe(max(0.0, elapsed - state.upstream_latency))
         if state.translation != "none":
-            metrics.translations_total.labels(state.translation).inc()
+            metrics.translations_by[state.translation].inc()
         if state.first_byte_latency is not None:
-            metrics.stream_first_byte_seconds.labels(route).observe(state.first_byte_latency)
+            metrics.stream_first_byte_by[route].observe(state.first_byte_latency)
         if state.usage:
             model = model_label(state.upstream_model or state.model, app.ctx.known_models())
             for kind, key in (
@@ -112,7 +113,7 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             ):
                 n = state.usage.get(key)
                 if isinstance(n, int) and n > 0:
-                    metrics.tokens_total.labels(kind, model).inc(n)
+                    metrics.tokens_by[kind, model].inc(n)
     if app.ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
             "client_ip": request.remote_addr or request.ip,

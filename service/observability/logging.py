@@ -2,8 +2,12 @@
 
 `LOG_FORMAT=json` gives one JSON object per line (the container default); anything else gives
 readable console lines. Sanic's and httpx's standard-library log records go through the same
-formatter, so every line of the process has one shape. Request context (request_id, route) is
-bound through contextvars and cleared at the start of every request.
+processors and renderer (a `ProcessorFormatter` on the root handler), so every line of the process
+has one shape. structlog's own lines skip the standard-library machinery (records, handler
+dispatch, formatter): the chain renders them and `HandlerStreamLogger` writes the line to the root
+handler's stream, under the handler's lock, flushed like the handler's own records. Request
+context (request_id, route) is bound through contextvars and cleared at the start of every
+request.
 
 A last processor drops any value that looks like a credential the router knows of: secrets are
 registered with `redact()` (DEFAULT_API_KEY at start, a client's key while its request runs).
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -60,17 +65,71 @@ def scrub(value: Any) -> Any:
     return _scrub_value(value, secrets) if secrets else value
 
 
+_PLAIN = (int, float, type(None))  # values no credential can hide in (bool is an int)
+
+
 def scrub_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     secrets = _known_secrets()
     if not secrets:
         return event_dict
-    return {k: _scrub_value(v, secrets) for k, v in event_dict.items()}
+    # In place (structlog hands every processor chain a dict of its own), keys in their order.
+    for k, v in event_dict.items():
+        if v.__class__ is str:
+            for s in secrets:
+                if s in v:
+                    event_dict[k] = _scrub_value(v, secrets)
+                    break
+        elif not isinstance(v, _PLAIN):
+            event_dict[k] = _scrub_value(v, secrets)
+    return event_dict
 
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
+
+
+# The root handler configure_logging installed: where structlog's lines are written. A module
+# global, not a logger attribute: loggers cached on first use keep writing to the current one.
+_handler: logging.StreamHandler[Any] = logging.StreamHandler(sys.stdout)
+
+
+class HandlerStreamLogger:
+    """structlog's final logger: writes each rendered line to the root handler's stream.
+
+    The same stream, lock, terminator and flush as the handler's own records, so structlog's lines
+    and the standard library's never interleave and reach a pipe at once.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # for add_logger_name
+
+    def msg(self, line: str) -> None:
+        h = _handler
+        try:
+            with h.lock:  # type: ignore[union-attr]
+                stream = h.stream
+                stream.write(line + h.terminator)
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            # What logging.Handler.handleError does: never let a broken stream fail the caller.
+            if logging.raiseExceptions and sys.stderr:
+                sys.stderr.write("--- Logging error ---\n")
+                traceback.print_exc(file=sys.stderr)
+
+    debug = info = warning = warn = error = critical = fatal = exception = log = msg
+
+
+def _logger_factory(*args: Any) -> HandlerStreamLogger:
+    # Every logger of the service is named; an unnamed one gets the standard library's name.
+    if args and isinstance(args[0], str):
+        return HandlerStreamLogger(args[0])
+    return HandlerStreamLogger(structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])().name)
 
 
 def configure_logging(fmt: str = "console", level: str = "info") -> None:
@@ -81,31 +140,34 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    global _handler
     renderer: Any
+    handler = _handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         exc = [structlog.processors.dict_tracebacks]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         exc = []
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), *exc, scrub_secrets],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
             *exc,
             scrub_secrets,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=_logger_factory,
+        # Filters by level like the root logger below (one threshold for both paths).
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), *exc, scrub_secrets],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,6 +38,24 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 def method_label(method: str) -> str:
     return method if method in METHODS else "OTHER"
+
+
+class Children(dict[Any, Any]):
+    """`metric.labels(...)` memoised per label values: `children[route]`, `children[a, b]`.
+
+    prometheus-client's `labels()` validates, stringifies and takes a lock on every call; the
+    label values here come from closed sets, so this map stays as small as the series count.
+    """
+
+    __slots__ = ("_metric",)
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Any) -> Any:
+        child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
+        return child
 
 
 class Metrics:
@@ -142,6 +161,15 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        # The children a request writes to, by label values (lifecycle.finish).
+        self.requests_by = Children(self.requests_total)  # [route, method, status]
+        self.request_latency_by = Children(self.request_latency_seconds)  # [route]
+        self.upstream_errors_by = Children(self.upstream_errors_total)  # [error_type]
+        self.upstream_latency_by = Children(self.upstream_latency_seconds)  # [route]
+        self.router_overhead_by = Children(self.router_overhead_seconds)  # [route]
+        self.stream_first_byte_by = Children(self.stream_first_byte_seconds)  # [route]
+        self.translations_by = Children(self.translations_total)  # [direction]
+        self.tokens_by = Children(self.tokens_total)  # [type, model]
 
     def on_reload(self, result: str) -> None:
         if result == "success":

@@ -1,0 +1,80 @@
+"""structlog's lines skip the standard-library handler chain but land where its records do."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from service.observability.logging import configure_logging, redact, set_request_secret
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    set_request_secret()
+
+
+def _configure() -> io.StringIO:
+    configure_logging("json", "info")
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    return stream
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in stream.getvalue().splitlines()]
+
+
+def test_a_logger_cached_before_a_reconfiguration_writes_to_the_new_handler(
+    restore_logging: None,
+) -> None:
+    log = structlog.get_logger("api_router.test")
+    first = _configure()
+    log.info("one")  # cached on first use
+    second = _configure()
+    log.info("two")
+    assert [r["event"] for r in _lines(first)] == ["one"]
+    assert [r["event"] for r in _lines(second)] == ["two"]
+
+
+def test_structlog_and_stdlib_lines_share_one_stream_order_and_shape(
+    restore_logging: None,
+) -> None:
+    stream = _configure()
+    redact("sk-fast-path-secret")
+    structlog.contextvars.bind_contextvars(request_id="rid-1")
+    structlog.get_logger("api_router.access").info(
+        "request_completed", status_code=200, detail=("sk-fast-path-secret", 1)
+    )
+    logging.getLogger("sanic.root").warning("between")
+    structlog.get_logger("api_router.access").debug("below the level")
+    structlog.get_logger("api_router.access").warning("after", n=2)
+    recs = _lines(stream)
+    assert [(r["event"], r["logger"], r["level"]) for r in recs] == [
+        ("request_completed", "api_router.access", "info"),
+        ("between", "sanic.root", "warning"),
+        ("after", "api_router.access", "warning"),
+    ]
+    assert all(r["request_id"] == "rid-1" and r["timestamp"].endswith("Z") for r in recs)
+    assert recs[0]["detail"] == ["[redacted]", 1]
+    assert list(recs[0]) == [
+        "status_code",
+        "detail",
+        "event",
+        "request_id",
+        "level",
+        "logger",
+        "timestamp",
+    ]
