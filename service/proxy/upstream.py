@@ -101,6 +101,8 @@ class UpstreamClient(httpx.AsyncClient):
             return super().build_request(
                 method, url, content=content, headers=headers, timeout=timeout, **rest
             )
+        if isinstance(content, bytes):
+            return _bytes_request(method, _url(url), headers, content, timeout.as_dict())
         return httpx.Request(
             method,
             _url(url),
@@ -132,6 +134,34 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
+def _bytes_request(
+    method: str,
+    url: httpx.URL,
+    headers: list[tuple[str, str]],
+    content: bytes,
+    timeout: dict[str, float | None],
+) -> httpx.Request:
+    """Exactly what `httpx.Request(method, url, content=<bytes>, headers=<list>, extensions=...)`
+    builds (method, URL, headers with `Host` first and `Content-Length` last unless given, a
+    `ByteStream`, the content already read), with the header list normalised once: httpx's
+    constructor normalises it, then `_prepare` rebuilds it with the automatic headers. This is
+    every JSON request of the relay. tests/unit/test_upstream_request.py compares the two
+    field by field, so an httpx upgrade that changes the constructor fails there first."""
+    names = {k.lower() for k, _ in headers}
+    if "host" not in names and url.host:
+        headers = [("Host", url.netloc.decode("ascii")), *headers]
+    if "content-length" not in names:
+        headers = [*headers, ("Content-Length", str(len(content)))]
+    req = httpx.Request.__new__(httpx.Request)
+    req.method = method.upper()
+    req.url = url
+    req.headers = httpx.Headers(headers)
+    req.extensions = {"timeout": timeout}
+    req.stream = httpx.ByteStream(content)
+    req._content = content
+    return req
+
+
 @functools.lru_cache(maxsize=1024)
 def _url(raw: str) -> httpx.URL:
     """Parsed once per distinct upstream URL (httpx.URL is immutable)."""
@@ -147,9 +177,13 @@ def create_client(max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncCli
 def request_timeout(t: Timeouts, pool_wait: float = POOL_WAIT_SECS) -> httpx.Timeout:
     """`pool_wait` (API_ROUTER_UPSTREAM_POOL_WAIT_SECS): how long a request may wait for a free
     pooled connection before it is answered 503 (httpx.PoolTimeout), instead of queueing."""
-    return httpx.Timeout(
-        connect=t.connect_secs, read=t.read_secs, write=t.read_secs, pool=pool_wait
-    )
+    return _timeout(t.connect_secs, t.read_secs, pool_wait)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float, read: float, pool: float) -> httpx.Timeout:
+    """One (immutable) `httpx.Timeout` per distinct setting, not one per request."""
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=pool)
 
 
 async def send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:

@@ -1,0 +1,59 @@
+"""The relay's fast construction of a JSON upstream request (`UpstreamClient.build_request` with
+bytes content) builds exactly what httpx's own `httpx.Request` constructor builds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from service.proxy.upstream import UpstreamClient, _transport
+
+TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=5.0)
+
+
+@pytest.mark.parametrize(
+    "url,headers,content",
+    [
+        ("http://127.0.0.1:8080/v1/chat/completions", [("Authorization", "Bearer k")], b"{}"),
+        ("https://api.example.com/v1/x?a=1&b=%20", [("content-type", "application/json")], b"[1]"),
+        ("https://api.example.com:443/v1/x", [("Host", "other.example"), ("X-A", "1")], b"x"),
+        ("http://[::1]:9000/p", [("Content-Length", "1"), ("x-b", "2"), ("X-B", "3")], b"y"),
+        ("http://h/p", [("Transfer-Encoding", "chunked")], b"z"),
+        ("http://h/p", [], b""),
+    ],
+)
+def test_same_request_as_httpx_builds(
+    url: str, headers: list[tuple[str, str]], content: bytes
+) -> None:
+    client = UpstreamClient(_transport("h1"))
+    fast = client.build_request("post", url, content=content, headers=headers, timeout=TIMEOUT)
+    ref = httpx.Request(
+        "post", url, content=content, headers=headers, extensions={"timeout": TIMEOUT.as_dict()}
+    )
+    assert fast.method == ref.method
+    assert fast.url == ref.url and fast.url.raw_path == ref.url.raw_path
+    assert fast.headers.raw == ref.headers.raw
+    assert fast.extensions == ref.extensions
+    assert fast.content == ref.content
+    assert type(fast.stream) is type(ref.stream)
+    assert b"".join(fast.stream) == b"".join(ref.stream)  # type: ignore[arg-type]
+
+    async def read_async(r: httpx.Request) -> bytes:
+        return b"".join([c async for c in r.stream])  # type: ignore[union-attr]
+
+    assert asyncio.run(read_async(fast)) == content
+    asyncio.run(client.aclose())
+
+
+def test_a_streamed_body_still_goes_through_httpx() -> None:
+    async def parts() -> object:
+        yield b"a"
+
+    client = UpstreamClient(_transport("h1"))
+    r = client.build_request("POST", "http://h/p", content=parts(), headers=[], timeout=TIMEOUT)
+    assert r.headers["transfer-encoding"] == "chunked"
+    with pytest.raises(httpx.RequestNotRead):
+        _ = r.content
+    asyncio.run(client.aclose())
