@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/minimal_proxy.py --client CLIENT PORT UPSTREAM_URL
 
-CLIENT: aiohttp | httpx | httpx-aiohttp | httpx-h1.
+CLIENT: aiohttp | httpx | httpx-aiohttp | httpx-h1 | httpx-h1-direct.
 
 Per request it does what the router's hot path cannot avoid (read the body, parse it, rewrite
 `model`, send it upstream over a pooled keep-alive client, relay status and body) and nothing
 else: no profile, no limiter, no logs, no metrics. Run side by side with the router by
 bench/run.py, it separates the client library's cost (plain aiohttp vs httpx on its default
 transport vs httpx on httpx-aiohttp's AiohttpTransport vs httpx on the router's own
-`service.proxy.h1transport.H1Transport`) from the router's own features. The H1Transport is
-imported only for `httpx-h1` (with the repository on PYTHONPATH); where it is missing that variant
-exits before listening and the harness records it as not measured.
+`service.proxy.h1transport.H1Transport`, through `httpx.AsyncClient` or, `httpx-h1-direct`, with
+the httpx `Request` handed straight to the transport as the router's `UpstreamClient` does,
+without AsyncClient's auth/redirect/cookie layers) from the router's own features. The
+H1Transport is imported only for `httpx-h1*` (with the repository on PYTHONPATH); where it is
+missing that variant exits before listening and the harness records it as not measured.
 Listens on 127.0.0.1 only; two workers, like the router's measured configuration.
 """
 
@@ -24,7 +26,7 @@ import orjson
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "httpx-h1")
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct")
 
 
 def create_app(client: str, upstream: str) -> Sanic:
@@ -51,12 +53,13 @@ def create_app(client: str, upstream: str) -> Sanic:
                 from httpx_aiohttp import AiohttpTransport
 
                 transport = AiohttpTransport(limits=limits, trust_env=False)
-            elif client == "httpx-h1":
+            elif client.startswith("httpx-h1"):
                 from service.proxy.h1transport import H1Transport
 
                 transport = H1Transport(limits)
             else:
                 transport = httpx.AsyncHTTPTransport(limits=limits)
+            app.ctx.transport = transport
             app.ctx.http = httpx.AsyncClient(transport=transport, trust_env=False)
 
     @app.after_server_stop
@@ -73,6 +76,16 @@ def create_app(client: str, upstream: str) -> Sanic:
             async with app.ctx.http.post(url, data=body, headers=headers) as resp:
                 data = await resp.read()
                 return HTTPResponse(data, status=resp.status, content_type="application/json")
+        if client == "httpx-h1-direct":
+            import httpx
+
+            req = httpx.Request("POST", url, content=body, headers=headers)
+            resp = await app.ctx.transport.handle_async_request(req)
+            try:
+                data = await resp.aread()
+            finally:
+                await resp.aclose()
+            return HTTPResponse(data, status=resp.status_code, content_type="application/json")
         resp = await app.ctx.http.post(url, content=body, headers=headers)
         return HTTPResponse(resp.content, status=resp.status_code, content_type="application/json")
 
@@ -86,7 +99,7 @@ def main() -> None:
     p.add_argument("port", type=int)
     p.add_argument("upstream")
     args = p.parse_args()
-    if args.client == "httpx-h1":
+    if args.client.startswith("httpx-h1"):
         try:  # fail here, before any worker starts, when the transport is not there
             import service.proxy.h1transport  # noqa: F401
         except ImportError as e:

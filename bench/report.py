@@ -24,7 +24,12 @@ from typing import Any
 ROUTER = "router-2w"
 MINIMAL_REFERENCE = "minimal-aiohttp"
 # The httpx-based paths on the same hot path as the plain-aiohttp reference (minimal proxy).
-HTTPX_PATHS = ("minimal-httpx", "minimal-httpx-aiohttp", "minimal-httpx-h1")
+HTTPX_PATHS = (
+    "minimal-httpx",
+    "minimal-httpx-aiohttp",
+    "minimal-httpx-h1",
+    "minimal-httpx-h1-direct",
+)
 TRANSPORT_ROWS = (
     "router-2w",
     "router-2w-aiohttp",

@@ -573,7 +573,7 @@ def start_all(
                 t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": tr}
             ),
         )
-    for client in ("httpx", "httpx-aiohttp", "httpx-h1", "aiohttp"):
+    for client in ("httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "aiohttp"):
 
         def minimal(t: Target, client: str = client) -> None:
             t.port = free_port()
