@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from collections.abc import MutableMapping
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -86,6 +88,29 @@ def scrub_secrets(
     return event_dict
 
 
+_second: tuple[int, str] = (-1, "")  # (a UTC second, its "YYYY-MM-DDTHH:MM:SS")
+
+
+def iso_utc(ns: int) -> str:
+    """`ns` (since the epoch) as structlog's `TimeStamper(fmt="iso", utc=True)` writes it: the
+    `datetime.isoformat()` of that UTC time, microseconds only when not zero, `Z` for +00:00.
+    The date and time of day are formatted once per second."""
+    global _second
+    sec, us = divmod(ns // 1000, 1_000_000)
+    cached = _second
+    if cached[0] != sec:
+        text = datetime.fromtimestamp(sec, UTC).isoformat()[:19]
+        cached = _second = (sec, text)
+    return f"{cached[1]}.{us:06d}Z" if us else f"{cached[1]}Z"
+
+
+def add_timestamp(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["timestamp"] = iso_utc(time.time_ns())
+    return event_dict
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -138,7 +163,7 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,  # what TimeStamper(fmt="iso", utc=True) writes, in less time
     ]
     global _handler
     renderer: Any

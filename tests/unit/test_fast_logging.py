@@ -6,12 +6,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import structlog
 
-from service.observability.logging import configure_logging, redact, set_request_secret
+from service.observability.logging import configure_logging, iso_utc, redact, set_request_secret
 
 
 @pytest.fixture
@@ -78,3 +79,22 @@ def test_structlog_and_stdlib_lines_share_one_stream_order_and_shape(
         "logger",
         "timestamp",
     ]
+
+
+def test_timestamps_are_what_structlogs_iso_utc_stamper_writes() -> None:
+    for ns in (
+        0,
+        1_795_000_000_123_456_789,  # microseconds
+        1_795_000_000_000_000_999,  # less than a microsecond: no fraction
+        1_795_000_001_000_001_000,  # the next second, one microsecond
+        1_795_000_000_999_999_000,  # the same second as the second case
+    ):
+        sec, us = divmod(ns // 1000, 1_000_000)
+        # what TimeStamper does with datetime.now(tz=UTC)
+        expected = (
+            datetime.fromtimestamp(sec, UTC)
+            .replace(microsecond=us)
+            .isoformat()
+            .replace("+00:00", "Z")
+        )
+        assert iso_utc(ns) == expected
