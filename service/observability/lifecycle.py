@@ -21,6 +21,7 @@ straight to the log stream (`observability.logging`).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -34,10 +35,11 @@ from ..proxy.headers import sane_request_id
 from ..proxy.relay import RequestState
 from . import sentry
 from .alerts import FailureAlarm
-from .logging import set_request_secret
+from .logging import emit, set_request_secret
 from .metrics import method_label
 
-access_log = structlog.get_logger("api_router.access")
+ACCESS_LOGGER = "api_router.access"
+access_log = structlog.get_logger(ACCESS_LOGGER)
 alert_log = structlog.get_logger("api_router.alert")
 
 KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
@@ -116,7 +118,10 @@ def finish(request: Request, status: int, response: Any = None) -> None:
                     metrics.tokens_by[kind, model].inc(n)
     if app.ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
-            "client_ip": request.remote_addr or request.ip,
+            # Sanic's `remote_addr` (from Forwarded / X-Forwarded-For / a real-IP header) only
+            # when its proxy settings (SANIC_PROXIES_COUNT, ...) allow any: parsing costs.
+            "client_ip": (request.remote_addr if app.ctx.client_ip_from_headers else "")
+            or request.ip,
             "method": request.method,
             "route": route,
             "status_code": status,
@@ -132,11 +137,11 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             "translation": state.translation,
             "key_id": state.key_id,
         }
+        level = logging.INFO
         if state.error_type is not None:
             fields["error_type"] = state.error_type
-            access_log.warning("request_completed", **fields)
-        else:
-            access_log.info("request_completed", **fields)
+            level = logging.WARNING
+        emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, ctx.request_id)
     if state.error_type is not None or status >= 500:
         _failed(request, route, status, state.error_type)
 
@@ -170,6 +175,15 @@ def _failed(request: Request, route: str, status: int, error_type: str | None) -
 
 
 def install(app: Sanic) -> None:
+    app.ctx.client_ip_from_headers = False
+
+    @app.before_server_start
+    async def _proxy_settings(app: Sanic) -> None:
+        c = app.config
+        app.ctx.client_ip_from_headers = bool(
+            c.FORWARDED_SECRET or c.REAL_IP_HEADER or c.PROXIES_COUNT
+        )
+
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     app.ctx.failure_alarm = FailureAlarm(
         state_path=os.path.join(mp_dir, "failure-alarm.json") if mp_dir else None

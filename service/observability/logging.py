@@ -133,21 +133,57 @@ class HandlerStreamLogger:
         self.name = name  # for add_logger_name
 
     def msg(self, line: str) -> None:
-        h = _handler
-        try:
-            with h.lock:  # type: ignore[union-attr]
-                stream = h.stream
-                stream.write(line + h.terminator)
-                stream.flush()
-        except RecursionError:
-            raise
-        except Exception:
-            # What logging.Handler.handleError does: never let a broken stream fail the caller.
-            if logging.raiseExceptions and sys.stderr:
-                sys.stderr.write("--- Logging error ---\n")
-                traceback.print_exc(file=sys.stderr)
+        _write_line(line)
 
     debug = info = warning = warn = error = critical = fatal = exception = log = msg
+
+
+def _write_line(line: str) -> None:
+    h = _handler
+    try:
+        with h.lock:  # type: ignore[union-attr]
+            stream = h.stream
+            stream.write(line + h.terminator)
+            stream.flush()
+    except RecursionError:
+        raise
+    except Exception:
+        # What logging.Handler.handleError does: never let a broken stream fail the caller.
+        if logging.raiseExceptions and sys.stderr:
+            sys.stderr.write("--- Logging error ---\n")
+            traceback.print_exc(file=sys.stderr)
+
+
+# Set by configure_logging: whether `emit` renders JSON itself, and the level threshold.
+_direct_json = False
+_threshold = logging.INFO
+_LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+
+
+def emit(
+    logger: Any, name: str, level: int, event: str, fields: dict[str, Any], request_id: str
+) -> None:
+    """One line with `fields`, `event` and `request_id`, as `logger.<level>(event, **fields)`
+    writes it while `request_id` is bound: the hot path of the completion line.
+
+    With `LOG_FORMAT=json` the line is built here (the same keys in the same order as the
+    processor chain: the fields, event, request_id, level, logger, timestamp; credentials
+    scrubbed; one write to the root handler's stream), skipping the chain's generic steps
+    (context merge, stack and exception rendering: a completion line has none).
+    tests/unit/test_fast_logging.py compares the two lines. Any other format: the chain.
+    `fields` is consumed."""
+    if not _direct_json:
+        getattr(logger, _LEVEL_NAMES[level])(event, **fields)
+        return
+    if level < _threshold:
+        return
+    fields["event"] = event
+    fields["request_id"] = request_id
+    fields["level"] = _LEVEL_NAMES[level]
+    fields["logger"] = name
+    fields["timestamp"] = iso_utc(time.time_ns())
+    scrub_secrets(None, "", fields)
+    _write_line(orjson.dumps(fields, default=str).decode())
 
 
 def _logger_factory(*args: Any) -> HandlerStreamLogger:
@@ -165,7 +201,8 @@ def configure_logging(fmt: str = "console", level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
         add_timestamp,  # what TimeStamper(fmt="iso", utc=True) writes, in less time
     ]
-    global _handler
+    global _handler, _direct_json, _threshold
+    _direct_json, _threshold = fmt == "json", lvl
     renderer: Any
     handler = _handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import struct
 from typing import Any
 
 from prometheus_client import (
@@ -26,6 +27,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
+    values,
 )
 from prometheus_client import multiprocess as mp
 
@@ -38,6 +40,57 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 def method_label(method: str) -> str:
     return method if method in METHODS else "OTHER"
+
+
+_forked = False  # set in a child forked from this process: the fast path steps aside
+
+
+def _after_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork)
+_pack_two_doubles = struct.Struct("dd").pack
+
+
+def _fast_multiprocess_value(base: Any) -> Any:
+    """prometheus-client's multiprocess value (`base`, the class its `ValueClass` already is, so
+    one set of per-process files serves every value) with a cheaper `inc`.
+
+    Its own `inc` takes a process-wide lock, calls `getpid()` to notice a fork and looks the
+    value's offset up in the file's index on every call; a request makes about eleven of them.
+    Here `inc` writes the 16 bytes (value, timestamp 0) at the offset found once, with the same
+    whole-slice assignment prometheus-client uses (never a partial value for a concurrent
+    reader), and the mapping read at call time (the file may have been grown and re-mapped).
+    Without the lock: a worker writes metrics from its event loop thread only. After a fork the
+    child uses the original `inc` (its pid check then moves it to files of its own)."""
+
+    class FastMmapedValue(base):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pos = self._file._positions[self._key]
+
+        def inc(self, amount: float) -> None:
+            if _forked:
+                super().inc(amount)
+                return
+            v: float = self._value + amount  # type: ignore[has-type]
+            self._value = v
+            self._timestamp = 0.0
+            pos = self._pos
+            self._file._m[pos : pos + 16] = _pack_two_doubles(v, 0.0)
+
+    return FastMmapedValue
+
+
+def use_fast_values() -> None:
+    """Called before the first metric is made; nothing changes outside multiprocess mode."""
+    current = values.ValueClass
+    if getattr(current, "_multiprocess", False) and not getattr(current, "fast_inc", False):
+        fast = _fast_multiprocess_value(current)
+        fast.fast_inc = True
+        values.ValueClass = fast
 
 
 class Children(dict[Any, Any]):
@@ -63,6 +116,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         disable_created_metrics()  # *_created series would double the series count for nothing
+        use_fast_values()
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests_total = Counter(

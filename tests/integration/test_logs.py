@@ -370,3 +370,28 @@ def test_repeated_upstream_failures_log_one_alert_line(
         a = found[0]
         assert a["level"] == "error" and a["failures"] == 5 and a["window_secs"] == 300
         assert a["error_type"] == "connect_error" and a["route"] == CHAT
+
+
+def test_client_ip_comes_from_forwarding_headers_only_when_sanic_trusts_proxies(
+    debug_router: RouterProcess, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    def chat(router: RouterProcess, rid: str) -> None:
+        with httpx.Client(timeout=10) as c:
+            r = c.post(
+                router.url + CHAT,
+                json={"model": "gpt-4", "messages": []},
+                headers={"X-Request-ID": rid, "X-Forwarded-For": "203.0.113.9, 198.51.100.7"},
+            )
+        assert r.status_code == 200
+
+    rid = "rid-xff-" + uuid.uuid4().hex[:8]
+    chat(debug_router, rid)
+    assert _completion(debug_router, rid)["client_ip"] == "127.0.0.1"  # not trusted by default
+    profile = base_profile(upstream.url)
+    proxied = _router(tmp_path_factory, "proxied", profile, SANIC_PROXIES_COUNT="1")
+    try:
+        rid = "rid-xff-" + uuid.uuid4().hex[:8]
+        chat(proxied, rid)
+        assert _completion(proxied, rid)["client_ip"] == "198.51.100.7"  # one trusted hop
+    finally:
+        proxied.__exit__(None, None, None)

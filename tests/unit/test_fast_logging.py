@@ -98,3 +98,64 @@ def test_timestamps_are_what_structlogs_iso_utc_stamper_writes() -> None:
             .replace("+00:00", "Z")
         )
         assert iso_utc(ns) == expected
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_emit_writes_the_line_the_processor_chain_writes(level: int) -> None:
+    from service.observability.logging import emit
+
+    stream = _configure()
+    redact("sk-operator-secret")
+    set_request_secret("sk-client-secret", None)
+    structlog.contextvars.bind_contextvars(request_id="rid-1")
+    log = structlog.get_logger("api_router.access")
+    fields: dict[str, Any] = {
+        "client_ip": "127.0.0.1",
+        "route": "/v1/chat/completions",
+        "status_code": 200,
+        "latency_ms": 1.5,
+        "upstream_latency_ms": None,
+        "model": "sk-client-secret as a model name",
+        "stream": False,
+        "key_id": "ab12",
+    }
+    name = "warning" if level == logging.WARNING else "info"
+    getattr(log, name)("request_completed", **dict(fields))
+    emit(log, "api_router.access", level, "request_completed", dict(fields), "rid-1")
+    chain, direct = stream.getvalue().splitlines()
+    a, b = json.loads(chain), json.loads(direct)
+    assert a.pop("timestamp")[:10] == b.pop("timestamp")[:10]
+    assert list(a.items()) == list(b.items())  # same keys, same order, same values
+    assert b["model"] == "[redacted] as a model name" and b["level"] == name
+    assert "sk-client-secret" not in direct
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_emit_keeps_the_level_threshold_and_the_console_format() -> None:
+    from service.observability.logging import emit
+
+    configure_logging("json", "warning")
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    log = structlog.get_logger("api_router.access")
+    emit(log, "api_router.access", logging.INFO, "request_completed", {"a": 1}, "rid")
+    emit(log, "api_router.access", logging.WARNING, "request_completed", {"a": 2}, "rid")
+    assert [json.loads(x)["a"] for x in stream.getvalue().splitlines()] == [2]
+
+    configure_logging("console", "info")
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    structlog.contextvars.bind_contextvars(request_id="rid-2")
+    emit(
+        structlog.get_logger("api_router.access"),
+        "api_router.access",
+        logging.INFO,
+        "request_completed",
+        {"a": 3},
+        "rid-2",
+    )
+    line = stream.getvalue()
+    assert "request_completed" in line and "a=3" in line and "rid-2" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)
