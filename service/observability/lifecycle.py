@@ -93,7 +93,7 @@ def finish(request: Request, status: int, response: Any = None) -> None:
         response.headers["X-Request-ID"] = ctx.request_id
     metrics = getattr(app.ctx, "metrics", None)
     if metrics is not None:
-        metrics.in_flight_requests.dec()
+        metrics.in_flight.inc(-1)
         metrics.requests_by[route, method_label(request.method), status].inc()
         metrics.request_latency_by[route].observe(elapsed)
         if state.error_type is not None:
@@ -227,7 +227,7 @@ def install(app: Sanic) -> None:
             request.conn_info.ctx.request = request
         m = getattr(app.ctx, "metrics", None)
         if m is not None:
-            m.in_flight_requests.inc()
+            m.in_flight.inc(1)
 
     @app.signal("http.lifecycle.response")
     async def _response(request: Request, response: Any) -> None:

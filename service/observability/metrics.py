@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import struct
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -107,8 +108,42 @@ class Children(dict[Any, Any]):
         self._metric = metric
 
     def __missing__(self, key: Any) -> Any:
-        child = self[key] = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
-        return child
+        child = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
+        writer = self[key] = (
+            _HistogramWriter(child) if isinstance(child, Histogram) else _CounterWriter(child)
+        )
+        return writer
+
+
+class _CounterWriter:
+    """`inc` of a labelled counter child straight on its value: what `Counter.inc` does (a
+    negative amount refused) minus the per-call checks of a child that is known observable."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, child: Any) -> None:
+        self._value = child._value
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self._value.inc(amount)
+
+
+class _HistogramWriter:
+    """`observe` of a labelled histogram child: the sum, then the first bucket whose upper bound
+    is >= the amount (a bisection over the bounds, the last one +Inf), as `Histogram.observe`."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._sum = child._sum
+        self._buckets = child._buckets
+        self._bounds = child._upper_bounds
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)
 
 
 class Metrics:
@@ -215,6 +250,8 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
+        # The in-flight gauge's value, moved by +1/-1 per request (Gauge.inc/dec minus checks).
+        self.in_flight = self.in_flight_requests._value
         # The children a request writes to, by label values (lifecycle.finish).
         self.requests_by = Children(self.requests_total)  # [route, method, status]
         self.request_latency_by = Children(self.request_latency_seconds)  # [route]

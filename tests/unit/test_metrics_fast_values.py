@@ -77,3 +77,38 @@ def test_a_forked_child_writes_its_own_files(tmp_path: Path) -> None:
     assert fast == lib
     assert ["c_total", '{"k": "child"}', 5.0] in fast["samples"]  # type: ignore[operator]
     assert fast["files"] == 6  # counter, gauge, histogram files for the parent and the child
+
+
+def test_label_children_writers_record_what_the_library_records() -> None:
+    import pytest
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from service.observability.metrics import LATENCY_BUCKETS, Children
+
+    reg = CollectorRegistry()
+    fast_h = Histogram("fh", "h", ["route"], registry=reg, buckets=LATENCY_BUCKETS)
+    lib_h = Histogram("lh", "h", ["route"], registry=reg, buckets=LATENCY_BUCKETS)
+    fast_c = Counter("fc", "c", ["a", "b"], registry=reg)
+    lib_c = Counter("lc", "c", ["a", "b"], registry=reg)
+    hist, count = Children(fast_h), Children(fast_c)
+    for x in (0.0, 0.001, 0.0010001, 0.005, 0.3, 2.5, 10, 11, 1e9, *LATENCY_BUCKETS):
+        hist["/r"].observe(x)
+        lib_h.labels("/r").observe(x)
+        count["x", "y"].inc(x)
+        lib_c.labels("x", "y").inc(x)
+    count["x", "z"].inc()
+    lib_c.labels("x", "z").inc()
+    with pytest.raises(ValueError):
+        count["x", "y"].inc(-1)
+
+    def samples(metric: object, prefix: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name[len(prefix) :], s.labels, s.value)
+            for m in metric.collect()  # type: ignore[attr-defined]
+            for s in m.samples
+            if not s.name.endswith("_created")  # the creation time differs by microseconds
+        ]
+
+    assert samples(fast_h, "fh") == samples(lib_h, "lh")
+    assert samples(fast_c, "fc") == samples(lib_c, "lc")
+    assert hist["/r"] is hist["/r"]  # one writer per label values
