@@ -97,16 +97,22 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:  # bytes nobody asked for: this connection cannot be trusted again
+        if not self.busy or self.complete:
+            # Bytes nobody asked for (idle, or after a complete response): never part of an
+            # answer, and this connection cannot be trusted again.
             self.abort()
             return
         self.got_bytes = True
+        if not self.head_done:
+            self.head_size += len(data)  # llhttp holds an unterminated line without a callback
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("Unexpected protocol upgrade from the upstream"))
         except httptools.HttpParserError as e:
             self._fail(httpx.RemoteProtocolError("Malformed response from the upstream"), e)
+        if not self.head_done and self.head_size > HEAD_LIMIT and self.error is None:
+            self._fail(httpx.RemoteProtocolError("Upstream response head too large"))
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -146,18 +152,15 @@ class _Conn(asyncio.Protocol):
             d.set_result(None)
 
     # -- llhttp callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response in the same packet: never relayed
+            raise httpx.RemoteProtocolError("Unexpected bytes after a complete response")
+
     def on_status(self, status: bytes) -> None:
         self.reason += status
-        self._count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self._count(len(name) + len(value) + 4)
-
-    def _count(self, n: int) -> None:
-        self.head_size += n
-        if self.head_size > HEAD_LIMIT:
-            raise httpx.RemoteProtocolError("Upstream response head too large")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -167,6 +170,8 @@ class _Conn(asyncio.Protocol):
             self.reason = b""  # an informational answer (100 Continue): the real one follows
             self.headers = []
             return
+        if len(self.reason) + sum(len(k) + len(v) + 4 for k, v in self.headers) > HEAD_LIMIT:
+            raise httpx.RemoteProtocolError("Upstream response head too large")
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         if status not in (204, 304) and not self.head_request:

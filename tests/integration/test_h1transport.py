@@ -523,3 +523,49 @@ def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) 
         await c.aclose()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.05])
+def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            if gap:
+                await writer.drain()
+                await asyncio.sleep(gap)
+            writer.write(b"HTTP/1.1 408 X\r\nContent-Length: 7\r\n\r\nINJECTD")
+            await writer.drain()
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        for _ in range(2):
+            resp = await c.send(req(c, s.url), stream=True)
+            await asyncio.sleep(0.1)  # a slow consumer: the extra bytes arrive first
+            data = b"".join([x async for x in resp.aiter_raw()])
+            await resp.aclose()
+            assert (resp.status_code, data) == (200, b"hello")
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 2  # the polluted connection was not reused
+
+
+def test_an_unterminated_header_is_cut_at_the_head_limit(scripted) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100_000)  # no line end, ever
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        with pytest.raises(httpx.RemoteProtocolError, match="head too large"):
+            await fetch(c, req(c, s.url, read=8.0))
+        await c.aclose()
+
+    asyncio.run(go())
