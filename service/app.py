@@ -78,6 +78,11 @@ class RouterApp(Sanic[Config, SimpleNamespace]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._hot_signals: dict[str, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+        self.before_server_start(RouterApp._plan_at_start)
+
+    @staticmethod
+    async def _plan_at_start(app: RouterApp) -> None:
+        app.plan_signals()  # the signal router is final by now
 
     def plan_signals(self) -> None:
         router = self.signal_router
@@ -204,11 +209,6 @@ def create_app(settings: Settings) -> Sanic:
     configure_logging(settings.log_format, settings.log_level)
     redact(settings.default_api_key)
     app = RouterApp(APP_NAME, configure_logging=False)
-
-    @app.before_server_start
-    async def _plan_signals(app: RouterApp) -> None:
-        app.plan_signals()  # the signal router is final by now
-
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Upstream timeouts (per profile) bound a request; Sanic's own 60 s would cut long generations.
     app.config.RESPONSE_TIMEOUT = 24 * 3600

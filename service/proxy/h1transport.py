@@ -243,7 +243,11 @@ class _Conn(asyncio.Protocol):
     def abort(self) -> None:
         self.keep_alive = False
         if self.transport is not None and not self.closed:
-            self.transport.abort()  # connection_lost follows (it calls pool._closed)
+            # Our own close frees the pool slot now (connection_lost, later, then skips it): a
+            # caller that evicts one idle connection to make room sees the room at once.
+            self.closed = True
+            self.transport.abort()
+            self.pool._closed(self)
 
     async def drained(self, limit: float | None) -> None:
         d = self.drain
@@ -383,7 +387,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         return self._ssl
 
     def _closed(self, conn: _Conn) -> None:
-        """A connection's socket is gone (called once, from connection_lost)."""
+        """A connection's socket is gone (called once: from `abort`, or from connection_lost when
+        the peer closed it)."""
         self._open -= 1
         idle = self._idle.get(conn.key)
         if idle and not conn.busy and conn in idle:
@@ -485,11 +490,10 @@ class H1Transport(httpx.AsyncBaseTransport):
 
     def _connect_failed(self, conn: _Conn) -> None:
         if conn.transport is not None:
-            conn.abort()  # connection_lost -> _closed
+            conn.abort()
         else:
             conn.closed = True
-            self._open -= 1
-            self._wake_one()
+            self._closed(conn)
 
     # -- httpx.AsyncBaseTransport ------------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

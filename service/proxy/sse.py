@@ -91,33 +91,35 @@ class _Stream:
         await self.out.send(data)
         self.last_write = time.monotonic()
 
-    async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
-        """Wait for `task`, writing a heartbeat whenever nothing was written for the interval;
-        False when the monotonic time `until` came first."""
-        while not task.done():
-            now = time.monotonic()
-            if now >= until:
-                return False
-            beat = self.last_write + self.interval
-            if now >= beat:
-                await self.write(HEARTBEAT)
-            else:
-                await asyncio.wait({task}, timeout=min(beat, until) - now)
-        return True
-
-    async def receive(self, receive: Any, until: float) -> bytes | None:
-        """`receive(limit)` of the upstream body until the monotonic time `until`, writing a
-        heartbeat whenever nothing was written for the interval: the bytes, b"" at the end, or
-        None when `until` came first."""
+    async def _slice(self, until: float) -> float | None:
+        """Seconds to wait before the next heartbeat or `until` (a heartbeat written first when
+        one is due); None when the monotonic time `until` has come."""
         while True:
             now = time.monotonic()
             if now >= until:
                 return None
             beat = self.last_write + self.interval
-            if now >= beat:
-                await self.write(HEARTBEAT)
-                continue
-            data: bytes | None = await receive(min(beat, until) - now)
+            if now < beat:
+                return min(beat, until) - now
+            await self.write(HEARTBEAT)
+
+    async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
+        """Wait for `task` with heartbeats; False when the monotonic time `until` came first."""
+        while not task.done():
+            step = await self._slice(until)
+            if step is None:
+                return False
+            await asyncio.wait({task}, timeout=step)
+        return True
+
+    async def receive(self, receive: Any, until: float) -> bytes | None:
+        """`receive(limit)` of the upstream body with heartbeats: the bytes, b"" at the end, or
+        None when the monotonic time `until` came first."""
+        while True:
+            step = await self._slice(until)
+            if step is None:
+                return None
+            data: bytes | None = await receive(step)
             if data is not None:
                 return data
 

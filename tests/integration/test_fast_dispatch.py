@@ -102,12 +102,6 @@ def _order_app(cls: type[Sanic], name: str, calls: list[str]) -> Sanic:
 
         app.signal("http.lifecycle.request")(listener)
 
-    if isinstance(app, RouterApp):
-
-        @app.before_server_start
-        async def _plan(app: RouterApp) -> None:
-            app.plan_signals()
-
     return app
 
 
@@ -140,12 +134,6 @@ def _error_outcome(cls: type[Sanic], name: str) -> tuple[int, list[str], bool]:
     @app.signal("server.exception.report")
     async def report(exception: BaseException) -> None:
         reports.append(exception)
-
-    if isinstance(app, RouterApp):
-
-        @app.before_server_start
-        async def _plan(app: RouterApp) -> None:
-            app.plan_signals()
 
     try:
         _, resp = app.test_client.get("/")
@@ -183,12 +171,6 @@ def _waiter_outcome(cls: type[Sanic], name: str) -> list[str]:
     @app.after_server_start
     async def _wait(app: Sanic) -> None:
         app.add_task(wait())
-
-    if isinstance(app, RouterApp):
-
-        @app.before_server_start
-        async def _plan(app: RouterApp) -> None:
-            app.plan_signals()
 
     try:
         _, resp = app.test_client.get("/")

@@ -57,14 +57,20 @@ async def read_request(reader: asyncio.StreamReader, server: Scripted | None = N
     return head + body
 
 
-def keep_alive_ok(server_ref: list[Scripted]) -> Handler:
+def repeating(answer: bytes, server_ref: list[Scripted] | None = None) -> Handler:
+    """Answer every request on the connection with `answer` (recording into server_ref[0])."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            await read_request(reader, server_ref[0])
-            writer.write(OK)
+            await read_request(reader, server_ref[0] if server_ref else None)
+            writer.write(answer)
             await writer.drain()
 
     return handler
+
+
+def keep_alive_ok(server_ref: list[Scripted]) -> Handler:
+    return repeating(OK, server_ref)
 
 
 @pytest.fixture
@@ -128,13 +134,7 @@ def test_a_connection_is_reused_after_a_complete_response(scripted) -> None:  # 
 
 
 def test_an_abandoned_response_closes_its_connection(scripted) -> None:  # type: ignore[no-untyped-def]
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")  # 5 of 10
-            await writer.drain()
-
-    s = scripted(handler)
+    s = scripted(repeating(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"))  # 5 of 10
 
     async def go() -> None:
         c = client()
@@ -170,13 +170,7 @@ def test_an_abandoned_response_closes_its_connection(scripted) -> None:  # type:
     ids=["chunked", "100-continue", "connection-close", "http-1.0"],
 )
 def test_response_framing(scripted, answer: bytes, expected: bytes, reused: bool) -> None:  # type: ignore[no-untyped-def]
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(answer)
-            await writer.drain()
-
-    s = scripted(handler)
+    s = scripted(repeating(answer))
 
     async def go() -> None:
         c = client()
@@ -249,15 +243,8 @@ def test_a_header_with_a_line_break_is_never_sent(scripted, bad: str) -> None:  
 
 
 def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:  # type: ignore[no-untyped-def]
-    release = asyncio.Event()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK)
-            await writer.drain()
-
-    s = scripted(handler)
+    s = scripted(repeating(OK))
 
     async def go() -> None:
         c = client(max_connections=1)
@@ -272,7 +259,6 @@ def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:  # type
         await held.aclose()
         _, data = await waiting
         assert data == b"{}"
-        release.set()
         await c.aclose()
 
     asyncio.run(go())
@@ -566,6 +552,24 @@ def test_an_unterminated_header_is_cut_at_the_head_limit(scripted) -> None:  # t
         c = client()
         with pytest.raises(httpx.RemoteProtocolError, match="head too large"):
             await fetch(c, req(c, s.url, read=8.0))
+        await c.aclose()
+
+    asyncio.run(go())
+
+
+def test_making_room_at_the_cap_closes_one_idle_connection_only(scripted) -> None:  # type: ignore[no-untyped-def]
+    ref: list[Scripted] = []
+    servers = [scripted(keep_alive_ok(ref)) for _ in range(4)]
+    ref.append(servers[0])  # (the handler records into the first; only counts matter here)
+
+    async def go() -> None:
+        transport = H1Transport(httpx.Limits(max_connections=3))
+        c = UpstreamClient(transport)
+        for s in servers[:3]:
+            await fetch(c, req(c, s.url))  # three idle connections, three hosts: the cap
+        await fetch(c, req(c, servers[3].url))  # a fourth host: one idle connection must go
+        idle = sum(len(v) for v in transport._idle.values())
+        assert (idle, transport._open) == (3, 3)  # two old ones kept, plus the new one
         await c.aclose()
 
     asyncio.run(go())
