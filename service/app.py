@@ -23,7 +23,7 @@ from sanic.response import HTTPResponse
 from sanic_routing.exceptions import NotFound as NoSignal
 
 from . import access, connlimits, shutdown
-from .config import ConfigHolder, load_file
+from .config import ConfigHolder, LoadedConfig, load_file
 from .errors import BadRequest as RouterBadRequest
 from .errors import (
     MethodNotAllowed,
@@ -205,6 +205,12 @@ def error_response(request: Request, exc: BaseException) -> HTTPResponse:
     )
 
 
+def _register_secrets(cfg: LoadedConfig) -> None:
+    """The profile's header and upstream query values never reach a log line."""
+    for secret in cfg.profile.secret_values():
+        redact(secret)
+
+
 def create_app(settings: Settings) -> Sanic:
     configure_logging(settings.log_format, settings.log_level)
     redact(settings.default_api_key)
@@ -224,7 +230,7 @@ def create_app(settings: Settings) -> Sanic:
     app.config.FALLBACK_ERROR_FORMAT = "json"
 
     app.ctx.settings = settings
-    app.ctx.config = ConfigHolder(load_file(settings.profile_path))
+    app.ctx.config = ConfigHolder(load_file(settings.profile_path), on_load=_register_secrets)
     app.ctx.draining = False
     app.ctx.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
     app.ctx.limit_cache = (None, {})

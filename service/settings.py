@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .proxy.headers import FORWARDED_MODES
+
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8192
 MAX_HEADER_BYTES_CEILING = 16384  # Sanic's own ceiling for a request head
@@ -98,6 +100,9 @@ class Settings:
     stream_max_secs: float = 3600.0
     # Shared deployments: a file of hashed client keys (service.access); None = open router.
     access_keys_file: Path | None = None
+    # The client's Forwarded / X-Forwarded-* headers: replace (default), keep or drop
+    # (service.proxy.headers).
+    forwarded_headers: str = "replace"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
@@ -139,7 +144,14 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
 def _hardening(env: Mapping[str, str]) -> dict[str, object]:
     """Limits against hostile clients and failing upstreams (README "Security and limits")."""
     keys_file = (env.get("API_ROUTER_ACCESS_KEYS_FILE") or "").strip()
+    forwarded = (env.get("API_ROUTER_FORWARDED_HEADERS") or "replace").strip().lower()
+    if forwarded not in FORWARDED_MODES:
+        raise SettingsError(
+            f"API_ROUTER_FORWARDED_HEADERS={forwarded!r} must be "
+            f"one of {', '.join(FORWARDED_MODES)}"
+        )
     return {
+        "forwarded_headers": forwarded,
         "max_header_bytes": _int(
             env,
             "API_ROUTER_MAX_HEADER_BYTES",

@@ -11,7 +11,7 @@ reports the JSON path, which the loader turns into one readable line).
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -56,6 +56,21 @@ RouteKey = Literal[
 ]
 
 HeaderMap = dict[Annotated[str, Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], str]
+
+
+# Header names whose values are public protocol settings. The value of every other header a
+# profile or endpoint sets (`x-goog-api-key`, `api-key`, `Cookie`, a tenant id …) is registered
+# as a secret when the profile loads, so that no log line shows it.
+PUBLIC_HEADERS = frozenset(
+    {
+        "accept",
+        "anthropic-beta",
+        "anthropic-version",
+        "content-type",
+        "openai-beta",
+        "user-agent",
+    }
+)
 
 
 class _Strict(BaseModel):
@@ -250,6 +265,21 @@ class Profile(_Strict):
                 ),
             )
         return out
+
+    def secret_values(self) -> frozenset[str]:
+        """What no log line may show: the values of the profile's and endpoints' headers (but
+        those named in PUBLIC_HEADERS) and of the query parameters of every `upstreamPath`
+        (Gemini-style `?key=`), as written and percent-decoded."""
+        out: set[str] = set()
+        headers = [self.headers, *(ep.headers for ep in self.endpoints.values())]
+        for hs in headers:
+            out.update(v for k, v in hs.items() if k.lower() not in PUBLIC_HEADERS)
+        for ep in self.endpoints.values():
+            query = urlsplit(ep.upstream_path or "").query
+            for pair in query.split("&"):
+                value = pair.partition("=")[2]
+                out.update((value, unquote_plus(value)))
+        return frozenset(v for v in out if v)
 
     def advertised_models(self) -> list[str]:
         """`models`, then mapping keys and values, each once, in that order."""

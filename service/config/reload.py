@@ -29,7 +29,13 @@ class ConfigHolder:
         self,
         initial: LoadedConfig,
         on_result: Callable[[str], None] | None = None,
+        on_load: Callable[[LoadedConfig], None] | None = None,
     ) -> None:
+        # Called with every config before it serves a request (the first one included), e.g.
+        # to register its secrets with the log scrubber.
+        self.on_load = on_load
+        if on_load is not None:
+            on_load(initial)
         self.current = initial
         self.reloads = 0
         self.failures = 0
@@ -64,6 +70,8 @@ class ConfigHolder:
                 self.on_result("failure")
             return False
         self._bad_stamp = None
+        if self.on_load is not None:
+            self.on_load(new)
         self.current = new
         self.reloads += 1
         self.last_error = None

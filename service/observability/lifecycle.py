@@ -31,7 +31,7 @@ import structlog
 from sanic import Request, Sanic
 
 from ..config.model import PROXY_ROUTES
-from ..proxy.headers import sane_request_id
+from ..proxy.headers import client_address, sane_request_id
 from ..proxy.relay import RequestState
 from . import sentry
 from .alerts import FailureAlarm
@@ -118,10 +118,7 @@ def finish(request: Request, status: int, response: Any = None) -> None:
                     metrics.tokens_by[kind, model].inc(n)
     if app.ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
-            # Sanic's `remote_addr` (from Forwarded / X-Forwarded-For / a real-IP header) only
-            # when its proxy settings (SANIC_PROXIES_COUNT, ...) allow any: parsing costs.
-            "client_ip": (request.remote_addr if app.ctx.client_ip_from_headers else "")
-            or request.ip,
+            "client_ip": client_address(request, app.ctx.client_ip_from_headers),
             "method": request.method,
             "route": route,
             "status_code": status,

@@ -9,13 +9,19 @@ handler's stream, under the handler's lock, flushed like the handler's own recor
 context (request_id, route) is bound through contextvars and cleared at the start of every
 request.
 
-A last processor drops any value that looks like a credential the router knows of: secrets are
-registered with `redact()` (DEFAULT_API_KEY at start, a client's key while its request runs).
+A last processor drops any value that looks like a credential: secrets the router knows of are
+registered with `redact()` (DEFAULT_API_KEY at start, the active profile's header values and
+`upstreamPath` query values at every load, the Redis password, a client's key while its request
+runs), and in any text, the value of a URL query parameter whose name looks like a credential
+(`?key=`, `&api_key=`, `access_token`, `sig`, … see `_CREDENTIAL_QUERY`) is replaced whatever it
+is: a client's own `?key=…` is never registered anywhere. The same processor runs for structlog's
+lines and for every standard-library record (Sanic, httpx, httpcore), at every level.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import traceback
@@ -42,12 +48,30 @@ def set_request_secret(*secrets: str | None) -> None:
     _request_secrets.set(tuple(s for s in secrets if s and len(s) >= 4))
 
 
+# A query parameter whose name contains one of these words (case-insensitive) carries a
+# credential: `key`, `api_key`, `apikey`, `x-goog-api-key`, `token`, `access_token`, `sig`,
+# `signature`, `X-Amz-Signature`, `secret`, `password`, `auth`, `credential`, `session`. The value
+# ends at the next `&`, `#`, `;`, whitespace or quote; over-redaction is the safe side.
+_CREDENTIAL_QUERY = re.compile(
+    r"((?:^|[?&;])[^=&#;?\s\"']*?(?:key|token|sig|secret|pass|pwd|auth|credential|session)"
+    r"[^=&#;?\s\"']*=)[^&#;\s\"'<>]+",
+    re.IGNORECASE,
+)
+
+
+def redact_query(text: str) -> str:
+    """`text` with the value of every credential-like URL query parameter replaced."""
+    if "=" not in text:
+        return text
+    return _CREDENTIAL_QUERY.sub(r"\1" + REDACTED, text)
+
+
 def _scrub_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         for s in secrets:
             if s in value:
                 value = value.replace(s, REDACTED)
-        return value
+        return redact_query(value)
     if isinstance(value, dict):
         return {k: _scrub_value(v, secrets) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -62,9 +86,9 @@ def _known_secrets() -> list[str]:
 
 
 def scrub(value: Any) -> Any:
-    """`value` with every known credential replaced (also used for Sentry events)."""
-    secrets = _known_secrets()
-    return _scrub_value(value, secrets) if secrets else value
+    """`value` with every known credential and credential-like query value replaced (also used
+    for Sentry events)."""
+    return _scrub_value(value, _known_secrets())
 
 
 _PLAIN = (int, float, type(None))  # values no credential can hide in (bool is an int)
@@ -74,11 +98,12 @@ def scrub_secrets(
     _: Any, __: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     secrets = _known_secrets()
-    if not secrets:
-        return event_dict
     # In place (structlog hands every processor chain a dict of its own), keys in their order.
     for k, v in event_dict.items():
         if v.__class__ is str:
+            if "=" in v:  # may hold a URL query: the full scrub
+                event_dict[k] = _scrub_value(v, secrets)
+                continue
             for s in secrets:
                 if s in v:
                     event_dict[k] = _scrub_value(v, secrets)

@@ -4,8 +4,16 @@
   Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) never cross the router in either direction.
 - `Host` and `Content-Length` are the router's own framing; credentials are never forwarded in the
   client's form: the resolved credential is re-sent the way the profile's `auth` says.
-- Order upstream: client end-to-end headers, then profile headers, then endpoint headers (which
-  win), then the credential, then `X-Request-ID`.
+- Forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are what a self-hosted upstream
+  behind a proxy believes about the client, so a client must not be able to invent them. By
+  default (`API_ROUTER_FORWARDED_HEADERS=replace`) the client's are removed and the router sends
+  its own: `X-Forwarded-For` = the client address as Sanic sees it (the peer, or what Sanic's
+  trusted-proxy settings `SANIC_PROXIES_COUNT` / `SANIC_REAL_IP_HEADER` / `SANIC_FORWARDED_SECRET`
+  accept), `X-Forwarded-Proto`, `X-Forwarded-Host`. `keep` forwards the client's unchanged and
+  adds none (the router sits behind a trusted proxy that set them); `drop` removes them and
+  sends none (the provider learns no client address).
+- Order upstream: client end-to-end headers, then the router's forwarding headers, then profile
+  headers, then endpoint headers (which win), then the credential, then `X-Request-ID`.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 HOP_BY_HOP = frozenset(
     {
@@ -31,6 +40,19 @@ HOP_BY_HOP = frozenset(
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 # Framing and routing headers that belong to each hop.
 NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", "content-length", "expect"}
+FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-server",
+        "x-real-ip",
+    }
+)
+FORWARDED_MODES = ("replace", "keep", "drop")
 # Response headers the router sets itself.
 NOT_RETURNED = HOP_BY_HOP | {"content-length", "date", "server", "x-request-id"}
 
@@ -53,10 +75,13 @@ def _drop_set(items: list[tuple[str, str]], base: frozenset[str]) -> frozenset[s
     return base | named if named else base
 
 
-def forwardable_request_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, in order, with duplicates kept."""
+def forwardable_request_headers(
+    items: Iterable[tuple[str, str]], keep_forwarding: bool = True
+) -> list[tuple[str, str]]:
+    """The client's end-to-end headers, in order, with duplicates kept (without the forwarding
+    headers unless `keep_forwarding`)."""
     items = list(items)
-    drop = _drop_set(items, NOT_FORWARDED)
+    drop = _drop_set(items, NOT_FORWARDED if keep_forwarding else NOT_FORWARDED | FORWARDING)
     return [
         (k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")
     ]
@@ -76,6 +101,21 @@ def returnable_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[
         if (k.lower() not in drop or k.lower() == "x-request-id")
         and not k.lower().startswith("proxy-")
     ]
+
+
+def client_address(request: Any, trust_headers: bool) -> str:
+    """The client's address as Sanic sees it: its `remote_addr` (from Forwarded /
+    X-Forwarded-For / a real-IP header) when the trusted-proxy settings allow any (parsing
+    costs, so only then), else the peer address."""
+    return (request.remote_addr if trust_headers else "") or request.ip
+
+
+def router_forwarding(client_ip: str, proto: str, host: str) -> list[tuple[str, str]]:
+    """The router's own forwarding headers (the `replace` mode); empty values are left out."""
+    out = [("X-Forwarded-For", client_ip), ("X-Forwarded-Proto", proto)]
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    return [(k, v) for k, v in out if v]
 
 
 def client_credential(headers: Mapping[str, str], default_key: str | None) -> str | None:
@@ -120,8 +160,12 @@ def upstream_headers(
     auth_scheme: str,
     credential: str | None,
     request_id: str,
+    forwarding: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
-    headers = merge_headers(forwardable_request_headers(client_items), profile_headers)
+    """`forwarding`: the router's forwarding headers, which replace the client's (`[]`: none);
+    None keeps the client's."""
+    client = forwardable_request_headers(client_items, keep_forwarding=forwarding is None)
+    headers = merge_headers(client + forwarding if forwarding else client, profile_headers)
     extra: list[tuple[str, str]] = []
     if credential:
         extra.append(credential_header(auth_header, auth_scheme, credential))

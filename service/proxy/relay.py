@@ -127,6 +127,20 @@ def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, 
     return out
 
 
+def _forwarding(request: Request, mode: str) -> list[tuple[str, str]] | None:
+    """The forwarding headers sent upstream (service.proxy.headers: replace, keep, drop)."""
+    if mode == "keep":
+        return None
+    if mode == "drop":
+        return []
+    trusted = request.app.ctx.client_ip_from_headers
+    return h.router_forwarding(
+        h.client_address(request, trusted),
+        request.scheme,
+        request.host if trusted else request.headers.get("host", ""),
+    )
+
+
 async def forward(request: Request, route: str) -> HTTPResponse | None:
     app = request.app
     cfg = app.ctx.config.current
@@ -193,6 +207,7 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         profile.auth.scheme,
         credential,
         request_id,
+        _forwarding(request, app.ctx.settings.forwarded_headers),
     )
     hdrs = h.merge_headers(
         hdrs,

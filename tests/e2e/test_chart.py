@@ -157,6 +157,37 @@ def test_default_render_is_a_hardened_deployment(renders: dict[str, str]) -> Non
     assert "DEFAULT_API_KEY" not in json.dumps(c)
 
 
+GRACE_MARGIN_SECS = 10  # for the process to exit after its drain (helm/README.md)
+
+
+@pytest.mark.parametrize(("pre_stop", "drain"), [(5, 30), (0, 0), (0, 3600), (300, 3600), (17, 45)])
+def test_grace_period_keeps_its_margin_beyond_pre_stop_and_drain(
+    helm: str, pre_stop: int, drain: int
+) -> None:
+    objs = by_kind(
+        docs(
+            render(
+                helm,
+                "--set",
+                f"router.preStopSleepSeconds={pre_stop}",
+                "--set",
+                f"router.drainSeconds={drain}",
+            )
+        )
+    )
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(pre_stop)]
+    assert objs["ConfigMap"]["data"]["API_ROUTER_DRAIN_SECS"] == str(drain)
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + GRACE_MARGIN_SECS
+
+
+@pytest.mark.parametrize("mode", ["replace", "keep", "drop"])
+def test_forwarded_headers_value_reaches_the_router(helm: str, mode: str) -> None:
+    objs = by_kind(docs(render(helm, "--set", f"router.forwardedHeaders={mode}")))
+    assert objs["ConfigMap"]["data"]["API_ROUTER_FORWARDED_HEADERS"] == mode
+
+
 def test_a_config_change_rolls_the_pods(helm: str) -> None:
     def checksum(*args: str) -> str:
         dep = by_kind(docs(render(helm, *args)))["Deployment"]
@@ -252,6 +283,7 @@ def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
         ("router.logLevel=verbose", "router.logLevel"),
         ("redis.url=http://redis:6379", "redis.url"),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+        ("router.forwardedHeaders=trust", "router.forwardedHeaders"),
         ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
         ("unknownKey=1", "unknownKey"),
     ],

@@ -40,6 +40,11 @@ def run_cli(
         (["qwen", "--workers", "0"], {}, "invalid worker count 0"),
         (["--config", "/nonexistent/p.json"], {}, "/nonexistent/p.json: file not found"),
         (["qwen"], {"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+        (
+            ["qwen"],
+            {"API_ROUTER_FORWARDED_HEADERS": "trust"},
+            "API_ROUTER_FORWARDED_HEADERS='trust' must be one of replace, keep, drop",
+        ),
         (["qwen", "--bogus"], {}, "unrecognized arguments: --bogus"),
     ],
 )

@@ -173,3 +173,44 @@ def test_decoded_handles_gzip_and_deflate() -> None:
     assert decoded(b"{}", None) == b"{}"
     assert decoded(b"junk", "gzip") is None
     assert decoded(b"x", "br") is None
+
+
+def test_forwarding_headers_are_replaced_kept_or_dropped() -> None:
+    client = [
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("X-Forwarded-Host", "evil"),
+        ("Accept", "application/json"),
+    ]
+    own = h.router_forwarding("127.0.0.1", "http", "router:8000")
+    assert own == [
+        ("X-Forwarded-For", "127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "router:8000"),
+    ]
+    replaced = h.upstream_headers(client, (), "Authorization", "Bearer", None, "r", own)
+    assert replaced == [("Accept", "application/json"), *own, ("X-Request-ID", "r")]
+    kept = h.upstream_headers(client, (), "Authorization", "Bearer", None, "r", None)
+    assert kept == [*client, ("X-Request-ID", "r")]
+    dropped = h.upstream_headers(client, (), "Authorization", "Bearer", None, "r", [])
+    assert dropped == [("Accept", "application/json"), ("X-Request-ID", "r")]
+    # Profile headers still win over the router's own.
+    profiled = h.upstream_headers(
+        client, (("X-Forwarded-Proto", "https"),), "Authorization", "Bearer", None, "r", own
+    )
+    assert ("X-Forwarded-Proto", "https") in profiled and (
+        "X-Forwarded-Proto",
+        "http",
+    ) not in profiled
+    # No empty value is invented (a unix-socket peer has no address).
+    assert h.router_forwarding("", "http", "") == [("X-Forwarded-Proto", "http")]
+
+
+@given(st.lists(st.tuples(token, st.text(string.printable, max_size=10)), max_size=8))
+def test_replace_mode_never_passes_a_client_forwarding_header(
+    items: list[tuple[str, str]],
+) -> None:
+    items = [*items, ("X-Forwarded-For", "1.2.3.4"), ("Forwarded", "for=x")]
+    out = h.forwardable_request_headers(items, keep_forwarding=False)
+    assert not {k.lower() for k, _ in out} & h.FORWARDING
