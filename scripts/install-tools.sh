@@ -32,6 +32,9 @@ apt_need redis-server prometheus openssl
 apt_need podman runc netavark aardvark-dns iptables catatonit debootstrap
 bash scripts/ensure-helm.sh >/dev/null
 
+# Coding agents (issue 13): Claude Code, Codex CLI and Qwen Code, pinned, into .cache/agents.
+bash scripts/install-agents.sh
+
 for tool in redis-server prometheus promtool openssl podman; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-tools: $tool missing after install" >&2; exit 1; }
 done

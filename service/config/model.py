@@ -23,6 +23,9 @@ EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
+RESPONSES = "/v1/responses"
+RESPONSES_INPUT_TOKENS = "/v1/responses/input_tokens"
+COUNT_TOKENS = "/v1/messages/count_tokens"
 
 PROXY_ROUTES: tuple[str, ...] = (
     CHAT,
@@ -31,19 +34,46 @@ PROXY_ROUTES: tuple[str, ...] = (
     MESSAGES,
     TRANSCRIPTIONS,
     TRANSLATIONS,
+    RESPONSES,
+    RESPONSES_INPUT_TOKENS,
+    COUNT_TOKENS,
 )
-STREAMING_ROUTES = frozenset({CHAT, COMPLETIONS, MESSAGES})
+STREAMING_ROUTES = frozenset({CHAT, COMPLETIONS, MESSAGES, RESPONSES})
 MULTIPART_ROUTES = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
+# The stored-response routes of the Responses API (GET / DELETE, the id in the path): relayed
+# under the `/v1/responses` endpoint's settings, never rate-limited (SPEC §7: POST routes only).
+RESPONSE_ID = "/v1/responses/<response_id:str>"
+RESPONSE_INPUT_ITEMS = "/v1/responses/<response_id:str>/input_items"
 
-# Wire formats an upstream endpoint can speak. A route whose endpoint declares the other format
-# than the route's own is translated (service.translate); only the two chat routes can be.
+# Wire formats an upstream endpoint can speak: OpenAI Chat Completions ("openai"), Anthropic
+# Messages, the OpenAI Responses API. A route whose endpoint declares another format than the
+# route's own is translated (service.translate): the two chat routes into each other, the
+# Responses route into either.
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
-UpstreamFormat = Literal["openai", "anthropic"]
+RESPONSES_FORMAT = "responses"
+UpstreamFormat = Literal["openai", "anthropic", "responses"]
 # The format clients use on each route; also the upstream's format unless the endpoint says.
-CLIENT_FORMAT = {route: ANTHROPIC if route == MESSAGES else OPENAI for route in PROXY_ROUTES}
-# Where a translated route goes when its endpoint names no upstreamPath: the other format's route.
-COUNTERPART = {MESSAGES: CHAT, CHAT: MESSAGES}
+CLIENT_FORMAT = {
+    route: ANTHROPIC
+    if route in (MESSAGES, COUNT_TOKENS)
+    else RESPONSES_FORMAT
+    if route in (RESPONSES, RESPONSES_INPUT_TOKENS)
+    else OPENAI
+    for route in PROXY_ROUTES
+}
+# The formats each translatable route's upstream may speak.
+TRANSLATABLE = {
+    CHAT: (OPENAI, ANTHROPIC),
+    MESSAGES: (ANTHROPIC, OPENAI),
+    RESPONSES: (RESPONSES_FORMAT, OPENAI, ANTHROPIC),
+}
+# Where a translated route goes when its endpoint names no upstreamPath: the route of the
+# upstream's format (its own upstreamPath when the profile sets one).
+FORMAT_ROUTE = {OPENAI: CHAT, ANTHROPIC: MESSAGES, RESPONSES_FORMAT: RESPONSES}
+# The token-counting routes answer from a local estimate when the upstream of the route they
+# count for does not speak their format (SPEC §12): never an inference call.
+COUNTS_FOR = {COUNT_TOKENS: MESSAGES, RESPONSES_INPUT_TOKENS: RESPONSES}
 TRANSLATION_NONE = "none"
 
 RouteKey = Literal[
@@ -53,6 +83,9 @@ RouteKey = Literal[
     "/v1/messages",
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
+    "/v1/responses",
+    "/v1/responses/input_tokens",
+    "/v1/messages/count_tokens",
 ]
 
 HeaderMap = dict[Annotated[str, Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], str]
@@ -109,6 +142,20 @@ class Auth(_Strict):
     scheme: str = "Bearer"
 
 
+class Translation(_Strict):
+    """How a translated route treats what the upstream's format lacks (README "Format
+    translation"); on an endpoint, the fields given override the profile's one by one."""
+
+    # Refuse (400) every field without an exact equivalent, hints included.
+    strict: bool | None = None
+    # The upstream takes the assistant's earlier reasoning back as `reasoning_content` (Qwen,
+    # DeepSeek, vLLM); else earlier thinking blocks are dropped.
+    reasoning_history: bool | None = None
+    # Map the client's reasoning request to Chat Completions `reasoning_effort` (default true);
+    # false for an upstream model that refuses the field.
+    reasoning_effort: bool | None = None
+
+
 class Timeouts(_Strict):
     connect_secs: Annotated[float, Field(gt=0, le=600)] = 10
     read_secs: Annotated[float, Field(gt=0, le=3600)] = 300
@@ -126,6 +173,7 @@ class Endpoint(_Strict):
     format: UpstreamFormat | None = None
     # false: the provider has no such endpoint; the router answers 404 itself.
     enabled: bool = True
+    translation: Translation | None = None
 
     @field_validator("upstream_path")
     @classmethod
@@ -158,6 +206,12 @@ class ResolvedEndpoint(BaseModel):
     translation: str
     enabled: bool = True
     request_usage: bool = True
+    translation_strict: bool = False
+    reasoning_history: bool = False
+    reasoning_effort: bool = True
+    # A token-counting route whose counted route's upstream speaks another format: the router
+    # answers from its own estimate (COUNTS_FOR).
+    local_estimate: bool = False
 
 
 class Profile(_Strict):
@@ -172,6 +226,7 @@ class Profile(_Strict):
     endpoints: dict[RouteKey, Endpoint] = Field(default_factory=dict)
     rate_limit: RateLimit | None = None
     stream_config: StreamConfig | None = None
+    translation: Translation | None = None
     auth: Auth = Field(default_factory=Auth)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -195,21 +250,27 @@ class Profile(_Strict):
     def _formats(cls, v: dict[str, Endpoint]) -> dict[str, Endpoint]:
         for route, ep in v.items():
             if ep.format is not None and ep.format != CLIENT_FORMAT[route]:
-                if route not in COUNTERPART:
+                allowed = TRANSLATABLE.get(route)
+                if allowed is None or ep.format not in allowed:
                     raise ValueError(
-                        f"endpoints.{route}.format: only /v1/chat/completions and /v1/messages "
-                        "can be translated to another format"
+                        f"endpoints.{route}.format: {ep.format!r} is not a format this route can "
+                        "be translated to (/v1/chat/completions and /v1/messages: into each "
+                        "other; /v1/responses: into openai or anthropic)"
                     )
         return v
 
-    def _upstream_path(self, route: str, ep: Endpoint, translated: bool) -> str:
+    def _upstream_path(self, route: str, ep: Endpoint, fmt: str) -> str:
         if ep.upstream_path:
             return ep.upstream_path
-        if translated:
-            other = COUNTERPART[route]
+        if fmt != CLIENT_FORMAT[route]:
+            other = FORMAT_ROUTE[fmt]
             other_ep = self.endpoints.get(other)  # type: ignore[call-overload]
             return (other_ep.upstream_path if other_ep is not None else None) or other
         return route
+
+    def _format(self, route: str) -> str:
+        ep = self.endpoints.get(route)  # type: ignore[call-overload]
+        return (ep.format if ep is not None else None) or CLIENT_FORMAT[route]
 
     def resolve(self) -> dict[str, ResolvedEndpoint]:
         """Merge global and per-endpoint settings for every proxied route."""
@@ -228,9 +289,11 @@ class Profile(_Strict):
                 lowered[k.lower()] = k
             fmt = ep.format or CLIENT_FORMAT[route]
             translated = fmt != CLIENT_FORMAT[route]
+            counted = COUNTS_FOR.get(route)
+            translation = [t for t in (ep.translation, self.translation) if t is not None]
             out[route] = ResolvedEndpoint(
                 route=route,
-                url=self.base_url + self._upstream_path(route, ep, translated),
+                url=self.base_url + self._upstream_path(route, ep, fmt),
                 format=fmt,
                 translation=(
                     f"{CLIENT_FORMAT[route]}_to_{fmt}" if translated else TRANSLATION_NONE
@@ -263,6 +326,19 @@ class Profile(_Strict):
                     ),
                     True,
                 ),
+                translation_strict=next(
+                    (t.strict for t in translation if t.strict is not None), False
+                ),
+                reasoning_history=next(
+                    (t.reasoning_history for t in translation if t.reasoning_history is not None),
+                    False,
+                ),
+                reasoning_effort=next(
+                    (t.reasoning_effort for t in translation if t.reasoning_effort is not None),
+                    True,
+                ),
+                local_estimate=counted is not None
+                and self._format(counted) != CLIENT_FORMAT[counted],
             )
         return out
 

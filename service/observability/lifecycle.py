@@ -103,6 +103,8 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             metrics.router_overhead_by[route].observe(max(0.0, elapsed - state.upstream_latency))
         if state.translation != "none":
             metrics.translations_by[state.translation].inc()
+            for field in state.dropped:
+                metrics.dropped_fields_by[field].inc()
         if state.first_byte_latency is not None:
             metrics.stream_first_byte_by[route].observe(state.first_byte_latency)
         if state.usage:

@@ -238,8 +238,16 @@ class Metrics:
         self.translations_total = Counter(
             "translations_total",
             "Requests on a route translated between API formats, by direction "
-            "(anthropic_to_openai, openai_to_anthropic)",
+            "(anthropic_to_openai, openai_to_anthropic, responses_to_openai, "
+            "responses_to_anthropic)",
             ["direction"],
+            registry=r,
+        )
+        self.translation_dropped_fields_total = Counter(
+            "translation_dropped_fields_total",
+            "Request fields a format translation dropped because the upstream's format has no "
+            "such hint (context_management, cache_control, ...; a closed set)",
+            ["field"],
             registry=r,
         )
         self.build_info = Gauge(
@@ -260,6 +268,7 @@ class Metrics:
         self.router_overhead_by = Children(self.router_overhead_seconds)  # [route]
         self.stream_first_byte_by = Children(self.stream_first_byte_seconds)  # [route]
         self.translations_by = Children(self.translations_total)  # [direction]
+        self.dropped_fields_by = Children(self.translation_dropped_fields_total)  # [field]
         self.tokens_by = Children(self.tokens_total)  # [type, model]
 
     def on_reload(self, result: str) -> None:

@@ -4,8 +4,9 @@ The SSE relay forwards upstream events byte for byte. `EventFramer` only finds w
 ends (a blank line; any of the three SSE line endings `\\r\\n`, `\\n`, `\\r`; across arbitrary read
 boundaries), so that the relay writes whole events and never puts a heartbeat inside one.
 `UsageTracker` reads token usage from the few events that carry it (OpenAI usage chunks,
-Anthropic `message_start` / `message_delta`) and drops the usage-only chunk the router asked for on
-the client's behalf. `ask_for_usage` is the request side of that.
+Anthropic `message_start` / `message_delta`, the Responses API's `response.completed`) and drops
+the usage-only chunk the router asked for on the client's behalf. `ask_for_usage` is the request
+side of that.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def ask_for_usage(payload: dict[str, Any]) -> bool:
     return False  # a value we do not understand: leave the client's request alone
 
 
+# The Responses API events that end a response and carry its usage.
+RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
 class UsageTracker:
     """Token usage seen in a stream's events; drops the usage-only chunk when told to."""
 
@@ -150,6 +155,9 @@ class UsageTracker:
         if kind == "message_start":
             message = parsed.get("message")
             usage = message.get("usage") if isinstance(message, dict) else None
+        elif kind in RESPONSES_FINAL_EVENTS:  # the Responses API: usage of the whole response
+            response = parsed.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
         else:
             usage = parsed.get("usage")
         if not isinstance(usage, dict):

@@ -16,23 +16,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import zlib
 from typing import Any
 
 import httpx
 import orjson
+import structlog
 from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from ..config.model import CHAT, COMPLETIONS, MESSAGES, ResolvedEndpoint
-from ..errors import BadRequest, RateLimited, RouteNotAvailable, UpstreamJSONError
+from ..config.model import (
+    ANTHROPIC,
+    CHAT,
+    COMPLETIONS,
+    COUNT_TOKENS,
+    MESSAGES,
+    RESPONSES,
+    RESPONSES_FORMAT,
+    ResolvedEndpoint,
+)
+from ..errors import BadRequest, NotFound, RateLimited, RouteNotAvailable, UpstreamJSONError
 from ..ratelimit import Limit
-from ..translate import Translator
+from ..translate import TranslationOptions, Translator
+from ..translate.responses import ResponsesTranslator
+from . import estimate
 from . import headers as h
 from .events import ask_for_usage
 from .upstream import map_exception, request_timeout, send
+
+log = structlog.get_logger("api_router.translate")
 
 # orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
 # (a run of 20+ digits) is parsed and written by the exact standard library. The run is found at C
@@ -98,6 +113,7 @@ class RequestState:
     """Per-request facts for logs and metrics, kept on `request.ctx.state`."""
 
     __slots__ = (
+        "dropped",
         "error_type",
         "first_byte_latency",
         "key_id",
@@ -119,6 +135,8 @@ class RequestState:
         self.usage: dict[str, Any] | None = None
         self.first_byte_latency: float | None = None  # request start to a stream's first event
         self.translation = "none"  # which format translation ran (service.translate.DIRECTIONS)
+        # Hint fields the translation dropped (translation_dropped_fields_total labels).
+        self.dropped: list[str] = []
 
 
 def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
@@ -141,12 +159,61 @@ def _forwarding(request: Request, mode: str) -> list[tuple[str, str]] | None:
     )
 
 
-async def forward(request: Request, route: str) -> HTTPResponse | None:
+# A stored response's id as the Responses API writes it (`resp_…`): nothing that could step out of
+# the upstream's `/v1/responses/` path.
+_RESPONSE_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+def stored_response_path(ep: ResolvedEndpoint, response_id: str, suffix: str) -> str:
+    """The upstream URL of a stored response (`GET`/`DELETE /v1/responses/{id}`, `…/input_items`):
+    only an upstream that speaks the Responses API stores responses; a translated one never."""
+    if ep.format != RESPONSES_FORMAT:
+        raise NotFound(
+            "Responses are not stored: this router translates the Responses API for its upstream "
+            "(send store: false and the whole conversation as input)"
+        )
+    if not _RESPONSE_ID.match(response_id):
+        raise NotFound("No response with that id")
+    return f"{ep.url}/{response_id}{suffix}"
+
+
+def _local_estimate(route: str, payload: dict[str, Any], request_id: str) -> HTTPResponse:
+    """`count_tokens` / `input_tokens` answered from the router's own estimate."""
+    n = estimate.input_tokens(payload)
+    body: dict[str, Any] = {"input_tokens": n}
+    if route != COUNT_TOKENS:
+        body = {"object": "response.input_tokens", "input_tokens": n}
+    return HTTPResponse(
+        orjson.dumps(body),
+        headers=Header([estimate.ESTIMATE_HEADER, ("X-Request-ID", request_id)]),
+        content_type="application/json",
+    )
+
+
+def _translator(
+    route: str, ep: ResolvedEndpoint, payload: dict[str, Any]
+) -> Translator | ResponsesTranslator:
+    opts = TranslationOptions(
+        strict=ep.translation_strict,
+        reasoning_history=ep.reasoning_history,
+        reasoning_effort=ep.reasoning_effort,
+    )
+    if route == RESPONSES:
+        return ResponsesTranslator(ep.format, payload, int(time.time()), opts)
+    return Translator(ep.translation, payload, int(time.time()), opts)
+
+
+async def forward(
+    request: Request, route: str, response_id: str | None = None, suffix: str = ""
+) -> HTTPResponse | None:
+    """`response_id` (with `suffix`): a stored-response route of the Responses API (GET/DELETE,
+    no body, not rate-limited) under the `/v1/responses` endpoint."""
     app = request.app
     cfg = app.ctx.config.current
     ep: ResolvedEndpoint = cfg.endpoints[route]
     if not ep.enabled:
         raise RouteNotAvailable()
+    url = ep.url if response_id is None else stored_response_path(ep, response_id, suffix)
     profile = cfg.profile
     state: RequestState = request.ctx.state
     request_id: str = request.ctx.request_id
@@ -160,10 +227,12 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
     streaming = False
     strip_usage = False
-    translator: Translator | None = None
+    translator: Translator | ResponsesTranslator | None = None
     upstream_length: int | None = None
     body: Any
-    if ep.requires_multipart:
+    if response_id is not None:
+        body = b""
+    elif ep.requires_multipart:
         from .multipart import prepare
 
         body, upstream_length = await prepare(request, profile.model_mapping, state)
@@ -182,26 +251,43 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
         state.upstream_model = mapped or state.model
         streaming = ep.stream_support and payload.get("stream") is True
         state.stream = streaming
+        if ep.local_estimate:
+            limit = route_limit(app, cfg, route)
+            if limit is not None:
+                decision = await app.ctx.limiter.acquire(state.key_id, route, limit)
+                if not decision.allowed:
+                    raise RateLimited(headers=decision.headers())
+            return _local_estimate(route, payload, request_id)
         if ep.translation != "none":
             state.translation = ep.translation
-            translator = Translator(ep.translation, payload, int(time.time()))
+            translator = _translator(route, ep, payload)
             body = dump_json(translator.request(), exact=exact)
             rewrite = False
+            state.dropped = translator.dropped
         elif streaming and ep.request_usage and route in USAGE_ROUTES and ask_for_usage(payload):
             strip_usage = True
             rewrite = True
         if rewrite:
             body = dump_json(payload, exact=exact)
 
-    limit = route_limit(app, cfg, route)
+    limit = route_limit(app, cfg, route) if response_id is None else None
     decision = None
     if limit is not None:
         decision = await app.ctx.limiter.acquire(state.key_id, route, limit)
         if not decision.allowed:
             raise RateLimited(headers=decision.headers())
 
+    client_headers: Any = request.headers.items()
+    if translator is not None:  # the other provider's headers mean nothing upstream: dropped
+        foreign = "openai-" if ep.format == ANTHROPIC else "anthropic-"
+        kept = [(k, v) for k, v in client_headers if not k.lower().startswith(foreign)]
+        if len(kept) < len(request.headers):
+            state.dropped = [*state.dropped, foreign.replace("-", "_headers")]
+        client_headers = kept
+        if state.dropped:
+            log.debug("translation_dropped_fields", fields=state.dropped)
     hdrs = h.upstream_headers(
-        request.headers.items(),
+        client_headers,
         ep.headers,
         profile.auth.header,
         profile.auth.scheme,
@@ -223,8 +309,8 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
     if upstream_length is not None:  # a streamed multipart body keeps a known length
         hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
     upstream_request = app.ctx.http.build_request(
-        ep.method,
-        h.build_url(ep.url, request.query_string),
+        ep.method if response_id is None else request.method,
+        h.build_url(url, request.query_string),
         headers=hdrs,
         content=body,
         timeout=request_timeout(profile.timeouts, app.ctx.settings.upstream_pool_wait_secs),
@@ -280,7 +366,8 @@ async def forward(request: Request, route: str) -> HTTPResponse | None:
 
 
 def is_anthropic_route(route: str | None) -> bool:
-    return route == MESSAGES
+    """Whether the router's own errors on this path take the Anthropic shape."""
+    return route in (MESSAGES, COUNT_TOKENS)
 
 
 def limits_for(

@@ -28,10 +28,11 @@ from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from ..config.model import MESSAGES, ResolvedEndpoint
+from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
 from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
 from ..observability import lifecycle
 from ..translate import BadUpstreamEvent, Translator
+from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker
 from .upstream import map_exception, send
@@ -49,6 +50,32 @@ def error_event(data: bytes) -> bytes:
     return b"event: error\ndata: " + data + b"\n\n"
 
 
+# The Responses API (a coding agent such as Codex reads events, not comments, to reset its idle
+# timer): its heartbeat is an event of a type no client acts on, and a broken stream ends with
+# `response.failed`, the event its clients wait for, carrying the error's code and message.
+RESPONSES_HEARTBEAT = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
+
+
+def responses_failed_event(data: bytes) -> bytes:
+    """`response.failed` for the error `data` (the OpenAI error shape `{"error": {...}}`)."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    if not isinstance(err, dict):
+        err = {}
+    code = err.get("code") or err.get("type") or "server_error"
+    response = {
+        "object": "response",
+        "status": "failed",
+        "error": {"code": code, "message": str(err.get("message") or "The stream failed")},
+        "output": [],
+    }
+    body = orjson.dumps({"type": "response.failed", "response": response})
+    return b"event: response.failed\ndata: " + body + b"\n\n"
+
+
 def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
     """The `data:` of the error event for an upstream non-2xx answer after an early commit: the
     upstream's own JSON error when it sent one, else the router's, on one line."""
@@ -64,12 +91,25 @@ def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
 class _Stream:
     """The client side of one relayed stream: the committed response and the heartbeat clock."""
 
-    __slots__ = ("anthropic", "interval", "last_write", "out", "request", "saved_limits")
+    __slots__ = (
+        "anthropic",
+        "heartbeat",
+        "interval",
+        "last_write",
+        "out",
+        "request",
+        "responses",
+        "saved_limits",
+        "translator",
+    )
 
-    def __init__(self, request: Request, interval: float, anthropic: bool) -> None:
+    def __init__(self, request: Request, interval: float, route: str, translator: Any) -> None:
         self.request = request
+        self.translator = translator
         self.interval = interval
-        self.anthropic = anthropic
+        self.anthropic = route == MESSAGES  # the router's errors in the Anthropic shape
+        self.responses = route == RESPONSES  # the Responses API's heartbeat and failure
+        self.heartbeat = RESPONSES_HEARTBEAT if self.responses else HEARTBEAT
         self.out: Any = None
         self.last_write = 0.0
         self.saved_limits: tuple[int, int] | None = None
@@ -101,7 +141,7 @@ class _Stream:
             beat = self.last_write + self.interval
             if now < beat:
                 return min(beat, until) - now
-            await self.write(HEARTBEAT)
+            await self.write(self.heartbeat)
 
     async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
         """Wait for `task` with heartbeats; False when the monotonic time `until` came first."""
@@ -123,6 +163,14 @@ class _Stream:
             if data is not None:
                 return data
 
+    def failure(self, status: int, data: bytes) -> bytes:
+        """The events that end this stream with the error `data` (JSON, the client's shape)."""
+        if not self.responses:
+            return error_event(data)
+        if self.translator is not None:  # a translated Responses stream knows what is open
+            return b"".join(self.translator.error_events(status, data))
+        return responses_failed_event(data)
+
     def restore(self) -> None:
         """The connection may serve more requests after this stream: back to Sanic's limits."""
         transport = getattr(self.request, "transport", None)
@@ -132,7 +180,7 @@ class _Stream:
 
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         self.request.ctx.state.error_type = err.error_type
-        await self.write(error_event(data or error_body(err, self.anthropic)))
+        await self.write(self.failure(err.status, data or error_body(err, self.anthropic)))
         await self.out.eof()
 
 
@@ -155,13 +203,13 @@ async def relay_stream(
     ep: ResolvedEndpoint,
     extra_headers: dict[str, str],
     strip_usage_chunk: bool = False,
-    translator: Translator | None = None,
+    translator: Translator | ResponsesTranslator | None = None,
 ) -> HTTPResponse | None:
     """`translator`: the request's format translation (service.translate), applied to each
     complete upstream event and to error bodies; None relays the upstream's bytes as they are."""
     app = request.app
     state = request.ctx.state
-    stream = _Stream(request, ep.heartbeat_interval_secs, ep.route == MESSAGES)
+    stream = _Stream(request, ep.heartbeat_interval_secs, ep.route, translator)
     head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
     started = time.perf_counter()
     sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(
@@ -211,11 +259,13 @@ async def relay_stream(
                 return HTTPResponse(
                     body=body, status=resp.status_code, headers=Header(headers), content_type=None
                 )
-            if translator is not None:
+            if translator is not None and not stream.responses:
                 data = translator.error_data(resp.status_code, body)
+            elif translator is not None:  # the upstream's own error, read by the translator
+                data = body
             else:
                 data = upstream_error_data(resp.status_code, body, stream.anthropic)
-            await stream.write(error_event(data))
+            await stream.write(stream.failure(resp.status_code, data))
             await stream.out.eof()
             return None
 

@@ -22,23 +22,39 @@ import orjson
 
 from ..errors import UpstreamJSONError
 from . import anthropic_to_openai, openai_to_anthropic
-from .common import BadUpstreamEvent, Untranslatable
+from .common import (
+    DEFAULT_OPTIONS,
+    DROPPED_FIELDS,
+    BadUpstreamEvent,
+    JSONAnswers,
+    TranslationOptions,
+    Untranslatable,
+)
 
 DIRECTIONS = ("anthropic_to_openai", "openai_to_anthropic")
-_BODY_HEADERS = frozenset({"content-type", "content-encoding"})
 
 
-class Translator:
+class Translator(JSONAnswers):
     """One request's translation, in the direction the endpoint's `translation` names."""
 
-    __slots__ = ("_stream", "created", "direction", "payload")
+    __slots__ = ("_stream", "created", "direction", "dropped", "options", "payload")
 
-    def __init__(self, direction: str, payload: dict[str, Any], created: int) -> None:
+    def __init__(
+        self,
+        direction: str,
+        payload: dict[str, Any],
+        created: int,
+        options: TranslationOptions = DEFAULT_OPTIONS,
+    ) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown translation {direction!r}")
         self.direction = direction
         self.payload = payload  # the client's request (after the model mapping)
         self.created = created  # `created` of OpenAI responses made from Anthropic ones
+        self.options = options
+        # Fields `request()` dropped (hints the upstream's format lacks), each a label of
+        # `translation_dropped_fields_total` (`common.DROPPED_FIELDS`), once, in the order met.
+        self.dropped: list[str] = []
         self._stream: Any = None
 
     @property
@@ -46,10 +62,16 @@ class Translator:
         return self.direction == "anthropic_to_openai"
 
     def request(self) -> dict[str, Any]:
-        """The upstream's request; raises `Untranslatable` (400) for a feature it lacks."""
+        """The upstream's request; raises `Untranslatable` (400) for a feature it lacks (and, on
+        a strict route, for every hint it would drop). What it dropped is in `dropped` after it
+        returns (nothing when it raised)."""
+        dropped: list[str] = []
         if self.to_openai:
-            return anthropic_to_openai.request(self.payload)
-        return openai_to_anthropic.request(self.payload)
+            out = anthropic_to_openai.request(self.payload, self.options, dropped)
+        else:
+            out = openai_to_anthropic.request(self.payload, self.options, dropped)
+        self.dropped[:] = dropped
+        return out
 
     def error_json(self, status: int, body: bytes) -> dict[str, Any]:
         if self.to_openai:
@@ -75,17 +97,6 @@ class Translator:
             return orjson.dumps(anthropic_to_openai.response(parsed))
         return orjson.dumps(openai_to_anthropic.response(parsed, self.created))
 
-    def answer(
-        self, status: int, headers: list[tuple[str, str]], data: bytes
-    ) -> tuple[list[tuple[str, str]], bytes]:
-        """`body()` with the response headers that go with it (the upstream's, minus those that
-        described the upstream's body)."""
-        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-        body = self.body(status, ctype, data)
-        kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
-        kept.append(("Content-Type", "application/json"))
-        return kept, body
-
     def events(self, events: list[bytes]) -> list[bytes]:
         """Complete upstream SSE events in, the client's events out (raises BadUpstreamEvent for
         an event whose data is not JSON)."""
@@ -110,4 +121,12 @@ class Translator:
         return self._stream
 
 
-__all__ = ["DIRECTIONS", "BadUpstreamEvent", "Translator", "Untranslatable"]
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "DIRECTIONS",
+    "DROPPED_FIELDS",
+    "BadUpstreamEvent",
+    "TranslationOptions",
+    "Translator",
+    "Untranslatable",
+]

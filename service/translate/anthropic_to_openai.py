@@ -13,53 +13,71 @@ import orjson
 
 from ..errors import BadRequest, UpstreamJSONError
 from .common import (
+    ANTHROPIC_TO_EFFORT,
+    DEFAULT_OPTIONS,
     FINISH_TO_STOP,
+    Drops,
     StreamTranslator,
+    TranslationOptions,
     Untranslatable,
     anthropic_error_type,
+    effort_for_budget,
     error_message,
     given,
     sse,
-    text_of,
 )
 
 UPSTREAM = "OpenAI Chat Completions"
 
-# Fields that change the answer and have no Chat Completions equivalent.
-REFUSED = ("top_k", "container", "mcp_servers", "context_management")
-# Fields that only steer the provider's infrastructure (capacity tier): dropped.
-DROPPED = ("service_tier",)
+# Fields that change the answer and have no Chat Completions equivalent: refused.
+REFUSED = ("container", "mcp_servers")
+# Hints (their absence does not change what is asked): dropped, refused on a strict route.
+HINTS = ("context_management", "service_tier", "cache_control")
+# Sampling knobs passed through as they are: vLLM, Ollama, DashScope (Qwen) and most
+# self-hosted servers take them; OpenAI itself answers 400. Refused on a strict route.
+PASSED = ("top_k",)
+# Tool fields that only steer loading, caching or streaming: dropped with their own label.
+TOOL_HINTS = (
+    "cache_control",
+    "defer_loading",
+    "input_examples",
+    "eager_input_streaming",
+    "allowed_callers",
+)
 _TRANSLATED = frozenset(
     "model messages system max_tokens stop_sequences temperature top_p metadata stream"
-    " tools tool_choice thinking".split()
-) | {*REFUSED, *DROPPED}
+    " tools tool_choice thinking output_config output_format".split()
+) | {*REFUSED, *HINTS}
 
 
-def request(body: dict[str, Any]) -> dict[str, Any]:
-    """A Chat Completions request with the meaning of this Messages request. Fields this module
-    does not know pass through unchanged (the upstream decides, as on an untranslated route)."""
-    for key in REFUSED:
+def request(
+    body: dict[str, Any],
+    options: TranslationOptions = DEFAULT_OPTIONS,
+    dropped: list[str] | None = None,
+) -> dict[str, Any]:
+    """A Chat Completions request with the meaning of this Messages request; what it leaves out
+    is appended to `dropped`. Fields this module does not know pass through unchanged (the
+    upstream decides, as on an untranslated route)."""
+    drop = Drops(options, [] if dropped is None else dropped, UPSTREAM)
+    for key in REFUSED + (PASSED if options.strict else ()):
         if given(body, key):
             raise Untranslatable(key, UPSTREAM)
-    thinking = body.get("thinking")
-    if thinking is not None and not (
-        isinstance(thinking, dict) and thinking.get("type") == "disabled"
-    ):
-        raise Untranslatable("thinking", UPSTREAM)
+    for key in HINTS:
+        if given(body, key):
+            drop(key, key)
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
     messages: list[dict[str, Any]] = []
     if given(body, "system"):
-        # cache_control on system blocks is a caching hint: dropped with the block boundaries.
-        text = text_of(body["system"], "system", UPSTREAM, sep="\n\n")
+        text = _text(body["system"], "system", drop)
         if text:
             messages.append({"role": "system", "content": text})
     client_messages = body.get("messages")
     if not isinstance(client_messages, list):
         raise BadRequest("'messages' must be an array")
     for i, m in enumerate(client_messages):
-        messages.extend(_message(m, f"messages[{i}]"))
+        messages.extend(_message(m, f"messages[{i}]", options, drop))
     out["messages"] = messages
     if "max_tokens" in body:
         out["max_tokens"] = body["max_tokens"]
@@ -69,35 +87,131 @@ def request(body: dict[str, Any]) -> dict[str, Any]:
         if given(body, key):
             out[key] = body[key]
     metadata = body.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
-        out["user"] = metadata["user_id"]
+    if isinstance(metadata, dict):
+        if isinstance(metadata.get("user_id"), str):
+            out["user"] = metadata["user_id"]
+        for key, value in metadata.items():
+            if key != "user_id" and value is not None:
+                drop("metadata", f"metadata.{key}")
+    effort = _reasoning_effort(body.get("thinking"), body.get("output_config"), drop)
+    if effort is not None and not options.reasoning_effort:
+        drop.record("thinking")  # the operator turned the mapping off for this upstream
+        effort = None
+    if effort is not None:
+        out["reasoning_effort"] = effort
+    fmt = _output_config(body, effort is not None and _adaptive(body), drop)
+    if fmt is not None:
+        out["response_format"] = fmt
     if given(body, "stream"):
         out["stream"] = body["stream"]
         if body["stream"] is True:  # usage arrives in a last chunk only when asked for
             out["stream_options"] = {"include_usage": True}
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        out["tools"] = [_tool(t, f"tools[{i}]") for i, t in enumerate(tools)]
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        out["tool_choice"] = _tool_choice(choice)
-        if choice.get("disable_parallel_tool_use") is True and out.get("tools"):
-            out["parallel_tool_calls"] = False
+    _tools(body, out, drop)
     for key, value in body.items():
         if key not in _TRANSLATED:
             out[key] = value
     return out
 
 
-def _message(m: Any, where: str) -> list[dict[str, Any]]:
+def _adaptive(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") == "adaptive"
+
+
+def _reasoning_effort(thinking: Any, config: Any, drop: Drops) -> str | None:
+    """`reasoning_effort` for Anthropic's `thinking`: a budget by the thresholds of
+    `common.effort_for_budget`; adaptive thinking by `output_config.effort` (Anthropic's default
+    effort, high, without one); disabled: nothing (no value means "off" on every upstream)."""
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict):
+        raise BadRequest("'thinking' must be an object")
+    kind = thinking.get("type")
+    if kind == "disabled":
+        return None
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            return effort_for_budget(budget)
+        drop("thinking", "thinking.budget_tokens")
+        return None
+    if kind == "adaptive":
+        effort = config.get("effort") if isinstance(config, dict) else None
+        return ANTHROPIC_TO_EFFORT.get(effort, "high") if isinstance(effort, str) else "high"
+    drop("thinking", f"thinking.type={kind}")
+    return None
+
+
+def _output_config(body: dict[str, Any], effort_used: bool, drop: Drops) -> Any:
+    """The `response_format` for `output_config.format` (or the older `output_format`); the
+    other parts of `output_config` are hints: `effort` is used only with adaptive thinking."""
+    fmt = None
+    if given(body, "output_format"):
+        fmt = _format(body["output_format"], "output_format")
+    config = body.get("output_config")
+    if config is None:
+        return fmt
+    if not isinstance(config, dict):
+        raise BadRequest("'output_config' must be an object")
+    for key, value in config.items():
+        if value is None:
+            continue
+        if key == "format":
+            fmt = _format(value, "output_config.format")
+        elif not (key == "effort" and effort_used and value in ANTHROPIC_TO_EFFORT):
+            drop("output_config", f"output_config.{key}")
+    return fmt
+
+
+def _format(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value.get("type") == "json_schema":
+        schema = value.get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequest(f"'{where}.schema' must be an object")
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema, "strict": True},
+        }
+    kind = value.get("type") if isinstance(value, dict) else None
+    raise Untranslatable(f"{where}.type={kind}", UPSTREAM)
+
+
+def _hints(block: dict[str, Any], where: str, drop: Drops) -> None:
+    if given(block, "cache_control"):
+        drop("cache_control", f"{where}.cache_control")
+
+
+def _text(blocks: Any, where: str, drop: Drops) -> str:
+    """The text of a system prompt: a string, or text blocks joined by a blank line."""
+    if isinstance(blocks, str):
+        return blocks
+    if blocks is None:
+        return ""
+    if not isinstance(blocks, list):
+        raise Untranslatable(where, UPSTREAM)
+    out = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            kind = block.get("type") if isinstance(block, dict) else None
+            raise Untranslatable(f"{where}[{i}].type={kind}", UPSTREAM)
+        _hints(block, f"{where}[{i}]", drop)
+        out.append(str(block.get("text", "")))
+    return "\n\n".join(out)
+
+
+def _message(m: Any, where: str, options: TranslationOptions, drop: Drops) -> list[dict[str, Any]]:
     if not isinstance(m, dict):
         raise BadRequest(f"'{where}' must be an object")
     role = m.get("role")
     content = m.get("content")
     if role == "user":
-        return _user(content, where)
+        return _user(content, where, drop)
     if role == "assistant":
-        return [_assistant(content, where)]
+        return [_assistant(content, where, options, drop)]
+    if role in ("system", "developer"):
+        # Claude Code sends one when it does not know the model: a system message in place.
+        text = _text(content, f"{where}.content", drop)
+        return [{"role": "system", "content": text}] if text else []
     raise Untranslatable(f"{where}.role={role}", UPSTREAM)
 
 
@@ -107,47 +221,56 @@ def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return content
 
 
-def _user(content: Any, where: str) -> list[dict[str, Any]]:
+def _user(content: Any, where: str, drop: Drops) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     tool_messages: list[dict[str, Any]] = []
-    tool_images: list[dict[str, Any]] = []
+    tool_parts: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(_blocks(content, where)):
         at = f"{where}.content[{j}]"
+        _hints(block, at, drop)
         kind = block.get("type")
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
             parts.append(_image(block.get("source"), at))
+        elif kind == "document":
+            parts.extend(_document(block, at, drop))
         elif kind == "tool_result":
-            # Chat Completions tool messages carry text only: a result's images follow them in
-            # the user message. `is_error` has no field; the result's text carries the error.
-            text, images = _tool_result_content(block.get("content"), at)
+            # Chat Completions tool messages carry text only: a result's images and documents
+            # follow them in the user message. `is_error` has no field; the result's text
+            # carries the error.
+            text, extra = _tool_result_content(block.get("content"), at, drop)
             tool_messages.append(
                 {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
             )
-            tool_images.extend(images)
+            tool_parts.extend(extra)
         else:
             raise Untranslatable(f"{at}.type={kind}", UPSTREAM)
     # Tool messages must directly follow the assistant's tool calls.
-    parts = tool_images + parts
+    parts = tool_parts + parts
     return tool_messages + ([{"role": "user", "content": parts}] if parts else [])
 
 
-def _tool_result_content(content: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result_content(content: Any, where: str, drop: Drops) -> tuple[str, list[dict[str, Any]]]:
     if content is None or isinstance(content, str):
         return content or "", []
     texts: list[str] = []
-    images: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
     for k, block in enumerate(_blocks(content, where)):
-        if block.get("type") == "text":
+        at = f"{where}.content[{k}]"
+        _hints(block, at, drop)
+        kind = block.get("type")
+        if kind == "text":
             texts.append(block.get("text", ""))
-        elif block.get("type") == "image":
-            images.append(_image(block.get("source"), f"{where}.content[{k}]"))
+        elif kind == "image":
+            parts.append(_image(block.get("source"), at))
+        elif kind == "document":
+            parts.extend(_document(block, at, drop))
         else:
-            raise Untranslatable(f"{where}.content[{k}].type={block.get('type')}", UPSTREAM)
-    return "\n".join(texts), images
+            raise Untranslatable(f"{at}.type={kind}", UPSTREAM)
+    return "\n".join(texts), parts
 
 
 def _image(source: Any, where: str) -> dict[str, Any]:
@@ -161,12 +284,59 @@ def _image(source: Any, where: str) -> dict[str, Any]:
     raise BadRequest(f"'{where}.source' must be an object")
 
 
-def _assistant(content: Any, where: str) -> dict[str, Any]:
+def _document(block: dict[str, Any], where: str, drop: Drops) -> list[dict[str, Any]]:
+    """Content parts for a document: plain text and content sources as text (and image) parts,
+    a base64 PDF as a `file` part. A PDF by URL or by Files API id has no Chat Completions form
+    (the upstream could not read it): refused."""
+    citations = block.get("citations")
+    if isinstance(citations, dict) and citations.get("enabled") is True:
+        drop("citations", f"{where}.citations")
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise BadRequest(f"'{where}.source' must be an object")
+    kind = source.get("type")
+    title, context = block.get("title"), block.get("context")
+    head = [t for t in (title, context) if isinstance(t, str) and t]
+    if kind == "text":
+        data = source.get("data")
+        text = "\n\n".join([*head, data if isinstance(data, str) else ""])
+        return [{"type": "text", "text": text}]
+    if kind == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return [{"type": "text", "text": "\n\n".join([*head, inner])}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": t} for t in head]
+        for k, b in enumerate(_blocks(inner, f"{where}.source")):
+            at = f"{where}.source.content[{k}]"
+            _hints(b, at, drop)
+            if b.get("type") == "text":
+                parts.append({"type": "text", "text": b.get("text", "")})
+            elif b.get("type") == "image":
+                parts.append(_image(b.get("source"), at))
+            else:
+                raise Untranslatable(f"{at}.type={b.get('type')}", UPSTREAM)
+        return parts
+    if kind == "base64" and source.get("media_type") == "application/pdf":
+        name = title if isinstance(title, str) and title else "document.pdf"
+        data_url = f"data:application/pdf;base64,{source.get('data')}"
+        file = {"type": "file", "file": {"filename": name, "file_data": data_url}}
+        if isinstance(context, str) and context:
+            return [{"type": "text", "text": context}, file]
+        return [file]
+    raise Untranslatable(f"{where}.source.type={kind}", UPSTREAM)
+
+
+def _assistant(
+    content: Any, where: str, options: TranslationOptions, drop: Drops
+) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    reasoning: list[str] = []
     for j, block in enumerate(_blocks(content, where)):
+        at = f"{where}.content[{j}]"
+        _hints(block, at, drop)
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
@@ -179,11 +349,22 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
                     "function": {"name": block.get("name"), "arguments": arguments},
                 }
             )
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # earlier reasoning: Chat Completions takes none back
+        elif kind == "thinking":
+            # Earlier reasoning goes back as `reasoning_content` when the upstream takes it
+            # (`reasoning_history`); an empty block (display omitted) carries nothing.
+            thought = block.get("thinking")
+            if isinstance(thought, str) and thought:
+                if options.reasoning_history:
+                    reasoning.append(thought)
+                else:
+                    drop("reasoning_history", f"{at}.type=thinking")
+        elif kind == "redacted_thinking":  # encrypted: no upstream but Anthropic reads it
+            drop("reasoning_history", f"{at}.type=redacted_thinking")
         else:
-            raise Untranslatable(f"{where}.content[{j}].type={kind}", UPSTREAM)
+            raise Untranslatable(f"{at}.type={kind}", UPSTREAM)
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if reasoning:
+        msg["reasoning_content"] = "\n\n".join(reasoning)
     if calls:
         msg["tool_calls"] = calls
     elif msg["content"] is None:
@@ -191,16 +372,56 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
     return msg
 
 
-def _tool(tool: Any, where: str) -> dict[str, Any]:
+def _tools(body: dict[str, Any], out: dict[str, Any], drop: Drops) -> None:
+    """`tools` and `tool_choice`. Server tools (web search, code execution, …: every tool with a
+    `type` other than custom) offered are dropped, the model answers without them; a
+    `tool_choice` that forces one (by name, or `any` when only server tools are offered) is
+    refused."""
+    tools = body.get("tools")
+    server: set[Any] = set()
+    functions: list[dict[str, Any]] = []
+    if isinstance(tools, list):
+        for i, t in enumerate(tools):
+            fn = _tool(t, f"tools[{i}]", drop)
+            if fn is None:
+                server.add(t.get("name"))
+            else:
+                functions.append(fn)
+        if functions or not server:
+            out["tools"] = functions
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict):
+        return
+    kind = choice.get("type")
+    if kind == "tool" and server and choice.get("name") in server:
+        raise Untranslatable(f"tool_choice (forces the server tool {choice.get('name')})", UPSTREAM)
+    if server and not functions:
+        if kind in ("any", "tool"):
+            raise Untranslatable(f"tool_choice.type={kind} (only server tools)", UPSTREAM)
+        return  # auto / none over no tools: nothing to say
+    out["tool_choice"] = _tool_choice(choice)
+    if choice.get("disable_parallel_tool_use") is True and out.get("tools"):
+        out["parallel_tool_calls"] = False
+
+
+def _tool(tool: Any, where: str, drop: Drops) -> dict[str, Any] | None:
+    """The function tool for a custom tool; None for a server tool (dropped)."""
     if not isinstance(tool, dict):
         raise BadRequest(f"'{where}' must be an object")
     if tool.get("type") not in (None, "custom"):
-        # Server tools (web search, code execution, bash, computer use …) run at Anthropic.
-        raise Untranslatable(f"{where}.type={tool.get('type')}", UPSTREAM)
+        # Server tools (web search, code execution, bash, computer use …) run at Anthropic or
+        # have Anthropic's own schema.
+        drop("server_tool", f"{where}.type={tool.get('type')}")
+        return None
+    for key in TOOL_HINTS:
+        if tool.get(key) not in (None, False, [], {}):
+            drop(key, f"{where}.{key}")
     fn: dict[str, Any] = {"name": tool.get("name")}
     if given(tool, "description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+    if tool.get("strict") is True:
+        fn["strict"] = True
     return {"type": "function", "function": fn}
 
 
@@ -215,6 +436,22 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name")}}
     raise Untranslatable(f"tool_choice.type={kind}", UPSTREAM)
+
+
+# The signature of a thinking block made from an upstream's reasoning text: Anthropic signs its
+# own thinking so that it can check the blocks sent back; no other upstream does. Clients keep
+# and show the block (the anthropic SDK and Claude Code require the field, not a value).
+SIGNATURE = ""
+
+
+def reasoning_text(message: dict[str, Any]) -> str:
+    """The reasoning text of a Chat Completions message or delta: `reasoning_content` (DeepSeek,
+    Qwen, vLLM) or `reasoning` (Ollama, newer vLLM, OpenRouter)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def usage(u: Any) -> dict[str, int]:
@@ -249,6 +486,9 @@ def response(body: dict[str, Any]) -> dict[str, Any]:
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = reasoning_text(message)
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": SIGNATURE})
     text = message.get("content")
     if isinstance(text, list):
         text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
@@ -289,12 +529,13 @@ def error(status: int, body: bytes) -> dict[str, Any]:
 class EventTranslator(StreamTranslator):
     """Chat Completions chunks in, Anthropic Messages events out; holds only the open block."""
 
-    __slots__ = ("_finish", "_open", "_started", "_tools", "_usage", "next_index")
+    __slots__ = ("_finish", "_kind", "_open", "_started", "_tools", "_usage", "next_index")
 
     def __init__(self) -> None:
         super().__init__()
         self._started = False
         self._open: int | None = None  # index of the open content block
+        self._kind = ""  # its type: text, thinking or tool_use
         self._tools: dict[int, int] = {}  # OpenAI tool_call index -> content block index
         self.next_index = 0
         self._finish: str | None = None
@@ -343,6 +584,7 @@ class EventTranslator(StreamTranslator):
         index = self.next_index
         self.next_index += 1
         self._open = index
+        self._kind = block["type"]
         out.append(
             sse(
                 {"type": "content_block_start", "index": index, "content_block": block},
@@ -353,10 +595,13 @@ class EventTranslator(StreamTranslator):
 
     def _close(self, out: list[bytes]) -> None:
         if self._open is not None:
+            if self._kind == "thinking":  # as Anthropic's own: the signature ends the block
+                self._delta(self._open, {"type": "signature_delta", "signature": SIGNATURE}, out)
             out.append(
                 sse({"type": "content_block_stop", "index": self._open}, "content_block_stop")
             )
             self._open = None
+            self._kind = ""
 
     def _delta(self, index: int, delta: dict[str, Any], out: list[bytes]) -> None:
         out.append(
@@ -368,11 +613,18 @@ class EventTranslator(StreamTranslator):
 
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta") or {}
+        reasoning = reasoning_text(delta)
+        if reasoning:
+            index = self._open
+            if index is None or self._kind != "thinking":
+                thinking = {"type": "thinking", "thinking": "", "signature": SIGNATURE}
+                index = self._start_block(thinking, out)
+            self._delta(index, {"type": "thinking_delta", "thinking": reasoning}, out)
         for key in ("content", "refusal"):
             text = delta.get(key)
             if isinstance(text, str) and text:
                 index = self._open
-                if index is None or index in self._tools.values():
+                if index is None or self._kind != "text":
                     index = self._start_block({"type": "text", "text": ""}, out)
                 self._delta(index, {"type": "text_delta", "text": text}, out)
         for call in delta.get("tool_calls") or []:

@@ -4,12 +4,123 @@ tables, and writing and reading SSE events (pure functions, no I/O)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..errors import BadRequest
 from ..proxy.events import event_data
+
+
+@dataclass(frozen=True, slots=True)
+class TranslationOptions:
+    """How a translated route treats what the upstream's format lacks (profile / endpoint
+    `translation`). `strict`: refuse (400) every field without an exact equivalent, hints
+    included (the policy before issue 13). `reasoning_history`: the upstream accepts the
+    assistant's earlier reasoning back as `reasoning_content` in Chat Completions messages (else
+    earlier thinking blocks are dropped). `reasoning_effort`: see below."""
+
+    strict: bool = False
+    reasoning_history: bool = False
+    # Send the client's reasoning request (Anthropic `thinking`, Responses `reasoning.effort`) as
+    # Chat Completions `reasoning_effort`; off for an upstream model that refuses the field (the
+    # request is then dropped and counted, even on a strict route: the operator chose it).
+    reasoning_effort: bool = True
+
+
+DEFAULT_OPTIONS = TranslationOptions()
+
+# Labels of `translation_dropped_fields_total{field}`: everything a translated request may leave
+# out, in either direction (README.md, "Format translation", says what each one covers). A closed
+# set: a label not in it is a programming error.
+DROPPED_FIELDS = (
+    # hints of an Anthropic Messages client
+    "cache_control",  # system / message / tool blocks, top level (prompt caching)
+    "context_management",  # server-side clearing of old tool results and thinking
+    "metadata",  # metadata keys other than user_id (Anthropic) / all of it (OpenAI)
+    "service_tier",  # capacity tier
+    "output_config",  # effort without adaptive thinking, task_budget, unknown parts
+    "defer_loading",  # tool search: every tool is loaded
+    "input_examples",  # example inputs of a tool
+    "eager_input_streaming",  # fine-grained tool input streaming
+    "allowed_callers",  # programmatic tool calling
+    "server_tool",  # server tools offered (web search, code execution, …), not forced
+    "citations",  # document citations
+    "thinking",  # a thinking setting without a reasoning_effort equivalent
+    "reasoning_history",  # the assistant's earlier reasoning (thinking / reasoning_content)
+    # hints of an OpenAI Chat Completions client
+    "prompt_cache_key",
+    "safety_identifier",  # when `user` already gives metadata.user_id
+    "store",
+    "seed",
+    "prediction",
+    "verbosity",
+    "presence_penalty",
+    "frequency_penalty",
+    "reasoning_effort",  # when Anthropic cannot think on this request (forced tool, tool loop)
+    "temperature",  # with thinking on (Anthropic refuses a temperature other than 1)
+    "top_p",  # with thinking on (Anthropic refuses top_p below 0.95)
+    "tool_strict",  # `strict` of function tools
+    "name",  # participant names of messages
+    # dropped by the relay, not by request(): the other provider's headers (openai-* on a
+    # Messages upstream, anthropic-* on a Chat Completions one)
+    "openai_headers",
+    "anthropic_headers",
+)
+
+# Anthropic thinking budget <-> OpenAI reasoning_effort. Effort to budget_tokens (the budget an
+# Anthropic upstream gets for a Chat Completions client's effort):
+EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 24576}
+# budget_tokens to effort (for a Chat Completions upstream): below 4096 low, below 16384 medium,
+# else high. Only low / medium / high are sent: every reasoning model takes those three.
+LOW_BELOW, MEDIUM_BELOW = 4096, 16384
+# Anthropic's output_config.effort <-> reasoning_effort.
+ANTHROPIC_TO_EFFORT = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+EFFORT_TO_ANTHROPIC = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+}
+
+
+def effort_for_budget(budget: int) -> str:
+    if budget < LOW_BELOW:
+        return "low"
+    return "medium" if budget < MEDIUM_BELOW else "high"
+
+
+# Response headers that described the upstream's body, not the translated one.
+_BODY_HEADERS = frozenset({"content-type", "content-encoding"})
+
+
+class JSONAnswers:
+    """What both translator classes do with a plain (non-stream) upstream answer: `body()` (each
+    class's own) with the response headers that go with it."""
+
+    __slots__ = ()
+
+    def body(self, status: int, content_type: str, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def answer(
+        self, status: int, headers: list[tuple[str, str]], data: bytes
+    ) -> tuple[list[tuple[str, str]], bytes]:
+        """`body()` with the upstream's response headers, minus those that described the
+        upstream's body."""
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+        body = self.body(status, ctype, data)
+        kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
+        kept.append(("Content-Type", "application/json"))
+        return kept, body
 
 
 class Untranslatable(BadRequest):
@@ -22,6 +133,31 @@ class Untranslatable(BadRequest):
         super().__init__(
             f"'{field}' has no equivalent in the {upstream} format this route is translated to"
         )
+
+
+class Drops:
+    """What a request's translation leaves out: `drop(label, where)` records `label` (once) in
+    the translator's `dropped` list, or refuses the request (400, naming `where`) when the route
+    is strict."""
+
+    __slots__ = ("labels", "strict", "upstream")
+
+    def __init__(self, options: TranslationOptions, labels: list[str], upstream: str) -> None:
+        self.strict = options.strict
+        self.labels = labels
+        self.upstream = upstream
+
+    def __call__(self, label: str, where: str) -> None:
+        if self.strict:
+            raise Untranslatable(where, self.upstream)
+        self.record(label)
+
+    def record(self, label: str) -> None:
+        """Count `label` as dropped whatever the mode (a drop the operator configured)."""
+        if label not in DROPPED_FIELDS:
+            raise ValueError(f"{label!r} is not in DROPPED_FIELDS")
+        if label not in self.labels:
+            self.labels.append(label)
 
 
 class BadUpstreamEvent(ValueError):

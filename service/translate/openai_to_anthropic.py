@@ -7,15 +7,21 @@ complete upstream SSE event at a time (Messages events in, chunks and `[DONE]` o
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from ..errors import BadRequest
 from .common import (
+    DEFAULT_OPTIONS,
     DONE,
+    EFFORT_BUDGET,
+    EFFORT_TO_ANTHROPIC,
     STOP_TO_FINISH,
+    Drops,
     StreamTranslator,
+    TranslationOptions,
     Untranslatable,
     error_message,
     given,
@@ -34,56 +40,87 @@ DEFAULT_MAX_TOKENS = 4096
 # means "off" (clients and SDK helpers often send those explicitly).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (1,),
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
     "logprobs": (False,),
+    "top_logprobs": (0,),
     "logit_bias": ({},),
-    "store": (False,),
     "modalities": (["text"],),
 }
-REFUSED = (
-    "top_logprobs",
-    "seed",
-    "audio",
-    "prediction",
-    "reasoning_effort",
-    "web_search_options",
-    "functions",
-    "function_call",
-    "verbosity",
-)
-# Fields that only steer the provider's infrastructure or its storage: dropped.
-DROPPED = ("service_tier", "metadata", "stream_options", "safety_identifier", "prompt_cache_key")
+REFUSED = ("audio", "web_search_options", "functions", "function_call")
+# Hints and sampling knobs: dropped (refused on a strict route), unless neutral.
+HINTS: dict[str, tuple[Any, ...]] = {
+    "seed": (),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "store": (False,),
+    "metadata": ({},),
+    "service_tier": (),
+    "prompt_cache_key": (),
+    "prediction": (),
+    "verbosity": (),
+}
 _TRANSLATED = frozenset(
     "model messages max_tokens max_completion_tokens stop temperature top_p user stream tools"
-    " tool_choice parallel_tool_calls response_format".split()
-) | {*_NEUTRAL, *REFUSED, *DROPPED}
+    " tool_choice parallel_tool_calls response_format reasoning_effort safety_identifier"
+    " stream_options".split()
+) | {*_NEUTRAL, *REFUSED, *HINTS}
+
+# Claude 4.6 and later think adaptively, steered by output_config.effort (Opus 4.7 and later
+# refuse a budget); older models take thinking.budget_tokens.
+_CLAUDE = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 
-def request(body: dict[str, Any]) -> dict[str, Any]:
-    """A Messages request with the meaning of this Chat Completions request. Fields this module
-    does not know pass through unchanged (the upstream decides, as on an untranslated route)."""
+def adaptive_thinking(model: Any) -> bool:
+    """The model thinks adaptively (Claude 4.6 or later by its name). Older Claude models and
+    names this does not recognise (Anthropic-compatible upstreams) take a thinking budget."""
+    found = _CLAUDE.search(model) if isinstance(model, str) else None
+    return found is not None and (int(found[1]), int(found[2] or 0)) >= (4, 6)
+
+
+def request(
+    body: dict[str, Any],
+    options: TranslationOptions = DEFAULT_OPTIONS,
+    dropped: list[str] | None = None,
+) -> dict[str, Any]:
+    """A Messages request with the meaning of this Chat Completions request; what it leaves out
+    is appended to `dropped`. Fields this module does not know pass through unchanged (the
+    upstream decides, as on an untranslated route)."""
+    drop = Drops(options, [] if dropped is None else dropped, UPSTREAM)
     for key, neutral in _NEUTRAL.items():
         if given(body, key) and body[key] not in neutral:
             raise Untranslatable(key, UPSTREAM)
     for key in REFUSED:
         if given(body, key):
             raise Untranslatable(key, UPSTREAM)
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise Untranslatable("response_format", UPSTREAM)
+    for key, neutral in HINTS.items():
+        if given(body, key) and body[key] not in neutral:
+            drop(key, key)
+    fmt = _response_format(body.get("response_format"))
     out: dict[str, Any] = {}
     if "model" in body:
         out["model"] = body["model"]
     client_messages = body.get("messages")
     if not isinstance(client_messages, list):
         raise BadRequest("'messages' must be an array")
-    system, messages = _messages(client_messages)
+    system, messages = _messages(client_messages, drop)
     if system:
         out["system"] = system
     out["messages"] = messages
+    tools = body.get("tools")
+    choice = _tool_choice(body.get("tool_choice"))
+    thinking = _thinking(body, choice, messages, drop)
     limit = body.get("max_completion_tokens")
-    out["max_tokens"] = limit if limit is not None else body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if limit is None:
+        limit = body.get("max_tokens") or None
+    out["max_tokens"] = limit if limit is not None else DEFAULT_MAX_TOKENS
+    if thinking is not None:
+        # Thinking counts against max_tokens (as reasoning does against OpenAI's limit); a
+        # budget must be below it. Without a limit the answer keeps its default room beside the
+        # thinking; a limit that leaves no room for the budget is raised by the budget.
+        budget = EFFORT_BUDGET[body["reasoning_effort"]]
+        if limit is None:
+            out["max_tokens"] = DEFAULT_MAX_TOKENS + budget
+        elif "budget_tokens" in thinking and isinstance(limit, int) and limit <= budget:
+            out["max_tokens"] = limit + budget
     stop = body.get("stop")
     if isinstance(stop, str):
         out["stop_sequences"] = [stop]
@@ -91,27 +128,103 @@ def request(body: dict[str, Any]) -> dict[str, Any]:
         out["stop_sequences"] = stop
     for key in ("temperature", "top_p"):
         if given(body, key):
-            out[key] = body[key]
-    if isinstance(body.get("user"), str):
-        out["metadata"] = {"user_id": body["user"]}
+            if thinking is not None and not _thinking_allows(key, body[key]):
+                drop(key, f"{key} (with reasoning_effort)")
+            else:
+                out[key] = body[key]
+    user = body.get("user")
+    identifier = body.get("safety_identifier")
+    if isinstance(user, str):
+        out["metadata"] = {"user_id": user}
+        if given(body, "safety_identifier"):
+            drop("safety_identifier", "safety_identifier")
+    elif isinstance(identifier, str):
+        out["metadata"] = {"user_id": identifier}
     if given(body, "stream"):
         out["stream"] = body["stream"]
-    tools = body.get("tools")
     if isinstance(tools, list) and tools:
-        out["tools"] = [_tool(t, f"tools[{i}]") for i, t in enumerate(tools)]
-    choice = _tool_choice(body.get("tool_choice"))
+        out["tools"] = [_tool(t, f"tools[{i}]", drop) for i, t in enumerate(tools)]
     if body.get("parallel_tool_calls") is False and out.get("tools"):
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice is not None:
         out["tool_choice"] = choice
+    config: dict[str, Any] = {}
+    if thinking is not None:
+        out["thinking"] = thinking
+        if thinking["type"] == "adaptive":
+            config["effort"] = EFFORT_TO_ANTHROPIC[body["reasoning_effort"]]
+    if fmt is not None:
+        config["format"] = fmt
+    if config:
+        out["output_config"] = config
     for key, value in body.items():
         if key not in _TRANSLATED:
             out[key] = value
     return out
 
 
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    """`output_config.format` for a json_schema response format (Anthropic's structured outputs);
+    JSON mode (json_object: any JSON) has no equivalent."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest("'response_format.json_schema.schema' must be an object")
+        return {"type": "json_schema", "schema": schema}
+    raise Untranslatable(f"response_format.type={kind}", UPSTREAM)
+
+
+def _thinking(
+    body: dict[str, Any],
+    choice: dict[str, Any] | None,
+    messages: list[dict[str, Any]],
+    drop: Drops,
+) -> dict[str, Any] | None:
+    """Anthropic's `thinking` for `reasoning_effort`: adaptive (effort in output_config) on
+    Claude 4.6 and later, else a budget (`common.EFFORT_BUDGET`); `none`: nothing. Anthropic
+    refuses thinking with a tool_choice that forces a tool, and a budget in a tool loop whose
+    last assistant turn has no signed thinking block (Chat Completions clients cannot send it
+    back): reasoning_effort is dropped there."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    if effort not in EFFORT_BUDGET:
+        drop("reasoning_effort", f"reasoning_effort={effort}")
+        return None
+    if choice is not None and choice.get("type") in ("any", "tool"):
+        drop("reasoning_effort", "reasoning_effort (with a tool_choice that forces a tool)")
+        return None
+    if adaptive_thinking(body.get("model")):
+        return {"type": "adaptive"}
+    if _in_tool_loop(messages):
+        drop("reasoning_effort", "reasoning_effort (in a tool loop)")
+        return None
+    return {"type": "enabled", "budget_tokens": EFFORT_BUDGET[effort]}
+
+
+def _thinking_allows(key: str, value: Any) -> bool:
+    """Anthropic with thinking takes temperature 1 only, and top_p from 0.95 to 1."""
+    if not isinstance(value, (int, float)):
+        return True  # the upstream decides
+    return value == 1 if key == "temperature" else value >= 0.95
+
+
+def _in_tool_loop(messages: list[dict[str, Any]]) -> bool:
+    """The last assistant turn called tools (its results follow)."""
+    for m in reversed(messages):
+        if m["role"] == "assistant":
+            return any(b.get("type") == "tool_use" for b in m["content"])
+    return False
+
+
 def _messages(
-    client_messages: list[Any],
+    client_messages: list[Any], drop: Drops
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System blocks (every system/developer message, in order) and the conversation. A run of
     tool messages becomes one user message of tool_result blocks."""
@@ -123,6 +236,8 @@ def _messages(
             raise BadRequest(f"'{where}' must be an object")
         role = m.get("role")
         content = m.get("content")
+        if given(m, "name") and role in ("system", "developer", "user", "assistant"):
+            drop("name", f"{where}.name")
         if role in ("system", "developer"):
             text = text_of(content, f"{where}.content", UPSTREAM)
             if text:
@@ -130,7 +245,7 @@ def _messages(
         elif role == "user":
             messages.append({"role": "user", "content": _user_content(content, where)})
         elif role == "assistant":
-            messages.append({"role": "assistant", "content": _assistant_content(m, where)})
+            messages.append({"role": "assistant", "content": _assistant_content(m, where, drop)})
         elif role == "tool":
             result = {"type": "tool_result", "tool_use_id": m.get("tool_call_id")}
             text = text_of(content, f"{where}.content", UPSTREAM)
@@ -162,9 +277,26 @@ def _user_content(content: Any, where: str) -> Any:
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "image_url":
             blocks.append(_image(part.get("image_url"), f"{where}.content[{j}]"))
-        else:  # input_audio, file …
+        elif kind == "file":
+            blocks.append(_file(part.get("file"), f"{where}.content[{j}]"))
+        else:  # input_audio …
             raise Untranslatable(f"{where}.content[{j}].type={kind}", UPSTREAM)
     return blocks
+
+
+def _file(file: Any, where: str) -> dict[str, Any]:
+    """A PDF sent inline (`file_data` data URL) is a document block; a file by id lives in the
+    client's OpenAI account, out of the upstream's reach."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    prefix = "data:application/pdf;base64,"
+    if not isinstance(data, str) or not data.startswith(prefix):
+        raise Untranslatable(f"{where}.file (only an inline PDF)", UPSTREAM)
+    source = {"type": "base64", "media_type": "application/pdf", "data": data[len(prefix) :]}
+    block: dict[str, Any] = {"type": "document", "source": source}
+    name = file.get("filename")
+    if isinstance(name, str) and name:
+        block["title"] = name
+    return block
 
 
 def _image(image: Any, where: str) -> dict[str, Any]:
@@ -183,8 +315,12 @@ def _image(image: Any, where: str) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-def _assistant_content(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
+def _assistant_content(m: dict[str, Any], where: str, drop: Drops) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
+    for key in ("reasoning_content", "reasoning"):
+        # Anthropic takes earlier thinking back only with the signature it made.
+        if isinstance(m.get(key), str) and m[key]:
+            drop("reasoning_history", f"{where}.{key}")
     content = m.get("content")
     if isinstance(content, list):
         content = "".join(
@@ -208,11 +344,15 @@ def _assistant_content(m: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool(tool: Any, where: str) -> dict[str, Any]:
+def _tool(tool: Any, where: str, drop: Drops) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type") != "function":
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise Untranslatable(f"{where}.type={kind}", UPSTREAM)
     fn = tool.get("function") or {}
+    if fn.get("strict") is True:
+        # Anthropic's strict tools exist only on newer models: dropped so that every model
+        # keeps working (it still gets the schema).
+        drop("tool_strict", f"{where}.function.strict")
     out: dict[str, Any] = {"name": fn.get("name")}
     if given(fn, "description"):
         out["description"] = fn["description"]
@@ -254,12 +394,15 @@ def usage(u: Any) -> dict[str, Any]:
 def response(body: dict[str, Any], created: int) -> dict[str, Any]:
     """The Chat Completions response for an Anthropic message (one choice)."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in body.get("content") or []:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
+        elif block.get("type") == "thinking" and block.get("thinking"):
+            thoughts.append(str(block["thinking"]))
         elif block.get("type") == "tool_use":
             calls.append(
                 {
@@ -271,12 +414,14 @@ def response(body: dict[str, Any], created: int) -> dict[str, Any]:
                     },
                 }
             )
-        # thinking and server-tool blocks: Chat Completions has no place for them.
+        # redacted thinking and server-tool blocks: Chat Completions has no place for them.
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts else None,
         "refusal": None,
     }
+    if thoughts:  # as DeepSeek, Qwen and vLLM send reasoning
+        message["reasoning_content"] = "\n\n".join(thoughts)
     if calls:
         message["tool_calls"] = calls
     return {
@@ -368,6 +513,8 @@ class EventTranslator(StreamTranslator):
         block = data.get("content_block") or {}
         if block.get("type") == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
+        if block.get("type") == "thinking" and block.get("thinking"):
+            return [self._chunk({"reasoning_content": block["thinking"]})]
         if block.get("type") == "tool_use":
             position = len(self._tools)
             self._tools[data.get("index", 0)] = position
@@ -378,12 +525,14 @@ class EventTranslator(StreamTranslator):
                 "function": {"name": block.get("name"), "arguments": ""},
             }
             return [self._chunk({"tool_calls": [call]})]
-        return []  # thinking and server-tool blocks have no Chat Completions form
+        return []  # redacted thinking and server-tool blocks have no Chat Completions form
 
     def _block_delta(self, data: dict[str, Any]) -> list[bytes]:
         delta = data.get("delta") or {}
         if delta.get("type") == "text_delta":
             return [self._chunk({"content": delta.get("text", "")})]
+        if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+            return [self._chunk({"reasoning_content": delta["thinking"]})]
         if delta.get("type") == "input_json_delta":
             position = self._tools.get(data.get("index", 0))
             if position is None:

@@ -240,6 +240,61 @@ def _json_reply(data: Any, status: int = 200) -> Reply:
     )
 
 
+def openai_response(model: str, text: str = "Hello from fake") -> dict[str, Any]:
+    """A Responses API `response` object, completed, with one message and usage."""
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": "completed",
+        "model": model,
+        "output": [
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": 11,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 4,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 15,
+        },
+    }
+
+
+def openai_response_stream(model: str, pieces: tuple[str, ...] = ("Hel", "lo")) -> list[str]:
+    """The Responses API's stream of `openai_response`: created … completed, numbered."""
+    done = openai_response(model, "".join(pieces))
+    started = {**done, "status": "in_progress", "output": [], "usage": None}
+    item = {**done["output"][0], "status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": started},
+        {"type": "response.in_progress", "response": started},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0,
+         "content_index": 0, "part": part},
+        *(
+            {"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0,
+             "content_index": 0, "delta": p}
+            for p in pieces
+        ),
+        {"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0,
+         "content_index": 0, "text": "".join(pieces)},
+        {"type": "response.output_item.done", "output_index": 0, "item": done["output"][0]},
+        {"type": "response.completed", "response": done},
+    ]  # fmt: skip
+    return [
+        f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n"
+        for i, e in enumerate(events)
+    ]
+
+
 def default_reply(req: Recorded) -> Reply:
     """Answer like a provider: OpenAI shapes on OpenAI paths, Anthropic on /v1/messages."""
     model = "unknown"
@@ -256,6 +311,21 @@ def default_reply(req: Recorded) -> Reply:
             pass
     path = req.path
     sse_headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+    if path.endswith("/responses"):
+        if stream:
+            return Reply(headers=sse_headers, chunks=sse(*openai_response_stream(model)))
+        return _json_reply(openai_response(model))
+    if path.endswith("/responses/input_tokens"):
+        return _json_reply({"object": "response.input_tokens", "input_tokens": 42})
+    if "/responses/" in path:  # a stored response: GET, DELETE, input_items
+        rid = path.split("/responses/", 1)[1].split("/", 1)[0]
+        if path.endswith("/input_items"):
+            return _json_reply({"object": "list", "data": [], "first_id": None, "has_more": False})
+        if req.method == "DELETE":
+            return _json_reply({"id": rid, "object": "response", "deleted": True})
+        return _json_reply({**openai_response("stored"), "id": rid})
+    if path.endswith("/messages/count_tokens"):
+        return _json_reply({"input_tokens": 42})
     if path.endswith("/chat/completions"):
         if stream:
             events = openai_chat_stream(model)

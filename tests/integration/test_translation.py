@@ -546,13 +546,15 @@ def test_features_without_an_equivalent_are_refused_with_400_before_the_upstream
         ant.messages.create(
             model="m",
             max_tokens=5,
-            extra_body={"top_k": 3},
+            extra_body={
+                "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]
+            },
             messages=[{"role": "user", "content": "x"}],
         )
     assert a.value.status_code == 400
     assert a.value.body["type"] == "error"  # type: ignore[index]
     assert a.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert "'top_k' has no equivalent" in a.value.body["error"]["message"]  # type: ignore[index]
+    assert "'mcp_servers' has no equivalent" in a.value.body["error"]["message"]  # type: ignore[index]
 
     with pytest.raises(openai.BadRequestError) as o:
         oai.chat.completions.create(model="m", n=2, messages=[{"role": "user", "content": "x"}])

@@ -256,50 +256,71 @@ def test_shipped_schema_is_current_and_validates_shipped_profiles() -> None:
 
 # Every route of every shipped profile: where it goes, or that the router refuses it itself
 # because the provider has no endpoint speaking that format.
+LOCAL = "local estimate"  # a token-counting route the router answers itself
+COUNTING = {"/v1/responses/input_tokens": LOCAL, "/v1/messages/count_tokens": LOCAL}
+
+
+def _chat_only(chat_url: str) -> dict[str, str]:
+    """The routes of an upstream that speaks only Chat Completions, beside its own."""
+    return {"/v1/messages": chat_url, "/v1/responses": chat_url, **COUNTING}
+
+
 ROUTE_TABLE = {
     "qwen": {
         "/v1/chat/completions": "https://portal.qwen.ai/v1/chat/completions",
         "/v1/completions": "https://portal.qwen.ai/v1/completions",
         "/v1/embeddings": "https://portal.qwen.ai/v1/embeddings",
-        "/v1/messages": "https://portal.qwen.ai/v1/chat/completions",
+        **_chat_only("https://portal.qwen.ai/v1/chat/completions"),
     },
-    "openai": {r: "https://api.openai.com" + r for r in PROXY_ROUTES if r != "/v1/messages"}
-    | {"/v1/messages": "https://api.openai.com/v1/chat/completions"},
+    "openai": {r: "https://api.openai.com" + r for r in PROXY_ROUTES}
+    | {
+        "/v1/messages": "https://api.openai.com/v1/chat/completions",
+        "/v1/messages/count_tokens": LOCAL,
+    },
     "anthropic": {
         "/v1/chat/completions": "https://api.anthropic.com/v1/messages",
         "/v1/messages": "https://api.anthropic.com/v1/messages",
+        "/v1/responses": "https://api.anthropic.com/v1/messages",
+        "/v1/messages/count_tokens": "https://api.anthropic.com/v1/messages/count_tokens",
+        "/v1/responses/input_tokens": LOCAL,
     },
     "cohere": {
         "/v1/chat/completions": "https://api.cohere.ai/compatibility/v1/chat/completions",
         "/v1/embeddings": "https://api.cohere.ai/compatibility/v1/embeddings",
-        "/v1/messages": "https://api.cohere.ai/compatibility/v1/chat/completions",
+        **_chat_only("https://api.cohere.ai/compatibility/v1/chat/completions"),
     },
     "gemini": {
         "/v1/chat/completions": "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
         "/v1/embeddings": "https://generativelanguage.googleapis.com/v1beta/openai/embeddings",
-        "/v1/messages": "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+        **_chat_only("https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"),
     },
     "ollama-cloud": {
         "/v1/chat/completions": "https://ollama.com/v1/chat/completions",
         "/v1/completions": "https://ollama.com/v1/completions",
         "/v1/embeddings": "https://ollama.com/v1/embeddings",
-        "/v1/messages": "https://ollama.com/v1/chat/completions",
+        **_chat_only("https://ollama.com/v1/chat/completions"),
     },
     "ollama-local": {
         "/v1/chat/completions": "http://localhost:11434/v1/chat/completions",
         "/v1/completions": "http://localhost:11434/v1/completions",
         "/v1/embeddings": "http://localhost:11434/v1/embeddings",
-        "/v1/messages": "http://localhost:11434/v1/chat/completions",
+        **_chat_only("http://localhost:11434/v1/chat/completions"),
     },
-    "generic": {r: "http://localhost:8080" + r for r in PROXY_ROUTES if r != "/v1/messages"}
-    | {"/v1/messages": "http://localhost:8080/v1/chat/completions"},
+    "generic": {
+        r: "http://localhost:8080" + r
+        for r in PROXY_ROUTES
+        if r not in ("/v1/messages", "/v1/responses", *COUNTING)
+    }
+    | _chat_only("http://localhost:8080/v1/chat/completions"),
 }
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_route_of_every_shipped_profile(name: str) -> None:
     cfg = load_file(find_profile(name))
-    enabled = {r: ep.url for r, ep in cfg.endpoints.items() if ep.enabled}
+    enabled = {
+        r: LOCAL if ep.local_estimate else ep.url for r, ep in cfg.endpoints.items() if ep.enabled
+    }
     assert enabled == ROUTE_TABLE[name]
 
 
@@ -321,3 +342,57 @@ def test_request_usage_merges_like_the_other_stream_fields(tmp_path: Path) -> No
     assert cfg.endpoints["/v1/completions"].request_usage is True
     assert cfg.endpoints["/v1/embeddings"].enabled is False
     assert load_file(find_profile("openai")).endpoints["/v1/chat/completions"].request_usage
+
+
+def test_translation_options_merge_endpoint_over_profile(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        {
+            "name": "x",
+            "baseUrl": "http://h",
+            "translation": {"strict": True, "reasoningHistory": True, "reasoningEffort": False},
+            "endpoints": {
+                "/v1/messages": {
+                    "format": "openai",
+                    "translation": {"strict": False, "reasoningEffort": True},
+                },
+                "/v1/responses": {"format": "anthropic"},
+            },
+        },
+    )
+    eps = load_file(p).endpoints
+    assert (eps["/v1/messages"].translation_strict, eps["/v1/messages"].reasoning_history) == (
+        False,
+        True,
+    )
+    assert eps["/v1/responses"].translation_strict is True
+    assert eps["/v1/messages"].reasoning_effort is True
+    assert eps["/v1/responses"].reasoning_effort is False
+    assert eps["/v1/chat/completions"].reasoning_effort is False
+    assert eps["/v1/responses"].translation == "responses_to_anthropic"
+    assert eps["/v1/responses"].url == "http://h/v1/messages"
+    assert eps["/v1/messages/count_tokens"].local_estimate is True
+    assert eps["/v1/responses/input_tokens"].local_estimate is True
+    assert (
+        load_file(find_profile("anthropic")).endpoints["/v1/messages/count_tokens"].local_estimate
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "fmt"),
+    [
+        ("/v1/chat/completions", "responses"),
+        ("/v1/messages", "responses"),
+        ("/v1/embeddings", "anthropic"),
+        ("/v1/messages/count_tokens", "openai"),
+    ],
+)
+def test_formats_a_route_cannot_be_translated_to_are_refused(
+    tmp_path: Path, route: str, fmt: str
+) -> None:
+    p = _write(
+        tmp_path, {"name": "x", "baseUrl": "http://h", "endpoints": {route: {"format": fmt}}}
+    )
+    with pytest.raises(ConfigError, match="is not a format this route can be translated to"):
+        load_file(p)

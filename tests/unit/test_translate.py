@@ -3,7 +3,9 @@ file per case: input, expected output) plus properties and edge cases of the pur
 
 A case file holds `kind` (request | refused | response | error | stream), `description`, `in`
 and `out` (or `refused`: a fragment of the 400 message). Stream items are `{"event"?, "data"}`
-(data: a JSON value or the string "[DONE]") or `{"comment": text}`.
+(data: a JSON value or the string "[DONE]") or `{"comment": text}`. A request or refused case
+may carry `options` (the route's `TranslationOptions`: `{"strict": true, "reasoning_history":
+true}`); a request case lists in `dropped` the labels the translator records (none when absent).
 """
 
 from __future__ import annotations
@@ -19,53 +21,33 @@ from hypothesis import strategies as st
 
 from service.config import ConfigError, load_file
 from service.errors import BadRequest, UpstreamJSONError
-from service.proxy.events import EventFramer
-from service.translate import DIRECTIONS, BadUpstreamEvent, Translator, Untranslatable
-from service.translate.common import event_json
+from service.translate import (
+    DIRECTIONS,
+    DROPPED_FIELDS,
+    BadUpstreamEvent,
+    TranslationOptions,
+    Translator,
+    Untranslatable,
+)
+from service.translate.common import Drops, effort_for_budget
+from service.translate.openai_to_anthropic import adaptive_thinking
+from tests.sse_items import parse, render, translate_cut
 
 CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
 CREATED = 1700000000
 
 
-def render(items: list[dict[str, Any]]) -> list[bytes]:
-    """Stream items of a case file as SSE events (what the relay's framer hands over)."""
-    out = []
-    for item in items:
-        if "comment" in item:
-            out.append(b":" + item["comment"].encode() + b"\n\n")
-            continue
-        data = item["data"]
-        payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
-        head = b"event: " + item["event"].encode() + b"\n" if item.get("event") else b""
-        out.append(head + b"data: " + payload + b"\n\n")
-    return out
-
-
-def parse(events: list[bytes]) -> list[dict[str, Any]]:
-    """The translator's output as stream items; each must be one well-formed SSE event."""
-    items: list[dict[str, Any]] = []
-    for ev in events:
-        assert ev.endswith(b"\n\n") and b"\n\n" not in ev[:-2], ev
-        lines = ev[:-2].split(b"\n")
-        if all(line.startswith(b":") for line in lines):
-            items.append({"comment": b"\n".join(line[1:] for line in lines).decode()})
-            continue
-        item: dict[str, Any] = {}
-        for line in lines:
-            name, _, value = line.partition(b": ")
-            assert name in (b"event", b"data"), ev
-            if name == b"event":
-                item["event"] = value.decode()
-        data = event_json(ev)
-        item["data"] = data.decode() if isinstance(data, bytes) else data
-        items.append(item)
-    return items
+def options_of(case: dict[str, Any]) -> TranslationOptions:
+    return TranslationOptions(**case.get("options", {}))
 
 
 def run_case(direction: str, case: dict[str, Any]) -> Any:
     kind = case["kind"]
     if kind == "request":
-        return Translator(direction, case["in"], CREATED).request()
+        tr = Translator(direction, case["in"], CREATED, options_of(case))
+        out = tr.request()
+        assert tr.dropped == case.get("dropped", [])
+        return out
     if kind == "response":
         body = Translator(direction, {}, CREATED).body(
             200, "application/json", json.dumps(case["in"]).encode()
@@ -105,12 +87,124 @@ def test_the_table_covers_every_kind_in_both_directions() -> None:
 def test_conformance(direction: str, path: Path) -> None:
     case = json.loads(path.read_text())
     if case["kind"] == "refused":
+        tr = Translator(direction, case["in"], CREATED, options_of(case))
         with pytest.raises(Untranslatable) as e:
-            Translator(direction, case["in"], CREATED).request()
+            tr.request()
         assert e.value.status == 400
+        assert e.value.code == "untranslatable_request"
         assert case["refused"] in e.value.message
+        assert tr.dropped == []  # nothing went upstream: nothing was dropped
         return
     assert run_case(direction, case) == case["out"]
+
+
+def _cases_of(kind: str) -> list[tuple[str, Path, dict[str, Any]]]:
+    out = []
+    for direction, path in (c.values for c in CASES):
+        case = json.loads(path.read_text())
+        if case["kind"] == kind:
+            out.append((direction, path, case))
+    return out
+
+
+def test_every_dropped_label_is_in_the_closed_set_and_has_a_case() -> None:
+    """`dropped` holds labels of `translation_dropped_fields_total`: each from DROPPED_FIELDS,
+    once per request; and the table has a case for every label of the set."""
+    seen: set[str] = set()
+    for _, path, case in _cases_of("request"):
+        dropped = case.get("dropped", [])
+        assert len(dropped) == len(set(dropped)), path
+        assert set(dropped) <= set(DROPPED_FIELDS), path
+        seen.update(dropped)
+    relay_labels = {"openai_headers", "anthropic_headers"}  # headers: dropped by the relay
+    assert seen == set(DROPPED_FIELDS) - relay_labels
+    assert len(DROPPED_FIELDS) == len(set(DROPPED_FIELDS))
+
+
+@pytest.mark.parametrize(
+    ("direction", "path"),
+    [
+        pytest.param(d, p, id=f"{d}/{p.stem}")
+        for d, p, c in _cases_of("request")
+        if c.get("dropped") and not c.get("options", {}).get("strict")
+    ],
+)
+def test_a_strict_route_refuses_what_the_default_drops(direction: str, path: Path) -> None:
+    case = json.loads(path.read_text())
+    options = TranslationOptions(**{**case.get("options", {}), "strict": True})
+    tr = Translator(direction, case["in"], CREATED, options)
+    with pytest.raises(Untranslatable) as e:
+        tr.request()
+    assert "has no equivalent" in e.value.message
+    assert tr.dropped == []
+
+
+def test_drops_refuse_a_label_outside_the_closed_set() -> None:
+    drop = Drops(TranslationOptions(), [], "X")
+    drop("cache_control", "system[0].cache_control")
+    drop("cache_control", "tools[3].cache_control")
+    assert drop.labels == ["cache_control"]
+    with pytest.raises(ValueError, match="not in DROPPED_FIELDS"):
+        drop("made_up", "made_up")
+
+
+@pytest.mark.parametrize(
+    ("budget", "effort"),
+    [
+        (1024, "low"),
+        (4000, "low"),  # Claude Code's "think"
+        (4095, "low"),
+        (4096, "medium"),
+        (10000, "medium"),  # "think hard"
+        (16383, "medium"),
+        (16384, "high"),
+        (31999, "high"),  # "ultrathink", Claude Code's MAX_THINKING_TOKENS
+    ],
+)
+def test_a_thinking_budget_maps_to_an_effort_by_its_thresholds(budget: int, effort: str) -> None:
+    assert effort_for_budget(budget) == effort
+    body = {
+        "model": "m",
+        "max_tokens": budget + 1,
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    assert Translator("anthropic_to_openai", body, CREATED).request()["reasoning_effort"] == effort
+
+
+@pytest.mark.parametrize("effort", ["minimal", "low", "medium", "high", "xhigh"])
+def test_an_effort_survives_the_way_to_a_budget_and_back(effort: str) -> None:
+    """reasoning_effort -> budget_tokens -> reasoning_effort: the same level (minimal and xhigh,
+    which not every reasoning model takes, come back as low and high)."""
+    chat = {"model": "claude-sonnet-4-5", "reasoning_effort": effort, "messages": []}
+    chat["messages"] = [{"role": "user", "content": "x"}]
+    messages = Translator("openai_to_anthropic", chat, CREATED).request()
+    budget = messages["thinking"]["budget_tokens"]
+    assert 1024 <= budget < messages["max_tokens"]
+    again = Translator("anthropic_to_openai", messages, CREATED).request()
+    assert again["reasoning_effort"] == {"minimal": "low", "xhigh": "high"}.get(effort, effort)
+
+
+@pytest.mark.parametrize(
+    ("model", "adaptive"),
+    [
+        ("claude-opus-4-7", True),
+        ("claude-opus-4-6", True),
+        ("claude-sonnet-4-6", True),
+        ("claude-sonnet-5", True),
+        ("claude-opus-4.7", True),
+        ("us.anthropic.claude-opus-4-8-v1:0", True),
+        ("claude-sonnet-4-5-20250929", False),
+        ("claude-haiku-4-5", False),
+        ("claude-sonnet-4-20250514", False),
+        ("claude-opus-4-1-20250805", False),
+        ("claude-3-7-sonnet-latest", False),
+        ("kimi-k2", False),
+        (None, False),
+    ],
+)
+def test_which_models_think_adaptively(model: Any, adaptive: bool) -> None:
+    assert adaptive_thinking(model) is adaptive
 
 
 def _stream_cases() -> list[Any]:
@@ -126,17 +220,8 @@ def test_streams_translate_the_same_whatever_the_read_boundaries(
     """The relay frames upstream bytes into events as they arrive; translation depends only on
     the events, not on where the reads were cut."""
     case = json.loads(path.read_text())
-    raw = b"".join(render(case["in"]))
-    framer = EventFramer()
     tr = Translator(direction, case.get("client_request", {}), CREATED)
-    out: list[bytes] = []
-    pos = 0
-    for cut in sorted(set(cuts)):
-        out += tr.events(framer.feed(raw[pos:cut]))
-        pos = max(pos, cut)
-    out += tr.events(framer.feed(raw[pos:]))
-    assert framer.flush() == b""
-    assert parse(out + tr.finish()) == case["out"]
+    assert parse(translate_cut(tr, b"".join(render(case["in"])), cuts)) == case["out"]
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)

@@ -1,0 +1,575 @@
+"""An OpenAI Responses request (`POST /v1/responses`) as a Chat Completions request (pure; no I/O).
+
+`chat_request(body, options, upstream)` returns the Chat Completions body, the names of the
+client's custom (free-form) tools, and the labels of the hint fields it dropped. What it refuses,
+drops and maps is listed in `service.translate.responses` (module docstring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest
+from .common import DEFAULT_OPTIONS, TranslationOptions, Untranslatable, given
+
+CHAT = "OpenAI Chat Completions"
+
+# Labels of `translation_dropped_fields_total` this direction can add (a closed set): fields that
+# only steer OpenAI's own infrastructure, storage or hosted tools, and history the upstream could
+# not use.
+RESPONSES_DROPPED_FIELDS = (
+    "store",  # store: true (the router keeps nothing; GET /v1/responses/{id} will not find it)
+    "include",  # include[] (reasoning.encrypted_content, hosted-tool extras)
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "service_tier",
+    "metadata",  # metadata and client_metadata
+    "safety_identifier",
+    "truncation",  # truncation: "auto"
+    "stream_options",
+    "max_tool_calls",  # a limit on hosted-tool calls, and hosted tools are not offered
+    "reasoning.summary",  # summary / generate_summary: upstream reasoning comes back raw
+    "reasoning.effort",  # only with translation.reasoningEffort false
+    "text.verbosity",
+    "tools.hosted",  # hosted tools (web_search, file_search, …) offered, not forced
+    "input.hosted_tool_calls",  # earlier hosted-tool calls (web_search_call, …) in the input
+    "input.reasoning",  # earlier reasoning items (or their encrypted content) not sent back
+)
+# Dropped even when the route is strict: earlier reasoning was never sent back to another
+# provider (as with thinking blocks on the other translated routes).
+_ALWAYS_DROPPED = frozenset({"input.reasoning"})
+
+# Tool types that run at OpenAI (or in a client built-in the Chat format has no type for).
+HOSTED_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "web_search_2025_08_26",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "tool_search",
+        "mcp",
+        "computer",
+        "computer_use_preview",
+        "local_shell",
+        "shell",
+        "apply_patch",
+    }
+)
+# Earlier calls of hosted tools: their results are already in the conversation's text.
+_HOSTED_CALLS = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "tool_search_call",
+        "tool_search_output",
+        "mcp_list_tools",
+    }
+)
+# Fields that need state the router does not keep, or change the answer with no Chat equivalent.
+_REFUSED = ("previous_response_id", "conversation", "prompt")
+_HINTS = (
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "service_tier",
+    "safety_identifier",
+    "stream_options",
+    "max_tool_calls",
+)
+_KNOWN = frozenset(
+    "model input instructions tools tool_choice parallel_tool_calls reasoning max_output_tokens"
+    " temperature top_p text include store stream metadata client_metadata truncation user"
+    " background top_logprobs".split()
+) | {*_REFUSED, *_HINTS}
+
+# The Chat parameter schema a custom tool is offered with, and its one property.
+CUSTOM_INPUT = "input"
+_CUSTOM_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        CUSTOM_INPUT: {"type": "string", "description": "The tool's whole free-form input."}
+    },
+    "required": [CUSTOM_INPUT],
+    "additionalProperties": False,
+}
+
+
+class NeedsState(Untranslatable):
+    """A request that refers to a stored response or conversation: the router keeps none."""
+
+    def __init__(self, field: str, upstream: str) -> None:
+        super(Untranslatable, self).__init__(
+            f"'{field}' needs stored responses, which this route (translated to the {upstream}"
+            " format) does not keep: send the whole conversation in 'input', with store: false"
+        )
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A Responses request as Chat Completions: the `body`, the names of the client's custom
+    tools, the labels of the hints dropped, and where each Chat message came from (`input[i]`
+    or `instructions`), to name the client's parameter when a later step refuses a message."""
+
+    body: dict[str, Any]
+    custom: frozenset[str]
+    dropped: list[str]
+    origins: list[str]
+
+
+class _Request:
+    __slots__ = ("custom", "dropped", "options", "origins", "upstream")
+
+    def __init__(self, options: TranslationOptions, upstream: str) -> None:
+        self.options = options
+        self.upstream = upstream
+        self.dropped: list[str] = []
+        self.custom: set[str] = set()
+        self.origins: list[str] = []
+
+    def drop(self, label: str, where: str | None = None) -> None:
+        """Drop a hint field (counted), or refuse it (named by `where`) on a strict route."""
+        if self.options.strict and label not in _ALWAYS_DROPPED:
+            raise Untranslatable(where or label, self.upstream)
+        if label not in self.dropped:
+            self.dropped.append(label)
+
+
+def chat_request(
+    body: dict[str, Any], options: TranslationOptions = DEFAULT_OPTIONS, upstream: str = CHAT
+) -> ChatRequest:
+    """The Chat Completions request for a Responses request. `upstream` names the format in
+    refusals (the final upstream's, when this Chat request is translated again)."""
+    st = _Request(options, upstream)
+    for key in _REFUSED:
+        if given(body, key):
+            raise NeedsState(key, upstream) if key != "prompt" else Untranslatable(key, upstream)
+    if body.get("background") is True:
+        raise NeedsState("background", upstream)
+    if body.get("top_logprobs"):
+        raise Untranslatable("top_logprobs", upstream)
+    store = body.get("store")
+    if store is True:
+        st.drop("store")
+    for key in _HINTS:
+        if given(body, key):
+            st.drop(key)
+    if given(body, "metadata") or given(body, "client_metadata"):
+        st.drop("metadata")
+    if body.get("truncation") not in (None, "disabled"):
+        st.drop("truncation", f"truncation={body['truncation']}")
+    _include(body.get("include"), st)
+
+    out: dict[str, Any] = {}
+    if "model" in body:
+        out["model"] = body["model"]
+    out["messages"] = _messages(body.get("instructions"), body.get("input"), st)
+    if given(body, "max_output_tokens"):
+        out["max_tokens"] = body["max_output_tokens"]
+    for key in ("temperature", "top_p"):
+        if given(body, key):
+            out[key] = body[key]
+    if given(body, "stream"):
+        out["stream"] = body["stream"]
+        if body["stream"] is True:  # usage arrives in a last chunk only when asked for
+            out["stream_options"] = {"include_usage": True}
+    tools, names = _tools(body.get("tools"), st)
+    choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
+    if tools:
+        out["tools"] = tools
+        if choice is not None:
+            out["tool_choice"] = choice
+        if isinstance(body.get("parallel_tool_calls"), bool):
+            out["parallel_tool_calls"] = body["parallel_tool_calls"]
+    _reasoning(body.get("reasoning"), out, st)
+    _text(body.get("text"), out, st)
+    if given(body, "user"):
+        out["user"] = body["user"]
+    for key, value in body.items():
+        if key not in _KNOWN:
+            out[key] = value  # the upstream decides, as on an untranslated route
+    return ChatRequest(out, frozenset(st.custom), st.dropped, st.origins)
+
+
+def _include(include: Any, st: _Request) -> None:
+    if include is None:
+        return
+    if not isinstance(include, list):
+        raise BadRequest("'include' must be an array")
+    for value in include:
+        if value == "message.output_text.logprobs":
+            raise Untranslatable("include=message.output_text.logprobs", st.upstream)
+    if include:
+        st.drop("include")
+
+
+def _reasoning(reasoning: Any, out: dict[str, Any], st: _Request) -> None:
+    if reasoning is None:
+        return
+    if not isinstance(reasoning, dict):
+        raise BadRequest("'reasoning' must be an object")
+    if given(reasoning, "effort"):
+        if st.options.reasoning_effort:
+            out["reasoning_effort"] = reasoning["effort"]
+        elif "reasoning.effort" not in st.dropped:  # turned off by the operator: never refused
+            st.dropped.append("reasoning.effort")
+    if given(reasoning, "summary") or given(reasoning, "generate_summary"):
+        st.drop("reasoning.summary")
+
+
+def _text(text: Any, out: dict[str, Any], st: _Request) -> None:
+    if text is None:
+        return
+    if not isinstance(text, dict):
+        raise BadRequest("'text' must be an object")
+    if given(text, "verbosity"):
+        st.drop("text.verbosity")
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return
+    if kind == "json_object":
+        out["response_format"] = {"type": "json_object"}
+        return
+    if kind == "json_schema":
+        assert isinstance(fmt, dict)
+        schema: dict[str, Any] = {"name": fmt.get("name") or "response"}
+        for key in ("description", "schema", "strict"):
+            if given(fmt, key):
+                schema[key] = fmt[key]
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+        return
+    raise Untranslatable(f"text.format.type={kind}", st.upstream)
+
+
+# --- tools -------------------------------------------------------------------------------------
+
+
+def _tools(tools: Any, st: _Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Chat function tools, and each offered name's Responses kind (function | custom)."""
+    if tools is None:
+        return [], {}
+    if not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array")
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            assert isinstance(tool, dict)
+            fn: dict[str, Any] = {"name": tool.get("name")}
+            if given(tool, "description"):
+                fn["description"] = tool["description"]
+            fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
+            if isinstance(tool.get("strict"), bool):
+                fn["strict"] = tool["strict"]
+            out.append({"type": "function", "function": fn})
+            names[str(tool.get("name"))] = "function"
+        elif kind == "custom":
+            assert isinstance(tool, dict)
+            name = tool.get("name")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"'tools[{i}].name' must be a string")
+            fn = {
+                "name": name,
+                "description": _custom_description(tool, f"tools[{i}]", st),
+                "parameters": _CUSTOM_PARAMETERS,
+            }
+            out.append({"type": "function", "function": fn})
+            names[name] = "custom"
+            st.custom.add(name)
+        elif kind in HOSTED_TOOLS:
+            st.drop("tools.hosted", f"tools[{i}].type={kind}")
+        else:
+            raise Untranslatable(f"tools[{i}].type={kind}", st.upstream)
+    return out, names
+
+
+def _custom_description(tool: dict[str, Any], where: str, st: _Request) -> str:
+    """A custom tool's description with its input format folded in (the Chat format offers
+    functions only: the free-form input travels as one string parameter)."""
+    parts = [tool["description"]] if isinstance(tool.get("description"), str) else []
+    fmt = tool.get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    note = (
+        f"Pass the tool's whole input as the string parameter `{CUSTOM_INPUT}`, raw (not"
+        " wrapped or escaped beyond what JSON needs)"
+    )
+    if fmt is None or kind == "text":
+        parts.append(note + ".")
+    elif kind == "grammar":
+        assert isinstance(fmt, dict)
+        syntax = fmt.get("syntax") or "lark"
+        parts.append(f"{note}; it must match this {syntax} grammar:\n{fmt.get('definition', '')}")
+    else:
+        raise Untranslatable(f"{where}.format.type={kind}", st.upstream)
+    return "\n\n".join(parts)
+
+
+def _tool_choice(
+    choice: Any, tools: list[dict[str, Any]], names: dict[str, str], st: _Request
+) -> tuple[Any, list[dict[str, Any]]]:
+    """(Chat tool_choice, the tools to offer). A choice that forces a hosted tool is refused."""
+    if choice is None:
+        return None, tools
+    if choice in ("auto", "none"):
+        return choice, tools
+    if choice == "required":
+        if not tools:
+            raise Untranslatable("tool_choice=required (only hosted tools offered)", st.upstream)
+        return choice, tools
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in ("function", "custom"):
+        assert isinstance(choice, dict)
+        return {"type": "function", "function": {"name": choice.get("name")}}, tools
+    if kind == "allowed_tools":
+        assert isinstance(choice, dict)
+        allowed = {
+            t.get("name")
+            for t in choice.get("tools") or []
+            if isinstance(t, dict) and t.get("type") in ("function", "custom")
+        }
+        kept = [t for t in tools if t["function"]["name"] in allowed]
+        mode = choice.get("mode", "auto")
+        if mode == "required" and not kept:
+            raise Untranslatable("tool_choice.tools (only hosted tools allowed)", st.upstream)
+        if mode not in ("auto", "required"):
+            raise Untranslatable(f"tool_choice.mode={mode}", st.upstream)
+        return mode, kept
+    raise Untranslatable(f"tool_choice.type={kind}", st.upstream)
+
+
+# --- input -------------------------------------------------------------------------------------
+
+
+def _messages(instructions: Any, items: Any, st: _Request) -> list[dict[str, Any]]:
+    """Chat messages for `instructions` and `input`. The instructions and the leading system /
+    developer messages become one system message (many chat templates take one, first);
+    function and custom tool calls join the assistant message before them."""
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list):
+        raise BadRequest("'input' must be a string or an array of items")
+    system: list[str] = []
+    if isinstance(instructions, str):
+        if instructions:
+            system.append(instructions)
+    elif instructions is not None:
+        raise BadRequest("'instructions' must be a string")
+    conv = _Conversation(st)
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"'{where}' must be an object")
+        kind = item.get("type", "message")
+        role = item.get("role")
+        if kind == "message" and role in ("system", "developer") and not conv.messages:
+            text = _system_text(item.get("content"), where, st)
+            if text:
+                system.append(text)
+            continue
+        conv.add(item, kind, where)
+    conv.flush_images()
+    st.origins = (["instructions"] if system else []) + conv.origins
+    head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
+    return head + conv.messages
+
+
+class _Conversation:
+    __slots__ = ("images", "messages", "origins", "reasoning", "st", "where")
+
+    def __init__(self, st: _Request) -> None:
+        self.st = st
+        self.where = ""  # the input item being added
+        self.messages: list[dict[str, Any]] = []
+        self.origins: list[str] = []  # the input item each message came from
+        self.reasoning: list[str] = []  # earlier reasoning for the next assistant message
+        self.images: list[dict[str, Any]] = []  # tool-output images, after the tool messages
+
+    def append(self, message: dict[str, Any], origin: str | None = None) -> None:
+        self.messages.append(message)
+        self.origins.append(origin or self.where)
+
+    def add(self, item: dict[str, Any], kind: Any, where: str) -> None:
+        st = self.st
+        if kind in ("function_call_output", "custom_tool_call_output"):
+            text, images = _tool_output(item.get("output"), f"{where}.output", st)
+            self.where = f"{where}.output"  # where the images came from
+            self.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+            self.images.extend(images)
+            return
+        self.flush_images()
+        self.where = where
+        if kind == "message":
+            role = item.get("role")
+            content = item.get("content")
+            if role in ("system", "developer"):
+                self.append({"role": "system", "content": _system_text(content, where, st)})
+            elif role == "user":
+                self.append({"role": "user", "content": _user_content(content, where, st)})
+            elif role == "assistant":
+                msg: dict[str, Any] = {
+                    "role": "assistant",
+                    "content": _assistant_text(content, where, st),
+                }
+                self._reason(msg)
+                self.append(msg)
+            else:
+                raise Untranslatable(f"{where}.role={role}", st.upstream)
+        elif kind == "function_call":
+            self._call(item, item.get("arguments") or "{}", where)
+        elif kind == "custom_tool_call":
+            text = item.get("input")
+            if not isinstance(text, str):
+                raise BadRequest(f"'{where}.input' must be a string")
+            self._call(item, orjson.dumps({CUSTOM_INPUT: text}).decode(), where)
+        elif kind == "reasoning":
+            text = _reasoning_text(item)
+            if st.options.reasoning_history and text:
+                self.reasoning.append(text)
+            else:
+                st.drop("input.reasoning")
+        elif kind in _HOSTED_CALLS:
+            st.drop("input.hosted_tool_calls", f"{where}.type={kind}")
+        elif kind == "item_reference":
+            raise NeedsState(f"{where}.type=item_reference", st.upstream)
+        else:
+            raise Untranslatable(f"{where}.type={kind}", st.upstream)
+
+    def _call(self, item: dict[str, Any], arguments: Any, where: str) -> None:
+        if not isinstance(arguments, str):
+            raise BadRequest(f"'{where}.arguments' must be a string")
+        call = {
+            "id": item.get("call_id"),
+            "type": "function",
+            "function": {"name": item.get("name"), "arguments": arguments},
+        }
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", []).append(call)
+            self._reason(last)
+        else:
+            msg = {"role": "assistant", "content": None, "tool_calls": [call]}
+            self._reason(msg)
+            self.append(msg)
+
+    def _reason(self, msg: dict[str, Any]) -> None:
+        if self.reasoning:
+            before = [msg["reasoning_content"]] if msg.get("reasoning_content") else []
+            msg["reasoning_content"] = "\n\n".join(before + self.reasoning)
+            self.reasoning = []
+
+    def flush_images(self) -> None:
+        """Images of tool outputs: a user message right after the tool messages (the Chat
+        format's tool messages carry text only)."""
+        if self.images:
+            self.append({"role": "user", "content": self.images})
+            self.images = []
+
+
+def _reasoning_text(item: dict[str, Any]) -> str:
+    """The readable text of an earlier reasoning item: its reasoning_text content, else its
+    summary (encrypted content is for OpenAI only)."""
+    for key in ("content", "summary"):
+        parts = item.get(key)
+        if isinstance(parts, list):
+            text = "\n\n".join(
+                p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+            if text:
+                return text
+    return ""
+
+
+def _parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
+        raise BadRequest(f"'{where}.content' must be a string or an array of parts")
+    return content
+
+
+def _system_text(content: Any, where: str, st: _Request) -> str:
+    texts = []
+    for j, part in enumerate(_parts(content, where)):
+        if part.get("type") not in ("input_text", "output_text", "text"):
+            raise Untranslatable(f"{where}.content[{j}].type={part.get('type')}", st.upstream)
+        texts.append(str(part.get("text", "")))
+    return "\n\n".join(texts)
+
+
+def _assistant_text(content: Any, where: str, st: _Request) -> str:
+    texts = []
+    for j, part in enumerate(_parts(content, where)):
+        kind = part.get("type")
+        if kind in ("output_text", "input_text", "text"):
+            texts.append(str(part.get("text", "")))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal", "")))
+        else:
+            raise Untranslatable(f"{where}.content[{j}].type={kind}", st.upstream)
+    return "".join(texts)
+
+
+def _user_content(content: Any, where: str, st: _Request) -> Any:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for j, part in enumerate(_parts(content, where)):
+        kind = part.get("type")
+        if kind in ("input_text", "text", "output_text"):
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "input_image":
+            parts.append(_image(part, f"{where}.content[{j}]", st))
+        else:  # input_file, input_audio …
+            raise Untranslatable(f"{where}.content[{j}].type={kind}", st.upstream)
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts
+
+
+def _image(part: dict[str, Any], where: str, st: _Request) -> dict[str, Any]:
+    url = part.get("image_url")
+    if given(part, "file_id") and not url:
+        raise Untranslatable(f"{where}.file_id", st.upstream)
+    if isinstance(url, dict):  # the Chat shape, sent by some clients
+        url = url.get("url")
+    if not isinstance(url, str) or not url:
+        raise BadRequest(f"'{where}.image_url' must be a string")
+    image: dict[str, Any] = {"url": url}
+    if part.get("detail") in ("low", "high"):
+        image["detail"] = part["detail"]
+    return {"type": "image_url", "image_url": image}
+
+
+def _tool_output(output: Any, where: str, st: _Request) -> tuple[Any, list[dict[str, Any]]]:
+    """A tool message's content (text) and the output's images."""
+    if isinstance(output, str):
+        return output, []
+    if output is None:
+        return "", []
+    if not isinstance(output, list):
+        raise BadRequest(f"'{where}' must be a string or an array of parts")
+    texts: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    for j, part in enumerate(output):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            assert isinstance(part, dict)
+            texts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "input_image":
+            assert isinstance(part, dict)
+            images.append(_image(part, f"{where}[{j}]", st))
+        else:
+            raise Untranslatable(f"{where}[{j}].type={kind}", st.upstream)
+    if len(texts) == 1:
+        return texts[0]["text"], images
+    return texts or "", images

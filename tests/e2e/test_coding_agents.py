@@ -1,0 +1,281 @@
+"""The real coding agents (Claude Code, Codex CLI, Qwen Code) doing real work through the router.
+
+Each cell of the matrix runs one pinned client non-interactively (scripts/install-agents.sh puts
+them in .cache/agents) against the real router, which runs a shipped profile whose baseUrl points
+at the fake upstream. The fake plays a scripted tool-using conversation in the upstream's own wire
+format (tests/fakes/agent_upstream.py): its first answer asks the client to write a file with the
+client's own file tool, its second (once the tool's result comes back) is the final text. A cell
+passes on the outcome a user sees: the client exits 0, prints the final text, and the file is on
+disk with the expected content.
+
+Choices, for the reader:
+- The clients get a throw-away HOME and working directory, no telemetry or auto-update, and a
+  clean environment (nothing of the machine's own API keys or proxies), so that nothing but the
+  router is ever contacted.
+- The profiles are the shipped files with their baseUrl (and timeouts) changed, so the cells
+  follow whatever formats the shipped profiles declare. Codex uses `gpt-5.5`, a name from its
+  built-in list, so that it offers its `apply_patch` tool; the profiles map that name (and the
+  other clients' names) to the provider's own model, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config.loader import SHIPPED_DIR
+from tests.fakes.agent_upstream import AgentScript
+from tests.fakes.upstream import FakeUpstream
+from tests.support import ROOT, RouterProcess, write_profile
+
+pytestmark = pytest.mark.timeout(300)
+
+AGENTS = ROOT / ".cache" / "agents" / "node_modules" / ".bin"
+NODE20 = ROOT / ".cache" / "node" / "bin"  # only on a machine whose Node.js is older than 20
+CLIENT_TIMEOUT = 180.0
+API_KEY = "sk-agent-client"
+
+# The provider's own model for each shipped profile, and what the clients' names map to.
+PROVIDER_MODEL = {
+    "anthropic": "claude-sonnet-4-5",
+    "qwen": "qwen3-coder-plus",
+    "openai": "gpt-5.5",
+}
+UPSTREAM_PATH = {
+    "anthropic": "/v1/messages",
+    "qwen": "/v1/chat/completions",
+    "openai": "/v1/responses",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    client: str  # "claude", "codex" or "qwen" (the binary in .cache/agents)
+    profile: str  # a shipped profile
+    model: str  # the model name the client is told to use
+    tool: str  # the client's file-writing tool that the fake upstream must find and call
+
+    @property
+    def upstream_path(self) -> str:
+        return UPSTREAM_PATH[self.profile]
+
+
+CELLS = [
+    # Claude Code: native Messages, and Messages translated to Chat Completions. On qwen it is
+    # given the provider's model name, which it does not know (its odd requests come with that).
+    pytest.param(
+        Cell("claude", "anthropic", "claude-sonnet-4-5", "Write"), id="claude-code-on-anthropic"
+    ),
+    pytest.param(Cell("claude", "qwen", "qwen3-coder-plus", "Write"), id="claude-code-on-qwen"),
+    # Codex CLI speaks only Responses: relayed natively, translated to Chat, to Messages.
+    pytest.param(Cell("codex", "openai", "gpt-5.5", "apply_patch"), id="codex-on-openai"),
+    pytest.param(Cell("codex", "qwen", "gpt-5.5", "apply_patch"), id="codex-on-qwen"),
+    pytest.param(Cell("codex", "anthropic", "gpt-5.5", "apply_patch"), id="codex-on-anthropic"),
+    # Qwen Code: native Chat Completions, and Chat translated to Messages.
+    pytest.param(Cell("qwen", "qwen", "qwen3-coder-plus", "write_file"), id="qwen-code-on-qwen"),
+    pytest.param(
+        Cell("qwen", "anthropic", "claude-sonnet-4-5", "write_file"), id="qwen-code-on-anthropic"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def agents() -> Path:
+    """The pinned clients, installed by the project's own script when missing (loud failure)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-agents.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, f"install-agents.sh failed:\n{out.stdout}\n{out.stderr}"
+    return AGENTS
+
+
+def agent_profile(name: str, upstream_url: str) -> dict[str, Any]:
+    """Shipped profile `name`, pointed at the fake upstream, every client's model mapped."""
+    profile: dict[str, Any] = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
+    profile.pop("$schema", None)
+    profile["baseUrl"] = upstream_url
+    profile["timeouts"] = {"connectSecs": 2, "readSecs": 30}
+    own = PROVIDER_MODEL[name]
+    mapping = {m: own for m in PROVIDER_MODEL.values() if m != own}
+    profile["modelMapping"] = {**profile.get("modelMapping", {}), **mapping}
+    return profile
+
+
+@pytest.fixture
+def agent_router(cell: Cell, upstream: FakeUpstream, tmp_path: Path) -> Iterator[RouterProcess]:
+    """The router on the cell's shipped profile, in front of the fake upstream."""
+    path = write_profile(tmp_path, agent_profile(cell.profile, upstream.url), cell.profile)
+    with RouterProcess(path) as r:
+        yield r
+
+
+@dataclass
+class Run:
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def client_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A clean environment: PATH and locale from the machine, nothing else of it (the Node.js 20
+    of scripts/install-agents.sh first, when the machine's is older)."""
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if NODE20.is_dir():
+        path = f"{NODE20}:{path}"
+    env = {
+        "PATH": path,
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "TERM": "dumb",
+        "NO_COLOR": "1",
+        "CI": "true",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    if "NODE_EXTRA_CA_CERTS" in os.environ:
+        env["NODE_EXTRA_CA_CERTS"] = os.environ["NODE_EXTRA_CA_CERTS"]
+    env.update(extra)
+    return env
+
+
+def command(
+    cell: Cell, bin_dir: Path, router: RouterProcess, home: Path, prompt: str
+) -> tuple[list[str], dict[str, str]]:
+    if cell.client == "claude":
+        argv = [str(bin_dir / "claude"), "-p", prompt, "--model", cell.model]
+        argv += [
+            "--permission-mode",
+            "acceptEdits",
+        ]  # --dangerously-skip-permissions is refused as root
+        return argv, {
+            "ANTHROPIC_BASE_URL": router.url,
+            "ANTHROPIC_API_KEY": API_KEY,
+            # its side requests (titles …) go to the "small fast" model: the same one here
+            "ANTHROPIC_DEFAULT_HAIKU_MODEL": cell.model,
+            "ANTHROPIC_SMALL_FAST_MODEL": cell.model,
+            # a refused turn fails the cell at once instead of after minutes of backoff
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+        }
+    if cell.client == "codex":
+        config = home / ".codex" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(
+            f'model = "{cell.model}"\n'
+            'model_provider = "router"\n'
+            "[model_providers.router]\n"
+            'name = "api-router"\n'
+            f'base_url = "{router.url}/v1"\n'
+            'env_key = "ROUTER_API_KEY"\n'
+            'wire_api = "responses"\n'
+            "request_max_retries = 0\n"
+            "stream_max_retries = 0\n"
+        )
+        argv = [str(bin_dir / "codex"), "exec", "--skip-git-repo-check"]
+        argv += ["--dangerously-bypass-approvals-and-sandbox", prompt]
+        return argv, {"ROUTER_API_KEY": API_KEY}
+    argv = [str(bin_dir / "qwen"), "-p", prompt, "--approval-mode", "auto-edit"]
+    return argv, {
+        "OPENAI_BASE_URL": router.url + "/v1",
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_MODEL": cell.model,
+    }
+
+
+def run_client(argv: list[str], env: dict[str, str], cwd: Path) -> Run:
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=CLIENT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # its own session: the client and whatever it spawned
+        out, err = proc.communicate(timeout=10)
+        return Run(
+            None, out, err + f"\n[killed after {CLIENT_TIMEOUT:.0f} s]", time.monotonic() - start
+        )
+    return Run(proc.returncode, out, err, time.monotonic() - start)
+
+
+def diagnosis(run: Run, router: RouterProcess, script: AgentScript) -> str:
+    """What a failing cell shows: the client's output, the router's verdicts, the script's turns."""
+    answered = [
+        f"{r.get('status_code')} {r.get('method')} {r.get('route')} ({r.get('translation')})"
+        for r in router.access_logs()
+        if r.get("route") != "/ready"
+    ]
+    problems = [
+        json.dumps(r)[:600]
+        for r in router.logs()
+        if r.get("level") in ("warning", "error") or (r.get("status_code") or 0) >= 400
+    ]
+    turns = [f"{t.kind} via {t.path} ({t.tool or '-'})" for t in script.turns]
+    return "\n".join(
+        [
+            f"exit={run.returncode} after {run.seconds:.1f} s",
+            f"stdout (tail): {run.stdout[-1500:]}",
+            f"stderr (tail): {run.stderr[-2500:]}",
+            f"router answered: {answered}",
+            "router warnings/errors:",
+            *problems[-12:],
+            f"upstream turns: {turns}",
+        ]
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_agent_writes_a_file_through_the_router(
+    cell: Cell,
+    agents: Path,
+    agent_router: RouterProcess,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    token = uuid.uuid4().hex[:10]
+    workdir, home = tmp_path / "work", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    script = AgentScript(
+        token=token,
+        workdir=workdir,
+        filename=f"note-{token}.txt",
+        content=f"written by the agent for {token}\nsecond line\n",
+    )
+    upstream.reply_with(script)
+    argv, extra = command(cell, agents, agent_router, home, script.prompt)
+
+    run = run_client(argv, client_env(home, extra), workdir)
+
+    why = diagnosis(run, agent_router, script)
+    assert run.returncode == 0, why
+    assert run.stdout.strip().splitlines()[-1:] == [script.final_text], why
+    assert script.path.is_file(), why
+    assert script.path.read_text() == script.content, why
+    # The conversation went as scripted, in the upstream's own format, with the client's tool.
+    conversation = script.conversation()
+    assert [t.kind for t in conversation] == ["tool_call", "final"], why
+    assert {t.path for t in script.turns} == {cell.upstream_path}, why
+    assert conversation[0].tool == cell.tool, why
+    assert all(t.model == PROVIDER_MODEL[cell.profile] for t in script.turns), why

@@ -1,0 +1,147 @@
+"""The translation policy through a real router (issue 13, README "Format translation"): what a
+coding agent sends on a translated route is dropped or mapped, not refused; each dropped field is
+counted in `translation_dropped_fields_total{field}` and logged at debug; the other provider's
+headers never reach the upstream; `translation: {"strict": true}` on a profile or an endpoint
+restores the refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.scrape import scrape, value
+from tests.support import RouterProcess, write_profile
+
+MESSAGES = "/v1/messages"
+CHAT = "/v1/chat/completions"
+# The fields of a Claude Code request that a Chat Completions upstream has no use for.
+CLAUDE_CODE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 32000,
+    "system": [
+        {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+    ],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "write hello.txt"}]},
+    ],
+    "thinking": {"type": "enabled", "budget_tokens": 10000},
+    "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+    "metadata": {"user_id": "user_abc", "session": "s-1"},
+    "tools": [
+        {
+            "name": "Write",
+            "description": "Write a file",
+            "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}},
+            "cache_control": {"type": "ephemeral"},
+        }
+    ],
+    "stream": False,
+}
+CLAUDE_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "context-management-2025-06-27,interleaved-thinking-2025-05-14",
+    "x-api-key": "sk-claude-code-key",
+}
+
+
+def _router(tmp: Path, upstream: FakeUpstream, **extra: object) -> RouterProcess:
+    profile = base_profile(upstream.url, **extra)
+    return RouterProcess(write_profile(tmp, profile), env={"LOG_LEVEL": "debug"})
+
+
+@pytest.fixture(scope="module")
+def lenient(
+    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProcess]:
+    eps = {MESSAGES: {"format": "openai"}, CHAT: {"format": "openai"}}
+    with _router(tmp_path_factory.mktemp("lenient"), fake_upstream, endpoints=eps) as r:
+        yield r
+
+
+def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
+    lenient: RouterProcess, upstream: FakeUpstream
+) -> None:
+    before = scrape(lenient.url)
+    r = httpx.post(
+        lenient.url + MESSAGES,
+        json=CLAUDE_CODE,
+        headers={**CLAUDE_HEADERS, "X-Request-ID": "cc-1"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "message"
+    sent = upstream.last
+    assert sent.path == CHAT
+    body = json.loads(sent.body)
+    assert body["reasoning_effort"] == "medium"  # a budget of 10,000 (README thresholds)
+    assert body["user"] == "user_abc"
+    assert body["messages"][0] == {"role": "system", "content": "You are Claude Code."}
+    text = sent.body.decode()
+    for hint in ("context_management", "cache_control", "thinking", "session"):
+        assert hint not in text, hint
+    assert not [k for k, _ in sent.headers if k.lower().startswith("anthropic-")]
+    assert sent.header("authorization") == "Bearer sk-claude-code-key"
+
+    after = scrape(lenient.url)
+    for field in ("context_management", "cache_control", "metadata", "anthropic_headers"):
+        got = value(after, "translation_dropped_fields_total", field=field)
+        assert got - value(before, "translation_dropped_fields_total", field=field) == 1, field
+    line = lenient.wait_for_log(
+        lambda x: x.get("event") == "translation_dropped_fields" and x.get("request_id") == "cc-1"
+    )
+    assert line["level"] == "debug"
+    assert {"context_management", "cache_control", "anthropic_headers"} <= set(line["fields"])
+
+
+def test_openai_headers_are_dropped_towards_an_anthropic_upstream(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    with _router(tmp_path, fake_upstream, endpoints={CHAT: {"format": "anthropic"}}) as router:
+        r = httpx.post(
+            router.url + CHAT,
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"OpenAI-Organization": "org-1", "OpenAI-Beta": "x", "X-Custom": "kept"},
+            timeout=10,
+        )
+        assert r.status_code == 200
+        metrics = scrape(router.url)
+    sent = upstream.last
+    assert sent.path == MESSAGES
+    assert not [k for k, _ in sent.headers if k.lower().startswith("openai-")]
+    assert sent.header("x-custom") == "kept"
+    assert value(metrics, "translation_dropped_fields_total", field="openai_headers") == 1
+
+
+@pytest.mark.parametrize("where", ["profile", "endpoint"])
+def test_strict_translation_restores_the_refusals(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path, where: str
+) -> None:
+    strict = {"strict": True}
+    eps: dict[str, object] = {MESSAGES: {"format": "openai"}}
+    extra: dict[str, object] = {}
+    if where == "profile":
+        extra["translation"] = strict
+    else:
+        eps[MESSAGES] = {"format": "openai", "translation": strict}
+    with _router(tmp_path, fake_upstream, endpoints=eps, **extra) as router:
+        r = httpx.post(router.url + MESSAGES, json=CLAUDE_CODE, headers=CLAUDE_HEADERS, timeout=10)
+        # the same request without its hints passes the strict route
+        plain = {k: v for k, v in CLAUDE_CODE.items() if k not in ("context_management",)}
+        plain["system"] = "You are Claude Code."
+        plain["metadata"] = {"user_id": "u"}
+        plain["tools"] = [
+            {k: v for k, v in t.items() if k != "cache_control"} for t in plain["tools"]
+        ]
+        ok = httpx.post(router.url + MESSAGES, json=plain, headers={"x-api-key": "k"}, timeout=10)
+    assert r.status_code == 400
+    err = r.json()
+    assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+    assert "has no equivalent" in err["error"]["message"]
+    assert ok.status_code == 200, ok.text
+    assert len(upstream.requests) == 1  # the refused request never reached the upstream

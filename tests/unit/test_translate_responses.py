@@ -1,0 +1,533 @@
+"""The OpenAI Responses API in front of Chat Completions and Anthropic Messages upstreams
+(service.translate.responses): the conformance table in tests/conformance/responses_to_openai/ and
+responses_to_anthropic/, the streams checked against the official `openai` SDK's own event types
+and stream accumulator, and properties of the pieces.
+
+A case file holds `kind` (request | refused | response | error | stream), `description`, `in` and
+`out` (or `refused`: a fragment of the 400 message), optionally `options` (TranslationOptions
+fields), `client_request` (the Responses request, for answers and streams), `status` (errors) and
+`dropped` (request: the labels of the hints dropped). Stream items are `{"event"?, "data"}` or
+`{"comment": text}`, as in tests/unit/test_translate.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai._streaming import SSEDecoder
+from openai._types import omit
+from openai.lib.streaming.responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses.response_error import ResponseError
+from pydantic import TypeAdapter
+
+from service.errors import UpstreamJSONError
+from service.translate import Translator
+from service.translate.common import (
+    BadUpstreamEvent,
+    TranslationOptions,
+    Untranslatable,
+)
+from service.translate.responses import RESPONSES_DROPPED_FIELDS, ResponsesTranslator
+from service.translate.responses_output import custom_input
+from service.translate.responses_request import chat_request
+from service.translate.responses_stream import CUT_MESSAGE, InputDecoder
+from tests.sse_items import parse, render, translate_cut
+
+CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
+CREATED = 1700000000
+DIRECTIONS = {"responses_to_openai": "openai", "responses_to_anthropic": "anthropic"}
+EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+SDK_ERROR_CODES = set(ResponseError.model_fields["code"].annotation.__args__)  # type: ignore[union-attr]
+
+
+def translator(direction: str, case: dict[str, Any], payload: Any = None) -> ResponsesTranslator:
+    options = TranslationOptions(**case.get("options", {}))
+    body = case.get("client_request", {}) if payload is None else payload
+    return ResponsesTranslator(DIRECTIONS[direction], body, CREATED, options)
+
+
+def run_case(direction: str, case: dict[str, Any]) -> Any:
+    kind = case["kind"]
+    if kind == "request":
+        tr = translator(direction, case, case["in"])
+        out = tr.request()
+        assert tr.dropped == case.get("dropped", [])
+        return out
+    if kind == "response":
+        body = translator(direction, case).body(
+            200, "application/json", json.dumps(case["in"]).encode()
+        )
+        return json.loads(body)
+    if kind == "error":
+        raw = case["in"]
+        data = raw.encode() if isinstance(raw, str) else json.dumps(raw).encode()
+        ctype = "text/html" if isinstance(raw, str) else "application/json"
+        return json.loads(translator(direction, case).body(case["status"], ctype, data))
+    if kind == "stream":
+        tr = translator(direction, case)
+        return parse(tr.events(render(case["in"])) + tr.finish())
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def _cases(kind: str | None = None) -> list[Any]:
+    out = []
+    for direction in DIRECTIONS:
+        for path in sorted((CONFORMANCE / direction).glob("*.json")):
+            if kind is None or json.loads(path.read_text())["kind"] == kind:
+                out.append(pytest.param(direction, path, id=f"{direction}/{path.stem}"))
+    return out
+
+
+CASES = _cases()
+
+
+def _load(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads(path.read_text())
+    return case
+
+
+def test_the_table_covers_every_kind_in_both_directions() -> None:
+    kinds: dict[str, set[str]] = {d: set() for d in DIRECTIONS}
+    for direction, path in (c.values for c in CASES):
+        kinds[direction].add(_load(path)["kind"])
+    for direction in DIRECTIONS:
+        assert kinds[direction] == {"request", "refused", "response", "error", "stream"}, direction
+
+
+@pytest.mark.parametrize(("direction", "path"), CASES)
+def test_conformance(direction: str, path: Path) -> None:
+    case = _load(path)
+    if case["kind"] == "refused":
+        with pytest.raises(Untranslatable) as e:
+            translator(direction, case, case["in"]).request()
+        assert e.value.status == 400
+        assert case["refused"] in e.value.message
+        return
+    assert run_case(direction, case) == case["out"]
+
+
+# --- the official SDK's view of what is written --------------------------------------------
+
+
+def sdk_events(data: bytes) -> list[Any]:
+    """The SSE bytes decoded by the SDK's own SSE decoder, each event validated as one of its
+    Responses stream event types (`event:` must name the data's `type`). The SDK's
+    `ResponseError.code` is a closed list lagging the codes the API and Codex use
+    (context_length_exceeded, insufficient_quota): those validate as server_error."""
+    out = []
+    for sse in SSEDecoder().iter_bytes(iter([data])):
+        payload = sse.json()
+        assert sse.event == payload["type"]
+        error = (payload.get("response") or {}).get("error")
+        if error and error["code"] not in SDK_ERROR_CODES:
+            payload = json.loads(json.dumps(payload))
+            payload["response"]["error"]["code"] = "server_error"
+        out.append(EVENTS.validate_python(payload))
+    return out
+
+
+@pytest.mark.parametrize(("direction", "path"), _cases("stream"))
+def test_streams_parse_as_the_sdk_event_types_and_accumulate(direction: str, path: Path) -> None:
+    """Each stream, fed to the SDK's stream accumulator (what `client.responses.stream()`
+    runs), builds the response its last event reports; sequence numbers count up from 0."""
+    case = _load(path)
+    tr = translator(direction, case)
+    events = sdk_events(b"".join(tr.events(render(case["in"])) + tr.finish()))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    last = events[-1]
+    assert last.type in ("response.completed", "response.incomplete", "response.failed")
+    assert sum(e.type.startswith("response.") and hasattr(e, "response") for e in events) == 3
+    state: ResponseStreamState[Any] = ResponseStreamState(
+        input_tools=case["client_request"].get("tools", []), text_format=omit
+    )
+    for event in events:
+        state.handle_event(event)
+    # Every item reported done holds exactly what its deltas built.
+    built: dict[tuple[int, int], str] = {}
+    for event in events:
+        if event.type.endswith(".delta"):
+            key = (event.output_index, getattr(event, "content_index", 0))
+            built[key] = built.get(key, "") + event.delta
+    done = [e.item.to_dict() for e in events if e.type == "response.output_item.done"]
+    for event in events:
+        if event.type != "response.output_item.done":
+            continue
+        item = event.item.to_dict()
+        if item["type"] in ("message", "reasoning"):
+            for j, part in enumerate(item["content"]):
+                assert part.get("text", part.get("refusal")) == built[(event.output_index, j)]
+        elif item["type"] == "function_call":
+            assert item["arguments"] == built.get((event.output_index, 0), "")
+        else:
+            assert item["input"] == built.get((event.output_index, 0), "")
+    if last.type != "response.failed":
+        assert [o.to_dict() for o in last.response.output] == done
+    if last.type == "response.completed":
+        final = state._completed_response
+        assert final is not None and len(final.output) == len(done)
+        text = "".join(
+            part["text"]
+            for item in done
+            if item["type"] == "message"
+            for part in item["content"]
+            if part["type"] == "output_text"
+        )
+        assert final.output_text == text
+
+
+@pytest.mark.parametrize(("direction", "path"), _cases("response"))
+def test_answers_validate_as_the_sdk_response(direction: str, path: Path) -> None:
+    case = _load(path)
+    out = run_case(direction, case)
+    response = Response.model_validate(out)
+    assert response.object == "response" and out["store"] is False
+    assert response.id.startswith("resp_")
+
+
+@pytest.mark.parametrize(("direction", "path"), _cases("stream"))
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=6000), max_size=12))
+def test_streams_translate_the_same_whatever_the_read_boundaries(
+    direction: str, path: Path, cuts: list[int]
+) -> None:
+    case = _load(path)
+    tr = translator(direction, case)
+    assert parse(translate_cut(tr, b"".join(render(case["in"])), cuts)) == case["out"]
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_stream_output_follows_each_input_event_without_waiting(direction: str) -> None:
+    """No buffering of text: every content delta fed in comes out in the same call."""
+    case = _load(CONFORMANCE / direction / "stream_text.json")
+    tr = translator(direction, case)
+    for item, event in zip(case["in"], render(case["in"]), strict=True):
+        out = parse(tr.events([event]))
+        for piece in ("Hel", "lo"):
+            if f'"{piece}"' in json.dumps(item):
+                deltas = [o["data"].get("delta") for o in out if "data" in o]
+                assert piece in deltas, item
+
+
+# --- the request ---------------------------------------------------------------------------
+
+
+def _case_in(direction: str, name: str) -> dict[str, Any]:
+    body: dict[str, Any] = _load(CONFORMANCE / direction / f"{name}.json")["in"]
+    return body
+
+
+def test_every_dropped_label_is_in_the_closed_set() -> None:
+    for direction, path in (c.values for c in _cases("request")):
+        case = _load(path)
+        if direction == "responses_to_openai":
+            assert set(case["dropped"]) <= set(RESPONSES_DROPPED_FIELDS), path.name
+
+
+def test_the_anthropic_request_is_the_chat_request_translated_again() -> None:
+    """One core: for a Messages upstream the request is exactly what the Chat -> Messages
+    Translator makes of the Chat request (reasoning included), with both steps' labels."""
+    body = _case_in("responses_to_openai", "request_codex")
+    chat = chat_request(body)
+    inner = Translator("openai_to_anthropic", chat.body, CREATED)
+    expected = inner.request()
+    tr = ResponsesTranslator("anthropic", body, CREATED)
+    assert tr.request() == expected
+    assert tr.dropped == chat.dropped + [d for d in inner.dropped if d not in chat.dropped]
+    assert tr.direction == "responses_to_anthropic"
+    assert ResponsesTranslator("openai", body, CREATED).direction == "responses_to_openai"
+
+
+def test_a_strict_route_refuses_each_hint_but_still_drops_earlier_reasoning() -> None:
+    strict = TranslationOptions(strict=True)
+    hints = {
+        "store": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "k",
+        "prompt_cache_retention": "24h",
+        "service_tier": "flex",
+        "metadata": {"a": "b"},
+        "client_metadata": {"a": "b"},
+        "safety_identifier": "s",
+        "truncation": "auto",
+        "stream_options": {"include_obfuscation": False},
+        "max_tool_calls": 2,
+        "reasoning": {"summary": "auto"},
+        "text": {"verbosity": "low"},
+        "tools": [{"type": "web_search"}],
+    }
+    for key, value in hints.items():
+        body = {"model": "m", "input": "x", key: value}
+        plain = ResponsesTranslator("openai", body, CREATED)
+        plain.request()
+        assert len(plain.dropped) == 1, key
+        with pytest.raises(Untranslatable):
+            ResponsesTranslator("openai", body, CREATED, strict).request()
+    history = {
+        "model": "m",
+        "store": False,
+        "input": [
+            {"type": "reasoning", "summary": [], "encrypted_content": "x"},
+            {"role": "user", "content": "hi"},
+        ],
+    }
+    tr = ResponsesTranslator("openai", history, CREATED, strict)
+    assert tr.request()["messages"] == [{"role": "user", "content": "hi"}]
+    assert tr.dropped == ["input.reasoning"]
+
+
+def test_absent_store_and_store_false_are_not_counted() -> None:
+    for extra in ({}, {"store": False}, {"truncation": "disabled"}):
+        tr = ResponsesTranslator("openai", {"model": "m", "input": "x", **extra}, CREATED)
+        tr.request()
+        assert tr.dropped == []
+
+
+@pytest.mark.parametrize("value", [None, 3, {"role": "user"}])
+def test_input_must_be_a_string_or_items(value: Any) -> None:
+    from service.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="'input' must be"):
+        ResponsesTranslator("openai", {"model": "m", "input": value}, CREATED).request()
+
+
+def test_unknown_upstream_format_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="gemini"):
+        ResponsesTranslator("gemini", {}, CREATED)
+
+
+# --- custom tool input -----------------------------------------------------------------------
+
+
+def test_custom_input_reads_what_models_write() -> None:
+    assert custom_input('{"input": "*** Begin Patch"}') == "*** Begin Patch"
+    assert custom_input('{"patch": "p"}') == "p"  # one string member, another name
+    assert custom_input('"raw"') == "raw"
+    assert custom_input("*** Begin Patch\n") == "*** Begin Patch\n"  # not JSON
+    assert custom_input('{"a": "x", "b": "y"}') == '{"a": "x", "b": "y"}'  # ambiguous: as is
+    assert custom_input("") == ""
+
+
+_NO_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
+_any_text = st.text(st.characters(codec="utf-8", exclude_categories=_NO_SURROGATES), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=_any_text | st.sampled_from(['\\"', "\\\\u", '"\\', "\U0001f600\\n", "\x00\x1f"]),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
+)
+def test_the_input_decoder_streams_exactly_the_string_whatever_the_fragments(
+    value: str, ascii_only: bool, spaced: bool, cuts: list[int]
+) -> None:
+    """A custom tool's `{"input": "…"}` arguments cut anywhere (inside escapes and surrogate
+    pairs too) decode to the string itself, piece by piece, and nothing after it."""
+    sep = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps({"input": value, "other": "z"}, ensure_ascii=ascii_only, separators=sep)
+    if spaced:
+        raw = " " + raw
+    decoder = InputDecoder()
+    pieces = []
+    pos = 0
+    for cut in [*sorted(set(cuts)), len(raw)]:
+        pieces.append(decoder.feed(raw[pos:cut]))
+        pos = max(pos, cut)
+    assert "".join(pieces) == value == decoder.sent
+    assert decoder.mode == "end"
+
+
+def test_the_input_decoder_gives_up_on_other_shapes() -> None:
+    for raw in ('{"other": "x", "input": "y"}', "*** Begin Patch", '["x"]', '{"input": 3}'):
+        decoder = InputDecoder()
+        assert "".join(decoder.feed(c) for c in raw) == ""
+        assert decoder.mode == "off"
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    data = {"id": "c", "model": "m", "choices": [choice]}
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _types(events: list[bytes]) -> list[str]:
+    return [item["data"]["type"] for item in parse(events) if "data" in item]
+
+
+def test_more_arguments_for_a_call_reported_done_are_an_upstream_fault() -> None:
+    tr = ResponsesTranslator("openai", {"tools": [{"type": "function", "name": "f"}]}, CREATED)
+    call = {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}
+    tr.events([_chunk({"tool_calls": [call]})])
+    tr.events([_chunk({"tool_calls": [{**call, "index": 1, "id": "b"}]})])  # closes call 0
+    with pytest.raises(BadUpstreamEvent):
+        tr.events([_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "x"}}]})])
+
+
+def test_a_stream_event_that_is_not_json_is_an_upstream_fault() -> None:
+    for fmt in DIRECTIONS.values():
+        with pytest.raises(BadUpstreamEvent):
+            ResponsesTranslator(fmt, {}, CREATED).events([b"data: {not json\n\n"])
+
+
+def test_a_call_whose_name_comes_late_opens_when_it_does() -> None:
+    tr = ResponsesTranslator("openai", {"tools": [{"type": "custom", "name": "p"}]}, CREATED)
+    out = tr.events(
+        [
+            _chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"arguments": '{"in'}}]}),
+            _chunk({"tool_calls": [{"index": 0, "function": {"name": "p", "arguments": 'put":'}}]}),
+            _chunk(
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"ab"}'}}]}, "tool_calls"
+            ),
+            b"data: [DONE]\n\n",
+        ]
+    )
+    items = [i["data"] for i in parse(out)]
+    deltas = [i["delta"] for i in items if i["type"] == "response.custom_tool_call_input.delta"]
+    assert deltas == ["ab"]
+    assert items[-1]["response"]["output"][0]["input"] == "ab"
+    assert tr.finish() == []
+
+
+def test_an_empty_stream_ends_failed_and_a_done_without_finish_completes() -> None:
+    cut = ResponsesTranslator("openai", {"model": "m"}, CREATED)
+    items = [i["data"] for i in parse(cut.finish())]
+    assert [i["type"] for i in items] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
+    assert items[-1]["response"]["error"] == {"code": "server_error", "message": CUT_MESSAGE}
+    assert items[-1]["response"]["model"] == "m"
+    done = ResponsesTranslator("openai", {}, CREATED)
+    out = done.events([_chunk({"content": "hi"}), b"data: [DONE]\n\n"])
+    assert _types(out)[-1] == "response.completed"
+    assert done.finish() == []
+
+
+def test_an_upstream_error_after_the_head_ends_with_response_failed() -> None:
+    tr = ResponsesTranslator("openai", {}, CREATED)
+    tr.events([_chunk({"content": "a"})])
+    body = orjson.dumps({"error": {"message": "Slow down. Please try again in 2s.", "type": "x"}})
+    events = tr.error_events(429, body)
+    last = sdk_events(b"".join(events))[-1]
+    assert last.type == "response.failed"
+    assert last.response.error.code == "rate_limit_exceeded"
+    assert last.response.error.message == "Slow down. Please try again in 2s."
+    assert last.sequence_number == 5  # after created, in_progress, added, part added, delta
+    assert tr.error_events(429, body) == []  # the stream is over
+    assert tr.events([_chunk({"content": "late"})]) == []
+    # Before anything went out: the lifecycle events first.
+    fresh = ResponsesTranslator("anthropic", {}, CREATED)
+    quota = orjson.dumps({"type": "error", "error": {"type": "x", "message": "credit balance"}})
+    items = [i["data"] for i in parse(fresh.error_events(400, quota))]
+    assert [i["type"] for i in items][:2] == ["response.created", "response.in_progress"]
+    assert items[-1]["response"]["error"]["code"] == "insufficient_quota"
+
+
+def test_error_data_is_a_responses_error_event() -> None:
+    tr = ResponsesTranslator("openai", {}, CREATED)
+    tr.events([_chunk({"content": "a"})])
+    data = tr.error_data(400, b'{"error": {"message": "maximum context length is 8k"}}')
+    event = EVENTS.validate_json(data)
+    assert event.type == "error"
+    assert (event.code, event.message) == (
+        "context_length_exceeded",
+        "maximum context length is 8k",
+    )
+    assert event.sequence_number == 5
+    assert json.loads(tr.error_data(503, b"<html>"))["code"] == "server_error"
+
+
+# --- plain answers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(DIRECTIONS.values()))
+def test_a_2xx_answer_that_is_not_a_json_object_is_json_error(fmt: str) -> None:
+    tr = ResponsesTranslator(fmt, {}, CREATED)
+    for ctype, body in (("application/json", b"[1]"), ("text/plain", b"hello"), ("", b"")):
+        with pytest.raises(UpstreamJSONError):
+            tr.body(200, ctype, body)
+
+
+def test_translated_answers_keep_upstream_headers_but_describe_their_own_body() -> None:
+    tr = ResponsesTranslator("anthropic", {}, CREATED)
+    headers, body = tr.answer(
+        529,
+        [("content-type", "text/plain"), ("Content-Encoding", "identity"), ("retry-after", "3")],
+        b"overloaded",
+    )
+    assert headers == [("retry-after", "3"), ("Content-Type", "application/json")]
+    assert json.loads(body)["error"] == {
+        "message": "The upstream answered HTTP 529",
+        "type": "server_error",
+        "param": None,
+        "code": "server_error",
+    }
+
+
+_name = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.none() | _any_text.filter(bool),
+    calls=st.lists(
+        st.tuples(st.booleans(), st.dictionaries(_name, st.integers() | _any_text, max_size=3)),
+        max_size=3,
+    ),
+    patch=_any_text,
+)
+def test_an_answer_fed_back_as_input_gives_the_upstream_the_same_turn(
+    text: str | None, calls: list[tuple[bool, dict[str, Any]]], patch: str
+) -> None:
+    """What the client stores of an answer (its output items, custom tool calls included) and
+    sends back as input reaches the Chat upstream as the assistant message it came from."""
+    tools = [
+        {"type": "function", "name": "fn", "parameters": {"type": "object"}},
+        {"type": "custom", "name": "patch"},
+    ]
+    tool_calls: list[dict[str, Any]] = [
+        {
+            "id": f"call_{i}",
+            "type": "function",
+            "function": {
+                "name": "patch" if custom else "fn",
+                "arguments": json.dumps({"input": patch} if custom else args),
+            },
+        }
+        for i, (custom, args) in enumerate(calls)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    answer = {"id": "x", "model": "m", "choices": [{"index": 0, "message": message}]}
+    payload = {"model": "m", "input": "go", "tools": tools}
+    tr = ResponsesTranslator("openai", payload, CREATED)
+    output = json.loads(tr.body(200, "application/json", orjson.dumps(answer)))["output"]
+    again = {**payload, "input": [{"role": "user", "content": "go"}, *output]}
+    messages = ResponsesTranslator("openai", again, CREATED).request()["messages"]
+    if not text and not tool_calls:
+        assert messages == [{"role": "user", "content": "go"}]
+        return
+    back = messages[1]
+    assert back["role"] == "assistant"
+    assert back["content"] == (text or None)
+    got = [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in back.get("tool_calls", [])
+    ]
+    want = [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in tool_calls
+    ]
+    assert got == want
