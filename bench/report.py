@@ -6,6 +6,10 @@ three outputs `<date>.json`, `<date>.md` (the tables quoted in the README) and `
 Ratios are taken per round (every configuration ran once per round, interleaved) and their
 median and range are reported, so a slow moment of the machine weighs on both sides of a ratio.
 
+The JSON target is judged against the minimal Sanic relay on plain aiohttp of the same run (the
+Python ceiling: >= 0.6 x, aim 0.9 x); the ratio to nginx is reported beside it, not judged, since
+a C server gains more from a faster core than Python does. Every result records the CPU model.
+
 The SSE target (streams/s >= 0.8 x nginx) is judged on the paced scenario (`ssepaced`: one event
 every few ms, as a model streams tokens), because that is what an LLM stream is; the burst
 scenario (`sse64`: the whole stream at once) measures the raw relay CPU per stream and its ratio
@@ -134,13 +138,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    # The JSON target is judged against the Python ceiling measured in the same run (the minimal
+    # Sanic relay on plain aiohttp): C gains more from a faster core than Python does, so a ratio
+    # to nginx moves with the machine (issue 14). The nginx ratio stays reported.
     add(
-        "JSON 64 conn: api-router 2w all on / nginx req/s",
+        "JSON 64 conn: api-router 2w all on / minimal Sanic relay on aiohttp req/s",
+        ratio(runs, ROUTER, MINIMAL_REFERENCE, "json64", "ok_rps", div),
+        0.6,
+        True,
+        "x",
+        0.9,
+    )
+    add(
+        "JSON 64 conn: api-router 2w all on / nginx req/s (reported, not judged: moves with the "
+        "CPU)",
         ratio(runs, ROUTER, "nginx", "json64", "ok_rps", div),
         0.12,
         True,
         "x",
         0.20,
+        judged=False,
     )
     add(
         "JSON 1 conn: added p50 latency over direct",
@@ -189,6 +206,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         0.85,
         True,
         "x",
+    )
+    translated = _by_round(runs, ROUTER, "responses64", "ok_rps")
+    native = _by_round(runs, ROUTER, "json64", "ok_rps")
+    add(
+        "Responses API translated to Chat Completions / native Chat Completions "
+        "(api-router 2w, JSON 64 conn req/s; the translation's cost, reported, not judged)",
+        _stat([translated[k] / native[k] for k in translated if native.get(k)]),
+        0.8,
+        True,
+        "x",
+        judged=False,
     )
     for peer, factor in (("portkey", 1.0), ("litellm", 20.0)):
         add(

@@ -130,6 +130,33 @@ def request_body(model: str, stream: bool = False, size: int = 0) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def responses_body(model: str) -> bytes:
+    """A small Responses API request as a coding agent sends it (instructions, a developer and a
+    user message, one function tool, stateless): the translated-JSON scenario's body."""
+    body = {
+        "model": model,
+        "instructions": "You are a helpful assistant.",
+        "input": [
+            {"role": "developer", "content": [{"type": "input_text", "text": "Be brief."}]},
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Say something about foxes."}],
+            },
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "name": "shell",
+                "description": "Run a command",
+                "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+            }
+        ],
+        "store": False,
+        "stream": False,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def sse_parts(size: int = 2048) -> list[str]:
     """The stream in whole events of at most about `size` bytes each, as nginx strings."""
     parts: list[str] = []
@@ -150,6 +177,7 @@ def write_bodies(run: Path) -> dict[str, Path]:
             ("json", request_body(model)),
             ("sse", request_body(model, stream=True)),
             ("big", request_body(model, size=1024 * 1024)),
+            ("responses", responses_body(model)),
         ):
             f = run / f"{kind}-{model}.json"
             f.write_bytes(data)
@@ -295,6 +323,8 @@ class Target:
     json_path: str = "/v1/chat/completions"
     sse_path: str | None = SSE_PATH
     limited_path: str | None = None
+    # The Responses API translated to Chat Completions (the routers only): `responses64`.
+    responses_path: str | None = None
     model: str = "bench-model"
     sse_model: str | None = None
     paced_model: str | None = None
@@ -322,11 +352,15 @@ class Target:
             return self.limited_path or "", bodies[f"json:{self.model}"], h
         if scenario == "body1mb":
             return self.json_path, bodies[f"big:{self.model}"], h
+        if scenario == "responses64":
+            return self.responses_path or "", bodies[f"responses:{self.model}"], h
         return self.json_path, bodies[f"json:{self.model}"], h
 
     def supports(self, scenario: str) -> bool:
         if scenario == "limited64":
             return self.limited_path is not None
+        if scenario == "responses64":
+            return self.responses_path is not None
         if scenario in ("sse64", "ssepaced", "ttfb", "body1mb"):
             return self.group == "main" and self.sse_path is not None
         return True
@@ -344,6 +378,8 @@ def router_profile(upstream_port: int, run: Path) -> Path:
             "/v1/chat/completions": {"upstreamPath": "/v1/chat/completions"},
             # The SSE scenario goes through the same relay on the other OpenAI streaming route.
             "/v1/completions": {"upstreamPath": SSE_PATH},
+            # The translated-JSON scenario: Responses API in, Chat Completions upstream.
+            "/v1/responses": {"format": "openai", "upstreamPath": "/v1/chat/completions"},
             # The 429 scenario: one request a minute, so all but the first are rejected.
             "/v1/embeddings": {
                 "upstreamPath": "/v1/chat/completions",
@@ -381,6 +417,8 @@ def start_router(
         "/v1/embeddings",
         True,
     )
+    if t.group == "main":
+        t.responses_path = "/v1/responses"
 
 
 def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
@@ -604,6 +642,13 @@ def start_all(
 SCENARIOS: dict[str, dict[str, Any]] = {
     "json1": {"connections": 1, "threads": 1, "title": "JSON, 1 connection"},
     "json64": {"connections": 64, "threads": 2, "title": "JSON, 64 connections"},
+    # The same upstream answer reached through the Responses API translated to Chat Completions:
+    # the translation's cost next to json64 (issue 13).
+    "responses64": {
+        "connections": 64,
+        "threads": 2,
+        "title": "Responses API translated to Chat Completions (JSON), 64 connections",
+    },
     # SSE burst: the whole 22-event stream at once (raw relay CPU per stream).
     "sse64": {"connections": 64, "threads": 2, "title": "SSE burst, 64 connections"},
     # SSE paced: one event every --sse-gap-ms, as a model streams (the SSE target is judged here).
@@ -633,6 +678,8 @@ def check(t: Target, scenario: str, bodies: dict[str, Path]) -> str | None:
         return None if resp.status in (200, 429) else f"HTTP {resp.status}"
     if resp.status != 200:
         return f"HTTP {resp.status}: {data[:200]!r}"
+    if scenario == "responses64" and b'"object":"response"' not in data:
+        return f"not a Responses answer: {data[:200]!r}"
     if scenario in ("sse64", "ssepaced") and not data.rstrip().endswith(b"data: [DONE]"):
         return f"not a whole event stream: {data[:200]!r}...{data[-100:]!r}"
     return None
