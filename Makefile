@@ -1,6 +1,8 @@
 # api-router — every target creates/updates the virtual environment it needs.
 #   make run    serve the default profile (qwen) on 0.0.0.0:8000, one worker per CPU
 #   make test   install what the tests need (venv + system tools) and run every test
+#   make lint   ruff (format + lint) and mypy, as CI runs them before the tests
+#   make lock   rewrite requirements/*.txt from pyproject.toml (UPGRADE=1: newest in range)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,13 +12,46 @@ PROFILE ?=
 PORT ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint format schema tools image bench bench-quick clean
+.PHONY: run test test-fast lint format lock schema tools image bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# The venv holds exactly requirements/dev.txt (hash-checked, nothing resolved; anything else
+# removed), then the project itself, editable, built by the locked setuptools. A changed lock
+# or pyproject.toml re-syncs it.
+$(STAMP): requirements/dev.txt pyproject.toml scripts/sync-venv.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev,redis,sentry]'
+	$(PY) scripts/sync-venv.py requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# The lock files, from pyproject.toml's ranges, with every file's sha256 (uv, pinned, in its own
+# venv under .cache/tools). One resolution for every platform and Python >= 3.11 (markers where
+# they differ). Versions already locked are kept unless UPGRADE=1 (or LOCK_ARGS='--upgrade-package
+# NAME'), so `make lock` after an edit of pyproject.toml moves only what the edit requires.
+#   requirements/dev.txt      every extra: what `make test` and `make lint` install into .venv
+#   requirements/runtime.txt  the dependencies and the redis extra: what the image installs,
+#                             held to dev.txt's versions, so the image runs what the tests ran
+# The build backend (pyproject's build-system.requires, on stdin) is locked into both: the
+# project is then installed with --no-build-isolation and nothing is resolved at build time.
+UV_VERSION := 0.13.8
+UV_VENV := .cache/tools/uv-$(UV_VERSION)
+UV := $(UV_VENV)/bin/uv
+UPGRADE ?=
+LOCK_ARGS ?=
+BUILD_REQUIRES := $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+UV_COMPILE := $(UV) pip compile --quiet --no-config --system-certs --universal --python-version 3.11 \
+	--generate-hashes --annotation-style line --custom-compile-command 'make lock'
+
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+
+lock: $(UV)
+	mkdir -p requirements
+	$(BUILD_REQUIRES) | $(UV_COMPILE) $(if $(UPGRADE),--upgrade) $(LOCK_ARGS) \
+		--all-extras pyproject.toml - --output-file requirements/dev.txt
+	$(BUILD_REQUIRES) | $(UV_COMPILE) --constraint requirements/dev.txt \
+		--extra redis pyproject.toml - --output-file requirements/runtime.txt
 
 run: $(STAMP)
 	$(VENV)/bin/api-router $(PROFILE) $(PORT)
@@ -28,8 +63,10 @@ tools:
 test: $(STAMP) tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Every test that needs no system service (no root, no tools); `make test` runs these and the rest.
+SERVICE_MARKERS := not redis and not prometheus and not podman and not helm and not agents
 test-fast: $(STAMP)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(SERVICE_MARKERS)" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check service tests

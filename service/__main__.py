@@ -2,16 +2,17 @@
 
 Parse arguments over environment variables, validate the profile once (exit status 2 with one
 line naming the problem, never a fallback), prepare the multiprocess metrics directory, then
-serve with one Sanic worker per CPU (or `--workers N`).
+serve with one Sanic worker per CPU (or `--workers N`), on the router's protocol
+(service.server.protocol) and with the worker manager's start-up wait mended
+(service.server.manager).
 
 Memory: before the workers are spawned, glibc's malloc is told (through the environment the
 workers start with: `MALLOC_ENV`, `MALLOC_MMAP_THRESHOLD_=131072`) to serve every allocation of
 128 KiB or more with its own mmap, returned to the system when freed. glibc's default raises that
 threshold each time such a block is freed, so after large request bodies (1 MB) later large
-buffers may come from the heap, which keeps them: a worker's RSS stayed near its high-water mark
-(up to 85-112 MB after the benchmark's 1 MB body scenario, 62-75 MB otherwise). With the fixed
-threshold it goes back to ~60 MB after the bodies, at the same CPU per 1 MB request (measured in
-bench/README.md, "Memory"). An operator's own `MALLOC_MMAP_THRESHOLD_` or
+buffers may come from the heap, which keeps them: a worker's RSS stayed near its high-water mark.
+With the fixed threshold it goes back down after the bodies, at the same CPU per large request
+(measured in bench/README.md, "Memory"). An operator's own `MALLOC_MMAP_THRESHOLD_` or
 `MALLOC_TRIM_THRESHOLD_`, or malloc settings in `GLIBC_TUNABLES`, are kept as they are and ours
 is then not added; other C libraries ignore these variables.
 """
@@ -28,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from .access import from_settings
-from .config import ConfigError, find_profile, load_file
+from .config import ConfigError, Profile, find_profile, load_file
 from .ratelimit import check_backend
 from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import (
@@ -140,23 +141,20 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
     return path
 
 
-def _stop_waiting_for_workers_on_shutdown() -> None:
-    """Sanic 25's manager waits for every worker's start-up acknowledgement in a loop that, when
-    SIGTERM arrives first, re-queues the shutdown message to itself forever (a busy loop at full
-    CPU until SIGKILL): a pod stopped while starting would spin through its grace period. Once
-    shutting down, stop waiting; the manager's monitor then sees the shutdown message and stops
-    the workers as usual."""
-    from sanic.worker.manager import WorkerManager
+def _banner(profile: Profile, settings: Settings) -> None:
+    """One start-up line: what this process serves, where, with how many workers."""
+    import structlog
 
-    acked = WorkerManager._all_workers_ack
-    if getattr(acked, "_api_router_patched", False):
-        return
+    from . import __version__
 
-    def _all_workers_ack(self: WorkerManager) -> bool:
-        return bool(self._shutting_down) or acked(self)
-
-    _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
-    WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]
+    structlog.get_logger("api_router").info(
+        "api_router_starting",
+        version=__version__,
+        profile=profile.name,
+        upstream=profile.base_url,
+        address=f"http://{settings.host}:{settings.port}",
+        workers=settings.workers,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,11 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     from sanic.worker.loader import AppLoader
 
     from .app import create_app
+    from .server import manager
+    from .server.protocol import GuardedHttpProtocol
 
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
-    from .connlimits import GuardedHttpProtocol
-
     app.prepare(
         protocol=GuardedHttpProtocol,  # total head/body deadlines, connections per worker
         host=settings.host,
@@ -195,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         motd=False,
         single_process=False,
     )
+    _banner(app.ctx.config.current.profile, settings)
     try:
-        _stop_waiting_for_workers_on_shutdown()
+        manager.patch()  # SIGTERM while the workers start: stop, do not spin
         Sanic.serve(primary=app, app_loader=loader)
     finally:
         if created:

@@ -90,8 +90,8 @@ def from_settings(settings: Settings) -> AccessKeys | None:
 
 
 def install(app: Sanic, keys: AccessKeys | None) -> None:
-    """Check every /v1/ request as soon as it is routed (before its body is read)."""
-    app.ctx.access = keys
+    """Check every /v1/ request as soon as it is routed (before its body is read). The relay
+    reads the same keys from `app.ctx.access` (service.context)."""
     if keys is None:
         return
 

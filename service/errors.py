@@ -5,8 +5,12 @@
     │   ├── BadRequest               400 invalid_request_error
     │   ├── Unauthorized             401 authentication_error
     │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile)
+    │   ├── MethodNotAllowed         405 (with Allow)
+    │   ├── RequestTimeout           408 head or body not received in time (service.connlimits)
     │   ├── PayloadTooLarge          413 request_too_large
-    │   └── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*)
+    │   ├── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*)
+    │   └── HeaderTooLarge           431 head over API_ROUTER_MAX_HEADER_BYTES (Sanic says 413)
+    ├── ClientClosedRequest          499 the client left before its answer (logs, metrics only)
     ├── ServiceUnavailable           503 (draining, limiter backend down with fail-closed)
     └── UpstreamError                the upstream could not be used; counted in
         │                            upstream_errors_total{error_type} and logged with it
@@ -20,7 +24,8 @@
 
 `upstream_error` (the upstream answered 429 or 5xx) is not an exception: the answer is passed
 through and only counted. Messages are fixed strings written here, never an upstream exception's
-text, so no response can leak a URL with a key, a header or a traceback.
+text, so no response can leak a URL with a key, a header or a traceback. Which exception of Sanic's
+becomes which of these: service.error_handler.
 """
 
 from __future__ import annotations
@@ -100,6 +105,31 @@ class MethodNotAllowed(ClientError):
     anthropic_type = "invalid_request_error"
     code = "method_not_allowed"
     message = "Method not allowed on this route"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    message = "Request timed out"
+
+
+class HeaderTooLarge(ClientError):
+    """RFC 6585's status for a request head over the limit (Sanic answers it with 413)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "header_too_large"
+    message = "Request header fields too large"
+
+
+class ClientClosedRequest(RouterError):
+    """The client went away: nobody reads this answer, but logs and metrics record 499."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+    message = "Client closed the request"
 
 
 class ServiceUnavailable(RouterError):

@@ -2,6 +2,10 @@
 
 `Settings` is frozen and picklable: the primary process builds it and hands it to every Sanic
 worker through the app factory. Secrets are excluded from its repr.
+
+`FastPaths` (`API_ROUTER_FAST_PATHS`) says which of the router's bypasses of its libraries'
+internals are on: each is applied in one place from this value, read once at start (the list and
+what each buys: bench/README.md, "Fast paths").
 """
 
 from __future__ import annotations
@@ -19,6 +23,58 @@ MAX_HEADER_BYTES_CEILING = 16384  # Sanic's own ceiling for a request head
 
 class SettingsError(ValueError):
     """A bad setting; the message is one line that names it."""
+
+
+FAST_PATHS_ENV = "API_ROUTER_FAST_PATHS"
+# Every fast path, by the name API_ROUTER_FAST_PATHS selects it with.
+FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request")
+_ALL = ("", "1", "all", "on", "true", "yes")
+_NONE = ("0", "none", "off", "false", "no")
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Which fast paths are on. Off, the library's own code does the same job:
+
+    - `dispatch`: Sanic's signal router dispatches the hot lifecycle signals
+      (service.server.dispatch);
+    - `metrics`: prometheus-client's own multiprocess value class and label children
+      (service.observability.metrics_fast);
+    - `logging`: structlog's own processor chain writes the completion line, with its own
+      `TimeStamper` (service.observability.logging_fast);
+    - `request`: httpx's own `Request` constructor builds the upstream request
+      (service.proxy.upstream_fast).
+
+    `API_ROUTER_FAST_PATHS`: `all` (the default) or `1`; `0` or `none`; or the names of those to
+    keep on, comma-separated (`dispatch,metrics`), for measuring one against the others.
+    """
+
+    dispatch: bool = True
+    metrics: bool = True
+    logging: bool = True
+    request: bool = True
+
+    @classmethod
+    def parse(cls, raw: str | None) -> FastPaths:
+        value = (raw or "").strip().lower()
+        if value in _ALL:
+            return cls()
+        if value in _NONE:
+            return cls(**dict.fromkeys(FAST_PATH_NAMES, False))
+        names = {n.strip() for n in value.split(",")} - {""}
+        unknown = sorted(names - set(FAST_PATH_NAMES))
+        if unknown or not names:
+            raise SettingsError(
+                f"{FAST_PATHS_ENV}={raw!r} must be all, 0, or names among "
+                f"{', '.join(FAST_PATH_NAMES)}"
+            )
+        return cls(**{n: n in names for n in FAST_PATH_NAMES})
+
+    def __str__(self) -> str:
+        on = [n for n in FAST_PATH_NAMES if getattr(self, n)]
+        if len(on) == len(FAST_PATH_NAMES):
+            return "all"
+        return ",".join(on) or "0"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -103,6 +159,8 @@ class Settings:
     # The client's Forwarded / X-Forwarded-* headers: replace (default), keep or drop
     # (service.proxy.headers).
     forwarded_headers: str = "replace"
+    # Which bypasses of library internals are on (FastPaths; API_ROUTER_FAST_PATHS).
+    fast_paths: FastPaths = field(default_factory=FastPaths)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
@@ -128,6 +186,7 @@ class Settings:
             "access_log_enabled": _bool(env, "API_ROUTER_ACCESS_LOG", True),
             "drain_secs": _float(env, "API_ROUTER_DRAIN_SECS", 30.0, 0.0),
             "multiproc_dir": env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            "fast_paths": FastPaths.parse(env.get(FAST_PATHS_ENV)),
             **_hardening(env),
         }
         values.update(given)

@@ -1,13 +1,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
+
+# One marker per system service a test needs beyond the venv. `make test` installs them all
+# (scripts/install-tools.sh) and runs everything; `make test-fast` deselects these, so that a
+# newcomer without root (and without the tools) runs every other test.
+SERVICE_MARKERS = {
+    "redis": "needs redis-server (scripts/install-tools.sh)",
+    "prometheus": "needs the prometheus server or promtool (scripts/install-tools.sh)",
+    "podman": "needs podman and the image built from this tree (scripts/install-tools.sh)",
+    "helm": "needs helm (scripts/ensure-helm.sh fetches it)",
+    "agents": "needs Node.js and the pinned coding agents (scripts/install-agents.sh)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, needs in SERVICE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {needs}; deselected by make test-fast")
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +51,24 @@ def base_profile(url: str, **extra: Any) -> dict[str, Any]:
     return profile
 
 
-@pytest.fixture(scope="module")
-def module_upstream(fake_upstream: FakeUpstream) -> FakeUpstream:
-    return fake_upstream
+@pytest.fixture
+def router_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFactory]:
+    """`router_factory(profile, env=..., workers=...)`: a started router (a real
+    `python -m service`) on that profile dict, stopped when the test ends."""
+    factory = RouterFactory(tmp_path_factory)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture(scope="module")
-def router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+def module_router_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterFactory]:
+    """The same factory for module-scoped router fixtures: its routers stop with the module."""
+    factory = RouterFactory(tmp_path_factory)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def router(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     """One router (1 worker) in front of the fake upstream, shared by a test module."""
-    d: Path = tmp_path_factory.mktemp("router")
-    path = write_profile(d, base_profile(fake_upstream.url))
-    with RouterProcess(path) as r:
-        yield r
+    return module_router_factory(base_profile(fake_upstream.url))

@@ -58,3 +58,15 @@ def translate_cut(tr: Any, raw: bytes, cuts: list[int]) -> list[bytes]:
     out += tr.events(framer.feed(raw[pos:]))
     assert framer.flush() == b""
     return out + tr.finish()
+
+
+def strings_among(value: Any, wanted: tuple[str, ...]) -> list[str]:
+    """Every string in a JSON value (depth first, in order) that is exactly one of `wanted`:
+    the text pieces a stream item carries."""
+    if isinstance(value, str):
+        return [value] if value in wanted else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_among(v, wanted)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_among(v, wanted)]
+    return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from service.config.loader import SHIPPED_DIR
 from tests.fakes.upstream import Reply, openai_chat_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +34,18 @@ def write_profile(directory: Path, profile: dict[str, Any], name: str = "test") 
     path = directory / f"{name}.json"
     path.write_text(json.dumps(profile))
     return path
+
+
+def shipped_profile(name: str, base_url: str, read_secs: float = 10) -> dict[str, Any]:
+    """Shipped profile `name` (service/config/profiles) with its baseUrl pointed at `base_url`."""
+    profile: dict[str, Any] = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
+    profile.pop("$schema", None)
+    profile["baseUrl"] = base_url
+    profile["timeouts"] = {"connectSecs": 2, "readSecs": read_secs}
+    return profile
+
+
+QUIET_LEVELS = ("warning", "error", "critical")
 
 
 class RouterProcess:
@@ -54,6 +69,10 @@ class RouterProcess:
             if not k.startswith(("API_ROUTER_", "RATE_LIMIT_", "PROMETHEUS_"))
             and k not in ("DEFAULT_API_KEY", "LOG_FORMAT", "LOG_LEVEL", "SENTRY_DSN")
         }
+        # The one setting a whole run may choose: `API_ROUTER_FAST_PATHS=0 pytest …` serves every
+        # router with the libraries' own code paths (service.settings.FastPaths).
+        if "API_ROUTER_FAST_PATHS" in os.environ:
+            base["API_ROUTER_FAST_PATHS"] = os.environ["API_ROUTER_FAST_PATHS"]
         base.update({"LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
         base.update(env or {})
         self.env = base
@@ -64,7 +83,8 @@ class RouterProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> RouterProcess:
+    def spawn(self) -> RouterProcess:
+        """Launch the process and return at once (`start` also waits until it is ready)."""
         cmd = [
             sys.executable,
             "-m",
@@ -88,6 +108,11 @@ class RouterProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def start(self, timeout: float = 20.0) -> RouterProcess:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -105,6 +130,9 @@ class RouterProcess:
         raise RuntimeError(f"router did not become ready:\n{self.output()}")
 
     def _workers_ready(self) -> int:
+        if self.env.get("LOG_LEVEL", "info").lower() in QUIET_LEVELS:
+            # Sanic's info line "Worker ready" is (rightly) not logged: /ready is the signal.
+            return self.workers
         return self.output().count("Worker ready")
 
     def output(self) -> str:
@@ -141,7 +169,9 @@ class RouterProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                # The whole session (spawn() made it), so that no worker outlives its manager.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
 
@@ -149,9 +179,53 @@ class RouterProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the process (if it runs) and remove its log file."""
         self.stop()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
+
+
+class RouterFactory:
+    """Makes routers for a test (the `router_factory` fixture) or a module
+    (`module_router_factory`): `make(profile, env=..., workers=...)` writes the profile dict to a
+    fresh directory (a Path is used as it is), starts `python -m service` on it and returns the
+    ready RouterProcess; every router it made is stopped by `close()`, at the fixture's teardown.
+    `start=False` returns it unstarted, for a test that starts it itself."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self._tmp = tmp
+        self._made: list[RouterProcess] = []
+
+    def __call__(
+        self,
+        profile: dict[str, Any] | Path,
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        args: list[str] | None = None,
+        name: str = "test",
+        start: bool = True,
+    ) -> RouterProcess:
+        if isinstance(profile, Path):
+            path = profile
+        else:
+            path = write_profile(self._tmp.mktemp("router"), profile, name)
+        router = RouterProcess(path, workers=workers, env=env, args=args)
+        self._made.append(router)  # before start(): a router that fails to start is closed too
+        return router.start() if start else router
+
+    def close(self) -> None:
+        while self._made:
+            self._made.pop().close()
+
+    def __enter__(self) -> RouterFactory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- a slow stream and its client, for drain / shutdown tests --------------------------------

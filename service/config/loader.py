@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..ratelimit.bucket import Limit
 from .model import Profile, ResolvedEndpoint
 
 SHIPPED_DIR = Path(str(resources.files("service.config") / "profiles"))
@@ -37,6 +38,16 @@ class LoadedConfig:
     size: int
     inode: int
     loaded_at: float = field(default=0.0)
+    # Derived once per load, read on every request:
+    # the models the profile knows (the `model` label of tokens_total: these, or `other`);
+    known_models: frozenset[str] = frozenset()
+    # the rate limit of each route whose endpoint or profile sets one (None: unlimited).
+    limits: dict[str, Limit | None] = field(default_factory=dict)
+
+    def limit(self, route: str, default: Limit | None) -> Limit | None:
+        """The limit on `route`: its endpoint's, else the profile's, else `default` (the
+        environment's, SPEC §7)."""
+        return self.limits.get(route, default)
 
 
 def normalise_name(name: str) -> str:
@@ -102,15 +113,27 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e.__class__.__name__}") from None
     profile = parse_profile(path, text)
+    endpoints = profile.resolve()
     return LoadedConfig(
         path=path,
         profile=profile,
-        endpoints=profile.resolve(),
+        endpoints=endpoints,
         mtime_ns=st.st_mtime_ns,
         size=st.st_size,
         inode=st.st_ino,
         loaded_at=time.time() if now is None else now,
+        known_models=frozenset(profile.advertised_models()),
+        limits=_limits(endpoints),
     )
+
+
+def _limits(endpoints: dict[str, ResolvedEndpoint]) -> dict[str, Limit | None]:
+    """The routes whose endpoint or profile sets a `rateLimit` (already merged by `resolve`)."""
+    return {
+        route: Limit.per_minute(ep.rate_limit.requests_per_minute, ep.rate_limit.burst)
+        for route, ep in endpoints.items()
+        if ep.rate_limit is not None
+    }
 
 
 def profile_schema() -> dict[str, object]:

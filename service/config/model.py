@@ -75,6 +75,13 @@ FORMAT_ROUTE = {OPENAI: CHAT, ANTHROPIC: MESSAGES, RESPONSES_FORMAT: RESPONSES}
 # count for does not speak their format (SPEC §12): never an inference call.
 COUNTS_FOR = {COUNT_TOKENS: MESSAGES, RESPONSES_INPUT_TOKENS: RESPONSES}
 TRANSLATION_NONE = "none"
+# Every translation a route can run (the `translations_total{direction}` label values).
+TRANSLATION_DIRECTIONS: tuple[str, ...] = tuple(
+    f"{CLIENT_FORMAT[route]}_to_{fmt}"
+    for route, formats in TRANSLATABLE.items()
+    for fmt in formats
+    if fmt != CLIENT_FORMAT[route]
+)
 
 RouteKey = Literal[
     "/v1/chat/completions",

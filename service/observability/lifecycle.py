@@ -6,17 +6,17 @@
 - `http.lifecycle.response`: the response is about to be sent (for a stream: the handler has
   written its last byte): count it, time it, log one completion line.
 
-A client that leaves mid-stream never reaches `http.lifecycle.response`; the relay calls
-`finish(request, 499)` itself. A client that leaves while a plain request waits for the upstream
-cancels the handler: `http.lifecycle.complete` (connection closed) then finishes the request it
-was serving with 499. `finish` runs at most once per request.
+A client that leaves cancels the handler (a plain request waiting for the upstream, or a stream
+mid-way, which never reaches `http.lifecycle.response`): `http.lifecycle.complete` (connection
+closed) then finishes the request it was serving with 499. `finish` runs at most once per
+request. The relay only leaves its facts on `request.ctx.state` (service.state.RequestState).
 
 The failure path (and only it) also feeds the repeated-failure alarm, Sentry when enabled
 (`http.lifecycle.exception` keeps the exception of a router error for it), and nothing else:
-the per-request cost is two signal listeners. The app (`service.app.RouterApp`) calls these
-listeners directly rather than through Sanic's signal router; metric children are looked up once
-per label set (`Metrics.*_by`), and the completion line is rendered by structlog and written
-straight to the log stream (`observability.logging`).
+the per-request cost is two signal listeners. The app (`service.server.dispatch.RouterApp`)
+calls these listeners directly rather than through Sanic's signal router; metric children are
+looked up once per label set (`Metrics.*_by`), and the completion line is rendered by structlog
+and written straight to the log stream (`observability.logging`).
 """
 
 from __future__ import annotations
@@ -29,23 +29,28 @@ from typing import Any
 
 import structlog
 from sanic import Request, Sanic
+from sanic.models.server_types import ConnInfo
+from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from ..config.model import PROXY_ROUTES
+from ..context import AppContext, RouterRequest
 from ..proxy.headers import client_address, sane_request_id
-from ..proxy.relay import RequestState
+from ..server.protocol import connection_of
+from ..state import RequestState
 from . import sentry
 from .alerts import FailureAlarm
 from .logging import emit, set_request_secret
 from .metrics import method_label
 
 ACCESS_LOGGER = "api_router.access"
+PATH_LOG_CHARS = 200  # of a 404/405 request's path in its completion line
 access_log = structlog.get_logger(ACCESS_LOGGER)
 alert_log = structlog.get_logger("api_router.alert")
 
 KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
 
 
-def route_label(request: Request) -> str:
+def route_label(request: RouterRequest) -> str:
     route = request.route
     if route is not None:
         return "/" + route.path if not route.path.startswith("/") else route.path
@@ -59,7 +64,7 @@ def model_label(model: str | None, known: frozenset[str]) -> str:
     return model if model in known else "other"
 
 
-def start(request: Request) -> None:
+def start(request: RouterRequest) -> None:
     ctx = request.ctx
     ctx.started = time.perf_counter()
     ctx.finished = False
@@ -77,21 +82,23 @@ def start(request: Request) -> None:
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
 
 
-def finish(request: Request, status: int, response: Any = None) -> None:
+def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | None = None) -> None:
     ctx = request.ctx
     if getattr(ctx, "finished", True):
         return
     ctx.finished = True
     conn = request.conn_info
-    if conn is not None and conn.lost:
-        status = 499  # the client left before the answer reached it
-    app = request.app
+    if conn is not None:
+        conn.ctx.request = None  # finished: its connection keeps no reference to it (or its body)
+        if conn.lost:
+            status = 499  # the client left before the answer reached it
+    app_ctx = request.app.ctx
     elapsed = time.perf_counter() - ctx.started
     route = route_label(request)
     state: RequestState = ctx.state
     if response is not None and "x-request-id" not in response.headers:
         response.headers["X-Request-ID"] = ctx.request_id
-    metrics = getattr(app.ctx, "metrics", None)
+    metrics = app_ctx.metrics
     if metrics is not None:
         metrics.in_flight.inc(-1)
         metrics.requests_by[route, method_label(request.method), status].inc()
@@ -108,7 +115,8 @@ def finish(request: Request, status: int, response: Any = None) -> None:
         if state.first_byte_latency is not None:
             metrics.stream_first_byte_by[route].observe(state.first_byte_latency)
         if state.usage:
-            model = model_label(state.upstream_model or state.model, app.ctx.known_models())
+            known = app_ctx.config.current.known_models
+            model = model_label(state.upstream_model or state.model, known)
             for kind, key in (
                 ("prompt", "prompt_tokens"),
                 ("completion", "completion_tokens"),
@@ -118,14 +126,14 @@ def finish(request: Request, status: int, response: Any = None) -> None:
                 n = state.usage.get(key)
                 if isinstance(n, int) and n > 0:
                     metrics.tokens_by[kind, model].inc(n)
-    if app.ctx.settings.access_log_enabled:
+    if app_ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
-            "client_ip": client_address(request, app.ctx.client_ip_from_headers),
+            "client_ip": client_address(request, app_ctx.client_ip_from_headers),
             "method": request.method,
             "route": route,
             "status_code": status,
             "latency_ms": round(elapsed * 1000, 3),
-            "provider": app.ctx.config.current.profile.name,
+            "provider": app_ctx.config.current.profile.name,
             "upstream_latency_ms": (
                 round(state.upstream_latency * 1000, 3)
                 if state.upstream_latency is not None
@@ -136,6 +144,10 @@ def finish(request: Request, status: int, response: Any = None) -> None:
             "translation": state.translation,
             "key_id": state.key_id,
         }
+        if route == "unmatched" or status == 405:
+            # What a client tried (never a metric label; the query is left out: it may hold a
+            # key): an operator reading a 404/405 line can tell which path it was.
+            fields["path"] = request.path[:PATH_LOG_CHARS]
         level = logging.INFO
         if state.error_type is not None:
             fields["error_type"] = state.error_type
@@ -145,10 +157,10 @@ def finish(request: Request, status: int, response: Any = None) -> None:
         _failed(request, route, status, state.error_type)
 
 
-def _failed(request: Request, route: str, status: int, error_type: str | None) -> None:
+def _failed(request: RouterRequest, route: str, status: int, error_type: str | None) -> None:
     """The failure path: repeated-failure alarm and Sentry (never reached by a good request)."""
-    app = request.app
-    alarm: FailureAlarm | None = getattr(app.ctx, "failure_alarm", None)
+    app_ctx = request.app.ctx
+    alarm = app_ctx.failure_alarm
     if error_type is not None and alarm is not None and alarm.record():
         alert_log.error(
             "upstream_failures_repeated",
@@ -156,7 +168,7 @@ def _failed(request: Request, route: str, status: int, error_type: str | None) -
             window_secs=alarm.window_secs,
             error_type=error_type,
             route=route,
-            provider=app.ctx.config.current.profile.name,
+            provider=app_ctx.config.current.profile.name,
         )
     if sentry.enabled():
         kind = error_type or "router_error"
@@ -167,22 +179,25 @@ def _failed(request: Request, route: str, status: int, error_type: str | None) -
                 "route": route,
                 "status_code": str(status),
                 "error_type": kind,
-                "provider": app.ctx.config.current.profile.name,
+                "provider": app_ctx.config.current.profile.name,
             },
             exc=getattr(request.ctx, "exception", None) if error_type is None else None,
         )
 
 
-def install(app: Sanic) -> None:
-    app.ctx.client_ip_from_headers = False
+def install_request_id(app: Sanic) -> None:
+    """Without metrics and completion lines, the request id is still chosen and returned."""
 
-    @app.before_server_start
-    async def _proxy_settings(app: Sanic) -> None:
-        c = app.config
-        app.ctx.client_ip_from_headers = bool(
-            c.FORWARDED_SECRET or c.REAL_IP_HEADER or c.PROXIES_COUNT
-        )
+    @app.on_request
+    async def _rid(request: RouterRequest) -> None:
+        start(request)
 
+    @app.on_response
+    async def _rid_out(request: Request, response: HTTPResponse) -> None:
+        response.headers.setdefault("X-Request-ID", request.ctx.request_id)
+
+
+def install(app: Sanic[Any, AppContext]) -> None:
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     app.ctx.failure_alarm = FailureAlarm(
         state_path=os.path.join(mp_dir, "failure-alarm.json") if mp_dir else None
@@ -205,31 +220,32 @@ def install(app: Sanic) -> None:
                 request.ctx.exception = exception
 
     @app.signal("http.lifecycle.begin")
-    async def _conn_open(conn_info: Any) -> None:
-        m = getattr(app.ctx, "metrics", None)
+    async def _conn_open(conn_info: ConnInfo) -> None:
+        m = app.ctx.metrics
         if m is not None:
             m.active_connections.inc()
 
     @app.signal("http.lifecycle.complete")
-    async def _conn_close(conn_info: Any) -> None:
+    async def _conn_close(conn_info: ConnInfo) -> None:
         req = getattr(conn_info.ctx, "request", None)
         if req is not None and not req.ctx.finished:
             finish(req, 499)  # the client left while its request was being handled
-        m = getattr(app.ctx, "metrics", None)
+        m = app.ctx.metrics
         if m is not None:
             m.active_connections.dec()
 
     @app.signal("http.lifecycle.request")
-    async def _request(request: Request) -> None:
+    async def _request(request: RouterRequest) -> None:
         start(request)
-        if request.conn_info is not None:
-            request.conn_info.ctx.request = request
-        m = getattr(app.ctx, "metrics", None)
+        conn = connection_of(request)
+        if conn is not None:
+            conn.ctx.request = request  # `http.lifecycle.complete` finishes it if the client left
+        m = app.ctx.metrics
         if m is not None:
             m.in_flight.inc(1)
 
     @app.signal("http.lifecycle.response")
-    async def _response(request: Request, response: Any) -> None:
+    async def _response(request: RouterRequest, response: BaseHTTPResponse) -> None:
         if not hasattr(request.ctx, "finished"):
             # Refused before its head was accepted (malformed, too large, too slow): Sanic
             # answers through an empty request that never passed `http.lifecycle.request`.

@@ -7,7 +7,8 @@ has one shape. structlog's own lines skip the standard-library machinery (record
 dispatch, formatter): the chain renders them and `HandlerStreamLogger` writes the line to the root
 handler's stream, under the handler's lock, flushed like the handler's own records. Request
 context (request_id, route) is bound through contextvars and cleared at the start of every
-request.
+request. The completion line and the timestamps take a fast path when the `logging` fast path
+is on (service.observability.logging_fast; API_ROUTER_FAST_PATHS).
 
 A last processor drops any value that looks like a credential: secrets the router knows of are
 registered with `redact()` (DEFAULT_API_KEY at start, the active profile's header values and
@@ -23,15 +24,18 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 import traceback
 from collections.abc import MutableMapping
 from contextvars import ContextVar
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
+
+from .logging_fast import add_timestamp, json_line
+
+if TYPE_CHECKING:
+    from ..config import LoadedConfig
 
 _secrets: set[str] = set()
 _request_secrets: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
@@ -41,6 +45,13 @@ REDACTED = "[redacted]"
 def redact(secret: str | None) -> None:
     if secret and len(secret) >= 4:
         _secrets.add(secret)
+
+
+def redact_profile_secrets(cfg: LoadedConfig) -> None:
+    """The profile's header and upstream query values never reach a log line (called with every
+    config before it serves a request: ConfigHolder's `on_load`)."""
+    for secret in cfg.profile.secret_values():
+        redact(secret)
 
 
 def set_request_secret(*secrets: str | None) -> None:
@@ -113,29 +124,6 @@ def scrub_secrets(
     return event_dict
 
 
-_second: tuple[int, str] = (-1, "")  # (a UTC second, its "YYYY-MM-DDTHH:MM:SS")
-
-
-def iso_utc(ns: int) -> str:
-    """`ns` (since the epoch) as structlog's `TimeStamper(fmt="iso", utc=True)` writes it: the
-    `datetime.isoformat()` of that UTC time, microseconds only when not zero, `Z` for +00:00.
-    The date and time of day are formatted once per second."""
-    global _second
-    sec, us = divmod(ns // 1000, 1_000_000)
-    cached = _second
-    if cached[0] != sec:
-        text = datetime.fromtimestamp(sec, UTC).isoformat()[:19]
-        cached = _second = (sec, text)
-    return f"{cached[1]}.{us:06d}Z" if us else f"{cached[1]}Z"
-
-
-def add_timestamp(
-    _: Any, __: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    event_dict["timestamp"] = iso_utc(time.time_ns())
-    return event_dict
-
-
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -179,7 +167,7 @@ def _write_line(line: str) -> None:
             traceback.print_exc(file=sys.stderr)
 
 
-# Set by configure_logging: whether `emit` renders JSON itself, and the level threshold.
+# Set by configure_logging: whether `emit` builds JSON lines directly, and the level threshold.
 _direct_json = False
 _threshold = logging.INFO
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
@@ -189,26 +177,17 @@ def emit(
     logger: Any, name: str, level: int, event: str, fields: dict[str, Any], request_id: str
 ) -> None:
     """One line with `fields`, `event` and `request_id`, as `logger.<level>(event, **fields)`
-    writes it while `request_id` is bound: the hot path of the completion line.
+    writes it while `request_id` is bound: the completion line.
 
-    With `LOG_FORMAT=json` the line is built here (the same keys in the same order as the
-    processor chain: the fields, event, request_id, level, logger, timestamp; credentials
-    scrubbed; one write to the root handler's stream), skipping the chain's generic steps
-    (context merge, stack and exception rendering: a completion line has none).
-    tests/unit/test_fast_logging.py compares the two lines. Any other format: the chain.
-    `fields` is consumed."""
+    With `LOG_FORMAT=json` and the `logging` fast path the line is built directly
+    (`logging_fast.json_line`: the same keys in the same order, credentials scrubbed, one write
+    to the root handler's stream). Otherwise: the chain. `fields` is consumed."""
     if not _direct_json:
         getattr(logger, _LEVEL_NAMES[level])(event, **fields)
         return
     if level < _threshold:
         return
-    fields["event"] = event
-    fields["request_id"] = request_id
-    fields["level"] = _LEVEL_NAMES[level]
-    fields["logger"] = name
-    fields["timestamp"] = iso_utc(time.time_ns())
-    scrub_secrets(None, "", fields)
-    _write_line(orjson.dumps(fields, default=str).decode())
+    _write_line(json_line(fields, event, request_id, _LEVEL_NAMES[level], name, scrub_secrets))
 
 
 def _logger_factory(*args: Any) -> HandlerStreamLogger:
@@ -218,16 +197,17 @@ def _logger_factory(*args: Any) -> HandlerStreamLogger:
     return HandlerStreamLogger(structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__])().name)
 
 
-def configure_logging(fmt: str = "console", level: str = "info") -> None:
+def configure_logging(fmt: str = "console", level: str = "info", fast: bool = True) -> None:
+    """`fast`: the `logging` fast path (service.observability.logging_fast), applied here."""
     lvl = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        add_timestamp,  # what TimeStamper(fmt="iso", utc=True) writes, in less time
+        add_timestamp if fast else structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     global _handler, _direct_json, _threshold
-    _direct_json, _threshold = fmt == "json", lvl
+    _direct_json, _threshold = fast and fmt == "json", lvl
     renderer: Any
     handler = _handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":

@@ -11,6 +11,10 @@ are summed; `active_connections` and in-flight requests are `livesum` (dead work
 `rate_limiter_buckets` is `livemostrecent` (the limiter's count is instance-wide, and the worker
 that answers a scrape sets it just before), `build_info` is `max`. A worker that stops cleanly
 marks itself dead; a worker that was killed is detected at the next scrape (`reap_dead_workers`).
+
+A request's writes go through label children looked up once per label values (`Children`, the
+`Metrics.*_by` maps); with the `metrics` fast path (API_ROUTER_FAST_PATHS) they reach the
+values more directly (service.observability.metrics_fast).
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import struct
-from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -28,11 +30,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    values,
 )
 from prometheus_client import multiprocess as mp
 
 from .. import __version__
+from ..config.model import TRANSLATION_DIRECTIONS
+from ..errors import ERROR_TYPES
+from . import metrics_fast
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -43,115 +47,36 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "OTHER"
 
 
-_forked = False  # set in a child forked from this process: the fast path steps aside
-
-
-def _after_fork() -> None:
-    global _forked
-    _forked = True
-
-
-os.register_at_fork(after_in_child=_after_fork)
-_pack_two_doubles = struct.Struct("dd").pack
-
-
-def _fast_multiprocess_value(base: Any) -> Any:
-    """prometheus-client's multiprocess value (`base`, the class its `ValueClass` already is, so
-    one set of per-process files serves every value) with a cheaper `inc`.
-
-    Its own `inc` takes a process-wide lock, calls `getpid()` to notice a fork and looks the
-    value's offset up in the file's index on every call; a request makes about eleven of them.
-    Here `inc` writes the 16 bytes (value, timestamp 0) at the offset found once, with the same
-    whole-slice assignment prometheus-client uses (never a partial value for a concurrent
-    reader), and the mapping read at call time (the file may have been grown and re-mapped).
-    Without the lock: a worker writes metrics from its event loop thread only. After a fork the
-    child uses the original `inc` (its pid check then moves it to files of its own)."""
-
-    class FastMmapedValue(base):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._pos = self._file._positions[self._key]
-
-        def inc(self, amount: float) -> None:
-            if _forked:
-                super().inc(amount)
-                return
-            v: float = self._value + amount  # type: ignore[has-type]
-            self._value = v
-            self._timestamp = 0.0
-            pos = self._pos
-            self._file._m[pos : pos + 16] = _pack_two_doubles(v, 0.0)
-
-    return FastMmapedValue
-
-
-def use_fast_values() -> None:
-    """Called before the first metric is made; nothing changes outside multiprocess mode."""
-    current = values.ValueClass
-    if getattr(current, "_multiprocess", False) and not getattr(current, "fast_inc", False):
-        fast = _fast_multiprocess_value(current)
-        fast.fast_inc = True
-        values.ValueClass = fast
-
-
 class Children(dict[Any, Any]):
     """`metric.labels(...)` memoised per label values: `children[route]`, `children[a, b]`.
 
     prometheus-client's `labels()` validates, stringifies and takes a lock on every call; the
     label values here come from closed sets, so this map stays as small as the series count.
+    With `fast` (the `metrics` fast path) each child is wrapped in its writer
+    (`metrics_fast.writer`); else it is the library's child itself.
     """
 
-    __slots__ = ("_metric",)
+    __slots__ = ("_fast", "_metric")
 
-    def __init__(self, metric: Any) -> None:
+    def __init__(self, metric: Any, fast: bool = True) -> None:
         super().__init__()
         self._metric = metric
+        self._fast = fast
 
     def __missing__(self, key: Any) -> Any:
         child = self._metric.labels(*(key if isinstance(key, tuple) else (key,)))
-        writer = self[key] = (
-            _HistogramWriter(child) if isinstance(child, Histogram) else _CounterWriter(child)
-        )
-        return writer
-
-
-class _CounterWriter:
-    """`inc` of a labelled counter child straight on its value: what `Counter.inc` does (a
-    negative amount refused) minus the per-call checks of a child that is known observable."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, child: Any) -> None:
-        self._value = child._value
-
-    def inc(self, amount: float = 1) -> None:
-        if amount < 0:
-            raise ValueError("Counters can only be incremented by non-negative amounts.")
-        self._value.inc(amount)
-
-
-class _HistogramWriter:
-    """`observe` of a labelled histogram child: the sum, then the first bucket whose upper bound
-    is >= the amount (a bisection over the bounds, the last one +Inf), as `Histogram.observe`."""
-
-    __slots__ = ("_bounds", "_buckets", "_sum")
-
-    def __init__(self, child: Any) -> None:
-        self._sum = child._sum
-        self._buckets = child._buckets
-        self._bounds = child._upper_bounds
-
-    def observe(self, amount: float) -> None:
-        self._sum.inc(amount)
-        self._buckets[bisect_left(self._bounds, amount)].inc(1)
+        out = self[key] = metrics_fast.writer(child) if self._fast else child
+        return out
 
 
 class Metrics:
-    """All metric objects of one worker, registered on `registry`."""
+    """All metric objects of one worker, registered on `registry`. `fast`: the `metrics` fast
+    path (service.observability.metrics_fast), applied here and only here."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, fast: bool = True) -> None:
         disable_created_metrics()  # *_created series would double the series count for nothing
-        use_fast_values()
+        if fast:
+            metrics_fast.use_fast_values()
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests_total = Counter(
@@ -258,18 +183,27 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        # The in-flight gauge's value, moved by +1/-1 per request (Gauge.inc/dec minus checks).
-        self.in_flight = self.in_flight_requests._value
+        # Every value of a closed set that an alert or a rate() reads exported as 0 from the
+        # start: a missing series would hide the fact that nothing failed (Prometheus advises
+        # initialising known label values).
+        for error_type in ERROR_TYPES:
+            self.upstream_errors_total.labels(error_type)
+        for direction in TRANSLATION_DIRECTIONS:
+            self.translations_total.labels(direction)
+        # The in-flight gauge, moved by +1/-1 per request (its value itself on the fast path).
+        self.in_flight: Any = (
+            metrics_fast.gauge_value(self.in_flight_requests) if fast else self.in_flight_requests
+        )
         # The children a request writes to, by label values (lifecycle.finish).
-        self.requests_by = Children(self.requests_total)  # [route, method, status]
-        self.request_latency_by = Children(self.request_latency_seconds)  # [route]
-        self.upstream_errors_by = Children(self.upstream_errors_total)  # [error_type]
-        self.upstream_latency_by = Children(self.upstream_latency_seconds)  # [route]
-        self.router_overhead_by = Children(self.router_overhead_seconds)  # [route]
-        self.stream_first_byte_by = Children(self.stream_first_byte_seconds)  # [route]
-        self.translations_by = Children(self.translations_total)  # [direction]
-        self.dropped_fields_by = Children(self.translation_dropped_fields_total)  # [field]
-        self.tokens_by = Children(self.tokens_total)  # [type, model]
+        self.requests_by = Children(self.requests_total, fast)  # [route, method, status]
+        self.request_latency_by = Children(self.request_latency_seconds, fast)  # [route]
+        self.upstream_errors_by = Children(self.upstream_errors_total, fast)  # [error_type]
+        self.upstream_latency_by = Children(self.upstream_latency_seconds, fast)  # [route]
+        self.router_overhead_by = Children(self.router_overhead_seconds, fast)  # [route]
+        self.stream_first_byte_by = Children(self.stream_first_byte_seconds, fast)  # [route]
+        self.translations_by = Children(self.translations_total, fast)  # [direction]
+        self.dropped_fields_by = Children(self.translation_dropped_fields_total, fast)  # [field]
+        self.tokens_by = Children(self.tokens_total, fast)  # [type, model]
 
     def on_reload(self, result: str) -> None:
         if result == "success":

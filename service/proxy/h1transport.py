@@ -22,7 +22,8 @@ What it does, and the decisions taken where HTTP leaves a choice:
   delimited by the connection's end is complete at EOF. A response head over 64 KiB is refused
   (`RemoteProtocolError`).
 - Pool: per (scheme, host, port); at most `max_connections` open (idle or busy) per worker, at
-  most `max_keepalive_connections` kept idle, each for `keepalive_expiry` seconds. A request that
+  most `max_keepalive_connections` kept idle, each for `keepalive_expiry` seconds, or less when
+  the upstream's answer announced `Keep-Alive: timeout=N` (then N - 1 s). A request that
   finds the pool full waits up to the `pool` timeout for a connection to be released, then gets
   `httpx.PoolTimeout`. A connection goes back to the pool only after its response was read to
   the end with keep-alive on; one abandoned mid-response (client gone, error) is closed.
@@ -34,8 +35,18 @@ What it does, and the decisions taken where HTTP leaves a choice:
   RemoteProtocolError ("Server disconnected without sending a response." when the upstream
   closed before a response; "peer closed connection without sending complete body" mid-body;
   "Malformed ..." for what llhttp rejects).
-- No retry here: a request is never re-sent once a byte of it was written (an LLM call costs
-  money and is not idempotent); `upstream.send` retries only a failed connect.
+- One retry, for the keep-alive race only: a request written on a connection taken from the idle
+  pool that the upstream closes (FIN or reset) before a single byte of a response is sent again,
+  once, on a new connection (the other idle connections to that upstream are closed too: they
+  are as old). Why this is safe: a server closes a kept-alive connection without answering when
+  it closes it as idle (its keep-alive timeout), which means it never read the request; every
+  server we know (uvicorn, Node, nginx, Go) does so, and the client cannot tell that close apart
+  from the request being lost in flight. Where it is not: an upstream that crashes while working
+  on a request that arrived on a reused connection, before any byte of its answer, would see the
+  request twice. Never retried: a fresh connection, anything after a response byte arrived, a
+  timeout, a streamed body (it cannot be replayed). Otherwise a request is never re-sent once a
+  byte of it was written (an LLM call costs money and is not idempotent); `upstream.send`
+  retries only a failed connect.
 """
 
 from __future__ import annotations
@@ -50,6 +61,9 @@ import httptools
 import httpx
 
 HEAD_LIMIT = 64 * 1024
+# An idle connection is not reused in the last second before the upstream's announced
+# `Keep-Alive: timeout=` (its close and our next request would cross).
+KEEP_ALIVE_MARGIN_SECS = 1.0
 READ_PAUSE_BYTES = 256 * 1024
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _CHUNK_END = b"0\r\n\r\n"
@@ -73,7 +87,8 @@ class _Conn(asyncio.Protocol):
         self.error: BaseException | None = None  # why, if the peer or the parser ended it
         self.waiter: asyncio.Future[None] | None = None
         self.drain: asyncio.Future[None] | None = None
-        self.idle_since = 0.0
+        self.idle_until = 0.0  # loop time after which an idle connection is not reused
+        self.reused = False  # taken from the idle pool (not opened for this request)
         self.busy = False  # a request is using it (from acquire to release/close)
         self.reading_paused = False
         self._new_response()
@@ -88,6 +103,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = False
         self.until_eof = False  # no Content-Length, not chunked: the body ends with the socket
         self.got_bytes = False
+        self.server_idle: float | None = None  # the upstream's `Keep-Alive: timeout=` if any
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.head_request = False
@@ -174,6 +190,7 @@ class _Conn(asyncio.Protocol):
             raise httpx.RemoteProtocolError("Upstream response head too large")
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
+        self.server_idle = _keep_alive_timeout(self.headers)
         if status not in (204, 304) and not self.head_request:
             chunked = length = False
             for name, value in self.headers:
@@ -409,14 +426,21 @@ class H1Transport(httpx.AsyncBaseTransport):
         if conn.reusable():
             idle = self._idle.setdefault(conn.key, [])
             if len(idle) < self._max_idle:
-                conn.idle_since = conn.loop.time()
+                keep = self._expiry
+                if conn.server_idle is not None:  # the upstream says when it closes: before
+                    keep = min(keep, conn.server_idle - KEEP_ALIVE_MARGIN_SECS)
+                conn.idle_until = conn.loop.time() + keep
                 conn._new_response()
                 idle.append(conn)
                 self._wake_one()
                 return
         conn.abort()  # not reusable, or enough idle ones: close (pool._closed wakes a waiter)
 
-    async def _acquire(self, key: tuple[bytes, bytes, int], timeouts: dict[str, Any]) -> _Conn:
+    async def _acquire(
+        self, key: tuple[bytes, bytes, int], timeouts: dict[str, Any], fresh: bool = False
+    ) -> _Conn:
+        """A connection for `key`: an idle one (unless `fresh`: a new one, and the idle ones of
+        `key` are closed, since they are as old as the one that just failed), else a new one."""
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
@@ -425,8 +449,9 @@ class H1Transport(httpx.AsyncBaseTransport):
                 now = loop.time()
                 while idle:
                     conn = idle.pop()
-                    if not conn.closed and now - conn.idle_since < self._expiry:
+                    if not fresh and not conn.closed and now < conn.idle_until:
                         conn.busy = True
+                        conn.reused = True
                         return conn
                     conn.abort()
             if self._open < self._max:
@@ -510,10 +535,36 @@ class H1Transport(httpx.AsyncBaseTransport):
             body = None
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         conn = await self._acquire(key, timeout)
-        conn.head_request = method == b"HEAD"
         try:
-            await self._write(conn, head, body, request, timeout.get("write"))
-            read_timeout = timeout.get("read")
+            await self._exchange(conn, head, body, request, timeout)
+        except Exception as e:
+            if not (_stale(conn, e) and body is not None):
+                raise
+            # The keep-alive race: the upstream closed this idle connection as the request
+            # went out. Once, on a new connection (module docstring: why this is safe).
+            conn = await self._acquire(key, timeout, fresh=True)
+            await self._exchange(conn, head, body, request, timeout)
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(conn, timeout.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+        )
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        head: bytes,
+        body: bytes | None,
+        request: httpx.Request,
+        timeouts: dict[str, Any],
+    ) -> None:
+        """Write the request and wait for the response head; on any failure the connection is
+        closed and released before the error propagates."""
+        conn.head_request = request.method == "HEAD"
+        try:
+            await self._write(conn, head, body, request, timeouts.get("write"))
+            read_timeout = timeouts.get("read")
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
@@ -529,12 +580,6 @@ class H1Transport(httpx.AsyncBaseTransport):
             conn.abort()
             self._release(conn)
             raise
-        return httpx.Response(
-            conn.status,
-            headers=conn.headers,
-            stream=_Body(conn, timeout.get("read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
-        )
 
     async def _write(
         self,
@@ -588,6 +633,33 @@ class H1Transport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.abort()
             idle.clear()
+
+
+def _stale(conn: _Conn, err: Exception) -> bool:
+    """Whether `err` is the keep-alive race: a connection taken from the idle pool, closed by
+    the upstream before a single byte of a response (not a timeout: a silent upstream is not a
+    closed one)."""
+    return (
+        conn.reused
+        and conn.closed
+        and not conn.got_bytes
+        and isinstance(err, (httpx.RemoteProtocolError, httpx.WriteError))
+    )
+
+
+def _keep_alive_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The `timeout=` of a `Keep-Alive` response header (seconds the upstream keeps an idle
+    connection), or None."""
+    for name, value in headers:
+        if name.lower() == b"keep-alive":
+            for param in value.split(b","):
+                key, _, number = param.strip().partition(b"=")
+                if key.strip().lower() == b"timeout":
+                    try:
+                        return max(0.0, float(number.strip()))
+                    except ValueError:
+                        return None
+    return None
 
 
 def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

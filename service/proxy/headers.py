@@ -180,6 +180,19 @@ def build_url(endpoint_url: str, client_query: str) -> str:
     return f"{endpoint_url}{'&' if '?' in endpoint_url else '?'}{client_query}"
 
 
+# Query parameters of Anthropic's API with no meaning for another provider (Claude Code sends
+# `POST /v1/messages?beta=true`): dropped on a route translated away from Anthropic's format.
+ANTHROPIC_QUERY = frozenset({"beta"})
+
+
+def without_params(query: str, names: frozenset[str]) -> tuple[str, bool]:
+    """`query` without the parameters named in `names`; whether any was removed."""
+    if not query:
+        return query, False
+    kept = [p for p in query.split("&") if p.partition("=")[0] not in names]
+    return "&".join(kept), len(kept) < query.count("&") + 1
+
+
 def sane_request_id(value: str | None) -> bool:
     return bool(value) and _REQUEST_ID.match(value) is not None  # type: ignore[arg-type]
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
+from ..context import RouterRequest
 from ..errors import BadRequest
+from ..state import RequestState
 
 _BOUNDARY = re.compile(r'boundary="?([^";,]{1,200})"?', re.IGNORECASE)
 _MODEL_PART = re.compile(
@@ -160,7 +161,7 @@ def rewrite_body(
 
 
 async def prepare(
-    request: Any, mapping: Mapping[str, str], state: Any
+    request: RouterRequest, mapping: Mapping[str, str], state: RequestState
 ) -> tuple[bytes | AsyncIterator[bytes], int | None]:
     """The upstream body and its length (None: unknown, sent chunked).
 
@@ -176,7 +177,7 @@ async def prepare(
 
     rw = ModelPartRewriter(boundary, mapping)
 
-    source = body_stream.__aiter__()
+    source: AsyncIterator[bytes] = body_stream.__aiter__()  # type: ignore[attr-defined]
     held: list[bytes] = []
     held_bytes = 0
     ended = False

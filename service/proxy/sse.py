@@ -10,7 +10,8 @@
   the client transport queues at most `bufferSize` bytes before a write waits; memory per stream
   is that plus one event.
 - Client gone (Sanic cancels the handler): the upstream response is closed (its connection is
-  dropped, not pooled), the request is recorded as 499, and the cancellation propagates.
+  dropped, not pooled) and the cancellation propagates; the lifecycle listeners record the
+  request as 499 (service.observability.lifecycle).
 - Upstream breaks mid-stream: `event: error` with a JSON `data:` line, then the end
   (`error_type` `stream_error`).
 """
@@ -24,13 +25,13 @@ from typing import Any
 
 import httpx
 import orjson
-from sanic import Request
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
+from ..context import RouterRequest
 from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
-from ..observability import lifecycle
+from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
@@ -103,7 +104,13 @@ class _Stream:
         "translator",
     )
 
-    def __init__(self, request: Request, interval: float, route: str, translator: Any) -> None:
+    def __init__(
+        self,
+        request: RouterRequest,
+        interval: float,
+        route: str,
+        translator: Translator | ResponsesTranslator | None,
+    ) -> None:
         self.request = request
         self.translator = translator
         self.interval = interval
@@ -167,7 +174,7 @@ class _Stream:
         """The events that end this stream with the error `data` (JSON, the client's shape)."""
         if not self.responses:
             return error_event(data)
-        if self.translator is not None:  # a translated Responses stream knows what is open
+        if isinstance(self.translator, ResponsesTranslator):  # it knows what is still open
             return b"".join(self.translator.error_events(status, data))
         return responses_failed_event(data)
 
@@ -198,7 +205,7 @@ async def _abandon(task: asyncio.Future[Any] | None) -> None:
 
 
 async def relay_stream(
-    request: Request,
+    request: RouterRequest,
     upstream_request: httpx.Request,
     ep: ResolvedEndpoint,
     extra_headers: dict[str, str],
@@ -207,17 +214,17 @@ async def relay_stream(
 ) -> HTTPResponse | None:
     """`translator`: the request's format translation (service.translate), applied to each
     complete upstream event and to error bodies; None relays the upstream's bytes as they are."""
-    app = request.app
-    state = request.ctx.state
+    ctx = request.app.ctx
+    state: RequestState = request.ctx.state
     stream = _Stream(request, ep.heartbeat_interval_secs, ep.route, translator)
     head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
     started = time.perf_counter()
     sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(
-        send(app.ctx.http, upstream_request)
+        send(ctx.http, upstream_request)
     )
     # API_ROUTER_STREAM_MAX_SECS bounds the whole stream; API_ROUTER_STREAM_IDLE_SECS the time
     # without one complete upstream event (a drip of bytes that never completes one counts).
-    settings = app.ctx.settings
+    settings = ctx.settings
     deadline = time.monotonic() + settings.stream_max_secs
     idle_secs = settings.stream_idle_secs
     reading: asyncio.Future[bytes] | None = None
@@ -333,13 +340,9 @@ async def relay_stream(
             await stream.write(rest)
         await stream.out.eof()
         return None
-    except asyncio.CancelledError:
-        # The client went away (Sanic cancelled us): not an upstream failure.
-        state.upstream_latency = time.perf_counter() - started
-        state.usage = usage.usage
-        lifecycle.finish(request, 499)
-        raise
     finally:
+        # Also when the client went away (Sanic cancelled us): the lifecycle listeners then
+        # record 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
         state.usage = usage.usage
         stream.restore()

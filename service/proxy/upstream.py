@@ -1,11 +1,11 @@
 """The upstream HTTP client: one pooled keep-alive httpx client per worker, and error mapping.
 
 The transport beneath httpx is chosen here and only here (`create_client`), so it can be swapped
-after measurement (bench/README.md) without touching the relay code. The default is the router's
-own `h1transport.H1Transport` (HTTP/1.1 on raw asyncio connections with llhttp: about 2x
-httpx-aiohttp's `AiohttpTransport` per request, which was 3x httpx's own transport);
-`API_ROUTER_UPSTREAM_TRANSPORT=aiohttp` or `=httpx` selects the others, so the benchmark can
-compare them on the same code.
+after measurement (bench/README.md, "Upstream transport") without touching the relay code. The
+default is the router's own `h1transport.H1Transport` (HTTP/1.1 on raw asyncio connections with
+llhttp); `API_ROUTER_UPSTREAM_TRANSPORT=aiohttp` or `=httpx` selects the others, so the
+benchmark can compare them on the same code. A JSON request's `httpx.Request` is built on the
+`request` fast path (service.proxy.upstream_fast; API_ROUTER_FAST_PATHS) unless it is off.
 
 httpx exceptions are mapped to the router's own errors (service.errors) by type, never by
 copying their text: an exception message may contain the upstream URL or a header.
@@ -32,10 +32,13 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
+from .upstream_fast import bytes_request
 
 POOL_MAX_CONNECTIONS = 1024
 POOL_MAX_KEEPALIVE = 256
-KEEPALIVE_EXPIRY_SECS = 30.0
+# Below the 5 s after which uvicorn and Node close an idle connection: ours is closed first, so a
+# request rarely meets a connection the upstream is closing (h1transport: the keep-alive race).
+KEEPALIVE_EXPIRY_SECS = 4.0
 POOL_WAIT_SECS = 5.0
 TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
 _httpx_log = logging.getLogger("httpx")
@@ -72,7 +75,8 @@ class UpstreamClient(httpx.AsyncClient):
     Skipping those layers is also the cheaper path; everything else is httpx's.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, transport: httpx.AsyncBaseTransport, fast_request: bool = True) -> None:
+        """`fast_request`: the `request` fast path (upstream_fast), applied in `build_request`."""
         super().__init__(
             transport=transport,
             follow_redirects=False,
@@ -80,6 +84,7 @@ class UpstreamClient(httpx.AsyncClient):
             headers={},
         )
         self._upstream = transport
+        self._fast_request = fast_request
         # A relay invents no header: httpx's default User-Agent / Accept / Connection are not
         # added; the upstream sees the client's own (SPEC §5), plus the profile's.
         self._headers = httpx.Headers()  # the setter would merge the defaults back in
@@ -101,8 +106,8 @@ class UpstreamClient(httpx.AsyncClient):
             return super().build_request(
                 method, url, content=content, headers=headers, timeout=timeout, **rest
             )
-        if isinstance(content, bytes):
-            return _bytes_request(method, _url(url), headers, content, timeout.as_dict())
+        if self._fast_request and isinstance(content, bytes):
+            return bytes_request(method, _url(url), headers, content, timeout.as_dict())
         return httpx.Request(
             method,
             _url(url),
@@ -134,44 +139,18 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
-def _bytes_request(
-    method: str,
-    url: httpx.URL,
-    headers: list[tuple[str, str]],
-    content: bytes,
-    timeout: dict[str, float | None],
-) -> httpx.Request:
-    """Exactly what `httpx.Request(method, url, content=<bytes>, headers=<list>, extensions=...)`
-    builds (method, URL, headers with `Host` first and `Content-Length` last unless given, a
-    `ByteStream`, the content already read), with the header list normalised once: httpx's
-    constructor normalises it, then `_prepare` rebuilds it with the automatic headers. This is
-    every JSON request of the relay. tests/unit/test_upstream_request.py compares the two
-    field by field, so an httpx upgrade that changes the constructor fails there first."""
-    names = {k.lower() for k, _ in headers}
-    if "host" not in names and url.host:
-        headers = [("Host", url.netloc.decode("ascii")), *headers]
-    if "content-length" not in names:
-        headers = [*headers, ("Content-Length", str(len(content)))]
-    req = httpx.Request.__new__(httpx.Request)
-    req.method = method.upper()
-    req.url = url
-    req.headers = httpx.Headers(headers)
-    req.extensions = {"timeout": timeout}
-    req.stream = httpx.ByteStream(content)
-    req._content = content
-    return req
-
-
 @functools.lru_cache(maxsize=1024)
 def _url(raw: str) -> httpx.URL:
     """Parsed once per distinct upstream URL (httpx.URL is immutable)."""
     return httpx.URL(raw)
 
 
-def create_client(max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.AsyncClient:
+def create_client(
+    max_connections: int = POOL_MAX_CONNECTIONS, fast_request: bool = True
+) -> httpx.AsyncClient:
     """Created in a `before_server_start` listener; closed in `after_server_stop`."""
     name = os.environ.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT
-    return UpstreamClient(_transport(name, max_connections))
+    return UpstreamClient(_transport(name, max_connections), fast_request)
 
 
 def request_timeout(t: Timeouts, pool_wait: float = POOL_WAIT_SECS) -> httpx.Timeout:

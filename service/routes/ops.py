@@ -5,9 +5,10 @@ from __future__ import annotations
 import orjson
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.openmetrics import exposition as om
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse
 
+from ..context import RouterRequest
 from ..errors import NotFound
 from ..observability.metrics import exposition_registry
 
@@ -21,7 +22,7 @@ def _json(data: object, status: int = 200) -> HTTPResponse:
 
 
 @bp.route("/health", methods=GET)
-async def health(request: Request) -> HTTPResponse:
+async def health(request: RouterRequest) -> HTTPResponse:
     app = request.app
     cfg = app.ctx.config.current
     routes = app.ctx.limiter.active_buckets()
@@ -38,7 +39,7 @@ async def health(request: Request) -> HTTPResponse:
 
 
 @bp.route("/ready", methods=GET)
-async def ready(request: Request) -> HTTPResponse:
+async def ready(request: RouterRequest) -> HTTPResponse:
     app = request.app
     if app.ctx.draining:
         return _json({"status": "draining"}, 503)
@@ -59,7 +60,7 @@ async def ready(request: Request) -> HTTPResponse:
 
 
 @bp.route("/metrics", methods=GET)
-async def metrics(request: Request) -> HTTPResponse:
+async def metrics(request: RouterRequest) -> HTTPResponse:
     app = request.app
     if app.ctx.metrics is None:
         # API_ROUTER_METRICS=false: nothing is recorded, so there is nothing to serve.
@@ -74,7 +75,7 @@ async def metrics(request: Request) -> HTTPResponse:
 
 
 @bp.route("/v1/models", methods=GET)
-async def models(request: Request) -> HTTPResponse:
+async def models(request: RouterRequest) -> HTTPResponse:
     profile = request.app.ctx.config.current.profile
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": profile.name}

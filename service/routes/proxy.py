@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse
 
 from ..config.model import (
@@ -25,15 +25,16 @@ from ..config.model import (
     RESPONSE_INPUT_ITEMS,
     RESPONSES,
 )
+from ..context import RouterRequest
 from ..proxy.relay import forward
 
 bp = Blueprint("proxy")
 
 
-def _handler(route: str) -> Callable[[Request], Coroutine[Any, Any, HTTPResponse | None]]:
+def _handler(route: str) -> Callable[[RouterRequest], Coroutine[Any, Any, HTTPResponse | None]]:
     streamed = route in MULTIPART_ROUTES
 
-    async def handler(request: Request) -> HTTPResponse | None:
+    async def handler(request: RouterRequest) -> HTTPResponse | None:
         if streamed and request.stream is not None:
             request.stream.request_max_size = request.app.ctx.settings.max_body_bytes
         return await forward(request, route)
@@ -48,10 +49,12 @@ for _route in PROXY_ROUTES:
 
 
 @bp.route(RESPONSE_ID, methods=["GET", "DELETE"], name="proxy_v1_responses_id")
-async def stored_response(request: Request, response_id: str) -> HTTPResponse | None:
+async def stored_response(request: RouterRequest, response_id: str) -> HTTPResponse | None:
     return await forward(request, RESPONSES, response_id)
 
 
 @bp.route(RESPONSE_INPUT_ITEMS, methods=["GET"], name="proxy_v1_responses_id_input_items")
-async def stored_response_input_items(request: Request, response_id: str) -> HTTPResponse | None:
+async def stored_response_input_items(
+    request: RouterRequest, response_id: str
+) -> HTTPResponse | None:
     return await forward(request, RESPONSES, response_id, "/input_items")

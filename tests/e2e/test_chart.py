@@ -27,7 +27,9 @@ import yaml
 from tests.e2e.podman import ROOT, built_image, podman, wait_http
 from tests.support import free_port
 
-pytestmark = pytest.mark.timeout(900)  # the first kube play test may pay for the image build
+# Every test but the first needs helm (the `helm` fixture); kube play also podman, the alert
+# rules promtool. The first kube play test may pay for the image build.
+pytestmark = [pytest.mark.helm, pytest.mark.timeout(900)]
 
 CHART = ROOT / "helm"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -235,6 +237,7 @@ def test_autoscaling_values_make_an_hpa_and_a_pdb(renders: dict[str, str]) -> No
     assert pdb["selector"]["matchLabels"] == objs["Deployment"]["spec"]["selector"]["matchLabels"]
 
 
+@pytest.mark.prometheus
 def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
     renders: dict[str, str], tmp_path: Path
 ) -> None:
@@ -336,6 +339,7 @@ def pod_logs(release: str = "kube-play") -> str:
     return out.stdout[-3000:] + out.stderr[-1000:]
 
 
+@pytest.mark.podman
 def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
     port = free_port()
     kube_play(playable(helm, built_image(), port))
@@ -357,6 +361,7 @@ def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
     assert info["Config"]["User"].split(":")[0] == "10001"
 
 
+@pytest.mark.podman
 def test_kube_play_serves_an_inline_profile_from_the_config_map(helm: str, kube_play: Any) -> None:
     port = free_port()
     kube_play(

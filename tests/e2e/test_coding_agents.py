@@ -25,19 +25,17 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.config.loader import SHIPPED_DIR
 from tests.fakes.agent_upstream import AgentScript
 from tests.fakes.upstream import FakeUpstream
-from tests.support import ROOT, RouterProcess, write_profile
+from tests.support import ROOT, RouterFactory, RouterProcess, shipped_profile
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.agents, pytest.mark.timeout(300)]
 
 AGENTS = ROOT / ".cache" / "agents" / "node_modules" / ".bin"
 NODE20 = ROOT / ".cache" / "node" / "bin"  # only on a machine whose Node.js is older than 20
@@ -103,10 +101,7 @@ def agents() -> Path:
 
 def agent_profile(name: str, upstream_url: str) -> dict[str, Any]:
     """Shipped profile `name`, pointed at the fake upstream, every client's model mapped."""
-    profile: dict[str, Any] = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
-    profile.pop("$schema", None)
-    profile["baseUrl"] = upstream_url
-    profile["timeouts"] = {"connectSecs": 2, "readSecs": 30}
+    profile = shipped_profile(name, upstream_url, read_secs=30)
     own = PROVIDER_MODEL[name]
     mapping = {m: own for m in PROVIDER_MODEL.values() if m != own}
     profile["modelMapping"] = {**profile.get("modelMapping", {}), **mapping}
@@ -114,11 +109,11 @@ def agent_profile(name: str, upstream_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def agent_router(cell: Cell, upstream: FakeUpstream, tmp_path: Path) -> Iterator[RouterProcess]:
+def agent_router(
+    cell: Cell, upstream: FakeUpstream, router_factory: RouterFactory
+) -> RouterProcess:
     """The router on the cell's shipped profile, in front of the fake upstream."""
-    path = write_profile(tmp_path, agent_profile(cell.profile, upstream.url), cell.profile)
-    with RouterProcess(path) as r:
-        yield r
+    return router_factory(agent_profile(cell.profile, upstream.url), name=cell.profile)
 
 
 @dataclass

@@ -23,14 +23,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from tests.conftest import base_profile
 from tests.e2e.podman import ROOT, built_image, podman, wait_http
 from tests.fakes.upstream import FakeUpstream
 from tests.support import StreamReader, free_port, slow_stream, write_profile
+from tests.unit.test_packaging import lock_pins
 
 # The first test pays for the image build (and, on a new machine, the debootstrap base).
 pytestmark = pytest.mark.timeout(900)
+# Each test that runs podman is marked `podman`; the Containerfile lint needs only the venv.
 
 API_KEY = "sk-container-test-key"
 WORKERS = 2
@@ -117,6 +121,7 @@ def test_hadolint_passes_on_the_containerfile() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.podman
 def test_image_is_non_root_with_healthcheck_labels_and_json_logs(image: str) -> None:
     info = json.loads(podman("image", "inspect", image).stdout)[0]
     cfg = info["Config"]
@@ -131,6 +136,29 @@ def test_image_is_non_root_with_healthcheck_labels_and_json_logs(image: str) -> 
     assert labels["org.opencontainers.image.version"]
 
 
+@pytest.mark.podman
+def test_image_holds_exactly_the_runtime_lock(image: str) -> None:
+    """requirements/runtime.txt, which tests/unit/test_packaging.py holds to the versions the
+    tests ran, is what the image has: nothing more (but pip and the router), nothing else."""
+    script = (
+        "import json, platform, importlib.metadata as m; print(json.dumps(["
+        "platform.python_version(), {d.metadata['Name']: d.version for d in m.distributions()}]))"
+    )
+    out = podman("run", "--rm", "--entrypoint", "python3", image, "-c", script).stdout
+    python, dists = json.loads(out)
+    installed = {canonicalize_name(name): Version(version) for name, version in dists.items()}
+    assert installed.pop("api-router") and installed.pop("pip")
+    # Markers as the image's Python sees them (e.g. async-timeout below 3.11.3, for redis).
+    env = {"python_full_version": python, "python_version": ".".join(python.split(".")[:2])}
+    locked = {
+        name: pin.version
+        for name, pin in lock_pins("runtime.txt").items()
+        if pin.marker is None or pin.marker.evaluate(env)
+    }
+    assert installed == locked
+
+
+@pytest.mark.podman
 def test_podman_run_publishes_health_and_metrics(image: str) -> None:
     """`podman run -p 8000:8000 api-router`, on a free host port bound to loopback."""
     port = free_port()
@@ -150,6 +178,7 @@ def test_podman_run_publishes_health_and_metrics(image: str) -> None:
         c.remove()
 
 
+@pytest.mark.podman
 def test_read_only_container_runs_as_non_root(container: Container) -> None:
     uid = podman("exec", container.cid, "python3", "-c", "import os; print(os.getuid())")
     assert uid.stdout.strip() == "10001"
@@ -157,6 +186,7 @@ def test_read_only_container_runs_as_non_root(container: Container) -> None:
     assert write.returncode != 0 and "Read-only file system" in write.stderr
 
 
+@pytest.mark.podman
 def test_read_only_container_proxies_to_the_host_upstream(
     container: Container, upstream: FakeUpstream
 ) -> None:
@@ -181,6 +211,7 @@ def test_read_only_container_proxies_to_the_host_upstream(
     assert API_KEY not in logs
 
 
+@pytest.mark.podman
 def test_sigterm_during_a_stream_lets_it_complete_and_exits_zero(
     image: str, profile_file: Path, upstream: FakeUpstream
 ) -> None:

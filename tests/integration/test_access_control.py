@@ -18,7 +18,7 @@ from tests.conftest import base_profile
 from tests.fakes.faultproxy import FaultProxy
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.rawhttp import connect, exchange, read_response
-from tests.support import ROOT, RouterProcess, write_profile
+from tests.support import ROOT, RouterFactory, RouterProcess
 
 KEY_A = "team-a-7f3c9e"
 KEY_B = "team-b-1d2e4a"
@@ -37,13 +37,11 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def guarded(
-    fake_upstream: FakeUpstream, keys_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    d = tmp_path_factory.mktemp("guarded")
+    fake_upstream: FakeUpstream, keys_file: Path, module_router_factory: RouterFactory
+) -> RouterProcess:
     profile = base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 60, "burst": 2})
     env = {"API_ROUTER_ACCESS_KEYS_FILE": str(keys_file), "DEFAULT_API_KEY": OPERATOR}
-    with RouterProcess(write_profile(d, profile), env=env) as r:
-        yield r
+    return module_router_factory(profile, env=env)
 
 
 @pytest.mark.parametrize(
@@ -148,18 +146,13 @@ def test_hash_helper_matches_sha256sum() -> None:
     ids=["clear_key", "empty", "short_hash"],
 )
 def test_an_unusable_keys_file_stops_the_router(
-    tmp_path: Path, fake_upstream: FakeUpstream, content: str
+    tmp_path: Path, fake_upstream: FakeUpstream, router_factory: RouterFactory, content: str
 ) -> None:
     keys = tmp_path / "keys"
     keys.write_text(content)
-    profile = write_profile(tmp_path, base_profile(fake_upstream.url))
-    r = RouterProcess(profile, env={"API_ROUTER_ACCESS_KEYS_FILE": str(keys)})
-    try:
-        with pytest.raises(RuntimeError) as e:
-            r.start()
-    finally:
-        r.stop()
-        r._log.close()
+    env = {"API_ROUTER_ACCESS_KEYS_FILE": str(keys)}
+    with pytest.raises(RuntimeError) as e:
+        router_factory(base_profile(fake_upstream.url), env=env)
     assert "exited 2" in str(e.value)
     assert str(keys) in str(e.value)
     assert "sk-live-in-clear-123" not in str(e.value)

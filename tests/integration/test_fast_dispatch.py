@@ -1,5 +1,6 @@
-"""The hot lifecycle signals run without Sanic's signal router (service.app.RouterApp), with the
-same listeners, order and results; anything else still goes through the router."""
+"""The hot lifecycle signals run without Sanic's signal router
+(service.server.dispatch.RouterApp), with the same listeners, order and results; anything else
+still goes through the router."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 import structlog
 from sanic import Sanic, response
 
-from service.app import HOT_SIGNALS, RouterApp, create_app
+from service.app import create_app
+from service.server.dispatch import HOT_SIGNALS, RouterApp
 from service.settings import Settings
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply, openai_chat, openai_chat_stream, sse
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
@@ -51,13 +50,15 @@ FORWARDING_NAMES = {k.lower() for k, _ in INVENTED}
     ids=["replace", "replace-trusted-proxy", "keep", "drop"],
 )
 def test_forwarding_headers_follow_the_policy(
-    env: dict[str, str], expected: dict[str, str], upstream: FakeUpstream, tmp_path: Path
+    env: dict[str, str],
+    expected: dict[str, str],
+    upstream: FakeUpstream,
+    router_factory: RouterFactory,
 ) -> None:
-    path = write_profile(tmp_path, base_profile(upstream.url))
-    with RouterProcess(path, env=env) as router:
-        host = f"127.0.0.1:{router.port}"
-        r = httpx.post(router.url + CHAT, json=BODY, headers=INVENTED, timeout=10)
-        assert r.status_code == 200
+    router = router_factory(base_profile(upstream.url), env=env)
+    host = f"127.0.0.1:{router.port}"
+    r = httpx.post(router.url + CHAT, json=BODY, headers=INVENTED, timeout=10)
+    assert r.status_code == 200
     sent = upstream.last
     got = {k.lower(): v for k, v in sent.headers if k.lower() in FORWARDING_NAMES}
     assert got == {k: host if v == "H" else v for k, v in expected.items()}
@@ -117,6 +118,8 @@ def test_hop_by_hop_response_headers_never_reach_the_client(
     assert "x-up-hop" not in r.headers.get("connection", "").lower()
     if stream:
         assert r.text.endswith("data: [DONE]\n\n")
+    else:
+        assert r.json() == openai_chat("m")
 
 
 @pytest.fixture(scope="module")

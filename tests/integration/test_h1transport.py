@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
@@ -573,3 +573,113 @@ def test_making_room_at_the_cap_closes_one_idle_connection_only(scripted) -> Non
         await c.aclose()
 
     asyncio.run(go())
+
+
+def _closes_the_second_request(how: str) -> Handler:
+    """Answers the first request of a connection (keep-alive), then closes the connection when
+    the next request arrives on it, without a byte of an answer: the keep-alive race (an
+    upstream that closed the idle connection as the request went out), by FIN or by reset. A
+    `partial` server sends the start of an answer first (then it is not the race)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)
+        if how == "partial":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+            await writer.drain()
+        if how == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        writer.close()
+
+    return handler
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_the_keep_alive_race_is_retried_once_on_a_new_connection(scripted, how: str) -> None:  # type: ignore[no-untyped-def]
+    s = scripted(_closes_the_second_request(how))
+
+    async def go() -> None:
+        c = client()
+        for i in range(4):  # every second request meets the race
+            resp, data = await fetch(c, req(c, s.url, body=b'{"n":%d}' % i))
+            assert (resp.status_code, data) == (200, b"{}")
+        await c.aclose()
+
+    asyncio.run(go())
+    # 4 answered; 2 of them after one closed attempt each: 2 + 2 + ... connections, never more
+    assert s.connections == 4
+
+
+@pytest.mark.parametrize("how", ["partial"])
+def test_no_retry_once_a_response_byte_arrived(scripted, how: str) -> None:  # type: ignore[no-untyped-def]
+    s = scripted(_closes_the_second_request(how))
+
+    async def go() -> None:
+        c = client()
+        await fetch(c, req(c, s.url))
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(c, req(c, s.url))
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 1  # the request was sent once
+
+
+def test_no_retry_on_a_fresh_connection_or_a_streamed_body(scripted) -> None:  # type: ignore[no-untyped-def]
+    async def closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.close()  # a new connection closed without an answer: not the race
+
+    s = scripted(closes_at_once)
+    s2 = scripted(_closes_the_second_request("fin"))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"streamed":'
+        yield b"true}"
+
+    async def go() -> None:
+        c = client()
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(c, req(c, s.url))
+        await fetch(c, req(c, s2.url))  # leaves an idle connection the server will close
+        streamed = c.build_request(
+            "POST", s2.url, content=body(), headers=[("Content-Length", "17")],
+            timeout=httpx.Timeout(5.0),
+        )  # fmt: skip
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(c, streamed)
+        await c.aclose()
+
+    asyncio.run(go())
+    assert (s.connections, s2.connections) == (1, 1)
+
+
+def test_an_announced_keep_alive_timeout_is_honoured(scripted) -> None:  # type: ignore[no-untyped-def]
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=1.5, max=100\r\n\r\n{}"
+    ref: list[Scripted] = []
+    s = scripted(repeating(answer, ref))
+    ref.append(s)
+
+    async def go() -> None:
+        c = client()
+        await fetch(c, req(c, s.url))
+        await fetch(c, req(c, s.url))  # within 0.5 s (1.5 s - the 1 s margin): reused
+        assert s.connections == 1
+        await asyncio.sleep(0.7)  # past 0.5 s: the upstream may close it any moment now
+        await fetch(c, req(c, s.url))
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 2
+
+
+def test_the_router_keeps_idle_upstream_connections_less_than_servers_do() -> None:
+    from service.proxy.upstream import KEEPALIVE_EXPIRY_SECS
+
+    # uvicorn and Node close idle connections after 5 s: ours go first
+    assert KEEPALIVE_EXPIRY_SECS < 5

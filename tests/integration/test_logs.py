@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream, sse
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, free_port, write_profile
+from tests.support import RouterFactory, RouterProcess, free_port
 
 CHAT = "/v1/chat/completions"
 CLIENT_KEY = "sk-CLIENTSENTINEL-7f3a9c"
@@ -32,39 +31,21 @@ COMPLETION_FIELDS = {
 }  # fmt: skip
 
 
-class _QuietRouter(RouterProcess):
-    """One worker at LOG_LEVEL=warning: Sanic's info line "Worker ready" is (rightly) not
-    logged, so /ready answering is the readiness signal."""
-
-    def _workers_ready(self) -> int:
-        return self.workers
-
-
-def _router(
-    tmp: pytest.TempPathFactory, name: str, profile: dict[str, Any], **env: str
-) -> RouterProcess:
-    path = write_profile(tmp.mktemp(name), profile)
-    cls = _QuietRouter if env.get("LOG_LEVEL") == "warning" else RouterProcess
-    return cls(path, env=env).start()
-
-
 @pytest.fixture(scope="module")
 def debug_router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+    fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
     """LOG_LEVEL=debug, a sentinel DEFAULT_API_KEY, and a short read timeout."""
     profile = base_profile(fake_upstream.url, timeouts={"connectSecs": 2, "readSecs": 0.5})
-    r = _router(tmp_path_factory, "dbg", profile, LOG_LEVEL="debug", DEFAULT_API_KEY=DEFAULT_KEY)
-    yield r
-    r.__exit__(None, None, None)
+    return module_router_factory(
+        profile, env={"LOG_LEVEL": "debug", "DEFAULT_API_KEY": DEFAULT_KEY}
+    )
 
 
 @pytest.fixture(scope="module")
-def closed_port_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+def closed_port_router(module_router_factory: RouterFactory) -> RouterProcess:
     profile = base_profile(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    r = _router(tmp_path_factory, "closed", profile, LOG_LEVEL="warning")
-    yield r
-    r.__exit__(None, None, None)
+    return module_router_factory(profile, env={"LOG_LEVEL": "warning"})
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +71,8 @@ def untrusted_tls_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int
 
 
 @pytest.fixture(scope="module")
-def tls_router(
-    untrusted_tls_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    profile = base_profile(f"https://127.0.0.1:{untrusted_tls_port}")
-    r = _router(tmp_path_factory, "tls", profile)
-    yield r
-    r.__exit__(None, None, None)
+def tls_router(untrusted_tls_port: int, module_router_factory: RouterFactory) -> RouterProcess:
+    return module_router_factory(base_profile(f"https://127.0.0.1:{untrusted_tls_port}"))
 
 
 def _completion(router: RouterProcess, rid: str) -> dict[str, Any]:
@@ -317,10 +293,10 @@ def test_log_level_is_respected(closed_port_router: RouterProcess) -> None:
 
 
 def test_console_format_when_log_format_is_not_json(
-    fake_upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    path = write_profile(tmp_path, base_profile(fake_upstream.url))
-    with RouterProcess(path, env={"LOG_FORMAT": "console"}) as r, httpx.Client() as c:
+    r = router_factory(base_profile(fake_upstream.url), env={"LOG_FORMAT": "console"})
+    with httpx.Client() as c:
         c.get(r.url + "/health", headers={"X-Request-ID": "console-rid"})
         rec = next(
             (ln for ln in r.output().splitlines() if "console-rid" in ln), None
@@ -346,34 +322,31 @@ def _wait_line(r: RouterProcess, needle: str) -> str:
 # -- repeated failures raise one alert line -------------------------------------------------------
 
 
-def test_repeated_upstream_failures_log_one_alert_line(
-    fake_upstream: FakeUpstream, tmp_path: Path
-) -> None:
-    path = write_profile(tmp_path, base_profile(f"http://127.0.0.1:{free_port()}"))
-    with RouterProcess(path) as r:
+def test_repeated_upstream_failures_log_one_alert_line(router_factory: RouterFactory) -> None:
+    r = router_factory(base_profile(f"http://127.0.0.1:{free_port()}"))
 
-        def alerts() -> list[dict[str, Any]]:
-            return [x for x in r.logs() if x.get("event") == "upstream_failures_repeated"]
+    def alerts() -> list[dict[str, Any]]:
+        return [x for x in r.logs() if x.get("event") == "upstream_failures_repeated"]
 
-        for i in range(4):
-            assert _chat(r, f"al-{i}").status_code == 502
-        _completion(r, "al-3")
-        assert alerts() == []  # 4 failures: not yet
-        assert _chat(r, "al-4").status_code == 502
-        _completion(r, "al-4")
-        r.wait_for_log(lambda x: x.get("event") == "upstream_failures_repeated")
-        for i in range(5, 12):
-            assert _chat(r, f"al-{i}").status_code == 502
-        _completion(r, "al-11")
-        found = alerts()
-        assert len(found) == 1  # at most once a minute
-        a = found[0]
-        assert a["level"] == "error" and a["failures"] == 5 and a["window_secs"] == 300
-        assert a["error_type"] == "connect_error" and a["route"] == CHAT
+    for i in range(4):
+        assert _chat(r, f"al-{i}").status_code == 502
+    _completion(r, "al-3")
+    assert alerts() == []  # 4 failures: not yet
+    assert _chat(r, "al-4").status_code == 502
+    _completion(r, "al-4")
+    r.wait_for_log(lambda x: x.get("event") == "upstream_failures_repeated")
+    for i in range(5, 12):
+        assert _chat(r, f"al-{i}").status_code == 502
+    _completion(r, "al-11")
+    found = alerts()
+    assert len(found) == 1  # at most once a minute
+    a = found[0]
+    assert a["level"] == "error" and a["failures"] == 5 and a["window_secs"] == 300
+    assert a["error_type"] == "connect_error" and a["route"] == CHAT
 
 
 def test_client_ip_comes_from_forwarding_headers_only_when_sanic_trusts_proxies(
-    debug_router: RouterProcess, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+    debug_router: RouterProcess, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     def chat(router: RouterProcess, rid: str) -> None:
         with httpx.Client(timeout=10) as c:
@@ -387,11 +360,7 @@ def test_client_ip_comes_from_forwarding_headers_only_when_sanic_trusts_proxies(
     rid = "rid-xff-" + uuid.uuid4().hex[:8]
     chat(debug_router, rid)
     assert _completion(debug_router, rid)["client_ip"] == "127.0.0.1"  # not trusted by default
-    profile = base_profile(upstream.url)
-    proxied = _router(tmp_path_factory, "proxied", profile, SANIC_PROXIES_COUNT="1")
-    try:
-        rid = "rid-xff-" + uuid.uuid4().hex[:8]
-        chat(proxied, rid)
-        assert _completion(proxied, rid)["client_ip"] == "198.51.100.7"  # one trusted hop
-    finally:
-        proxied.__exit__(None, None, None)
+    proxied = router_factory(base_profile(upstream.url), env={"SANIC_PROXIES_COUNT": "1"})
+    rid = "rid-xff-" + uuid.uuid4().hex[:8]
+    chat(proxied, rid)
+    assert _completion(proxied, rid)["client_ip"] == "198.51.100.7"  # one trusted hop

@@ -12,7 +12,7 @@ import pytest
 from service.__main__ import MALLOC_ENV, OPERATOR_MALLOC_VARS
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 
 def listening_sockets(port: int) -> set[str]:
@@ -43,18 +43,19 @@ def worker_environs(router: RouterProcess) -> list[dict[str, str]]:
     return out
 
 
-def start(tmp_path: Path, upstream: FakeUpstream, env: dict[str, str]) -> RouterProcess:
-    router = RouterProcess(write_profile(tmp_path, base_profile(upstream.url)), workers=2, env=env)
+def start(make: RouterFactory, upstream: FakeUpstream, env: dict[str, str]) -> RouterProcess:
+    router = make(base_profile(upstream.url), workers=2, env=env, start=False)
     for name in (*OPERATOR_MALLOC_VARS, "GLIBC_TUNABLES"):  # only what the test gives
         if name not in env:
             router.env.pop(name, None)
-    return router
+    return router.start()
 
 
-def test_workers_start_with_the_malloc_settings(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_workers_start_with_the_malloc_settings(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
     assert MALLOC_ENV == {"MALLOC_MMAP_THRESHOLD_": "131072"}
-    with start(tmp_path, upstream, {}) as router:
-        environs = worker_environs(router)
+    environs = worker_environs(start(router_factory, upstream, {}))
     assert len(environs) == 2
     for env in environs:
         assert {k: env.get(k) for k in MALLOC_ENV} == MALLOC_ENV
@@ -70,10 +71,9 @@ def test_workers_start_with_the_malloc_settings(tmp_path: Path, upstream: FakeUp
     ],
 )
 def test_an_operators_own_malloc_setting_is_kept(
-    tmp_path: Path, upstream: FakeUpstream, own: dict[str, str]
+    router_factory: RouterFactory, upstream: FakeUpstream, own: dict[str, str]
 ) -> None:
-    with start(tmp_path, upstream, own) as router:
-        environs = worker_environs(router)
+    environs = worker_environs(start(router_factory, upstream, own))
     assert len(environs) == 2
     for env in environs:
         # the operator's value as given, and none of the defaults added beside it

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from service.observability.metrics import Metrics
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream
 from tests.scrape import families, scrape, series, value
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = "/v1/chat/completions"
@@ -271,13 +270,13 @@ def test_config_reload_results_are_counted(router: RouterProcess) -> None:
 
 @pytest.fixture(scope="module")
 def three_workers(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[RouterProcess, Path]]:
-    d = tmp_path_factory.mktemp("mw")
-    mp_dir = d / "prom"
-    path = write_profile(d, base_profile(fake_upstream.url))
-    with RouterProcess(path, workers=3, env={"PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}) as r:
-        yield r, mp_dir
+    fake_upstream: FakeUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+    module_router_factory: RouterFactory,
+) -> tuple[RouterProcess, Path]:
+    mp_dir = tmp_path_factory.mktemp("mw") / "prom"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+    return module_router_factory(base_profile(fake_upstream.url), workers=3, env=env), mp_dir
 
 
 def _new_connection_get(port: int, path: str) -> bytes:
@@ -344,51 +343,52 @@ def test_active_connections_returns_to_its_base(three_workers: tuple[RouterProce
 
 
 def test_multiproc_dir_is_fresh_at_start_and_killed_workers_drop_out(
-    fake_upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, tmp_path: Path, router_factory: RouterFactory
 ) -> None:
     mp_dir = tmp_path / "prom"
-    path = write_profile(tmp_path, base_profile(fake_upstream.url))
     env = {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
-    with RouterProcess(path, workers=2, env=env) as r, httpx.Client() as c:
+    first = router_factory(base_profile(fake_upstream.url), workers=2, env=env)
+    with httpx.Client() as c:
         for _ in range(5):
-            assert _post_chat(c, r.url).status_code == 200
-        assert value(scrape(r.url), "requests_total", route=CHAT) == 5
+            assert _post_chat(c, first.url).status_code == 200
+        assert value(scrape(first.url), "requests_total", route=CHAT) == 5
+    first.stop()
     assert any(mp_dir.glob("counter_*.db"))  # the previous run's files are still there ...
 
-    with RouterProcess(path, workers=2, env=env) as r:
-        text = scrape(r.url)  # ... but a new run starts from zero
-        assert value(text, "requests_total", route=CHAT) == 0
-        pids = [int(p) for p in re.findall(r"Starting worker \[(\d+)\]", r.output())]
-        assert len(pids) == 2
-        socks = []
-        for _ in range(10):
-            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
-            socks.append(s)
-        assert value(scrape(r.url), "active_connections") == 11
-        os.kill(pids[0], signal.SIGKILL)  # no after_server_stop: its files stay behind
+    r = router_factory(first.profile_path, workers=2, env=env)
+    text = scrape(r.url)  # ... but a new run starts from zero
+    assert value(text, "requests_total", route=CHAT) == 0
+    pids = [int(p) for p in re.findall(r"Starting worker \[(\d+)\]", r.output())]
+    assert len(pids) == 2
+    socks = []
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        socks.append(s)
+    assert value(scrape(r.url), "active_connections") == 11
+    os.kill(pids[0], signal.SIGKILL)  # no after_server_stop: its files stay behind
 
-        def survivors() -> int:
-            n = 0
-            for s in socks:
-                s.setblocking(False)
-                try:
-                    if s.recv(1) == b"":
-                        continue  # closed by the kernel when its worker died
-                except BlockingIOError:
-                    pass
-                except ConnectionError:
-                    continue
-                n += 1
-            return n
-
-        _wait_for(lambda: survivors() < 10)
-        alive = survivors()
-        # the dead worker's connections no longer count; the survivor's still do
-        _wait_for(lambda: value(scrape(r.url), "active_connections") == alive + 1)
+    def survivors() -> int:
+        n = 0
         for s in socks:
-            s.close()
+            s.setblocking(False)
+            try:
+                if s.recv(1) == b"":
+                    continue  # closed by the kernel when its worker died
+            except BlockingIOError:
+                pass
+            except ConnectionError:
+                continue
+            n += 1
+        return n
+
+    _wait_for(lambda: survivors() < 10)
+    alive = survivors()
+    # the dead worker's connections no longer count; the survivor's still do
+    _wait_for(lambda: value(scrape(r.url), "active_connections") == alive + 1)
+    for s in socks:
+        s.close()
 
 
 # -- 8. METRICS.md and the dashboard match what /metrics serves -----------------------------------

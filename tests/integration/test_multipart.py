@@ -9,7 +9,6 @@ import select
 import socket
 import wave
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -18,31 +17,24 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.test_streaming import RssPeak, worker_pids
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 SMALL_LIMIT = 1024 * 1024
 BIG_LIMIT = 256 * 1024 * 1024
 
 
-def _router(fake: FakeUpstream, d: Path, limit: int) -> RouterProcess:
-    path = write_profile(d, base_profile(fake.url))
-    return RouterProcess(path, env={"API_ROUTER_MAX_BODY_BYTES": str(limit)})
-
-
 @pytest.fixture(scope="module")
-def mrouter(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    with _router(fake_upstream, tmp_path_factory.mktemp("mp-big"), BIG_LIMIT) as r:
-        yield r
+def mrouter(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
+    env = {"API_ROUTER_MAX_BODY_BYTES": str(BIG_LIMIT)}
+    return module_router_factory(base_profile(fake_upstream.url), env=env)
 
 
 @pytest.fixture(scope="module")
 def small_router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    with _router(fake_upstream, tmp_path_factory.mktemp("mp-small"), SMALL_LIMIT) as r:
-        yield r
+    fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
+    env = {"API_ROUTER_MAX_BODY_BYTES": str(SMALL_LIMIT)}
+    return module_router_factory(base_profile(fake_upstream.url), env=env)
 
 
 def wav_bytes(seconds: float = 0.2, rate: int = 16000) -> bytes:

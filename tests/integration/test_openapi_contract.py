@@ -5,8 +5,6 @@ every router error is the OpenAI shape, or the Anthropic one on /v1/messages."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -19,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import ROOT, RouterProcess, write_profile
+from tests.support import ROOT, RouterFactory
 
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
 CHECKS = [
@@ -31,10 +29,9 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def live(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> str:
     profile = base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 6000, "burst": 20})
-    with RouterProcess(write_profile(tmp_path_factory.mktemp("contract"), profile)) as r:
-        yield r.url
+    return module_router_factory(profile).url
 
 
 @schema.parametrize()

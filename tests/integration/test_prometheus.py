@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, free_port, write_profile
+from tests.support import RouterFactory, RouterProcess, free_port
 
 CHAT = "/v1/chat/completions"
 
@@ -28,12 +27,8 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def two_workers(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    path = write_profile(tmp_path_factory.mktemp("prom-router"), base_profile(fake_upstream.url))
-    with RouterProcess(path, workers=2) as r:
-        yield r
+def two_workers(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
+    return module_router_factory(base_profile(fake_upstream.url), workers=2)
 
 
 def _query(prom: str, q: str) -> float | None:
@@ -43,6 +38,7 @@ def _query(prom: str, q: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+@pytest.mark.prometheus
 def test_prometheus_scrapes_the_exact_request_count(
     two_workers: RouterProcess, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -97,6 +93,7 @@ def test_prometheus_scrapes_the_exact_request_count(
         log.close()
 
 
+@pytest.mark.prometheus
 def test_promtool_accepts_the_scrape(two_workers: RouterProcess, tmp_path: Path) -> None:
     with httpx.Client() as c:
         c.get(two_workers.url + "/nope")

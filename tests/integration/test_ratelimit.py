@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from service.ratelimit.bucket import Limit
 from service.ratelimit.shared import SharedLimiter, create_table, remove_table
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import ROOT, RouterProcess, write_profile
+from tests.support import ROOT, RouterFactory, RouterProcess, write_profile
 
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
@@ -71,12 +70,9 @@ def buckets_gauge(url: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def limited(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+def limited(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     """4 workers; profile limit burst 10, embeddings burst 2, completions unlimited; the
     environment's limit (burst 7) is overridden by the profile."""
-    d: Path = tmp_path_factory.mktemp("rl")
     profile = base_profile(
         fake_upstream.url,
         rateLimit={"requestsPerMinute": 1, "burst": 10},
@@ -86,8 +82,7 @@ def limited(
         },
     )
     env = {"RATE_LIMIT_REQUESTS_PER_MINUTE": "1", "RATE_LIMIT_BURST": "7"}
-    with RouterProcess(write_profile(d, profile), workers=4, env=env) as r:
-        yield r
+    return module_router_factory(profile, workers=4, env=env)
 
 
 def test_exact_across_four_workers(limited: RouterProcess, upstream: FakeUpstream) -> None:
@@ -239,26 +234,26 @@ def health_buckets(url: str) -> dict[str, Any]:
 
 
 def test_live_buckets_in_health_and_gauge_agree_and_fall_back(
-    fake_upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     # 10 requests a minute, burst 1: a used bucket is full again 6 s later
     profile = base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 10, "burst": 1})
-    with RouterProcess(write_profile(tmp_path, profile), workers=2) as r:
-        asyncio.run(many_keys(r.url, 40, CHAT))
-        asyncio.run(many_keys(r.url, 8, EMBEDDINGS))
-        # every worker sees the same instance-wide count (ask several times: any worker answers)
-        seen = [health_buckets(r.url) for _ in range(4)]
-        gauge = buckets_gauge(r.url)
-        assert {"activeBuckets": 48, "routes": {CHAT: 40, EMBEDDINGS: 8}} in seen
-        assert gauge == 48
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            h = health_buckets(r.url)
-            if h["activeBuckets"] == 0:
-                break
-            time.sleep(0.25)
-        assert h == {"activeBuckets": 0, "routes": {}}
-        assert buckets_gauge(r.url) == 0
+    r = router_factory(profile, workers=2)
+    asyncio.run(many_keys(r.url, 40, CHAT))
+    asyncio.run(many_keys(r.url, 8, EMBEDDINGS))
+    # every worker sees the same instance-wide count (ask several times: any worker answers)
+    seen = [health_buckets(r.url) for _ in range(4)]
+    gauge = buckets_gauge(r.url)
+    assert {"activeBuckets": 48, "routes": {CHAT: 40, EMBEDDINGS: 8}} in seen
+    assert gauge == 48
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        h = health_buckets(r.url)
+        if h["activeBuckets"] == 0:
+            break
+        time.sleep(0.25)
+    assert h == {"activeBuckets": 0, "routes": {}}
+    assert buckets_gauge(r.url) == 0
 
 
 async def many_keys(url: str, n: int, path: str) -> None:
@@ -274,35 +269,33 @@ async def many_keys(url: str, n: int, path: str) -> None:
 
 
 def test_a_reload_that_changes_the_limit_applies_to_new_decisions(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    path = write_profile(tmp_path, base_profile(fake_upstream.url))
     env = {"RATE_LIMIT_REQUESTS_PER_MINUTE": "1", "RATE_LIMIT_BURST": "3"}
-    with RouterProcess(path, workers=2, env=env) as r:
-        # no profile limit: the environment's burst 3
-        assert [post(r.url, key="sk-r1").status_code for _ in range(4)] == [200] * 3 + [429]
-        reloads = httpx.get(r.url + "/health").json()["config"]["reloads"]
-        time.sleep(1.1)  # a different mtime second for the new file
-        path.write_text(
-            json.dumps(
-                base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 1, "burst": 5})
-            )
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            # every worker must have reloaded: ask until several answers in a row say so
-            states = [httpx.get(r.url + "/health").json()["config"] for _ in range(6)]
-            if all(s["reloads"] > reloads for s in states):
-                break
-            time.sleep(0.3)
-        statuses = [post(r.url, key="sk-r2").status_code for _ in range(6)]
-        assert statuses == [200] * 5 + [429]
-        d = post(r.url, key="sk-r3")
-        assert d.headers["X-RateLimit-Limit"] == "5"
+    r = router_factory(base_profile(fake_upstream.url), workers=2, env=env)
+    path = r.profile_path
+    # no profile limit: the environment's burst 3
+    assert [post(r.url, key="sk-r1").status_code for _ in range(4)] == [200] * 3 + [429]
+    reloads = httpx.get(r.url + "/health").json()["config"]["reloads"]
+    time.sleep(1.1)  # a different mtime second for the new file
+    path.write_text(
+        json.dumps(base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 1, "burst": 5}))
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        # every worker must have reloaded: ask until several answers in a row say so
+        states = [httpx.get(r.url + "/health").json()["config"] for _ in range(6)]
+        if all(s["reloads"] > reloads for s in states):
+            break
+        time.sleep(0.3)
+    statuses = [post(r.url, key="sk-r2").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    d = post(r.url, key="sk-r3")
+    assert d.headers["X-RateLimit-Limit"] == "5"
 
 
 def test_100k_live_keys_in_a_running_router_then_none(
-    fake_upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     """100,000 live buckets in the table a running 2-worker router shares: /health and the
     `rate_limiter_buckets` gauge both report them, and both fall back to 0 once they refill.
@@ -310,30 +303,29 @@ def test_100k_live_keys_in_a_running_router_then_none(
     take minutes here.)"""
     from service.ratelimit.shared import TABLE_ENV
 
-    profile = base_profile(fake_upstream.url)
-    with RouterProcess(write_profile(tmp_path, profile), workers=2) as r:
-        assert r.proc is not None
-        children = Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children").read_text().split()
-        environ = Path(f"/proc/{children[-1]}/environ").read_bytes().split(b"\0")
-        table = next(
-            v.split(b"=", 1)[1].decode() for v in environ if v.startswith(TABLE_ENV.encode() + b"=")
-        )
-        lim = SharedLimiter(table)
-        limit = Limit.per_minute(6, 1)  # a used bucket is full again 10 s later
-        assert limit is not None
-        try:
-            for i in range(100_000):
-                assert lim.acquire_sync(f"k{i:06d}", CHAT if i % 4 else EMBEDDINGS, limit).allowed
-            want = {"activeBuckets": 100_000, "routes": {CHAT: 75_000, EMBEDDINGS: 25_000}}
-            deadline = time.monotonic() + 5  # each worker recounts at most once a second
-            while health_buckets(r.url) != want and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert health_buckets(r.url) == want
-            assert buckets_gauge(r.url) == 100_000
-            deadline = time.monotonic() + 20
-            while health_buckets(r.url)["activeBuckets"] and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert health_buckets(r.url) == {"activeBuckets": 0, "routes": {}}
-            assert buckets_gauge(r.url) == 0
-        finally:
-            asyncio.run(lim.close())
+    r = router_factory(base_profile(fake_upstream.url), workers=2)
+    assert r.proc is not None
+    children = Path(f"/proc/{r.proc.pid}/task/{r.proc.pid}/children").read_text().split()
+    environ = Path(f"/proc/{children[-1]}/environ").read_bytes().split(b"\0")
+    table = next(
+        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(TABLE_ENV.encode() + b"=")
+    )
+    lim = SharedLimiter(table)
+    limit = Limit.per_minute(6, 1)  # a used bucket is full again 10 s later
+    assert limit is not None
+    try:
+        for i in range(100_000):
+            assert lim.acquire_sync(f"k{i:06d}", CHAT if i % 4 else EMBEDDINGS, limit).allowed
+        want = {"activeBuckets": 100_000, "routes": {CHAT: 75_000, EMBEDDINGS: 25_000}}
+        deadline = time.monotonic() + 5  # each worker recounts at most once a second
+        while health_buckets(r.url) != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health_buckets(r.url) == want
+        assert buckets_gauge(r.url) == 100_000
+        deadline = time.monotonic() + 20
+        while health_buckets(r.url)["activeBuckets"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert health_buckets(r.url) == {"activeBuckets": 0, "routes": {}}
+        assert buckets_gauge(r.url) == 0
+    finally:
+        asyncio.run(lim.close())

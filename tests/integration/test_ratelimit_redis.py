@@ -7,7 +7,6 @@ import asyncio
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,7 +25,9 @@ from tests.integration.test_ratelimit import (
     post,
     sent_upstream,
 )
-from tests.support import RouterProcess, free_port, write_profile
+from tests.support import RouterFactory, RouterProcess, free_port
+
+pytestmark = pytest.mark.redis
 
 
 def limited_profile(url: str) -> dict[str, object]:
@@ -46,18 +47,12 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def pair(
-    redis_server: RedisServer,
-    fake_upstream: FakeUpstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[RouterProcess, RouterProcess]]:
+    redis_server: RedisServer, fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> tuple[RouterProcess, RouterProcess]:
     """Two router instances (2 workers each) sharing one Redis."""
-    path = write_profile(tmp_path_factory.mktemp("rl-redis"), limited_profile(fake_upstream.url))
     env = {"RATE_LIMIT_BACKEND": redis_server.url}
-    with (
-        RouterProcess(path, workers=2, env=env) as a,
-        RouterProcess(path, workers=2, env=env) as b,
-    ):
-        yield a, b
+    a = module_router_factory(limited_profile(fake_upstream.url), workers=2, env=env)
+    return a, module_router_factory(a.profile_path, workers=2, env=env)
 
 
 def metric(url: str, name: str) -> float:
@@ -145,50 +140,49 @@ def test_health_and_gauge_count_live_keys(
 
 
 def test_unreachable_redis_fails_open_logged_and_counted(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    path = write_profile(tmp_path, limited_profile(fake_upstream.url))
     nowhere = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
-    with RouterProcess(path, workers=1, env={"RATE_LIMIT_BACKEND": nowhere}) as r:
-        statuses = [post(r.url, key="sk-open").status_code for _ in range(12)]
-        assert statuses == [200] * 12  # served although no limit could be checked
-        assert sent_upstream(upstream, CHAT, "sk-open") == 12
-        assert metric(r.url, "rate_limiter_backend_errors_total") == 12
-        rec = r.wait_for_log(lambda x: x.get("event") == "rate_limiter_backend_error")
-        assert rec["backend"] == "redis"
-        assert rec["action"] == "allowed"
-        ready = httpx.get(r.url + "/ready")
-        assert ready.status_code == 200  # fail-open: still ready, and says why limits are off
-        assert ready.json()["rateLimiter"] == "down"
-        assert "hunter2-password" not in r.output()
+    profile = limited_profile(fake_upstream.url)
+    r = router_factory(profile, workers=1, env={"RATE_LIMIT_BACKEND": nowhere})
+    statuses = [post(r.url, key="sk-open").status_code for _ in range(12)]
+    assert statuses == [200] * 12  # served although no limit could be checked
+    assert sent_upstream(upstream, CHAT, "sk-open") == 12
+    assert metric(r.url, "rate_limiter_backend_errors_total") == 12
+    rec = r.wait_for_log(lambda x: x.get("event") == "rate_limiter_backend_error")
+    assert rec["backend"] == "redis"
+    assert rec["action"] == "allowed"
+    ready = httpx.get(r.url + "/ready")
+    assert ready.status_code == 200  # fail-open: still ready, and says why limits are off
+    assert ready.json()["rateLimiter"] == "down"
+    assert "hunter2-password" not in r.output()
 
 
 def test_fail_closed_refuses_and_ready_follows_redis(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    path = write_profile(tmp_path, limited_profile(fake_upstream.url))
     server = RedisServer().start()
     try:
         env = {"RATE_LIMIT_BACKEND": server.url, "RATE_LIMIT_FAIL_CLOSED": "true"}
-        with RouterProcess(path, workers=1, env=env) as r:
-            assert post(r.url, key="sk-closed").status_code == 200
-            server.stop()
-            resp = post(r.url, key="sk-closed")
-            assert resp.status_code == 503
-            assert resp.json()["error"]["code"] == "service_unavailable"
-            assert sent_upstream(upstream, CHAT, "sk-closed") == 1
-            ready = httpx.get(r.url + "/ready")
-            assert ready.status_code == 503
-            assert ready.json()["rateLimiter"] == "down"
-            assert metric(r.url, "rate_limiter_backend_errors_total") >= 1
-            server = RedisServer(port=server.port).start()  # Redis is back
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if httpx.get(r.url + "/ready").status_code == 200:
-                    break
-                time.sleep(0.2)
-            assert httpx.get(r.url + "/ready").json()["rateLimiter"] == "ok"
-            # a fresh Redis has a fresh bucket: limits apply again
-            assert post(r.url, key="sk-closed").status_code == 200
+        r = router_factory(limited_profile(fake_upstream.url), workers=1, env=env)
+        assert post(r.url, key="sk-closed").status_code == 200
+        server.stop()
+        resp = post(r.url, key="sk-closed")
+        assert resp.status_code == 503
+        assert resp.json()["error"]["code"] == "service_unavailable"
+        assert sent_upstream(upstream, CHAT, "sk-closed") == 1
+        ready = httpx.get(r.url + "/ready")
+        assert ready.status_code == 503
+        assert ready.json()["rateLimiter"] == "down"
+        assert metric(r.url, "rate_limiter_backend_errors_total") >= 1
+        server = RedisServer(port=server.port).start()  # Redis is back
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if httpx.get(r.url + "/ready").status_code == 200:
+                break
+            time.sleep(0.2)
+        assert httpx.get(r.url + "/ready").json()["rateLimiter"] == "ok"
+        # a fresh Redis has a fresh bucket: limits apply again
+        assert post(r.url, key="sk-closed").status_code == 200
     finally:
         server.stop()

@@ -11,7 +11,7 @@ import httpx
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 
 def _wait(predicate, timeout: float = 6.0) -> None:  # type: ignore[no-untyped-def]
@@ -31,58 +31,60 @@ def _rewrite(path: Path, data: object) -> None:
     os.replace(tmp, path)  # what editors and ConfigMap updates do: an atomic rename
 
 
-def test_good_edit_applied_broken_edit_ignored(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_good_edit_applied_broken_edit_ignored(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
     profile = base_profile(upstream.url)
-    path = write_profile(tmp_path, profile)
-    with RouterProcess(path, workers=2) as r:
-        body = {"model": "gpt-4", "messages": []}
+    r = router_factory(profile, workers=2)
+    path = r.profile_path
+    body = {"model": "gpt-4", "messages": []}
+    httpx.post(r.url + "/v1/chat/completions", json=body)
+    assert upstream.last.json()["model"] == "up-model-4"
+
+    # a good edit: new mapping, new name
+    profile["modelMapping"] = {"gpt-4": "reloaded-model"}
+    profile["name"] = "renamed"
+    _rewrite(path, profile)
+    _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "renamed")
+    # every worker has it: several requests on fresh connections
+    for _ in range(6):
         httpx.post(r.url + "/v1/chat/completions", json=body)
-        assert upstream.last.json()["model"] == "up-model-4"
+        assert upstream.last.json()["model"] == "reloaded-model"
 
-        # a good edit: new mapping, new name
-        profile["modelMapping"] = {"gpt-4": "reloaded-model"}
-        profile["name"] = "renamed"
-        _rewrite(path, profile)
-        _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "renamed")
-        # every worker has it: several requests on fresh connections
-        for _ in range(6):
-            httpx.post(r.url + "/v1/chat/completions", json=body)
-            assert upstream.last.json()["model"] == "reloaded-model"
+    # a broken edit: invalid value; the last good config stays
+    _rewrite(path, {**profile, "rateLimit": {"requestsPerMinute": -5}})
+    _wait(lambda: httpx.get(r.url + "/health").json()["config"]["lastError"] is not None)
+    state = httpx.get(r.url + "/health").json()["config"]
+    assert state["status"] == "error"
+    assert "$.rateLimit.requestsPerMinute" in state["lastError"]
+    assert state["reloadFailures"] >= 1
+    for _ in range(4):
+        resp = httpx.post(r.url + "/v1/chat/completions", json=body)
+        assert resp.status_code == 200
+        assert upstream.last.json()["model"] == "reloaded-model"
+    r.wait_for_log(lambda x: x.get("event") == "config_reload_failed")
+    metrics = httpx.get(r.url + "/metrics").text
+    # one broken edit, seen by each of the 2 workers
+    assert "\nconfig_reload_failures_total 2.0\n" in metrics
 
-        # a broken edit: invalid value; the last good config stays
-        _rewrite(path, {**profile, "rateLimit": {"requestsPerMinute": -5}})
-        _wait(lambda: httpx.get(r.url + "/health").json()["config"]["lastError"] is not None)
-        state = httpx.get(r.url + "/health").json()["config"]
-        assert state["status"] == "error"
-        assert "$.rateLimit.requestsPerMinute" in state["lastError"]
-        assert state["reloadFailures"] >= 1
-        for _ in range(4):
-            resp = httpx.post(r.url + "/v1/chat/completions", json=body)
-            assert resp.status_code == 200
-            assert upstream.last.json()["model"] == "reloaded-model"
-        r.wait_for_log(lambda x: x.get("event") == "config_reload_failed")
-        metrics = httpx.get(r.url + "/metrics").text
-        # one broken edit, seen by each of the 2 workers
-        assert "\nconfig_reload_failures_total 2.0\n" in metrics
+    # invalid JSON too
+    _rewrite(path, "{ not json")
+    _wait(
+        lambda: "invalid JSON" in (httpx.get(r.url + "/health").json()["config"]["lastError"] or "")
+    )
+    assert httpx.post(r.url + "/v1/chat/completions", json=body).status_code == 200
 
-        # invalid JSON too
-        _rewrite(path, "{ not json")
-        _wait(
-            lambda: (
-                "invalid JSON" in (httpx.get(r.url + "/health").json()["config"]["lastError"] or "")
-            )
-        )
-        assert httpx.post(r.url + "/v1/chat/completions", json=body).status_code == 200
-
-        # fixing the file clears the error
-        profile["modelMapping"] = {"gpt-4": "fixed-model"}
-        _rewrite(path, profile)
-        _wait(lambda: httpx.get(r.url + "/health").json()["config"]["status"] == "ok")
-        httpx.post(r.url + "/v1/chat/completions", json=body)
-        assert upstream.last.json()["model"] == "fixed-model"
+    # fixing the file clears the error
+    profile["modelMapping"] = {"gpt-4": "fixed-model"}
+    _rewrite(path, profile)
+    _wait(lambda: httpx.get(r.url + "/health").json()["config"]["status"] == "ok")
+    httpx.post(r.url + "/v1/chat/completions", json=body)
+    assert upstream.last.json()["model"] == "fixed-model"
 
 
-def test_configmap_style_symlink_swap_is_picked_up(tmp_path: Path, upstream: FakeUpstream) -> None:
+def test_configmap_style_symlink_swap_is_picked_up(
+    tmp_path: Path, upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
     """Kubernetes mounts a ConfigMap as `name -> ..data/name`, `..data -> ..<timestamp>/` and
     updates it by swapping the `..data` link: the router must follow the path, not the file it
     pointed at when it started."""
@@ -98,15 +100,15 @@ def test_configmap_style_symlink_swap_is_picked_up(tmp_path: Path, upstream: Fak
 
     version("v1", profile)
     (tmp_path / "profile.json").symlink_to("..data/profile.json")
-    with RouterProcess(tmp_path / "profile.json") as r:
-        body = {"model": "gpt-4", "messages": []}
-        httpx.post(r.url + "/v1/chat/completions", json=body)
-        assert upstream.last.json()["model"] == "up-model-4"
-        version("v2", {**profile, "name": "swapped", "modelMapping": {"gpt-4": "from-v2"}})
-        _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "swapped")
-        httpx.post(r.url + "/v1/chat/completions", json=body)
-        assert upstream.last.json()["model"] == "from-v2"
-        assert httpx.get(r.url + "/health").json()["config"]["status"] == "ok"
+    r = router_factory(tmp_path / "profile.json")
+    body = {"model": "gpt-4", "messages": []}
+    httpx.post(r.url + "/v1/chat/completions", json=body)
+    assert upstream.last.json()["model"] == "up-model-4"
+    version("v2", {**profile, "name": "swapped", "modelMapping": {"gpt-4": "from-v2"}})
+    _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "swapped")
+    httpx.post(r.url + "/v1/chat/completions", json=body)
+    assert upstream.last.json()["model"] == "from-v2"
+    assert httpx.get(r.url + "/health").json()["config"]["status"] == "ok"
 
 
 def test_health_reports_when_the_config_was_loaded(router: RouterProcess) -> None:

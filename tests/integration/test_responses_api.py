@@ -7,7 +7,6 @@ router's own estimate (never an inference call), with its own rate-limit bucket.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply, openai_response_stream
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 RESPONSES = "/v1/responses"
 COUNT = "/v1/messages/count_tokens"
@@ -29,16 +28,15 @@ TRANSLATED = {
 
 @pytest.fixture(scope="module")
 def translated_router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+    fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
     """A profile whose upstream speaks only Chat Completions (like the shipped qwen)."""
     profile = base_profile(
         fake_upstream.url,
         endpoints=TRANSLATED,
         rateLimit={"requestsPerMinute": 1, "burst": 1},
     )
-    with RouterProcess(write_profile(tmp_path_factory.mktemp("tr"), profile)) as r:
-        yield r
+    return module_router_factory(profile)
 
 
 def test_responses_json_is_relayed_with_usage_counted(
@@ -180,11 +178,10 @@ def test_invalid_json_to_count_tokens_is_400(translated_router: RouterProcess) -
 
 @pytest.fixture(scope="module")
 def beating_router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+    fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
     profile = base_profile(fake_upstream.url, streamConfig={"heartbeatIntervalSecs": 0.2})
-    with RouterProcess(write_profile(tmp_path_factory.mktemp("beat"), profile)) as r:
-        yield r
+    return module_router_factory(profile)
 
 
 def test_responses_heartbeat_is_an_event_clients_count_and_ignore(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,9 @@ import anthropic
 import openai
 import pytest
 
-from service.config.loader import SHIPPED_DIR
 from tests.fakes.agent_upstream import PREAMBLE, REASONING, AgentScript
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess, shipped_profile
 
 
 def _openai(router: RouterProcess, key: str = "sk-client-key") -> openai.OpenAI:
@@ -128,27 +125,15 @@ UPSTREAM_MODEL = {"qwen": "qwen3-coder-max", "anthropic": "claude-sonnet-4-5", "
 STREAMING = [pytest.param(False, id="json"), pytest.param(True, id="stream")]
 
 
-def _shipped(name: str, url: str, tmp: Path) -> RouterProcess:
-    """The router for shipped profile `name`, its baseUrl pointed at `url` (not started)."""
-    profile = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
-    profile.pop("$schema", None)
-    profile["baseUrl"] = url
-    profile["timeouts"] = {"connectSecs": 2, "readSecs": 10}
-    return RouterProcess(write_profile(tmp, profile, name))
-
-
 @pytest.fixture(scope="module")
 def shipped(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, RouterProcess]]:
+    fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> dict[str, RouterProcess]:
     """One running router per shipped profile the pairs need: qwen (Chat), anthropic, openai."""
-    with contextlib.ExitStack() as stack:
-        yield {
-            name: stack.enter_context(
-                _shipped(name, fake_upstream.url, tmp_path_factory.mktemp(name))
-            )
-            for name in UPSTREAM_PATH
-        }
+    return {
+        name: module_router_factory(shipped_profile(name, fake_upstream.url), name=name)
+        for name in UPSTREAM_PATH
+    }
 
 
 def _script(tmp_path: Path) -> AgentScript:

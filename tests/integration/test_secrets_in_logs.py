@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,9 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.redis_server import RedisServer
 from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream, sse
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
+
+pytestmark = pytest.mark.redis  # the shared limiter's Redis URL carries a password
 
 CHAT = "/v1/chat/completions"
 CLIENT_QUERY = "SENTclientquery7d1"
@@ -77,11 +78,10 @@ def test_no_secret_in_any_debug_log_line(
     transport: str,
     fake_upstream: FakeUpstream,
     redis_with_password: RedisServer,
-    tmp_path: Path,
+    router_factory: RouterFactory,
 ) -> None:
     upstream = fake_upstream
     upstream.reset()
-    path = write_profile(tmp_path, _profile(upstream.url, PROFILE_HEADER))
     env = {
         "LOG_LEVEL": "debug",
         "DEFAULT_API_KEY": DEFAULT_KEY,
@@ -92,7 +92,9 @@ def test_no_secret_in_any_debug_log_line(
     bearer = {"Authorization": f"Bearer {BEARER}"}
     xkey = {"x-api-key": X_API_KEY, "anthropic-version": "2023-06-01"}
     query = f"?key={CLIENT_QUERY}&access_token={CLIENT_QUERY_2}&safe=1"
-    with RouterProcess(path, env=env) as router, httpx.Client(base_url=router.url) as c:
+    router = router_factory(_profile(upstream.url, PROFILE_HEADER), env=env)
+    path = router.profile_path
+    with httpx.Client(base_url=router.url) as c:
         stream_body = {"model": "s", "stream": True}
         calls: list[tuple[Reply | None, Any]] = [
             (None, lambda: c.post(CHAT + query, json={"model": "gpt-4"}, headers=bearer)),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.sentry_ingest import FakeSentry
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory
 
 CLIENT_KEY = "sk-SENTRYCLIENT-91ab77"
 DEFAULT_KEY = "sk-SENTRYDEFAULT-5c2d10"
@@ -36,11 +35,11 @@ def _wait_events(fake: FakeSentry, n: int, timeout: float = 10.0) -> list[dict[s
 
 
 def test_upstream_failure_reaches_sentry_with_request_id_and_route_and_no_credential(
-    sentry: FakeSentry, upstream: FakeUpstream, tmp_path: Path
+    sentry: FakeSentry, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    path = write_profile(tmp_path, base_profile(upstream.url))
     env = {"SENTRY_DSN": sentry.dsn(), "DEFAULT_API_KEY": DEFAULT_KEY}
-    with RouterProcess(path, env=env) as r, httpx.Client(timeout=10) as c:
+    r = router_factory(base_profile(upstream.url), env=env)
+    with httpx.Client(timeout=10) as c:
         ok = c.post(r.url + "/v1/chat/completions", json={"model": "gpt-4"})
         assert ok.status_code == 200
         upstream.reply_with(Reply(action="reset"))
@@ -55,6 +54,7 @@ def test_upstream_failure_reaches_sentry_with_request_id_and_route_and_no_creden
             r.url + "/v1/messages", json={"model": "c"}, headers={"X-Request-ID": "sentry-rid-2"}
         )
         events = _wait_events(sentry, 2)
+    r.stop()  # the SDK flushes at shutdown: whatever it held back has arrived by now
     assert len(events) == 2  # the good request sent nothing
     tags = [e["tags"] for e in events]
     by_rid = {t["request_id"]: t for t in tags}

@@ -7,6 +7,7 @@ arrives while it drains, closes idle keep-alive connections at once, lets stream
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -19,7 +20,7 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import RouterProcess, StreamReader, slow_stream, write_profile
+from tests.support import RouterFactory, RouterProcess, StreamReader, slow_stream
 
 
 def http_get(sock: socket.socket, path: str) -> bytes:
@@ -79,148 +80,140 @@ def fake(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
     )
 
 
-def profile(tmp_path: Path, upstream: FakeUpstream) -> Path:
-    return write_profile(tmp_path, base_profile(upstream.url, timeouts={"readSecs": 30}))
+def profile(upstream: FakeUpstream) -> dict[str, Any]:
+    return base_profile(upstream.url, timeouts={"readSecs": 30})
 
 
-def test_sigterm_drains_in_flight_stream_and_exits_zero(fake: FakeUpstream, tmp_path: Path) -> None:
+def test_sigterm_drains_in_flight_stream_and_exits_zero(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
     # 12 pieces, 0.4 s apart: the stream is still running well after the signal.
     fake.reply_with(slow_stream(12, 0.4))
-    router = RouterProcess(profile(tmp_path, fake), workers=1).start()
-    try:
-        idle = socket.create_connection(("127.0.0.1", router.port), timeout=10)
-        assert b" 200 " in http_get(idle, "/health").split(b"\r\n")[0]
-        # A request whose head is still arriving when the signal comes: it is served while
-        # the router drains, so it shows what /ready answers then.
-        late = socket.create_connection(("127.0.0.1", router.port), timeout=10)
-        late.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\n")
+    router = router_factory(profile(fake), workers=1)
+    idle = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    assert b" 200 " in http_get(idle, "/health").split(b"\r\n")[0]
+    # A request whose head is still arriving when the signal comes: it is served while
+    # the router drains, so it shows what /ready answers then.
+    late = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    late.sendall(b"GET /ready HTTP/1.1\r\nHost: t\r\n")
 
-        stream = StreamReader(router.url)
-        stream.start()
-        assert stream.first.wait(10) and stream.error is None, stream.error
+    stream = StreamReader(router.url)
+    stream.start()
+    assert stream.first.wait(10) and stream.error is None, stream.error
 
-        assert router.proc is not None
-        router.proc.send_signal(signal.SIGTERM)
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGTERM)
 
-        # Stops accepting new connections while the stream is still in flight.
-        wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
-        assert stream.is_alive(), "the stream ended before the listener closed"
-        # The idle keep-alive connection is closed by the router (EOF), not left to time out.
-        idle.settimeout(5)
-        assert idle.recv(1024) == b""
-        # /ready answers 503 (draining) and the connection is then closed.
-        late.sendall(b"\r\n")
-        late.settimeout(5)
-        head = read_response(late)
-        assert head.startswith(b"HTTP/1.1 503"), head
-        assert b"draining" in head
-        assert b"connection: close" in head.lower()
-        assert stream.is_alive(), "the stream ended before the drain was observed"
+    # Stops accepting new connections while the stream is still in flight.
+    wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
+    assert stream.is_alive(), "the stream ended before the listener closed"
+    # The idle keep-alive connection is closed by the router (EOF), not left to time out.
+    idle.settimeout(5)
+    assert idle.recv(1024) == b""
+    # /ready answers 503 (draining) and the connection is then closed.
+    late.sendall(b"\r\n")
+    late.settimeout(5)
+    head = read_response(late)
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert b"draining" in head
+    assert b"connection: close" in head.lower()
+    assert stream.is_alive(), "the stream ended before the drain was observed"
 
-        stream.join(20)
-        assert not stream.is_alive()
-        assert stream.error is None, stream.error
-        assert stream.lines[-1] == "[DONE]"
-        assert stream.content() == "".join(f"p{i} " for i in range(12))
-        assert router.proc.wait(20) == 0, router.output()[-3000:]
-        idle.close()
-        late.close()
-    finally:
-        router.stop()
+    stream.join(20)
+    assert not stream.is_alive()
+    assert stream.error is None, stream.error
+    assert stream.lines[-1] == "[DONE]"
+    assert stream.content() == "".join(f"p{i} " for i in range(12))
+    assert router.proc.wait(20) == 0, router.output()[-3000:]
+    idle.close()
+    late.close()
 
 
 def test_keep_alive_connection_of_a_drained_stream_is_closed(
-    fake: FakeUpstream, tmp_path: Path
+    fake: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     """A client whose stream started before the signal gets its whole stream, then the router
     closes that connection instead of keeping it alive until the drain time runs out."""
     fake.reply_with(slow_stream(4, 0.4))
-    env = {"API_ROUTER_DRAIN_SECS": "60"}
-    router = RouterProcess(profile(tmp_path, fake), env=env).start()
-    try:
-        body = json.dumps(
-            {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        ).encode()
-        sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        data = sock.recv(65536)
-        assert data.startswith(b"HTTP/1.1 200"), data
-        assert router.proc is not None
-        router.proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
-        while not data.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            assert chunk, "connection closed before the stream ended"
-            data += chunk
-        assert b"data: [DONE]" in data
-        # Then EOF: the drained connection is closed, and the process exits well before the
-        # 60 s drain time would have let a kept-alive connection linger.
-        sock.settimeout(10)
-        assert sock.recv(1024) == b""
-        assert router.proc.wait(10) == 0, router.output()[-3000:]
-        sock.close()
-    finally:
-        router.stop()
+    router = router_factory(profile(fake), env={"API_ROUTER_DRAIN_SECS": "60"})
+    body = json.dumps(
+        {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200"), data
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: refuses_connections(router.port), 5, "the listener to close")
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before the stream ended"
+        data += chunk
+    assert b"data: [DONE]" in data
+    # Then EOF: the drained connection is closed, and the process exits well before the
+    # 60 s drain time would have let a kept-alive connection linger.
+    sock.settimeout(10)
+    assert sock.recv(1024) == b""
+    assert router.proc.wait(10) == 0, router.output()[-3000:]
+    sock.close()
 
 
 @pytest.mark.parametrize("drain_secs", ["1"])
 def test_drain_time_bounds_a_stream_that_does_not_end(
-    fake: FakeUpstream, tmp_path: Path, drain_secs: str
+    fake: FakeUpstream, router_factory: RouterFactory, drain_secs: str
 ) -> None:
     # 60 pieces 0.5 s apart would take 30 s; the drain time of 1 s cuts it.
     fake.reply_with(slow_stream(60, 0.5))
-    env = {"API_ROUTER_DRAIN_SECS": drain_secs}
-    router = RouterProcess(profile(tmp_path, fake), env=env).start()
-    try:
-        stream = StreamReader(router.url)
-        stream.start()
-        assert stream.first.wait(10) and stream.error is None, stream.error
-        assert router.proc is not None
-        router.proc.send_signal(signal.SIGTERM)
-        assert router.proc.wait(15) == 0, router.output()[-3000:]
-        stream.join(5)
-        assert not stream.is_alive()
-        assert "[DONE]" not in stream.lines  # cut by the drain time, not completed
-    finally:
-        router.stop()
+    router = router_factory(profile(fake), env={"API_ROUTER_DRAIN_SECS": drain_secs})
+    stream = StreamReader(router.url)
+    stream.start()
+    assert stream.first.wait(10) and stream.error is None, stream.error
+    assert router.proc is not None
+    router.proc.send_signal(signal.SIGTERM)
+    assert router.proc.wait(15) == 0, router.output()[-3000:]
+    stream.join(5)
+    assert not stream.is_alive()
+    assert "[DONE]" not in stream.lines  # cut by the drain time, not completed
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9])
+SLOW_WORKER_START = Path(__file__).resolve().parents[1] / "fakes" / "slow_worker_start"
+
+
+def worker_pids(router: RouterProcess) -> list[int]:
+    """The router's Sanic worker processes: its children spawned with SANIC_WORKER_NAME."""
+    assert router.proc is not None
+    pid = router.proc.pid
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"\0SANIC_WORKER_NAME=" in b"\0" + Path(f"/proc/{child}/environ").read_bytes():
+                found.append(int(child))
+    return found
+
+
 def test_sigterm_while_workers_start_ends_the_process(
-    fake: FakeUpstream, tmp_path: Path, delay: float
+    fake: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    """A pod stopped while it starts: SIGTERM before the workers have acknowledged start-up.
-    Stock Sanic's manager then spins at full CPU until SIGKILL; the router stops instead."""
-    import subprocess
-    import sys
-
-    r = RouterProcess(profile(tmp_path, fake), workers=2)
-    cmd = [
-        sys.executable,
-        "-m",
-        "service",
-        "--config",
-        str(r.profile_path),
-        "--host",
-        "127.0.0.1",
-        "--workers",
-        "2",
-        str(r.port),
-    ]
-    log = (tmp_path / "out.log").open("wb")
-    proc = subprocess.Popen(
-        cmd, env=r.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    """A pod stopped while it starts: SIGTERM once the workers are spawned, before they have
+    acknowledged start-up (each is held at interpreter start by tests/fakes/slow_worker_start).
+    Stock Sanic's manager then spins at full CPU until SIGKILL; the router stops, and exits 0
+    like any other stop."""
+    env = {"PYTHONPATH": str(SLOW_WORKER_START), "WORKER_START_DELAY_SECS": "60"}
+    router = router_factory(profile(fake), workers=2, env=env, start=False).spawn()
+    assert router.proc is not None
+    wait_until(
+        lambda: len(worker_pids(router)) == 2 or router.proc.poll() is not None,
+        20,
+        "both workers to be spawned",
     )
-    try:
-        time.sleep(delay)  # the workers are being spawned: none has acknowledged yet
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)  # stock Sanic: TimeoutExpired here
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        r.__exit__(None, None, None)  # only its port, env and log file were used
+    time.sleep(0.5)  # the manager records them, then waits for their acknowledgement
+    # Still starting: neither crashed nor up (else this is not the case under test).
+    assert router.proc.poll() is None, router.output()[-3000:]
+    assert "Worker ready" not in router.output()
+    router.proc.send_signal(signal.SIGTERM)
+    assert router.proc.wait(20) == 0, router.output()[-3000:]  # stock Sanic: TimeoutExpired
+    assert "Experienced exception while trying to serve" not in router.output()

@@ -7,15 +7,13 @@ from __future__ import annotations
 import select
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.rawhttp import closed_by_peer, connect, read_response
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 # Every gap between two bytes is shorter than any silence timeout, so only a total deadline
 # can end these clients.
@@ -24,17 +22,13 @@ MAX_DRIP = 40  # pieces; a drip that is never cut stops after GAP * MAX_DRIP sec
 
 
 @pytest.fixture(scope="module")
-def slow_router(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
-    d: Path = tmp_path_factory.mktemp("slow")
+def slow_router(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     env = {
         "API_ROUTER_HEADER_TIMEOUT_SECS": "1.5",
         "API_ROUTER_BODY_TIMEOUT_SECS": "2",
         "API_ROUTER_KEEP_ALIVE_SECS": "1",
     }
-    with RouterProcess(write_profile(d, base_profile(fake_upstream.url)), env=env) as r:
-        yield r
+    return module_router_factory(base_profile(fake_upstream.url), env=env)
 
 
 def drip(sock: socket.socket, pieces: list[bytes]) -> int:
@@ -131,31 +125,33 @@ def test_a_connection_that_never_sends_is_closed(slow_router: RouterProcess) -> 
         assert closed_by_peer(s, 10)
 
 
-def test_connections_per_worker_are_capped(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_connections_per_worker_are_capped(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
     env = {"API_ROUTER_MAX_CONNECTIONS": "3", "API_ROUTER_KEEP_ALIVE_SECS": "30"}
-    with RouterProcess(write_profile(tmp_path, base_profile(fake_upstream.url)), env=env) as r:
-        held = [connect(r.port) for _ in range(3)]
-        try:
-            for s in held:  # each is served and stays open (keep-alive)
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                resp = read_response(s)
-                assert resp is not None and resp.status == 200
-            with connect(r.port) as extra:
-                resp = read_response(extra)  # answered before it sent anything
-                assert resp is not None and resp.status == 503, resp
-                assert resp.json()["error"]["message"] == "Too many open connections"
-                assert closed_by_peer(extra, 5)
-            held.pop().close()
-            # the slot is free again once the router has seen the close
-            deadline = time.monotonic() + 10
-            while True:
-                with connect(r.port) as again:
-                    again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                    resp = read_response(again)
-                if resp is not None and resp.status == 200:
-                    break
-                assert time.monotonic() < deadline, "the freed slot was never reused"
-                time.sleep(0.1)
-        finally:
-            for s in held:
-                s.close()
+    r = router_factory(base_profile(fake_upstream.url), env=env)
+    held = [connect(r.port) for _ in range(3)]
+    try:
+        for s in held:  # each is served and stays open (keep-alive)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            resp = read_response(s)
+            assert resp is not None and resp.status == 200
+        with connect(r.port) as extra:
+            resp = read_response(extra)  # answered before it sent anything
+            assert resp is not None and resp.status == 503, resp
+            assert resp.json()["error"]["message"] == "Too many open connections"
+            assert closed_by_peer(extra, 5)
+        held.pop().close()
+        # the slot is free again once the router has seen the close
+        deadline = time.monotonic() + 10
+        while True:
+            with connect(r.port) as again:
+                again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                resp = read_response(again)
+            if resp is not None and resp.status == 200:
+                break
+            assert time.monotonic() < deadline, "the freed slot was never reused"
+            time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()

@@ -17,7 +17,7 @@ import httpx
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_chat_stream
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 SOAK_SECS = 45.0
 THREADS = 4
@@ -102,69 +102,71 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
     return out
 
 
-def test_soak(fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path) -> None:
+def test_soak(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
     upstream.reply_with(upstream_reply)
     profile = base_profile(
         upstream.url,
         endpoints={"/v1/embeddings": {"rateLimit": {"requestsPerMinute": 60, "burst": 3}}},
     )
-    with RouterProcess(write_profile(tmp_path, profile)) as r:
-        with httpx.Client(timeout=30) as c:  # warm up: pools, imports, first allocations
-            for kind in KINDS * 3:
-                one(c, r.url, kind)
-        time.sleep(1)
-        pid = worker_pid(r)
-        base_fds, base_rss = fds(pid), rss_kib(pid)
-        before = scrape(r.url)
+    r = router_factory(profile)
+    with httpx.Client(timeout=30) as c:  # warm up: pools, imports, first allocations
+        for kind in KINDS * 3:
+            one(c, r.url, kind)
+    time.sleep(1)
+    pid = worker_pid(r)
+    base_fds, base_rss = fds(pid), rss_kib(pid)
+    before = scrape(r.url)
 
-        sent: Counter[tuple[str, int]] = Counter()
-        problems: list[str] = []
-        lock = threading.Lock()
-        stop_at = time.monotonic() + SOAK_SECS
+    sent: Counter[tuple[str, int]] = Counter()
+    problems: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + SOAK_SECS
 
-        def run(seed: int) -> None:
-            rnd = random.Random(seed)
-            with httpx.Client(timeout=30) as c:
-                while time.monotonic() < stop_at:
-                    kind = rnd.choice(KINDS)
-                    try:
-                        status = one(c, r.url, kind)
-                    except httpx.HTTPError as e:
-                        status = -1
-                        with lock:
-                            problems.append(f"{kind}: {e!r}")
+    def run(seed: int) -> None:
+        rnd = random.Random(seed)
+        with httpx.Client(timeout=30) as c:
+            while time.monotonic() < stop_at:
+                kind = rnd.choice(KINDS)
+                try:
+                    status = one(c, r.url, kind)
+                except httpx.HTTPError as e:
+                    status = -1
                     with lock:
-                        sent[(kind, status)] += 1
-                        if status not in EXPECTED[kind]:
-                            problems.append(f"{kind}: {status}")
+                        problems.append(f"{kind}: {e!r}")
+                with lock:
+                    sent[(kind, status)] += 1
+                    if status not in EXPECTED[kind]:
+                        problems.append(f"{kind}: {status}")
 
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(SOAK_SECS + 60)
-        assert not problems, problems[:20]
-        assert sent[("greedy", 429)] > 0 and sent[("upstream_reset", 502)] > 0
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(SOAK_SECS + 60)
+    assert not problems, problems[:20]
+    assert sent[("greedy", 429)] > 0 and sent[("upstream_reset", 502)] > 0
 
-        # Back to baseline once the clients are gone (closing connections takes a moment).
-        deadline = time.monotonic() + 15
-        while fds(pid) > base_fds + 4 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert fds(pid) <= base_fds + 4, (base_fds, fds(pid))
-        assert rss_kib(pid) <= base_rss * 1.25 + 8 * 1024, (base_rss, rss_kib(pid))
+    # Back to baseline once the clients are gone (closing connections takes a moment).
+    deadline = time.monotonic() + 15
+    while fds(pid) > base_fds + 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert fds(pid) <= base_fds + 4, (base_fds, fds(pid))
+    assert rss_kib(pid) <= base_rss * 1.25 + 8 * 1024, (base_rss, rss_kib(pid))
 
-        # Metrics: exactly what was sent, by route and status (a client that left mid-stream is
-        # 499, or 200 when the router had already sent everything).
-        after = scrape(r.url)
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        chat, emb = "/v1/chat/completions", "/v1/embeddings"
-        n = Counter({k: v for k, v in sent.items()})
-        assert delta.get((emb, "429"), 0) == n[("greedy", 429)]
-        assert delta.get((emb, "200"), 0) == n[("greedy", 200)]
-        assert delta.get((chat, "503"), 0) == n[("upstream_503", 503)]
-        assert delta.get((chat, "502"), 0) == n[("upstream_reset", 502)]
-        left = n[("leave", 200)]
-        whole = n[("json", 200)] + n[("stream", 200)]
-        assert delta.get((chat, "200"), 0) + delta.get((chat, "499"), 0) == whole + left
-        assert delta.get((chat, "499"), 0) > 0
-        assert not [x for x in r.logs() if x.get("event") == "router_error"]
+    # Metrics: exactly what was sent, by route and status (a client that left mid-stream is
+    # 499, or 200 when the router had already sent everything).
+    after = scrape(r.url)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    chat, emb = "/v1/chat/completions", "/v1/embeddings"
+    n = Counter({k: v for k, v in sent.items()})
+    assert delta.get((emb, "429"), 0) == n[("greedy", 429)]
+    assert delta.get((emb, "200"), 0) == n[("greedy", 200)]
+    assert delta.get((chat, "503"), 0) == n[("upstream_503", 503)]
+    assert delta.get((chat, "502"), 0) == n[("upstream_reset", 502)]
+    left = n[("leave", 200)]
+    whole = n[("json", 200)] + n[("stream", 200)]
+    assert delta.get((chat, "200"), 0) + delta.get((chat, "499"), 0) == whole + left
+    assert delta.get((chat, "499"), 0) > 0
+    assert not [x for x in r.logs() if x.get("event") == "router_error"]

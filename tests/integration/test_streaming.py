@@ -23,7 +23,7 @@ from service.proxy.events import HEARTBEAT, EventFramer
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Recorded, Reply, anthropic_stream, openai_chat_stream
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 HB = 0.3  # the profile's heartbeatIntervalSecs
 HB_COMPLETIONS = 0.6  # the /v1/completions endpoint's own, merged over the profile's
@@ -47,11 +47,12 @@ def srouter(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RouterProcess]:
     """Every streaming test runs on each upstream transport: the default `h1` is read through
-    its body's `receive` (no task per read), the others through the generic task path."""
-    d: Path = tmp_path_factory.mktemp("stream-router")
+    its body's `receive` (no task per read), the others through the generic task path. (Its own
+    factory: a parametrized module fixture is made again per transport, and the previous
+    transport's router must stop then, not at the end of the module.)"""
     env = {"API_ROUTER_UPSTREAM_TRANSPORT": request.param}
-    with RouterProcess(write_profile(d, stream_profile(fake_upstream.url)), env=env) as r:
-        yield r
+    with RouterFactory(tmp_path_factory) as make:
+        yield make(stream_profile(fake_upstream.url), env=env)
 
 
 # -- helpers -----------------------------------------------------------------------------------

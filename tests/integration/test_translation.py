@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -17,12 +16,10 @@ import httpx
 import openai
 import pytest
 
-from service.config.loader import SHIPPED_DIR
 from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, sse
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess, shipped_profile
 
-TempDirs = pytest.TempPathFactory
 SSE_HEADERS = [("Content-Type", "text/event-stream")]
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -35,26 +32,16 @@ WEATHER_TOOL = {
 }
 
 
-def _shipped(name: str, url: str, tmp: Path) -> Iterator[RouterProcess]:
-    """The router running shipped profile `name` with its baseUrl pointed at `url`."""
-    profile = json.loads((SHIPPED_DIR / f"{name}.json").read_text())
-    profile.pop("$schema", None)
-    profile["baseUrl"] = url
-    profile["timeouts"] = {"connectSecs": 2, "readSecs": 10}
-    with RouterProcess(write_profile(tmp, profile, name)) as r:
-        yield r
-
-
 @pytest.fixture(scope="module")
-def qwen(fake_upstream: FakeUpstream, tmp_path_factory: TempDirs) -> Iterator[RouterProcess]:
+def qwen(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     """The shipped qwen profile: an OpenAI-only upstream."""
-    yield from _shipped("qwen", fake_upstream.url, tmp_path_factory.mktemp("qwen"))
+    return module_router_factory(shipped_profile("qwen", fake_upstream.url), name="qwen")
 
 
 @pytest.fixture(scope="module")
-def claude(fake_upstream: FakeUpstream, tmp_path_factory: TempDirs) -> Iterator[RouterProcess]:
+def claude(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     """The shipped anthropic profile: an Anthropic-only upstream."""
-    yield from _shipped("anthropic", fake_upstream.url, tmp_path_factory.mktemp("anthropic"))
+    return module_router_factory(shipped_profile("anthropic", fake_upstream.url), name="anthropic")
 
 
 @pytest.fixture(scope="module")

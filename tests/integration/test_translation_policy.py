@@ -7,8 +7,6 @@ restores the refusals."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.scrape import scrape, value
-from tests.support import RouterProcess, write_profile
+from tests.support import RouterFactory, RouterProcess
 
 MESSAGES = "/v1/messages"
 CHAT = "/v1/chat/completions"
@@ -50,18 +48,13 @@ CLAUDE_HEADERS = {
 }
 
 
-def _router(tmp: Path, upstream: FakeUpstream, **extra: object) -> RouterProcess:
-    profile = base_profile(upstream.url, **extra)
-    return RouterProcess(write_profile(tmp, profile), env={"LOG_LEVEL": "debug"})
+DEBUG = {"LOG_LEVEL": "debug"}
 
 
 @pytest.fixture(scope="module")
-def lenient(
-    fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RouterProcess]:
+def lenient(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     eps = {MESSAGES: {"format": "openai"}, CHAT: {"format": "openai"}}
-    with _router(tmp_path_factory.mktemp("lenient"), fake_upstream, endpoints=eps) as r:
-        yield r
+    return module_router_factory(base_profile(fake_upstream.url, endpoints=eps), env=DEBUG)
 
 
 def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
@@ -69,7 +62,7 @@ def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
 ) -> None:
     before = scrape(lenient.url)
     r = httpx.post(
-        lenient.url + MESSAGES,
+        lenient.url + MESSAGES + "?beta=true",  # as Claude Code sends it
         json=CLAUDE_CODE,
         headers={**CLAUDE_HEADERS, "X-Request-ID": "cc-1"},
         timeout=10,
@@ -86,6 +79,7 @@ def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
     for hint in ("context_management", "cache_control", "thinking", "session"):
         assert hint not in text, hint
     assert not [k for k, _ in sent.headers if k.lower().startswith("anthropic-")]
+    assert sent.query == ""  # Anthropic's `beta` flag means nothing to a Chat upstream
     assert sent.header("authorization") == "Bearer sk-claude-code-key"
 
     after = scrape(lenient.url)
@@ -100,17 +94,18 @@ def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
 
 
 def test_openai_headers_are_dropped_towards_an_anthropic_upstream(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    with _router(tmp_path, fake_upstream, endpoints={CHAT: {"format": "anthropic"}}) as router:
-        r = httpx.post(
-            router.url + CHAT,
-            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-            headers={"OpenAI-Organization": "org-1", "OpenAI-Beta": "x", "X-Custom": "kept"},
-            timeout=10,
-        )
-        assert r.status_code == 200
-        metrics = scrape(router.url)
+    profile = base_profile(fake_upstream.url, endpoints={CHAT: {"format": "anthropic"}})
+    router = router_factory(profile, env=DEBUG)
+    r = httpx.post(
+        router.url + CHAT,
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"OpenAI-Organization": "org-1", "OpenAI-Beta": "x", "X-Custom": "kept"},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    metrics = scrape(router.url)
     sent = upstream.last
     assert sent.path == MESSAGES
     assert not [k for k, _ in sent.headers if k.lower().startswith("openai-")]
@@ -120,7 +115,7 @@ def test_openai_headers_are_dropped_towards_an_anthropic_upstream(
 
 @pytest.mark.parametrize("where", ["profile", "endpoint"])
 def test_strict_translation_restores_the_refusals(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path, where: str
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory, where: str
 ) -> None:
     strict = {"strict": True}
     eps: dict[str, object] = {MESSAGES: {"format": "openai"}}
@@ -129,16 +124,14 @@ def test_strict_translation_restores_the_refusals(
         extra["translation"] = strict
     else:
         eps[MESSAGES] = {"format": "openai", "translation": strict}
-    with _router(tmp_path, fake_upstream, endpoints=eps, **extra) as router:
-        r = httpx.post(router.url + MESSAGES, json=CLAUDE_CODE, headers=CLAUDE_HEADERS, timeout=10)
-        # the same request without its hints passes the strict route
-        plain = {k: v for k, v in CLAUDE_CODE.items() if k not in ("context_management",)}
-        plain["system"] = "You are Claude Code."
-        plain["metadata"] = {"user_id": "u"}
-        plain["tools"] = [
-            {k: v for k, v in t.items() if k != "cache_control"} for t in plain["tools"]
-        ]
-        ok = httpx.post(router.url + MESSAGES, json=plain, headers={"x-api-key": "k"}, timeout=10)
+    router = router_factory(base_profile(fake_upstream.url, endpoints=eps, **extra), env=DEBUG)
+    r = httpx.post(router.url + MESSAGES, json=CLAUDE_CODE, headers=CLAUDE_HEADERS, timeout=10)
+    # the same request without its hints passes the strict route
+    plain = {k: v for k, v in CLAUDE_CODE.items() if k not in ("context_management",)}
+    plain["system"] = "You are Claude Code."
+    plain["metadata"] = {"user_id": "u"}
+    plain["tools"] = [{k: v for k, v in t.items() if k != "cache_control"} for t in plain["tools"]]
+    ok = httpx.post(router.url + MESSAGES, json=plain, headers={"x-api-key": "k"}, timeout=10)
     assert r.status_code == 400
     err = r.json()
     assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,16 +19,15 @@ from service.proxy.upstream import send
 from tests.conftest import base_profile
 from tests.fakes.faultproxy import Blackhole, Fault, FaultProxy
 from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, openai_chat_stream
-from tests.support import RouterProcess, free_port, write_profile
+from tests.support import RouterFactory, RouterProcess, free_port
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {**CHAT, "stream": True}
 SSE_HEAD = [("Content-Type", "text/event-stream")]
 
 
-def _router(tmp: Path, base_url: str, env: dict[str, str] | None = None) -> RouterProcess:
-    profile = base_profile(base_url, timeouts={"connectSecs": 1, "readSecs": 2})
-    return RouterProcess(write_profile(tmp, profile), env=env)
+def _profile(base_url: str) -> dict[str, Any]:
+    return base_profile(base_url, timeouts={"connectSecs": 1, "readSecs": 2})
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +44,9 @@ def faults(proxy: FaultProxy, upstream: FakeUpstream) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="module")
-def faulty(proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+def faulty(proxy: FaultProxy, module_router_factory: RouterFactory) -> RouterProcess:
     env = {"API_ROUTER_STREAM_IDLE_SECS": "1.5", "API_ROUTER_STREAM_MAX_SECS": "3"}
-    with _router(tmp_path_factory.mktemp("faulty"), proxy.url, env) as r:
-        yield r
+    return module_router_factory(_profile(proxy.url), env=env)
 
 
 def _log_for(router: RouterProcess, request_id: str) -> dict[str, object]:
@@ -81,8 +79,9 @@ def _stream_events(router: RouterProcess, rid: str, limit_secs: float = 20) -> l
 
 
 # -- before a response -----------------------------------------------------------------------
-def test_connect_timeout_is_504(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
-    with Blackhole() as hole, _router(tmp_path, hole.url) as r:
+def test_connect_timeout_is_504(fake_upstream: FakeUpstream, router_factory: RouterFactory) -> None:
+    with Blackhole() as hole:
+        r = router_factory(_profile(hole.url))
         resp = _post(r, "connect-timeout")
         assert resp.status_code == 504
         assert resp.json()["error"]["code"] == "upstream_timeout"
@@ -128,14 +127,14 @@ def test_reset_on_accept_is_retried_only_if_nothing_was_sent(
 
 
 def test_refused_connect_is_retried_exactly_once(
-    fake_upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    with _router(tmp_path, f"http://127.0.0.1:{free_port()}") as r:
-        resp = _post(r, "refused")
-        assert resp.status_code == 502
-        assert _log_for(r, "refused")["error_type"] == "connect_error"
-        retries = [x for x in r.logs() if x.get("event") == "upstream_retry"]
-        assert [x.get("request_id") for x in retries] == ["refused"]
+    r = router_factory(_profile(f"http://127.0.0.1:{free_port()}"))
+    resp = _post(r, "refused")
+    assert resp.status_code == 502
+    assert _log_for(r, "refused")["error_type"] == "connect_error"
+    retries = [x for x in r.logs() if x.get("event") == "upstream_retry"]
+    assert [x.get("request_id") for x in retries] == ["refused"]
 
 
 def test_retry_after_a_refused_connect_reaches_the_upstream() -> None:
@@ -236,7 +235,7 @@ def test_a_stream_within_its_limits_is_untouched(
 
 # -- the upstream pool ---------------------------------------------------------------------------
 def test_a_full_pool_answers_503_at_once_instead_of_queueing(
-    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     env = {"API_ROUTER_UPSTREAM_MAX_CONNECTIONS": "1", "API_ROUTER_UPSTREAM_POOL_WAIT_SECS": "0.2"}
     release = threading.Event()
@@ -248,20 +247,20 @@ def test_a_full_pool_answers_503_at_once_instead_of_queueing(
         return reply
 
     profile = base_profile(upstream.url, timeouts={"connectSecs": 1, "readSecs": 10})
-    with RouterProcess(write_profile(tmp_path, profile), env=env) as r:
-        upstream.reply_with(slow_first)
-        first: list[httpx.Response] = []
-        holder = threading.Thread(target=lambda: first.append(_post(r, "holder")), daemon=True)
-        holder.start()
-        deadline = time.monotonic() + 10
-        while not upstream.requests:  # the only pooled connection is now busy
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        second = _post(r, "waiter")
-        assert holder.is_alive(), "the second request must not have waited for the first"
-        assert second.status_code == 503
-        assert second.json()["error"]["code"] == "service_unavailable"
-        assert len(upstream.requests) == 1  # it never reached the upstream
-        release.set()
-        holder.join(15)
-        assert first and first[0].status_code == 200
+    r = router_factory(profile, env=env)
+    upstream.reply_with(slow_first)
+    first: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: first.append(_post(r, "holder")), daemon=True)
+    holder.start()
+    deadline = time.monotonic() + 10
+    while not upstream.requests:  # the only pooled connection is now busy
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    second = _post(r, "waiter")
+    assert holder.is_alive(), "the second request must not have waited for the first"
+    assert second.status_code == 503
+    assert second.json()["error"]["code"] == "service_unavailable"
+    assert len(upstream.requests) == 1  # it never reached the upstream
+    release.set()
+    holder.join(15)
+    assert first and first[0].status_code == 200

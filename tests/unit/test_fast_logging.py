@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import structlog
 
-from service.observability.logging import configure_logging, iso_utc, redact, set_request_secret
+from service.observability.logging import configure_logging, redact, set_request_secret
+from service.observability.logging_fast import iso_utc
 
 
 @pytest.fixture

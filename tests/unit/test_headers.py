@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from service.errors import BadRequest
 from service.proxy import headers as h
-from service.proxy.relay import accept_encoding, decoded, parse_json_object
+from service.proxy.body import accept_encoding, decoded, parse_json_object
 
 token = st.text(alphabet=string.ascii_letters + "-", min_size=1, max_size=20)
 
@@ -214,3 +214,11 @@ def test_replace_mode_never_passes_a_client_forwarding_header(
     items = [*items, ("X-Forwarded-For", "1.2.3.4"), ("Forwarded", "for=x")]
     out = h.forwardable_request_headers(items, keep_forwarding=False)
     assert not {k.lower() for k, _ in out} & h.FORWARDING
+
+
+def test_without_params_drops_only_the_named_parameters() -> None:
+    assert h.without_params("beta=true", h.ANTHROPIC_QUERY) == ("", True)
+    assert h.without_params("a=1&beta=true&b=2", h.ANTHROPIC_QUERY) == ("a=1&b=2", True)
+    assert h.without_params("beta", h.ANTHROPIC_QUERY) == ("", True)
+    assert h.without_params("betas=1&x=beta", h.ANTHROPIC_QUERY) == ("betas=1&x=beta", False)
+    assert h.without_params("", h.ANTHROPIC_QUERY) == ("", False)

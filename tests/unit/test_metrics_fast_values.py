@@ -1,4 +1,4 @@
-"""The cheaper multiprocess metric value (metrics.use_fast_values) writes exactly what
+"""The cheaper multiprocess metric value (metrics_fast.use_fast_values) writes exactly what
 prometheus-client's own value writes: same files, same sums after many series (the file grows
 and is re-mapped), counters, livesum gauges and histograms; and a forked child falls back to the
 library's own `inc`, which moves it to files of its own pid. Each case runs in a fresh interpreter
@@ -16,9 +16,9 @@ import json, os, sys
 fast = sys.argv[1] == "fast"
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client import multiprocess
-from service.observability import metrics
+from service.observability import metrics_fast
 if fast:
-    metrics.use_fast_values()
+    metrics_fast.use_fast_values()
 assert getattr(values.ValueClass, "fast_inc", False) is fast
 r = CollectorRegistry()
 c = Counter("c", "c", ["k"], registry=r)

@@ -9,6 +9,12 @@
    their response (`Connection: close` on responses not yet started).
 3. Sanic then waits for requests in flight, streams included, up to `GRACEFUL_SHUTDOWN_TIMEOUT`
    (`API_ROUTER_DRAIN_SECS`), aborts what is left, and the process exits 0.
+
+Relies on Sanic's internals: the listening sockets in `app.state.server_info[].settings["sock"]`,
+the per-worker set of live connections every protocol holds (`HttpProtocol.connections`), a
+connection's `_http.keep_alive` and `close_if_idle()`, and the signal handlers its worker manager
+installs (chained, not replaced). An upgrade of Sanic that moves these may break it:
+tests/integration/test_shutdown.py stops a real router with streams in flight. Always on.
 """
 
 from __future__ import annotations
@@ -21,27 +27,29 @@ from typing import Any
 
 from sanic import Request, Sanic
 
+from ..context import AppContext
 
-def install(app: Sanic) -> None:
-    app.ctx.draining = False
-    app.ctx.connections = None  # this worker's open client connections, set on a first request
+
+def install(app: Sanic[Any, AppContext]) -> None:
+    """`app.ctx.draining` and `app.ctx.connections` are written here and nowhere else."""
+    ctx = app.ctx
 
     @app.on_request
     async def _drain_guard(request: Request) -> None:
-        if app.ctx.draining:
+        if ctx.draining:
             # Served while draining: answer, then close rather than wait for another request.
             request.stream.keep_alive = False  # type: ignore[union-attr]
-        elif app.ctx.connections is None:
+        elif ctx.connections is None:
             # Sanic keeps one set of live connections per worker; every protocol holds it.
             # (An ASGI server's transport has no protocol: there, it keeps its own connections.)
             get_protocol = getattr(request.transport, "get_protocol", None)
             protocol = get_protocol() if get_protocol is not None else None
-            app.ctx.connections = getattr(protocol, "connections", None)
+            ctx.connections = getattr(protocol, "connections", None)
 
     @app.before_server_stop
     async def _begin_drain(app: Sanic) -> None:
-        app.ctx.draining = True
-        for conn in list(app.ctx.connections or ()):
+        ctx.draining = True
+        for conn in list(ctx.connections or ()):
             http = getattr(conn, "_http", None)
             if http is not None:
                 http.keep_alive = False  # a busy connection closes after its response

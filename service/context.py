@@ -1,0 +1,84 @@
+"""`AppContext`: the application's per-worker state, `app.ctx`, typed.
+
+Sanic's guide keeps per-worker state on `app.ctx`; this class says what is there. `create_app`
+builds it from the settings and the loaded profile; the per-worker resources (the upstream
+client, the limiter handle, metrics, the config watcher) are set by its `before_server_start`
+listener and released by `after_server_stop`; `draining` and `connections` belong to
+service.server.shutdown, `failure_alarm` to service.observability.lifecycle. Code that reads it
+takes a `RouterRequest` (Sanic's way of typing a custom context: `request.app.ctx` is then an
+`AppContext` for the type checker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from sanic import Request, Sanic
+from sanic.config import Config
+
+from .access import AccessKeys
+from .config import ConfigHolder
+from .ratelimit import Limit, Limiter
+from .settings import Settings
+
+if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its directory
+    import httpx
+
+    from .observability.alerts import FailureAlarm
+    from .observability.metrics import Metrics
+
+
+class AppContext:
+    """Everything a worker of the router keeps between requests."""
+
+    __slots__ = (
+        "access",
+        "client_ip_from_headers",
+        "config",
+        "connections",
+        "default_limit",
+        "draining",
+        "failure_alarm",
+        "http",
+        "limiter",
+        "metrics",
+        "settings",
+        "watch_task",
+    )
+
+    # Per worker, from `before_server_start` to `after_server_stop` (unset before).
+    http: httpx.AsyncClient
+    limiter: Limiter
+    watch_task: asyncio.Task[None]
+
+    def __init__(self, settings: Settings, config: ConfigHolder, access: AccessKeys | None):
+        self.settings = settings
+        self.config = config
+        # Shared deployments: the accepted client keys (service.access); None: an open router.
+        self.access = access
+        # The environment's rate limit, for routes whose profile sets none (LoadedConfig.limit).
+        self.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
+        # Whether Sanic trusts forwarding headers (its proxy settings), read at start.
+        self.client_ip_from_headers = False
+        self.metrics: Metrics | None = None  # per worker, when API_ROUTER_METRICS is on
+        self.failure_alarm: FailureAlarm | None = None
+        # service.server.shutdown: the worker is stopping; this worker's open connections.
+        self.draining = False
+        self.connections: set[Any] | None = None
+
+    def count_limiter_error(self) -> None:
+        """A rate-limit decision the backend could not make (the limiter's `on_error`)."""
+        if self.metrics is not None:
+            self.metrics.rate_limiter_backend_errors_total.inc()
+
+    def refresh_gauges(self) -> None:
+        """Gauges read from elsewhere, set just before a scrape."""
+        if self.metrics is not None:
+            self.metrics.rate_limiter_buckets.set(sum(self.limiter.active_buckets().values()))
+
+
+# The application and its requests, typed with this context (what `create_app` builds).
+RouterSanic = Sanic[Config, AppContext]
+RouterRequest = Request[RouterSanic, SimpleNamespace]

@@ -1,0 +1,73 @@
+"""The one error handler: any exception becomes a `RouterError` (service.errors), answered as JSON
+in the client's shape (Anthropic on the Messages routes, OpenAI elsewhere), never with its text
+unless it is one of ours.
+"""
+
+from __future__ import annotations
+
+from sanic import Request
+from sanic import exceptions as sx
+from sanic.response import HTTPResponse
+
+from .config.model import COUNT_TOKENS, MESSAGES
+from .errors import (
+    BadRequest,
+    ClientClosedRequest,
+    HeaderTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouterError,
+    ServiceUnavailable,
+    error_body,
+)
+from .observability.lifecycle import access_log
+
+
+def is_anthropic_route(route: str | None) -> bool:
+    """Whether the router's own errors on this path take the Anthropic shape."""
+    return route in (MESSAGES, COUNT_TOKENS)
+
+
+def to_router_error(exc: BaseException) -> RouterError:
+    """Every exception becomes one of ours; unknown ones become a bare 500 (no text leaks)."""
+    if isinstance(exc, RouterError):
+        return exc
+    if isinstance(exc, sx.NotFound):
+        return NotFound()
+    if isinstance(exc, sx.MethodNotAllowed):
+        allowed = sorted(getattr(exc, "allowed_methods", None) or [])
+        return MethodNotAllowed(headers={"Allow": ", ".join(allowed)} if allowed else None)
+    if isinstance(exc, sx.PayloadTooLarge) and "header" in str(exc).lower():
+        return HeaderTooLarge()  # a head over REQUEST_MAX_HEADER_SIZE
+    if isinstance(exc, sx.PayloadTooLarge):
+        return PayloadTooLarge()
+    if isinstance(exc, sx.RequestCancelled):
+        return ClientClosedRequest()
+    if isinstance(exc, sx.RequestTimeout):
+        return RequestTimeout()
+    if isinstance(exc, sx.BadRequest | sx.HeaderNotFound | sx.InvalidHeader):
+        return BadRequest("Malformed request")
+    if isinstance(exc, sx.ServiceUnavailable):
+        return ServiceUnavailable()
+    return RouterError()
+
+
+def error_response(request: Request, exc: BaseException) -> HTTPResponse:
+    err = to_router_error(exc)
+    state = getattr(request.ctx, "state", None)
+    if state is not None and err.error_type is not None:
+        state.error_type = err.error_type
+    if err.status >= 500 and err.error_type is None:
+        access_log.error("router_error", exc_type=exc.__class__.__name__, route=request.path[:64])
+    headers = dict(err.headers)
+    rid = getattr(request.ctx, "request_id", None)
+    if rid:
+        headers["X-Request-ID"] = rid
+    return HTTPResponse(
+        error_body(err, is_anthropic_route(request.path)),
+        status=err.status,
+        headers=headers,
+        content_type="application/json",
+    )

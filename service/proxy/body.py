@@ -1,0 +1,74 @@
+"""Request and response bodies as the relay reads and writes them (pure, no I/O).
+
+- JSON in: one JSON object (`parse_json_object`); integers beyond 64 bits are kept exact
+  (`exact_json`: orjson would read them as floats, so such a body goes through the standard
+  library, parsed and written again the same way by `dump_json`).
+- Content codings: what the router asks the upstream for (`accept_encoding`) and the upstream's
+  body as text for inspection (`decoded`).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest
+
+# orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
+# (a run of 20+ digits) is parsed and written by the exact standard library. The run is found at C
+# speed: every ASCII digit mapped to "0", anything else to "x", then a substring search (a regex
+# `\d{20,}` is much slower on a large body).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
+_BIG_INT_RUN = b"0" * 20
+
+
+def exact_json(body: bytes) -> bool:
+    """Whether `body` holds a run of 20+ digits (an integer orjson would not keep exact)."""
+    return _BIG_INT_RUN in body.translate(_DIGITS_AS_ZERO)
+
+
+def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
+    """The client's JSON body; 400 unless it is one JSON object."""
+    if not body:
+        raise BadRequest("Request body must be a JSON object")
+    try:
+        if exact is None:
+            exact = exact_json(body)
+        data = json.loads(body) if exact else orjson.loads(body)
+    except (ValueError, UnicodeDecodeError):  # orjson.JSONDecodeError is a ValueError
+        raise BadRequest("Request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Request body must be a JSON object")
+    return data
+
+
+def dump_json(data: dict[str, Any], exact: bool = False) -> bytes:
+    if exact:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(data)
+
+
+def accept_encoding(client_value: str | None, streaming: bool) -> str:
+    """What the router asks the upstream for. It relays bodies byte for byte but must be able to
+    read them (errors, usage), so it only passes on codings the standard library decodes, and
+    none for streams (events must be found as they arrive)."""
+    if streaming or not client_value:
+        return "identity"
+    offered = {t.split(";")[0].strip().lower() for t in client_value.split(",")}
+    usable = [c for c in ("gzip", "deflate") if c in offered]
+    return ", ".join(usable) if usable else "identity"
+
+
+def decoded(body: bytes, content_encoding: str | None) -> bytes | None:
+    """The body as text bytes for inspection, or None when it cannot be decoded."""
+    if not content_encoding or content_encoding.lower() == "identity":
+        return body
+    if content_encoding.lower() in ("gzip", "deflate", "x-gzip"):
+        try:
+            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib, auto-detected
+        except zlib.error:
+            return None
+    return None

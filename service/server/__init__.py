@@ -1,0 +1,13 @@
+"""Where the router reaches into Sanic's internals, one module per bypass.
+
+Each module says what it buys, what it copies or relies on (what an upgrade of Sanic can break)
+and which test holds it to Sanic's own behaviour:
+
+- `dispatch`: `RouterApp`, the hot lifecycle signals called without the signal router (a fast
+  path: `API_ROUTER_FAST_PATHS` without `dispatch` serves with Sanic's own dispatch);
+- `protocol`: `GuardedHttpProtocol`, total head/body deadlines and a connection cap;
+- `shutdown`: what SIGTERM does (listening sockets closed at once, idle connections closed);
+- `manager`: the worker manager stops waiting for start-up acknowledgements once shutting down.
+
+The last three are behaviour, not speed: they are always on.
+"""

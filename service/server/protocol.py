@@ -1,0 +1,134 @@
+"""`GuardedHttpProtocol`: Sanic's HTTP/1.1 protocol with the client limits stock Sanic lacks.
+
+Buys: a total deadline for the request head (`API_ROUTER_HEADER_TIMEOUT_SECS`) and for the body
+(`API_ROUTER_BODY_TIMEOUT_SECS`), past which the client gets 408 and the connection closes, and
+a cap on open client connections per worker (`API_ROUTER_MAX_CONNECTIONS`: one more is answered
+503 and closed before anything of it is read). Sanic times only silence. Installed by the CLI
+through Sanic's documented `app.prepare(protocol=...)`; the policy is described in
+service.connlimits.
+
+Also here: `connection_of(request)`, the connection a request arrived on, read from its protocol
+before Sanic sets `request.conn_info` (the lifecycle listeners finish a request whose client
+left when its connection closes).
+
+Relies on: `HttpProtocol`'s `_setup`, `connection_made`, `connection_lost`, `data_received`,
+`check_timeouts`, `recv_buffer`, `_task`, `connections` and `conn_info`, and on `Http`'s
+`stage`, `exception`, `keep_alive` and `request_body` (sanic/server/protocols/, sanic/http/).
+An upgrade of Sanic that renames or reorders these may break it: tests/integration/
+test_slow_clients.py (deadlines, the cap), test_smuggling.py, and test_metrics.py /
+test_streaming.py (a client that leaves is logged and counted as 499) hold it to the behaviour
+above on a real server. Always on (limits and records, not a speed-up).
+"""
+
+from __future__ import annotations
+
+import sys
+from time import monotonic
+from typing import Any
+
+from sanic import Request
+from sanic.exceptions import RequestTimeout
+from sanic.http import Stage
+from sanic.models.server_types import ConnInfo
+from sanic.server.protocols.http_protocol import HttpProtocol
+
+from ..errors import ServiceUnavailable, error_body
+
+_OVER_CAPACITY_BODY = error_body(ServiceUnavailable("Too many open connections"), anthropic=False)
+# Answer to a connection over the cap: written before reading anything, then the socket closes.
+OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
+    % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY)
+)
+
+
+def connection_of(request: Request[Any, Any]) -> ConnInfo | None:
+    """The connection `request` arrived on. Sanic sets `request.conn_info` only after the
+    `http.lifecycle.request` signal; the protocol (the transport's) holds it from the start
+    (`SanicProtocol.conn_info`). None under a server without a protocol (ASGI)."""
+    if request.conn_info is not None:
+        return request.conn_info
+    get_protocol = getattr(request.transport, "get_protocol", None)
+    conn: ConnInfo | None = getattr(get_protocol(), "conn_info", None) if get_protocol else None
+    return conn
+
+
+def start_body_clock(request: Request) -> None:
+    """The head of `request` ended: its body's deadline runs from now (an
+    `http.lifecycle.request` listener calls this; service.connlimits)."""
+    protocol = request.transport.get_protocol()
+    if isinstance(protocol, GuardedHttpProtocol):
+        protocol._body_since = monotonic()
+
+
+class GuardedHttpProtocol(HttpProtocol):
+    """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap."""
+
+    __slots__ = ("_body_since", "_guard", "_head_since", "_rejected")
+
+    def _setup(self) -> None:
+        super()._setup()
+        settings = self.app.ctx.settings
+        # (header deadline, body deadline, connection cap), read once per connection
+        self._guard: tuple[float, float, int] = (
+            settings.header_timeout_secs,
+            settings.body_timeout_secs,
+            settings.max_connections,
+        )
+        self._head_since: float | None = None  # first byte of the head being read
+        self._body_since: float | None = None  # end of the last head (`start_body_clock`)
+        self._rejected = False
+
+    # -- connection cap ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        if len(self.connections) >= self._guard[2]:
+            self._rejected = True
+            transport.write(OVER_CAPACITY)
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._rejected:
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        http = getattr(self, "_http", None)
+        if http is None or (http.stage is Stage.IDLE and not self.recv_buffer):
+            self._head_since = monotonic()  # the first byte of a new request head
+        super().data_received(data)
+
+    # -- total deadlines ---------------------------------------------------------------------
+    def check_timeouts(self) -> None:
+        http = getattr(self, "_http", None)
+        # (slots of Http such as `exception` exist only once its first request began)
+        if self._task and http is not None and getattr(http, "exception", None) is None:
+            now = monotonic()
+            header_secs, body_secs, _ = self._guard
+            expired = None
+            if http.stage is Stage.REQUEST:
+                if self._head_since is None:  # a pipelined head that was already buffered
+                    self._head_since = now
+                elif now - self._head_since > header_secs:
+                    expired = "Request header timeout"
+            else:
+                self._head_since = None
+                since = self._body_since
+                body = getattr(http, "request_body", None)  # unset before the first request
+                if body and since is not None and now - since > body_secs:
+                    expired = "Request body timeout"
+                    # Answer and close: the rest of this body is never waited for.
+                    http.keep_alive = False
+                    http.request_body = None
+            if expired is not None:
+                http.exception = RequestTimeout(expired)
+                if sys.version_info < (3, 14):
+                    self._task.cancel("Cancel connection task with a timeout")
+                else:
+                    self._task.cancel()
+                return
+        super().check_timeouts()

@@ -1,0 +1,40 @@
+"""`RequestState`: the facts of one request that logs and metrics need, kept on `request.ctx.state`.
+
+A leaf module (it imports nothing of the service): the relay writes these facts, the lifecycle
+listeners (service.observability.lifecycle) read them when the request finishes, and neither
+needs to import the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RequestState:
+    """Per-request facts for logs and metrics, kept on `request.ctx.state`."""
+
+    __slots__ = (
+        "dropped",
+        "error_type",
+        "first_byte_latency",
+        "key_id",
+        "model",
+        "stream",
+        "translation",
+        "upstream_latency",
+        "upstream_model",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.key_id: str = "anonymous"
+        self.model: str | None = None
+        self.upstream_model: str | None = None
+        self.stream = False
+        self.upstream_latency: float | None = None
+        self.error_type: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.first_byte_latency: float | None = None  # request start to a stream's first event
+        self.translation = "none"  # which format translation ran (service.translate.DIRECTIONS)
+        # Hint fields the translation dropped (translation_dropped_fields_total labels).
+        self.dropped: list[str] = []

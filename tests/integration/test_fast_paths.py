@@ -1,0 +1,147 @@
+"""API_ROUTER_FAST_PATHS=0 serves with the libraries' own code: Sanic's signal dispatch,
+prometheus-client's own metric writes, structlog's own chain for the completion line, httpx's own
+Request constructor; every fast path's entry point is made to fail, and a proxied request still
+answers and is still recorded. Any mode answers the same."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from sanic import Sanic
+
+from service.app import create_app
+from service.observability import logging as obs_logging
+from service.observability import metrics_fast
+from service.proxy import upstream
+from service.server.dispatch import HOT_SIGNALS, RouterApp
+from service.settings import Settings
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.support import write_profile
+
+with warnings.catch_warnings():
+    # sanic-testing imports websockets.legacy, which warns about its own deprecation.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import sanic_testing  # noqa: F401
+
+CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(autouse=True)
+def _test_mode() -> Iterator[None]:
+    saved = Sanic.test_mode
+    Sanic.test_mode = True
+    yield
+    Sanic.test_mode = saved
+
+
+@pytest.fixture
+def make_app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
+    """`make_app(env)`: the app `create_app` builds for these environment variables, and the
+    stream its log lines go to."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    profile = write_profile(tmp_path, base_profile(upstream.url))
+    apps: list[Sanic] = []
+
+    def make(env: dict[str, str]) -> tuple[Sanic, io.StringIO]:
+        settings = Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=profile)
+        app = create_app(settings)
+        apps.append(app)
+        stream = io.StringIO()
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        return app, stream
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            Sanic._app_registry.pop(app.name, None)
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        structlog.reset_defaults()
+
+
+def _routed_events(app: Sanic) -> list[str]:
+    seen: list[str] = []
+    router = app.signal_router
+    real = router.dispatch
+
+    async def recording(event: Any, **kw: Any) -> Any:
+        seen.append(str(event))
+        return await real(event, **kw)
+
+    router.dispatch = recording  # type: ignore[method-assign]
+    return seen
+
+
+def _completion_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in stream.getvalue().splitlines() if x.startswith("{")]
+    return [x for x in lines if x.get("event") == "request_completed"]
+
+
+def test_zero_serves_with_every_library_s_own_code(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object, **__: object) -> Any:
+        raise AssertionError("a fast path ran")
+
+    monkeypatch.setattr(upstream, "bytes_request", refuse)
+    for name in ("use_fast_values", "writer", "gauge_value"):
+        monkeypatch.setattr(metrics_fast, name, refuse)
+    monkeypatch.setattr(obs_logging, "json_line", refuse)
+    monkeypatch.setattr(obs_logging, "add_timestamp", refuse)
+    monkeypatch.setattr(RouterApp, "plan_signals", refuse)
+
+    app, log = make_app({"API_ROUTER_FAST_PATHS": "0"})
+    assert type(app) is Sanic
+    routed = _routed_events(app)
+    _, resp = app.test_client.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "stock-1"}
+    )
+    assert resp.status == 200, resp.text
+    assert resp.json["choices"][0]["message"]["content"] == "Hello from fake"
+    (line,) = _completion_lines(log)
+    assert (line["request_id"], line["route"], line["status_code"]) == (
+        "stock-1",
+        "/v1/chat/completions",
+        200,
+    )
+    assert line["timestamp"].endswith("Z")
+    assert set(HOT_SIGNALS) & set(routed) >= {"http.lifecycle.request", "http.lifecycle.response"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"API_ROUTER_FAST_PATHS": "0"},
+        {"API_ROUTER_FAST_PATHS": "dispatch,logging"},
+        {"API_ROUTER_FAST_PATHS": "metrics,request"},
+        # nothing recorded at all: the request is still proxied (and keeps its request id)
+        {"API_ROUTER_METRICS": "false", "API_ROUTER_ACCESS_LOG": "false"},
+    ],
+)
+def test_every_mode_answers_the_same(make_app: Any, env: dict[str, str]) -> None:
+    app, log = make_app(env)
+    _, resp = app.test_client.post(
+        "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "mode-1"}
+    )
+    assert resp.status == 200, resp.text
+    assert resp.headers["X-Request-ID"] == "mode-1"
+    assert resp.json["model"] == "up-model-4"
+    lines = _completion_lines(log)
+    if env.get("API_ROUTER_ACCESS_LOG") == "false":
+        assert lines == []
+    else:
+        assert [(x["request_id"], x["status_code"], x["model"]) for x in lines] == [
+            ("mode-1", 200, "gpt-4")
+        ]

@@ -1,0 +1,270 @@
+"""The router's own HTTP shapes, checked in this process: 404 and 405 (with Allow), the JSON error
+bodies in the OpenAI and the Anthropic shape, invalid JSON refused with 400 before any upstream
+call, X-Request-ID, and the /health and /v1/models bodies.
+
+Nothing here needs a second process: the app of `create_app(settings)` is served to
+sanic-testing's ASGI client (`app.asgi_client`), in front of the real fake upstream on loopback.
+The client runs the app's start and stop listeners around every request, so the per-worker
+resources (upstream client, limiter, metrics) are the real ones. What only the served process
+shows (HEAD without a body, connection handling, logs of the process, metrics across requests)
+is tested against `python -m service` in the other modules.
+
+One artifact of that client: a stop runs after each request, so the app is "draining" from the
+second request on (/ready answers 503); no test here asks /ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from sanic import Sanic
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream, Reply
+from tests.support import write_profile
+
+with warnings.catch_warnings():
+    # sanic-testing imports websockets.legacy, which warns about its own deprecation.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import sanic_testing  # noqa: F401
+
+CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+SECRET = "sk-default-SENTINEL-4242"
+NEW_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class InProcess:
+    """One app of `create_app`, asked through sanic-testing's ASGI client; its log lines kept."""
+
+    def __init__(self, app: Sanic, log: io.StringIO) -> None:
+        self.app = app
+        self.log = log
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        _, got = asyncio.run(self.app.asgi_client.request(method, path, **kw))
+        assert got is not None
+        # sanic-testing's response makes `json` a property; the tests read plain httpx ones
+        return httpx.Response(
+            got.status_code, headers=got.headers, content=got.content, request=got.request
+        )
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.log.getvalue().splitlines() if x.startswith("{")]
+
+
+MakeApp = Callable[..., InProcess]
+
+
+@pytest.fixture
+def make_app(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[MakeApp]:
+    """`make_app(profile=None, **env)`: the app for that profile (default: the base profile in
+    front of the fake upstream) and those environment settings, as the CLI would make it.
+    create_app configures the process's logging: it is put back afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, Sanic.test_mode)
+    Sanic.test_mode = True  # several apps of the same name in one process
+    made: list[Sanic] = []
+
+    def make(profile: dict[str, Any] | None = None, **env: str) -> InProcess:
+        path = write_profile(
+            tmp_path, profile or base_profile(fake_upstream.url), name=f"profile-{len(made)}"
+        )
+        app = create_app(Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=path))
+        made.append(app)
+        log = io.StringIO()
+        root.handlers[0].setStream(log)  # type: ignore[attr-defined]
+        return InProcess(app, log)
+
+    try:
+        yield make
+    finally:
+        for app in made:
+            Sanic._app_registry.pop(app.name, None)
+        root.handlers[:], level, Sanic.test_mode = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+@pytest.fixture
+def app(make_app: MakeApp) -> InProcess:
+    return make_app()
+
+
+def _openai_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code"}
+    assert body["error"]["code"] == code
+    assert NEW_REQUEST_ID.fullmatch(r.headers["x-request-id"])
+    return body["error"]
+
+
+def _anthropic_error(r: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert set(body["error"]) == {"type", "message"}
+    assert body["error"]["type"] == error_type
+    assert NEW_REQUEST_ID.fullmatch(r.headers["x-request-id"])
+    return body["error"]
+
+
+# -- 404 and 405 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/nope", "/", "/v1/chat/completions/x", "/v2/models"])
+def test_an_unknown_route_is_404_in_the_openai_shape(app: InProcess, path: str) -> None:
+    err = _openai_error(app.get(path), 404, "not_found")
+    assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", CHAT, "POST"),
+        ("PUT", "/v1/embeddings", "POST"),
+        ("POST", "/health", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
+        ("PUT", "/v1/models", "GET, HEAD"),
+    ],
+)
+def test_a_known_route_with_another_method_is_405_with_allow(
+    app: InProcess, method: str, path: str, allow: str
+) -> None:
+    r = app.request(method, path)
+    err = _openai_error(r, 405, "method_not_allowed")
+    assert err["type"] == "invalid_request_error"
+    assert r.headers["allow"] == allow
+
+
+def test_405_on_the_messages_route_is_anthropic_shaped(app: InProcess) -> None:
+    r = app.get(MESSAGES)
+    _anthropic_error(r, 405, "invalid_request_error")
+    assert r.headers["allow"] == "POST"
+
+
+# -- invalid JSON: 400 before any upstream call ---------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b'"s"', b""])
+def test_invalid_json_is_400_before_any_upstream_call(
+    app: InProcess, upstream: FakeUpstream, raw: bytes
+) -> None:
+    headers = {"content-type": "application/json"}
+    for path in (CHAT, "/v1/embeddings", "/v1/responses"):
+        err = _openai_error(app.post(path, content=raw, headers=headers), 400, "invalid_request")
+        assert err["type"] == "invalid_request_error"
+    for path in (MESSAGES, "/v1/messages/count_tokens"):
+        _anthropic_error(app.post(path, content=raw, headers=headers), 400, "invalid_request_error")
+    assert upstream.requests == []
+
+
+def test_an_upstream_failure_on_the_messages_route_is_anthropic_shaped(
+    app: InProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(Reply(action="reset"))
+    r = app.post(MESSAGES, json={"model": "m", "max_tokens": 1, "messages": []})
+    _anthropic_error(r, 502, "api_error")
+    assert len(upstream.requests) == 1  # it did reach the upstream: the reset is the upstream's
+
+
+# -- X-Request-ID ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid", ["client-rid.1", "A_b-9.x", "x" * 128])
+def test_a_sane_request_id_is_kept_and_forwarded(
+    app: InProcess, upstream: FakeUpstream, rid: str
+) -> None:
+    r = app.post(CHAT, json={"model": "gpt-4", "messages": []}, headers={"X-Request-ID": rid})
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == rid
+    assert upstream.last.header("x-request-id") == rid
+
+
+@pytest.mark.parametrize("rid", ["bad id with spaces", "x" * 129, "", "a/b", "a:b"])
+def test_an_insane_request_id_is_replaced_by_a_new_one(
+    app: InProcess, upstream: FakeUpstream, rid: str
+) -> None:
+    r = app.post(CHAT, json={"model": "gpt-4", "messages": []}, headers={"X-Request-ID": rid})
+    new = r.headers["x-request-id"]
+    assert new != rid and NEW_REQUEST_ID.fullmatch(new)
+    assert upstream.last.header("x-request-id") == new
+    health = app.get("/health", headers={"X-Request-ID": rid})
+    assert NEW_REQUEST_ID.fullmatch(health.headers["x-request-id"])
+
+
+def test_every_answer_has_a_request_id_even_an_error(app: InProcess) -> None:
+    for r in (app.get("/nope"), app.get(CHAT), app.post(CHAT, content=b"{"), app.get("/health")):
+        assert NEW_REQUEST_ID.fullmatch(r.headers["x-request-id"]), r.status_code
+
+
+def test_the_upstreams_request_id_comes_back_as_x_upstream_request_id(
+    app: InProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "application/json"), ("x-request-id", "req_abc123")],
+            body=b"{}",
+        )
+    )
+    r = app.post(CHAT, json={"model": "gpt-4"}, headers={"X-Request-ID": "mine-1"})
+    assert r.headers["x-request-id"] == "mine-1"
+    assert r.headers["x-upstream-request-id"] == "req_abc123"
+
+
+# -- /health and /v1/models -----------------------------------------------------------------------
+
+
+def test_health_shape_and_no_secret(make_app: MakeApp, fake_upstream: FakeUpstream) -> None:
+    r = make_app(DEFAULT_API_KEY=SECRET).get("/health")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert SECRET not in r.text
+    data = r.json()
+    assert data["status"] == "ok" and data["message"] == "Light API Router running"
+    assert data["profile"] == "testprov"
+    assert data["upstream"] == fake_upstream.url
+    assert data["rateLimiter"] == {"activeBuckets": 0, "routes": {}}
+    assert data["config"]["status"] == "ok"
+    assert data["config"]["lastError"] is None
+
+
+def test_models_list(app: InProcess) -> None:
+    r = app.get("/v1/models")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    data = r.json()
+    assert data["object"] == "list"
+    ids = [m["id"] for m in data["data"]]
+    assert ids == ["extra-model", "gpt-4", "whisper-1", "up-model-4", "up-whisper"]
+    assert {m["owned_by"] for m in data["data"]} == {"testprov"}
+    assert all(m["object"] == "model" for m in data["data"])
+
+
+def test_metrics_off_means_no_metrics_route(make_app: MakeApp) -> None:
+    app = make_app(API_ROUTER_METRICS="false")
+    err = _openai_error(app.get("/metrics"), 404, "not_found")
+    assert err["message"].startswith("Metrics are disabled")
+    assert app.post(CHAT, json={"model": "gpt-4"}).status_code == 200
+    assert [x["status_code"] for x in app.logs() if x["event"] == "request_completed"] == [404, 200]
+    assert not [x for x in app.logs() if x["event"] == "router_error"]
