@@ -1,5 +1,5 @@
 """The results writer: summary (median and range over rounds), the targets of issue 7, and the
-three outputs `<date>.json`, `<date>.md` (the tables quoted in the README) and `<date>.png`.
+three outputs `<date>.json`, `<date>.md` (the tables quoted in docs/performance.md) and `<date>.png`.
 
     .cache/bench-venv/bin/python bench/report.py bench/results/<date>.json   # rewrite md + png
 

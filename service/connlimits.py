@@ -1,4 +1,4 @@
-"""Client connection limits that stock Sanic does not enforce (README "Security and limits").
+"""Client connection limits that stock Sanic does not enforce (docs/security.md).
 
 Sanic times only *silence*: a client that sends one header byte a second, or drips its body,
 keeps a connection (and a worker slot) forever. `GuardedHttpProtocol` (Sanic's `HttpProtocol`

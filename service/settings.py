@@ -143,7 +143,7 @@ class Settings:
     access_log_enabled: bool = True
     drain_secs: float = 30.0
     multiproc_dir: str | None = None
-    # Client-side limits (service.connlimits; README "Security and limits").
+    # Client-side limits (service.connlimits; docs/security.md).
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     header_timeout_secs: float = 10.0
     body_timeout_secs: float = 120.0
@@ -201,7 +201,7 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _hardening(env: Mapping[str, str]) -> dict[str, object]:
-    """Limits against hostile clients and failing upstreams (README "Security and limits")."""
+    """Limits against hostile clients and failing upstreams (docs/security.md)."""
     keys_file = (env.get("API_ROUTER_ACCESS_KEYS_FILE") or "").strip()
     forwarded = (env.get("API_ROUTER_FORWARDED_HEADERS") or "replace").strip().lower()
     if forwarded not in FORWARDED_MODES:

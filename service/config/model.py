@@ -150,8 +150,8 @@ class Auth(_Strict):
 
 
 class Translation(_Strict):
-    """How a translated route treats what the upstream's format lacks (README "Format
-    translation"); on an endpoint, the fields given override the profile's one by one."""
+    """How a translated route treats what the upstream's format lacks (docs/translation.md); on
+    an endpoint, the fields given override the profile's one by one."""
 
     # Refuse (400) every field without an exact equivalent, hints included.
     strict: bool | None = None

@@ -2,7 +2,7 @@
 routes (`/v1/messages/count_tokens`, `/v1/responses/input_tokens`) when the upstream does not
 speak their format. Never an inference call, and marked as an estimate in the answer's headers.
 
-The estimate is deliberately simple and documented (README "Coding agents"): every string of the
+The estimate is deliberately simple and documented (docs/coding-agents.md): every string of the
 prompt-bearing fields (`system`, `instructions`, `messages`, `input`, `tools`, `tool_choice`) is
 counted at 4 characters a token, rounded up (framing values: `type`, `role`, `cache_control` are
 not prompt text), plus 4 tokens per message or input item for the

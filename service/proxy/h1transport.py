@@ -8,19 +8,40 @@ one is an `asyncio.Protocol` per connection with llhttp (httptools, already a Sa
 parsing the response, and a keep-alive pool; everything above it is still httpx (`httpx.Request`,
 `httpx.Response`, httpx's exception types), so the relay code does not know which transport runs.
 
-What it does, and the decisions taken where HTTP leaves a choice:
-- HTTP/1.1 only, `http` and `https` (TLS verified with httpx's default context: certifi's CAs,
-  ALPN `http/1.1`). The request head is written as the relay built it (httpx adds `Host` and
-  `Content-Length`); a header name or value holding CR, LF or NUL is refused before anything is
-  sent (`httpx.LocalProtocolError`): the router never forwards a header it could not frame.
+What it does, and the decisions taken where HTTP leaves a choice (each pinned by
+tests/integration/test_h1transport.py; where httpx's own transport or httpx-aiohttp decide
+otherwise, tests/integration/test_h1_differential.py records which one this follows and why):
+- HTTP/1.1 only, `http` and `https`. TLS: httpx's default context (`httpx.create_ssl_context`:
+  certificate and host name verified, SNI sent; an operator trusts another CA by pointing
+  `SSL_CERT_FILE` at a PEM bundle, which replaces certifi's CAs, or `SSL_CERT_DIR`), ALPN
+  `http/1.1`.
+- The request head is written as the relay built it (httpx adds `Host` and `Content-Length`),
+  after checking it against the grammar of RFC 9110/9112: the method and every header name a
+  token, every value visible characters (obs-text allowed) with inner spaces or tabs only,
+  the target visible ASCII. Anything else (CR, LF, NUL, other control bytes, a space at either
+  end of a value, a name that is not a token) is refused before anything is sent
+  (`httpx.LocalProtocolError`): the router never forwards a header it could not frame.
 - Request bodies: bytes are written with the head in one call; a streamed body (multipart audio)
-  is written as it arrives, waiting for the socket to drain (write timeout). An error raised by
-  the body's source (e.g. the client's body over the size limit) propagates as it is.
-- Responses: 1xx answers are skipped; the body is handed over as it arrives (reading pauses past
-  256 KiB buffered, so a slow client slows the upstream instead of growing memory); chunked
-  bodies are de-chunked, `Content-Encoding` is left alone (the relay passes raw bytes); a body
-  delimited by the connection's end is complete at EOF. A response head over 64 KiB is refused
-  (`RemoteProtocolError`).
+  is written as it arrives, waiting for the socket to drain (write timeout). Its framing is
+  checked before connecting: exactly one of `Content-Length` (digits, one value) or
+  `Transfer-Encoding: chunked`; a stream longer than its length is refused before the extra
+  byte is written, a shorter one at its end (`LocalProtocolError`, as h11 says; the connection
+  is closed, so the upstream never sees a complete wrong message). An error raised by the
+  body's source (e.g. the client's body over the size limit) propagates as it is.
+- An answer that begins while the request is being written (a 413 or 401 during an upload)
+  stops the writing and is delivered; that connection is never reused. If the upstream then
+  closed and a write failed (a reset), what the kernel had already received is still read.
+- Responses: 1xx answers are skipped (101 is an error: the relay never asks for an upgrade);
+  the body is handed over as it arrives (reading pauses past 256 KiB buffered, so a slow client
+  slows the upstream instead of growing memory); chunked bodies are de-chunked, chunk
+  extensions and trailers dropped (as httpx); `Content-Encoding` is left alone (the relay passes
+  raw bytes). Framing is llhttp's, strict: duplicate or conflicting `Content-Length`, both
+  framings, obs-fold, LF-only lines are errors. Whether a body ends with the connection is
+  llhttp's decision too (`_needs_eof`); over TLS such a body is complete only with the peer's
+  close_notify (a bare TCP FIN there is a `ReadError` caused by `ssl.SSLEOFError`: tls_error).
+  A response head over 64 KiB is refused (`RemoteProtocolError`). A HEAD answer is complete at
+  its head. Bytes after a complete response close the connection: they are never part of an
+  answer.
 - Pool: per (scheme, host, port); at most `max_connections` open (idle or busy) per worker, at
   most `max_keepalive_connections` kept idle, each for `keepalive_expiry` seconds, or less when
   the upstream's answer announced `Keep-Alive: timeout=N` (then N - 1 s). A request that
@@ -32,9 +53,10 @@ What it does, and the decisions taken where HTTP leaves a choice:
 - Errors are httpx's types, as httpx's own transport raises them in the same situation, each
   with the underlying error as its cause (so a TLS failure is recognisable, never by its text):
   ConnectTimeout, ConnectError, PoolTimeout, ReadTimeout, WriteTimeout, WriteError,
-  RemoteProtocolError ("Server disconnected without sending a response." when the upstream
-  closed before a response; "peer closed connection without sending complete body" mid-body;
-  "Malformed ..." for what llhttp rejects).
+  LocalProtocolError (a request it will not frame), ReadError (a reset, before or during the
+  answer: the router's io_error), RemoteProtocolError ("Server disconnected without sending a
+  response." when the upstream closed (FIN) before a response; "peer closed connection without
+  sending complete body" mid-body; "Malformed ..." for what llhttp rejects).
 - One retry, for the keep-alive race only: a request written on a connection taken from the idle
   pool that the upstream closes (FIN or reset) before a single byte of a response is sent again,
   once, on a new connection (the other idle connections to that upstream are closed too: they
@@ -47,12 +69,22 @@ What it does, and the decisions taken where HTTP leaves a choice:
   timeout, a streamed body (it cannot be replayed). Otherwise a request is never re-sent once a
   byte of it was written (an LLM call costs money and is not idempotent); `upstream.send`
   retries only a failed connect.
+
+Non-goals (use another engine, `API_ROUTER_UPSTREAM_TRANSPORT`, if one is needed): HTTP/2 or
+HTTP/3; proxies (an `HTTP_PROXY` in the environment is ignored, by design); `Expect:
+100-continue` on its own initiative; pipelining; automatic decompression, redirects, cookies,
+authentication, or any header the relay did not put there; response trailers; lenient parsing
+(obs-fold, bare LF, repeated lengths); client certificates or a TLS context per upstream (one
+context per transport); retrying anything but the keep-alive race above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import re
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,6 +99,14 @@ KEEP_ALIVE_MARGIN_SECS = 1.0
 READ_PAUSE_BYTES = 256 * 1024
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _CHUNK_END = b"0\r\n\r\n"
+# RFC 9110 §5.1 / §5.5: a field name is a token; a field value is visible characters (and
+# obs-text) with inner spaces and tabs, nothing at either end. The method is a token (§9.1), the
+# target visible ASCII (RFC 9112 §3.2). The whole head is matched once.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_VCHARS = rb"[\x21-\x7e\x80-\xff]++"
+_FIELD = _TOKEN + rb": (?:" + _VCHARS + rb"(?:[ \t]++" + _VCHARS + rb")*+)?\r\n"
+_HEAD = re.compile(_TOKEN + rb" [\x21-\x7e]++ HTTP/1\.1\r\n(?:" + _FIELD + rb")*+\r\n")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -94,6 +134,8 @@ class _Conn(asyncio.Protocol):
         self._new_response()
 
     def _new_response(self) -> None:
+        if getattr(self, "head_request", False):  # llhttp is still waiting for a HEAD's body
+            self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -101,7 +143,7 @@ class _Conn(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self.keep_alive = False
-        self.until_eof = False  # no Content-Length, not chunked: the body ends with the socket
+        self.request_sent = False  # the whole request was written before its answer began
         self.got_bytes = False
         self.server_idle: float | None = None  # the upstream's `Keep-Alive: timeout=` if any
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -135,28 +177,14 @@ class _Conn(asyncio.Protocol):
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.busy and not self.complete and not self.closed:
+            self._read_what_arrived()
         if not self.closed:
             self.closed = True
-            if self.until_eof and self.head_done and not self.complete and exc is None:
-                self.complete = True  # the body was delimited by the end of the connection
-                self.keep_alive = False
-            elif self.error is None and self.busy and not self.complete:
-                if self.head_done:
-                    err = httpx.RemoteProtocolError(
-                        "peer closed connection without sending complete body"
-                    )
-                else:
-                    err = httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response."
-                    )
-                if exc is not None:
-                    err.__cause__ = exc
-                self.error = err
+            if self.error is None and self.busy and not self.complete:
+                self.error = self._ended(exc)
             self.pool._closed(self)
         self._wake()
-        d = self.drain
-        if d is not None and not d.done():
-            d.set_result(None)
 
     def pause_writing(self) -> None:
         if self.drain is None or self.drain.done():
@@ -167,6 +195,49 @@ class _Conn(asyncio.Protocol):
         if d is not None and not d.done():
             d.set_result(None)
 
+    def _read_what_arrived(self) -> None:
+        """A write failed (the upstream answered early, then closed with our upload unread,
+        which resets the connection): asyncio drops the socket without reading what the kernel
+        already received, which may be the whole answer. Read it (plain TCP only; the socket is
+        still open during connection_lost), as httpcore reads after a failed write."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return
+        with socket.socket(fileno=os.dup(fd)) as dup:
+            while self.busy and not self.complete and not self.closed:
+                try:
+                    data = dup.recv(65536, socket.MSG_DONTWAIT)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.data_received(data)
+
+    def _ended(self, exc: Exception | None) -> BaseException | None:
+        """The connection ended while a response was expected: complete (a body delimited by
+        the end of the connection, as llhttp frames it), or the error httpx's own transport
+        raises: a reset (`exc`) is a `ReadError`, a FIN before the end a `RemoteProtocolError`,
+        a TLS stream cut without close_notify a `ReadError` caused by `ssl.SSLEOFError`."""
+        if exc is None and self.head_done and _needs_eof(self.status, self.headers):
+            if self.key[0] == b"http" or _close_notify_received(self.transport):
+                self.complete = True
+                self.keep_alive = False
+                return None
+            exc = ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "TLS stream ended without close_notify")
+        err: httpx.HTTPError
+        if exc is not None:
+            err = httpx.ReadError("Connection to the upstream broke")
+            err.__cause__ = exc
+        elif self.head_done:
+            err = httpx.RemoteProtocolError("peer closed connection without sending complete body")
+        else:
+            err = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return err
+
     # -- llhttp callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         if self.complete:  # a second response in the same packet: never relayed
@@ -176,7 +247,8 @@ class _Conn(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.head_done:  # after the head: a chunked body's trailer, dropped (as httpx)
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -191,21 +263,13 @@ class _Conn(asyncio.Protocol):
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.server_idle = _keep_alive_timeout(self.headers)
-        if status not in (204, 304) and not self.head_request:
-            chunked = length = False
-            for name, value in self.headers:
-                lname = name.lower()
-                if lname == b"content-length":
-                    length = True
-                elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
-            self.until_eof = not (chunked or length)
         self.head_done = True
-        if self.head_request:  # llhttp cannot be told a HEAD answer has no body
-            self.complete = True
-            self.keep_alive = False
+        if self.head_request:  # llhttp cannot be told a HEAD answer has no body: a new parser
+            self.complete = True  # for the next response (_new_response); bytes after: on_body
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # a HEAD answer's "body": bytes after a complete response
+            raise httpx.RemoteProtocolError("Unexpected bytes after a complete response")
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > READ_PAUSE_BYTES and not self.reading_paused and self.transport:
@@ -231,6 +295,10 @@ class _Conn(asyncio.Protocol):
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
+        if self.head_done or self.closed:  # a writer waiting to drain stops: answered or gone
+            d = self.drain
+            if d is not None and not d.done():
+                d.set_result(None)
 
     async def wait(self, limit: float | None) -> None:
         """Until the protocol has news (bytes, end, error); TimeoutError after `limit` s."""
@@ -255,7 +323,13 @@ class _Conn(asyncio.Protocol):
         return data
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        return (
+            self.complete
+            and self.keep_alive
+            and self.request_sent
+            and not self.closed
+            and self.error is None
+        )
 
     def abort(self) -> None:
         self.keep_alive = False
@@ -529,21 +603,23 @@ class H1Transport(httpx.AsyncBaseTransport):
         key = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
         method = request.method.encode("ascii")
         head = _head(method, url.raw_path, request.headers.raw)
+        framing: tuple[bool, int] | None = None
         try:
             body: bytes | None = request.content
         except httpx.RequestNotRead:
             body = None
+            framing = _framing(request.headers)  # refused before connecting, if it must be
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         conn = await self._acquire(key, timeout)
         try:
-            await self._exchange(conn, head, body, request, timeout)
+            await self._exchange(conn, head, body, framing, request, timeout)
         except Exception as e:
             if not (_stale(conn, e) and body is not None):
                 raise
             # The keep-alive race: the upstream closed this idle connection as the request
             # went out. Once, on a new connection (module docstring: why this is safe).
             conn = await self._acquire(key, timeout, fresh=True)
-            await self._exchange(conn, head, body, request, timeout)
+            await self._exchange(conn, head, body, framing, request, timeout)
         return httpx.Response(
             conn.status,
             headers=conn.headers,
@@ -556,6 +632,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         conn: _Conn,
         head: bytes,
         body: bytes | None,
+        framing: tuple[bool, int] | None,
         request: httpx.Request,
         timeouts: dict[str, Any],
     ) -> None:
@@ -563,7 +640,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         closed and released before the error propagates."""
         conn.head_request = request.method == "HEAD"
         try:
-            await self._write(conn, head, body, request, timeouts.get("write"))
+            await self._write(conn, head, body, framing, request, timeouts.get("write"))
             read_timeout = timeouts.get("read")
             while not conn.head_done:
                 if conn.error is not None:
@@ -586,9 +663,13 @@ class H1Transport(httpx.AsyncBaseTransport):
         conn: _Conn,
         head: bytes,
         body: bytes | None,
+        framing: tuple[bool, int] | None,
         request: httpx.Request,
         write_timeout: float | None,
     ) -> None:
+        """Write the request. An answer that begins before the request is all written (a 413 or
+        401 during an upload) ends the writing: the caller reads that answer, and the connection
+        is not reused (`request_sent` stays false: the upstream's view of the rest is unknown)."""
         transport = conn.transport
         assert transport is not None
         if body is not None:
@@ -598,27 +679,38 @@ class H1Transport(httpx.AsyncBaseTransport):
                 transport.write(head)
             await conn.drained(write_timeout)
             self._check_written(conn)
+            conn.request_sent = not conn.head_done
             return
+        assert framing is not None
+        chunked, declared = framing
         transport.write(head)
-        chunked = b"chunked" in request.headers.get("transfer-encoding", "").encode()
         stream = request.stream
         assert isinstance(stream, httpx.AsyncByteStream)
+        sent = 0
         async for chunk in stream:
             if conn.head_done or conn.closed:  # answered (or gone) before the body was sent
-                if conn.head_done:
-                    conn.keep_alive = False  # the rest of the body was never sent
-                    return
                 break
             if not chunk:
                 continue
             if chunked:
                 transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
             else:
+                sent += len(chunk)
+                if sent > declared:  # never a byte past the declared frame (h11 says the same)
+                    raise httpx.LocalProtocolError("Too much data for declared Content-Length")
                 transport.write(chunk)
             await conn.drained(write_timeout)
-        if chunked and not conn.closed:
-            transport.write(_CHUNK_END)
-        await conn.drained(write_timeout)
+        else:
+            if conn.head_done or conn.closed:
+                pass
+            elif chunked:
+                transport.write(_CHUNK_END)
+            elif sent < declared:
+                raise httpx.LocalProtocolError("Too little data for declared Content-Length")
+            await conn.drained(write_timeout)
+            self._check_written(conn)
+            conn.request_sent = not conn.head_done
+            return
         self._check_written(conn)
 
     @staticmethod
@@ -643,8 +735,64 @@ def _stale(conn: _Conn, err: Exception) -> bool:
         conn.reused
         and conn.closed
         and not conn.got_bytes
-        and isinstance(err, (httpx.RemoteProtocolError, httpx.WriteError))
+        and isinstance(err, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
     )
+
+
+def _framing(headers: httpx.Headers) -> tuple[bool, int]:
+    """How a streamed request body is framed: (chunked, declared Content-Length). Refused
+    (`LocalProtocolError`, before anything is written) when the upstream could read it two ways:
+    both headers, several different lengths, a length that is not digits, a transfer coding
+    other than chunked, or neither header (the head alone would be a complete request: httpx
+    always frames a stream, so only a relay that dropped the header gets here)."""
+    te = headers.get_list("transfer-encoding")
+    lengths = {v.strip() for v in headers.get_list("content-length", split_commas=True)}
+    if te:
+        if lengths or [v.strip().lower() for v in te] != ["chunked"]:
+            raise httpx.LocalProtocolError("Invalid request body framing; not forwarded")
+        return True, 0
+    if len(lengths) != 1 or not _DIGITS.fullmatch(length := lengths.pop()):
+        raise httpx.LocalProtocolError("Invalid request body framing; not forwarded")
+    return False, int(length)
+
+
+def _needs_eof(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether llhttp frames this response's body by the end of the connection. httptools does
+    not expose `llhttp_message_needs_eof` (nor `llhttp_finish`), so the parser is asked another
+    way: the head is parsed again as HTTP/1.1 without its Connection headers, where
+    `should_keep_alive()` is false exactly when the body needs EOF. Only at an EOF mid-message
+    (rare), never per request."""
+    parser = httptools.HttpResponseParser(_NO_CALLBACKS)
+    lines = [b"HTTP/1.1 %d -\r\n" % status]
+    for name, value in headers:
+        if name.lower() not in (b"connection", b"proxy-connection"):
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    try:
+        parser.feed_data(b"".join(lines))
+    except httptools.HttpParserError:
+        return False
+    return not parser.should_keep_alive()
+
+
+_NO_CALLBACKS = object()
+
+
+def _close_notify_received(transport: asyncio.BaseTransport | None) -> bool:
+    """When a TLS connection has ended: whether the peer sent close_notify. asyncio's SSL layer
+    treats a bare TCP FIN as an end too (uvloop's calls no `eof_received` then, asyncio's does),
+    so the TLS object is asked: after close_notify a read is SSL_ERROR_ZERO_RETURN (b"", or
+    SSLZeroReturnError once our own close_notify went out too); after a bare FIN it still wants
+    bytes (the layer never feeds it the EOF). All the data was handed over before."""
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if sslobj is None:
+        return False
+    try:
+        return sslobj.read(1) == b""
+    except ssl.SSLZeroReturnError:
+        return True
+    except (ssl.SSLError, ValueError):
+        return False
 
 
 def _keep_alive_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
@@ -668,9 +816,10 @@ def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> b
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     head = b"".join(parts)
-    # Exactly one CR and one LF per line: a CR, LF or NUL inside a name or value would let a
-    # client's header split into another header (or request) upstream.
-    lines = len(headers) + 2
-    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
-        raise httpx.LocalProtocolError("A header holds a line break or NUL; not forwarded")
+    # A name or value outside the grammar is never sent: a CR, LF or NUL would split a client's
+    # header into another header (or request) upstream; other control bytes, spaces at either
+    # end of a value, or a name that is not a token are read differently by different servers.
+    # (One line per header: a value holding "\r\nName: x" would match the grammar as two.)
+    if head.count(b"\n") != len(headers) + 2 or _HEAD.fullmatch(head) is None:
+        raise httpx.LocalProtocolError("A header name or value is not valid HTTP; not forwarded")
     return head

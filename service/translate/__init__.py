@@ -11,7 +11,7 @@ upstream SSE events, returns what to write: nothing is buffered beyond the open 
     openai_to_anthropic   /v1/chat/completions client, Messages upstream
 
 What each direction translates, drops and refuses (400, `Untranslatable`) is listed in
-README.md, "Format translation".
+docs/translation.md.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class TranslationOptions:
 DEFAULT_OPTIONS = TranslationOptions()
 
 # Labels of `translation_dropped_fields_total{field}`: everything a translated request may leave
-# out, in either direction (README.md, "Format translation", says what each one covers). A closed
+# out, in either direction (docs/translation.md, says what each one covers). A closed
 # set: a label not in it is a programming error.
 DROPPED_FIELDS = (
     # hints of an Anthropic Messages client

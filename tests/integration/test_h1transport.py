@@ -1,18 +1,26 @@
 """The router's own httpx transport (service/proxy/h1transport.py) against scripted raw servers:
-connection reuse and when a connection must not be reused, response framing (chunked, until
-EOF, 1xx, HEAD), header injection refused, the pool cap and its wait, back-pressure on a large
-body, timeouts and broken answers as httpx's exception types. Each server is a real TCP server on
-loopback whose every byte the test writes."""
+connection reuse and when a connection must not be reused, the keep-alive race, response framing
+(chunked, until EOF as llhttp decides it, 1xx, HEAD), outgoing framing (header grammar, a
+streamed body against its length, an early answer during an upload), the pool cap and its wait,
+back-pressure on a large body, timeouts, resets and broken answers as httpx's exception types,
+TLS (a CA made at test time, SNI, host name checks, truncation, connection churn). Each server
+is a real server on loopback whose every byte the test writes; every test runs on asyncio's
+loop and on uvloop. Comparisons with the other engines: test_h1_differential.py."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+import uvloop
 
 from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport
 from service.proxy.upstream import UpstreamClient
@@ -73,6 +81,18 @@ def keep_alive_ok(server_ref: list[Scripted]) -> Handler:
     return repeating(OK, server_ref)
 
 
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test on asyncio's own loop and on uvloop (the one Sanic runs the router on): their
+    transports differ where it matters here (a failed write, a TLS stream's end)."""
+    if request.param == "uvloop":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
 @pytest.fixture
 def scripted() -> Iterator[Callable[[Handler], Scripted]]:
     started: list[Scripted] = []
@@ -112,7 +132,7 @@ async def fetch(c: UpstreamClient, r: httpx.Request) -> tuple[httpx.Response, by
     return resp, data
 
 
-def test_a_connection_is_reused_after_a_complete_response(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_a_connection_is_reused_after_a_complete_response(scripted) -> None:
     ref: list[Scripted] = []
     s = scripted(keep_alive_ok(ref))
     ref.append(s)
@@ -133,7 +153,7 @@ def test_a_connection_is_reused_after_a_complete_response(scripted) -> None:  # 
     assert names == {b"host", b"content-length"}
 
 
-def test_an_abandoned_response_closes_its_connection(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_an_abandoned_response_closes_its_connection(scripted) -> None:
     s = scripted(repeating(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"))  # 5 of 10
 
     async def go() -> None:
@@ -169,7 +189,7 @@ def test_an_abandoned_response_closes_its_connection(scripted) -> None:  # type:
     ],
     ids=["chunked", "100-continue", "connection-close", "http-1.0"],
 )
-def test_response_framing(scripted, answer: bytes, expected: bytes, reused: bool) -> None:  # type: ignore[no-untyped-def]
+def test_response_framing(scripted, answer: bytes, expected: bytes, reused: bool) -> None:
     s = scripted(repeating(answer))
 
     async def go() -> None:
@@ -184,7 +204,7 @@ def test_response_framing(scripted, answer: bytes, expected: bytes, reused: bool
     assert s.connections == (1 if reused else 2)
 
 
-def test_a_body_delimited_by_the_end_of_the_connection(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_delimited_by_the_end_of_the_connection(scripted) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
@@ -205,7 +225,7 @@ def test_a_body_delimited_by_the_end_of_the_connection(scripted) -> None:  # typ
     assert asyncio.run(go()) == b"part one, part two"
 
 
-def test_head_request_has_no_body(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_head_request_has_no_body(scripted) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
@@ -225,7 +245,7 @@ def test_head_request_has_no_body(scripted) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("bad", ["a\r\nInjected: 1", "a\nInjected: 1", "a\rb", "a\0b"])
-def test_a_header_with_a_line_break_is_never_sent(scripted, bad: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_header_with_a_line_break_is_never_sent(scripted, bad: str) -> None:
     ref: list[Scripted] = []
     s = scripted(keep_alive_ok(ref))
     ref.append(s)
@@ -242,7 +262,7 @@ def test_a_header_with_a_line_break_is_never_sent(scripted, bad: str) -> None:  
     assert s.connections == 0 and s.received == b""
 
 
-def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:
 
     s = scripted(repeating(OK))
 
@@ -265,7 +285,7 @@ def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:  # type
     assert s.connections == 1
 
 
-def test_a_slow_reader_pauses_the_upstream(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
     total = 64 * 1024 * 1024
     piece = b"x" * 65536
 
@@ -303,7 +323,7 @@ def test_a_slow_reader_pauses_the_upstream(scripted) -> None:  # type: ignore[no
     asyncio.run(go())
 
 
-def test_a_streamed_request_body_is_sent_chunked_or_with_its_length(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_a_streamed_request_body_is_sent_chunked_or_with_its_length(scripted) -> None:
     bodies: list[bytes] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -326,7 +346,7 @@ def test_a_streamed_request_body_is_sent_chunked_or_with_its_length(scripted) ->
 
     s = scripted(handler)
 
-    async def parts() -> object:
+    async def parts() -> AsyncIterator[bytes]:
         for p in (b"first ", b"", b"second ", b"third"):
             await asyncio.sleep(0.01)
             yield p
@@ -352,7 +372,7 @@ def test_a_streamed_request_body_is_sent_chunked_or_with_its_length(scripted) ->
     assert s.connections == 1
 
 
-def test_an_error_of_the_request_body_source_propagates_as_it_is(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_an_error_of_the_request_body_source_propagates_as_it_is(scripted) -> None:
     ref: list[Scripted] = []
     s = scripted(keep_alive_ok(ref))
     ref.append(s)
@@ -360,7 +380,7 @@ def test_an_error_of_the_request_body_source_propagates_as_it_is(scripted) -> No
     class TooLarge(Exception):
         pass
 
-    async def parts() -> object:
+    async def parts() -> AsyncIterator[bytes]:
         yield b"some"
         raise TooLarge()
 
@@ -398,7 +418,7 @@ def test_an_error_of_the_request_body_source_propagates_as_it_is(scripted) -> No
 )
 def test_broken_answers_are_httpx_errors(
     scripted, answer: bytes, error: type, message: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(answer)
@@ -415,7 +435,7 @@ def test_broken_answers_are_httpx_errors(
     asyncio.run(go())
 
 
-def test_timeouts(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_timeouts(scripted) -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")  # then nothing
@@ -442,7 +462,7 @@ def test_timeouts(scripted) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(go())
 
 
-def test_connect_failures(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_connect_failures(tmp_path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: refused
@@ -459,7 +479,7 @@ def test_connect_failures(tmp_path) -> None:  # type: ignore[no-untyped-def]
     asyncio.run(go())
 
 
-def test_an_idle_connection_closed_by_the_upstream_is_not_used(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_an_idle_connection_closed_by_the_upstream_is_not_used(scripted) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(OK)  # keep-alive announced, then closed while idle
@@ -479,7 +499,7 @@ def test_an_idle_connection_closed_by_the_upstream_is_not_used(scripted) -> None
     assert s.connections == 3
 
 
-def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -494,7 +514,7 @@ def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) 
     async def go() -> None:
         c = client()
         resp = await c.send(req(c, s.url, read=1.0), stream=True)
-        receive = resp.stream.receive  # type: ignore[attr-defined]
+        receive = resp.stream.receive  # type: ignore[union-attr]
         assert await receive(5.0) == b"first"
         nones = 0
         while (data := await receive(0.05)) is None:
@@ -512,7 +532,7 @@ def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) 
 
 
 @pytest.mark.parametrize("gap", [0.0, 0.05])
-def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:  # type: ignore[no-untyped-def]
+def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_request(reader)
@@ -539,7 +559,7 @@ def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) ->
     assert s.connections == 2  # the polluted connection was not reused
 
 
-def test_an_unterminated_header_is_cut_at_the_head_limit(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_an_unterminated_header_is_cut_at_the_head_limit(scripted) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 100_000)  # no line end, ever
@@ -557,7 +577,7 @@ def test_an_unterminated_header_is_cut_at_the_head_limit(scripted) -> None:  # t
     asyncio.run(go())
 
 
-def test_making_room_at_the_cap_closes_one_idle_connection_only(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_making_room_at_the_cap_closes_one_idle_connection_only(scripted) -> None:
     ref: list[Scripted] = []
     servers = [scripted(keep_alive_ok(ref)) for _ in range(4)]
     ref.append(servers[0])  # (the handler records into the first; only counts matter here)
@@ -600,7 +620,7 @@ def _closes_the_second_request(how: str) -> Handler:
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
-def test_the_keep_alive_race_is_retried_once_on_a_new_connection(scripted, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_keep_alive_race_is_retried_once_on_a_new_connection(scripted, how: str) -> None:
     s = scripted(_closes_the_second_request(how))
 
     async def go() -> None:
@@ -616,7 +636,7 @@ def test_the_keep_alive_race_is_retried_once_on_a_new_connection(scripted, how: 
 
 
 @pytest.mark.parametrize("how", ["partial"])
-def test_no_retry_once_a_response_byte_arrived(scripted, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_no_retry_once_a_response_byte_arrived(scripted, how: str) -> None:
     s = scripted(_closes_the_second_request(how))
 
     async def go() -> None:
@@ -630,7 +650,7 @@ def test_no_retry_once_a_response_byte_arrived(scripted, how: str) -> None:  # t
     assert s.connections == 1  # the request was sent once
 
 
-def test_no_retry_on_a_fresh_connection_or_a_streamed_body(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_no_retry_on_a_fresh_connection_or_a_streamed_body(scripted) -> None:
     async def closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.close()  # a new connection closed without an answer: not the race
@@ -659,7 +679,7 @@ def test_no_retry_on_a_fresh_connection_or_a_streamed_body(scripted) -> None:  #
     assert (s.connections, s2.connections) == (1, 1)
 
 
-def test_an_announced_keep_alive_timeout_is_honoured(scripted) -> None:  # type: ignore[no-untyped-def]
+def test_an_announced_keep_alive_timeout_is_honoured(scripted) -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=1.5, max=100\r\n\r\n{}"
     ref: list[Scripted] = []
     s = scripted(repeating(answer, ref))
@@ -683,3 +703,391 @@ def test_the_router_keeps_idle_upstream_connections_less_than_servers_do() -> No
 
     # uvicorn and Node close idle connections after 5 s: ours go first
     assert KEEPALIVE_EXPIRY_SECS < 5
+
+
+# -- outgoing framing ------------------------------------------------------------------------------
+
+
+def _streamed(c: UpstreamClient, url: str, parts: list[bytes], headers: list[tuple[str, str]]):
+    async def body() -> AsyncIterator[bytes]:
+        for p in parts:
+            yield p
+
+    return c.build_request("POST", url, content=body(), headers=headers, timeout=httpx.Timeout(5.0))
+
+
+@pytest.mark.parametrize(
+    "parts,declared", [([b"abc", b"defgh"], "5"), ([b"abc"], "10")], ids=["too-long", "too-short"]
+)
+def test_a_streamed_body_must_match_its_declared_length(scripted, parts, declared) -> None:
+    ref: list[Scripted] = []
+    s = scripted(keep_alive_ok(ref))
+    ref.append(s)
+    headers = [("Content-Length", declared)]
+
+    async def go() -> None:
+        c = client()
+        with pytest.raises(httpx.LocalProtocolError, match="data for declared Content-Length"):
+            await fetch(c, _streamed(c, s.url, parts, headers))
+        _, data = await fetch(c, req(c, s.url))  # the half-framed connection is not reused
+        assert data == b"{}"
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 2
+    # Never a byte past the declared length: the upstream saw one complete request, ours.
+    assert s.received.count(b"POST ") == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("Content-Length", "3"), ("Transfer-Encoding", "chunked")],
+        [("Content-Length", "3"), ("Content-Length", "4")],
+        [("Content-Length", "+3")],
+        [("Transfer-Encoding", "gzip")],
+        [],
+    ],
+    ids=["both", "conflicting-lengths", "not-digits", "not-chunked", "none"],
+)
+def test_a_streamed_body_with_ambiguous_framing_is_never_sent(scripted, headers) -> None:
+    s = scripted(repeating(OK))
+
+    async def go() -> None:
+        c = client()
+        r = _streamed(c, s.url, [b"abc"], headers)
+        if not headers:
+            del r.headers["Transfer-Encoding"]  # httpx adds it; a relay could drop it
+        with pytest.raises(httpx.LocalProtocolError, match="framing"):
+            await fetch(c, r)
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 0
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        (b"X Test", b"v"),
+        (b"X:Test", b"v"),
+        (b"", b"v"),
+        (b"X-\xe9", b"v"),
+        (b"X-Test", b"a\x01b"),
+        (b"X-Test", b"a\x7fb"),
+        (b"X-Test", b" leading"),
+        (b"X-Test", b"trailing\t"),
+    ],
+    ids=["space-in-name", "colon-in-name", "empty-name", "non-ascii-name", "ctl", "del",
+         "leading-space", "trailing-tab"],
+)  # fmt: skip
+def test_a_header_outside_the_rfc_grammar_is_never_sent(scripted, name, value) -> None:
+    s = scripted(repeating(OK))
+
+    async def go() -> None:
+        c = client()
+        r = req(c, s.url)
+        r.headers = httpx.Headers([*r.headers.raw, (name, value)])  # past httpx's own checks
+        with pytest.raises(httpx.LocalProtocolError):
+            await fetch(c, r)
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 0
+
+
+def test_headers_inside_the_grammar_are_sent_as_they_are(scripted) -> None:
+    ref: list[Scripted] = []
+    s = scripted(keep_alive_ok(ref))
+    ref.append(s)
+    sent = [
+        (b"X-Tab", b"a\tb  c"),
+        (b"X-Empty", b""),
+        (b"X-Obs", b"caf\xc3\xa9"),
+        (b"X!#$%&'*+-.^_`|~9", b"~"),
+    ]
+
+    async def go() -> None:
+        c = client()
+        r = req(c, s.url)
+        r.headers = httpx.Headers([*r.headers.raw, *sent])
+        await fetch(c, r)
+        await c.aclose()
+
+    asyncio.run(go())
+    for name, value in sent:
+        assert b"\r\n" + name + b": " + value + b"\r\n" in s.received
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "bytes"])
+@pytest.mark.parametrize("closes", [True, False], ids=["then-closes", "then-waits"])
+def test_an_early_answer_during_an_upload_is_delivered(scripted, streamed, closes) -> None:
+    """An upstream refusing an upload (413, 401) answers after the head and stops reading; the
+    body does not fit in the socket buffers, so the writer would wait to drain forever."""
+    body = b"x" * (32 * 1024 * 1024)
+
+    async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        await writer.drain()
+        if not closes:
+            await asyncio.sleep(5)  # keeps the connection, never reads the body
+
+    s = scripted(refuses)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    async def go() -> None:
+        c = client()
+        t = httpx.Timeout(5.0, write=1.0)
+        for _ in range(2):
+            if streamed:
+                r = c.build_request(
+                    "POST", s.url, content=pieces(), headers=[("Content-Length", str(len(body)))],
+                    timeout=t,
+                )  # fmt: skip
+            else:
+                r = c.build_request("POST", s.url, content=body, headers=[], timeout=t)
+            resp, data = await fetch(c, r)
+            assert (resp.status_code, data) == (413, b"too big!")
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 2  # never reused: the upstream never read the rest
+
+
+# -- errors as httpx's own transport raises them -------------------------------------------------
+
+
+def _resets(after: bytes) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(after)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "after,error,error_type",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345", httpx.ReadError, "io_error"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n", httpx.ReadError,
+         "io_error"),
+        (b"HTTP/1.1 200 OK\r\n\r\n12345", httpx.ReadError, "io_error"),  # not a complete body
+        (b"", httpx.ReadError, "io_error"),
+    ],
+    ids=["mid-body", "mid-chunked", "until-eof-body", "before-the-answer"],
+)  # fmt: skip
+def test_a_reset_is_a_read_error_as_httpx_says(scripted, after, error, error_type) -> None:
+    from service.proxy.upstream import map_exception
+
+    s = scripted(_resets(after))
+
+    async def go() -> None:
+        c = client()
+        with pytest.raises(error) as e:
+            await fetch(c, req(c, s.url))
+        assert isinstance(e.value.__cause__, ConnectionResetError)
+        assert map_exception(e.value).error_type == error_type
+        await c.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", b"until the end"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nraw", b"raw"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nraw", b"raw"),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nold", b"old"),
+    ],
+    ids=["no-framing", "chunked-not-last", "identity", "http-1.0"],
+)
+def test_the_parser_decides_a_body_that_ends_with_the_connection(
+    scripted, answer, expected
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()  # then closed: the end of the body
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        resp, data = await fetch(c, req(c, s.url))
+        assert (resp.status_code, data) == (200, expected)
+        await c.aclose()
+
+    asyncio.run(go())
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA made for this test run and a certificate it signed for `localhost` (only)."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", *ec, "-days", "1", "-subj", "/CN=api-router test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    run("req", *ec, "-subj", "/CN=localhost", "-keyout", "leaf.key", "-out", "leaf.csr")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    run("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "ext.cnf", "-out", "leaf.pem")  # fmt: skip
+    return {"ca": str(d / "ca.pem"), "cert": str(d / "leaf.pem"), "key": str(d / "leaf.key")}
+
+
+class TLSServer:
+    """A TLS server on loopback (a thread per connection): answers every request with `answer`,
+    then ends the TLS stream with close_notify (`clean`) or cuts the TCP stream without it."""
+
+    def __init__(self, files: dict[str, str], answer: bytes, clean: bool = True) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(files["cert"], files["key"])
+        self.server_names: list[str | None] = []
+        self.ctx.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
+        self.answer, self.clean = answer, clean
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(raw,), daemon=True).start()
+
+    def _one(self, raw: socket.socket) -> None:
+        raw.settimeout(5)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait per handshake
+        try:
+            tls = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        self.handshakes += 1
+        try:
+            buf = b""
+            while b"\r\n\r\n{}" not in buf:
+                buf += tls.recv(65536)
+            tls.sendall(self.answer)
+            if self.clean:
+                tls.unwrap().close()  # close_notify
+            else:
+                tls.shutdown(socket.SHUT_RDWR)  # TCP FIN only (SSLSocket.shutdown sends no alert)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            tls.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_tls_with_an_operator_trusted_ca_sni_and_hostname_checks(tls_files, monkeypatch) -> None:
+    """The CA is trusted as an operator would: SSL_CERT_FILE names the bundle the transport's
+    default context (httpx.create_ssl_context) loads instead of certifi's."""
+    from service.proxy.upstream import _transport, map_exception
+
+    monkeypatch.setenv("SSL_CERT_FILE", tls_files["ca"])
+    server = TLSServer(tls_files, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def go() -> None:
+        c = UpstreamClient(_transport("h1"))
+        resp, data = await fetch(c, req(c, f"https://localhost:{server.port}/v1/x"))
+        assert (resp.status_code, data) == (200, b"ok")
+        assert server.server_names == ["localhost"]  # SNI sent
+        with pytest.raises(httpx.ConnectError) as e:  # the certificate does not name 127.0.0.1
+            await fetch(c, req(c, f"https://127.0.0.1:{server.port}/"))
+        assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
+        assert map_exception(e.value).error_type == "tls_error"
+        await c.aclose()
+        monkeypatch.delenv("SSL_CERT_FILE")
+        c = UpstreamClient(_transport("h1"))  # certifi's CAs only: our CA is not trusted
+        with pytest.raises(httpx.ConnectError) as e:
+            await fetch(c, req(c, f"https://localhost:{server.port}/"))
+        assert map_exception(e.value).error_type == "tls_error"
+        await c.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("clean", [True, False], ids=["close-notify", "truncated"])
+def test_a_tls_body_ending_with_the_connection_needs_close_notify(tls_files, clean) -> None:
+    from service.proxy.upstream import map_exception
+
+    server = TLSServer(tls_files, b"HTTP/1.1 200 OK\r\n\r\nthe whole body", clean=clean)
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+
+    async def go() -> None:
+        c = UpstreamClient(H1Transport(ssl_context=ctx))
+        r = req(c, f"https://localhost:{server.port}/")
+        if clean:
+            resp, data = await fetch(c, r)
+            assert (resp.status_code, data) == (200, b"the whole body")
+        else:
+            with pytest.raises(httpx.ReadError) as e:  # an attacker's FIN must not end a body
+                await fetch(c, r)
+            assert isinstance(e.value.__cause__, ssl.SSLEOFError)
+            assert map_exception(e.value).error_type == "tls_error"
+        await c.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.close()
+
+
+def test_tls_connection_churn_leaks_no_file_descriptor(tls_files) -> None:
+    """200 TLS connections opened and closed (the upstream closes each after one answer):
+    the process's open file descriptors come back to where they were."""
+    server = TLSServer(
+        tls_files, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    )
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+
+    async def go() -> tuple[int, int]:
+        c = UpstreamClient(H1Transport(ssl_context=ctx))
+        url = f"https://localhost:{server.port}/"
+        for _ in range(20):
+            await fetch(c, req(c, url))
+        await asyncio.sleep(0.1)
+        before = fds()
+        for _ in range(200):
+            resp, data = await fetch(c, req(c, url))
+            assert (resp.status_code, data) == (200, b"ok")
+        await asyncio.sleep(0.2)  # the server threads close their ends
+        after = fds()
+        await c.aclose()
+        return before, after
+
+    try:
+        before, after = asyncio.run(go())
+    finally:
+        server.close()
+    assert after <= before + 2, (before, after)
+    assert server.handshakes == 220

@@ -1,4 +1,4 @@
-"""The translation policy through a real router (issue 13, README "Format translation"): what a
+"""The translation policy through a real router (issue 13, docs/translation.md): what a
 coding agent sends on a translated route is dropped or mapped, not refused; each dropped field is
 counted in `translation_dropped_fields_total{field}` and logged at debug; the other provider's
 headers never reach the upstream; `translation: {"strict": true}` on a profile or an endpoint
@@ -72,7 +72,9 @@ def test_a_claude_code_request_reaches_a_chat_upstream_without_its_hints(
     sent = upstream.last
     assert sent.path == CHAT
     body = json.loads(sent.body)
-    assert body["reasoning_effort"] == "medium"  # a budget of 10,000 (README thresholds)
+    assert (
+        body["reasoning_effort"] == "medium"
+    )  # a budget of 10,000 (docs/translation.md thresholds)
     assert body["user"] == "user_abc"
     assert body["messages"][0] == {"role": "system", "content": "You are Claude Code."}
     text = sent.body.decode()
