@@ -227,6 +227,18 @@ _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` still runs. A killed worker stays a zombie until Sanic's manager reaps it
+    (`kill(pid, 0)` still succeeds then): on Linux its /proc state says so at once."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        stat = b""
+    if stat:
+        state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+        return state not in (b"Z", b"X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -90,7 +90,8 @@ class _SharedSessionTransport(AiohttpTransport):
         return aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Content-Type"),
+            # No header the relay did not put there (aiohttp would add each of these by itself).
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
         )
 
 

@@ -655,10 +655,6 @@ def test_no_engine_behaviour_leaks_into_the_relay(
 
 
 # Known leaks of the non-default engines, recorded (the test fails when one goes away):
-ENGINE_ADDS_HEADERS = {
-    # aiohttp's automatic `Accept: */*` and `Accept-Encoding: gzip, deflate`:
-    # service/proxy/_aiohttp.py skips only User-Agent and Content-Type (`skip_auto_headers`).
-    # The body is still relayed raw (no decompression), but the upstream is asked for gzip the
-    # client may not have asked for.
-    "aiohttp": [b"accept", b"accept-encoding"],
-}
+# (none today: the aiohttp engine once added `Accept: */*` and `Accept-Encoding: gzip, deflate`;
+# service/proxy/_aiohttp.py now skips them, as it skips User-Agent and Content-Type).
+ENGINE_ADDS_HEADERS: dict[str, list[bytes]] = {}

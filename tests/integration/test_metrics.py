@@ -360,35 +360,37 @@ def test_multiproc_dir_is_fresh_at_start_and_killed_workers_drop_out(
     assert value(text, "requests_total", route=CHAT) == 0
     pids = [int(p) for p in re.findall(r"Starting worker \[(\d+)\]", r.output())]
     assert len(pids) == 2
-    socks = []
-    for _ in range(10):
-        s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        socks.append(s)
-    assert value(scrape(r.url), "active_connections") == 11
-    os.kill(pids[0], signal.SIGKILL)  # no after_server_stop: its files stay behind
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            socks.append(s)
+        assert value(scrape(r.url), "active_connections") == 11
+        os.kill(pids[0], signal.SIGKILL)  # no after_server_stop: its files stay behind
 
-    def survivors() -> int:
-        n = 0
+        def survivors() -> int:
+            n = 0
+            for s in socks:
+                s.setblocking(False)
+                try:
+                    if s.recv(1) == b"":
+                        continue  # closed by the kernel when its worker died
+                except BlockingIOError:
+                    pass
+                except ConnectionError:
+                    continue
+                n += 1
+            return n
+
+        _wait_for(lambda: survivors() < 10)
+        alive = survivors()
+        # the dead worker's connections no longer count; the survivor's still do
+        _wait_for(lambda: value(scrape(r.url), "active_connections") == alive + 1)
+    finally:
         for s in socks:
-            s.setblocking(False)
-            try:
-                if s.recv(1) == b"":
-                    continue  # closed by the kernel when its worker died
-            except BlockingIOError:
-                pass
-            except ConnectionError:
-                continue
-            n += 1
-        return n
-
-    _wait_for(lambda: survivors() < 10)
-    alive = survivors()
-    # the dead worker's connections no longer count; the survivor's still do
-    _wait_for(lambda: value(scrape(r.url), "active_connections") == alive + 1)
-    for s in socks:
-        s.close()
+            s.close()
 
 
 # -- 8. METRICS.md and the dashboard match what /metrics serves -----------------------------------
