@@ -1,5 +1,6 @@
-"""The results writer: summary (median and range over rounds), the targets of issue 7, and the
-three outputs `<date>.json`, `<date>.md` (the tables quoted in docs/performance.md) and `<date>.png`.
+"""The results writer: summary (median and range over rounds), the targets of issues 7 and 14,
+and the three outputs `<date>.json`, `<date>.md` (the tables docs/performance.md quotes) and
+`<date>.png`.
 
     .cache/bench-venv/bin/python bench/report.py bench/results/<date>.json   # rewrite md + png
 
