@@ -25,6 +25,7 @@ from service.server.dispatch import HOT_SIGNALS, RouterApp
 from service.settings import Settings
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
+from tests.integration.test_fast_dispatch import _routed_events
 from tests.support import write_profile
 
 with warnings.catch_warnings():
@@ -68,19 +69,6 @@ def make_app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
         structlog.reset_defaults()
-
-
-def _routed_events(app: Sanic) -> list[str]:
-    seen: list[str] = []
-    router = app.signal_router
-    real = router.dispatch
-
-    async def recording(event: Any, **kw: Any) -> Any:
-        seen.append(str(event))
-        return await real(event, **kw)
-
-    router.dispatch = recording  # type: ignore[method-assign]
-    return seen
 
 
 def _completion_lines(stream: io.StringIO) -> list[dict[str, Any]]:

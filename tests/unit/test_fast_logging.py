@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,18 +13,6 @@ import structlog
 
 from service.observability.logging import configure_logging, redact, set_request_secret
 from service.observability.logging_fast import iso_utc
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    yield
-    root.handlers[:], _ = saved
-    root.setLevel(saved[1])
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    set_request_secret()
 
 
 def _configure() -> io.StringIO:

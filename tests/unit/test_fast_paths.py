@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.observability import logging as obs_logging
 from service.observability import metrics_fast
-from service.observability.logging import configure_logging, emit, set_request_secret
+from service.observability.logging import configure_logging, emit
 from service.observability.metrics import Metrics
 from service.proxy import upstream
 from service.proxy.upstream import UpstreamClient, _transport
@@ -118,18 +117,6 @@ def test_request_off_builds_with_httpx_own_constructor(monkeypatch: pytest.Monke
 
 
 # -- the completion line ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    yield
-    root.handlers[:], _ = saved
-    root.setLevel(saved[1])
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    set_request_secret()
 
 
 def _completion_line(fast: bool) -> dict[str, Any]:
