@@ -1,8 +1,7 @@
-"""Prototype (issue 15): a lean adapter from the router's upstream seam to pyreqwest, measured
-against `h1` in a client-only loop. Not wired into service/; pyreqwest is not a dependency.
+"""Issue 15: the router's pyreqwest engine (service/proxy/_pyreqwest.py, behind httpx's types
+as the router uses it) measured against `h1` in a client-only loop.
 
-    pip install --target /tmp/pyrq pyreqwest
-    PYTHONPATH=/tmp/pyrq .venv/bin/python -m bench.pyreqwest_engine [--secs 4] [--rounds 3]
+    .venv/bin/python -m bench.pyreqwest_engine [--secs 4] [--rounds 3]
 
 The adapter is built the way `h1` is used by the router: an `httpx.Request` (as the relay builds
 it, sent by `UpstreamClient.send`) straight to the engine, the response body handed over chunk
@@ -21,13 +20,13 @@ import asyncio
 import multiprocessing
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import uvloop
 
+from service.proxy._pyreqwest import PyreqwestTransport
 from service.proxy.h1transport import H1Transport
 from service.proxy.upstream import UpstreamClient
 
@@ -35,73 +34,6 @@ JSON_BODY = b'{"model":"m","messages":[{"role":"user","content":"hello"}]}'
 JSON_ANSWER = b'{"id":"x","choices":[{"message":{"role":"assistant","content":"hi"}}]}'
 SSE_EVENTS = 22
 CONCURRENCY = 64
-
-
-# -- the adapter -----------------------------------------------------------------------------------
-
-
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: Any, exit_stack: Any) -> None:
-        self._response = response
-        self._cm = exit_stack
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        reader = self._response.body_reader
-        while (chunk := await reader.read_chunk()) is not None:
-            yield bytes(chunk)
-
-    async def aclose(self) -> None:
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            await cm.__aexit__(None, None, None)
-
-
-class PyreqwestTransport(httpx.AsyncBaseTransport):
-    """httpx transport on a pyreqwest client configured as a relay needs it: no decompression,
-    redirects, cookies or proxy; idle connections kept 4 s; nothing rebuilt generically."""
-
-    def __init__(self, max_connections: int = 1024) -> None:
-        from pyreqwest.client import ClientBuilder
-
-        self._client = (
-            ClientBuilder()
-            .max_connections(max_connections)
-            .pool_idle_timeout(timedelta(seconds=4))
-            .follow_redirects(False)
-            .gzip(False)
-            .brotli(False)
-            .zstd(False)
-            .deflate(False)
-            .no_proxy()
-            .default_cookie_store(False)
-            .build()
-        )
-        self._timeouts: dict[float, timedelta] = {}
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        builder = self._client.request(request.method, str(request.url))
-        builder = builder.headers(
-            [
-                (k, v)
-                for k, v in request.headers.multi_items()
-                if k not in ("host", "content-length")
-            ]
-        )
-        builder = builder.body_bytes(request.content)
-        read = request.extensions.get("timeout", {}).get("read")
-        if read is not None:
-            t = self._timeouts.get(read)
-            if t is None:
-                t = self._timeouts[read] = timedelta(seconds=read)
-            builder = builder.timeout(t)
-        cm = builder.build_streamed()
-        response = await cm.__aenter__()
-        return httpx.Response(
-            response.status, headers=list(response.headers.items()), stream=_Body(response, cm)
-        )
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 # -- the upstream (another process) ----------------------------------------------------------------
@@ -210,7 +142,9 @@ def _compat_sender() -> tuple[Sender, Callable[[], Any]]:
 
 ENGINES: dict[str, Callable[[], tuple[Sender, Callable[[], Any]]]] = {
     "h1 (httpx Request straight to H1Transport)": lambda: _router_sender(H1Transport()),
-    "pyreqwest, lean adapter (httpx Request)": lambda: _router_sender(PyreqwestTransport()),
+    "pyreqwest, lean adapter (httpx Request)": lambda: _router_sender(
+        PyreqwestTransport(httpx.Limits(max_connections=1024, keepalive_expiry=4.0))
+    ),
     "pyreqwest's own API": _native_sender,
     "httpx on pyreqwest's compatibility transport": _compat_sender,
 }

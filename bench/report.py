@@ -35,10 +35,16 @@ HTTPX_PATHS = (
     "minimal-httpx-h1",
     "minimal-httpx-h1-direct",
 )
-TRANSPORT_ROWS = (
+# The router on each upstream engine (issue 15); router-2w is the default engine, h1.
+ENGINE_ROWS = (
     "router-2w",
     "router-2w-aiohttp",
     "router-2w-httpx",
+    "router-2w-pyreqwest",
+    "router-2w-pyreqwest-h2",
+)
+TRANSPORT_ROWS = (
+    *ENGINE_ROWS,
     *HTTPX_PATHS,
     MINIMAL_REFERENCE,
 )
@@ -358,6 +364,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += sse_table(results)
 
+    lines += engine_table(results)
     lines += [
         "## Upstream transport (JSON)",
         "",
@@ -432,6 +439,44 @@ def markdown(results: dict[str, Any]) -> str:
     if not_ok:
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in not_ok.items())]
     return "\n".join(lines) + "\n"
+
+
+def engine_table(results: dict[str, Any]) -> list[str]:
+    """The router (2 workers, all on) on each upstream engine in every scenario, and each
+    scenario's ratio to the default engine (h1) in the same rounds."""
+    s, cfgs, runs = results["summary"], results["configs"], results["runs"]
+    rows = [n for n in ENGINE_ROWS if n in cfgs]
+    if len(rows) < 2:
+        return []
+    scen = (("json64", "rps"), ("json1", "p50_us"), ("ssepaced", "rps"), ("sse64", "rps"),
+            ("body1mb", "rps"))  # fmt: skip
+    lines = [
+        "## Upstream engines (api-router, 2 workers, all on)",
+        "",
+        "Each engine in every scenario; `x h1`: the engine's figure over the default engine's "
+        "(`h1`, the api-router 2 workers row) in the same round, median over rounds (for the "
+        "1-connection p50 latency, above 1 is slower).",
+        "",
+        "| engine | JSON 64c req/s (x h1) | JSON 1c p50 ms (x h1) | SSE paced streams/s (x h1) "
+        "| SSE burst streams/s (x h1) | 1 MB body req/s (x h1) | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    div: Callable[[float, float], float] = lambda a, b: a / b  # noqa: E731
+    for name in rows:
+        c = cfgs[name]
+        if c["status"] != "ok" and name not in s:
+            lines.append(f"| {c['label']} | {c['status']} |  |  |  |  |  |")
+            continue
+        p = s.get(name, {})
+        cells = []
+        for sc, key in scen:
+            field = "ok_rps" if key == "rps" else key
+            x = ratio(runs, name, ROUTER, sc, field, div) if name != ROUTER else None
+            fig = _ms(p.get(sc, {}).get(key)) if key == "p50_us" else _fmt(p.get(sc, {}).get(key))
+            cells.append(f"{fig} (x {x['median']:.2f})" if x else f"{fig} (x 1)")
+        errors = sum(v.get("errors", 0) for v in p.values())
+        lines.append(f"| {c['label']} | " + " | ".join(cells) + f" | {errors} |")
+    return [*lines, ""]
 
 
 def sse_table(results: dict[str, Any]) -> list[str]:

@@ -362,7 +362,9 @@ class Target:
         if scenario == "responses64":
             return self.responses_path is not None
         if scenario in ("sse64", "ssepaced", "ttfb", "body1mb"):
-            return self.group == "main" and self.sse_path is not None
+            return (
+                self.group == "main" or self.name in report.ENGINE_ROWS
+            ) and self.sse_path is not None
         return True
 
 
@@ -387,7 +389,7 @@ def router_profile(upstream_port: int, run: Path) -> Path:
             },
         },
     }
-    path = run / "router-profile.json"
+    path = run / f"router-profile-{upstream_port}.json"
     path.write_text(json.dumps(profile, indent=2))
     return path
 
@@ -505,8 +507,9 @@ def start_portkey(t: Target, upstream_port: int, run: Path) -> None:
     t.sse_path = "/v1/chat/completions"
 
 
-def start_upstream(run: Path, port: int, gap_ms: float) -> list[Server]:
-    """The fake upstream: the pacing Node.js server, then nginx in front of it."""
+def start_upstream(run: Path, port: int, h2_port: int, gap_ms: float) -> list[Server]:
+    """The fake upstream: the pacing Node.js server, then nginx in front of it (HTTP/1.1 on
+    `port`, HTTP/2 with prior knowledge on `h2_port`)."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("the paced SSE upstream needs Node.js (bench/setup.sh installs it)")
@@ -523,6 +526,7 @@ def start_upstream(run: Path, port: int, gap_ms: float) -> list[Server]:
     conf = (
         conf.replace("@RUN@", str(run))
         .replace("@PORT@", str(port))
+        .replace("@H2_PORT@", str(h2_port))
         .replace("@PACED_PORT@", str(paced_port))
         .replace("@JSON@", nginx_string(completion_json()))
         .replace(
@@ -545,8 +549,8 @@ def start_upstream(run: Path, port: int, gap_ms: float) -> list[Server]:
 def start_all(
     run: Path, quick: bool, only: set[str] | None, gap_ms: float
 ) -> tuple[list[Server], list[Target]]:
-    up_port = free_port()
-    upstream = start_upstream(run, up_port, gap_ms)
+    up_port, h2_port = free_port(), free_port()
+    upstream = start_upstream(run, up_port, h2_port, gap_ms)
     base = f"http://127.0.0.1:{up_port}"
 
     targets: list[Target] = []
@@ -601,15 +605,23 @@ def start_all(
             Target("portkey", "main", "Portkey gateway (node)"),
             lambda t: start_portkey(t, up_port, run),
         )
-    for transport, label in (
-        ("aiohttp", "api-router 2w, aiohttp transport"),
-        ("httpx", "api-router 2w, httpx's own transport"),
+    # The upstream engines side by side (issue 15), each in every router scenario; the default
+    # `h1` is router-2w above.
+    for name, label, port, env in (
+        ("aiohttp", "api-router 2w, aiohttp engine", up_port, {}),
+        ("httpx", "api-router 2w, httpx's own engine", up_port, {}),
+        ("pyreqwest", "api-router 2w, pyreqwest engine (HTTP/1.1)", up_port, {}),
+        (
+            "pyreqwest-h2",
+            "api-router 2w, pyreqwest engine, HTTP/2 (h2c)",
+            h2_port,
+            {"API_ROUTER_UPSTREAM_HTTP2": "prior-knowledge"},
+        ),
     ):
+        engine = {"API_ROUTER_UPSTREAM_TRANSPORT": name.split("-")[0], **env}
         add(
-            Target(f"router-2w-{transport}", "transport", label),
-            lambda t, tr=transport: start_router(
-                t, 2, up_port, run, {"API_ROUTER_UPSTREAM_TRANSPORT": tr}
-            ),
+            Target(f"router-2w-{name}", "transport", label),
+            lambda t, p=port, e=engine: start_router(t, 2, p, run, e),
         )
     for client in ("httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "aiohttp"):
 
@@ -867,7 +879,7 @@ def machine() -> dict[str, Any]:
                 "-c",
                 "import importlib.metadata as m; print(', '.join("
                 "f'{p} {m.version(p)}' for p in ('sanic','httpx','httpcore','aiohttp',"
-                "'httpx-aiohttp','uvloop')))",
+                "'httpx-aiohttp','uvloop','pyreqwest')))",
             ]
         ),
     }

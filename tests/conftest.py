@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,3 +73,25 @@ def module_router_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def router(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
     """One router (1 worker) in front of the fake upstream, shared by a test module."""
     return module_router_factory(base_profile(fake_upstream.url))
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA made for this test run and a certificate it signed for `localhost` (only): paths
+    of `ca`, `cert` and `key` (PEM)."""
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=api-router test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    openssl("req", *ec, "-subj", "/CN=localhost", "-keyout", "leaf.key", "-out", "leaf.csr")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "ext.cnf", "-out", "leaf.pem")  # fmt: skip
+    return {"ca": str(d / "ca.pem"), "cert": str(d / "leaf.pem"), "key": str(d / "leaf.key")}

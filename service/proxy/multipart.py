@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from ..context import RouterRequest
 from ..errors import BadRequest
+from ..server.body import remaining_body
 from ..state import RequestState
 
 _BOUNDARY = re.compile(r'boundary="?([^";,]{1,200})"?', re.IGNORECASE)
@@ -169,15 +170,14 @@ async def prepare(
     is sent upstream. Over the size limit, Sanic's body reader raises 413.
     """
     boundary = boundary_of(request.headers.get("content-type"))
-    body_stream = request.stream if not request.body else None
-    if body_stream is None or not body_stream.request_body:
+    source = remaining_body(request)
+    if source is None:
         out, done = rewrite_body(request.body or b"", boundary, mapping)
         state.model, state.upstream_model = done.model, done.upstream_model
         return out, None
 
     rw = ModelPartRewriter(boundary, mapping)
 
-    source: AsyncIterator[bytes] = body_stream.__aiter__()  # type: ignore[attr-defined]
     held: list[bytes] = []
     held_bytes = 0
     ended = False

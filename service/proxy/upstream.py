@@ -3,8 +3,9 @@
 The transport beneath httpx is chosen here and only here (`create_client`), so it can be swapped
 after measurement (bench/README.md, "Upstream transport") without touching the relay code. The
 default is the router's own `h1transport.H1Transport` (HTTP/1.1 on raw asyncio connections with
-llhttp); `API_ROUTER_UPSTREAM_TRANSPORT=aiohttp` or `=httpx` selects the others, so the
-benchmark can compare them on the same code. A JSON request's `httpx.Request` is built on the
+llhttp); `API_ROUTER_UPSTREAM_TRANSPORT=aiohttp`, `=httpx` or `=pyreqwest` (the `pyreqwest` extra;
+HTTP/2 to upstreams, `API_ROUTER_UPSTREAM_HTTP2`) selects the others, so the benchmark can
+compare them on the same code. A JSON request's `httpx.Request` is built on the
 `request` fast path (service.proxy.upstream_fast; API_ROUTER_FAST_PATHS) unless it is off.
 
 httpx exceptions are mapped to the router's own errors (service.errors) by type, never by
@@ -43,7 +44,7 @@ POOL_WAIT_SECS = 5.0
 TRANSPORT_ENV = "API_ROUTER_UPSTREAM_TRANSPORT"
 _httpx_log = logging.getLogger("httpx")
 _log = structlog.get_logger("api_router.upstream")
-TRANSPORTS = ("h1", "aiohttp", "httpx")
+TRANSPORTS = ("h1", "aiohttp", "httpx", "pyreqwest")
 DEFAULT_TRANSPORT = "h1"  # measured: bench/README.md, "Upstream transport"
 
 
@@ -61,6 +62,10 @@ def _transport(name: str, max_connections: int = POOL_MAX_CONNECTIONS) -> httpx.
         from ._aiohttp import HttpxErrorsTransport
 
         return HttpxErrorsTransport(limits)
+    if name == "pyreqwest":
+        from ._pyreqwest import PyreqwestTransport
+
+        return PyreqwestTransport(limits)
     if name != "httpx":
         raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)

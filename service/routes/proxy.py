@@ -27,6 +27,7 @@ from ..config.model import (
 )
 from ..context import RouterRequest
 from ..proxy.relay import forward
+from ..server.body import limit_streamed_body
 
 bp = Blueprint("proxy")
 
@@ -35,8 +36,8 @@ def _handler(route: str) -> Callable[[RouterRequest], Coroutine[Any, Any, HTTPRe
     streamed = route in MULTIPART_ROUTES
 
     async def handler(request: RouterRequest) -> HTTPResponse | None:
-        if streamed and request.stream is not None:
-            request.stream.request_max_size = request.app.ctx.settings.max_body_bytes
+        if streamed:
+            limit_streamed_body(request, request.app.ctx.settings.max_body_bytes)
         return await forward(request, route)
 
     handler.__name__ = "proxy_" + route.strip("/").replace("/", "_")

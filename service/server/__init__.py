@@ -7,7 +7,8 @@ and which test holds it to Sanic's own behaviour:
   path: `API_ROUTER_FAST_PATHS` without `dispatch` serves with Sanic's own dispatch);
 - `protocol`: `GuardedHttpProtocol`, total head/body deadlines and a connection cap;
 - `shutdown`: what SIGTERM does (listening sockets closed at once, idle connections closed);
-- `manager`: the worker manager stops waiting for start-up acknowledgements once shutting down.
+- `manager`: the worker manager stops waiting for start-up acknowledgements once shutting down;
+- `body`: a streamed request body's size limit and remaining chunks (the multipart routes).
 
-The last three are behaviour, not speed: they are always on.
+The last four are behaviour, not speed: they are always on.
 """

@@ -73,7 +73,7 @@ def _wait_reloaded(router: RouterProcess, reloads: int) -> None:
     raise AssertionError("the profile was not reloaded")
 
 
-@pytest.mark.parametrize("transport", ["h1", "httpx", "aiohttp"])
+@pytest.mark.parametrize("transport", ["h1", "httpx", "aiohttp", "pyreqwest"])
 def test_no_secret_in_any_debug_log_line(
     transport: str,
     fake_upstream: FakeUpstream,

@@ -40,7 +40,7 @@ def stream_profile(url: str) -> dict[str, Any]:
     )
 
 
-@pytest.fixture(scope="module", params=["h1", "aiohttp", "httpx"])
+@pytest.fixture(scope="module", params=["h1", "aiohttp", "httpx", "pyreqwest"])
 def srouter(
     request: pytest.FixtureRequest,
     fake_upstream: FakeUpstream,
