@@ -80,6 +80,7 @@ format: $(STAMP)
 # Regenerate the shipped profile JSON Schema from the pydantic model.
 schema: $(STAMP)
 	$(PY) -c 'import json; from service.config import profile_schema; print(json.dumps(profile_schema(), indent=2))' > service/config/profile.schema.json
+	$(PY) -c 'import json; from service.config import routing_schema; print(json.dumps(routing_schema(), indent=2))' > service/config/routing.schema.json
 
 # The container image `api-router` (podman): on the official slim Python base when a registry
 # answers, else on a local debootstrap base (scripts/build-base-image.sh), as an air-gapped site.

@@ -172,7 +172,7 @@ def sse_parts(size: int = 2048) -> list[str]:
 def write_bodies(run: Path) -> dict[str, Path]:
     """The request bodies, as files for wrk: `kind:model` -> path."""
     bodies: dict[str, Path] = {}
-    for model in ("bench-model", "bench-model-sse", "bench-model-paced"):
+    for model in ("bench-model", "bench-model-sse", "bench-model-paced", "bench-failover"):
         for kind, data in (
             ("json", request_body(model)),
             ("sse", request_body(model, stream=True)),
@@ -354,9 +354,13 @@ class Target:
             return self.json_path, bodies[f"big:{self.model}"], h
         if scenario == "responses64":
             return self.responses_path or "", bodies[f"responses:{self.model}"], h
+        if scenario == "failover1":
+            return self.json_path, bodies["json:bench-failover"], h
         return self.json_path, bodies[f"json:{self.model}"], h
 
     def supports(self, scenario: str) -> bool:
+        if scenario == "failover1":
+            return self.name == "router-2w-routing"
         if scenario == "limited64":
             return self.limited_path is not None
         if scenario == "responses64":
@@ -394,8 +398,53 @@ def router_profile(upstream_port: int, run: Path) -> Path:
     return path
 
 
+def routing_file(upstream_port: int, run: Path, routes: int = 50) -> Path:
+    """A routing file (issue 16) in front of the same upstream: `routes` routes over two
+    upstreams, the benchmark's model among them (its route past the middle), the same rate
+    limit as the profile; and `bench-failover`, whose first target answers 503 (no backoff, so
+    what it adds is the router's and the failed attempts' own time)."""
+    base = f"http://127.0.0.1:{upstream_port}"
+    model_routes: list[dict[str, Any]] = [
+        {"match": f"model-{i:02d}", "targets": [{"upstream": "b" if i % 2 else "a"}]}
+        for i in range(routes - 3)
+    ]
+    model_routes[routes // 2 :] = [
+        {"match": "bench-model", "targets": [{"upstream": "a", "model": "upstream-model"}]},
+        *model_routes[routes // 2 :],
+    ]
+    model_routes += [
+        {"match": "family-*", "targets": [{"upstream": "b", "model": "${1}"}]},
+        {
+            "match": "bench-failover",
+            "strategy": "priority",
+            "targets": [{"upstream": "down"}, {"upstream": "a", "model": "upstream-model"}],
+            "retry": {"maxAttempts": 3, "backoffBaseSecs": 0},
+        },
+    ]
+    data = {
+        "name": "bench-routing",
+        "upstreams": {
+            "a": {"baseUrl": base},
+            "b": {"baseUrl": base},
+            "down": {"baseUrl": base + "/fail"},
+        },
+        "modelRoutes": model_routes,
+        "rateLimit": {"requestsPerMinute": 1e9, "burst": 1_000_000_000},
+        "outlierDetection": {"consecutiveFailures": 100, "baseEjectionSecs": 0.001},
+    }
+    assert len(model_routes) == routes
+    path = run / "router-routing.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
 def start_router(
-    t: Target, workers: int, upstream_port: int, run: Path, env: dict[str, str]
+    t: Target,
+    workers: int,
+    upstream_port: int,
+    run: Path,
+    env: dict[str, str],
+    config: Path | None = None,
 ) -> None:
     t.port = free_port()
     argv = [
@@ -403,7 +452,7 @@ def start_router(
         "-m",
         "service",
         "--config",
-        str(router_profile(upstream_port, run)),
+        str(config or router_profile(upstream_port, run)),
         "--host",
         "127.0.0.1",
         "--workers",
@@ -421,6 +470,8 @@ def start_router(
     )
     if t.group == "main":
         t.responses_path = "/v1/responses"
+    if config is not None:
+        t.limited_path = None  # the routing file limits no route to 1 a minute
 
 
 def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
@@ -605,6 +656,11 @@ def start_all(
             Target("portkey", "main", "Portkey gateway (node)"),
             lambda t: start_portkey(t, up_port, run),
         )
+    # The same router on a routing file of 50 routes (issue 16): JSON, and a failed-over request.
+    add(
+        Target("router-2w-routing", "transport", "api-router 2w, routing file (50 routes)"),
+        lambda t: start_router(t, 2, up_port, run, {}, routing_file(up_port, run)),
+    )
     # The upstream engines side by side (issue 15), each in every router scenario; the default
     # `h1` is router-2w above.
     for name, label, port, env in (
@@ -653,6 +709,8 @@ def start_all(
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "json1": {"connections": 1, "threads": 1, "title": "JSON, 1 connection"},
+    # Under the routing file: the first target answers 503 twice, the second answers (issue 16).
+    "failover1": {"connections": 1, "threads": 1, "title": "JSON failed over, 1 connection"},
     "json64": {"connections": 64, "threads": 2, "title": "JSON, 64 connections"},
     # The same upstream answer reached through the Responses API translated to Chat Completions:
     # the translation's cost next to json64 (issue 13).

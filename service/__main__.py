@@ -30,6 +30,8 @@ from pathlib import Path
 
 from .access import from_settings
 from .config import ConfigError, Profile, find_profile, load_file
+from .ejection import EJECTION_TABLE_ENV
+from .ejection import share_table as share_ejection_table
 from .ratelimit import check_backend
 from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import (
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    # A routing file's ejections and cooldowns, shared by the workers (service.ejection).
+    os.environ[EJECTION_TABLE_ENV] = ejection_table = share_ejection_table()
     tune_malloc(env)  # read by glibc when each spawned worker starts
     created = "PROMETHEUS_MULTIPROC_DIR" not in env
     mp_dir = prepare_multiproc_dir(env)  # before prometheus_client is imported anywhere
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(mp_dir, ignore_errors=True)
         if table is not None:
             remove_table(table)
+        remove_table(ejection_table)
 
 
 if __name__ == "__main__":

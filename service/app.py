@@ -26,6 +26,7 @@ from .observability.logging import configure_logging, redact, redact_profile_sec
 from .observability.metrics import Metrics, worker_exited
 from .proxy.upstream import create_client
 from .ratelimit import create_limiter
+from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
 from .routes import ops_bp, proxy_bp
 from .server import shutdown
@@ -88,6 +89,15 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
             on_error=ctx.count_limiter_error,
         )
         ctx.watch_task = asyncio.get_running_loop().create_task(ctx.config.watch())
+        backend = settings.rate_limit_backend or ""
+        if backend.startswith(REDIS_SCHEMES):  # a routing file's waits, shared by the replicas
+            from .ejection_redis import RedisShare
+
+            share = RedisShare(backend, ctx.ejections)
+            ctx.ejection_share = share
+            ctx.ejection_task = asyncio.get_running_loop().create_task(
+                share.run(ctx.routed_upstreams)
+            )
 
     shutdown.install(app)  # SIGTERM: stop accepting, close idle connections, drain, exit 0
 
@@ -100,6 +110,11 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
         await asyncio.gather(ctx.watch_task, return_exceptions=True)
         await ctx.http.aclose()
         await ctx.limiter.close()
+        if ctx.ejection_task is not None:
+            ctx.ejection_task.cancel()
+            await asyncio.gather(ctx.ejection_task, return_exceptions=True)
+        if ctx.ejection_share is not None:
+            await ctx.ejection_share.close()
         worker_exited(os.getpid())
 
     return app

@@ -12,6 +12,7 @@ takes a `RouterRequest` (Sanic's way of typing a custom context: `request.app.ct
 from __future__ import annotations
 
 import asyncio
+import os
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from sanic.config import Config
 
 from .access import AccessKeys
 from .config import ConfigHolder
+from .ejection import EJECTION_TABLE_ENV, Ejections
 from .ratelimit import Limit, Limiter
 from .settings import Settings
 
@@ -40,6 +42,9 @@ class AppContext:
         "connections",
         "default_limit",
         "draining",
+        "ejection_share",
+        "ejection_task",
+        "ejections",
         "failure_alarm",
         "http",
         "limiter",
@@ -67,16 +72,33 @@ class AppContext:
         # service.server.shutdown: the worker is stopping; this worker's open connections.
         self.draining = False
         self.connections: set[Any] | None = None
+        # A routing file's ejections and cooldowns: the table the CLI shares between the
+        # workers, else one of this process (service.ejection).
+        self.ejections = Ejections(os.environ.get(EJECTION_TABLE_ENV))
+        # With Redis: the link that shares them across replicas (service.ejection_redis).
+        self.ejection_share: Any = None
+        self.ejection_task: asyncio.Task[None] | None = None
 
     def count_limiter_error(self) -> None:
         """A rate-limit decision the backend could not make (the limiter's `on_error`)."""
         if self.metrics is not None:
             self.metrics.rate_limiter_backend_errors_total.inc()
 
+    def routed_upstreams(self) -> list[str]:
+        """The upstream names of the active routing file (none under a plain profile)."""
+        routing = self.config.current.routing
+        return list(routing.upstreams) if routing is not None else []
+
     def refresh_gauges(self) -> None:
         """Gauges read from elsewhere, set just before a scrape."""
         if self.metrics is not None:
             self.metrics.rate_limiter_buckets.set(sum(self.limiter.active_buckets().values()))
+            routing = self.config.current.routing
+            if routing is not None:
+                for name in routing.upstreams:
+                    self.metrics.upstream_ejected.labels(name).set(
+                        1 if self.ejections.ejected(name) else 0
+                    )
 
 
 # The application and its requests, typed with this context (what `create_app` builds).

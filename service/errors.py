@@ -94,6 +94,13 @@ class NotFound(ClientError):
     message = "Unknown route"
 
 
+class ModelNotFound(NotFound):
+    """A routing file has no route for the request's model (SPEC §11)."""
+
+    code = "model_not_found"
+    message = "No route for this model"
+
+
 class RouteNotAvailable(NotFound):
     code = "route_not_available"
     message = "This route is not available with the active profile's provider"
@@ -138,6 +145,13 @@ class ServiceUnavailable(RouterError):
     anthropic_type = "overloaded_error"
     code = "service_unavailable"
     message = "Service unavailable"
+
+
+class UpstreamsUnavailable(ServiceUnavailable):
+    """Every target of the request's route is cooling down after a Retry-After (SPEC §11)."""
+
+    code = "upstreams_unavailable"
+    message = "Every upstream of this model is cooling down; retry later"
 
 
 class UpstreamError(RouterError):

@@ -14,13 +14,17 @@ class RequestState:
     """Per-request facts for logs and metrics, kept on `request.ctx.state`."""
 
     __slots__ = (
+        "attempts",
         "dropped",
         "error_type",
+        "fallbacks",
         "first_byte_latency",
         "key_id",
+        "malformed_events",
         "model",
         "stream",
         "translation",
+        "upstream",
         "upstream_latency",
         "upstream_model",
         "usage",
@@ -38,3 +42,11 @@ class RequestState:
         self.translation = "none"  # which format translation ran (service.translate.DIRECTIONS)
         # Hint fields the translation dropped (translation_dropped_fields_total labels).
         self.dropped: list[str] = []
+        # Under a routing file (SPEC §11): the upstream that answered (a name from the file),
+        # every attempt as (upstream, outcome, seconds), and each switch to another upstream as
+        # (from, to, reason). Empty / None under a plain profile.
+        self.upstream: str | None = None
+        self.attempts: list[tuple[str, str, float]] = []
+        self.fallbacks: list[tuple[str, str, str]] = []
+        # Stream events dropped as malformed (a JSON object cut short; service.proxy.events).
+        self.malformed_events = 0

@@ -7,6 +7,7 @@ from .loader import (
     find_profile,
     load_file,
     profile_schema,
+    routing_schema,
 )
 from .model import PROXY_ROUTES, Profile, ResolvedEndpoint
 from .reload import ConfigHolder
@@ -22,4 +23,5 @@ __all__ = [
     "find_profile",
     "load_file",
     "profile_schema",
+    "routing_schema",
 ]

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..ratelimit.bucket import Limit
 from .model import Profile, ResolvedEndpoint
+from .routing import Routing, RoutingFile, build_upstreams, read_json_object
 
 SHIPPED_DIR = Path(str(resources.files("service.config") / "profiles"))
 LOCAL_DIR = Path("transformer")
@@ -43,6 +44,15 @@ class LoadedConfig:
     known_models: frozenset[str] = frozenset()
     # the rate limit of each route whose endpoint or profile sets one (None: unlimited).
     limits: dict[str, Limit | None] = field(default_factory=dict)
+    # A routing file (SPEC §11): the resolver of its upstreams and model routes. `profile` is
+    # then the file's own face (its name, the first upstream's URL, its rateLimit and port).
+    routing: Routing | None = None
+
+    def secret_values(self) -> frozenset[str]:
+        """What no log line may show (service.observability.logging scrubs them)."""
+        if self.routing is not None:
+            return self.routing.secret_values()
+        return self.profile.secret_values()
 
     def limit(self, route: str, default: Limit | None) -> Limit | None:
         """The limit on `route`: its endpoint's, else the profile's, else `default` (the
@@ -89,7 +99,9 @@ def format_validation_error(path: Path | str, err: ValidationError) -> str:
     return f"{path}: {_json_path(loc)}: {first['msg']}{suffix}"
 
 
-def parse_profile(path: Path, text: str) -> Profile:
+def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
+    """A profile, or a routing file (recognised by its `upstreams` key) as its face profile
+    and its resolver."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -98,10 +110,43 @@ def parse_profile(path: Path, text: str) -> Profile:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: $: must be a JSON object")
+    if "upstreams" in data:
+        return _parse_routing(path, data)
     try:
         return Profile.model_validate(data, by_alias=True)
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None
+
+
+def _parse_routing(path: Path, data: dict[str, object]) -> tuple[Profile, Routing]:
+    try:
+        spec = RoutingFile.model_validate(data, by_alias=True)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(path, e)) from None
+
+    def read_profile(name: str) -> dict[str, object]:
+        # A routing file next to its own profiles finds them first (then ./transformer, then
+        # the shipped ones); never the routing file itself.
+        own = path.parent / f"{name}.json"
+        found = own if own.is_file() and own.resolve() != path.resolve() else None
+        return read_json_object(found or find_profile(name))
+
+    try:
+        upstreams = build_upstreams(spec, read_profile)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(f"{path} (an upstream)", e)) from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    routing = Routing(spec, upstreams)
+    first = next(iter(upstreams.values()))
+    face = Profile(
+        name=spec.name,
+        base_url=first.profile.base_url,
+        models=routing.advertised_models(),
+        rate_limit=spec.rate_limit,
+        port=spec.port,
+    )
+    return face, routing
 
 
 def load_file(path: Path, now: float | None = None) -> LoadedConfig:
@@ -112,7 +157,8 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e.__class__.__name__}") from None
-    profile = parse_profile(path, text)
+    parsed = parse_profile(path, text)
+    profile, routing = parsed if isinstance(parsed, tuple) else (parsed, None)
     endpoints = profile.resolve()
     return LoadedConfig(
         path=path,
@@ -122,8 +168,13 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         size=st.st_size,
         inode=st.st_ino,
         loaded_at=time.time() if now is None else now,
-        known_models=frozenset(profile.advertised_models()),
+        known_models=(
+            routing.known_models()
+            if routing is not None
+            else frozenset(profile.advertised_models())
+        ),
         limits=_limits(endpoints),
+        routing=routing,
     )
 
 
@@ -136,10 +187,19 @@ def _limits(endpoints: dict[str, ResolvedEndpoint]) -> dict[str, Limit | None]:
     }
 
 
+def _schema(model: type[BaseModel], name: str, title: str) -> dict[str, object]:
+    schema = model.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://github.com/api-router/api-router/{name}.schema.json"
+    schema["title"] = title
+    return schema
+
+
+def routing_schema() -> dict[str, object]:
+    """The JSON Schema shipped as `routing.schema.json` (regenerated by `make schema`)."""
+    return _schema(RoutingFile, "routing", "api-router routing file")
+
+
 def profile_schema() -> dict[str, object]:
     """The JSON Schema shipped as `profile.schema.json` (regenerated by `make schema`)."""
-    schema = Profile.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://github.com/api-router/api-router/profile.schema.json"
-    schema["title"] = "api-router profile"
-    return schema
+    return _schema(Profile, "profile", "api-router profile")

@@ -114,6 +114,14 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
                 metrics.dropped_fields_by[field].inc()
         if state.first_byte_latency is not None:
             metrics.stream_first_byte_by[route].observe(state.first_byte_latency)
+        if state.malformed_events:
+            metrics.stream_malformed_events_total.inc(state.malformed_events)
+        if state.attempts:
+            for upstream, outcome, secs in state.attempts:
+                metrics.attempts_by[upstream, outcome].inc()
+                metrics.attempt_seconds_by[upstream].observe(secs)
+            for moved in state.fallbacks:
+                metrics.fallbacks_by[moved].inc()
         if state.usage:
             known = app_ctx.config.current.known_models
             model = model_label(state.upstream_model or state.model, known)
@@ -133,7 +141,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             "route": route,
             "status_code": status,
             "latency_ms": round(elapsed * 1000, 3),
-            "provider": app_ctx.config.current.profile.name,
+            "provider": state.upstream or app_ctx.config.current.profile.name,
             "upstream_latency_ms": (
                 round(state.upstream_latency * 1000, 3)
                 if state.upstream_latency is not None
@@ -144,6 +152,12 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             "translation": state.translation,
             "key_id": state.key_id,
         }
+        if state.malformed_events:
+            fields["malformed_events"] = state.malformed_events
+        if state.attempts:  # a routing file's request: every attempt, in order
+            fields["attempts"] = [
+                {"upstream": u, "outcome": o, "secs": secs} for u, o, secs in state.attempts
+            ]
         if route == "unmatched" or status == 405:
             # What a client tried (never a metric label; the query is left out: it may hold a
             # key): an operator reading a 404/405 line can tell which path it was.

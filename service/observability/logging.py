@@ -50,7 +50,7 @@ def redact(secret: str | None) -> None:
 def redact_profile_secrets(cfg: LoadedConfig) -> None:
     """The profile's header and upstream query values never reach a log line (called with every
     config before it serves a request: ConfigHolder's `on_load`)."""
-    for secret in cfg.profile.secret_values():
+    for secret in cfg.secret_values():
         redact(secret)
 
 

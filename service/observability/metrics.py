@@ -175,6 +175,43 @@ class Metrics:
             ["field"],
             registry=r,
         )
+        # Routing files (SPEC §11): `upstream` values are the file's upstream names.
+        self.upstream_attempts_total = Counter(
+            "upstream_attempts_total",
+            "Attempts sent to an upstream of a routing file, by upstream and outcome (ok, "
+            "client_error, rate_limited, server_error, or the failure's error_type)",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_attempt_seconds = Histogram(
+            "upstream_attempt_seconds",
+            "Time of one attempt to an upstream of a routing file, to its response head "
+            "(or its failure)",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks_total = Counter(
+            "fallbacks_total",
+            "Requests moved from one upstream to another of a routing file, by reason "
+            "(rate_limited, server_error, error, context_length)",
+            ["from", "to", "reason"],
+            registry=r,
+        )
+        self.stream_malformed_events_total = Counter(
+            "stream_malformed_events_total",
+            "Upstream stream events dropped because their JSON data was cut short or garbled",
+            registry=r,
+        )
+        self.upstream_ejected = Gauge(
+            "upstream_ejected",
+            "1 while an upstream of a routing file is ejected after repeated failures "
+            "(until a probe succeeds), else 0",
+            ["upstream"],
+            registry=r,
+            # Each worker reads the shared table when it serves a scrape: the latest read wins.
+            multiprocess_mode="livemostrecent",
+        )
         self.build_info = Gauge(
             "build_info",
             "Build information; the value is always 1",
@@ -204,6 +241,9 @@ class Metrics:
         self.translations_by = Children(self.translations_total, fast)  # [direction]
         self.dropped_fields_by = Children(self.translation_dropped_fields_total, fast)  # [field]
         self.tokens_by = Children(self.tokens_total, fast)  # [type, model]
+        self.attempts_by = Children(self.upstream_attempts_total, fast)  # [upstream, outcome]
+        self.attempt_seconds_by = Children(self.upstream_attempt_seconds, fast)  # [upstream]
+        self.fallbacks_by = Children(self.fallbacks_total, fast)  # [from, to, reason]
 
     def on_reload(self, result: str) -> None:
         if result == "success":

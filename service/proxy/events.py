@@ -110,6 +110,20 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(parts)
 
 
+def malformed(event: bytes) -> bool:
+    """An event whose data starts a JSON object and does not end one: a chunk cut or garbled
+    by the upstream (or a proxy before it). Relayed, it makes strict clients (the official SDKs
+    parse every chunk) fail the whole answer, so the relay drops it, counts and logs it. A cheap
+    test, no JSON parse: a data field that is not JSON-like at all (plain text) is relayed."""
+    i = event.find(b"data:")
+    if i < 0:
+        return False
+    rest = event[i + 5 :].lstrip(b" ")
+    if rest[:1] != b"{":
+        return False
+    return event_data(event).rstrip()[-1:] != b"}"
+
+
 def ask_for_usage(payload: dict[str, Any]) -> bool:
     """Make an OpenAI-format streaming request ask for usage (`stream_options.include_usage`).
 

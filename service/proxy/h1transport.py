@@ -140,6 +140,7 @@ class _Conn(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.trailer_size = 0
         self.head_done = False
         self.complete = False
         self.keep_alive = False
@@ -247,8 +248,14 @@ class _Conn(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head_done:  # after the head: a chunked body's trailer, dropped (as httpx)
+        if not self.head_done:
             self.headers.append((name, value))
+            return
+        # After the head: a chunked body's trailer, dropped (as httpx), and bounded like a head
+        # (an endless trailer would otherwise hold the exchange open until the read timeout).
+        self.trailer_size += len(name) + len(value) + 4
+        if self.trailer_size > HEAD_LIMIT:
+            raise httpx.RemoteProtocolError("Upstream trailers too large")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

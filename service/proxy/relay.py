@@ -22,59 +22,32 @@ import time
 from typing import Any
 
 import httpx
-import orjson
-import structlog
-from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from ..config.model import (
-    ANTHROPIC,
-    CHAT,
-    COMPLETIONS,
-    COUNT_TOKENS,
-    RESPONSES,
     RESPONSES_FORMAT,
     ResolvedEndpoint,
 )
 from ..context import RouterRequest
-from ..errors import NotFound, RateLimited, RouteNotAvailable, UpstreamJSONError
+from ..errors import NotFound, RateLimited, RouteNotAvailable
 from ..ratelimit import Decision
 from ..state import RequestState
-from ..translate import TranslationOptions, Translator
+from ..translate import Translator
 from ..translate.responses import ResponsesTranslator
-from . import estimate
 from . import headers as h
-from .body import accept_encoding, decoded, dump_json, exact_json, parse_json_object
+from .body import dump_json, exact_json, parse_json_object
 from .events import ask_for_usage
+from .failover import forward_routed
 from .multipart import prepare
+from .outgoing import (
+    USAGE_ROUTES,
+    json_answer,
+    local_estimate,
+    outgoing_headers,
+    translator_for,
+)
 from .sse import relay_stream
 from .upstream import map_exception, request_timeout, send
-
-log = structlog.get_logger("api_router.translate")
-
-# OpenAI-format streaming routes whose upstreams send usage when `stream_options` asks for it.
-USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
-
-
-def _response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
-    out = h.returnable_response_headers(resp.headers.multi_items())
-    out.append(("X-Request-ID", request_id))
-    return out
-
-
-def _forwarding(request: RouterRequest, mode: str) -> list[tuple[str, str]] | None:
-    """The forwarding headers sent upstream (service.proxy.headers: replace, keep, drop)."""
-    if mode == "keep":
-        return None
-    if mode == "drop":
-        return []
-    trusted = request.app.ctx.client_ip_from_headers
-    return h.router_forwarding(
-        h.client_address(request, trusted),
-        request.scheme,
-        request.host if trusted else request.headers.get("host", ""),
-    )
-
 
 # A stored response's id as the Responses API writes it (`resp_…`): nothing that could step out of
 # the upstream's `/v1/responses/` path.
@@ -94,32 +67,6 @@ def stored_response_path(ep: ResolvedEndpoint, response_id: str, suffix: str) ->
     return f"{ep.url}/{response_id}{suffix}"
 
 
-def _local_estimate(route: str, payload: dict[str, Any], request_id: str) -> HTTPResponse:
-    """`count_tokens` / `input_tokens` answered from the router's own estimate."""
-    n = estimate.input_tokens(payload)
-    body: dict[str, Any] = {"input_tokens": n}
-    if route != COUNT_TOKENS:
-        body = {"object": "response.input_tokens", "input_tokens": n}
-    return HTTPResponse(
-        orjson.dumps(body),
-        headers=Header([estimate.ESTIMATE_HEADER, ("X-Request-ID", request_id)]),
-        content_type="application/json",
-    )
-
-
-def _translator(
-    route: str, ep: ResolvedEndpoint, payload: dict[str, Any]
-) -> Translator | ResponsesTranslator:
-    opts = TranslationOptions(
-        strict=ep.translation_strict,
-        reasoning_history=ep.reasoning_history,
-        reasoning_effort=ep.reasoning_effort,
-    )
-    if route == RESPONSES:
-        return ResponsesTranslator(ep.format, payload, int(time.time()), opts)
-    return Translator(ep.translation, payload, int(time.time()), opts)
-
-
 async def forward(
     request: RouterRequest, route: str, response_id: str | None = None, suffix: str = ""
 ) -> HTTPResponse | None:
@@ -127,6 +74,8 @@ async def forward(
     no body, not rate-limited) under the `/v1/responses` endpoint."""
     ctx = request.app.ctx
     cfg = ctx.config.current
+    if cfg.routing is not None:  # several upstreams, chosen by model (SPEC §11)
+        return await forward_routed(request, route, cfg, response_id)
     ep: ResolvedEndpoint = cfg.endpoints[route]
     if not ep.enabled:
         raise RouteNotAvailable()
@@ -172,10 +121,10 @@ async def forward(
                 verdict = await ctx.limiter.acquire(state.key_id, route, limit)
                 if not verdict.allowed:
                     raise RateLimited(headers=verdict.headers())
-            return _local_estimate(route, payload, request_id)
+            return local_estimate(route, payload, request_id)
         if ep.translation != "none":
             state.translation = ep.translation
-            translator = _translator(route, ep, payload)
+            translator = translator_for(route, ep, payload)
             body = dump_json(translator.request(), exact=exact)
             rewrite = False
             state.dropped = translator.dropped
@@ -192,41 +141,9 @@ async def forward(
         if not decision.allowed:
             raise RateLimited(headers=decision.headers())
 
-    client_headers: Any = request.headers.items()
-    query = request.query_string
-    if translator is not None:  # the other provider's headers mean nothing upstream: dropped
-        foreign = "openai-" if ep.format == ANTHROPIC else "anthropic-"
-        kept = [(k, v) for k, v in client_headers if not k.lower().startswith(foreign)]
-        dropped_query = False
-        if ep.format != ANTHROPIC:  # and Anthropic's query flags (`?beta=true`)
-            query, dropped_query = h.without_params(query, h.ANTHROPIC_QUERY)
-        if len(kept) < len(request.headers) or dropped_query:
-            state.dropped = [*state.dropped, foreign.replace("-", "_headers")]
-        client_headers = kept
-        if state.dropped:
-            log.debug("translation_dropped_fields", fields=state.dropped)
-    hdrs = h.upstream_headers(
-        client_headers,
-        ep.headers,
-        profile.auth.header,
-        profile.auth.scheme,
-        credential,
-        request_id,
-        _forwarding(request, ctx.settings.forwarded_headers),
+    hdrs, query = outgoing_headers(
+        request, ep, profile, credential, translator, streaming, upstream_length, state
     )
-    hdrs = h.merge_headers(
-        hdrs,
-        [
-            (
-                "Accept-Encoding",
-                accept_encoding(
-                    request.headers.get("accept-encoding"), streaming or translator is not None
-                ),
-            )
-        ],
-    )
-    if upstream_length is not None:  # a streamed multipart body keeps a known length
-        hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
     upstream_request = ctx.http.build_request(
         ep.method if response_id is None else request.method,
         h.build_url(url, query),
@@ -255,24 +172,4 @@ async def forward(
 
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
-    ctype = resp.headers.get("content-type", "")
-    text = decoded(data, resp.headers.get("content-encoding"))  # once, for both uses below
-    # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
-    # balancer under a JSON content-type) is passed through with its status and Retry-After.
-    if "json" in ctype and data and 200 <= resp.status_code < 300:
-        if text is not None:
-            try:
-                parsed = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                raise UpstreamJSONError() from None
-            if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-                state.usage = parsed["usage"]
-
-    headers = _response_headers(resp, request_id)
-    if translator is not None:  # the answer in the client's format, with the upstream's status
-        headers, data = translator.answer(resp.status_code, headers, text or b"")
-    for k, v in extra.items():
-        headers.append((k, v))
-    return HTTPResponse(
-        body=data, status=resp.status_code, headers=Header(headers), content_type=None
-    )
+    return json_answer(resp, data, translator, extra, state, request_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -35,7 +36,7 @@ from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
-from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker
+from .events import HEARTBEAT, EventFramer, EventTooLarge, UsageTracker, malformed
 from .upstream import map_exception, send
 
 SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
@@ -206,22 +207,33 @@ async def _abandon(task: asyncio.Future[Any] | None) -> None:
 
 async def relay_stream(
     request: RouterRequest,
-    upstream_request: httpx.Request,
+    upstream_request: httpx.Request | None,
     ep: ResolvedEndpoint,
     extra_headers: dict[str, str],
     strip_usage_chunk: bool = False,
     translator: Translator | ResponsesTranslator | None = None,
+    opener: Callable[[], Awaitable[httpx.Response]] | None = None,
+    chosen: list[Any] | None = None,
+    head: Callable[[], dict[str, str]] | None = None,
 ) -> HTTPResponse | None:
     """`translator`: the request's format translation (service.translate), applied to each
-    complete upstream event and to error bodies; None relays the upstream's bytes as they are."""
+    complete upstream event and to error bodies; None relays the upstream's bytes as they are.
+
+    Under a routing file (service.proxy.failover) `opener` replaces sending `upstream_request`:
+    it runs the attempts and returns the answer the client gets, after which `chosen[0]` says
+    how to read it (its translator, whether to hide the usage chunk) and `head()` gives the
+    headers to add (who answered, how many attempts) when the head was not sent yet."""
     ctx = request.app.ctx
     state: RequestState = request.ctx.state
     stream = _Stream(request, ep.heartbeat_interval_secs, ep.route, translator)
     head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
     started = time.perf_counter()
-    sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(
-        send(ctx.http, upstream_request)
-    )
+    if opener is not None:
+        opening: Awaitable[httpx.Response] = opener()
+    else:
+        assert upstream_request is not None
+        opening = send(ctx.http, upstream_request)
+    sending: asyncio.Future[httpx.Response] | None = asyncio.ensure_future(opening)
     # API_ROUTER_STREAM_MAX_SECS bounds the whole stream; API_ROUTER_STREAM_IDLE_SECS the time
     # without one complete upstream event (a drip of bytes that never completes one counts).
     settings = ctx.settings
@@ -250,6 +262,17 @@ async def relay_stream(
                 raise err from None
             await stream.fail(err)
             return None
+        except RouterError as e:  # the routing file's attempts ended without an answer
+            if stream.out is None:
+                raise
+            await stream.fail(e)
+            return None
+        if chosen:
+            translator = stream.translator = chosen[0].translator
+            usage = UsageTracker(strip_usage_chunk or chosen[0].strip_usage)
+            idle_secs = chosen[0].idle_secs or idle_secs
+        if head is not None:
+            head_headers = [("X-Request-ID", request.ctx.request_id), *head().items()]
 
         is_sse = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
         if not 200 <= resp.status_code < 300 or (stream.out is None and not is_sse):
@@ -320,6 +343,10 @@ async def relay_stream(
                     await stream.fail(STREAM_TIMEOUT)
                     return None
                 out = [e for e in events if usage.keep(e)]
+                if any(malformed(e) for e in out):
+                    kept = [e for e in out if not malformed(e)]
+                    state.malformed_events += len(out) - len(kept)
+                    out = kept
                 if translator is not None:
                     out = translator.events(out)
             except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):

@@ -63,19 +63,24 @@ def password_of(url: str) -> str | None:
         return None
 
 
+def client(url: str, timeout: float = 0.5) -> Any:
+    """An asyncio Redis client with short timeouts and no retries (see the module docstring)."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
 class RedisLimiter:
     def __init__(self, url: str, *, timeout: float = 0.5, prefix: str = PREFIX) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self._client: Any = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-        )
+        self._client: Any = client(url, timeout)
         self._script = self._client.register_script(SCRIPT)
         self._prefix = prefix
         self._down_until = 0.0

@@ -32,6 +32,11 @@ async def health(request: RouterRequest) -> HTTPResponse:
             "message": "Light API Router running",
             "profile": cfg.profile.name,
             "upstream": cfg.profile.base_url,
+            **(
+                {"upstreams": {n: u.profile.base_url for n, u in cfg.routing.upstreams.items()}}
+                if cfg.routing is not None
+                else {}
+            ),
             "rateLimiter": {"activeBuckets": sum(routes.values()), "routes": routes},
             "config": app.ctx.config.state(),
         }
@@ -76,6 +81,8 @@ async def metrics(request: RouterRequest) -> HTTPResponse:
 
 @bp.route("/v1/models", methods=GET)
 async def models(request: RouterRequest) -> HTTPResponse:
+    """The profile's models; under a routing file its route names (the face profile's `models`,
+    set from the same resolver that routes, so the two never disagree)."""
     profile = request.app.ctx.config.current.profile
     data = [
         {"id": m, "object": "model", "created": 0, "owned_by": profile.name}

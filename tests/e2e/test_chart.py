@@ -93,6 +93,7 @@ def test_the_ci_values_files_cover_each_optional_piece() -> None:
         "monitoring",
         "autoscaling",
         "inline-profile",
+        "routing",
     }
 
 
@@ -278,6 +279,37 @@ def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
     assert spec["terminationGracePeriodSeconds"] >= 60
 
 
+def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
+    renders: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.config.loader import load_file
+
+    objs = by_kind(docs(renders["routing"]))
+    data = objs["ConfigMap"]["data"]
+    values = yaml.safe_load((CHART / "ci" / "routing-values.yaml").read_text())
+    assert json.loads(data["routing.json"]) == values["profile"]["routing"]
+    assert data["API_ROUTER_CONFIG_PATH"] == "/etc/api-router/routing.json"
+    assert "API_ROUTER_PROFILE" not in data and "profile.json" not in data
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert {"name": "profile", "mountPath": "/etc/api-router", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "profile"]
+    assert vol["configMap"]["items"] == [{"key": "routing.json", "path": "routing.json"}]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "provider-keys",
+        "key": "openai",
+    }
+    # the rendered file is one the router loads (with the key the Secret would provide)
+    path = tmp_path / "routing.json"
+    path.write_text(data["routing.json"])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-secret")
+    cfg = load_file(path)
+    assert cfg.routing is not None and set(cfg.routing.upstreams) == {"openai", "local"}
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -288,6 +320,8 @@ def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("router.forwardedHeaders=trust", "router.forwardedHeaders"),
         ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
+        ("profile.routing.name=x", "profile.routing"),  # a routing file needs its routes
+        ("profile.upstreamKeys[0].env=OPENAI_API_KEY", "profile.upstreamKeys"),
         ("unknownKey=1", "unknownKey"),
     ],
 )

@@ -414,8 +414,15 @@ def test_an_error_of_the_request_body_source_propagates_as_it_is(scripted) -> No
             httpx.RemoteProtocolError,
             "head too large",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+            + b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 100) for i in range(1000))
+            + b"\r\n",
+            httpx.RemoteProtocolError,
+            "trailers too large",
+        ),
     ],
-    ids=["closed-before-answer", "garbage", "closed-mid-body", "huge-head"],
+    ids=["closed-before-answer", "garbage", "closed-mid-body", "huge-head", "huge-trailers"],
 )
 def test_broken_answers_are_httpx_errors(
     scripted, answer: bytes, error: type, message: str

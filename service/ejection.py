@@ -1,0 +1,236 @@
+"""Outlier ejection and cooldowns of a routing file's upstreams, shared by the workers of an
+instance (SPEC §11).
+
+An upstream that fails `consecutiveFailures` attempts in a row (no answer, or a 5xx) is
+**ejected**: skipped by every request for `baseEjectionSecs`, doubled on each ejection that
+follows without a success in between, up to `maxEjectionSecs`. When the time is up, one request
+at a time may **probe** it (half-open: the first request to find it due claims the probe for
+`PROBE_LEASE_SECS`; the others keep skipping it); a success restores it (and forgets its
+ejection count), a failure ejects it again for the next, longer time.
+
+An upstream that answered 429 with a `Retry-After` **cools down** for that long; a later, longer
+value extends the cooldown, a shorter one never shortens it.
+
+The state lives in a small table in shared memory (a file in /dev/shm, created by the CLI before
+the workers start and named in `EJECTION_TABLE_ENV`; like the rate limiter's), one slot per
+upstream name, each change under an exclusive `flock`. Without the variable (a router started
+without the CLI, a test) the table is private to the process. CLOCK_MONOTONIC is one clock for
+the machine, so the workers agree on the times. With Redis as the rate limiter's backend, the
+waits are shared across replicas too (service.ejection_redis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+EJECTION_TABLE_ENV = "API_ROUTER_EJECTION_TABLE"
+SLOTS = 256
+_NAME = 64
+# name, consecutive failures, ejections in a row, ejected until, cooled until, probe until
+_SLOT = struct.Struct(f"<{_NAME}sIIddd")
+PROBE_LEASE_SECS = 30.0
+
+
+@dataclass(frozen=True)
+class OutlierPolicy:
+    consecutive_failures: int = 5
+    base_ejection_secs: float = 30.0
+    max_ejection_secs: float = 300.0
+
+
+def create_table() -> str:
+    """An empty table file (in /dev/shm when it exists), for the workers of this process."""
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="api-router-ejection-", suffix=".tbl", dir=directory)
+    try:
+        os.ftruncate(fd, SLOTS * _SLOT.size)
+    finally:
+        os.close(fd)
+    return path
+
+
+def share_table() -> str:
+    """Like the rate limiter's table: unlinked at once and reached through /proc/<pid>/fd while
+    this (primary) process keeps it open, so it never outlives the router."""
+    path = create_table()
+    fd_dir = f"/proc/{os.getpid()}/fd"
+    if not os.path.isdir(fd_dir):
+        return path
+    fd = os.open(path, os.O_RDWR)  # kept open for the life of the process
+    os.unlink(path)
+    return f"{fd_dir}/{fd}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether an upstream may be tried now, and if not, until when and why."""
+
+    allowed: bool
+    until: float = 0.0
+    why: str = ""  # "ejected" or "cooling" when not allowed
+    probe: bool = False  # allowed as the half-open probe
+
+
+class Ejections:
+    """One worker's handle on the table (see the module docstring)."""
+
+    def __init__(self, path: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.now = clock
+        # Told of each wait this instance decides (service.ejection_redis shares it).
+        self.on_wait: Callable[[str, str, float], None] | None = None
+        if path is None:
+            self._fd: int | None = None
+            self._mm = mmap.mmap(-1, SLOTS * _SLOT.size)
+        else:
+            self._fd = os.open(path, os.O_RDWR)
+            self._mm = mmap.mmap(self._fd, SLOTS * _SLOT.size)
+
+    def close(self) -> None:
+        self._mm.close()
+        if self._fd is not None:
+            os.close(self._fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._fd is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _find(self, name: str, create: bool) -> int | None:
+        key = name.encode()[:_NAME].ljust(_NAME, b"\0")
+        free = None
+        for i in range(SLOTS):
+            at = i * _SLOT.size
+            stored = self._mm[at : at + _NAME]
+            if stored == key:
+                return at
+            if free is None and stored[0] == 0:
+                free = at
+                break  # slots fill in order: the first empty one ends the used ones
+        if create and free is not None:
+            self._mm[free : free + _NAME] = key
+            return free
+        return None
+
+    def _read(self, at: int) -> tuple[int, int, float, float, float]:
+        _, fails, ejections, ejected, cooled, probe = _SLOT.unpack_from(self._mm, at)
+        return fails, ejections, ejected, cooled, probe
+
+    def _write(self, at: int, *fields: float) -> None:
+        name = self._mm[at : at + _NAME]
+        _SLOT.pack_into(self._mm, at, name, *fields)
+
+    @staticmethod
+    def _gate(ejected: float, cooled: float, probe: float, now: float) -> Gate | None:
+        """Not allowed now (a Gate saying until when and why), or None: allowed, or due for a
+        probe if `ejected` is set."""
+        if cooled > now:
+            return Gate(False, cooled, "cooling")
+        if ejected > now:
+            return Gate(False, ejected, "ejected")
+        if ejected and probe > now:  # another request is probing it
+            return Gate(False, probe, "ejected")
+        return None
+
+    def peek(self, name: str) -> Gate:
+        """The state of `name` now, without claiming a probe."""
+        return self.gate(name, claim=False)
+
+    def gate(self, name: str, lease: float = PROBE_LEASE_SECS, claim: bool = True) -> Gate:
+        """May `name` be tried now? With `claim`, takes the half-open probe when its ejection
+        time is over (for `lease` seconds)."""
+        now = self.now()
+        with self._locked():
+            at = self._find(name, False)
+            if at is None:
+                return Gate(True)
+            fails, ejections, ejected, cooled, probe = self._read(at)
+            blocked = self._gate(ejected, cooled, probe, now)
+            if blocked is not None:
+                return blocked
+            if not ejected or not claim:
+                return Gate(True)
+            self._write(at, fails, ejections, ejected, cooled, now + lease)
+            return Gate(True, probe=True)
+
+    def success(self, name: str) -> None:
+        """An answer that was not a failure: restored, its ejection count forgotten."""
+        with self._locked():
+            at = self._find(name, False)
+            if at is None:
+                return
+            fails, _, ejected, cooled, _ = self._read(at)
+            if not (ejected or fails):
+                return
+            self._write(at, 0, 0, 0.0, cooled, 0.0)
+        if ejected and self.on_wait is not None:
+            self.on_wait(name, "restored", 0.0)
+
+    def failure(self, name: str, policy: OutlierPolicy) -> bool:
+        """A failed attempt; True when it ejected the upstream."""
+        now = self.now()
+        with self._locked():
+            at = self._find(name, True)
+            if at is None:
+                return False  # more upstream names than slots: never ejected
+            fails, ejections, ejected, cooled, probe = self._read(at)
+            fails += 1
+            probing = bool(ejected) and ejected <= now
+            if fails >= policy.consecutive_failures or probing:
+                secs = min(
+                    policy.max_ejection_secs, policy.base_ejection_secs * (2 ** min(ejections, 30))
+                )
+                self._write(at, 0, ejections + 1, now + secs, cooled, 0.0)
+                if self.on_wait is not None:
+                    self.on_wait(name, "ejected", secs)
+                return True
+            self._write(at, fails, ejections, ejected, cooled, probe)
+            return False
+
+    def cool(self, name: str, secs: float) -> None:
+        """The upstream asked for `secs` of quiet (Retry-After): never shortened."""
+        now = self.now()
+        with self._locked():
+            at = self._find(name, True)
+            if at is None:
+                return
+            fails, ejections, ejected, cooled, probe = self._read(at)
+            self._write(at, fails, ejections, ejected, max(cooled, now + secs), probe)
+        if self.on_wait is not None:
+            self.on_wait(name, "cooled", secs)
+
+    def adopt(self, name: str, ejected_secs: float, cooled_secs: float) -> None:
+        """Another replica's waits for `name` (remaining seconds; <= 0: none): each kept if
+        longer than this instance's own. An adopted ejection ends with a probe, as our own."""
+        if ejected_secs <= 0 and cooled_secs <= 0:
+            return
+        now = self.now()
+        with self._locked():
+            at = self._find(name, True)
+            if at is None:
+                return
+            fails, ejections, ejected, cooled, probe = self._read(at)
+            if ejected_secs > 0 and now + ejected_secs > ejected:
+                ejected, ejections = now + ejected_secs, max(ejections, 1)
+            if cooled_secs > 0:
+                cooled = max(cooled, now + cooled_secs)
+            self._write(at, fails, ejections, ejected, cooled, probe)
+
+    def ejected(self, name: str) -> bool:
+        """For the `upstream_ejected` gauge: ejected and not yet restored."""
+        with self._locked():
+            at = self._find(name, False)
+            return at is not None and self._read(at)[2] > 0

@@ -1,0 +1,692 @@
+"""A request under a routing file (SPEC §11): the model's route, attempts, retries, failover.
+
+`forward_routed` is `relay.forward` for a config with a routing file. The request's model picks
+a route (service.config.routing.Routing, the one resolver); its candidates (the route's targets,
+then its fallbacks' targets) are tried in order:
+
+- **Retried** (the same target once more, after a jittered exponential backoff or the
+  upstream's short `Retry-After`, then the next target): a failure to connect, a reset or close
+  before the response head, a protocol failure, our own pool exhausted, and the statuses 429,
+  500, 502, 503, 504 and 529. A timeout (no head within `headersSecs`) or a TLS failure goes to
+  the next target at once: a silent upstream is not waited for twice. A `Retry-After`
+  (seconds, HTTP date, `retry-after-ms`) longer than the route's `maxRetryAfterSecs` is not
+  waited for: the next target is tried at once.
+- **Never retried**, relayed to the client unchanged: every other status (400, 401, 403, 404,
+  413, 422, content-policy refusals …) — except a 400 that says the context is too long
+  (`context_length_exceeded`), which goes to the route's `contextWindowFallbacks` when it has
+  some.
+- **Bounded**: at most `maxAttempts` attempts per request over all candidates, and within
+  `totalSecs` when set; when they run out, the last upstream answer is relayed as it is (or, if
+  the last attempt got no answer, the router's error for that failure).
+- **Commit point, streams**: a stream request is failed over until its first content event
+  (service.proxy.holdback); the events before it are held back, and a stream that breaks, ends,
+  errs in-band or stays silent (`firstContentSecs`, `idleSecs`) before it fails over like a
+  failed attempt. Meanwhile the client sees heartbeats (the SSE head goes out at the heartbeat
+  interval). From the first content on, a break ends the stream with an in-band error in the
+  client's protocol, never a clean end, and never a switch to another provider.
+- **Retry budget** (per worker): retries in flight stay under `budgetRatio` x the routed
+  requests in flight (or `budgetMinRetries`); past it a request gets the answer it has.
+
+Ejection and cooldowns (service.ejection, shared by the workers): an upstream ejected after
+repeated failures, or cooling down after a 429 with `Retry-After`, is skipped; when its
+ejection is over one request probes it. When every target is ejected, all are tried anyway;
+when every one is cooling down, the answer is 503 `upstreams_unavailable` with `Retry-After`.
+
+Every attempt is recorded on the request's state (upstream, outcome, seconds) for the
+completion line and `upstream_attempts_total{upstream,outcome}`; each switch of upstream for
+`fallbacks_total{from,to,reason}`; the answer carries `x-router-upstream` (who answered) and
+`x-router-attempts`. Each target's upstream format decides its translation, so an Anthropic
+client can fall back from an Anthropic upstream to an OpenAI-format one. The body is sent with
+the target's model name, and the answer names the model that answered.
+
+Not routed under a routing file (answered 404 `route_not_available`): the audio routes
+(multipart) and the stored-response routes of the Responses API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sanic.response import HTTPResponse
+
+from ..config.loader import LoadedConfig
+from ..config.model import MULTIPART_ROUTES, Timeouts
+from ..config.routing import Candidate, Policy, Routing, Upstream
+from ..context import RouterRequest
+from ..ejection import Gate
+from ..errors import (
+    ModelNotFound,
+    RateLimited,
+    RouteNotAvailable,
+    RouterError,
+    ServiceUnavailable,
+    StreamError,
+    UpstreamsUnavailable,
+    UpstreamTimeout,
+)
+from ..state import RequestState
+from ..translate import Translator
+from ..translate.responses import ResponsesTranslator
+from . import headers as h
+from .body import dump_json, exact_json, parse_json_object
+from .events import EventFramer, EventTooLarge, ask_for_usage
+from .holdback import CONTENT, ERROR, MAX_HELD_BYTES, MAX_HELD_EVENTS, classify
+from .outgoing import (
+    USAGE_ROUTES,
+    json_answer,
+    local_estimate,
+    outgoing_headers,
+    translator_for,
+)
+from .sse import relay_stream
+from .upstream import map_exception, request_timeout, send
+
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+# Failures after which the next target is tried at once, not the same one again.
+NOT_AGAIN = frozenset({"tls_error", "timeout"})
+# The most of a failed attempt's body that is read (to relay it, or to look for a context-length
+# error); the rest is drained.
+MAX_FAILED_BODY = 1 << 20
+# The outcomes of an attempt (the `outcome` label of upstream_attempts_total): a closed set.
+OUTCOMES: tuple[str, ...] = (
+    "ok",
+    "client_error",
+    "rate_limited",
+    "server_error",
+    "connect_error",
+    "io_error",
+    "tls_error",
+    "timeout",
+    "protocol_error",
+    "pool_exhausted",
+    "stream_error",
+)
+# Why a request moved to another upstream (the `reason` label of fallbacks_total).
+REASONS: tuple[str, ...] = ("rate_limited", "server_error", "error", "context_length")
+ATTEMPTS_HEADER = "x-router-attempts"
+UPSTREAM_HEADER = "x-router-upstream"
+
+
+def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """The upstream's requested wait: `retry-after-ms`, else `retry-after` as seconds or an HTTP
+    date; None when absent or unreadable."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def is_context_length_error(status: int, body: bytes) -> bool:
+    """A 400 whose error says the prompt does not fit the model's context window (OpenAI's
+    `context_length_exceeded` code, Anthropic's and others' wording)."""
+    if status != 400:
+        return False
+    low = body[:MAX_FAILED_BODY].lower()
+    return any(
+        s in low
+        for s in (
+            b"context_length_exceeded",
+            b"maximum context length",
+            b"prompt is too long",
+            b"context window",
+        )
+    )
+
+
+def _outcome(status: int) -> str:
+    if 200 <= status < 400:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
+def _error_outcome(err: RouterError) -> str:
+    if isinstance(err, ServiceUnavailable):
+        return "pool_exhausted"
+    return err.error_type or "io_error"
+
+
+class RetryBudget:
+    """Routed requests and retries in flight in this worker: a retry is allowed while the
+    retries in flight stay under `ratio` x the requests in flight, or `min_retries`."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.retrying = 0
+
+    def allows(self, ratio: float, min_retries: int) -> bool:
+        return self.retrying < max(min_retries, ratio * self.active)
+
+
+BUDGET = RetryBudget()
+
+
+@dataclass
+class Chosen:
+    """The attempt whose answer the client gets, and how that answer is read."""
+
+    upstream: Upstream
+    translator: Translator | ResponsesTranslator | None
+    strip_usage: bool
+    failed_body: bytes | None  # a non-2xx answer's body, already read
+    idle_secs: float | None = None  # the route's idleSecs: the most silence between events
+    model: str = ""  # the model name sent upstream
+
+
+def _credential(up: Upstream, client: str | None, own: str | None, default: str | None) -> Any:
+    if up.credential == "operator":
+        return up.operator_key
+    if up.credential == "client-or-operator":
+        return own or up.operator_key
+    return client or default
+
+
+async def _read_failed(resp: httpx.Response) -> bytes:
+    parts: list[bytes] = []
+    kept = 0
+    try:
+        async for chunk in resp.aiter_raw():
+            if kept < MAX_FAILED_BODY:
+                parts.append(chunk)
+                kept += len(chunk)
+    finally:
+        await resp.aclose()
+    return b"".join(parts)[:MAX_FAILED_BODY]
+
+
+class _Attempts:
+    """The attempts of one request: which candidate next, the waits, the record."""
+
+    def __init__(
+        self,
+        request: RouterRequest,
+        route: str,
+        routing: Routing,
+        model_route: Any,
+        candidates: list[Candidate],
+        payload: dict[str, Any],
+        exact: bool,
+        streaming: bool,
+    ) -> None:
+        self.request = request
+        self.body: bytes = request.body
+        self.fresh = True
+        self.ctx = request.app.ctx
+        self.state: RequestState = request.ctx.state
+        self.route = route
+        self.routing = routing
+        self.model_route = model_route
+        self.candidates = candidates
+        self.payload = payload
+        self.exact = exact
+        self.streaming = streaming
+        self.policy: Policy = routing.policy(model_route.match)
+        self.model: str = payload["model"]
+        self.deadline = (
+            time.monotonic() + self.policy.total_secs if self.policy.total_secs else None
+        )
+        headers = request.headers
+        settings = self.ctx.settings
+        self.client_key = h.client_credential(headers, settings.default_api_key)
+        self.own_key = h.client_credential(headers, None)
+        if self.ctx.access is not None:  # shared deployment: the client's key is an access key
+            self.client_key = self.own_key = settings.default_api_key
+
+    def _timeout(self, up: Upstream) -> httpx.Timeout:
+        t = up.profile.timeouts
+        p = self.policy
+        if p.connect_secs is not None or p.headers_secs is not None:
+            t = Timeouts(
+                connect_secs=p.connect_secs or t.connect_secs,
+                read_secs=p.headers_secs or t.read_secs,
+            )
+        return request_timeout(t, self.ctx.settings.upstream_pool_wait_secs)
+
+    def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
+        """The upstream request for `cand` (None: its upstream has no such endpoint)."""
+        ep = cand.upstream.endpoints[self.route]
+        if not ep.enabled:
+            return None
+        # The first attempt uses the request's parsed body; a later one parses it again, so
+        # that nothing an earlier attempt's translation or usage request changed carries over.
+        payload = self.payload if self.fresh else parse_json_object(self.body, self.exact)
+        self.fresh = False
+        payload["model"] = cand.model
+        translator = None
+        strip = False
+        streaming = self.streaming and ep.stream_support
+        if ep.translation != "none":
+            translator = translator_for(self.route, ep, payload)
+            body = dump_json(translator.request(), exact=self.exact)
+            self.state.translation = ep.translation
+            self.state.dropped = list(translator.dropped)
+        else:
+            if streaming and ep.request_usage and self.route in USAGE_ROUTES:
+                strip = ask_for_usage(payload)
+            body = dump_json(payload, exact=self.exact)
+            self.state.translation = "none"
+        key = _credential(cand.upstream, self.client_key, self.own_key, None)
+        hdrs, query = outgoing_headers(
+            self.request, ep, cand.upstream.profile, key, translator, streaming, None, self.state
+        )
+        req = self.ctx.http.build_request(
+            ep.method,
+            h.build_url(ep.url, query),
+            headers=hdrs,
+            content=body,
+            timeout=self._timeout(cand.upstream),
+        )
+        return req, Chosen(
+            cand.upstream, translator, strip, None, self.policy.idle_secs, cand.model
+        )
+
+    def _backoff(self, retry: int) -> float:
+        p = self.policy
+        return random.uniform(0, min(p.backoff_max_secs, p.backoff_base_secs * (2**retry)))
+
+    async def _wait(self, secs: float) -> bool:
+        """Sleep `secs` unless that passes the deadline; False: no time left."""
+        if self.deadline is not None and time.monotonic() + secs >= self.deadline:
+            return False
+        if secs > 0:
+            await asyncio.sleep(secs)
+        return True
+
+    def _record(self, up: Upstream, outcome: str, started: float) -> None:
+        self.state.attempts.append((up.name, outcome, round(time.perf_counter() - started, 4)))
+
+    def _start(self) -> None:
+        """The attempt state, set on the first `run`; kept so that a stream that fails before
+        its first content resumes where the attempts stopped (`open_stream`)."""
+        self.queue = list(self.candidates)
+        ejections = self.ctx.ejections
+        # Never leave a route with nothing: when every target is ejected, all are tried (but
+        # those the upstream asked to wait, Retry-After); when every one is cooling down: 503.
+        gates = {c.upstream.name: ejections.peek(c.upstream.name) for c in self.queue}
+        blocked = [g for g in gates.values() if not g.allowed]
+        self.try_all = len(blocked) == len(gates)
+        if self.try_all and all(g.why == "cooling" for g in blocked):
+            raise _unavailable(blocked, ejections.now())
+        self.context_used = False
+        self.last: tuple[httpx.Response, Chosen] | None = None
+        self.last_error: RouterError | None = None
+        self.previous: Upstream | None = None
+        self.reason = "error"
+        self.same_retries = 0
+        self.skipped: list[Gate] = []
+        self.pending: tuple[bool, float] | None = None  # (retry the same target, wait) to apply
+
+    async def run(self) -> tuple[httpx.Response, Chosen]:
+        """Try the candidates; the response the client gets (its head read) and how to read
+        it. Raises the router's error when the last attempt got no answer at all."""
+        if not hasattr(self, "queue"):
+            self._start()
+        ejections = self.ctx.ejections
+        outlier = self.routing.outlier
+        while self.queue:
+            if self.pending is not None:
+                retry_same, wait = self.pending
+                self.pending = None
+                if retry_same and len(self.state.attempts) < self.policy.max_attempts:
+                    if not await self._wait(wait):
+                        break
+                    self.same_retries += 1
+                else:
+                    self.queue.pop(0)
+                    self.same_retries = 0
+                    continue
+            if len(self.state.attempts) >= self.policy.max_attempts:
+                break
+            cand = self.queue[0]
+            name = cand.upstream.name
+            if self.same_retries == 0:  # a retry of the same target was decided already
+                gate = ejections.peek(name) if self.try_all else ejections.gate(name)
+                if not gate.allowed and (not self.try_all or gate.why == "cooling"):
+                    self.skipped.append(gate)
+                    self.queue.pop(0)
+                    continue
+            retry = bool(self.state.attempts)
+            if retry and not BUDGET.allows(
+                self.policy.budget_ratio, self.policy.budget_min_retries
+            ):
+                break  # an outage must not multiply the load: the answer we have
+            built = self._build(cand)
+            if built is None:
+                self.queue.pop(0)
+                continue
+            req, chosen = built
+            if self.previous is not None and self.previous.name != name:
+                self.state.fallbacks.append((self.previous.name, name, self.reason))
+            self.previous = cand.upstream
+            started = time.perf_counter()
+            try:
+                resp = await self._send(req, retry)
+            except httpx.HTTPError as e:
+                err = map_exception(e)
+                self._record(cand.upstream, _error_outcome(err), started)
+                if not isinstance(err, ServiceUnavailable):  # our own pool: not its fault
+                    ejections.failure(name, outlier)
+                self._failed(err)
+                continue
+            status = resp.status_code
+            self._record(cand.upstream, _outcome(status), started)
+            if status >= 500:
+                ejections.failure(name, outlier)
+            elif status != 429:
+                ejections.success(name)
+            if status < 400:
+                return resp, chosen
+            earlier = self.last, self.last_error
+            if status not in RETRIED_STATUSES:
+                # Never retried. After an earlier attempt failed, a fallback's refusal (a 400
+                # for a shape it does not take, a 401 for a key it does not know) is not the
+                # client's answer: the earlier failure is, so it is never masked.
+                body = await _read_failed(resp) if status == 400 else None
+                if body is not None and not self.context_used:
+                    if is_context_length_error(status, body):
+                        self.context_used = True
+                        chosen.failed_body = body
+                        self.last, self.last_error = (resp, chosen), None
+                        self.queue = self.routing.context_plan(self.model_route, self.model)
+                        self.reason = "context_length"
+                        self.same_retries = 0
+                        if self.queue:
+                            continue
+                        return resp, chosen
+                if earlier != (None, None):
+                    if body is None:
+                        await resp.aclose()
+                    return self._earlier(*earlier)
+                chosen.failed_body = body
+                return resp, chosen
+            body = await _read_failed(resp)
+            chosen.failed_body = body
+            self.last, self.last_error = (resp, chosen), None
+            self.reason = "rate_limited" if status == 429 else "server_error"
+            after = retry_after_secs(resp.headers)
+            if after is not None:
+                ejections.cool(name, after)
+            if after is not None and after > self.policy.max_retry_after_secs:
+                self.pending = (False, 0.0)  # too long: the next target at once
+            else:
+                wait = after if after is not None else self._backoff(self.same_retries)
+                self.pending = (self.same_retries == 0, wait)
+        if self.last is not None:
+            return self.last
+        if self.last_error is not None:
+            raise self.last_error
+        if self.skipped:  # nothing was tried: each target ejected, probed by another, cooling
+            raise _unavailable(self.skipped, ejections.now())
+        raise RouteNotAvailable()
+
+    @staticmethod
+    def _earlier(
+        last: tuple[httpx.Response, Chosen] | None, error: RouterError | None
+    ) -> tuple[httpx.Response, Chosen]:
+        if last is not None:
+            return last
+        assert error is not None
+        raise error
+
+    async def _send(self, req: httpx.Request, retry: bool) -> httpx.Response:
+        """Send one attempt; a retry counts against the retry budget while it is in flight."""
+        if not retry:
+            return await send(self.ctx.http, req)
+        BUDGET.retrying += 1
+        try:
+            return await send(self.ctx.http, req)
+        finally:
+            BUDGET.retrying -= 1
+
+    def _failed(self, err: RouterError) -> None:
+        """An attempt that got no (usable) answer: the same target once more, unless the
+        failure says it would fail again or keep us waiting (NOT_AGAIN), then the next."""
+        self.last_error, self.last, self.reason = err, None, "error"
+        retry_same = self.same_retries == 0 and err.error_type not in NOT_AGAIN
+        self.pending = (retry_same, self._backoff(self.same_retries) if retry_same else 0.0)
+
+    async def open_stream(self) -> tuple[httpx.Response, Chosen]:
+        """`run` for a stream: an upstream's 2xx stream is read up to its first content event
+        (the events before it held back) and handed over only then, so that a stream that
+        breaks, errs or stays silent before any content fails over like a failed attempt."""
+        while True:
+            resp, chosen = await self.run()
+            ctype = resp.headers.get("content-type", "").lower()
+            if not 200 <= resp.status_code < 300 or not ctype.startswith("text/event-stream"):
+                return resp, chosen
+            ep = chosen.upstream.endpoints[self.route]
+            try:
+                return await self._until_content(resp, ep.format), chosen
+            except _BeforeContent as e:
+                name = chosen.upstream.name
+                upstream, _, secs = self.state.attempts[-1]
+                self.state.attempts[-1] = (upstream, e.outcome, secs)
+                self.ctx.ejections.failure(name, self.routing.outlier)
+                self._failed(e.error)
+
+    async def _until_content(self, resp: httpx.Response, upstream_format: str) -> httpx.Response:
+        framer = EventFramer()
+        chunks = resp.aiter_raw()
+        read: list[bytes] = []
+        held_bytes = held_events = 0
+        limit = self.policy.first_content_secs
+        deadline = None if limit is None else time.monotonic() + limit
+        idle = self.policy.idle_secs
+        try:
+            while True:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if idle is not None:
+                    timeout = idle if timeout is None else min(timeout, idle)
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+                except StopAsyncIteration:
+                    raise _BeforeContent("stream_error", StreamError()) from None
+                except TimeoutError:
+                    raise _BeforeContent("timeout", UpstreamTimeout()) from None
+                except httpx.HTTPError as e:
+                    err = map_exception(e)
+                    raise _BeforeContent(_error_outcome(err), err) from None
+                read.append(chunk)
+                try:
+                    events = framer.feed(chunk)
+                except EventTooLarge:
+                    break  # not ours to judge: relayed as it is
+                verdicts = [classify(upstream_format, ev) for ev in events]
+                if ERROR in verdicts:
+                    raise _BeforeContent("stream_error", StreamError())
+                held_events += len(events)
+                held_bytes += len(chunk)
+                if CONTENT in verdicts or held_events > MAX_HELD_EVENTS:
+                    break
+                if held_bytes > MAX_HELD_BYTES:
+                    break
+        except _BeforeContent:
+            await resp.aclose()
+            raise
+        return httpx.Response(
+            resp.status_code,
+            headers=resp.headers,
+            stream=_Replay(b"".join(read), chunks, resp),
+            extensions=resp.extensions,
+        )
+
+
+class _BeforeContent(Exception):
+    def __init__(self, outcome: str, error: RouterError) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.error = error
+
+
+class _Replay(httpx.AsyncByteStream):
+    """The bytes read before the commit point, then the rest of the upstream's stream."""
+
+    def __init__(self, head: bytes, rest: Any, resp: httpx.Response) -> None:
+        self._head = head
+        self._rest = rest
+        self._resp = resp
+
+    async def __aiter__(self) -> Any:
+        if self._head:
+            yield self._head
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+def _unavailable(gates: list[Gate], now: float) -> UpstreamsUnavailable:
+    """503 with Retry-After: the soonest end of the waits."""
+    soonest = min(g.until for g in gates) - now
+    return UpstreamsUnavailable(headers={"Retry-After": str(max(1, math.ceil(soonest)))})
+
+
+def _plan(routing: Routing, payload: dict[str, Any]) -> tuple[Any, list[Candidate]]:
+    model = payload.get("model")
+    found = routing.plan(model) if isinstance(model, str) and model else None
+    if found is None:
+        raise ModelNotFound(
+            f"No route for model {str(model)[:100]!r}" if model else "The request names no model"
+        )
+    return found
+
+
+async def forward_routed(
+    request: RouterRequest, route: str, cfg: LoadedConfig, response_id: str | None
+) -> HTTPResponse | None:
+    ctx = request.app.ctx
+    routing = cfg.routing
+    assert routing is not None
+    state: RequestState = request.ctx.state
+    if response_id is not None or route in MULTIPART_ROUTES:
+        raise RouteNotAvailable("This route is not routed by a routing file")
+    state.key_id = h.key_id(h.client_credential(request.headers, ctx.settings.default_api_key))
+    if not request.body:
+        await request.receive_body()
+    exact = exact_json(request.body)
+    payload = parse_json_object(request.body, exact)
+    model_route, candidates = _plan(routing, payload)
+    state.model = payload["model"]
+    face = cfg.endpoints[route]
+    streaming = face.stream_support and payload.get("stream") is True
+    state.stream = streaming
+
+    limit = cfg.limit(route, ctx.default_limit)
+    extra: dict[str, str] = {}
+    if limit is not None:
+        decision = await ctx.limiter.acquire(state.key_id, route, limit)
+        if not decision.allowed:
+            raise RateLimited(headers=decision.headers())
+        extra = decision.headers()
+
+    first_ep = candidates[0].upstream.endpoints[route]
+    if first_ep.local_estimate:
+        return local_estimate(route, payload, request.ctx.request_id)
+
+    attempts = _Attempts(
+        request, route, routing, model_route, candidates, payload, exact, streaming
+    )
+    BUDGET.active += 1
+    try:
+        return await _relay(request, route, attempts, face, extra, streaming)
+    finally:
+        BUDGET.active -= 1
+
+
+async def _relay(
+    request: RouterRequest,
+    route: str,
+    attempts: _Attempts,
+    face: Any,
+    extra: dict[str, str],
+    streaming: bool,
+) -> HTTPResponse | None:
+    state: RequestState = request.ctx.state
+    if streaming:
+        chosen_box: list[Chosen] = []
+
+        async def opener() -> httpx.Response:
+            resp, chosen = await attempts.open_stream()
+            _answered(state, chosen, resp)
+            chosen_box.append(chosen)
+            if chosen.failed_body is not None:  # already read: handed over as a new body
+                return httpx.Response(
+                    resp.status_code, headers=resp.headers, content=chosen.failed_body
+                )
+            return resp
+
+        def headers_after() -> dict[str, str]:
+            return _router_headers(state, extra)
+
+        return await relay_stream(
+            request, None, face, extra, opener=opener, chosen=chosen_box, head=headers_after
+        )
+
+    started = time.perf_counter()
+    try:
+        resp, chosen = await attempts.run()
+        _answered(state, chosen, resp)
+        if chosen.failed_body is not None:
+            data = chosen.failed_body
+        else:
+            try:
+                data = b"".join([chunk async for chunk in resp.aiter_raw()])
+            except httpx.HTTPError as e:
+                raise map_exception(e) from None
+            finally:
+                await resp.aclose()
+    finally:
+        state.upstream_latency = time.perf_counter() - started
+    return json_answer(
+        resp,
+        data,
+        chosen.translator,
+        _router_headers(state, extra),
+        state,
+        request.ctx.request_id,
+    )
+
+
+def _answered(state: RequestState, chosen: Chosen, resp: httpx.Response) -> None:
+    state.upstream = chosen.upstream.name
+    state.upstream_model = chosen.model  # the `model` label of tokens_total: what was sent
+    if resp.status_code == 429 or resp.status_code >= 500:
+        state.error_type = "upstream_error"
+
+
+def _router_headers(state: RequestState, extra: dict[str, str]) -> dict[str, str]:
+    out = dict(extra)
+    if state.upstream is not None:
+        out[UPSTREAM_HEADER] = state.upstream
+    out[ATTEMPTS_HEADER] = str(len(state.attempts))
+    return out
+
+
+Opener = Callable[[], Awaitable[httpx.Response]]

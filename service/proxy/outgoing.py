@@ -1,0 +1,165 @@
+"""What relay.forward and failover.forward_routed both send and answer: the upstream headers
+of a request, its format translator, the local token estimate, the relayed response headers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from sanic.compat import Header
+from sanic.response import HTTPResponse
+
+from ..config.model import (
+    ANTHROPIC,
+    CHAT,
+    COMPLETIONS,
+    COUNT_TOKENS,
+    RESPONSES,
+    Profile,
+    ResolvedEndpoint,
+)
+from ..context import RouterRequest
+from ..errors import UpstreamJSONError
+from ..state import RequestState
+from ..translate import TranslationOptions, Translator
+from ..translate.responses import ResponsesTranslator
+from . import estimate
+from . import headers as h
+from .body import accept_encoding, decoded
+
+log = structlog.get_logger("api_router.translate")
+
+# OpenAI-format streaming routes whose upstreams send usage when `stream_options` asks for it.
+USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
+
+
+def response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
+    out = h.returnable_response_headers(resp.headers.multi_items())
+    out.append(("X-Request-ID", request_id))
+    return out
+
+
+def _forwarding(request: RouterRequest, mode: str) -> list[tuple[str, str]] | None:
+    """The forwarding headers sent upstream (service.proxy.headers: replace, keep, drop)."""
+    if mode == "keep":
+        return None
+    if mode == "drop":
+        return []
+    trusted = request.app.ctx.client_ip_from_headers
+    return h.router_forwarding(
+        h.client_address(request, trusted),
+        request.scheme,
+        request.host if trusted else request.headers.get("host", ""),
+    )
+
+
+def local_estimate(route: str, payload: dict[str, Any], request_id: str) -> HTTPResponse:
+    """`count_tokens` / `input_tokens` answered from the router's own estimate."""
+    n = estimate.input_tokens(payload)
+    body: dict[str, Any] = {"input_tokens": n}
+    if route != COUNT_TOKENS:
+        body = {"object": "response.input_tokens", "input_tokens": n}
+    return HTTPResponse(
+        orjson.dumps(body),
+        headers=Header([estimate.ESTIMATE_HEADER, ("X-Request-ID", request_id)]),
+        content_type="application/json",
+    )
+
+
+def translator_for(
+    route: str, ep: ResolvedEndpoint, payload: dict[str, Any]
+) -> Translator | ResponsesTranslator:
+    opts = TranslationOptions(
+        strict=ep.translation_strict,
+        reasoning_history=ep.reasoning_history,
+        reasoning_effort=ep.reasoning_effort,
+    )
+    if route == RESPONSES:
+        return ResponsesTranslator(ep.format, payload, int(time.time()), opts)
+    return Translator(ep.translation, payload, int(time.time()), opts)
+
+
+def outgoing_headers(
+    request: RouterRequest,
+    ep: ResolvedEndpoint,
+    profile: Profile,
+    credential: str | None,
+    translator: Translator | ResponsesTranslator | None,
+    streaming: bool,
+    upstream_length: int | None,
+    state: RequestState,
+) -> tuple[list[tuple[str, str]], str]:
+    """The headers and query string sent upstream for a request to `ep` of `profile`."""
+    ctx = request.app.ctx
+    client_headers: Any = request.headers.items()
+    query = request.query_string
+    if translator is not None:  # the other provider's headers mean nothing upstream: dropped
+        foreign = "openai-" if ep.format == ANTHROPIC else "anthropic-"
+        kept = [(k, v) for k, v in client_headers if not k.lower().startswith(foreign)]
+        dropped_query = False
+        if ep.format != ANTHROPIC:  # and Anthropic's query flags (`?beta=true`)
+            query, dropped_query = h.without_params(query, h.ANTHROPIC_QUERY)
+        if len(kept) < len(request.headers) or dropped_query:
+            dropped = foreign.replace("-", "_headers")
+            if dropped not in state.dropped:
+                state.dropped = [*state.dropped, dropped]
+        client_headers = kept
+        if state.dropped:
+            log.debug("translation_dropped_fields", fields=state.dropped)
+    hdrs = h.upstream_headers(
+        client_headers,
+        ep.headers,
+        profile.auth.header,
+        profile.auth.scheme,
+        credential,
+        request.ctx.request_id,
+        _forwarding(request, ctx.settings.forwarded_headers),
+    )
+    hdrs = h.merge_headers(
+        hdrs,
+        [
+            (
+                "Accept-Encoding",
+                accept_encoding(
+                    request.headers.get("accept-encoding"), streaming or translator is not None
+                ),
+            )
+        ],
+    )
+    if upstream_length is not None:  # a streamed multipart body keeps a known length
+        hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
+    return hdrs, query
+
+
+def json_answer(
+    resp: httpx.Response,
+    data: bytes,
+    translator: Translator | ResponsesTranslator | None,
+    extra: dict[str, str],
+    state: RequestState,
+    request_id: str,
+) -> HTTPResponse:
+    """A whole (non-stream) upstream answer for the client: its usage read, translated back
+    when the route was, with the router's headers added."""
+    ctype = resp.headers.get("content-type", "")
+    text = decoded(data, resp.headers.get("content-encoding"))  # once, for both uses below
+    # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
+    # balancer under a JSON content-type) is passed through with its status and Retry-After.
+    if "json" in ctype and data and 200 <= resp.status_code < 300 and text is not None:
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise UpstreamJSONError() from None
+        if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
+            state.usage = parsed["usage"]
+    headers = response_headers(resp, request_id)
+    if translator is not None:  # the answer in the client's format, with the upstream's status
+        headers, data = translator.answer(resp.status_code, headers, text or b"")
+    for k, v in extra.items():
+        headers.append((k, v))
+    return HTTPResponse(
+        body=data, status=resp.status_code, headers=Header(headers), content_type=None
+    )

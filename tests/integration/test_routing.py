@@ -1,0 +1,840 @@
+"""Routing files (SPEC §11) on a real router in front of two fake upstreams: routing by model,
+retries, failover, Retry-After, never-retried statuses, context-window fallbacks, translation
+chosen per target, the commit point on streams, attempts in headers, metrics and the log line.
+
+Each fault is scripted on the fake upstreams (what they answer, request by request, and when
+each request arrived), and the test checks what the client got and what each upstream saw."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    anthropic_stream,
+    default_reply,
+    sse,
+)
+from tests.scrape import scrape, value
+from tests.support import RouterFactory, RouterProcess
+
+CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+KEY = {"Authorization": "Bearer sk-client-key-1234"}
+
+
+class Script:
+    """Answers the listed replies to the first requests, then like a provider; records when
+    each request arrived."""
+
+    def __init__(self, *replies: Reply | Callable[[Recorded], Reply]) -> None:
+        self.replies = list(replies)
+        self.times: list[float] = []
+
+    def __call__(self, req: Recorded) -> Reply:
+        self.times.append(time.monotonic())
+        if self.replies:
+            r = self.replies.pop(0)
+            return r(req) if callable(r) else r
+        return default_reply(req)
+
+
+def error(status: int, body: dict[str, Any] | None = None, **headers: str) -> Reply:
+    payload = json.dumps(body or {"error": {"message": f"upstream {status}", "type": "x"}})
+    return Reply(
+        status=status,
+        headers=[("Content-Type", "application/json"), *headers.items()],
+        body=payload.encode(),
+    )
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def secondary() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture(autouse=True)
+def _fresh(primary: FakeUpstream, secondary: FakeUpstream) -> None:
+    primary.reset()
+    secondary.reset()
+
+
+def routing_file(primary: FakeUpstream, secondary: FakeUpstream, **over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "multi",
+        "upstreams": {
+            "primary": {"baseUrl": primary.url, "timeouts": {"connectSecs": 2, "readSecs": 10}},
+            "secondary": {  # an OpenAI-format provider: Messages clients are translated
+                "profile": "openai",
+                "baseUrl": secondary.url,
+                "timeouts": {"connectSecs": 2, "readSecs": 10},
+            },
+            "claude": {
+                "profile": "anthropic",
+                "baseUrl": primary.url,
+                "timeouts": {"connectSecs": 2, "readSecs": 10},
+            },
+        },
+        "modelRoutes": [
+            {
+                "match": "gpt-4o",
+                "targets": [{"upstream": "primary", "model": "primary-model"}],
+                "fallbacks": ["backup"],
+            },
+            {"match": "backup", "targets": [{"upstream": "secondary", "model": "backup-model"}]},
+            {
+                "match": "small",
+                "targets": [{"upstream": "primary", "model": "small-8k"}],
+                "contextWindowFallbacks": ["backup"],
+            },
+            {
+                "match": "claude-*",
+                "targets": [{"upstream": "claude", "model": "claude-${1}"}],
+                "fallbacks": ["backup"],
+            },
+            {"match": "local-*", "targets": [{"upstream": "secondary", "model": "${1}"}]},
+        ],
+        "retry": {"maxAttempts": 3, "backoffBaseSecs": 0.05, "backoffMaxSecs": 0.1},
+        # The tests share a router: no test's failures may eject an upstream for the next one
+        # (the ejection tests set their own).
+        "outlierDetection": {"consecutiveFailures": 100},
+    }
+    data.update(over)
+    return data
+
+
+@pytest.fixture(scope="module")
+def router(
+    primary: FakeUpstream, secondary: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
+    return module_router_factory(
+        routing_file(primary, secondary), env={"LOG_FORMAT": "json"}, name="routing"
+    )
+
+
+def post(router: RouterProcess, path: str, body: dict[str, Any], **kw: Any) -> httpx.Response:
+    return httpx.post(router.url + path, json=body, headers=KEY, timeout=30, **kw)
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def completion_lines(
+    router: RouterProcess, since: int, route: str = CHAT, count: int = 1
+) -> list[dict[str, Any]]:
+    """The completion lines of `route` written since `since`, once there are `count` (a line is
+    written when the response has ended, which a client may see a moment before)."""
+    deadline = time.monotonic() + 5
+    while True:
+        out = [
+            json.loads(line)
+            for line in router.output()[since:].splitlines()
+            if '"request_completed"' in line
+        ]
+        out = [x for x in out if x.get("route") == route]
+        if len(out) >= count or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+
+_SDK: list[Any] = []
+
+
+def sdk_openai(router: RouterProcess) -> openai.OpenAI:
+    c = openai.OpenAI(base_url=router.url + "/v1", api_key="sk-client-key-1234", max_retries=0)
+    _SDK.append(c)
+    return c
+
+
+def sdk_anthropic(router: RouterProcess) -> anthropic.Anthropic:
+    c = anthropic.Anthropic(base_url=router.url, api_key="sk-client-key-1234", max_retries=0)
+    _SDK.append(c)
+    return c
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while _SDK:
+        _SDK.pop().close()
+
+
+# -- routing -----------------------------------------------------------------------------------
+
+
+def test_each_model_goes_to_its_route_s_upstream_with_the_target_model(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200, r.text
+    assert r.headers["x-router-upstream"] == "primary"
+    assert r.headers["x-router-attempts"] == "1"
+    assert primary.last.json()["model"] == "primary-model"
+    r = post(router, CHAT, chat("local-qwen3"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert secondary.last.json()["model"] == "qwen3"
+    assert r.json()["model"] == "qwen3"  # the answer names the model that answered
+
+
+def test_an_unknown_model_is_404_model_not_found_in_the_client_s_shape(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    r = post(router, CHAT, chat("nobody-has-this"))
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "model_not_found"
+    r = post(router, MESSAGES, {"model": "nobody", "max_tokens": 5, "messages": []})
+    assert r.status_code == 404
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "not_found_error"
+    assert primary.requests == []
+
+
+def test_models_lists_the_routes(router: RouterProcess) -> None:
+    ids = [m["id"] for m in httpx.get(router.url + "/v1/models").json()["data"]]
+    assert ids == ["gpt-4o", "backup", "small"]  # the exact matches; patterns not listed
+    health = httpx.get(router.url + "/health").json()
+    assert set(health["upstreams"]) == {"primary", "secondary", "claude"}
+
+
+# -- the fault table (JSON) --------------------------------------------------------------------
+
+
+def test_a_500_once_is_retried_on_the_same_target(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(Script(error(500)))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert (r.headers["x-router-upstream"], r.headers["x-router-attempts"]) == ("primary", "2")
+    assert len(primary.requests) == 2 and secondary.requests == []
+
+
+def test_a_persistent_503_fails_over_and_the_answer_is_the_fallback_s(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    since = len(router.output())
+    primary.reply_with(lambda _r: error(503))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert r.headers["x-router-attempts"] == "3"  # primary twice, then the fallback
+    assert len(primary.requests) == 2 and len(secondary.requests) == 1
+    body = r.json()
+    assert body["model"] == "backup-model"
+    assert body["usage"]["prompt_tokens"] > 0
+    line = completion_lines(router, since)[-1]
+    assert line["provider"] == "secondary"
+    assert [(a["upstream"], a["outcome"]) for a in line["attempts"]] == [
+        ("primary", "server_error"),
+        ("primary", "server_error"),
+        ("secondary", "ok"),
+    ]
+    text = scrape(router.url)
+    assert value(text, "fallbacks_total", **{"from": "primary", "to": "secondary",
+                                               "reason": "server_error"}) >= 1  # fmt: skip
+    assert value(text, "upstream_attempts_total", upstream="primary", outcome="server_error") >= 2
+
+
+def test_429_with_a_short_retry_after_waits_for_it_then_retries(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    script = Script(error(429, **{"Retry-After": "1"}))
+    primary.reply_with(script)
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "primary"
+    assert len(script.times) == 2
+    assert script.times[1] - script.times[0] >= 0.95  # the upstream's wait was honoured
+
+
+def test_a_reset_before_the_head_once_is_answered(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(Script(Reply(action="reset")))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "primary"
+    assert secondary.requests == []
+
+
+def test_a_400_is_never_retried_and_reaches_the_client_unchanged(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    refusal = {"error": {"message": "content policy", "type": "invalid_request_error",
+                         "code": "content_policy_violation"}}  # fmt: skip
+    primary.reply_with(Script(error(400, refusal)))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 400
+    assert r.json() == refusal
+    assert r.headers["x-router-attempts"] == "1"
+    assert len(primary.requests) == 1 and secondary.requests == []
+
+
+def test_context_length_exceeded_goes_to_the_context_window_fallback(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    too_long = {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens",
+            "type": "invalid_request_error",
+            "code": "context_length_exceeded",
+        }
+    }
+    primary.reply_with(Script(error(400, too_long)))
+    r = post(router, CHAT, chat("small"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert len(primary.requests) == 1  # not retried on the same model
+    assert secondary.last.json()["model"] == "backup-model"
+
+
+def test_when_every_attempt_fails_the_last_answer_is_relayed(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(lambda _r: error(503))
+    secondary.reply_with(lambda _r: error(502, {"error": {"message": "backup down"}}))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 502
+    assert r.json() == {"error": {"message": "backup down"}}
+    assert r.headers["x-router-attempts"] == "3"  # the attempt budget, not more
+    assert len(primary.requests) + len(secondary.requests) == 3
+
+
+def test_a_silent_upstream_times_out_at_headers_secs_and_the_fallback_answers(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary, timeouts={"headersSecs": 0.5})
+    data["retry"]["maxAttempts"] = 2
+    router = router_factory(data, name="silent")
+    primary.reply_with(lambda _r: Reply(action="stall"))
+    started = time.monotonic()
+    r = post(router, CHAT, chat("gpt-4o"))
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert elapsed < 8  # two 0.5 s head timeouts, not the upstream's 10 s read timeout
+
+
+def test_an_operator_key_replaces_the_client_s(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary)
+    data["upstreams"]["secondary"]["apiKeyEnv"] = "API_ROUTER_TEST_BACKUP_KEY"
+    router = router_factory(
+        data, env={"API_ROUTER_TEST_BACKUP_KEY": "sk-operator-backup-5678"}, name="opkey"
+    )
+    r = post(router, CHAT, chat("local-x"))
+    assert r.status_code == 200
+    assert secondary.last.header("authorization") == "Bearer sk-operator-backup-5678"
+    assert "sk-client-key-1234" not in json.dumps(secondary.last.headers)
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert primary.last.header("authorization") == "Bearer sk-client-key-1234"
+
+
+# -- translation chosen per target ---------------------------------------------------------------
+
+
+def test_an_anthropic_client_falls_back_from_an_anthropic_upstream_to_an_openai_one(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    busy = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    primary.reply_with(lambda _r: error(529, busy))
+    client = sdk_anthropic(router)
+    msg = client.messages.create(
+        model="claude-sonnet-4", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert msg.model == "backup-model"
+    assert msg.content[0].type == "text" and msg.content[0].text
+    assert primary.requests[0].path == "/v1/messages"  # the anthropic upstream, as Messages
+    assert primary.requests[0].json()["model"] == "claude-sonnet-4"
+    assert secondary.last.path == "/v1/chat/completions"  # the fallback, translated
+
+
+def test_an_openai_sdk_client_gets_the_fallback_s_answer(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    primary.reply_with(lambda _r: error(503))
+    client = sdk_openai(router)
+    out = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert out.model == "backup-model"
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+def test_a_stream_fails_over_before_its_head_and_streams_from_the_fallback(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(lambda _r: error(503))
+    client = sdk_openai(router)
+    stream = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks and chunks[0].model == "backup-model"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert len(secondary.requests) == 1
+
+
+def test_a_stream_cut_after_content_ends_with_an_error_never_a_clean_end(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    events = [
+        'data: {"id":"c","object":"chat.completion.chunk","model":"primary-model","choices":'
+        f'[{{"index":0,"delta":{{"content":"tok{i} "}}}}]}}\n\n'
+        for i in range(40)
+    ]
+    primary.reply_with(
+        Script(
+            Reply(
+                headers=[("Content-Type", "text/event-stream")],
+                chunks=sse(*events),
+                action="close_mid",
+            )
+        )
+    )
+    with httpx.stream(
+        "POST", router.url + CHAT, json=chat("gpt-4o", stream=True), headers=KEY, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        body = b"".join(r.iter_raw())
+    assert b"tok0 " in body
+    assert b"[DONE]" not in body  # a cut stream is never presented as complete
+    assert b'"error"' in body
+    assert secondary.requests == []  # content went out: no silent switch of provider
+
+
+def test_a_messages_stream_fails_over_to_a_translated_upstream(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(lambda _r: error(503))
+    client = sdk_anthropic(router)
+    with client.messages.stream(
+        model="claude-x", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as s:
+        final = s.get_final_message()
+    assert final.model == "backup-model"
+    assert final.content and final.content[0].type == "text"
+    assert secondary.last.path == "/v1/chat/completions"
+
+
+# -- reload ------------------------------------------------------------------------------------
+
+
+def test_a_broken_routing_edit_keeps_the_last_good_file(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    router = router_factory(routing_file(primary, secondary), name="reload")
+    broken = routing_file(primary, secondary)
+    broken["modelRoutes"][0]["fallbacks"] = ["nowhere"]
+    router.profile_path.write_text(json.dumps(broken))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = httpx.get(router.url + "/health").json()["config"]
+        if state["lastError"]:
+            break
+        time.sleep(0.2)
+    assert "names no route" in state["lastError"]
+    assert post(router, CHAT, chat("gpt-4o")).status_code == 200  # still the last good file
+
+
+# -- ejection and cooldowns ----------------------------------------------------------------------
+
+
+def test_a_primary_down_then_back_is_skipped_while_ejected_and_probed_back_into_use(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Fault 15, shortened: the primary fails for a while, then recovers. Two workers share
+    the ejection state: few primary attempts during the outage, all requests answered, and the
+    primary back in use soon after its ejection time, through one probe."""
+    data = routing_file(
+        primary, secondary, outlierDetection={"consecutiveFailures": 2, "baseEjectionSecs": 1.5}
+    )
+    router = router_factory(data, workers=2, name="eject")
+    down = {"on": True}
+    primary.reply_with(lambda r: error(503) if down["on"] else default_reply(r))
+    answered_by = []
+    for _ in range(20):  # ~1 s of traffic during the outage
+        r = post(router, CHAT, chat("gpt-4o"))
+        assert r.status_code == 200, r.text
+        answered_by.append(r.headers["x-router-upstream"])
+        time.sleep(0.05)
+    assert answered_by.count("secondary") == 20
+    outage_attempts = len(primary.requests)
+    assert outage_attempts <= 4, outage_attempts  # not 20-40: ejected after two failures
+    text = scrape(router.url)
+    assert value(text, "upstream_ejected", upstream="primary") == 1
+    down["on"] = False
+    deadline = time.monotonic() + 10
+    back = None
+    while time.monotonic() < deadline:
+        r = post(router, CHAT, chat("gpt-4o"))
+        assert r.status_code == 200
+        if r.headers["x-router-upstream"] == "primary":
+            back = time.monotonic()
+            break
+        time.sleep(0.1)
+    assert back is not None, "the primary was never probed back into use"
+    for _ in range(5):  # restored: every request goes to it again
+        assert post(router, CHAT, chat("gpt-4o")).headers["x-router-upstream"] == "primary"
+    assert value(scrape(router.url), "upstream_ejected", upstream="primary") == 0
+
+
+def test_when_every_target_is_cooling_down_the_answer_is_503_with_retry_after(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    router = router_factory(routing_file(primary, secondary), name="cooling")
+    primary.reply_with(Script(error(429, **{"Retry-After": "120"})))
+    r = post(router, CHAT, chat("local-only-on-secondary"))  # secondary: not involved
+    assert r.status_code == 200
+    r = post(router, CHAT, chat("small"))  # small: one target on primary, no fallbacks
+    assert r.status_code == 429  # its own answer, relayed (too long to wait for)
+    assert r.headers["retry-after"] == "120"
+    r = post(router, CHAT, chat("small"))
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "upstreams_unavailable"
+    assert 100 <= int(r.headers["retry-after"]) <= 120
+    assert len(primary.requests) == 1  # the cooling upstream was not asked again
+
+
+def test_when_every_target_is_ejected_they_are_all_still_tried(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(
+        primary, secondary, outlierDetection={"consecutiveFailures": 1, "baseEjectionSecs": 60}
+    )
+    router = router_factory(data, name="all-ejected")
+    primary.reply_with(Script(error(500), error(500)))
+    r = post(router, CHAT, chat("small"))  # ejected by its first failure
+    assert r.status_code == 500
+    r = post(router, CHAT, chat("small"))  # the route has nothing else: tried anyway
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "primary"
+
+
+# -- streams: the commit point at the first content ------------------------------------------------
+
+SSE_HEAD = [("Content-Type", "text/event-stream")]
+
+
+def chunk_event(delta: dict[str, Any], model: str = "primary-model") -> str:
+    choice = {"index": 0, "delta": delta, "finish_reason": None}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
+    return "data: " + json.dumps(chunk) + "\n\n"
+
+
+def role_chunk() -> str:
+    return chunk_event({"role": "assistant"})
+
+
+def content_chunk(text: str) -> str:
+    return chunk_event({"content": text})
+
+
+def stream_chat(router: RouterProcess, model: str = "gpt-4o") -> tuple[httpx.Response, bytes]:
+    with httpx.stream(
+        "POST", router.url + CHAT, json=chat(model, stream=True), headers=KEY, timeout=60
+    ) as r:
+        return r, b"".join(r.iter_raw())
+
+
+def test_a_stream_cut_before_its_first_content_fails_over_whole(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    primary.reply_with(
+        lambda _r: Reply(
+            headers=SSE_HEAD,
+            chunks=sse(role_chunk(), content_chunk("never sent")),
+            action="close_mid",  # the connection closes after the role-only chunk
+        )
+    )
+    r, body = stream_chat(router)
+    assert r.status_code == 200
+    assert b"primary-model" not in body  # the held-back role chunks never reached the client
+    assert b"backup-model" in body and body.rstrip().endswith(b"data: [DONE]")
+    assert len(primary.requests) == 2  # the same target once more, then the fallback
+    assert len(secondary.requests) == 1
+
+
+def test_first_content_later_than_first_content_secs_fails_over_well_before_it_comes(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary, timeouts={"firstContentSecs": 1})
+    data["retry"]["maxAttempts"] = 2
+    router = router_factory(data, name="first-content")
+    primary.reply_with(
+        lambda _r: Reply(
+            headers=SSE_HEAD,
+            chunks=[(0, role_chunk().encode()), (20, content_chunk("late").encode())],
+            watch_close=True,
+        )
+    )
+    started = time.monotonic()
+    r, body = stream_chat(router)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 200
+    assert b"backup-model" in body and b"late" not in body
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert elapsed < 10  # the first-content timeout (1 s), not the upstream's 20 s
+    assert len(primary.requests) == 1  # a silent upstream is not waited for twice
+
+
+def test_an_in_band_error_before_content_fails_over_on_a_messages_stream(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """The Anthropic upstream starts its message, then reports overload in-band: the client's
+    stream is the fallback's whole answer, with one message_start."""
+    start = anthropic_stream("claude-x")[0]
+    overloaded = (
+        "event: error\ndata: "
+        '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'
+    )
+    primary.reply_with(lambda _r: Reply(headers=SSE_HEAD, chunks=sse(start, overloaded)))
+    with httpx.stream(
+        "POST",
+        router.url + MESSAGES,
+        json={
+            "model": "claude-x",
+            "max_tokens": 20,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"x-api-key": "sk-client-key-1234", "anthropic-version": "2023-06-01"},
+        timeout=30,
+    ) as r:
+        body = b"".join(r.iter_raw())
+    assert body.count(b"event: message_start") == 1
+    assert b"overloaded_error" not in body
+    assert b"backup-model" in body and b"event: message_stop" in body
+    assert secondary.last.path == "/v1/chat/completions"
+
+
+def test_a_stream_that_stalls_mid_answer_ends_with_an_in_band_error_and_the_router_is_fine(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary, timeouts={"idleSecs": 1})
+    router = router_factory(data, name="idle")
+    primary.reply_with(
+        Script(
+            Reply(
+                headers=SSE_HEAD,
+                chunks=[(0, content_chunk("first ").encode()), (30, b"data: [DONE]\n\n")],
+                watch_close=True,
+            )
+        )
+    )
+    started = time.monotonic()
+    _, body = stream_chat(router)
+    assert time.monotonic() - started < 15  # the idle timeout, not the upstream's 30 s
+    assert b"first " in body
+    assert b"[DONE]" not in body and b'"error"' in body
+    assert secondary.requests == []  # content went out: never switched
+    assert post(router, CHAT, chat("gpt-4o")).status_code == 200  # healthy right after
+
+
+# -- Responses clients, and reloads under traffic --------------------------------------------------
+
+
+def test_a_responses_client_fails_over_to_a_chat_completions_upstream(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """The primary (inline, so it speaks the Responses API natively) is down; the fallback is
+    an OpenAI-format provider whose /v1/responses is native too: the SDK gets its answer."""
+    primary.reply_with(lambda _r: error(503))
+    client = sdk_openai(router)
+    out = client.responses.create(model="gpt-4o", input="hi")
+    assert out.output_text
+    assert secondary.last.path == "/v1/responses"
+    assert secondary.last.json()["model"] == "backup-model"
+    stream = client.responses.create(model="gpt-4o", input="hi", stream=True)
+    kinds = [e.type for e in stream]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds.count("response.created") == 1  # the failed primary's events never leaked
+
+
+def test_a_reload_that_changes_routes_under_traffic_loses_no_request(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    router = router_factory(routing_file(primary, secondary), workers=2, name="reload-traffic")
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def traffic() -> None:
+        with httpx.Client(base_url=router.url, headers=KEY, timeout=30) as c:
+            while not stop.is_set():
+                statuses.append(c.post(CHAT, json=chat("gpt-4o")).status_code)
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(6):  # the route's target moves between the two upstreams
+            data = routing_file(primary, secondary)
+            data["modelRoutes"][0]["targets"] = [
+                {"upstream": "secondary" if i % 2 == 0 else "primary", "model": f"v{i}"}
+            ]
+            router.profile_path.write_text(json.dumps(data))
+            time.sleep(1.3)  # the file is checked once a second
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}, Counter(statuses)
+    models = {r.json()["model"] for r in primary.requests + secondary.requests if r.body}
+    assert {"v0", "v5"} <= models  # the reloads took effect while traffic ran
+
+
+def test_a_malformed_chunk_mid_stream_is_dropped_and_the_sdk_completes(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    since = len(router.output())
+    events = [content_chunk("one "), 'data: {"id":"c1","choices":[{"index":0,"de\n\n',
+              content_chunk("two"), "data: [DONE]\n\n"]  # fmt: skip
+    primary.reply_with(Script(Reply(headers=SSE_HEAD, chunks=sse(*events))))
+    client = sdk_openai(router)
+    stream = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "one two"  # the garbled chunk did not fail the answer
+    (line,) = completion_lines(router, since)
+    assert line["malformed_events"] == 1
+    assert value(scrape(router.url), "stream_malformed_events_total") >= 1
+
+
+def test_a_fallback_s_refusal_never_masks_the_real_failure(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """Fault 14: the primary's stream is cut before its content; the fallback refuses the
+    request (as a provider that rejects an assistant prefill would): the client learns that the
+    stream failed (a 5xx it may retry), not the fallback's 400 (which says its request is bad)."""
+    primary.reply_with(
+        lambda _r: Reply(
+            headers=SSE_HEAD, chunks=sse(role_chunk(), content_chunk("x")), action="close_mid"
+        )
+    )
+    prefill = {"error": {"message": "assistant prefill is not supported", "type": "invalid"}}
+    secondary.reply_with(Script(error(400, prefill)))
+    r, body = stream_chat(router)
+    assert r.status_code == 502
+    assert b"prefill" not in body
+    # the primary's failure: its stream ended before the answer did
+    assert json.loads(body)["error"]["code"] == "upstream_protocol_error"
+    assert len(secondary.requests) == 1
+
+
+def test_a_stream_that_ends_without_done_is_finished_at_once_with_its_usage(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    """Fault 11: the upstream ends the stream (its answer complete, with usage) but sends no
+    [DONE]: the client's stream ends right then, and the usage is counted."""
+    since = len(router.output())
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    choice = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    finish = {"id": "c1", "model": "primary-model", "choices": [choice], "usage": usage}
+    events = [content_chunk("done"), "data: " + json.dumps(finish) + "\n\n"]
+    primary.reply_with(Script(Reply(headers=SSE_HEAD, chunks=sse(*events))))
+    started = time.monotonic()
+    r, body = stream_chat(router)
+    assert time.monotonic() - started < 5  # not the idle timeout
+    assert r.status_code == 200 and b"done" in body and b'"finish_reason": "stop"' in body
+    line = completion_lines(router, since)[-1]
+    assert line["status_code"] == 200 and "error_type" not in line
+    assert value(scrape(router.url), "tokens_total", type="completion", model="primary-model") >= 3
+
+
+def test_a_persistent_429_without_retry_after_backs_off_then_falls_back(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """Fault 2: no Retry-After: the same target once more after a jittered backoff, then the
+    fallback; the rate-limited primary is not hammered."""
+    primary.reply_with(lambda _r: error(429))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert len(primary.requests) == 2 and len(secondary.requests) == 1
+    text = scrape(router.url)
+    moved = {"from": "primary", "to": "secondary", "reason": "rate_limited"}
+    assert value(text, "fallbacks_total", **moved) >= 1
+
+
+CLIENT_FORMATS = {
+    "chat": (CHAT, chat("gpt-4o"), "choices"),
+    "messages": (MESSAGES, {"model": "gpt-4o", "max_tokens": 20,
+                            "messages": [{"role": "user", "content": "hi"}]}, "content"),
+    "responses": ("/v1/responses", {"model": "gpt-4o", "input": "hi"}, "output"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", CLIENT_FORMATS)
+@pytest.mark.parametrize(
+    ("fault", "primary_calls", "answered_by"),
+    [
+        ("500-once", 2, "primary"),
+        ("503-always", 2, "secondary"),
+        ("reset-once", 2, "primary"),
+    ],
+)
+def test_the_faults_hold_for_every_client_format(
+    router: RouterProcess,
+    primary: FakeUpstream,
+    secondary: FakeUpstream,
+    fmt: str,
+    fault: str,
+    primary_calls: int,
+    answered_by: str,
+) -> None:
+    """The same faults for Chat Completions, Messages and Responses clients: what the client
+    gets (its own format, 200) and how many attempts the primary saw."""
+    path, body, key = CLIENT_FORMATS[fmt]
+    replies = {
+        "500-once": Script(error(500)),
+        "503-always": lambda _r: error(503),
+        "reset-once": Script(Reply(action="reset")),
+    }
+    primary.reply_with(replies[fault])
+    headers = {**KEY, "anthropic-version": "2023-06-01"}
+    r = httpx.post(router.url + path, json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert key in r.json()
+    assert r.headers["x-router-upstream"] == answered_by
+    assert len(primary.requests) == primary_calls
+
+
+@pytest.mark.parametrize("fmt", CLIENT_FORMATS)
+def test_a_long_retry_after_fails_over_at_once_for_every_client_format(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory, fmt: str
+) -> None:
+    """(Its own router: the primary then cools down for five minutes.)"""
+    router = router_factory(routing_file(primary, secondary), name=f"long-ra-{fmt}")
+    path, body, key = CLIENT_FORMATS[fmt]
+    primary.reply_with(Script(error(429, **{"Retry-After": "300"})))
+    headers = {**KEY, "anthropic-version": "2023-06-01"}
+    r = httpx.post(router.url + path, json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert key in r.json()
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert len(primary.requests) == 1

@@ -1,0 +1,85 @@
+"""A routing file's ejections and cooldowns agreed across two replicas sharing a real Redis
+(SPEC §11, service.ejection_redis)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.redis_server import RedisServer
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.test_routing import CHAT, chat, error, post, routing_file
+from tests.scrape import scrape, value
+from tests.support import RouterFactory
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeUpstream, FakeUpstream]]:
+    with FakeUpstream() as a, FakeUpstream() as b:
+        yield a, b
+
+
+def wait_for(check, secs: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_an_upstream_one_replica_ejected_is_skipped_by_the_other(
+    redis_server: RedisServer,
+    upstreams: tuple[FakeUpstream, FakeUpstream],
+    router_factory: RouterFactory,
+) -> None:
+    primary, secondary = upstreams
+    data = routing_file(
+        primary, secondary, outlierDetection={"consecutiveFailures": 2, "baseEjectionSecs": 60}
+    )
+    env = {"RATE_LIMIT_BACKEND": redis_server.url}
+    a = router_factory(data, env=env, name="replica-a")
+    b = router_factory(data, env=env, name="replica-b")
+    primary.reply_with(lambda _r: error(503))
+    r = post(a, CHAT, chat("gpt-4o"))  # two 503s from the primary: ejected on replica a
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert len(primary.requests) == 2
+    assert value(scrape(a.url), "upstream_ejected", upstream="primary") == 1
+    # replica b adopts the ejection within its sync interval, without a request of its own
+    assert wait_for(lambda: value(scrape(b.url), "upstream_ejected", upstream="primary") == 1)
+    for _ in range(5):
+        r = post(b, CHAT, chat("gpt-4o"))
+        assert r.headers["x-router-upstream"] == "secondary"
+        assert r.headers["x-router-attempts"] == "1"
+    assert len(primary.requests) == 2  # replica b never asked the ejected primary
+
+
+def test_a_cooldown_one_replica_was_asked_for_holds_on_the_other(
+    redis_server: RedisServer,
+    upstreams: tuple[FakeUpstream, FakeUpstream],
+    router_factory: RouterFactory,
+) -> None:
+    primary, secondary = upstreams
+    env = {"RATE_LIMIT_BACKEND": redis_server.url}
+    data = routing_file(primary, secondary)
+    a = router_factory(data, env=env, name="cool-a")
+    b = router_factory(data, env=env, name="cool-b")
+    primary.reply_with(lambda _r: error(429, **{"Retry-After": "90"}))
+    r = post(a, CHAT, chat("small"))  # small: the primary only
+    assert r.status_code == 429
+    time.sleep(2.0)  # four sync intervals
+    r = post(b, CHAT, chat("small"))
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "upstreams_unavailable"
+    assert 60 <= int(r.headers["retry-after"]) <= 90
+    assert len(primary.requests) == 1

@@ -1,0 +1,130 @@
+"""Outlier ejection and cooldowns (service.ejection): the state machine on a fake clock, and
+one table shared by two handles as two workers share it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from service.ejection import PROBE_LEASE_SECS, Ejections, OutlierPolicy, create_table
+
+POLICY = OutlierPolicy(consecutive_failures=3, base_ejection_secs=10, max_ejection_secs=35)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def table(clock: Clock) -> Ejections:
+    return Ejections(None, clock)
+
+
+def test_consecutive_failures_eject_and_a_success_in_between_resets_the_count(table, clock):
+    assert table.gate("a").allowed
+    assert not table.failure("a", POLICY)
+    assert not table.failure("a", POLICY)
+    table.success("a")
+    assert not table.failure("a", POLICY)
+    assert not table.failure("a", POLICY)
+    assert table.failure("a", POLICY)  # the third in a row
+    g = table.gate("a")
+    assert (g.allowed, g.why, g.until) == (False, "ejected", clock.t + 10)
+    assert table.ejected("a") and not table.ejected("b")
+    assert table.gate("b").allowed  # others are not affected
+
+
+def test_one_probe_at_a_time_after_the_ejection_then_a_success_restores(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    clock.t += 10
+    first = table.gate("a")
+    assert first.allowed and first.probe
+    second = table.gate("a")  # another request meanwhile: still skipped
+    assert (second.allowed, second.why) == (False, "ejected")
+    table.success("a")
+    assert table.gate("a").allowed and not table.gate("a").probe
+    assert not table.ejected("a")
+
+
+def test_a_failed_probe_ejects_again_for_twice_as_long_up_to_the_cap(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    waits = []
+    for _ in range(4):
+        until = table.gate("a").until
+        waits.append(until - clock.t)
+        clock.t = until
+        assert table.gate("a").probe
+        assert table.failure("a", POLICY)  # one failure while probing is enough
+    assert waits == [10, 20, 35, 35]
+
+
+def test_an_unfinished_probe_is_released_after_its_lease(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    clock.t += 10
+    assert table.gate("a").probe
+    clock.t += PROBE_LEASE_SECS + 0.1  # the probing request never reported back
+    assert table.gate("a").probe
+
+
+def test_a_cooldown_is_extended_never_shortened(table, clock):
+    table.cool("a", 30)
+    g = table.gate("a")
+    assert (g.allowed, g.why, g.until) == (False, "cooling", clock.t + 30)
+    table.cool("a", 5)  # shorter: ignored
+    assert table.gate("a").until == clock.t + 30
+    table.cool("a", 60)
+    assert table.gate("a").until == clock.t + 60
+    clock.t += 60
+    assert table.gate("a").allowed
+    assert not table.ejected("a")  # cooling is not an ejection
+
+
+def test_peek_never_claims_the_probe(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    clock.t += 10
+    assert table.peek("a").allowed
+    assert table.peek("a").allowed
+    assert table.gate("a").probe  # still free to claim
+
+
+def test_two_workers_share_one_table(clock) -> None:
+    path = create_table()
+    try:
+        w1, w2 = Ejections(path, clock), Ejections(path, clock)
+        for _ in range(2):
+            w1.failure("up", POLICY)
+        w2.failure("up", POLICY)  # the third failure, seen by the other worker
+        assert not w1.gate("up").allowed and not w2.gate("up").allowed
+        clock.t += 10
+        assert w1.gate("up").probe
+        assert not w2.gate("up").allowed  # w1 holds the probe
+        w1.success("up")
+        assert w2.gate("up").allowed
+        w2.cool("up", 5)
+        assert w1.gate("up").why == "cooling"
+        w1.close()
+        w2.close()
+    finally:
+        os.unlink(path)
+
+
+def test_names_are_kept_apart_and_slots_are_bounded(table) -> None:
+    for i in range(300):  # more names than slots: the rest are never ejected, never an error
+        for _ in range(3):
+            table.failure(f"u{i}", POLICY)
+    assert table.ejected("u0") and table.ejected("u255")
+    assert not table.ejected("u299") and table.gate("u299").allowed

@@ -1,0 +1,87 @@
+"""The commit point of a routed stream (service.proxy.holdback): which upstream events carry
+content, per format, on the shapes the fake upstream and the providers send."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.proxy.events import malformed
+from service.proxy.holdback import CONTENT, ERROR, FREE, classify
+from tests.fakes.upstream import anthropic_stream, openai_chat_stream, openai_response_stream
+
+
+def data(obj: object, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return (head + "data: " + json.dumps(obj) + "\n\n").encode()
+
+
+def chunk(delta: dict, finish: str | None = None) -> bytes:
+    return data({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+@pytest.mark.parametrize(
+    ("event", "verdict"),
+    [
+        (chunk({"role": "assistant"}), FREE),
+        (chunk({"role": "assistant", "content": ""}), FREE),
+        (chunk({"content": "Hi"}), CONTENT),
+        (chunk({"tool_calls": [{"index": 0, "id": "t", "function": {"name": "f"}}]}), CONTENT),
+        (chunk({"reasoning_content": "thinking"}), CONTENT),
+        (chunk({}, finish="stop"), CONTENT),  # an empty answer is still a whole answer
+        (data({"choices": [], "usage": {"prompt_tokens": 1}}), FREE),
+        (data({"choices": [{"index": 0, "text": "x"}]}), CONTENT),  # completions
+        (data({"error": {"message": "overloaded"}}), ERROR),
+        (b"data: [DONE]\n\n", CONTENT),
+        (b": keep-alive\n\n", FREE),
+        (b"data: not json\n\n", CONTENT),  # not ours to judge: relayed from here on
+    ],
+)
+def test_openai_events(event: bytes, verdict: str) -> None:
+    assert classify("openai", event) == verdict
+
+
+def test_anthropic_events() -> None:
+    events = [e.encode() for e in anthropic_stream("m")]
+    verdicts = [classify("anthropic", e) for e in events]
+    # message_start, the empty text block's start: held; the first delta: content
+    assert verdicts[:3] == [FREE, FREE, CONTENT]
+    assert classify("anthropic", data({"type": "ping"}, "ping")) == FREE
+    tool = {"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}  # fmt: skip
+    assert classify("anthropic", data(tool, "content_block_start")) == CONTENT
+    err = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    assert classify("anthropic", data(err, "error")) == ERROR
+
+
+def test_responses_events() -> None:
+    events = [e.encode() for e in openai_response_stream("m")]
+    verdicts = [classify("responses", e) for e in events]
+    first = verdicts.index(CONTENT)
+    assert all(v == FREE for v in verdicts[:first]) and first >= 2
+    assert b"delta" in events[first]
+    failed = {"type": "response.failed", "response": {"status": "failed"}}
+    assert classify("responses", data(failed, "response.failed")) == ERROR
+
+
+def test_the_fake_openai_stream_commits_at_its_first_piece() -> None:
+    events = [e.encode() for e in openai_chat_stream("m")]
+    assert classify("openai", events[0]) == CONTENT  # role and content in the same chunk
+
+
+@pytest.mark.parametrize(
+    ("event", "dropped"),
+    [
+        (b'data: {"choices":[{"index":0,"de\n\n', True),  # cut short
+        (b'data: {"a":1}\n\n', False),
+        (b'data: {"a":1}\r\n\r\n', False),
+        (b'event: content_block_delta\ndata: {"type":"content_block_delta"}\n\n', False),
+        (b"event: x\ndata: {\n\n", True),
+        (b"data: line one\ndata: line two\n\n", False),  # plain text: not ours to judge
+        (b"data: [DONE]\n\n", False),
+        (b": comment\n\n", False),
+    ],
+)
+def test_malformed_events(event: bytes, dropped: bool) -> None:
+    assert malformed(event) is dropped

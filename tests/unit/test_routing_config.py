@@ -1,0 +1,282 @@
+"""Routing files (SPEC §11): recognised beside profiles, validated strictly, one resolver."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.config.loader import ConfigError, load_file, routing_schema
+from service.config.routing import Routing, RoutingFile, build_upstreams
+
+
+def write(tmp_path: Path, data: dict[str, Any], name: str = "routing.json") -> Path:
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+def routing_file(**over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "upstreams": {
+            "oai": {"baseUrl": "http://127.0.0.1:1"},
+            "ant": {"baseUrl": "http://127.0.0.1:2", "endpoints": {}},
+            "local": {"baseUrl": "http://127.0.0.1:3"},
+        },
+        "modelRoutes": [
+            {"match": "gpt-4o", "targets": [{"upstream": "oai"}], "fallbacks": ["local-*"]},
+            {"match": "gpt-*", "targets": [{"upstream": "oai"}]},
+            {"match": "claude-*", "targets": [{"upstream": "ant", "model": "claude-${1}"}]},
+            {"match": "local-*", "targets": [{"upstream": "local", "model": "${1}"}]},
+            {"match": "*", "targets": [{"upstream": "local", "model": "default-model"}]},
+        ],
+    }
+    data.update(over)
+    return data
+
+
+def routing(tmp_path: Path, **over: Any) -> Routing:
+    cfg = load_file(write(tmp_path, routing_file(**over)))
+    assert cfg.routing is not None
+    return cfg.routing
+
+
+def test_a_file_with_upstreams_is_a_routing_file_and_a_profile_stays_a_profile(tmp_path) -> None:
+    cfg = load_file(write(tmp_path, routing_file(name="multi")))
+    assert cfg.routing is not None
+    assert cfg.profile.name == "multi"
+    assert cfg.profile.base_url == "http://127.0.0.1:1"  # the first upstream's, for /health
+    plain = load_file(write(tmp_path, {"name": "p", "baseUrl": "http://x"}, "p.json"))
+    assert plain.routing is None
+
+
+def test_exact_beats_the_longest_prefix_which_beats_star(tmp_path) -> None:
+    r = routing(tmp_path)
+    found = r.route_for("gpt-4o")
+    assert found is not None and found[0].match == "gpt-4o"
+    found = r.route_for("gpt-4o-mini")
+    assert found is not None and found[0].match == "gpt-*"
+    found = r.route_for("claude-sonnet")
+    assert found is not None and (found[0].match, found[1]) == ("claude-*", "sonnet")
+    found = r.route_for("anything")
+    assert found is not None and found[0].match == "*"
+
+
+def test_a_file_without_star_has_no_route_for_an_unknown_model(tmp_path) -> None:
+    data = routing_file()
+    data["modelRoutes"] = data["modelRoutes"][:-1]
+    cfg = load_file(write(tmp_path, data))
+    assert cfg.routing is not None
+    assert cfg.routing.plan("unknown") is None
+
+
+def test_the_star_part_fills_the_target_model(tmp_path) -> None:
+    r = routing(tmp_path)
+    plan = r.plan("claude-opus-4")
+    assert plan is not None
+    assert [(c.upstream.name, c.model) for c in plan[1]] == [("ant", "claude-opus-4")]
+    plan = r.plan("local-qwen3")
+    assert plan is not None
+    assert [(c.upstream.name, c.model) for c in plan[1]] == [("local", "qwen3")]
+
+
+def test_fallbacks_follow_the_route_s_own_targets(tmp_path) -> None:
+    r = routing(tmp_path)
+    plan = r.plan("gpt-4o")
+    assert plan is not None
+    got = [(c.upstream.name, c.model, c.fallback) for c in plan[1]]
+    # the fallback route `local-*` is asked for the client's model: its `${1}` matches nothing
+    assert got == [("oai", "gpt-4o", False), ("local", "", True)]
+
+
+def test_weighted_targets_share_requests_by_weight_and_priority_keeps_the_order(tmp_path) -> None:
+    routes = [
+        {
+            "match": "m",
+            "targets": [{"upstream": "oai", "weight": 3}, {"upstream": "local", "weight": 1}],
+        },
+        {
+            "match": "p",
+            "strategy": "priority",
+            "targets": [{"upstream": "oai"}, {"upstream": "local"}],
+        },
+    ]
+    r = routing(tmp_path, modelRoutes=routes)
+    firsts = Counter()
+    for _ in range(400):
+        plan = r.plan("m")
+        assert plan is not None
+        names = [c.upstream.name for c in plan[1]]
+        assert sorted(names) == ["local", "oai"]  # each target once per request
+        firsts[names[0]] += 1
+    assert firsts == {"oai": 300, "local": 100}
+    for _ in range(5):
+        plan = r.plan("p")
+        assert plan is not None
+        assert [c.upstream.name for c in plan[1]] == ["oai", "local"]
+
+
+def test_context_window_fallbacks_are_a_separate_plan(tmp_path) -> None:
+    routes = [
+        {"match": "small", "targets": [{"upstream": "oai"}], "contextWindowFallbacks": ["big"]},
+        {"match": "big", "targets": [{"upstream": "ant", "model": "big-1m"}]},
+    ]
+    r = routing(tmp_path, modelRoutes=routes)
+    plan = r.plan("small")
+    assert plan is not None
+    assert [c.upstream.name for c in plan[1]] == ["oai"]
+    assert [(c.upstream.name, c.model) for c in r.context_plan(plan[0], "small")] == [
+        ("ant", "big-1m")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["modelRoutes"][0]["targets"].append({"upstream": "nope"}), "unknown upstream"),
+        (lambda d: d["modelRoutes"][0]["fallbacks"].append("nothing-*"), "names no route"),
+        (lambda d: d["modelRoutes"].append({"match": "gpt-*", "targets": [{"upstream": "oai"}]}),
+         "appears twice"),
+        (lambda d: d["modelRoutes"][3].update(fallbacks=["gpt-4o"]), "fallback cycle"),
+        (lambda d: d["modelRoutes"].append({"match": "a*b", "targets": [{"upstream": "oai"}]}),
+         "match"),
+        (lambda d: d["modelRoutes"].append({"match": "x", "targets": []}), "targets"),
+        (lambda d: d["upstreams"]["oai"].update(credential="operator"), "needs apiKeyEnv"),
+        (lambda d: d["upstreams"]["oai"].update(apiKeyEnv="API_ROUTER_TEST_UNSET_KEY"),
+         "API_ROUTER_TEST_UNSET_KEY is not set"),
+        (lambda d: d["upstreams"]["oai"].update(baseUrl="ftp://x"), "http"),
+        (lambda d: d.update(retry={"maxAttempts": 0}), "maxAttempts"),
+        (lambda d: d.update(unknownKey=1), "unknownKey"),
+        (lambda d: d["upstreams"].update(bad={}), "needs a profile or a baseUrl"),
+    ],
+)  # fmt: skip
+def test_a_broken_routing_file_is_refused_with_the_reason(tmp_path, change, message) -> None:
+    data = routing_file()
+    change(data)
+    with pytest.raises(ConfigError, match=message):
+        load_file(write(tmp_path, data))
+
+
+def test_an_upstream_builds_on_a_shipped_profile_with_inline_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_ROUTER_TEST_OPENAI_KEY", "sk-operator-secret-1234")
+    data = routing_file()
+    data["upstreams"]["oai"] = {
+        "profile": "openai",
+        "baseUrl": "http://127.0.0.1:9",
+        "apiKeyEnv": "API_ROUTER_TEST_OPENAI_KEY",
+    }
+    data["upstreams"]["ant"] = {"profile": "anthropic", "baseUrl": "http://127.0.0.1:8"}
+    cfg = load_file(write(tmp_path, data))
+    assert cfg.routing is not None
+    oai, ant = cfg.routing.upstreams["oai"], cfg.routing.upstreams["ant"]
+    assert oai.profile.base_url == "http://127.0.0.1:9"
+    assert (oai.credential, oai.operator_key) == ("operator", "sk-operator-secret-1234")
+    assert ant.credential == "client"
+    assert ant.profile.auth.header.lower() == "x-api-key"  # the anthropic profile's own auth
+    assert ant.endpoints["/v1/messages"].format == "anthropic"
+    assert "sk-operator-secret-1234" in cfg.secret_values()
+
+
+def test_models_lists_exact_routes_and_patterns_only_when_asked(tmp_path) -> None:
+    r = routing(tmp_path)
+    assert r.advertised_models() == ["gpt-4o"]
+    r = routing(tmp_path, listPatternRoutes=True)
+    assert r.advertised_models() == ["gpt-4o", "gpt-*", "claude-*", "local-*", "*"]
+
+
+def test_route_policy_overrides_the_file_s_which_overrides_the_defaults(tmp_path) -> None:
+    routes = [
+        {"match": "a", "targets": [{"upstream": "oai"}], "retry": {"maxAttempts": 5}},
+        {"match": "b", "targets": [{"upstream": "oai"}], "timeouts": {"headersSecs": 2}},
+    ]
+    r = routing(tmp_path, modelRoutes=routes, retry={"maxAttempts": 2, "backoffBaseSecs": 0.1})
+    assert (r.policy("a").max_attempts, r.policy("a").backoff_base_secs) == (5, 0.1)
+    assert (r.policy("b").max_attempts, r.policy("b").headers_secs) == (2, 2)
+    assert r.policy("b").max_retry_after_secs == 5.0  # the default
+
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "routing").glob("*.json"))
+EXAMPLE_KEYS = {
+    "OPENAI_API_KEY": "sk-example-openai",
+    "ANTHROPIC_API_KEY": "sk-example-anthropic",
+    "DASHSCOPE_API_KEY": "sk-example-dashscope",
+}
+
+
+def test_the_shipped_routing_schema_is_current() -> None:
+    shipped = json.loads((ROOT / "service" / "config" / "routing.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(routing_schema())), "run `make schema`"
+    assert shipped["additionalProperties"] is False
+    assert {"upstreams", "modelRoutes", "retry", "timeouts"} <= set(shipped["properties"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_the_examples_validate_against_the_schema_and_load(
+    path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert len(EXAMPLES) == 2
+    schema = json.loads((ROOT / "service" / "config" / "routing.schema.json").read_text())
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, schema)
+    for k, v in EXAMPLE_KEYS.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_file(path)
+    assert cfg.routing is not None
+    for route in cfg.routing.routes.values():
+        for t in route.targets:
+            assert t.upstream in cfg.routing.upstreams
+    # what the schema cannot say, the loader refuses: an example that loads is whole
+    bad = dict(data, modelRoutes=[*data["modelRoutes"], data["modelRoutes"][0]])
+    jsonschema.validate(bad, schema)  # a duplicate match passes the schema ...
+    with pytest.raises(ConfigError, match="appears twice"):  # ... and not the loader
+        load_file(write(tmp_path, bad))
+
+
+names = st.text(alphabet="abcdefgh-.0123", min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    exact=st.lists(names, max_size=8, unique=True),
+    prefixes=st.lists(st.text(alphabet="abcdefgh-", max_size=5), max_size=5, unique=True),
+    probes=st.lists(names, max_size=20),
+    list_patterns=st.booleans(),
+)
+def test_models_and_routing_never_disagree(exact, prefixes, probes, list_patterns) -> None:
+    """Property: every model /v1/models lists routes to the route of that very name (an exact
+    match, or the pattern itself), and any model routes to the most specific match."""
+    routes = [{"match": m, "targets": [{"upstream": "u"}]} for m in exact]
+    routes += [{"match": p + "*", "targets": [{"upstream": "u"}]} for p in prefixes]
+    if not routes:
+        return
+    data = {
+        "upstreams": {"u": {"baseUrl": "http://127.0.0.1:1"}},
+        "modelRoutes": routes,
+        "listPatternRoutes": list_patterns,
+    }
+    spec = RoutingFile.model_validate(data, by_alias=True)
+    r = Routing(spec, build_upstreams(spec, lambda _n: {}))
+    listed = r.advertised_models()
+    assert set(listed) == set(exact) | ({p + "*" for p in prefixes} if list_patterns else set())
+    for m in listed:
+        found = r.route_for(m)
+        assert found is not None
+        if not m.endswith("*"):
+            assert found[0].match == m  # a listed model always reaches its own route
+    for model in probes + exact:
+        found = r.route_for(model)
+        if model in exact:
+            assert found is not None and found[0].match == model
+            continue
+        matching = [p for p in prefixes if model.startswith(p)]
+        if not matching:
+            assert found is None
+        else:
+            assert found is not None and found[0].match == max(matching, key=len) + "*"
