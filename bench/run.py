@@ -558,9 +558,10 @@ def start_portkey(t: Target, upstream_port: int, run: Path) -> None:
     t.sse_path = "/v1/chat/completions"
 
 
-def start_upstream(run: Path, port: int, h2_port: int, gap_ms: float) -> list[Server]:
+def start_upstream(run: Path, port: int, gap_ms: float, h2_port: int | None = None) -> list[Server]:
     """The fake upstream: the pacing Node.js server, then nginx in front of it (HTTP/1.1 on
-    `port`, HTTP/2 with prior knowledge on `h2_port`)."""
+    `port`, HTTP/2 with prior knowledge on `h2_port`, a free one if not given)."""
+    h2_port = h2_port or free_port()
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("the paced SSE upstream needs Node.js (bench/setup.sh installs it)")
@@ -601,7 +602,7 @@ def start_all(
     run: Path, quick: bool, only: set[str] | None, gap_ms: float
 ) -> tuple[list[Server], list[Target]]:
     up_port, h2_port = free_port(), free_port()
-    upstream = start_upstream(run, up_port, h2_port, gap_ms)
+    upstream = start_upstream(run, up_port, gap_ms, h2_port)
     base = f"http://127.0.0.1:{up_port}"
 
     targets: list[Target] = []

@@ -79,6 +79,9 @@ class Gate:
     probe: bool = False  # allowed as the half-open probe
 
 
+ALLOWED = Gate(True)  # the common answer, made once (a frozen dataclass is slow to build)
+
+
 class Ejections:
     """One worker's handle on the table (see the module docstring)."""
 
@@ -86,6 +89,8 @@ class Ejections:
         self.now = clock
         # Told of each wait this instance decides (service.ejection_redis shares it).
         self.on_wait: Callable[[str, str, float], None] | None = None
+        self._slots: dict[str, int] = {}  # name -> offset of its slot
+        self._used = 0  # slots known to be filled (they fill in order)
         if path is None:
             self._fd: int | None = None
             self._mm = mmap.mmap(-1, SLOTS * _SLOT.size)
@@ -110,20 +115,31 @@ class Ejections:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _find(self, name: str, create: bool) -> int | None:
-        key = name.encode()[:_NAME].ljust(_NAME, b"\0")
-        free = None
-        for i in range(SLOTS):
-            at = i * _SLOT.size
+        at = self._slots.get(name)
+        if at is not None:  # a name keeps its slot for the life of the table
+            return at
+        self._learn()  # slots other workers filled since we last looked
+        at = self._slots.get(name)
+        if at is not None or not create:
+            return at
+        if self._used >= SLOTS:
+            return None
+        at = self._used * _SLOT.size
+        self._mm[at : at + _NAME] = name.encode()[:_NAME].ljust(_NAME, b"\0")
+        self._slots[name] = at
+        self._used += 1
+        return at
+
+    def _learn(self) -> None:
+        """Read the names of the slots filled after the last one known (slots fill in order and
+        are never emptied): a miss costs one slot's read, not a scan of the table."""
+        while self._used < SLOTS:
+            at = self._used * _SLOT.size
             stored = self._mm[at : at + _NAME]
-            if stored == key:
-                return at
-            if free is None and stored[0] == 0:
-                free = at
-                break  # slots fill in order: the first empty one ends the used ones
-        if create and free is not None:
-            self._mm[free : free + _NAME] = key
-            return free
-        return None
+            if stored[0] == 0:
+                return
+            self._slots[stored.rstrip(b"\0").decode(errors="replace")] = at
+            self._used += 1
 
     def _read(self, at: int) -> tuple[int, int, float, float, float]:
         _, fails, ejections, ejected, cooled, probe = _SLOT.unpack_from(self._mm, at)
@@ -153,25 +169,33 @@ class Ejections:
         """May `name` be tried now? With `claim`, takes the half-open probe when its ejection
         time is over (for `lease` seconds)."""
         now = self.now()
+        # Without the lock first: the common case, an upstream never ejected nor cooling (a
+        # torn read of a slot being written can at worst let one more request through).
+        at = self._find(name, False)
+        if at is None:
+            return ALLOWED
+        _, _, ejected, cooled, _ = self._read(at)
+        if not ejected and cooled <= now:
+            return ALLOWED
         with self._locked():
-            at = self._find(name, False)
-            if at is None:
-                return Gate(True)
             fails, ejections, ejected, cooled, probe = self._read(at)
             blocked = self._gate(ejected, cooled, probe, now)
             if blocked is not None:
                 return blocked
             if not ejected or not claim:
-                return Gate(True)
+                return ALLOWED
             self._write(at, fails, ejections, ejected, cooled, now + lease)
             return Gate(True, probe=True)
 
     def success(self, name: str) -> None:
         """An answer that was not a failure: restored, its ejection count forgotten."""
+        at = self._find(name, False)
+        if at is None:
+            return
+        fails, _, ejected, _, _ = self._read(at)
+        if not (ejected or fails):  # nothing to restore (read without the lock: the usual case)
+            return
         with self._locked():
-            at = self._find(name, False)
-            if at is None:
-                return
             fails, _, ejected, cooled, _ = self._read(at)
             if not (ejected or fails):
                 return

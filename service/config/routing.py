@@ -269,6 +269,7 @@ class Routing:
             od.consecutive_failures, od.base_ejection_secs, od.max_ejection_secs
         )
         self._turns = {m: itertools.count() for m in self.routes}
+        self._plans: dict[str, tuple[ModelRoute, list[Candidate]]] = {}
 
     def route_for(self, model: str) -> tuple[ModelRoute, str] | None:
         """The route of `model` and what its `*` matched ("" for an exact match)."""
@@ -321,16 +322,38 @@ class Routing:
             todo = list(r.fallbacks) + todo
         return out
 
+    def _fixed(self, route: ModelRoute) -> bool:
+        """Whether the route and every route it falls back to try their targets in a fixed
+        order (one target, or `priority`): then a plan for an exact model never changes."""
+        todo, seen = [route], set()
+        while todo:
+            r = todo.pop()
+            if r.match in seen:
+                continue
+            seen.add(r.match)
+            if r.strategy == "weighted" and len(r.targets) > 1:
+                return False
+            todo += [self.routes[m] for m in r.fallbacks]
+        return True
+
     def plan(self, model: str) -> tuple[ModelRoute, list[Candidate]] | None:
         """The route of `model` and the candidates in the order they are tried: its own
-        targets, then its fallbacks' targets. None: no route takes this model."""
+        targets, then its fallbacks' targets. None: no route takes this model. (The plan of an
+        exact match in a fixed order is made once; the caller does not change the list.)"""
+        cached = self._plans.get(model)
+        if cached is not None:
+            return cached
         found = self.route_for(model)
         if found is None:
             return None
         route, star = found
-        return route, self._targets(route, model, star, False) + self._chain(
-            route, model, star, "fallbacks"
+        plan = (
+            route,
+            self._targets(route, model, star, False) + self._chain(route, model, star, "fallbacks"),
         )
+        if model in self.exact and self._fixed(route):
+            self._plans[model] = plan  # bounded by the file's exact matches
+        return plan
 
     def context_plan(self, route: ModelRoute, model: str) -> list[Candidate]:
         """Where a context-length error goes: the `contextWindowFallbacks` routes' targets."""

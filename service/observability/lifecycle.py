@@ -154,7 +154,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         }
         if state.malformed_events:
             fields["malformed_events"] = state.malformed_events
-        if state.attempts:  # a routing file's request: every attempt, in order
+        if len(state.attempts) > 1:  # retried or failed over: every attempt, in order
             fields["attempts"] = [
                 {"upstream": u, "outcome": o, "secs": secs} for u, o, secs in state.attempts
             ]
