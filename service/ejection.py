@@ -44,6 +44,12 @@ class OutlierPolicy:
     consecutive_failures: int = 5
     base_ejection_secs: float = 30.0
     max_ejection_secs: float = 300.0
+    # Also ejected when, within one window, at least `failure_rate` of at least
+    # `failure_rate_min_attempts` attempts failed (0: off). Counted per worker (each sees its
+    # own share of the traffic), the ejection shared like any other.
+    failure_rate: float = 0.5
+    failure_rate_min_attempts: int = 20
+    failure_rate_window_secs: float = 30.0
 
 
 def create_table() -> str:
@@ -90,6 +96,8 @@ class Ejections:
         # Told of each wait this instance decides (service.ejection_redis shares it).
         self.on_wait: Callable[[str, str, float], None] | None = None
         self._slots: dict[str, int] = {}  # name -> offset of its slot
+        # This worker's window per upstream: [start, attempts, failures] (the failure rate).
+        self._windows: dict[str, list[float]] = {}
         self._used = 0  # slots known to be filled (they fill in order)
         if path is None:
             self._fd: int | None = None
@@ -125,7 +133,11 @@ class Ejections:
         if self._used >= SLOTS:
             return None
         at = self._used * _SLOT.size
-        self._mm[at : at + _NAME] = name.encode()[:_NAME].ljust(_NAME, b"\0")
+        raw = name.encode()[: _NAME - 1]
+        # The name first, its length (the slot's first byte) last: a worker reading without the
+        # lock sees either an empty slot or a whole name, never half of one.
+        self._mm[at + 1 : at + _NAME] = raw.ljust(_NAME - 1, b"\0")
+        self._mm[at] = len(raw)
         self._slots[name] = at
         self._used += 1
         return at
@@ -135,10 +147,10 @@ class Ejections:
         are never emptied): a miss costs one slot's read, not a scan of the table."""
         while self._used < SLOTS:
             at = self._used * _SLOT.size
-            stored = self._mm[at : at + _NAME]
-            if stored[0] == 0:
+            n = self._mm[at]
+            if n == 0:
                 return
-            self._slots[stored.rstrip(b"\0").decode(errors="replace")] = at
+            self._slots[self._mm[at + 1 : at + 1 + n].decode(errors="replace")] = at
             self._used += 1
 
     def _read(self, at: int) -> tuple[int, int, float, float, float]:
@@ -187,8 +199,26 @@ class Ejections:
             self._write(at, fails, ejections, ejected, cooled, now + lease)
             return Gate(True, probe=True)
 
-    def success(self, name: str) -> None:
+    def _rate_trips(self, name: str, failed: bool, policy: OutlierPolicy) -> bool:
+        """Count the attempt in this worker's window; True when the window's failure rate
+        says eject (the window then starts again)."""
+        if policy.failure_rate <= 0:
+            return False
+        now = self.now()
+        w = self._windows.get(name)
+        if w is None or now - w[0] >= policy.failure_rate_window_secs:
+            w = self._windows[name] = [now, 0, 0]
+        w[1] += 1
+        w[2] += failed
+        if w[1] >= policy.failure_rate_min_attempts and w[2] >= policy.failure_rate * w[1]:
+            self._windows[name] = [now, 0, 0]
+            return True
+        return False
+
+    def success(self, name: str, policy: OutlierPolicy | None = None) -> None:
         """An answer that was not a failure: restored, its ejection count forgotten."""
+        if policy is not None:
+            self._rate_trips(name, False, policy)
         at = self._find(name, False)
         if at is None:
             return
@@ -213,7 +243,11 @@ class Ejections:
             fails, ejections, ejected, cooled, probe = self._read(at)
             fails += 1
             probing = bool(ejected) and ejected <= now
-            if fails >= policy.consecutive_failures or probing:
+            by_rate = self._rate_trips(name, True, policy)
+            if ejected > now:  # failures of attempts still in flight: already ejected
+                self._write(at, 0, ejections, ejected, cooled, probe)
+                return False
+            if fails >= policy.consecutive_failures or probing or by_rate:
                 secs = min(
                     policy.max_ejection_secs, policy.base_ejection_secs * (2 ** min(ejections, 30))
                 )
@@ -223,6 +257,16 @@ class Ejections:
                 return True
             self._write(at, fails, ejections, ejected, cooled, probe)
             return False
+
+    def release_probe(self, name: str) -> None:
+        """A claimed probe that will not report (the request stopped before its attempt, or
+        the upstream said 429): another request may probe at once."""
+        with self._locked():
+            at = self._find(name, False)
+            if at is None:
+                return
+            fails, ejections, ejected, cooled, _ = self._read(at)
+            self._write(at, fails, ejections, ejected, cooled, 0.0)
 
     def cool(self, name: str, secs: float) -> None:
         """The upstream asked for `secs` of quiet (Retry-After): never shortened."""

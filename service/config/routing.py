@@ -31,6 +31,7 @@ label (the file's names: a closed set) all come from it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -41,6 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from ..ejection import OutlierPolicy
+from ..ratelimit.bucket import Limit
 from .model import (
     Auth,
     Endpoint,
@@ -55,7 +57,7 @@ from .model import (
     _Strict,
 )
 
-NAME = r"^[A-Za-z0-9._-]{1,64}$"
+NAME = r"^[A-Za-z0-9._-]{1,63}$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 Credential = Literal["client", "operator", "client-or-operator"]
 
@@ -125,6 +127,11 @@ class OutlierDetection(_Strict):
     consecutive_failures: Annotated[int, Field(ge=1, le=100)] = 5
     base_ejection_secs: Annotated[float, Field(gt=0, le=3600)] = 30
     max_ejection_secs: Annotated[float, Field(gt=0, le=86400)] = 300
+    # Also ejected when at least this share of a window's attempts failed (0: off), once the
+    # window holds `failureRateMinAttempts` attempts; counted per worker.
+    failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    failure_rate_min_attempts: Annotated[int, Field(ge=1, le=100000)] = 20
+    failure_rate_window_secs: Annotated[float, Field(gt=0, le=3600)] = 30
 
 
 class ModelRoute(_Strict):
@@ -135,6 +142,8 @@ class ModelRoute(_Strict):
     context_window_fallbacks: list[str] = Field(default_factory=list)
     retry: RetryPolicy | None = None
     timeouts: RouteTimeouts | None = None
+    # This route's own request limit, per client key (its own buckets); else the file's.
+    rate_limit: RateLimit | None = None
 
 
 class RoutingFile(_Strict):
@@ -266,10 +275,25 @@ class Routing:
         self.policies = {m: _policy(spec, r) for m, r in self.routes.items()}
         od = spec.outlier_detection
         self.outlier = OutlierPolicy(
-            od.consecutive_failures, od.base_ejection_secs, od.max_ejection_secs
+            od.consecutive_failures,
+            od.base_ejection_secs,
+            od.max_ejection_secs,
+            od.failure_rate,
+            od.failure_rate_min_attempts,
+            od.failure_rate_window_secs,
         )
         self._turns = {m: itertools.count() for m in self.routes}
         self._plans: dict[str, tuple[ModelRoute, list[Candidate]]] = {}
+        # Routes with their own rateLimit: the limit, and the route's part of the bucket key
+        # (a hash: a match may hold any character, and bucket keys are `<key>.<route id>`).
+        self.limits = {
+            m: (
+                Limit.per_minute(r.rate_limit.requests_per_minute, r.rate_limit.burst),
+                hashlib.sha256(m.encode()).hexdigest()[:12],
+            )
+            for m, r in self.routes.items()
+            if r.rate_limit is not None
+        }
 
     def route_for(self, model: str) -> tuple[ModelRoute, str] | None:
         """The route of `model` and what its `*` matched ("" for an exact match)."""

@@ -72,6 +72,7 @@ from ..errors import (
     UpstreamsUnavailable,
     UpstreamTimeout,
 )
+from ..ratelimit.bucket import Limit
 from ..state import RequestState
 from ..translate import Translator
 from ..translate.responses import ResponsesTranslator
@@ -90,6 +91,9 @@ from .sse import relay_stream
 from .upstream import map_exception, request_timeout, send
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+# The longest wait an upstream's Retry-After is believed for (a day): a cooldown is never
+# shortened, so an absurd value would shut an upstream out until a restart.
+MAX_RETRY_AFTER_SECS = 86400.0
 # Failures after which the next target is tried at once, not the same one again.
 NOT_AGAIN = frozenset({"tls_error", "timeout"})
 # The most of a failed attempt's body that is read (to relay it, or to look for a context-length
@@ -117,26 +121,28 @@ UPSTREAM_HEADER = "x-router-upstream"
 
 def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float | None:
     """The upstream's requested wait: `retry-after-ms`, else `retry-after` as seconds or an HTTP
-    date; None when absent or unreadable."""
+    date; None when absent, unreadable or not finite; at most MAX_RETRY_AFTER_SECS."""
     ms = headers.get("retry-after-ms")
+    secs: float | None = None
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000)
+            secs = float(ms) / 1000
         except ValueError:
-            pass
+            secs = None
     raw = headers.get("retry-after")
-    if raw is None:
+    if secs is None and raw is not None:
+        raw = raw.strip()
+        try:
+            secs = float(raw)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+                secs = when.timestamp() - (time.time() if now is None else now)
+            except (TypeError, ValueError, OverflowError):
+                secs = None
+    if secs is None or not math.isfinite(secs):
         return None
-    raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER_SECS, max(0.0, secs))
 
 
 def is_context_length_error(status: int, body: bytes) -> bool:
@@ -256,16 +262,18 @@ class _Attempts:
         self.client_key = h.client_credential(headers, settings.default_api_key)
         self.own_key = h.client_credential(headers, None)
         if self.ctx.access is not None:  # shared deployment: the client's key is an access key
-            self.client_key = self.own_key = settings.default_api_key
+            self.client_key, self.own_key = settings.default_api_key, None
 
     def _timeout(self, up: Upstream) -> httpx.Timeout:
         t = up.profile.timeouts
         p = self.policy
-        if p.connect_secs is not None or p.headers_secs is not None:
-            t = Timeouts(
-                connect_secs=p.connect_secs or t.connect_secs,
-                read_secs=p.headers_secs or t.read_secs,
-            )
+        connect = p.connect_secs or t.connect_secs
+        read = p.headers_secs or t.read_secs
+        if self.deadline is not None:  # an attempt never outlives the request's totalSecs
+            left = max(0.01, self.deadline - time.monotonic())
+            connect, read = min(connect, left), min(read, left)
+        if (connect, read) != (t.connect_secs, t.read_secs):
+            t = Timeouts(connect_secs=round(connect, 2) or 0.01, read_secs=round(read, 2) or 0.01)
         return request_timeout(t, self.ctx.settings.upstream_pool_wait_secs)
 
     def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
@@ -363,21 +371,29 @@ class _Attempts:
                     continue
             if len(self.state.attempts) >= self.policy.max_attempts:
                 break
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break  # totalSecs spent: the answer we have
             cand = self.queue[0]
             name = cand.upstream.name
+            probe = False
             if self.same_retries == 0:  # a retry of the same target was decided already
                 gate = ejections.peek(name) if self.try_all else ejections.gate(name)
                 if not gate.allowed and (not self.try_all or gate.why == "cooling"):
                     self.skipped.append(gate)
                     self.queue.pop(0)
                     continue
+                probe = gate.probe
             retry = bool(self.state.attempts)
             if retry and not BUDGET.allows(
                 self.policy.budget_ratio, self.policy.budget_min_retries
             ):
+                if probe:
+                    ejections.release_probe(name)
                 break  # an outage must not multiply the load: the answer we have
             built = self._build(cand)
             if built is None:
+                if probe:
+                    ejections.release_probe(name)
                 self.queue.pop(0)
                 continue
             req, chosen = built
@@ -398,8 +414,12 @@ class _Attempts:
             self._record(cand.upstream, _outcome(status), started)
             if status >= 500:
                 ejections.failure(name, outlier)
-            elif status != 429:
-                ejections.success(name)
+            elif status == 429:
+                if probe:
+                    ejections.release_probe(name)
+            elif not (self.streaming and status < 300):
+                # A stream's 2xx head is not yet a success: its first content is (open_stream)
+                ejections.success(name, outlier)
             if status < 400:
                 return resp, chosen
             earlier = self.last, self.last_error
@@ -430,8 +450,8 @@ class _Attempts:
             self.last, self.last_error = (resp, chosen), None
             self.reason = "rate_limited" if status == 429 else "server_error"
             after = retry_after_secs(resp.headers)
-            if after is not None:
-                ejections.cool(name, after)
+            if after is not None:  # its cooldown, at most an ejection's longest time
+                ejections.cool(name, min(after, outlier.max_ejection_secs))
             if after is not None and after > self.policy.max_retry_after_secs:
                 self.pending = (False, 0.0)  # too long: the next target at once
             else:
@@ -475,20 +495,27 @@ class _Attempts:
         """`run` for a stream: an upstream's 2xx stream is read up to its first content event
         (the events before it held back) and handed over only then, so that a stream that
         breaks, errs or stays silent before any content fails over like a failed attempt."""
+        ejections, outlier = self.ctx.ejections, self.routing.outlier
         while True:
             resp, chosen = await self.run()
+            name = chosen.upstream.name
+            ok = 200 <= resp.status_code < 300
             ctype = resp.headers.get("content-type", "").lower()
-            if not 200 <= resp.status_code < 300 or not ctype.startswith("text/event-stream"):
+            if not ok or not ctype.startswith("text/event-stream"):
+                if ok:  # a whole answer to a stream request: a success as such
+                    ejections.success(name, outlier)
                 return resp, chosen
             ep = chosen.upstream.endpoints[self.route]
             try:
-                return await self._until_content(resp, ep.format), chosen
+                ready = await self._until_content(resp, ep.format)
             except _BeforeContent as e:
-                name = chosen.upstream.name
                 upstream, _, secs = self.state.attempts[-1]
                 self.state.attempts[-1] = (upstream, e.outcome, secs)
-                self.ctx.ejections.failure(name, self.routing.outlier)
+                ejections.failure(name, outlier)
                 self._failed(e.error)
+                continue
+            ejections.success(name, outlier)  # its first content: the attempt succeeded
+            return ready, chosen
 
     async def _until_content(self, resp: httpx.Response, upstream_format: str) -> httpx.Response:
         framer = EventFramer()
@@ -497,7 +524,9 @@ class _Attempts:
         held_bytes = held_events = 0
         limit = self.policy.first_content_secs
         deadline = None if limit is None else time.monotonic() + limit
-        idle = self.policy.idle_secs
+        if self.deadline is not None:  # totalSecs bounds the wait for content too
+            deadline = self.deadline if deadline is None else min(deadline, self.deadline)
+        idle = self.policy.idle_secs or self.ctx.settings.stream_idle_secs
         try:
             while True:
                 timeout = None if deadline is None else deadline - time.monotonic()
@@ -526,7 +555,7 @@ class _Attempts:
                     break
                 if held_bytes > MAX_HELD_BYTES:
                     break
-        except _BeforeContent:
+        except BaseException:  # failed over, or the client left (cancelled): let go of it
             await resp.aclose()
             raise
         return httpx.Response(
@@ -598,10 +627,17 @@ async def forward_routed(
     streaming = face.stream_support and payload.get("stream") is True
     state.stream = streaming
 
-    limit = cfg.limit(route, ctx.default_limit)
+    # The resolver's route decides the bucket: a route with its own rateLimit has its own per
+    # client key; else the file's (or the environment's) limit per client key and HTTP route.
+    own = routing.limits.get(model_route.match)
+    if own is not None:
+        limit: Limit | None = own[0]
+        bucket = f"{state.key_id}.{own[1]}"
+    else:
+        limit, bucket = cfg.limit(route, ctx.default_limit), state.key_id
     extra: dict[str, str] = {}
     if limit is not None:
-        decision = await ctx.limiter.acquire(state.key_id, route, limit)
+        decision = await ctx.limiter.acquire(bucket, route, limit)
         if not decision.allowed:
             raise RateLimited(headers=decision.headers())
         extra = decision.headers()

@@ -116,7 +116,7 @@ def routing_file(primary: FakeUpstream, secondary: FakeUpstream, **over: Any) ->
         "retry": {"maxAttempts": 3, "backoffBaseSecs": 0.05, "backoffMaxSecs": 0.1},
         # The tests share a router: no test's failures may eject an upstream for the next one
         # (the ejection tests set their own).
-        "outlierDetection": {"consecutiveFailures": 100},
+        "outlierDetection": {"consecutiveFailures": 100, "failureRate": 0},
     }
     data.update(over)
     return data
@@ -838,3 +838,56 @@ def test_a_long_retry_after_fails_over_at_once_for_every_client_format(
     assert key in r.json()
     assert r.headers["x-router-upstream"] == "secondary"
     assert len(primary.requests) == 1
+
+
+def test_a_route_s_own_rate_limit_is_per_client_key_and_route(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """The resolver's route decides the bucket: `small` allows one request a minute per client
+    key; `gpt-4o` (no limit of its own, none in the file) is not limited."""
+    data = routing_file(primary, secondary)
+    data["modelRoutes"][2]["rateLimit"] = {"requestsPerMinute": 1, "burst": 1}
+    router = router_factory(data, name="route-limit")
+    assert post(router, CHAT, chat("small")).status_code == 200
+    r = post(router, CHAT, chat("small"))
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert post(router, CHAT, chat("gpt-4o")).status_code == 200  # another route
+    other = httpx.post(
+        router.url + CHAT,
+        json=chat("small"),
+        headers={"Authorization": "Bearer sk-another-client-5678"},
+        timeout=30,
+    )
+    assert other.status_code == 200  # another client key, its own bucket
+
+
+def test_a_stream_that_fails_before_content_counts_toward_ejection(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """A 200 stream head is not a success: a primary whose streams always break before their
+    first content is ejected like one that answers 503."""
+    data = routing_file(
+        primary, secondary, outlierDetection={"consecutiveFailures": 2, "baseEjectionSecs": 60}
+    )
+    router = router_factory(data, name="stream-eject")
+    primary.reply_with(
+        lambda _r: Reply(headers=SSE_HEAD, chunks=sse(role_chunk(), "x"), action="close_mid")
+    )
+    for _ in range(3):
+        r, body = stream_chat(router)
+        assert r.status_code == 200 and b"backup-model" in body
+    assert len(primary.requests) == 2  # ejected after the first request's two failed streams
+
+
+def test_total_secs_bounds_every_attempt(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary, timeouts={"totalSecs": 1, "headersSecs": 300})
+    router = router_factory(data, name="total")
+    primary.reply_with(lambda _r: Reply(action="stall"))
+    secondary.reply_with(lambda _r: Reply(action="stall"))
+    started = time.monotonic()
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert time.monotonic() - started < 6  # not two 300 s head timeouts
+    assert r.status_code == 504

@@ -128,3 +128,51 @@ def test_names_are_kept_apart_and_slots_are_bounded(table) -> None:
             table.failure(f"u{i}", POLICY)
     assert table.ejected("u0") and table.ejected("u255")
     assert not table.ejected("u299") and table.gate("u299").allowed
+
+
+RATE = OutlierPolicy(
+    consecutive_failures=100,
+    base_ejection_secs=10,
+    max_ejection_secs=35,
+    failure_rate=0.5,
+    failure_rate_min_attempts=4,
+    failure_rate_window_secs=10,
+)
+
+
+def test_a_failure_rate_over_a_window_ejects_without_consecutive_failures(table, clock):
+    table.success("a", RATE)
+    assert not table.failure("a", RATE)
+    table.success("a", RATE)
+    assert table.failure("a", RATE)  # 2 of 4 attempts failed in the window: half
+    assert table.gate("a").why == "ejected"
+
+
+def test_the_failure_rate_window_starts_again_when_it_ends(table, clock):
+    for _ in range(3):
+        table.success("a", RATE)
+    clock.t += 10  # a new window: the three successes are forgotten
+    assert not table.failure("a", RATE)  # 1 of 1: too few attempts to judge
+    table.success("a", RATE)
+    table.success("a", RATE)
+    # 2 of 4 in this window trips (with the old window's three successes it would be 2 of 7)
+    assert table.failure("a", RATE)
+
+
+def test_failures_in_flight_do_not_eject_an_ejected_upstream_again(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    until = table.gate("a").until
+    for _ in range(10):  # attempts that were already running when it was ejected
+        assert not table.failure("a", POLICY)
+    assert table.gate("a").until == until  # not pushed out: 10 s, not 10 x 2^n
+
+
+def test_a_released_probe_can_be_claimed_again_at_once(table, clock):
+    for _ in range(3):
+        table.failure("a", POLICY)
+    clock.t += 10
+    assert table.gate("a").probe
+    assert not table.gate("a").allowed
+    table.release_probe("a")
+    assert table.gate("a").probe

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from service.proxy.events import malformed
+from service.proxy.failover import retry_after_secs
 from service.proxy.holdback import CONTENT, ERROR, FREE, classify
 from tests.fakes.upstream import anthropic_stream, openai_chat_stream, openai_response_stream
 
@@ -85,3 +87,22 @@ def test_the_fake_openai_stream_commits_at_its_first_piece() -> None:
 )
 def test_malformed_events(event: bytes, dropped: bool) -> None:
     assert malformed(event) is dropped
+
+
+@pytest.mark.parametrize(
+    ("headers", "secs"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after-ms": "1e309"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "99999999"}, 86400.0),  # believed for a day at most
+        ({"retry-after": "-5"}, 0.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_finite_and_bounded(headers: dict[str, str], secs) -> None:
+    assert retry_after_secs(httpx.Headers(headers)) == secs
