@@ -205,6 +205,10 @@ def map_exception(exc: httpx.HTTPError) -> UpstreamError | ServiceUnavailable:
         return UpstreamTimeout()
     if isinstance(exc, httpx.ConnectError):
         return UpstreamTLSError() if _caused_by_tls(exc) else UpstreamConnectError()
+    if isinstance(exc, httpx.LocalProtocolError):
+        # A request the engine would not frame (a streamed body that does not match its
+        # declared length, a header outside the grammar): a protocol failure, not an I/O one.
+        return UpstreamProtocolError()
     if isinstance(exc, httpx.RemoteProtocolError):
         # httpcore says "Server disconnected without sending a response." when the peer closed
         # before a status line: that is a reset, not a malformed answer.

@@ -24,7 +24,7 @@ import pytest
 import uvloop
 
 from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport
-from service.proxy.upstream import UpstreamClient
+from service.proxy.upstream import UpstreamClient, map_exception
 from tests.fakes.loopback import LoopbackServer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -735,8 +735,9 @@ def test_a_streamed_body_must_match_its_declared_length(scripted, parts, declare
 
     async def go() -> None:
         c = client()
-        with pytest.raises(httpx.LocalProtocolError, match="data for declared Content-Length"):
+        with pytest.raises(httpx.LocalProtocolError, match="data for declared Content-Length") as e:
             await fetch(c, _streamed(c, s.url, parts, headers))
+        assert map_exception(e.value).error_type == "protocol_error"  # not an I/O failure
         _, data = await fetch(c, req(c, s.url))  # the half-framed connection is not reused
         assert data == b"{}"
         await c.aclose()
