@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 from ..ejection import OutlierPolicy
 from ..ratelimit.bucket import Limit
 from .model import (
+    RESPONSES,
     Auth,
     Endpoint,
     HeaderMap,
@@ -273,6 +274,18 @@ class Routing:
             key=lambda p: -len(p[0]),
         )
         self.policies = {m: _policy(spec, r) for m, r in self.routes.items()}
+        # Where GET/DELETE /v1/responses/{id} go (they name no model): the first upstream, in
+        # the file's order, that speaks the Responses API itself (one that is translated to
+        # stores nothing). A stored response lives on the upstream that made it; with several
+        # such upstreams, only this one's are reachable.
+        self.stored_at = next(
+            (
+                u
+                for u in upstreams.values()
+                if u.endpoints[RESPONSES].enabled and u.endpoints[RESPONSES].format == "responses"
+            ),
+            None,
+        )
         od = spec.outlier_detection
         self.outlier = OutlierPolicy(
             od.consecutive_failures,

@@ -39,14 +39,16 @@ completion line and `upstream_attempts_total{upstream,outcome}`; each switch of 
 client can fall back from an Anthropic upstream to an OpenAI-format one. The body is sent with
 the target's model name, and the answer names the model that answered.
 
-Not routed under a routing file (answered 404 `route_not_available`): the audio routes
-(multipart) and the stored-response routes of the Responses API.
+Audio uploads (multipart) are read whole under a routing file (an attempt that fails must be
+able to send the body again) and routed by their model part. The stored-response routes of the
+Responses API (no model) go to `Routing.stored_at` (relay.forward), without failover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import math
 import random
 import time
@@ -58,7 +60,7 @@ import httpx
 from sanic.response import HTTPResponse
 
 from ..config.loader import LoadedConfig
-from ..config.model import MULTIPART_ROUTES, Timeouts
+from ..config.model import MULTIPART_ROUTES, ResolvedEndpoint, Timeouts
 from ..config.routing import Candidate, Policy, Routing, Upstream
 from ..context import RouterRequest
 from ..ejection import Gate
@@ -73,6 +75,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..ratelimit.bucket import Limit
+from ..server.body import read_whole
 from ..state import RequestState
 from ..translate import Translator
 from ..translate.responses import ResponsesTranslator
@@ -80,6 +83,7 @@ from . import headers as h
 from .body import dump_json, exact_json, parse_json_object
 from .events import EventFramer, EventTooLarge, ask_for_usage
 from .holdback import CONTENT, ERROR, MAX_HELD_BYTES, MAX_HELD_EVENTS, classify
+from .multipart import boundary_of, rewrite_body
 from .outgoing import (
     USAGE_ROUTES,
     json_answer,
@@ -178,6 +182,17 @@ def _error_outcome(err: RouterError) -> str:
     return err.error_type or "io_error"
 
 
+@functools.lru_cache(maxsize=256)
+def _attempt_timeout(
+    t: Timeouts, connect: float | None, headers: float | None, pool: float
+) -> httpx.Timeout:
+    """An upstream's timeouts with the route's connectSecs / headersSecs over them (one object
+    per distinct setting, not one per attempt)."""
+    if connect is not None or headers is not None:
+        t = Timeouts(connect_secs=connect or t.connect_secs, read_secs=headers or t.read_secs)
+    return request_timeout(t, pool)
+
+
 class RetryBudget:
     """Routed requests and retries in flight in this worker: a retry is allowed while the
     retries in flight stay under `ratio` x the requests in flight, or `min_retries`."""
@@ -205,12 +220,15 @@ class Chosen:
     model: str = ""  # the model name sent upstream
 
 
-def _credential(up: Upstream, client: str | None, own: str | None, default: str | None) -> Any:
+def upstream_credential(up: Upstream, client: str | None, own: str | None) -> Any:
+    """What `up` gets: the operator's key, the client's own key (or the operator's when the
+    client sent none), or the single-profile rule's credential (`client`: the client's key or
+    DEFAULT_API_KEY)."""
     if up.credential == "operator":
         return up.operator_key
     if up.credential == "client-or-operator":
         return own or up.operator_key
-    return client or default
+    return client
 
 
 async def _read_failed(resp: httpx.Response) -> bytes:
@@ -239,9 +257,12 @@ class _Attempts:
         payload: dict[str, Any],
         exact: bool,
         streaming: bool,
+        body: bytes,
+        boundary: bytes | None = None,
     ) -> None:
         self.request = request
-        self.body: bytes = request.body
+        self.body: bytes = body
+        self.boundary = boundary  # a multipart body's boundary; None: JSON
         self.fresh = True
         self.ctx = request.app.ctx
         self.state: RequestState = request.ctx.state
@@ -267,28 +288,32 @@ class _Attempts:
     def _timeout(self, up: Upstream) -> httpx.Timeout:
         t = up.profile.timeouts
         p = self.policy
-        connect = p.connect_secs or t.connect_secs
-        read = p.headers_secs or t.read_secs
-        if self.deadline is not None:  # an attempt never outlives the request's totalSecs
-            left = max(0.01, self.deadline - time.monotonic())
-            connect, read = min(connect, left), min(read, left)
-        if (connect, read) != (t.connect_secs, t.read_secs):
-            t = Timeouts(connect_secs=round(connect, 2) or 0.01, read_secs=round(read, 2) or 0.01)
-        return request_timeout(t, self.ctx.settings.upstream_pool_wait_secs)
+        pool = self.ctx.settings.upstream_pool_wait_secs
+        if self.deadline is None:
+            return _attempt_timeout(t, p.connect_secs, p.headers_secs, pool)
+        # An attempt never outlives the request's totalSecs.
+        left = max(0.01, self.deadline - time.monotonic())
+        connect = min(p.connect_secs or t.connect_secs, left)
+        read = min(p.headers_secs or t.read_secs, left)
+        t = Timeouts(connect_secs=round(connect, 2) or 0.01, read_secs=round(read, 2) or 0.01)
+        return request_timeout(t, pool)
 
     def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
         """The upstream request for `cand` (None: its upstream has no such endpoint)."""
         ep = cand.upstream.endpoints[self.route]
         if not ep.enabled:
             return None
+        translator = None
+        strip = False
+        streaming = self.streaming and ep.stream_support
+        if self.boundary is not None:  # multipart (audio): the model part rewritten, no more
+            body, _ = rewrite_body(self.body, self.boundary, {self.model: cand.model})
+            return self._request(cand, ep, body, None, False, False)
         # The first attempt uses the request's parsed body; a later one parses it again, so
         # that nothing an earlier attempt's translation or usage request changed carries over.
         payload = self.payload if self.fresh else parse_json_object(self.body, self.exact)
         self.fresh = False
         payload["model"] = cand.model
-        translator = None
-        strip = False
-        streaming = self.streaming and ep.stream_support
         if ep.translation != "none":
             translator = translator_for(self.route, ep, payload)
             body = dump_json(translator.request(), exact=self.exact)
@@ -299,7 +324,18 @@ class _Attempts:
                 strip = ask_for_usage(payload)
             body = dump_json(payload, exact=self.exact)
             self.state.translation = "none"
-        key = _credential(cand.upstream, self.client_key, self.own_key, None)
+        return self._request(cand, ep, body, translator, strip, streaming)
+
+    def _request(
+        self,
+        cand: Candidate,
+        ep: ResolvedEndpoint,
+        body: bytes,
+        translator: Translator | ResponsesTranslator | None,
+        strip: bool,
+        streaming: bool,
+    ) -> tuple[httpx.Request, Chosen]:
+        key = upstream_credential(cand.upstream, self.client_key, self.own_key)
         hdrs, query = outgoing_headers(
             self.request, ep, cand.upstream.profile, key, translator, streaming, None, self.state
         )
@@ -336,11 +372,15 @@ class _Attempts:
         ejections = self.ctx.ejections
         # Never leave a route with nothing: when every target is ejected, all are tried (but
         # those the upstream asked to wait, Retry-After); when every one is cooling down: 503.
-        gates = {c.upstream.name: ejections.peek(c.upstream.name) for c in self.queue}
-        blocked = [g for g in gates.values() if not g.allowed]
-        self.try_all = len(blocked) == len(gates)
-        if self.try_all and all(g.why == "cooling" for g in blocked):
-            raise _unavailable(blocked, ejections.now())
+        names = {c.upstream.name for c in self.queue}
+        if len(names) == 1:  # one upstream: tried whatever its ejection says (unless cooling)
+            self.try_all = True
+        else:
+            gates = [ejections.peek(n) for n in names]
+            blocked = [g for g in gates if not g.allowed]
+            self.try_all = len(blocked) == len(gates)
+            if self.try_all and all(g.why == "cooling" for g in blocked):
+                raise _unavailable(blocked, ejections.now())
         self.context_used = False
         self.last: tuple[httpx.Response, Chosen] | None = None
         self.last_error: RouterError | None = None
@@ -608,19 +648,28 @@ def _plan(routing: Routing, payload: dict[str, Any]) -> tuple[Any, list[Candidat
 
 
 async def forward_routed(
-    request: RouterRequest, route: str, cfg: LoadedConfig, response_id: str | None
+    request: RouterRequest, route: str, cfg: LoadedConfig
 ) -> HTTPResponse | None:
     ctx = request.app.ctx
     routing = cfg.routing
     assert routing is not None
     state: RequestState = request.ctx.state
-    if response_id is not None or route in MULTIPART_ROUTES:
-        raise RouteNotAvailable("This route is not routed by a routing file")
     state.key_id = h.key_id(h.client_credential(request.headers, ctx.settings.default_api_key))
-    if not request.body:
-        await request.receive_body()
-    exact = exact_json(request.body)
-    payload = parse_json_object(request.body, exact)
+    boundary: bytes | None = None
+    if route in MULTIPART_ROUTES:
+        # Audio uploads: read whole under a routing file (the model part decides where the
+        # body goes, and a failed attempt must be able to send it again); bounded by
+        # API_ROUTER_MAX_BODY_BYTES like a JSON body.
+        boundary = boundary_of(request.headers.get("content-type"))
+        body = await read_whole(request)
+        exact = False
+        payload = {"model": rewrite_body(body, boundary, {})[1].model}
+    else:
+        if not request.body:
+            await request.receive_body()
+        body = request.body
+        exact = exact_json(body)
+        payload = parse_json_object(body, exact)
     model_route, candidates = _plan(routing, payload)
     state.model = payload["model"]
     face = cfg.endpoints[route]
@@ -647,7 +696,7 @@ async def forward_routed(
         return local_estimate(route, payload, request.ctx.request_id)
 
     attempts = _Attempts(
-        request, route, routing, model_route, candidates, payload, exact, streaming
+        request, route, routing, model_route, candidates, payload, exact, streaming, body, boundary
     )
     BUDGET.active += 1
     try:

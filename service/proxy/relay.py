@@ -28,6 +28,7 @@ from ..config.model import (
     RESPONSES_FORMAT,
     ResolvedEndpoint,
 )
+from ..config.routing import Upstream
 from ..context import RouterRequest
 from ..errors import NotFound, RateLimited, RouteNotAvailable
 from ..ratelimit import Decision
@@ -37,7 +38,7 @@ from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .body import dump_json, exact_json, parse_json_object
 from .events import ask_for_usage
-from .failover import forward_routed
+from .failover import forward_routed, upstream_credential
 from .multipart import prepare
 from .outgoing import (
     USAGE_ROUTES,
@@ -74,13 +75,20 @@ async def forward(
     no body, not rate-limited) under the `/v1/responses` endpoint."""
     ctx = request.app.ctx
     cfg = ctx.config.current
-    if cfg.routing is not None:  # several upstreams, chosen by model (SPEC §11)
-        return await forward_routed(request, route, cfg, response_id)
     ep: ResolvedEndpoint = cfg.endpoints[route]
+    profile = cfg.profile
+    stored_at: Upstream | None = None
+    if cfg.routing is not None:  # several upstreams (SPEC §11)
+        if response_id is None:  # chosen by model
+            return await forward_routed(request, route, cfg)
+        # A stored response: at the upstream that stores them (service.config.routing)
+        stored_at = cfg.routing.stored_at
+        if stored_at is None:
+            raise NotFound("No upstream of this routing file stores responses")
+        ep, profile = stored_at.endpoints[route], stored_at.profile
     if not ep.enabled:
         raise RouteNotAvailable()
     url = ep.url if response_id is None else stored_response_path(ep, response_id, suffix)
-    profile = cfg.profile
     state: RequestState = request.ctx.state
     request_id: str = request.ctx.request_id
 
@@ -90,6 +98,13 @@ async def forward(
         # Shared deployment (service.access): the client's key was an access key, already
         # checked; it keys the buckets, and the upstream gets the operator's credential only.
         credential = ctx.settings.default_api_key
+    if stored_at is not None:
+        state.upstream = stored_at.name
+        credential = upstream_credential(
+            stored_at,
+            credential,
+            None if ctx.access else h.client_credential(request.headers, None),
+        )
 
     streaming = False
     strip_usage = False
@@ -152,6 +167,8 @@ async def forward(
         timeout=request_timeout(profile.timeouts, ctx.settings.upstream_pool_wait_secs),
     )
     extra = decision.headers() if decision is not None else {}
+    if stored_at is not None:
+        extra = {**extra, "x-router-upstream": stored_at.name}
 
     if streaming:
         return await relay_stream(request, upstream_request, ep, extra, strip_usage, translator)

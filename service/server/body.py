@@ -33,3 +33,12 @@ def remaining_body(request: Request[Any, Any]) -> AsyncIterator[bytes] | None:
     if stream is None or not stream.request_body:
         return None
     return stream.__aiter__()  # type: ignore[attr-defined]
+
+
+async def read_whole(request: Request[Any, Any]) -> bytes:
+    """A streamed body read to its end (the size limit still applies), or the body read
+    already."""
+    source = remaining_body(request)
+    if source is None:
+        return request.body or b""
+    return bytes(request.body or b"") + b"".join([chunk async for chunk in source])

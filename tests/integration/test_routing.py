@@ -891,3 +891,64 @@ def test_total_secs_bounds_every_attempt(
     r = post(router, CHAT, chat("gpt-4o"))
     assert time.monotonic() - started < 6  # not two 300 s head timeouts
     assert r.status_code == 504
+
+
+def test_an_audio_upload_is_routed_by_its_model_part_and_failed_over_whole(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """Multipart audio under a routing file: the model part picks the route, each attempt gets
+    the target's model name in it, and the file reaches the fallback byte for byte."""
+    from tests.integration.test_multipart import wav_bytes
+
+    primary.reply_with(lambda _r: error(503))
+    audio = wav_bytes()
+    client = sdk_openai(router)
+    out = client.audio.transcriptions.create(model="gpt-4o", file=("a.wav", audio, "audio/wav"))
+    assert out.text == "hello world"
+    assert len(primary.requests) == 2 and len(secondary.requests) == 1
+    got = secondary.last
+    assert got.path == "/v1/audio/transcriptions"
+    assert audio in got.body  # the file, whole
+    assert b'name="model"\r\n\r\nbackup-model\r\n' in got.body
+    assert b'name="model"\r\n\r\nprimary-model\r\n' in primary.requests[0].body
+
+
+def test_an_audio_upload_over_the_body_limit_is_413_under_a_routing_file(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    router = router_factory(
+        routing_file(primary, secondary), env={"API_ROUTER_MAX_BODY_BYTES": "100000"}, name="big"
+    )
+    client = sdk_openai(router)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.audio.transcriptions.create(model="gpt-4o", file=("a.wav", b"\0" * 300_000))
+    assert e.value.status_code == 413
+    assert primary.requests == [] and secondary.requests == []
+
+
+def test_stored_responses_go_to_the_upstream_that_stores_them(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """GET / DELETE /v1/responses/{id} name no model: they go to the first upstream that speaks
+    the Responses API itself (the primary here), with its credential."""
+    r = httpx.get(router.url + "/v1/responses/resp_abc123", headers=KEY, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == "resp_abc123"
+    assert r.headers["x-router-upstream"] == "primary"
+    assert primary.last.method == "GET" and primary.last.path == "/v1/responses/resp_abc123"
+    r = httpx.delete(router.url + "/v1/responses/resp_abc123", headers=KEY, timeout=10)
+    assert r.json()["deleted"] is True
+    assert secondary.requests == []
+
+
+def test_without_an_upstream_that_stores_responses_a_stored_response_is_404(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary)
+    data["upstreams"] = {"claude": data["upstreams"]["claude"]}  # Messages only
+    data["modelRoutes"] = [{"match": "*", "targets": [{"upstream": "claude"}]}]
+    router = router_factory(data, name="no-store")
+    r = httpx.get(router.url + "/v1/responses/resp_abc123", headers=KEY, timeout=10)
+    assert r.status_code == 404
+    assert "stores responses" in r.json()["error"]["message"]
+    assert primary.requests == []
