@@ -106,3 +106,18 @@ def test_malformed_events(event: bytes, dropped: bool) -> None:
 )
 def test_retry_after_is_read_finite_and_bounded(headers: dict[str, str], secs) -> None:
     assert retry_after_secs(httpx.Headers(headers)) == secs
+
+
+def test_the_retry_budget_allows_retries_up_to_a_share_of_the_requests_in_flight() -> None:
+    from service.proxy.failover import RetryBudget
+
+    b = RetryBudget()
+    b.active = 100
+    b.retrying = 19
+    assert b.allows(0.2, 3)  # 19 retries in flight < 20 % of 100
+    b.retrying = 20
+    assert not b.allows(0.2, 3)  # an outage must not multiply the load
+    b.active, b.retrying = 2, 2
+    assert b.allows(0.2, 3)  # few requests: the minimum still lets a retry through
+    b.retrying = 3
+    assert not b.allows(0.2, 3)
