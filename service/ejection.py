@@ -31,6 +31,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .ratelimit.shared import share_file
+
 EJECTION_TABLE_ENV = "API_ROUTER_EJECTION_TABLE"
 SLOTS = 256
 _NAME = 64
@@ -64,15 +66,9 @@ def create_table() -> str:
 
 
 def share_table() -> str:
-    """Like the rate limiter's table: unlinked at once and reached through /proc/<pid>/fd while
-    this (primary) process keeps it open, so it never outlives the router."""
-    path = create_table()
-    fd_dir = f"/proc/{os.getpid()}/fd"
-    if not os.path.isdir(fd_dir):
-        return path
-    fd = os.open(path, os.O_RDWR)  # kept open for the life of the process
-    os.unlink(path)
-    return f"{fd_dir}/{fd}"
+    """A table for the workers of this (primary) process, like the rate limiter's: it never
+    outlives the router (ratelimit.shared.share_file)."""
+    return share_file(create_table())
 
 
 @dataclass(frozen=True)
@@ -121,6 +117,12 @@ class Ejections:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _slot(self, name: str, create: bool) -> Iterator[int | None]:
+        """The offset of `name`'s slot (made if `create`; None if none), under the lock."""
+        with self._locked():
+            yield self._find(name, create)
 
     def _find(self, name: str, create: bool) -> int | None:
         at = self._slots.get(name)
@@ -261,8 +263,7 @@ class Ejections:
     def release_probe(self, name: str) -> None:
         """A claimed probe that will not report (the request stopped before its attempt, or
         the upstream said 429): another request may probe at once."""
-        with self._locked():
-            at = self._find(name, False)
+        with self._slot(name, False) as at:
             if at is None:
                 return
             fails, ejections, ejected, cooled, _ = self._read(at)
@@ -271,8 +272,7 @@ class Ejections:
     def cool(self, name: str, secs: float) -> None:
         """The upstream asked for `secs` of quiet (Retry-After): never shortened."""
         now = self.now()
-        with self._locked():
-            at = self._find(name, True)
+        with self._slot(name, True) as at:
             if at is None:
                 return
             fails, ejections, ejected, cooled, probe = self._read(at)
@@ -286,8 +286,7 @@ class Ejections:
         if ejected_secs <= 0 and cooled_secs <= 0:
             return
         now = self.now()
-        with self._locked():
-            at = self._find(name, True)
+        with self._slot(name, True) as at:
             if at is None:
                 return
             fails, ejections, ejected, cooled, probe = self._read(at)

@@ -79,11 +79,15 @@ def create_table(max_buckets: int = DEFAULT_MAX_BUCKETS, directory: str | None =
 
 
 def share_table(max_buckets: int = DEFAULT_MAX_BUCKETS) -> str:
-    """A table for the workers of this (primary) process: the path they should open.
+    """A table for the workers of this (primary) process: the path they should open."""
+    return share_file(create_table(max_buckets))
+
+
+def share_file(path: str) -> str:
+    """The path the workers of this (primary) process should open for the file at `path`.
 
     On Linux the file is unlinked at once and reached through `/proc/<pid>/fd/<fd>` while this
     process keeps it open, so it can never outlive the router, even one killed by SIGKILL."""
-    path = create_table(max_buckets)
     fd_dir = f"/proc/{os.getpid()}/fd"
     if not os.path.isdir(fd_dir):
         return path  # removed by remove_table when the router stops
