@@ -41,6 +41,7 @@ from .ratelimit.shared import (
     remove_table,
     share_table,
 )
+from .ratelimit.tokens import TOKEN_TABLE_ENV
 from .settings import Settings, SettingsError, parse_port
 
 # glibc malloc settings for the workers (module docstring): the threshold at glibc's own starting
@@ -140,6 +141,9 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
         raise ValueError(f"{MAX_BUCKETS_ENV}={max_buckets} is out of range (1..50000000)")
     path = share_table(max_buckets)
     os.environ[TABLE_ENV] = path
+    # The token meters' own table (service.ratelimit.tokens), as large: a second file, so that
+    # rate_limiter_buckets and /health keep counting request buckets only.
+    os.environ[TOKEN_TABLE_ENV] = share_table(max_buckets)
     return path
 
 

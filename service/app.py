@@ -28,6 +28,7 @@ from .proxy.upstream import create_client
 from .ratelimit import create_limiter
 from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
+from .ratelimit.tokens import TOKEN_TABLE_ENV, TokenLimiter, create_token_store
 from .routes import ops_bp, proxy_bp
 from .server import shutdown
 from .server.dispatch import app_class
@@ -88,6 +89,17 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
             fail_closed=settings.rate_limit_fail_closed,
             on_error=ctx.count_limiter_error,
         )
+        # Token limits (SPEC §13): the same backend, its own table or keys.
+        token_store, token_backend = create_token_store(
+            settings.rate_limit_backend, os.environ.get(TOKEN_TABLE_ENV)
+        )
+        ctx.tokens = TokenLimiter(
+            token_store,
+            backend=token_backend,
+            fail_closed=settings.rate_limit_fail_closed,
+            on_error=ctx.count_limiter_error,
+        )
+        ctx.tokens.metrics = ctx.metrics
         ctx.watch_task = asyncio.get_running_loop().create_task(ctx.config.watch())
         backend = settings.rate_limit_backend or ""
         if backend.startswith(REDIS_SCHEMES):  # a routing file's waits, shared by the replicas
@@ -110,6 +122,7 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
         await asyncio.gather(ctx.watch_task, return_exceptions=True)
         await ctx.http.aclose()
         await ctx.limiter.close()
+        await ctx.tokens.close()
         if ctx.ejection_task is not None:
             ctx.ejection_task.cancel()
             await asyncio.gather(ctx.ejection_task, return_exceptions=True)

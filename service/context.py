@@ -21,8 +21,10 @@ from sanic.config import Config
 
 from .access import AccessKeys
 from .config import ConfigHolder
+from .config.model import TokenBudgets, TokenLimit
 from .ejection import EJECTION_TABLE_ENV, Ejections
 from .ratelimit import Limit, Limiter
+from .ratelimit.tokens import TokenLimiter
 from .settings import Settings
 
 if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its directory
@@ -50,12 +52,15 @@ class AppContext:
         "limiter",
         "metrics",
         "settings",
+        "token_defaults",
+        "tokens",
         "watch_task",
     )
 
     # Per worker, from `before_server_start` to `after_server_stop` (unset before).
     http: httpx.AsyncClient
     limiter: Limiter
+    tokens: TokenLimiter
     watch_task: asyncio.Task[None]
 
     def __init__(self, settings: Settings, config: ConfigHolder, access: AccessKeys | None):
@@ -65,6 +70,8 @@ class AppContext:
         self.access = access
         # The environment's rate limit, for routes whose profile sets none (LoadedConfig.limit).
         self.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
+        # The environment's token limit and budgets, for routes whose config sets none.
+        self.token_defaults = token_defaults(settings)
         # Whether Sanic trusts forwarding headers (its proxy settings), read at start.
         self.client_ip_from_headers = False
         self.metrics: Metrics | None = None  # per worker, when API_ROUTER_METRICS is on
@@ -99,6 +106,28 @@ class AppContext:
                     self.metrics.upstream_ejected.labels(name).set(
                         1 if self.ejections.ejected(name) else 0
                     )
+
+
+def token_defaults(settings: Settings) -> tuple[TokenLimit | None, TokenBudgets | None]:
+    """TOKEN_LIMIT_* / TOKEN_BUDGET_* as the config objects they stand in for."""
+    limit = (
+        TokenLimit(
+            tokens_per_minute=settings.token_limit_tpm,
+            burst=settings.token_limit_burst or None,
+            enforce=settings.token_limit_enforce,
+        )
+        if settings.token_limit_tpm > 0
+        else None
+    )
+    daily, monthly = settings.token_budget_daily, settings.token_budget_monthly
+    budgets = (
+        TokenBudgets(
+            daily=daily or None, monthly=monthly or None, enforce=settings.token_limit_enforce
+        )
+        if daily or monthly
+        else None
+    )
+    return limit, budgets
 
 
 # The application and its requests, typed with this context (what `create_app` builds).

@@ -3,12 +3,14 @@
     RouterError                      (status, client-facing type/code; never carries secrets)
     ├── ClientError                  the request itself is wrong; nothing reached the upstream
     │   ├── BadRequest               400 invalid_request_error
+    │   │   └── TokenRequestTooLarge 400 request_exceeds_token_limit (larger than the bucket)
     │   ├── Unauthorized             401 authentication_error
     │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile)
     │   ├── MethodNotAllowed         405 (with Allow)
     │   ├── RequestTimeout           408 head or body not received in time (service.connlimits)
     │   ├── PayloadTooLarge          413 request_too_large
-    │   ├── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*)
+    │   ├── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*;
+    │   │                            a token limit adds x-ratelimit-*-tokens)
     │   └── HeaderTooLarge           431 head over API_ROUTER_MAX_HEADER_BYTES (Sanic says 413)
     ├── ClientClosedRequest          499 the client left before its answer (logs, metrics only)
     ├── ServiceUnavailable           503 (draining, limiter backend down with fail-closed)
@@ -84,6 +86,14 @@ class RateLimited(ClientError):
     anthropic_type = "rate_limit_error"
     code = "rate_limit_exceeded"
     message = "Rate limit exceeded"
+
+
+class TokenRequestTooLarge(BadRequest):
+    """A request whose token estimate exceeds a whole token bucket or budget (SPEC §13): it could
+    never pass, so it is not a 429 a client would retry."""
+
+    code = "request_exceeds_token_limit"
+    message = "The request's token estimate is larger than the whole token limit of its key"
 
 
 class NotFound(ClientError):

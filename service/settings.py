@@ -139,6 +139,12 @@ class Settings:
     rate_limit_burst: int | None = None
     rate_limit_backend: str | None = field(default=None, repr=False)  # may hold a password
     rate_limit_fail_closed: bool = False
+    # The token limit and budgets of routes whose config sets none (SPEC §13): 0 = none.
+    token_limit_tpm: int = 0
+    token_limit_burst: int = 0  # 0: tokensPerMinute
+    token_limit_enforce: bool = True
+    token_budget_daily: int = 0
+    token_budget_monthly: int = 0
     metrics_enabled: bool = True
     access_log_enabled: bool = True
     drain_secs: float = 30.0
@@ -182,6 +188,11 @@ class Settings:
             "rate_limit_burst": _int(env, "RATE_LIMIT_BURST", 1, 1, 10**9) if burst_raw else None,
             "rate_limit_backend": env.get("RATE_LIMIT_BACKEND") or None,
             "rate_limit_fail_closed": _bool(env, "RATE_LIMIT_FAIL_CLOSED", False),
+            "token_limit_tpm": _int(env, "TOKEN_LIMIT_TOKENS_PER_MINUTE", 0, 0, 10**12),
+            "token_limit_burst": _int(env, "TOKEN_LIMIT_BURST", 0, 0, 10**12),
+            "token_limit_enforce": _bool(env, "TOKEN_LIMIT_ENFORCE", True),
+            "token_budget_daily": _int(env, "TOKEN_BUDGET_DAILY", 0, 0, 10**15),
+            "token_budget_monthly": _int(env, "TOKEN_BUDGET_MONTHLY", 0, 0, 10**15),
             "metrics_enabled": _bool(env, "API_ROUTER_METRICS", True),
             "access_log_enabled": _bool(env, "API_ROUTER_ACCESS_LOG", True),
             "drain_secs": _float(env, "API_ROUTER_DRAIN_SECS", 30.0, 0.0),

@@ -7,6 +7,7 @@ An unknown name is an error listing the available names: there is never a silent
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -17,11 +18,18 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from ..ratelimit.bucket import Limit
-from .model import Profile, ResolvedEndpoint
+from ..ratelimit.tokens import TokenRule
+from .model import Profile, ResolvedEndpoint, TokenBudgets, TokenLimit
 from .routing import Routing, RoutingFile, build_upstreams, read_json_object
 
 SHIPPED_DIR = Path(str(resources.files("service.config") / "profiles"))
 LOCAL_DIR = Path("transformer")
+
+
+# The environment's token limit and budgets (TOKEN_LIMIT_*, TOKEN_BUDGET_*), the lowest
+# precedence (service.settings).
+TokenDefaults = tuple[TokenLimit | None, TokenBudgets | None]
+_UNSET: object = object()
 
 
 class ConfigError(Exception):
@@ -47,6 +55,42 @@ class LoadedConfig:
     # A routing file (SPEC §11): the resolver of its upstreams and model routes. `profile` is
     # then the file's own face (its name, the first upstream's URL, its rateLimit and port).
     routing: Routing | None = None
+    # Token rules (SPEC §13), compiled on first use per route or model route (with the
+    # environment's defaults, which are fixed for the life of a worker).
+    token_rules: dict[str, TokenRule | None] = field(default_factory=dict, compare=False)
+
+    def token_rule(self, route: str, defaults: TokenDefaults) -> TokenRule | None:
+        """The token rule of a plain profile's `route`: its endpoint's `tokenLimit` (a bucket
+        of its own), else the profile's (one bucket per key for every route of the profile),
+        else the environment's; budgets from the profile, else the environment."""
+        rule = self.token_rules.get(route, _UNSET)
+        if rule is _UNSET:
+            ep = self.profile.endpoints.get(route)  # type: ignore[call-overload]
+            own = ep.token_limit if ep is not None else None
+            rule = TokenRule.compile(
+                own or self.profile.token_limit or defaults[0],
+                self.profile.token_budgets or defaults[1],
+                route if own is not None else "profile",
+            )
+            self.token_rules[route] = rule
+        return rule  # type: ignore[return-value]
+
+    def routed_token_rule(self, match: str, defaults: TokenDefaults) -> TokenRule | None:
+        """Under a routing file: per (key, model route) with the route's `tokenLimit`, else
+        the file's, else the environment's; budgets from the file, else the environment."""
+        assert self.routing is not None
+        key = "\0" + match  # never a route path
+        rule = self.token_rules.get(key, _UNSET)
+        if rule is _UNSET:
+            spec = self.routing.spec
+            route = self.routing.routes[match]
+            rule = TokenRule.compile(
+                route.token_limit or spec.token_limit or defaults[0],
+                spec.token_budgets or defaults[1],
+                "r" + hashlib.sha256(match.encode()).hexdigest()[:12],
+            )
+            self.token_rules[key] = rule
+        return rule  # type: ignore[return-value]
 
     def secret_values(self) -> frozenset[str]:
         """What no log line may show (service.observability.logging scrubs them)."""

@@ -130,6 +130,38 @@ class RateLimit(_Strict):
     burst: Annotated[int, Field(ge=1)] | None = None
 
 
+# The token estimate's defaults (service.ratelimit.tokens).
+BYTES_PER_TOKEN = 4.0
+DEFAULT_MAX_OUTPUT = 1024
+MAX_OUTPUT_RESERVATION = 4096
+
+
+class TokenLimit(_Strict):
+    """A token bucket per client key (SPEC §13, docs/tokens.md): `tokensPerMinute` 0 means
+    unlimited; `burst` (the bucket's size) defaults to tokensPerMinute; `enforce` false counts and
+    reports without refusing (shadow mode). A request reserves its estimate before it is sent:
+    its body's bytes / `bytesPerToken` (the prompt) plus its max output tokens (or
+    `defaultMaxOutputTokens` when it names none), the output part capped at
+    `maxOutputReservation`; the real usage replaces the estimate when it arrives. `count`: which
+    token kinds are charged."""
+
+    tokens_per_minute: Annotated[int, Field(ge=0, le=10**12)] = 0
+    burst: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    enforce: bool = True
+    count: Annotated[list[Literal["input", "output"]], Field(min_length=1)] = ["input", "output"]
+    bytes_per_token: Annotated[float, Field(gt=0, le=1000)] = BYTES_PER_TOKEN
+    default_max_output_tokens: Annotated[int, Field(ge=0, le=10**9)] = DEFAULT_MAX_OUTPUT
+    max_output_reservation: Annotated[int, Field(ge=0, le=10**9)] = MAX_OUTPUT_RESERVATION
+
+
+class TokenBudgets(_Strict):
+    """Tokens per client key per calendar day / month (UTC); `enforce` false: shadow mode."""
+
+    daily: Annotated[int, Field(ge=1, le=10**15)] | None = None
+    monthly: Annotated[int, Field(ge=1, le=10**15)] | None = None
+    enforce: bool = True
+
+
 class StreamConfig(_Strict):
     """SSE relay settings; on an endpoint, the fields given override the profile's one by one."""
 
@@ -175,6 +207,7 @@ class Endpoint(_Strict):
     stream_support: bool | None = None
     requires_multipart: bool | None = None
     rate_limit: RateLimit | None = None
+    token_limit: TokenLimit | None = None
     stream_config: StreamConfig | None = None
     # The format the upstream speaks on this route; the route's own format when absent.
     format: UpstreamFormat | None = None
@@ -232,6 +265,8 @@ class Profile(_Strict):
     models: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     endpoints: dict[RouteKey, Endpoint] = Field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    token_limit: TokenLimit | None = None
+    token_budgets: TokenBudgets | None = None
     stream_config: StreamConfig | None = None
     translation: Translation | None = None
     auth: Auth = Field(default_factory=Auth)

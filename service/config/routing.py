@@ -54,6 +54,8 @@ from .model import (
     RouteKey,
     StreamConfig,
     Timeouts,
+    TokenBudgets,
+    TokenLimit,
     Translation,
     _Strict,
 )
@@ -145,6 +147,8 @@ class ModelRoute(_Strict):
     timeouts: RouteTimeouts | None = None
     # This route's own request limit, per client key (its own buckets); else the file's.
     rate_limit: RateLimit | None = None
+    # This route's token limit (SPEC §13); else the file's. Either way per (client key, route).
+    token_limit: TokenLimit | None = None
 
 
 class RoutingFile(_Strict):
@@ -160,6 +164,8 @@ class RoutingFile(_Strict):
     # /v1/models lists the exact matches; with this, the patterns too (`gpt-*`).
     list_pattern_routes: bool = False
     rate_limit: RateLimit | None = None
+    token_limit: TokenLimit | None = None
+    token_budgets: TokenBudgets | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
     @model_validator(mode="after")
@@ -443,7 +449,16 @@ def _policy(spec: RoutingFile, route: ModelRoute) -> Policy:
 
 
 # Keys of a profile that mean nothing for an upstream of a routing file.
-_NOT_FOR_UPSTREAMS = ("$schema", "name", "port", "models", "modelMapping", "rateLimit")
+_NOT_FOR_UPSTREAMS = (
+    "$schema",
+    "name",
+    "port",
+    "models",
+    "modelMapping",
+    "rateLimit",
+    "tokenLimit",
+    "tokenBudgets",
+)
 
 
 def build_upstreams(

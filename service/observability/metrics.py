@@ -36,6 +36,7 @@ from prometheus_client import multiprocess as mp
 from .. import __version__
 from ..config.model import TRANSLATION_DIRECTIONS
 from ..errors import ERROR_TYPES
+from ..ratelimit.tokens import SCOPES as TOKEN_SCOPES
 from . import metrics_fast
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -160,6 +161,28 @@ class Metrics:
             "Rate-limit decisions the backend could not make (Redis unreachable)",
             registry=r,
         )
+        # Token limits (SPEC §13): no per-key labels.
+        self.tokens_reserved_total = Counter(
+            "tokens_reserved_total",
+            "Tokens reserved by requests under a token limit or budget, before they were sent "
+            "(their estimate)",
+            registry=r,
+        )
+        self.tokens_reconciled_total = Counter(
+            "tokens_reconciled_total",
+            "Tokens moved when a request's usage replaced its reservation: refund (given back: "
+            "it used less, or nothing was billed) or charge (taken: it used more)",
+            ["direction"],
+            registry=r,
+        )
+        self.token_limit_rejections_total = Counter(
+            "token_limit_rejections_total",
+            "Requests a token limit refused (mode enforce: answered 429, or 400 for "
+            "request_too_large) or would have refused (mode shadow: served), by scope (minute, "
+            "daily, monthly, request_too_large)",
+            ["scope", "mode"],
+            registry=r,
+        )
         self.translations_total = Counter(
             "translations_total",
             "Requests on a route translated between API formats, by direction "
@@ -227,6 +250,11 @@ class Metrics:
             self.upstream_errors_total.labels(error_type)
         for direction in TRANSLATION_DIRECTIONS:
             self.translations_total.labels(direction)
+        for moved in ("refund", "charge"):
+            self.tokens_reconciled_total.labels(moved)
+        for scope in TOKEN_SCOPES:
+            for mode in ("enforce", "shadow"):
+                self.token_limit_rejections_total.labels(scope, mode)
         # The in-flight gauge, moved by +1/-1 per request (its value itself on the fast path).
         self.in_flight: Any = (
             metrics_fast.gauge_value(self.in_flight_requests) if fast else self.in_flight_requests
@@ -244,6 +272,9 @@ class Metrics:
         self.attempts_by = Children(self.upstream_attempts_total, fast)  # [upstream, outcome]
         self.attempt_seconds_by = Children(self.upstream_attempt_seconds, fast)  # [upstream]
         self.fallbacks_by = Children(self.fallbacks_total, fast)  # [from, to, reason]
+        self.tokens_reconciled_by = Children(self.tokens_reconciled_total, fast)  # [direction]
+        # [scope, mode]
+        self.token_rejections_by = Children(self.token_limit_rejections_total, fast)
 
     def on_reload(self, result: str) -> None:
         if result == "success":

@@ -695,12 +695,25 @@ async def forward_routed(
     if first_ep.local_estimate:
         return local_estimate(route, payload, request.ctx.request_id)
 
+    charge = None
+    rule = cfg.routed_token_rule(model_route.match, ctx.token_defaults)
+    if rule is not None:  # SPEC §13: per (client key, model route), before any attempt
+        audio = boundary is not None
+        charge = await ctx.tokens.reserve(
+            state.key_id, rule, None if audio else payload, 0 if audio else len(body), extra
+        )
+        if charge is not None:
+            extra.update(charge.headers)
+
     attempts = _Attempts(
         request, route, routing, model_route, candidates, payload, exact, streaming, body, boundary
     )
     BUDGET.active += 1
     try:
-        return await _relay(request, route, attempts, face, extra, streaming)
+        pending = _relay(request, route, attempts, face, extra, streaming)
+        if charge is None:
+            return await pending
+        return await ctx.tokens.charged(charge, state, pending)
     finally:
         BUDGET.active -= 1
 

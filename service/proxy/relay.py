@@ -156,6 +156,23 @@ async def forward(
         if not decision.allowed:
             raise RateLimited(headers=decision.headers())
 
+    extra = decision.headers() if decision is not None else {}
+    charge = None
+    if response_id is None:
+        rule = cfg.token_rule(route, ctx.token_defaults)
+        if rule is not None:  # SPEC §13: reserve the estimate before anything is sent
+            charge = await ctx.tokens.reserve(
+                state.key_id,
+                rule,
+                None if ep.requires_multipart else payload,
+                0 if ep.requires_multipart else len(request.body),
+                extra,
+            )
+            if charge is not None:
+                extra.update(charge.headers)
+    if stored_at is not None:
+        extra = {**extra, "x-router-upstream": stored_at.name}
+
     hdrs, query = outgoing_headers(
         request, ep, profile, credential, translator, streaming, upstream_length, state
     )
@@ -166,13 +183,27 @@ async def forward(
         content=body,
         timeout=request_timeout(profile.timeouts, ctx.settings.upstream_pool_wait_secs),
     )
-    extra = decision.headers() if decision is not None else {}
-    if stored_at is not None:
-        extra = {**extra, "x-router-upstream": stored_at.name}
+    pending = _exchange(request, upstream_request, ep, extra, strip_usage, translator, streaming)
+    if charge is None:
+        return await pending
+    return await ctx.tokens.charged(charge, state, pending)
 
+
+async def _exchange(
+    request: RouterRequest,
+    upstream_request: httpx.Request,
+    ep: ResolvedEndpoint,
+    extra: dict[str, str],
+    strip_usage: bool,
+    translator: Translator | ResponsesTranslator | None,
+    streaming: bool,
+) -> HTTPResponse | None:
+    """Send the request and relay its answer: a stream, or one whole response."""
     if streaming:
         return await relay_stream(request, upstream_request, ep, extra, strip_usage, translator)
 
+    ctx = request.app.ctx
+    state: RequestState = request.ctx.state
     started = time.perf_counter()
     try:
         resp = await send(ctx.http, upstream_request)  # retried once if never connected
@@ -189,4 +220,4 @@ async def forward(
 
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
-    return json_answer(resp, data, translator, extra, state, request_id)
+    return json_answer(resp, data, translator, extra, state, request.ctx.request_id)

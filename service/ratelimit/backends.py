@@ -19,13 +19,12 @@ from typing import Protocol
 import structlog
 
 from ..errors import ServiceUnavailable
-from .bucket import Decision, Limit, full_at, take
+from .bucket import LOG_EVERY_SECS, REDIS_SCHEMES, Decision, Limit, full_at, take
 
 log = structlog.get_logger("api_router.ratelimit")
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 EMBEDDED = ("", "memory", "embedded")
-LOG_EVERY_SECS = 5.0
+__all__ = ["LOG_EVERY_SECS", "REDIS_SCHEMES", "Guarded", "LocalLimiter", "create_limiter"]
 
 
 class Limiter(Protocol):

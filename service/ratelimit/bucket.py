@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# Backend URLs that mean Redis (RATE_LIMIT_BACKEND), and how often a failing store is logged.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_EVERY_SECS = 5.0
+
 # Float noise (e.g. 0.1 * 30 = 3.0000000000000004) must not turn an exact wait of 3 s into 4 s.
 _EPS = 1e-9
 
@@ -84,3 +88,45 @@ def take(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, D
 def full_at(tokens: float, last: float, limit: Limit) -> float:
     """When the bucket is full again (after which it can be forgotten)."""
     return last + (limit.burst - tokens) / limit.rate
+
+
+# -- token meters (service.ratelimit.tokens) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    scope: str  # MINUTE, DAILY or MONTHLY
+    key: str  # the store's key: client key id + the bucket's route or period
+    cap: int  # the bucket's size, or the period's budget
+    rate: float  # refill per second (a bucket); 0 for a budget
+    ttl: float  # a budget: seconds until its period ends (and it is forgotten); 0 for a bucket
+    enforce: bool
+
+    def level(self, stored: tuple[float, float] | None, now: float) -> float:
+        """A bucket's tokens at `now` (absent = full), or a budget's tokens used (absent = 0)."""
+        if self.rate > 0:
+            if stored is None:
+                return float(self.cap)
+            tokens, last = stored
+            return min(float(self.cap), tokens + max(0.0, now - last) * self.rate)
+        return 0.0 if stored is None else stored[0]
+
+    def fits(self, level: float, amount: int) -> bool:
+        if self.rate > 0:
+            return level + _EPS >= amount
+        return level + amount <= self.cap + _EPS
+
+    def wait(self, level: float, amount: int) -> float:
+        """Seconds until `amount` fits (a budget: until its period ends)."""
+        if self.rate > 0:
+            return max(0.0, (amount - level) / self.rate)
+        return self.ttl
+
+    def remaining(self, level: float) -> int:
+        return max(0, math.floor((level if self.rate > 0 else self.cap - level) + _EPS))
+
+    def reset_secs(self, level: float) -> float:
+        """Seconds until the bucket is full again (a budget: until its period ends)."""
+        if self.rate > 0:
+            return max(0.0, (self.cap - level) / self.rate)
+        return self.ttl

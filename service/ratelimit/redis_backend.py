@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bucket import Decision, Limit, decision
+from .bucket import Decision, Limit, Meter, decision
 
 PREFIX = "api-router:rl:"
 BACKOFF_SECS = 1.0
@@ -142,4 +144,142 @@ class RedisLimiter:
         if self._count_task is not None and not self._count_task.done():
             self._count_task.cancel()
             await asyncio.gather(self._count_task, return_exceptions=True)
+        await self._client.aclose()
+
+
+# -- token meters (service.ratelimit.tokens): the same maths as reserve_levels / settle_levels --
+
+TOKEN_PREFIX = "api-router:tk:"
+
+# Shared by both scripts: Redis's clock, and a meter's level now (stored: absent is nil) and the
+# write of a bucket's level (with its expiry when it would be full again).
+_TOKEN_COMMON = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level_of(key, cap, rate)
+  local b = redis.call('HMGET', key, 'tokens', 'last')
+  local level = tonumber(b[1])
+  if level == nil then return nil end
+  if rate > 0 then
+    local el = now - tonumber(b[2])
+    if el < 0 then el = 0 end
+    level = math.min(cap, level + el * rate)
+  end
+  return level
+end
+local function put_bucket(key, cap, rate, level)
+  redis.call('HSET', key, 'tokens', string.format('%.17g', level),
+             'last', string.format('%.17g', now))
+  redis.call('PEXPIRE', key, math.max(1, math.ceil((cap - level) / rate * 1000)))
+end
+"""
+
+# KEYS: one hash per meter. ARGV[1]: tokens to take; then per meter: cap, rate (0: a budget),
+# the budget's time to live in ms. Returns {0, level…} after taking on every meter, or
+# {i, level…} (levels now, nothing taken) when meter i (1-based) cannot take it.
+TOKEN_RESERVE = (
+    _TOKEN_COMMON
+    + """
+local amount = tonumber(ARGV[1])
+local levels = {}
+local fresh = {}
+local refused = 0
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 3
+  local cap, rate = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local level = level_of(KEYS[i], cap, rate)
+  fresh[i] = level == nil
+  if rate > 0 then
+    if level == nil then level = cap end
+    if refused == 0 and level + 1e-9 < amount then refused = i end
+  else
+    if level == nil then level = 0 end
+    if refused == 0 and level + amount > cap + 1e-9 then refused = i end
+  end
+  levels[i] = level
+end
+local out = {refused}
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 3
+  local cap, rate, ttl = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local level = levels[i]
+  if refused == 0 then
+    if rate > 0 then
+      level = level - amount
+      put_bucket(KEYS[i], cap, rate, level)
+    else
+      level = level + amount
+      redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', level))
+      if fresh[i] then redis.call('PEXPIRE', KEYS[i], math.max(1, ttl)) end
+    end
+  end
+  out[i + 1] = string.format('%.17g', level)
+end
+return out
+"""
+)
+
+# ARGV[1]: tokens to give back (negative: to take); then per meter like TOKEN_RESERVE. A bucket
+# that is gone was full; a budget that is gone belongs to a period that ended (left alone).
+TOKEN_SETTLE = (
+    _TOKEN_COMMON
+    + """
+local delta = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local a = 2 + (i - 1) * 3
+  local cap, rate = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local level = level_of(KEYS[i], cap, rate)
+  if rate > 0 then
+    level = math.min(cap, (level or cap) + delta)
+    if level >= cap then
+      redis.call('DEL', KEYS[i])
+    else
+      put_bucket(KEYS[i], cap, rate, level)
+    end
+  elseif level ~= nil then
+    level = math.max(0, level - delta)
+    redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', level))
+  end
+end
+return 1
+"""
+)
+
+
+class RedisTokens:
+    """Token meters in Redis, shared by every replica (one script per reservation or
+    settlement, Redis's clock); backs off like RedisLimiter after a failure."""
+
+    def __init__(self, url: str, *, timeout: float = 0.5, prefix: str = TOKEN_PREFIX) -> None:
+        self._client: Any = client(url, timeout)
+        self._reserve = self._client.register_script(TOKEN_RESERVE)
+        self._settle = self._client.register_script(TOKEN_SETTLE)
+        self._prefix = prefix
+        self._down_until = 0.0
+
+    def _call(self, meters: Sequence[Meter], n: int) -> tuple[list[str], list[Any]]:
+        keys = [f"{self._prefix}{m.scope}:{m.key}" for m in meters]
+        args: list[Any] = [n]
+        for m in meters:
+            args += [m.cap, repr(m.rate), max(1, math.ceil(m.ttl * 1000))]
+        return keys, args
+
+    async def _run(self, script: Any, meters: Sequence[Meter], n: int) -> Any:
+        if time.monotonic() < self._down_until:
+            raise BackendDown("redis unavailable")
+        keys, args = self._call(meters, n)
+        try:
+            return await script(keys=keys, args=args)
+        except Exception:
+            self._down_until = time.monotonic() + BACKOFF_SECS
+            raise
+
+    async def reserve(self, meters: Sequence[Meter], amount: int) -> tuple[int, list[float]]:
+        out = await self._run(self._reserve, meters, amount)
+        return int(out[0]) - 1, [float(v) for v in out[1:]]
+
+    async def settle(self, meters: Sequence[Meter], delta: int) -> None:
+        await self._run(self._settle, meters, delta)
+
+    async def close(self) -> None:
         await self._client.aclose()

@@ -28,8 +28,8 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from .bucket import Decision, Limit, full_at, take
 
@@ -48,6 +48,15 @@ _ROUTE_LIVE_AT = _ROUTES_AT + _MAX_ROUTES * _ROUTE_NAME  # _MAX_ROUTES u64 count
 _STEP_SWEEP = 4  # slots examined by each decision
 _CHUNK = 8192  # slots per lock hold during a full sweep
 COUNT_SWEEP_EVERY_SECS = 1.0
+
+
+T = TypeVar("T")
+# update_sync's decision: stored (tokens, last) per item (None: absent), now ->
+# (per item: (tokens, last, full-again time or None to keep it) or None to leave it, result)
+Update = Callable[
+    [list[tuple[float, float] | None], float],
+    tuple[list[tuple[float, float, float | None] | None], T],
+]
 
 
 class TableFull(RuntimeError):
@@ -287,6 +296,58 @@ class SharedLimiter:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         return dec
+
+    # -- several buckets in one critical section (service.ratelimit.tokens) -----------------
+
+    def update_sync(self, items: Sequence[tuple[str, str]], fn: Update[T]) -> T:
+        """Read the (tokens, last) of each (route, key) bucket (None when absent or past its
+        full-again time), let `fn`
+        decide from them and `now`, and write what it returns, all under one lock: `fn` returns
+        one (tokens, last, full-again time or None to keep it) or None (leave it) per item, and
+        a result handed back."""
+        hs = []
+        for route, key in items:
+            rid = self._route_id(route)
+            hs.append((self._hash(key, rid), rid))
+        try:
+            return self._update(hs, fn)
+        except TableFull:
+            self._sweep_all()
+            return self._update(hs, fn)
+
+    def _update(self, hs: list[tuple[int, int]], fn: Update[T]) -> T:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            now = self._now()
+            hdr = self._hdr
+            hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
+            stored: list[tuple[float, float] | None] = []
+            for h, _ in hs:
+                i, found = self._find(h)
+                # One past its full-again time is as good as gone (not swept yet).
+                live = found and self._full[i] > now
+                stored.append((self._tokens[i], self._last[i]) if live else None)
+            writes, result = fn(stored, now)
+            new = sum(1 for w, s in zip(writes, stored, strict=True) if w is not None and s is None)
+            if hdr[2] + new > self.max_live:
+                raise TableFull("rate-limit table full")
+            for (h, rid), w in zip(hs, writes, strict=True):
+                if w is None:
+                    continue
+                i, found = self._find(h)  # again: an earlier item may have taken its empty slot
+                if not found:
+                    self._keys[i] = h
+                    self._route[i] = rid
+                    hdr[2] += 1
+                    self._route_live[rid] += 1
+                tokens, last, full = w
+                self._tokens[i] = tokens
+                self._last[i] = last
+                if full is not None or not found:
+                    self._full[i] = now if full is None else full
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return result
 
     def sweep(self) -> None:
         self._sweep_all()
