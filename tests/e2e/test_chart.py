@@ -214,6 +214,18 @@ def test_redis_values_put_the_url_and_key_in_a_secret(renders: dict[str, str]) -
     }
     assert env["RATE_LIMIT_BACKEND"]["valueFrom"]["secretKeyRef"]["name"] == "rel-api-router"
     assert objs["ConfigMap"]["data"]["RATE_LIMIT_FAIL_CLOSED"] == "true"
+    # Token limits and budgets per key (docs/tokens.md) become the router's environment.
+    cm = objs["ConfigMap"]["data"]
+    assert cm["TOKEN_LIMIT_TOKENS_PER_MINUTE"] == "200000"
+    assert cm["TOKEN_LIMIT_BURST"] == "400000"
+    assert cm["TOKEN_LIMIT_ENFORCE"] == "true"
+    assert (cm["TOKEN_BUDGET_DAILY"], cm["TOKEN_BUDGET_MONTHLY"]) == ("5000000", "0")
+    from service.context import token_defaults
+    from service.settings import Settings
+
+    limit, budgets = token_defaults(Settings.from_env(cm, profile_path=Path()))
+    assert limit is not None and (limit.tokens_per_minute, limit.burst) == (200000, 400000)
+    assert budgets is not None and (budgets.daily, budgets.monthly) == (5000000, None)
     # The secret values appear nowhere else in the render.
     text = renders["redis"]
     assert "s3cret" not in text and "sk-ci-placeholder" not in text
@@ -319,6 +331,8 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("redis.url=http://redis:6379", "redis.url"),
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("router.forwardedHeaders=trust", "router.forwardedHeaders"),
+        ("router.tokenLimit.tokensPerMinute=-1", "router.tokenLimit.tokensPerMinute"),
+        ("router.tokenBudgets.weekly=5", "router.tokenBudgets"),
         ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
         ("profile.routing.name=x", "profile.routing"),  # a routing file needs its routes
         ("profile.upstreamKeys[0].env=OPENAI_API_KEY", "profile.upstreamKeys"),
