@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
-from ..config.model import TokenBudgets, TokenLimit
 from ..errors import RateLimited, RouterError, ServiceUnavailable, TokenRequestTooLarge
 from .bucket import _EPS, LOG_EVERY_SECS, REDIS_SCHEMES, Meter
 
 if TYPE_CHECKING:
     from sanic.response import BaseHTTPResponse
 
+    from ..config.model import TokenBudgets, TokenLimit
     from ..state import RequestState
 
 log = structlog.get_logger("api_router.ratelimit")
@@ -137,6 +137,9 @@ class TokenRule:
         per_minute = limit.tokens_per_minute if limit is not None else 0
         if per_minute <= 0 and (budgets is None or not (budgets.daily or budgets.monthly)):
             return None
+        # Here, not at the top: service.config imports this module while it loads.
+        from ..config.model import TokenLimit
+
         lim = limit or TokenLimit()  # budgets alone estimate with tokenLimit's defaults
         return cls(
             scope=scope,
@@ -204,19 +207,47 @@ class TokenRule:
                 )
             )
         if self.daily or self.monthly:
-            now = datetime.fromtimestamp(wall, UTC)
-            day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            day_end, month_end, day, month = _periods(wall)
             if self.daily:
-                end = (day + timedelta(days=1)).timestamp()
-                key = f"{key_id}.d{day:%Y%m%d}"
-                out.append(Meter(DAILY, key, self.daily, 0.0, end - wall, self.budgets_enforce))
+                out.append(
+                    Meter(
+                        DAILY,
+                        f"{key_id}.d{day}",
+                        self.daily,
+                        0.0,
+                        day_end - wall,
+                        self.budgets_enforce,
+                    )
+                )
             if self.monthly:
-                first = day.replace(day=1)
-                nxt = (first + timedelta(days=32)).replace(day=1)
-                key = f"{key_id}.m{first:%Y%m}"
-                ttl = nxt.timestamp() - wall
-                out.append(Meter(MONTHLY, key, self.monthly, 0.0, ttl, self.budgets_enforce))
+                out.append(
+                    Meter(
+                        MONTHLY,
+                        f"{key_id}.m{month}",
+                        self.monthly,
+                        0.0,
+                        month_end - wall,
+                        self.budgets_enforce,
+                    )
+                )
         return out
+
+
+# The current UTC day and month: (day's end, month's end, "YYYYMMDD", "YYYYMM"), computed once a
+# day (the date arithmetic costs more than a bucket decision; bench/README.md).
+_period: list[Any] = [float("-inf"), 0.0, 0.0, "", ""]
+
+
+def _periods(wall: float) -> tuple[float, float, str, str]:
+    start, day_end, month_end, day, month = _period
+    if not start <= wall < day_end:
+        now = datetime.fromtimestamp(wall, UTC)
+        first = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        start, day_end = first.timestamp(), (first + timedelta(days=1)).timestamp()
+        month_end = ((first.replace(day=1) + timedelta(days=32)).replace(day=1)).timestamp()
+        day, month = f"{first:%Y%m%d}", f"{first:%Y%m}"
+        _period[:] = [start, day_end, month_end, day, month]
+    return day_end, month_end, day, month
 
 
 def _int(usage: Mapping[str, Any], name: str) -> int | None:

@@ -358,3 +358,24 @@ def test_routing_file_buckets_per_model_route_and_only_the_answering_attempt_cou
     upstream.reset()
     after = post(router.url, gpt, key)
     assert remaining(after) == BURST - 10 - 10 - estimate(gpt)
+
+
+def test_a_client_that_leaves_mid_stream_keeps_its_reservation(
+    limited: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(slow_stream)  # usage would come last, after ~1.5 s
+    key = "sk-tok-gone"
+    data = body(stream=True)
+    with httpx.stream(
+        "POST", limited.url + CHAT, content=data, timeout=15,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    ) as r:  # fmt: skip
+        assert r.status_code == 200
+        next(r.iter_raw())  # the first event, then the client goes away
+    upstream.reset()
+    deadline = 50
+    while deadline and metric(limited.url, "requests_total", status="499") < 1:
+        deadline -= 1
+        asyncio.run(asyncio.sleep(0.1))
+    after = post(limited.url, body(), key)
+    assert remaining(after) == BURST - estimate(data) - estimate(body())
