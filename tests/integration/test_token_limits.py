@@ -59,6 +59,12 @@ def post(url: str, data: bytes, key: str, path: str = CHAT) -> httpx.Response:
     return httpx.post(url + path, content=data, headers=headers, timeout=15)
 
 
+def stream(url: str, data: bytes, key: str) -> Any:
+    """A streamed chat request (a context manager yielding the response)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return httpx.stream("POST", url + CHAT, content=data, headers=headers, timeout=15)
+
+
 def remaining(r: httpx.Response) -> int:
     return int(r.headers["x-ratelimit-remaining-tokens"])
 
@@ -203,10 +209,7 @@ def test_a_cut_stream_without_usage_keeps_its_reservation(
     )  # fmt: skip
     key = "sk-tok-cut"
     data = body(stream=True)
-    with httpx.stream(
-        "POST", limited.url + CHAT, content=data, timeout=15,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    ) as r:  # fmt: skip
+    with stream(limited.url, data, key) as r:
         assert r.status_code == 200
         r.read()
     upstream.reset()
@@ -366,10 +369,7 @@ def test_a_client_that_leaves_mid_stream_keeps_its_reservation(
     upstream.reply_with(slow_stream)  # usage would come last, after ~1.5 s
     key = "sk-tok-gone"
     data = body(stream=True)
-    with httpx.stream(
-        "POST", limited.url + CHAT, content=data, timeout=15,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    ) as r:  # fmt: skip
+    with stream(limited.url, data, key) as r:
         assert r.status_code == 200
         next(r.iter_raw())  # the first event, then the client goes away
     upstream.reset()
