@@ -23,6 +23,7 @@ class RequestState:
         "malformed_events",
         "model",
         "stream",
+        "timed",
         "translation",
         "upstream",
         "upstream_latency",
@@ -50,3 +51,5 @@ class RequestState:
         self.fallbacks: list[tuple[str, str, str]] = []
         # Stream events dropped as malformed (a JSON object cut short; service.proxy.events).
         self.malformed_events = 0
+        # A stream's head already carried Server-Timing (service.timing): not added again.
+        self.timed = False

@@ -32,6 +32,7 @@ from sanic import Request, Sanic
 from sanic.models.server_types import ConnInfo
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
+from .. import timing
 from ..config.model import PROXY_ROUTES
 from ..context import AppContext, RouterRequest
 from ..proxy.headers import client_address, sane_request_id
@@ -96,8 +97,11 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
     elapsed = time.perf_counter() - ctx.started
     route = route_label(request)
     state: RequestState = ctx.state
-    if response is not None and "x-request-id" not in response.headers:
-        response.headers["X-Request-ID"] = ctx.request_id
+    if response is not None:
+        if "x-request-id" not in response.headers:
+            response.headers["X-Request-ID"] = ctx.request_id
+        if not state.timed:  # the numbers router_overhead_seconds gets below
+            response.headers[timing.SERVER_TIMING] = timing.whole(elapsed, state.upstream_latency)
     metrics = app_ctx.metrics
     if metrics is not None:
         metrics.in_flight.inc(-1)
@@ -208,7 +212,12 @@ def install_request_id(app: Sanic) -> None:
 
     @app.on_response
     async def _rid_out(request: Request, response: HTTPResponse) -> None:
-        response.headers.setdefault("X-Request-ID", request.ctx.request_id)
+        ctx = request.ctx
+        response.headers.setdefault("X-Request-ID", ctx.request_id)
+        state = getattr(ctx, "state", None)
+        if state is not None and not state.timed:
+            elapsed = time.perf_counter() - ctx.started
+            response.headers[timing.SERVER_TIMING] = timing.whole(elapsed, state.upstream_latency)
 
 
 def install(app: Sanic[Any, AppContext]) -> None:

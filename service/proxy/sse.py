@@ -29,6 +29,7 @@ import orjson
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
+from .. import timing
 from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
 from ..context import RouterRequest
 from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
@@ -122,9 +123,17 @@ class _Stream:
         self.last_write = 0.0
         self.saved_limits: tuple[int, int] | None = None
 
-    async def commit(self, headers: list[tuple[str, str]], buffer_size: int) -> None:
+    async def commit(
+        self, headers: list[tuple[str, str]], buffer_size: int, upstream_head: float | None
+    ) -> None:
+        """Write the 200 SSE head; `upstream_head`: the upstream's time to its own head (None
+        when it has not answered yet)."""
         headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FROM_UPSTREAM]
         headers.extend(SSE_HEADERS)
+        ctx = self.request.ctx
+        ttfb = time.perf_counter() - ctx.started
+        headers.append((timing.SERVER_TIMING, timing.stream_head(ttfb, upstream_head)))
+        ctx.state.timed = True
         self.out = await self.request.respond(
             status=200, headers=Header(headers), content_type="text/event-stream"
         )
@@ -247,13 +256,14 @@ async def relay_stream(
         await asyncio.wait({sending}, timeout=ep.heartbeat_interval_secs)
         if not sending.done():
             # Nothing from the upstream yet: show the client (and load balancers) life.
-            await stream.commit(head_headers, ep.buffer_size)
+            await stream.commit(head_headers, ep.buffer_size, None)
             if not await stream.wait(sending, deadline):
                 await _abandon(sending)
                 sending = None
                 await stream.fail(STREAM_TIMEOUT)
                 return None
         done, sending = sending, None
+        upstream_head = time.perf_counter() - started
         try:
             resp = done.result()
         except httpx.HTTPError as e:
@@ -302,7 +312,7 @@ async def relay_stream(
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
             headers.extend(head_headers)
-            await stream.commit(headers, ep.buffer_size)
+            await stream.commit(headers, ep.buffer_size, upstream_head)
 
         framer = EventFramer()
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
