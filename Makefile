@@ -29,7 +29,7 @@ $(STAMP): requirements/dev.txt pyproject.toml scripts/sync-venv.py
 # they differ). Versions already locked are kept unless UPGRADE=1 (or LOCK_ARGS='--upgrade-package
 # NAME'), so `make lock` after an edit of pyproject.toml moves only what the edit requires.
 #   requirements/dev.txt      every extra: what `make test` and `make lint` install into .venv
-#   requirements/runtime.txt  the dependencies and the redis extra: what the image installs,
+#   requirements/runtime.txt  the dependencies, the redis and otel extras: what the image installs,
 #                             held to dev.txt's versions, so the image runs what the tests ran
 # The build backend (pyproject's build-system.requires, on stdin) is locked into both: the
 # project is then installed with --no-build-isolation and nothing is resolved at build time.
@@ -51,7 +51,7 @@ lock: $(UV)
 	$(BUILD_REQUIRES) | $(UV_COMPILE) $(if $(UPGRADE),--upgrade) $(LOCK_ARGS) \
 		--all-extras pyproject.toml - --output-file requirements/dev.txt
 	$(BUILD_REQUIRES) | $(UV_COMPILE) --constraint requirements/dev.txt \
-		--extra redis pyproject.toml - --output-file requirements/runtime.txt
+		--extra redis --extra otel pyproject.toml - --output-file requirements/runtime.txt
 
 run: $(STAMP)
 	$(VENV)/bin/api-router $(PROFILE) $(PORT)

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     app.blueprint(ops_bp)
     app.blueprint(proxy_bp)
     app.error_handler.add(Exception, error_response)
-    if settings.metrics_enabled or settings.access_log_enabled:
+    if settings.metrics_enabled or settings.access_log_enabled or settings.tracing:
         lifecycle.install(app)
     else:
         lifecycle.install_request_id(app)
@@ -79,6 +79,10 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
         c = app.config  # Sanic's proxy settings: is the client's address read from headers?
         ctx.client_ip_from_headers = bool(c.FORWARDED_SECRET or c.REAL_IP_HEADER or c.PROXIES_COUNT)
         ctx.http = create_client(settings.upstream_max_connections, fast_request=fast.request)
+        if settings.tracing:  # imported only now: with tracing off OpenTelemetry never is
+            from .observability.tracing import Tracing
+
+            ctx.tracing = Tracing()
         if settings.metrics_enabled:
             ctx.metrics = Metrics(fast=fast.metrics)
             ctx.config.on_result = ctx.metrics.on_reload
@@ -123,6 +127,8 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
         await ctx.http.aclose()
         await ctx.limiter.close()
         await ctx.tokens.close()
+        if ctx.tracing is not None:
+            ctx.tracing.shutdown()
         if ctx.ejection_task is not None:
             ctx.ejection_task.cancel()
             await asyncio.gather(ctx.ejection_task, return_exceptions=True)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its dir
 
     from .observability.alerts import FailureAlarm
     from .observability.metrics import Metrics
+    from .observability.tracing import Tracing
 
 
 class AppContext:
@@ -54,6 +55,7 @@ class AppContext:
         "settings",
         "token_defaults",
         "tokens",
+        "tracing",
         "watch_task",
     )
 
@@ -85,6 +87,8 @@ class AppContext:
         # With Redis: the link that shares them across replicas (service.ejection_redis).
         self.ejection_share: Any = None
         self.ejection_task: asyncio.Task[None] | None = None
+        # OpenTelemetry (API_ROUTER_TRACING): per worker, None when off (never imported then).
+        self.tracing: Tracing | None = None
 
     def count_limiter_error(self) -> None:
         """A rate-limit decision the backend could not make (the limiter's `on_error`)."""

@@ -146,6 +146,8 @@ class Settings:
     token_budget_daily: int = 0
     token_budget_monthly: int = 0
     metrics_enabled: bool = True
+    # OpenTelemetry traces (the `otel` extra; the OTEL_* variables configure the export).
+    tracing: bool = False
     access_log_enabled: bool = True
     drain_secs: float = 30.0
     multiproc_dir: str | None = None
@@ -194,6 +196,7 @@ class Settings:
             "token_budget_daily": _int(env, "TOKEN_BUDGET_DAILY", 0, 0, 10**15),
             "token_budget_monthly": _int(env, "TOKEN_BUDGET_MONTHLY", 0, 0, 10**15),
             "metrics_enabled": _bool(env, "API_ROUTER_METRICS", True),
+            "tracing": _bool(env, "API_ROUTER_TRACING", False),
             "access_log_enabled": _bool(env, "API_ROUTER_ACCESS_LOG", True),
             "drain_secs": _float(env, "API_ROUTER_DRAIN_SECS", 30.0, 0.0),
             "multiproc_dir": env.get("PROMETHEUS_MULTIPROC_DIR") or None,

@@ -14,6 +14,8 @@ class RequestState:
     """Per-request facts for logs and metrics, kept on `request.ctx.state`."""
 
     __slots__ = (
+        "answer",
+        "answer_facts",
         "attempts",
         "dropped",
         "error_type",
@@ -28,6 +30,7 @@ class RequestState:
         "upstream",
         "upstream_latency",
         "upstream_model",
+        "upstream_status",
         "usage",
     )
 
@@ -53,3 +56,8 @@ class RequestState:
         self.malformed_events = 0
         # A stream's head already carried Server-Timing (service.timing): not added again.
         self.timed = False
+        # What tracing reads of the answer (service.observability.tracing): the upstream's
+        # status, its parsed JSON body, or a stream's id / model / finish reasons.
+        self.upstream_status: int | None = None
+        self.answer: Any = None
+        self.answer_facts: dict[str, Any] | None = None

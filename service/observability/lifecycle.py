@@ -138,6 +138,11 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
                 n = state.usage.get(key)
                 if isinstance(n, int) and n > 0:
                     metrics.tokens_by[kind, model].inc(n)
+    tracing = app_ctx.tracing
+    trace_id = None
+    if tracing is not None:
+        trace_id = tracing.trace_id(request)
+        tracing.finish_request(request, status, route, state)
     if app_ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
             "client_ip": client_address(request, app_ctx.client_ip_from_headers),
@@ -156,6 +161,8 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             "translation": state.translation,
             "key_id": state.key_id,
         }
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
         if state.malformed_events:
             fields["malformed_events"] = state.malformed_events
         if len(state.attempts) > 1:  # retried or failed over: every attempt, in order
@@ -260,6 +267,9 @@ def install(app: Sanic[Any, AppContext]) -> None:
     @app.signal("http.lifecycle.request")
     async def _request(request: RouterRequest) -> None:
         start(request)
+        tracing = app.ctx.tracing
+        if tracing is not None:
+            tracing.start_request(request)
         conn = connection_of(request)
         if conn is not None:
             conn.ctx.request = request  # `http.lifecycle.complete` finishes it if the client left

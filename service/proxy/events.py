@@ -142,22 +142,63 @@ def ask_for_usage(payload: dict[str, Any]) -> bool:
     return False  # a value we do not understand: leave the client's request alone
 
 
+# An event that names a finish reason (not `null`): read for the trace when tracing is on.
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+
+
+def answer_facts(obj: Any, into: dict[str, Any]) -> dict[str, Any]:
+    """The answer's id, model and finish reasons (`finish_reasons`) found in `obj`: a whole
+    answer or one stream event, of any of the three formats; later values win."""
+    if not isinstance(obj, dict):
+        return into
+    kind = obj.get("type")
+    if kind == "message_start" and isinstance(obj.get("message"), dict):
+        obj = obj["message"]
+    elif isinstance(obj.get("response"), dict):  # a Responses API event
+        obj = obj["response"]
+    elif kind == "message_delta" and isinstance(obj.get("delta"), dict):
+        obj = {"stop_reason": obj["delta"].get("stop_reason")}
+    for key in ("id", "model"):
+        if isinstance(obj.get(key), str):
+            into[key] = obj[key]
+    reasons: list[str] = []
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        reasons = [
+            c["finish_reason"]
+            for c in choices
+            if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)
+        ]
+    elif isinstance(obj.get("stop_reason"), str):  # Anthropic
+        reasons = [obj["stop_reason"]]
+    elif obj.get("object") == "response" and isinstance(obj.get("status"), str):
+        reasons = [obj["status"]]  # the Responses API: completed, incomplete, failed
+    if reasons:
+        into["finish_reasons"] = reasons
+    return into
+
+
 # The Responses API events that end a response and carry its usage.
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class UsageTracker:
-    """Token usage seen in a stream's events; drops the usage-only chunk when told to."""
+    """Token usage seen in a stream's events; drops the usage-only chunk when told to. With
+    `facts` (tracing on) it also keeps the answer's id, model and finish reasons, from the events
+    it parses anyway and from those that name a finish reason."""
 
-    __slots__ = ("strip_usage_chunk", "usage")
+    __slots__ = ("facts", "strip_usage_chunk", "usage")
 
-    def __init__(self, strip_usage_chunk: bool = False) -> None:
+    def __init__(self, strip_usage_chunk: bool = False, facts: bool = False) -> None:
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: dict[str, int] | None = None
+        self.facts: dict[str, Any] | None = {} if facts else None
 
     def keep(self, event: bytes) -> bool:
         """Records any usage in `event`; False when the event must not reach the client."""
         if b'"usage"' not in event:  # cheap test: most events carry no usage
+            if self.facts is not None and _FINISH_REASON.search(event):
+                self._facts(event)
             return True
         try:
             parsed = orjson.loads(event_data(event))
@@ -165,6 +206,8 @@ class UsageTracker:
             return True
         if not isinstance(parsed, dict):
             return True
+        if self.facts is not None:
+            answer_facts(parsed, self.facts)
         kind = parsed.get("type")
         if kind == "message_start":
             message = parsed.get("message")
@@ -183,3 +226,11 @@ class UsageTracker:
             # Anthropic's message_delta carries cumulative output_tokens: later values win.
             self.usage.update(counts)
         return not (self.strip_usage_chunk and parsed.get("choices") == [])
+
+    def _facts(self, event: bytes) -> None:
+        try:
+            parsed = orjson.loads(event_data(event))
+        except orjson.JSONDecodeError:
+            return
+        assert self.facts is not None
+        answer_facts(parsed, self.facts)

@@ -440,11 +440,26 @@ class _Attempts:
             if self.previous is not None and self.previous.name != name:
                 self.state.fallbacks.append((self.previous.name, name, self.reason))
             self.previous = cand.upstream
+            tracing = self.ctx.tracing
+            if tracing is not None:
+                tracing.start_attempt(
+                    self.request,
+                    req,
+                    self.route,
+                    # the provider: the shipped profile it is built on, else its own name
+                    self.routing.spec.upstreams[name].profile or name,
+                    chosen.model,
+                    self.streaming,
+                    len(self.state.attempts),
+                    name,
+                )
             started = time.perf_counter()
             try:
                 resp = await self._send(req, retry)
             except httpx.HTTPError as e:
                 err = map_exception(e)
+                if tracing is not None:
+                    tracing.attempt_failed(self.request, err.error_type or "error")
                 self._record(cand.upstream, _error_outcome(err), started)
                 if not isinstance(err, ServiceUnavailable):  # our own pool: not its fault
                     ejections.failure(name, outlier)
@@ -482,6 +497,8 @@ class _Attempts:
                 if earlier != (None, None):
                     if body is None:
                         await resp.aclose()
+                    if tracing is not None:  # not the answer: the earlier failure is
+                        tracing.attempt_failed(self.request, _outcome(status), status)
                     return self._earlier(*earlier)
                 chosen.failed_body = body
                 return resp, chosen
@@ -489,6 +506,8 @@ class _Attempts:
             chosen.failed_body = body
             self.last, self.last_error = (resp, chosen), None
             self.reason = "rate_limited" if status == 429 else "server_error"
+            if tracing is not None:
+                tracing.attempt_failed(self.request, _outcome(status), status)
             after = retry_after_secs(resp.headers)
             if after is not None:  # its cooldown, at most an ejection's longest time
                 ejections.cool(name, min(after, outlier.max_ejection_secs))
@@ -549,6 +568,8 @@ class _Attempts:
             try:
                 ready = await self._until_content(resp, ep.format)
             except _BeforeContent as e:
+                if self.ctx.tracing is not None:
+                    self.ctx.tracing.attempt_failed(self.request, e.outcome)
                 upstream, _, secs = self.state.attempts[-1]
                 self.state.attempts[-1] = (upstream, e.outcome, secs)
                 ejections.failure(name, outlier)
@@ -774,6 +795,7 @@ async def _relay(
 
 def _answered(state: RequestState, chosen: Chosen, resp: httpx.Response) -> None:
     state.upstream = chosen.upstream.name
+    state.upstream_status = resp.status_code
     state.upstream_model = chosen.model  # the `model` label of tokens_total: what was sent
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"

@@ -153,8 +153,10 @@ def json_answer(
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError:
             raise UpstreamJSONError() from None
-        if isinstance(parsed, dict) and isinstance(parsed.get("usage"), dict):
-            state.usage = parsed["usage"]
+        if isinstance(parsed, dict):
+            state.answer = parsed
+            if isinstance(parsed.get("usage"), dict):
+                state.usage = parsed["usage"]
     headers = response_headers(resp, request_id)
     if translator is not None:  # the answer in the client's format, with the upstream's status
         headers, data = translator.answer(resp.status_code, headers, text or b"")

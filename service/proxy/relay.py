@@ -183,6 +183,17 @@ async def forward(
         content=body,
         timeout=request_timeout(profile.timeouts, ctx.settings.upstream_pool_wait_secs),
     )
+    if ctx.tracing is not None:
+        ctx.tracing.start_attempt(
+            request,
+            upstream_request,
+            route,
+            profile.name,
+            state.upstream_model,
+            streaming,
+            0,
+            stored_at.name if stored_at is not None else None,
+        )
     pending = _exchange(request, upstream_request, ep, extra, strip_usage, translator, streaming)
     if charge is None:
         return await pending
@@ -218,6 +229,7 @@ async def _exchange(
         # 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
 
+    state.upstream_status = resp.status_code
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
     return json_answer(resp, data, translator, extra, state, request.ctx.request_id)

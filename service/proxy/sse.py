@@ -250,7 +250,8 @@ async def relay_stream(
     idle_secs = settings.stream_idle_secs
     reading: asyncio.Future[bytes] | None = None
     resp: httpx.Response | None = None
-    usage = UsageTracker(strip_usage_chunk)
+    facts = ctx.tracing is not None  # what the trace reads of the answer
+    usage = UsageTracker(strip_usage_chunk, facts)
     try:
         assert sending is not None
         await asyncio.wait({sending}, timeout=ep.heartbeat_interval_secs)
@@ -279,11 +280,12 @@ async def relay_stream(
             return None
         if chosen:
             translator = stream.translator = chosen[0].translator
-            usage = UsageTracker(strip_usage_chunk or chosen[0].strip_usage)
+            usage = UsageTracker(strip_usage_chunk or chosen[0].strip_usage, facts)
             idle_secs = chosen[0].idle_secs or idle_secs
         if head is not None:
             head_headers = [("X-Request-ID", request.ctx.request_id), *head().items()]
 
+        state.upstream_status = resp.status_code
         is_sse = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
         if not 200 <= resp.status_code < 300 or (stream.out is None and not is_sse):
             # An error, or an upstream that answered a stream request with a plain body (e.g.
@@ -382,6 +384,7 @@ async def relay_stream(
         # record 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
         state.usage = usage.usage
+        state.answer_facts = usage.facts
         stream.restore()
         await _abandon(reading)
         await _abandon(sending)

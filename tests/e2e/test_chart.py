@@ -270,6 +270,18 @@ def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
     assert 'status="429"' in alerts["ApiRouterRateLimitedRate"]["expr"]
     assert "request_latency_seconds_bucket" in alerts["ApiRouterHighP99Latency"]["expr"]
     assert "> 20" in alerts["ApiRouterHighP99Latency"]["expr"]  # from the values file
+    # Traces: the switch and the standard OTEL_* variables the SDK reads.
+    cm = objs["ConfigMap"]["data"]
+    assert cm["API_ROUTER_TRACING"] == "true"
+    assert cm["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert cm["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert (cm["OTEL_TRACES_SAMPLER"], cm["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.01",
+    )
+    from service.settings import Settings
+
+    assert Settings.from_env(cm, profile_path=Path()).tracing is True
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule["spec"]))
     out = run([tool("promtool"), "check", "rules", str(rules)])
@@ -333,6 +345,7 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("router.forwardedHeaders=trust", "router.forwardedHeaders"),
         ("router.tokenLimit.tokensPerMinute=-1", "router.tokenLimit.tokensPerMinute"),
         ("router.tokenBudgets.weekly=5", "router.tokenBudgets"),
+        ("tracing.sampler=sometimes", "tracing.sampler"),
         ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
         ("profile.routing.name=x", "profile.routing"),  # a routing file needs its routes
         ("profile.upstreamKeys[0].env=OPENAI_API_KEY", "profile.upstreamKeys"),

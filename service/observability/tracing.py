@@ -1,0 +1,280 @@
+"""OpenTelemetry traces (SPEC §14; docs/observability.md, "Traces"). Imported only when
+`API_ROUTER_TRACING=true`: with tracing off no module of OpenTelemetry is loaded at all
+(tests/unit/test_tracing.py proves it), and the hooks below are never reached (`app.ctx.tracing`
+is None).
+
+Per request, one tree:
+
+- a SERVER span (HTTP semantic conventions), named `<method> <route template>`, continuing the
+  client's `traceparent` / `tracestate` (W3C trace context) when it sent one;
+- under it a CLIENT span per upstream attempt (each retry or failover its own, with
+  `http.request.resend_count`), named and attributed per the GenAI semantic conventions
+  (`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`, `gen_ai.response.*`,
+  `gen_ai.usage.*`), whose context is injected into the upstream request (`traceparent`), so the
+  provider's own span is its child.
+
+The answering attempt stays open until the request finishes (a stream: its last byte), when its
+usage, finish reasons and the time to its first chunk are known. Prompt and completion content are
+never recorded: no attribute carries a message, and there is no switch that would. Export: OTLP
+over HTTP/protobuf in a batch (the SDK's `BatchSpanProcessor`), configured by the standard
+`OTEL_*` variables, which the SDK reads itself (endpoint, headers, service name, sampler, batch
+delays); the one setting of ours is the switch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .. import __version__
+from ..config.model import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MESSAGES,
+    RESPONSES,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+)
+from ..proxy.events import answer_facts
+
+# gen_ai.operation.name by route (the GenAI conventions' values; audio has none of its own).
+OPERATIONS = {
+    CHAT: "chat",
+    MESSAGES: "chat",
+    RESPONSES: "chat",
+    COMPLETIONS: "text_completion",
+    EMBEDDINGS: "embeddings",
+    TRANSCRIPTIONS: "transcription",
+    TRANSLATIONS: "translation",
+}
+# gen_ai.provider.name by shipped profile (the conventions' well-known values); an operator's
+# own profile or upstream is named by its profile name.
+PROVIDERS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "cohere": "cohere",
+    "ollama-cloud": "ollama",
+    "ollama-local": "ollama",
+    "qwen": "alibaba.dashscope",
+}
+DEFAULT_SERVICE_NAME = "api-router"
+
+
+def provider_name(profile_name: str) -> str:
+    return PROVIDERS.get(profile_name, profile_name)
+
+
+class Tracing:
+    """One worker's tracer; its hooks are called by the lifecycle listeners and the relay."""
+
+    def __init__(self, exporter: Any = None) -> None:
+        resource = Resource.create(
+            {
+                SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
+                "service.version": __version__,
+            }
+        )
+        # The sampler: OTEL_TRACES_SAMPLER / _ARG, read by the SDK (parent-based always-on
+        # unless set).
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter or OTLPSpanExporter()))
+        self.tracer = self.provider.get_tracer("api_router", __version__)
+        self.propagator = TraceContextTextMapPropagator()
+
+    # -- the request (lifecycle) ---------------------------------------------------------------
+
+    def start_request(self, request: Any) -> None:
+        parent = self.propagator.extract(_HeaderCarrier(request.headers))
+        ctx = request.ctx
+        ctx.span = self.tracer.start_span(
+            request.method,  # renamed to "<method> <route>" once the route is known
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "url.scheme": "http",
+                "network.protocol.version": request.version,
+            },
+        )
+        ctx.attempt = None
+
+    def trace_id(self, request: Any) -> str | None:
+        span = getattr(request.ctx, "span", None)
+        if span is None:
+            return None
+        sc = span.get_span_context()
+        return format(sc.trace_id, "032x") if sc.is_valid else None
+
+    def finish_request(self, request: Any, status: int, route: str, state: Any) -> None:
+        ctx = request.ctx
+        span = getattr(ctx, "span", None)
+        if span is None:
+            return
+        ctx.span = None
+        self._end_attempt(ctx, state, status)
+        span.update_name(f"{request.method} {route}")
+        attrs: dict[str, Any] = {"http.route": route, "http.response.status_code": status}
+        if state.translation != "none":
+            attrs["api_router.translation"] = state.translation
+        if state.upstream is not None:
+            attrs["api_router.upstream"] = state.upstream
+        if state.attempts:
+            attrs["api_router.attempts"] = len(state.attempts)
+        attrs["api_router.request_id"] = ctx.request_id
+        span.set_attributes(attrs)
+        if status >= 500:  # server errors only: a 4xx is the client's, not ours (HTTP conventions)
+            span.set_attribute("error.type", state.error_type or str(status))
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    # -- upstream attempts (relay, failover) -----------------------------------------------------
+
+    def start_attempt(
+        self,
+        request: Any,
+        upstream_request: Any,
+        route: str,
+        profile_name: str,
+        model: str | None,
+        stream: bool,
+        resend: int,
+        upstream: str | None = None,
+    ) -> None:
+        """A CLIENT span for one attempt, its context injected into `upstream_request`."""
+        ctx = request.ctx
+        server = getattr(ctx, "span", None)
+        if server is None:
+            return
+        operation = OPERATIONS.get(route, "chat")
+        url = urlsplit(str(upstream_request.url))
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": provider_name(profile_name),
+            "gen_ai.request.stream": stream,
+            "http.request.method": upstream_request.method,
+            "server.address": url.hostname or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            # Never the query: a provider may take its key there.
+            "url.full": f"{url.scheme}://{url.netloc}{url.path}",
+        }
+        if model:
+            attrs["gen_ai.request.model"] = model
+        if resend:
+            attrs["http.request.resend_count"] = resend
+        if upstream is not None:
+            attrs["api_router.upstream"] = upstream
+        span = self.tracer.start_span(
+            f"{operation} {model}" if model else operation,
+            context=trace.set_span_in_context(server),
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+        )
+        carrier: dict[str, str] = {}
+        self.propagator.inject(carrier, context=trace.set_span_in_context(span))
+        for k, v in carrier.items():  # replaces a traceparent the client sent along
+            upstream_request.headers[k] = v
+        ctx.attempt = (span, time.perf_counter())
+
+    def attempt_failed(self, request: Any, error_type: str, status: int | None = None) -> None:
+        """The current attempt got no usable answer (a retry or failover follows, or none)."""
+        attempt = getattr(request.ctx, "attempt", None)
+        if attempt is None:
+            return
+        request.ctx.attempt = None
+        span = attempt[0]
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        span.set_attribute("error.type", error_type)
+        span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def _end_attempt(self, ctx: Any, state: Any, status: int) -> None:
+        attempt = getattr(ctx, "attempt", None)
+        if attempt is None:
+            return
+        ctx.attempt = None
+        span, started = attempt
+        attrs: dict[str, Any] = {}
+        if state.upstream_status is not None:
+            attrs["http.response.status_code"] = state.upstream_status
+        facts = state.answer_facts or answer_facts(state.answer, {})
+        for key, name in (
+            ("model", "gen_ai.response.model"),
+            ("id", "gen_ai.response.id"),
+        ):
+            if isinstance(facts.get(key), str):
+                attrs[name] = facts[key]
+        if facts.get("finish_reasons"):
+            attrs["gen_ai.response.finish_reasons"] = list(facts["finish_reasons"])
+        attrs.update(usage_attributes(state.usage))
+        if state.first_byte_latency is not None:
+            first = ctx.started + state.first_byte_latency
+            attrs["gen_ai.response.time_to_first_chunk"] = max(0.0, first - started)
+        span.set_attributes(attrs)
+        failed = state.error_type is not None or (state.upstream_status or 0) >= 400
+        if failed or status >= 500:
+            span.set_attribute(
+                "error.type", state.error_type or str(state.upstream_status or status)
+            )
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()  # exports what the batch still holds
+
+
+def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
+    """gen_ai.usage.* from an upstream's usage, in any of the three formats. The input count
+    includes cached tokens, as the conventions ask (Anthropic reports them apart)."""
+    if not usage:
+        return {}
+    out: dict[str, int] = {}
+
+    def num(v: Any) -> int | None:
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    cache_read = num(usage.get("cache_read_input_tokens"))
+    cache_write = num(usage.get("cache_creation_input_tokens"))
+    inp = num(usage.get("prompt_tokens"))
+    if inp is None:
+        inp = num(usage.get("input_tokens"))
+        if inp is not None:
+            inp += (cache_read or 0) + (cache_write or 0)
+    out_tokens = num(usage.get("completion_tokens"))
+    if out_tokens is None:
+        out_tokens = num(usage.get("output_tokens"))
+    for name, value in (
+        ("gen_ai.usage.input_tokens", inp),
+        ("gen_ai.usage.output_tokens", out_tokens),
+        ("gen_ai.usage.cache_read.input_tokens", cache_read),
+        ("gen_ai.usage.cache_creation.input_tokens", cache_write),
+    ):
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class _HeaderCarrier(dict[str, str]):
+    """Sanic's request headers as the propagator's carrier (it reads `traceparent` and
+    `tracestate` with `.get`)."""
+
+    def __init__(self, headers: Any) -> None:
+        super().__init__()
+        for name in ("traceparent", "tracestate"):
+            v = headers.get(name)
+            if v is not None:
+                self[name] = v

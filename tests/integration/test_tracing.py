@@ -1,0 +1,227 @@
+"""OpenTelemetry traces end to end (SPEC §14): a real router exports OTLP/HTTP protobuf to a fake
+collector (tests/fakes/otlp_receiver.py) that decodes it; the fake upstream records the
+`traceparent` it received. One tree per request: client -> router SERVER span -> one CLIENT span
+per attempt -> the provider, for JSON, stream, translated and failed-over requests."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.otlp_receiver import OTLPReceiver, Span
+from tests.fakes.upstream import FakeUpstream, Reply, default_reply
+from tests.support import RouterFactory, RouterProcess
+
+CHAT = "/v1/chat/completions"
+SERVER, CLIENT = 2, 3
+PROMPT = "sentinel-prompt-text-4d1f"  # content: must never appear in a span
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as r:
+        yield r
+
+
+def tracing_env(receiver: OTLPReceiver, **more: str) -> dict[str, str]:
+    return {
+        "API_ROUTER_TRACING": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": "router-under-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",  # ms: export at once
+        **more,
+    }
+
+
+@pytest.fixture(scope="module")
+def traced(
+    receiver: OTLPReceiver, fake_upstream: FakeUpstream, module_router_factory: RouterFactory
+) -> RouterProcess:
+    profile = base_profile(
+        fake_upstream.url,
+        # Messages clients translated to the OpenAI-format upstream
+        endpoints={"/v1/messages": {"format": "openai"}},
+    )
+    return module_router_factory(profile, workers=2, env=tracing_env(receiver))
+
+
+def parent_header() -> tuple[str, str, dict[str, str]]:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, parent, {"traceparent": f"00-{trace_id}-{parent}-01", "tracestate": "k=v"}
+
+
+def tree(receiver: OTLPReceiver, trace_id: str, attempts: int = 1) -> tuple[Span, list[Span]]:
+    spans = receiver.wait_for(
+        lambda ss: (
+            sum(1 for s in ss if s.trace_id == trace_id and s.kind == SERVER) == 1
+            and sum(1 for s in ss if s.trace_id == trace_id and s.kind == CLIENT) >= attempts
+        )
+    )
+    mine = [s for s in spans if s.trace_id == trace_id]
+    (server,) = [s for s in mine if s.kind == SERVER]
+    clients = sorted((s for s in mine if s.kind == CLIENT), key=lambda s: s.start_ns)
+    assert len(clients) == attempts, [s.name for s in mine]
+    return server, clients
+
+
+def no_content(spans: list[Span]) -> None:
+    text = json.dumps([s.attributes for s in spans])
+    assert PROMPT not in text and "Hello from fake" not in text and "Hello" not in text
+
+
+def chat(stream: bool = False, model: str = "gpt-4") -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def test_json_request_is_one_tree_continued_from_the_client_and_into_the_provider(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    trace_id, parent, headers = parent_header()
+    r = httpx.post(traced.url + CHAT, json=chat(), headers=headers, timeout=10)
+    assert r.status_code == 200
+    server, (attempt,) = tree(receiver, trace_id)
+    assert server.parent_span_id == parent
+    assert server.name == "POST /v1/chat/completions"
+    assert server.attributes["http.route"] == CHAT
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.resource["service.name"] == "router-under-test"
+    assert attempt.parent_span_id == server.span_id
+    assert attempt.name == "chat up-model-4"
+    a = attempt.attributes
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "testprov"
+    assert a["gen_ai.request.model"] == "up-model-4"
+    assert a["gen_ai.response.model"] == "up-model-4"
+    assert a["gen_ai.response.id"] == "chatcmpl-fake"
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 3)
+    assert a["gen_ai.request.stream"] is False
+    assert a["http.response.status_code"] == 200
+    assert a["server.address"] == "127.0.0.1"
+    assert "http.request.resend_count" not in a
+    # The provider is our attempt's child: the traceparent it got names the attempt span.
+    sent = upstream.last
+    assert sent.header("traceparent") == f"00-{trace_id}-{attempt.span_id}-01"
+    assert sent.header("tracestate") == "k=v"
+    no_content([server, attempt])
+    # The completion line names the trace.
+    assert f'"trace_id": "{trace_id}"' in traced.output() or f'"trace_id":"{trace_id}"' in (
+        traced.output()
+    )
+
+
+def test_stream_attempt_carries_usage_finish_and_time_to_first_chunk(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    trace_id, _, headers = parent_header()
+    with httpx.stream("POST", traced.url + CHAT, json=chat(True), headers=headers) as r:
+        assert r.status_code == 200
+        r.read()
+    server, (attempt,) = tree(receiver, trace_id)
+    a = attempt.attributes
+    assert a["gen_ai.request.stream"] is True
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert a["gen_ai.response.id"] == "chatcmpl-fake"
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (7, 3)
+    assert 0 < a["gen_ai.response.time_to_first_chunk"] < 5
+    assert attempt.end_ns <= server.end_ns  # the attempt ends with the stream's last byte
+    no_content([server, attempt])
+
+
+def test_translated_request(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    trace_id, _, headers = parent_header()
+    body = {"model": "gpt-4", "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]}
+    r = httpx.post(traced.url + "/v1/messages", json=body, headers=headers, timeout=10)
+    assert r.status_code == 200
+    server, (attempt,) = tree(receiver, trace_id)
+    assert server.attributes["api_router.translation"] == "anthropic_to_openai"
+    assert attempt.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert upstream.last.header("traceparent") == f"00-{trace_id}-{attempt.span_id}-01"
+    no_content([server, attempt])
+
+
+def test_without_a_client_traceparent_the_router_starts_the_trace(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    rid = secrets.token_hex(8)
+    r = httpx.post(traced.url + CHAT, json=chat(), headers={"X-Request-ID": rid}, timeout=10)
+    assert r.status_code == 200
+    spans = receiver.wait_for(
+        lambda ss: any(s.attributes.get("api_router.request_id") == rid for s in ss)
+    )
+    (server,) = [s for s in spans if s.attributes.get("api_router.request_id") == rid]
+    assert server.parent_span_id == ""
+    traceparent = upstream.last.header("traceparent")
+    assert traceparent is not None and traceparent.split("-")[1] == server.trace_id
+
+
+def test_an_upstream_error_marks_both_spans(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(Reply(status=502, body=b'{"error": {"message": "bad gateway"}}'))
+    trace_id, _, headers = parent_header()
+    r = httpx.post(traced.url + CHAT, json=chat(), headers=headers, timeout=10)
+    assert r.status_code == 502
+    server, (attempt,) = tree(receiver, trace_id)
+    assert server.status == 2 and server.attributes["error.type"] == "upstream_error"
+    assert attempt.status == 2 and attempt.attributes["http.response.status_code"] == 502
+
+
+def test_failed_over_request_has_one_span_per_attempt(
+    receiver: OTLPReceiver, router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """A 500 from the first upstream, then the fallback answers: two attempt spans under one
+    server span, the second with http.request.resend_count 1; each upstream got its own
+    attempt's context."""
+    with FakeUpstream() as backup:
+        upstream.reply_with(Reply(status=500, body=b'{"error": {"message": "boom"}}'))
+        routing = {
+            "name": "traced",
+            "upstreams": {
+                "primary": {"baseUrl": upstream.url},
+                "backup": {"profile": "openai", "baseUrl": backup.url},
+            },
+            "modelRoutes": [
+                {"match": "gpt-4", "targets": [{"upstream": "primary"}], "fallbacks": ["b"]},
+                {"match": "b", "targets": [{"upstream": "backup", "model": "backup-model"}]},
+            ],
+            "retry": {"maxAttempts": 3, "backoffBaseSecs": 0.01, "backoffMaxSecs": 0.02},
+            "outlierDetection": {"consecutiveFailures": 100, "failureRate": 0},
+        }
+        router = router_factory(routing, env=tracing_env(receiver))
+        trace_id, _, headers = parent_header()
+        # A 500 is retried once on the same target, then the fallback answers.
+        r = httpx.post(router.url + CHAT, json=chat(), headers=headers, timeout=10)
+        assert r.status_code == 200 and r.headers["x-router-upstream"] == "backup"
+        attempts = int(r.headers["x-router-attempts"])
+        assert attempts == 3
+        server, clients = tree(receiver, trace_id, attempts)
+        assert [c.parent_span_id for c in clients] == [server.span_id] * attempts
+        assert [c.attributes.get("http.request.resend_count", 0) for c in clients] == list(
+            range(attempts)
+        )
+        assert clients[0].status == 2 and clients[0].attributes["error.type"] == "server_error"
+        assert clients[0].attributes["api_router.upstream"] == "primary"
+        last = clients[-1]
+        assert last.attributes["api_router.upstream"] == "backup"
+        assert last.attributes["gen_ai.provider.name"] == "openai"
+        assert last.attributes["gen_ai.request.model"] == "backup-model"
+        assert last.status != 2
+        assert server.attributes["api_router.attempts"] == attempts
+        assert backup.last.header("traceparent") == f"00-{trace_id}-{last.span_id}-01"
+        got = [r.header("traceparent") for r in upstream.requests]
+        assert got == [f"00-{trace_id}-{c.span_id}-01" for c in clients[:-1]]
+        upstream.reply_with(default_reply)

@@ -1,0 +1,111 @@
+"""Tracing (SPEC §14) without a collector: OpenTelemetry is never imported when tracing is off;
+what a span says of an answer (facts, usage) for each format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.observability.tracing import provider_name, usage_attributes
+from service.proxy.events import UsageTracker, answer_facts
+from tests.support import ROOT
+
+# Imports every module of the service but the tracer, builds the app as the CLI's workers do and
+# runs its start-up listeners' imports: OpenTelemetry must not be among the loaded modules.
+PROBE = """
+import importlib, json, pkgutil, sys
+from pathlib import Path
+import service
+names = [m.name for m in pkgutil.walk_packages(service.__path__, "service.")
+         if m.name != "service.observability.tracing"]
+for name in names:
+    importlib.import_module(name)
+from service.app import create_app
+from service.settings import Settings
+app = create_app(Settings.from_env({}, profile_path=Path(sys.argv[1])))
+print(json.dumps({"tracing": app.ctx.tracing is None,
+                  "otel": sorted(m for m in sys.modules if m.startswith("opentelemetry"))}))
+"""
+
+
+def test_tracing_off_imports_no_opentelemetry(tmp_path: Path) -> None:
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"name": "p", "baseUrl": "http://127.0.0.1:1"}))
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(profile)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"tracing": True, "otel": []}
+
+
+@pytest.mark.parametrize(
+    ("answer", "facts"),
+    [
+        (
+            {"id": "c1", "model": "m", "choices": [{"finish_reason": "stop"},
+                                                    {"finish_reason": "length"}]},
+            {"id": "c1", "model": "m", "finish_reasons": ["stop", "length"]},
+        ),
+        ({"id": "msg_1", "model": "claude", "stop_reason": "tool_use"},
+         {"id": "msg_1", "model": "claude", "finish_reasons": ["tool_use"]}),
+        ({"object": "response", "id": "resp_1", "model": "m", "status": "incomplete"},
+         {"id": "resp_1", "model": "m", "finish_reasons": ["incomplete"]}),
+        ({"object": "list", "model": "emb", "data": []}, {"model": "emb"}),
+        ({"type": "message_start", "message": {"id": "msg_2", "model": "c"}},
+         {"id": "msg_2", "model": "c"}),
+        ({"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+         {"finish_reasons": ["end_turn"]}),
+        ({"type": "response.completed",
+          "response": {"object": "response", "id": "r", "model": "m", "status": "completed"}},
+         {"id": "r", "model": "m", "finish_reasons": ["completed"]}),
+        ([1, 2], {}),
+        (None, {}),
+    ],
+)  # fmt: skip
+def test_answer_facts_of_each_format(answer: object, facts: dict[str, object]) -> None:
+    assert answer_facts(answer, {}) == facts
+
+
+def test_a_stream_tracker_collects_facts_only_when_asked() -> None:
+    events = [
+        b'data: {"id":"c","model":"m","choices":[{"delta":{"content":"x"},"finish_reason":null}]}'
+        b"\n\n",
+        b'data: {"id":"c","model":"m","choices":[{"delta":{},"finish_reason": "stop"}]}\n\n',
+        b'data: {"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":2,'
+        b'"completion_tokens":1}}\n\n',
+    ]
+    with_facts, without = UsageTracker(facts=True), UsageTracker()
+    for e in events:
+        assert with_facts.keep(e) and without.keep(e)
+    assert with_facts.facts == {"id": "c", "model": "m", "finish_reasons": ["stop"]}
+    assert without.facts is None
+    assert with_facts.usage == without.usage == {"prompt_tokens": 2, "completion_tokens": 1}
+
+
+def test_usage_attributes_count_cached_input_tokens_in_the_input() -> None:
+    assert usage_attributes({"prompt_tokens": 7, "completion_tokens": 3}) == {
+        "gen_ai.usage.input_tokens": 7,
+        "gen_ai.usage.output_tokens": 3,
+    }
+    assert usage_attributes(
+        {"input_tokens": 9, "output_tokens": 4, "cache_read_input_tokens": 100,
+         "cache_creation_input_tokens": 5}
+    ) == {
+        "gen_ai.usage.input_tokens": 114,
+        "gen_ai.usage.output_tokens": 4,
+        "gen_ai.usage.cache_read.input_tokens": 100,
+        "gen_ai.usage.cache_creation.input_tokens": 5,
+    }  # fmt: skip
+    assert usage_attributes(None) == {}
+    assert usage_attributes({"prompt_tokens": True}) == {}
+
+
+def test_provider_names_follow_the_conventions_for_shipped_profiles() -> None:
+    assert provider_name("anthropic") == "anthropic"
+    assert provider_name("gemini") == "gcp.gemini"
+    assert provider_name("my-own") == "my-own"
