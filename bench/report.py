@@ -368,6 +368,7 @@ def markdown(results: dict[str, Any]) -> str:
 
     lines += engine_table(results)
     lines += routing_table(results)
+    lines += tracing_table(results)
     lines += [
         "## Upstream transport (JSON)",
         "",
@@ -477,6 +478,70 @@ def routing_table(results: dict[str, Any]) -> list[str]:
         f"| added by the failover, p50 ms | {_ms(added)} |",
         "",
     ]
+
+
+# The router with tracing on (issue 18), against router-2w (tracing off) in the same rounds.
+TRACING_ROWS = (
+    (ROUTER, "off"),
+    ("router-2w-trace100", "on, 100 % sampled (`parentbased_always_on`)"),
+    ("router-2w-trace1", "on, 1 % sampled (`parentbased_traceidratio`, 0.01)"),
+)
+
+
+def tracing_table(results: dict[str, Any]) -> list[str]:
+    """Tracing's cost (issue 18): JSON req/s at 64 connections and p50 at one, each over the
+    same router with tracing off in the same round; and what the OTLP sink received."""
+    s, cfgs, runs = results["summary"], results["configs"], results["runs"]
+    if not any(name in s for name, _ in TRACING_ROWS[1:]):
+        return []
+    div: Callable[[float, float], float] = lambda a, b: a / b  # noqa: E731
+    sink = (results.get("tracing") or {}).get("configs", {})
+    lines = [
+        "## Tracing cost (api-router, 2 workers, all on)",
+        "",
+        "The same router with `API_ROUTER_TRACING=true`, exporting OTLP/HTTP (protobuf) in "
+        "batches (the SDK's defaults) to a sink on the same machine that answers 200 and "
+        "decodes nothing while the rounds run (bench/otlp_sink.py); `x off`: over the router "
+        "with tracing off (the api-router 2 workers row) in the same round, median over rounds "
+        "(for the p50 latency, above 1 is slower). Spans: what the sink received in the whole "
+        "run (2 per request sampled: the server span and the upstream attempt's), against the "
+        "requests the configuration answered (wrk's count plus the checks).",
+        "",
+        "| tracing | JSON 64c req/s | x off | JSON 1c p50 ms | x off | JSON 1c p99 ms "
+        "| requests answered | spans received (per request) | export POSTs | MB received "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, what in TRACING_ROWS:
+        if name not in cfgs:
+            continue
+        c = cfgs[name]
+        if c["status"] != "ok" and name not in s:
+            lines.append(f"| {what} | {c['status']} |  |  |  |  |  |  |  |  |  |")
+            continue
+        p = s.get(name, {})
+        x64 = ratio(runs, name, ROUTER, "json64", "ok_rps", div) if name != ROUTER else None
+        x1 = ratio(runs, name, ROUTER, "json1", "p50_us", div) if name != ROUTER else None
+        got = sink.get(name)
+        if got:
+            answered = f"{got['requests_answered']:,}"
+            spans = (
+                f"{got.get('spans', 0):,} ({got['spans_per_request']:.4f})"
+                if got.get("spans_per_request") is not None
+                else "none"
+            )
+            posts, mb = f"{got.get('posts', 0):,}", f"{got.get('bytes', 0) / 1e6:.1f}"
+        else:
+            answered = spans = posts = mb = "—"
+        errors = sum(p.get(sc, {}).get("errors", 0) for sc in ("json64", "json1"))
+        lines.append(
+            f"| {what} | {_fmt(p.get('json64', {}).get('rps'))} "
+            f"| {'1' if name == ROUTER else _fmt(x64, 3)} "
+            f"| {_ms(p.get('json1', {}).get('p50_us'))} | {'1' if name == ROUTER else _fmt(x1, 3)} "
+            f"| {_ms(p.get('json1', {}).get('p99_us'))} | {answered} | {spans} | {posts} | {mb} "
+            f"| {errors} |"
+        )
+    return [*lines, ""]
 
 
 def engine_table(results: dict[str, Any]) -> list[str]:

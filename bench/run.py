@@ -12,9 +12,10 @@
 - the configurations: direct to the upstream; nginx as a reverse proxy; api-router with 1 and 2
   workers, all features on (metrics, JSON logs, a rate limit that does not trigger); api-router
   with 2 workers, metrics and logs off; api-router on the other upstream transports
-  (httpx-aiohttp's, httpx's own); the minimal Sanic proxy (bench/minimal_proxy.py) on plain
-  aiohttp, httpx, httpx + AiohttpTransport and httpx + the router's H1Transport; the LiteLLM proxy
-  and the Portkey gateway where they installed;
+  (httpx-aiohttp's, httpx's own); api-router with tracing on (every request sampled, and 1 %),
+  exporting OTLP to bench/otlp_sink.py, in the JSON scenarios; the minimal Sanic proxy
+  (bench/minimal_proxy.py) on plain aiohttp, httpx, httpx + AiohttpTransport and httpx + the
+  router's H1Transport; the LiteLLM proxy and the Portkey gateway where they installed;
 
 then runs `wrk` for each scenario (JSON at 1 and 64 connections, SSE burst and SSE paced at 64, a
 1 MB body at 8, rate-limited 429s at 64) and an SSE time-to-first-byte probe, round after round,
@@ -333,6 +334,8 @@ class Target:
     paced_headers: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     sanic: bool = False  # RSS is read from its Sanic workers
+    # Only these scenarios (None: every one it supports by the rules below).
+    scenarios: tuple[str, ...] | None = None
 
     def request(self, scenario: str, bodies: dict[str, Path]) -> tuple[str, Path, dict[str, str]]:
         h = {"Authorization": f"Bearer {API_KEY}", **self.headers}
@@ -359,6 +362,8 @@ class Target:
         return self.json_path, bodies[f"json:{self.model}"], h
 
     def supports(self, scenario: str) -> bool:
+        if self.scenarios is not None:
+            return scenario in self.scenarios
         if scenario == "failover1":
             return self.name == "router-2w-routing"
         if scenario == "limited64":
@@ -663,6 +668,29 @@ def start_all(
         Target("router-2w-routing", "transport", "api-router 2w, routing file (50 routes)"),
         lambda t: start_router(t, 2, up_port, run, {}, routing_file(up_port, run)),
     )
+    # The same router with tracing on (issue 18), exporting to a sink that decodes nothing
+    # (bench/otlp_sink.py): every request sampled, and 1 % of them. JSON only.
+    tracing = [n for n, _, _ in TRACING if not only or n in only]
+    if tracing:
+        sink_port = free_port()
+        sink = spawn(
+            SINK,
+            [sys.executable, str(BENCH / "otlp_sink.py"), str(sink_port), str(run / SINK)],
+            sink_port,
+            run,
+        )
+        upstream.append(sink)  # stopped after the routers, which export what they hold
+        for name, label, sampler in TRACING:
+            env = {
+                "API_ROUTER_TRACING": "true",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}/{name}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                **sampler,
+            }
+            add(
+                Target(name, "transport", label, scenarios=("json1", "json64")),
+                lambda t, e=env: start_router(t, 2, up_port, run, e),
+            )
     # The upstream engines side by side (issue 15), each in every router scenario; the default
     # `h1` is router-2w above.
     for name, label, port, env in (
@@ -705,6 +733,54 @@ def start_all(
 
         add(Target(f"minimal-{client}", "transport", f"minimal Sanic proxy, {client}"), minimal)
     return upstream, targets
+
+
+# The router (2 workers, all on) with tracing on (issue 18): name, label, sampler.
+TRACING = (
+    (
+        "router-2w-trace100",
+        "api-router 2w, tracing on, 100 % sampled",
+        {"OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+    ),
+    (
+        "router-2w-trace1",
+        "api-router 2w, tracing on, 1 % sampled",
+        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+    ),
+)
+SINK = "otlp-sink"
+
+
+def sink_counts(
+    run: Path, targets: list[Target], runs: list[dict[str, Any]], checked: dict[str, int]
+) -> dict[str, Any] | None:
+    """What the OTLP sink received per tracing configuration (read after it stopped), beside
+    the requests that configuration answered (wrk's completed requests plus the checks; a
+    request wrk left in flight at the end of a run is answered but not counted), and the lines
+    its router wrote to stderr (export errors would be there or in its log on stdout, which the
+    benchmark discards)."""
+    names = [t.name for t in targets if t.name in {n for n, _, _ in TRACING}]
+    if not names:
+        return None
+    path = run / SINK / "counts.json"
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    out: dict[str, Any] = {"configs": {}}
+    for name, _, sampler in TRACING:
+        if name not in names:
+            continue
+        served = checked.get(name, 0) + sum(r["requests"] for r in runs if r["config"] == name)
+        got = counts.get(name, {})
+        err = run / f"{name}.stderr"
+        lines = err.read_text(errors="replace").splitlines() if err.exists() else []
+        out["configs"][name] = {
+            "sampler": sampler,
+            "requests_answered": served,
+            **got,
+            "spans_per_request": round(got["spans"] / served, 4) if got and served else None,
+            "stderr_lines": len(lines),
+            "stderr_tail": lines[-20:],
+        }
+    return out
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -1002,6 +1078,7 @@ def main() -> None:
         upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms)
         try:
             plan: list[tuple[Target, str]] = []
+            checked: dict[str, int] = {}
             for t in targets:
                 if t.status != "ok":
                     continue
@@ -1009,6 +1086,7 @@ def main() -> None:
                     if not t.supports(sc):
                         continue
                     problem = check(t, sc, bodies)
+                    checked[t.name] = checked.get(t.name, 0) + 1
                     if problem:
                         t.status = f"{sc}: {problem}"
                         print(f"bench: {t.name} {sc}: {problem}", file=sys.stderr)
@@ -1057,6 +1135,7 @@ def main() -> None:
                     t.server.stop()
             for u in upstreams:
                 u.stop()
+        tracing = sink_counts(run, targets, runs, checked)
     meta["loadavg_after"] = loadavg()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results = {
@@ -1069,6 +1148,8 @@ def main() -> None:
         "rss_mb": rss,
         "soak": soak_result,
     }
+    if tracing is not None:
+        results["tracing"] = tracing
     paths = report.write(results, out_dir)
     for path in paths:
         print(f"bench: wrote {path}", file=sys.stderr)

@@ -118,8 +118,8 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
     if path:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        for f in p.glob("*.db"):
-            f.unlink()
+        for f in [*p.glob("*.db"), p / "exemplars.bin"]:  # exemplars: service.observability
+            f.unlink(missing_ok=True)
     else:
         path = tempfile.mkdtemp(prefix="api-router-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path

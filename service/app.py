@@ -85,6 +85,10 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
             ctx.tracing = Tracing()
         if settings.metrics_enabled:
             ctx.metrics = Metrics(fast=fast.metrics)
+            if ctx.tracing is not None:
+                from .observability.exemplars import Exemplars
+
+                ctx.exemplars = Exemplars(settings.multiproc_dir)
             ctx.config.on_result = ctx.metrics.on_reload
         # Per worker: a handle on the table the CLI shared between workers, or a Redis client.
         ctx.limiter = create_limiter(
@@ -129,6 +133,8 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
         await ctx.tokens.close()
         if ctx.tracing is not None:
             ctx.tracing.shutdown()
+        if ctx.exemplars is not None:
+            ctx.exemplars.close()
         if ctx.ejection_task is not None:
             ctx.ejection_task.cancel()
             await asyncio.gather(ctx.ejection_task, return_exceptions=True)

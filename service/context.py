@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its dir
     import httpx
 
     from .observability.alerts import FailureAlarm
+    from .observability.exemplars import Exemplars
     from .observability.metrics import Metrics
     from .observability.tracing import Tracing
 
@@ -48,6 +49,7 @@ class AppContext:
         "ejection_share",
         "ejection_task",
         "ejections",
+        "exemplars",
         "failure_alarm",
         "http",
         "limiter",
@@ -89,6 +91,8 @@ class AppContext:
         self.ejection_task: asyncio.Task[None] | None = None
         # OpenTelemetry (API_ROUTER_TRACING): per worker, None when off (never imported then).
         self.tracing: Tracing | None = None
+        # With tracing and metrics: the latency histograms' exemplars, shared by the workers.
+        self.exemplars: Exemplars | None = None
 
     def count_limiter_error(self) -> None:
         """A rate-limit decision the backend could not make (the limiter's `on_error`)."""

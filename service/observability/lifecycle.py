@@ -142,6 +142,12 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
     trace_id = None
     if tracing is not None:
         trace_id = tracing.trace_id(request)
+        exemplars = app_ctx.exemplars
+        ids = tracing.sampled_ids(request) if exemplars is not None else None
+        if exemplars is not None and ids is not None:  # the same values the histograms got
+            exemplars.record(0, route, elapsed, *ids)
+            if state.upstream_latency is not None:
+                exemplars.record(1, route, state.upstream_latency, *ids)
         tracing.finish_request(request, status, route, state)
     if app_ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {

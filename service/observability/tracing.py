@@ -119,6 +119,16 @@ class Tracing:
         sc = span.get_span_context()
         return format(sc.trace_id, "032x") if sc.is_valid else None
 
+    def sampled_ids(self, request: Any) -> tuple[str, str] | None:
+        """(trace id, span id) of the request's server span when it is sampled (exported)."""
+        span = getattr(request.ctx, "span", None)
+        if span is None:
+            return None
+        sc = span.get_span_context()
+        if not (sc.is_valid and sc.trace_flags.sampled):
+            return None
+        return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+
     def finish_request(self, request: Any, status: int, route: str, state: Any) -> None:
         ctx = request.ctx
         span = getattr(ctx, "span", None)

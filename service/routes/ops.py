@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.openmetrics import exposition as om
@@ -74,7 +76,13 @@ async def metrics(request: RouterRequest) -> HTTPResponse:
     registry = exposition_registry(app.ctx.metrics.registry)
     accept = request.headers.get("accept", "")
     if "application/openmetrics-text" in accept:
-        return HTTPResponse(om.generate_latest(registry), content_type=om.CONTENT_TYPE_LATEST)
+        exemplars = app.ctx.exemplars
+        source: Any = registry
+        if exemplars is not None:  # with tracing: the latency buckets' recent traces
+            from ..observability.exemplars import WithExemplars
+
+            source = WithExemplars(registry, exemplars)
+        return HTTPResponse(om.generate_latest(source), content_type=om.CONTENT_TYPE_LATEST)
     # The classic text format 0.0.4 (SPEC §4): every scraper reads it.
     return HTTPResponse(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 

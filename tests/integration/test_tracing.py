@@ -225,3 +225,26 @@ def test_failed_over_request_has_one_span_per_attempt(
         got = [r.header("traceparent") for r in upstream.requests]
         assert got == [f"00-{trace_id}-{c.span_id}-01" for c in clients[:-1]]
         upstream.reply_with(default_reply)
+
+
+def test_latency_buckets_carry_the_trace_as_an_exemplar_in_openmetrics(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    """Exemplars across workers (2 here; prometheus-client keeps none in multiprocess mode):
+    the bucket each latency fell in names the request's trace and server span."""
+    trace_id, _, headers = parent_header()
+    assert httpx.post(traced.url + CHAT, json=chat(), headers=headers, timeout=10).is_success
+    server, _ = tree(receiver, trace_id)
+    om = httpx.get(
+        traced.url + "/metrics", headers={"Accept": "application/openmetrics-text"}, timeout=10
+    )
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    found = {
+        line.split("{", 1)[0]
+        for line in om.text.splitlines()
+        if f'route="{CHAT}"' in line
+        and f'# {{span_id="{server.span_id}",trace_id="{trace_id}"}}' in line
+    }
+    assert found == {"request_latency_seconds_bucket", "upstream_latency_seconds_bucket"}
+    classic = httpx.get(traced.url + "/metrics", timeout=10).text
+    assert trace_id not in classic  # the text format 0.0.4 has no exemplars
