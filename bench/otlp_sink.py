@@ -41,7 +41,7 @@ class Sink:
         f = self.files.get(prefix)
         if f is None:
             name = prefix.strip("/").replace("/", "_") or "root"
-            f = self.files[prefix] = open(self.out / f"{name}.otlp", "ab")  # noqa: SIM115
+            f = self.files[prefix] = open(self.out / f"{name}.otlp", "ab")
         f.write(body)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -148,9 +148,7 @@ def count_spans(buf: bytes) -> dict[str, int]:
     return {"spans": spans, "server_spans": server, "client_spans": client}
 
 
-async def main(port: int, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    sink = Sink(out)
+async def serve(port: int, sink: Sink) -> None:
     server = await asyncio.start_server(sink.serve, "127.0.0.1", port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -158,9 +156,15 @@ async def main(port: int, out: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.close()
-    counts = sink.finish()
-    (out / "counts.json").write_text(json.dumps(counts, indent=1) + "\n")
+
+
+def main() -> None:
+    port, out = int(sys.argv[1]), Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    sink = Sink(out)
+    asyncio.run(serve(port, sink))
+    (out / "counts.json").write_text(json.dumps(sink.finish(), indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), Path(sys.argv[2])))
+    main()

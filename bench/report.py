@@ -530,7 +530,7 @@ def tracing_table(results: dict[str, Any]) -> list[str]:
                 if got.get("spans_per_request") is not None
                 else "none"
             )
-            posts, mb = f"{got.get('posts', 0):,}", f"{got.get('bytes', 0) / 1e6:.1f}"
+            posts, mb = f"{got.get('posts', 0):,}", f"{got.get('bytes', 0) / 1e6:.2f}"
         else:
             answered = spans = posts = mb = "—"
         errors = sum(p.get(sc, {}).get("errors", 0) for sc in ("json64", "json1"))

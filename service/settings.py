@@ -204,7 +204,26 @@ class Settings:
             **_hardening(env),
         }
         values.update(given)
+        if values["tracing"]:
+            _check_tracing(env)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _check_tracing(env: Mapping[str, str]) -> None:
+    """API_ROUTER_TRACING=true: the otel extra is installed and the export is OTLP/HTTP protobuf
+    (the only exporter the router ships)."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        proto = env.get(name, "").strip()
+        if proto and proto != "http/protobuf":
+            raise SettingsError(
+                f"{name}={proto!r}: the router exports traces over http/protobuf only"
+            )
+    import importlib.util
+
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        raise SettingsError(
+            "API_ROUTER_TRACING=true needs the otel extra: pip install 'api-router[otel]'"
+        )
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:

@@ -109,3 +109,15 @@ def test_provider_names_follow_the_conventions_for_shipped_profiles() -> None:
     assert provider_name("anthropic") == "anthropic"
     assert provider_name("gemini") == "gcp.gemini"
     assert provider_name("my-own") == "my-own"
+
+
+def test_tracing_settings_refuse_another_protocol() -> None:
+    from service.settings import Settings, SettingsError
+
+    on = {"API_ROUTER_TRACING": "true"}
+    assert Settings.from_env(on, profile_path=Path()).tracing is True
+    assert Settings.from_env({}, profile_path=Path()).tracing is False
+    with pytest.raises(SettingsError, match="http/protobuf only"):
+        Settings.from_env({**on, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, profile_path=Path())
+    ok = {**on, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    assert Settings.from_env(ok, profile_path=Path()).tracing is True
