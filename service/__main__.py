@@ -42,7 +42,7 @@ from .ratelimit.shared import (
     share_table,
 )
 from .ratelimit.tokens import TOKEN_TABLE_ENV
-from .settings import Settings, SettingsError, parse_port
+from .settings import Settings, SettingsError, parse_port, raise_fd_limit
 
 # glibc malloc settings for the workers (module docstring): the threshold at glibc's own starting
 # value, fixed (setting it turns off the dynamic raise; the trim threshold then stays at 128 KiB).
@@ -165,6 +165,9 @@ def _banner(profile: Profile, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
+    # Before the settings: the default connection caps follow the limit (fd_connection_budget),
+    # and the workers inherit it.
+    raise_fd_limit()
     try:
         settings = resolve_settings(argv, env)
         from_settings(settings)  # an unusable access keys file stops us here, not in a worker

@@ -209,6 +209,40 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+# File descriptors a worker keeps for itself (listening socket, logs, metric and table files,
+# the event loop, a pool's idle connections beyond the busy ones).
+FD_RESERVE = 128
+FD_CEILING = 1 << 20  # what raise_fd_limit asks for at most
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (at most FD_CEILING), as far
+    as allowed: the workers inherit it. Returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, FD_CEILING)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return FD_CEILING if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft
+    return want
+
+
+def fd_connection_budget() -> int:
+    """The default connection cap of a worker (client connections, and pooled upstream ones):
+    what its file-descriptor limit can hold, two per proxied request (the client's socket and
+    the upstream's), less a reserve. With the usual 1024 that is 448; raised to 65536, 32704."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = FD_CEILING
+    return max(16, (soft - FD_RESERVE) // 2)
+
+
 def _check_tracing(env: Mapping[str, str]) -> None:
     """API_ROUTER_TRACING=true: the otel extra is installed and the export is OTLP/HTTP protobuf
     (the only exporter the router ships)."""
@@ -254,9 +288,11 @@ def _hardening(env: Mapping[str, str]) -> dict[str, object]:
         "header_timeout_secs": _positive(env, "API_ROUTER_HEADER_TIMEOUT_SECS", 10.0),
         "body_timeout_secs": _positive(env, "API_ROUTER_BODY_TIMEOUT_SECS", 120.0),
         "keep_alive_secs": _positive(env, "API_ROUTER_KEEP_ALIVE_SECS", 75.0),
-        "max_connections": _int(env, "API_ROUTER_MAX_CONNECTIONS", 500, 1, 1_000_000),
+        "max_connections": _int(
+            env, "API_ROUTER_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
+        ),
         "upstream_max_connections": _int(
-            env, "API_ROUTER_UPSTREAM_MAX_CONNECTIONS", 1024, 1, 1_000_000
+            env, "API_ROUTER_UPSTREAM_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
         ),
         "upstream_pool_wait_secs": _positive(env, "API_ROUTER_UPSTREAM_POOL_WAIT_SECS", 5.0),
         "stream_idle_secs": _positive(env, "API_ROUTER_STREAM_IDLE_SECS", 300.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -58,8 +59,10 @@ class RouterProcess:
         workers: int = 1,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         self.port = free_port()
+        self.nofile = nofile  # the process's RLIMIT_NOFILE (soft, hard) at launch
         self.profile_path = profile_path
         self.workers = workers
         self._log = tempfile.NamedTemporaryFile(prefix="router-", suffix=".log", delete=False)
@@ -100,6 +103,12 @@ class RouterProcess:
         ]
         # A session of its own: Sanic's manager answers a second signal with killpg() on its
         # workers' process group, which must not be the test runner's.
+        nofile = self.nofile
+
+        def limits() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -107,6 +116,7 @@ class RouterProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=limits if nofile is not None else None,
         )
         return self
 
@@ -208,12 +218,13 @@ class RouterFactory:
         args: list[str] | None = None,
         name: str = "test",
         start: bool = True,
+        nofile: tuple[int, int] | None = None,
     ) -> RouterProcess:
         if isinstance(profile, Path):
             path = profile
         else:
             path = write_profile(self._tmp.mktemp("router"), profile, name)
-        router = RouterProcess(path, workers=workers, env=env, args=args)
+        router = RouterProcess(path, workers=workers, env=env, args=args, nofile=nofile)
         self._made.append(router)  # before start(): a router that fails to start is closed too
         return router.start() if start else router
 

@@ -169,6 +169,8 @@ class Tracing:
         server = getattr(ctx, "span", None)
         if server is None:
             return
+        if getattr(ctx, "attempt", None) is not None:  # never left open: one more follows
+            self.attempt_failed(request, "superseded")
         operation = OPERATIONS.get(route, "chat")
         url = urlsplit(str(upstream_request.url))
         attrs: dict[str, Any] = {

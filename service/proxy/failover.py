@@ -492,6 +492,8 @@ class _Attempts:
                         self.reason = "context_length"
                         self.same_retries = 0
                         if self.queue:
+                            if tracing is not None:
+                                tracing.attempt_failed(self.request, "context_length", status)
                             continue
                         return resp, chosen
                 if earlier != (None, None):

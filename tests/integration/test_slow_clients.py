@@ -4,9 +4,11 @@ API_ROUTER_MAX_CONNECTIONS client connections."""
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,6 +154,39 @@ def test_connections_per_worker_are_capped(
                 break
             assert time.monotonic() < deadline, "the freed slot was never reused"
             time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files limit")
+
+
+def test_the_default_cap_follows_the_file_descriptor_limit(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Without API_ROUTER_MAX_CONNECTIONS the cap is what the worker's descriptors can hold, two
+    per proxied request: launched with a soft limit of 200 under a hard one of 300, the CLI
+    raises the soft limit to 300 for itself and its workers, and a worker then takes
+    (300 - 128) // 2 = 86 client connections."""
+    env = {"API_ROUTER_KEEP_ALIVE_SECS": "30"}
+    r = router_factory(base_profile(fake_upstream.url), env=env, nofile=(200, 300))
+    assert r.proc is not None
+    pids = [int(p) for p in re.findall(r"Starting worker \[(\d+)\]", r.output())]
+    assert [_soft_nofile(p) for p in [r.proc.pid, *pids]] == [300, 300]
+    held = [connect(r.port) for _ in range(86)]
+    try:
+        for s in held:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            resp = read_response(s)
+            assert resp is not None and resp.status == 200
+        with connect(r.port) as extra:
+            resp = read_response(extra)
+            assert resp is not None and resp.status == 503, resp
     finally:
         for s in held:
             s.close()
