@@ -254,7 +254,11 @@ def _check_tracing(env: Mapping[str, str]) -> None:
             )
     import importlib.util
 
-    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+    try:
+        found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:  # raised when a parent package is missing
+        found = False
+    if not found:
         raise SettingsError(
             "API_ROUTER_TRACING=true needs the otel extra: pip install 'api-router[otel]'"
         )

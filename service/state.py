@@ -32,6 +32,7 @@ class RequestState:
         "upstream_model",
         "upstream_status",
         "usage",
+        "usage_final",
     )
 
     def __init__(self) -> None:
@@ -42,6 +43,9 @@ class RequestState:
         self.upstream_latency: float | None = None
         self.error_type: str | None = None
         self.usage: dict[str, Any] | None = None
+        # Whether `usage` is the answer's whole usage (False: none, or only a stream's opening
+        # count, e.g. an Anthropic stream cut after message_start).
+        self.usage_final = False
         self.first_byte_latency: float | None = None  # request start to a stream's first event
         self.translation = "none"  # which format translation ran (service.translate.DIRECTIONS)
         # Hint fields the translation dropped (translation_dropped_fields_total labels).

@@ -9,7 +9,8 @@ with three decimals, as the header's `dur` parameter wants them:
   (`upstream` absent when nothing was sent upstream);
 - a stream, whose head goes out before its end is known: `router;dur=<own time until the head>,
   upstream;desc="head";dur=<until the upstream's head>, ttfb;dur=<request start to the head>`
-  (`upstream` absent when heartbeats committed the head before the upstream answered).
+  (only `ttfb` when heartbeats committed the head before the upstream answered: how that time
+  divides between the router and the upstream is not known yet).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def whole(elapsed: float, upstream: float | None) -> str:
 def stream_head(ttfb: float, upstream_head: float | None) -> str:
     """For a stream's head, written `ttfb` after the request's head; `upstream_head`: how long
     the upstream took to answer with its own head (None: it has not yet)."""
-    if upstream_head is None:
-        return f"router;dur={_ms(ttfb)}, ttfb;dur={_ms(ttfb)}"
+    if upstream_head is None:  # the wait was the upstream's, but how much of it is not known yet
+        return f"ttfb;dur={_ms(ttfb)}"
     return (
         f'router;dur={_ms(ttfb - upstream_head)}, upstream;desc="head";dur={_ms(upstream_head)}, '
         f"ttfb;dur={_ms(ttfb)}"

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -111,6 +112,9 @@ class Tracing:
             },
         )
         ctx.attempt = None
+        sc = ctx.span.get_span_context()
+        if sc.is_valid:  # every line logged while the request runs names its trace
+            structlog.contextvars.bind_contextvars(trace_id=format(sc.trace_id, "032x"))
 
     def trace_id(self, request: Any) -> str | None:
         span = getattr(request.ctx, "span", None)
@@ -259,13 +263,25 @@ def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
     def num(v: Any) -> int | None:
         return v if isinstance(v, int) and not isinstance(v, bool) else None
 
+    def detail(parent: str, name: str) -> int | None:
+        d = usage.get(parent)
+        return num(d.get(name)) if isinstance(d, dict) else None
+
     cache_read = num(usage.get("cache_read_input_tokens"))
+    cached = cache_read  # Anthropic's, apart from input_tokens
+    if cache_read is None:  # OpenAI's and the Responses API's, within the input count
+        cache_read = detail("prompt_tokens_details", "cached_tokens")
+        if cache_read is None:
+            cache_read = detail("input_tokens_details", "cached_tokens")
+    reasoning = detail("completion_tokens_details", "reasoning_tokens")
+    if reasoning is None:
+        reasoning = detail("output_tokens_details", "reasoning_tokens")
     cache_write = num(usage.get("cache_creation_input_tokens"))
     inp = num(usage.get("prompt_tokens"))
     if inp is None:
         inp = num(usage.get("input_tokens"))
         if inp is not None:
-            inp += (cache_read or 0) + (cache_write or 0)
+            inp += (cached or 0) + (cache_write or 0)
     out_tokens = num(usage.get("completion_tokens"))
     if out_tokens is None:
         out_tokens = num(usage.get("output_tokens"))
@@ -274,6 +290,7 @@ def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
         ("gen_ai.usage.output_tokens", out_tokens),
         ("gen_ai.usage.cache_read.input_tokens", cache_read),
         ("gen_ai.usage.cache_creation.input_tokens", cache_write),
+        ("gen_ai.usage.reasoning.output_tokens", reasoning),
     ):
         if value is not None:
             out[name] = value

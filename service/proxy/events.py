@@ -178,6 +178,16 @@ def answer_facts(obj: Any, into: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
+# The nested parts of a usage kept beside its counts (cached and reasoning tokens).
+USAGE_DETAILS = frozenset(
+    {
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens_details",
+        "output_tokens_details",
+    }
+)
+
 # The Responses API events that end a response and carry its usage.
 RESPONSES_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -187,12 +197,16 @@ class UsageTracker:
     `facts` (tracing on) it also keeps the answer's id, model and finish reasons, from the events
     it parses anyway and from those that name a finish reason."""
 
-    __slots__ = ("facts", "strip_usage_chunk", "usage")
+    __slots__ = ("facts", "final", "strip_usage_chunk", "usage")
 
     def __init__(self, strip_usage_chunk: bool = False, facts: bool = False) -> None:
         self.strip_usage_chunk = strip_usage_chunk
-        self.usage: dict[str, int] | None = None
+        self.usage: dict[str, Any] | None = None
         self.facts: dict[str, Any] | None = {} if facts else None
+        # The usage seen is the answer's whole usage: it came in an event that closes it (an
+        # OpenAI usage chunk, Anthropic's message_delta, a Responses final event), not only in
+        # Anthropic's message_start (its input and a placeholder output count).
+        self.final = False
 
     def keep(self, event: bytes) -> bool:
         """Records any usage in `event`; False when the event must not reach the client."""
@@ -219,7 +233,13 @@ class UsageTracker:
             usage = parsed.get("usage")
         if not isinstance(usage, dict):
             return True
-        counts = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        counts: dict[str, Any] = {
+            k: v
+            for k, v in usage.items()
+            if (isinstance(v, int) and not isinstance(v, bool))
+            or (k in USAGE_DETAILS and isinstance(v, dict))
+        }
+        self.final = self.final or kind != "message_start"
         if self.usage is None:
             self.usage = counts
         else:

@@ -157,6 +157,7 @@ def json_answer(
             state.answer = parsed
             if isinstance(parsed.get("usage"), dict):
                 state.usage = parsed["usage"]
+                state.usage_final = True
     headers = response_headers(resp, request_id)
     if translator is not None:  # the answer in the client's format, with the upstream's status
         headers, data = translator.answer(resp.status_code, headers, text or b"")

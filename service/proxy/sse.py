@@ -384,6 +384,7 @@ async def relay_stream(
         # record 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
         state.usage = usage.usage
+        state.usage_final = usage.final
         state.answer_facts = usage.facts
         stream.restore()
         await _abandon(reading)

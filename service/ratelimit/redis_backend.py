@@ -220,7 +220,8 @@ return out
 )
 
 # ARGV[1]: tokens to give back (negative: to take); then per meter like TOKEN_RESERVE. A bucket
-# that is gone was full; a budget that is gone belongs to a period that ended (left alone).
+# that is gone was full; a budget that is gone is refunded nothing (its period ended) and takes an
+# overrun as its first use (the caller passes the period now current for an overrun).
 TOKEN_SETTLE = (
     _TOKEN_COMMON
     + """
@@ -239,6 +240,9 @@ for i = 1, #KEYS do
   elseif level ~= nil then
     level = math.max(0, level - delta)
     redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', level))
+  elseif delta < 0 then  -- an overrun is the first use of a period (one that began meanwhile)
+    redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', -delta))
+    redis.call('PEXPIRE', KEYS[i], math.max(1, tonumber(ARGV[a + 2])))
   end
 end
 return 1

@@ -322,13 +322,15 @@ class SharedLimiter:
             hdr = self._hdr
             hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
             stored: list[tuple[float, float] | None] = []
+            present: list[bool] = []
             for h, _ in hs:
                 i, found = self._find(h)
+                present.append(found)
                 # One past its full-again time is as good as gone (not swept yet).
                 live = found and self._full[i] > now
                 stored.append((self._tokens[i], self._last[i]) if live else None)
             writes, result = fn(stored, now)
-            new = sum(1 for w, s in zip(writes, stored, strict=True) if w is not None and s is None)
+            new = sum(1 for w, p in zip(writes, present, strict=True) if w is not None and not p)
             if hdr[2] + new > self.max_live:
                 raise TableFull("rate-limit table full")
             for (h, rid), w in zip(hs, writes, strict=True):

@@ -59,7 +59,11 @@ SCOPES = (MINUTE, DAILY, MONTHLY, TOO_LARGE)
 MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # error_type values after which nothing was billed: the upstream was not reached, or answered
 # with an error status (429/5xx, `upstream_error`).
-REFUNDED_TYPES = frozenset({"connect_error", "tls_error", "upstream_error"})
+REFUNDED_TYPES = frozenset({"connect_error", "upstream_error"})
+# Attempt outcomes under a routing file (service.proxy.failover) after which nothing was billed.
+UNBILLED_OUTCOMES = frozenset(
+    {"ok", "connect_error", "pool_exhausted", "rate_limited", "server_error", "client_error"}
+)
 
 
 def reserve_levels(
@@ -81,13 +85,16 @@ def settle_levels(
     meters: Sequence[Meter], stored: Sequence[tuple[float, float] | None], now: float, delta: int
 ) -> list[float | None]:
     """Levels after giving back `delta` tokens (taking `-delta` when negative); None: leave the
-    meter alone (a budget whose period is over). A bucket that was forgotten was full."""
+    meter alone (a refund to a budget whose period is over). A bucket that was forgotten was
+    full; a budget not yet used in its period takes an overrun as its first use."""
     out: list[float | None] = []
     for m, s in zip(meters, stored, strict=True):
         if m.rate > 0:
             out.append(min(float(m.cap), m.level(s, now) + delta))
+        elif s is None:
+            out.append(float(-delta) if delta < 0 else None)
         else:
-            out.append(None if s is None else max(0.0, s[0] - delta))
+            out.append(max(0.0, s[0] - delta))
     return out
 
 
@@ -171,7 +178,9 @@ class TokenRule:
                     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
                         out = v
                         break
-            total += min(out, self.output_cap)
+            n = payload.get("n") if payload is not None else None
+            copies = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+            total += min(out, self.output_cap) * copies  # `n` answers, each up to the maximum
         return total
 
     def used(self, usage: Mapping[str, Any] | None) -> int | None:
@@ -366,6 +375,7 @@ class Charge:
     amount: int
     rule: TokenRule
     headers: dict[str, str]
+    key_id: str = ""
 
 
 def _headers(m: Meter | None, level: float) -> dict[str, str]:
@@ -421,7 +431,8 @@ class TokenLimiter:
         have refused is in shadow mode."""
         amount = rule.estimate(payload, body_bytes)
         meters = rule.meters(key_id, self._wall())
-        minute = next((m for m in meters if m.scope == MINUTE), None)
+        # The x-ratelimit-*-tokens headers: the bucket's, else the first budget's.
+        minute = next((m for m in meters if m.scope == MINUTE), meters[0] if meters else None)
         for m in list(meters):
             if amount > m.cap:  # could never fit, whatever the wait
                 self._rejected(TOO_LARGE, m.enforce)
@@ -445,7 +456,7 @@ class TokenLimiter:
             if refused < 0:
                 if self.metrics is not None:
                     self.metrics.tokens_reserved_total.inc(amount)
-                return Charge(meters, amount, rule, headers)
+                return Charge(meters, amount, rule, headers, key_id)
             m = meters[refused]
             self._rejected(m.scope, m.enforce)
             if m.enforce:
@@ -459,7 +470,7 @@ class TokenLimiter:
                     },
                 )
             meters.remove(m)  # shadow mode: as if it had refused; the others still count
-        return Charge([], amount, rule, headers)
+        return Charge([], amount, rule, headers, key_id)
 
     async def settle(self, charge: Charge, usage: Mapping[str, Any] | None, refund: bool) -> None:
         """Replace the reservation with the usage; without usage it stands, unless `refund`
@@ -474,12 +485,22 @@ class TokenLimiter:
         delta = charge.amount - used
         if delta == 0:
             return
-        if self.metrics is not None:
-            self.metrics.tokens_reconciled_by["refund" if delta > 0 else "charge"].inc(abs(delta))
+        meters = charge.meters
+        if delta < 0:  # more than reserved: a budget's period may have ended meanwhile
+            meters = self._current_periods(charge)
         try:
-            await self.store.settle(charge.meters, delta)
+            await self.store.settle(meters, delta)
         except Exception as e:
             self._failed(e, "settle")
+            return
+        if self.metrics is not None:
+            self.metrics.tokens_reconciled_by["refund" if delta > 0 else "charge"].inc(abs(delta))
+
+    def _current_periods(self, charge: Charge) -> list[Meter]:
+        """The charge's meters, a budget's moved to the period now current (an answer that ran
+        past midnight UTC pays its overrun into the new day, not into a day already forgotten)."""
+        now = {m.scope: m for m in charge.rule.meters(charge.key_id, self._wall())}
+        return [m if m.rate > 0 else now.get(m.scope, m) for m in charge.meters]
 
     async def charged(self, charge: Charge, state: RequestState, pending: Awaitable[R]) -> R:
         """Await the exchange, then settle its charge. A client that left (cancellation) leaves
@@ -487,10 +508,10 @@ class TokenLimiter:
         try:
             response = await pending
         except RouterError as e:
-            await self.settle(charge, state.usage, refunded(e.status, e.error_type))
+            await self.settle(charge, _usage(state), refunded(e.status, e.error_type, state))
             raise
         status = response.status if response is not None else 200
-        await self.settle(charge, state.usage, refunded(status, state.error_type))
+        await self.settle(charge, _usage(state), refunded(status, state.error_type, state))
         return response
 
     def _rejected(self, scope: str, enforced: bool) -> None:
@@ -516,9 +537,21 @@ class TokenLimiter:
         await self.store.close()
 
 
-def refunded(status: int, error_type: str | None) -> bool:
+def _usage(state: RequestState) -> Mapping[str, Any] | None:
+    """The answer's whole usage; None when it never came in full (a stream cut after Anthropic's
+    opening count is not its usage: the reservation stands)."""
+    return state.usage if state.usage_final else None
+
+
+def refunded(status: int, error_type: str | None, state: RequestState | None = None) -> bool:
     """Whether a request that reported no usage was billed nothing: the upstream was not reached
-    or answered with an error status (the router's own refusals included)."""
+    or answered with an error status (the router's own refusals included) — on every attempt,
+    under a routing file: one that timed out or broke may have been billed."""
+    if state is not None:
+        if state.attempts and any(o not in UNBILLED_OUTCOMES for _, o, _ in state.attempts):
+            return False
+        if status < 400 and (state.upstream_status or 0) >= 400:
+            return True  # a stream committed by heartbeats, then refused by the upstream
     if error_type is not None:
         return error_type in REFUNDED_TYPES
     return status >= 400 and status != 499

@@ -346,6 +346,7 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("router.tokenLimit.tokensPerMinute=-1", "router.tokenLimit.tokensPerMinute"),
         ("router.tokenBudgets.weekly=5", "router.tokenBudgets"),
         ("tracing.sampler=sometimes", "tracing.sampler"),
+        ("tracing.enabled=true", "tracing.endpoint"),  # on, but exporting nowhere
         ("profile.inline.name=x", "profile.inline"),  # an inline profile needs a baseUrl
         ("profile.routing.name=x", "profile.routing"),  # a routing file needs its routes
         ("profile.upstreamKeys[0].env=OPENAI_API_KEY", "profile.upstreamKeys"),

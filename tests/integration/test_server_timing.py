@@ -122,7 +122,7 @@ def test_a_stream_committed_by_heartbeats_has_no_upstream_time_yet(
     with httpx.stream("POST", timed.url + CHAT, json={**BODY, "stream": True}, timeout=10) as r:
         t = timing(r)
         r.read()
-    assert set(t) == {"router", "ttfb"}
+    assert set(t) == {"ttfb"}  # the wait was the upstream's; its split is not known yet
     assert t["ttfb"][0] >= 300.0  # the heartbeat interval
 
 

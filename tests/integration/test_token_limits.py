@@ -25,6 +25,7 @@ from tests.conftest import base_profile
 from tests.fakes.upstream import (
     FakeUpstream,
     Reply,
+    anthropic_stream,
     default_reply,
     openai_chat_stream,
     openai_usage_chunk,
@@ -379,3 +380,24 @@ def test_a_client_that_leaves_mid_stream_keeps_its_reservation(
         asyncio.run(asyncio.sleep(0.1))
     after = post(limited.url, body(), key)
     assert remaining(after) == BURST - estimate(data) - estimate(body())
+
+
+def test_an_anthropic_stream_cut_after_its_opening_count_keeps_its_reservation(
+    limited: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """message_start carries the input and a placeholder output count: not the answer's usage.
+    Cut before message_delta, the stream keeps its whole reservation."""
+    events = anthropic_stream("up-model-4")[:4]  # message_start, a block, a delta; then cut
+    upstream.reply_with(
+        Reply(headers=[("Content-Type", "text/event-stream")], action="close_mid",
+              chunks=[(0.0, e.encode()) for e in events])
+    )  # fmt: skip
+    key = "sk-tok-cut-anthropic"
+    data = body(stream=True)
+    headers = {"x-api-key": key, "Content-Type": "application/json"}
+    with httpx.stream("POST", limited.url + MESSAGES, content=data, headers=headers) as r:
+        assert r.status_code == 200
+        r.read()
+    upstream.reset()
+    after = post(limited.url, data, key, MESSAGES)
+    assert remaining(after) == BURST - 2 * estimate(data)

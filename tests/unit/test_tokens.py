@@ -321,7 +321,7 @@ def test_settle_replaces_the_reservation_or_lets_it_stand() -> None:
         (400, None, True),  # the upstream refused it
         (500, "upstream_error", True),
         (502, "connect_error", True),
-        (502, "tls_error", True),
+        (502, "tls_error", False),  # it may have failed after the request went out
         (503, None, True),  # the router's own refusal (upstreams cooling down, draining)
         (504, "timeout", False),  # it may still be generating, and billing
         (502, "io_error", False),
@@ -420,3 +420,64 @@ def test_profile_model_accepts_token_fields_in_camel_case() -> None:
     assert p.token_limit is not None and p.token_limit.max_output_reservation == 5
     with pytest.raises(ValidationError):
         TokenBudgets(daily=0)
+
+
+# -- the review's cases ---------------------------------------------------------------------------
+
+
+def test_n_answers_reserve_n_times_the_output() -> None:
+    r = rule(tokens_per_minute=100_000)
+    assert r.estimate({"max_tokens": 100, "n": 3}, 0) == 300
+    assert r.estimate({"max_tokens": 100, "n": True}, 0) == 100
+
+
+def test_budget_only_rules_still_send_token_headers() -> None:
+    lim = TokenLimiter(LocalTokens(), backend="local")
+    charge = asyncio.run(lim.reserve("k", rule(budgets={"daily": 1000}), {"max_tokens": 10}, 0))
+    assert charge is not None
+    assert charge.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert charge.headers["x-ratelimit-remaining-tokens"] == "990"
+
+
+def test_an_overrun_past_midnight_is_charged_to_the_new_day() -> None:
+    day1 = dt.datetime(2026, 11, 30, 23, 59, 50, tzinfo=dt.UTC).timestamp()
+    wall = [day1]
+    store = LocalTokens(Clock())
+    lim = TokenLimiter(store, backend="local", clock=lambda: wall[0])
+    r = rule(budgets={"daily": 10_000})
+    charge = asyncio.run(lim.reserve("k", r, {"max_tokens": 100}, 0))
+    assert charge is not None and charge.amount == 100
+    wall[0] = day1 + 20  # the answer ends on the next UTC day, having used 700 tokens
+    asyncio.run(lim.settle(charge, {"prompt_tokens": 200, "completion_tokens": 500}, False))
+    (today,) = r.meters("k", wall[0])
+    assert today.key == "k.d20261201"
+    assert asyncio.run(store.reserve([today], 0))[1] == [600.0]  # the 600 over the estimate
+
+
+class Attempts:
+    def __init__(self, attempts: list[tuple[str, str, float]], upstream_status: int | None):
+        self.attempts = attempts
+        self.upstream_status = upstream_status
+
+
+@pytest.mark.parametrize(
+    ("attempts", "upstream_status", "status", "error_type", "given_back"),
+    [
+        # an earlier attempt timed out (it may have been billed), the last found no connection
+        ([("a", "timeout", 1.0), ("b", "connect_error", 0.1)], None, 502, "connect_error", False),
+        ([("a", "server_error", 0.1), ("b", "connect_error", 0)], None, 502, "connect_error", True),
+        ([("a", "rate_limited", 0.1)], 429, 429, "upstream_error", True),
+        # a stream committed by heartbeats, then refused by the upstream: nothing billed
+        ([], 400, 200, None, True),
+        ([], 200, 200, None, False),
+    ],
+)  # fmt: skip
+def test_refunds_look_at_every_attempt(
+    attempts: list[tuple[str, str, float]],
+    upstream_status: int | None,
+    status: int,
+    error_type: str | None,
+    given_back: bool,
+) -> None:
+    state: Any = Attempts(attempts, upstream_status)
+    assert refunded(status, error_type, state) is given_back

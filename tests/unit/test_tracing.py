@@ -121,3 +121,60 @@ def test_tracing_settings_refuse_another_protocol() -> None:
         Settings.from_env({**on, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, profile_path=Path())
     ok = {**on, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
     assert Settings.from_env(ok, profile_path=Path()).tracing is True
+
+
+def test_usage_attributes_read_openai_cached_and_reasoning_details() -> None:
+    usage = {
+        "prompt_tokens": 50,
+        "completion_tokens": 20,
+        "prompt_tokens_details": {"cached_tokens": 30},
+        "completion_tokens_details": {"reasoning_tokens": 12},
+    }
+    assert usage_attributes(usage) == {
+        "gen_ai.usage.input_tokens": 50,  # OpenAI's input count already holds the cached part
+        "gen_ai.usage.output_tokens": 20,
+        "gen_ai.usage.cache_read.input_tokens": 30,
+        "gen_ai.usage.reasoning.output_tokens": 12,
+    }
+    responses = {"input_tokens": 11, "output_tokens": 4,
+                 "input_tokens_details": {"cached_tokens": 5},
+                 "output_tokens_details": {"reasoning_tokens": 2}}  # fmt: skip
+    assert usage_attributes(responses)["gen_ai.usage.input_tokens"] == 11
+    assert usage_attributes(responses)["gen_ai.usage.reasoning.output_tokens"] == 2
+
+
+def test_a_stream_keeps_the_usage_details() -> None:
+    t = UsageTracker()
+    t.keep(
+        b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1,'
+        b'"prompt_tokens_details":{"cached_tokens":1},"junk":{"x":1}}}\n\n'
+    )
+    assert t.usage == {
+        "prompt_tokens": 2,
+        "completion_tokens": 1,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    }
+    assert t.final
+
+
+def test_an_anthropic_opening_count_is_not_the_final_usage() -> None:
+    t = UsageTracker()
+    t.keep(b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
+           b'"usage":{"input_tokens":9,"output_tokens":1}}}\n\n')  # fmt: skip
+    assert t.usage == {"input_tokens": 9, "output_tokens": 1} and not t.final
+    t.keep(b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+           b'"end_turn"},"usage":{"output_tokens":4}}\n\n')  # fmt: skip
+    assert t.usage == {"input_tokens": 9, "output_tokens": 4} and t.final
+
+
+def test_a_missing_otel_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from service.settings import Settings, SettingsError
+
+    def missing(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    with pytest.raises(SettingsError, match=r"needs the otel extra"):
+        Settings.from_env({"API_ROUTER_TRACING": "true"}, profile_path=Path())
