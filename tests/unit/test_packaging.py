@@ -8,7 +8,7 @@
 - tests/ may import what any extra declares.
 - An import name maps to its distribution through the installed metadata (`yaml` is PyYAML).
 - requirements/dev.txt (every extra: what `make test` installs) and requirements/runtime.txt (the
-  dependencies and the redis extra: what the image installs) pin every declared package and the
+  dependencies, the redis and otel extras: what the image installs) pin every declared package and the
   build backend, each exactly and with hashes, and agree with each other: the image runs the
   versions the tests ran. The venv running this test holds those versions.
 """
@@ -34,7 +34,7 @@ PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT: dict[str, Any] = PYPROJECT["project"]
 FIRST_PARTY = {"service", "tests"}
 DEV_ONLY_EXTRAS = {"test", "dev"}
-IMAGE_EXTRAS = {"redis"}  # the Containerfile bakes in requirements/runtime.txt
+IMAGE_EXTRAS = {"redis", "otel"}  # the Containerfile bakes in requirements/runtime.txt
 # Imported by tests only when present, never required of the environment.
 OPTIONAL_IMPORTS = {"brotli": "tests/fakes/sentry_ingest.py: only when sentry-sdk compresses so"}
 
