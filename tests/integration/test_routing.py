@@ -351,6 +351,53 @@ def test_an_operator_key_replaces_the_client_s(
     assert primary.last.header("authorization") == "Bearer sk-client-key-1234"
 
 
+def test_client_or_operator_sends_the_client_s_own_key_else_the_operator_s(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary)
+    data["upstreams"]["secondary"]["apiKeyEnv"] = "API_ROUTER_TEST_BACKUP_KEY"
+    data["upstreams"]["secondary"]["credential"] = "client-or-operator"
+    router = router_factory(
+        data, env={"API_ROUTER_TEST_BACKUP_KEY": "sk-operator-backup-9012"}, name="either"
+    )
+    assert post(router, CHAT, chat("local-x")).status_code == 200
+    assert secondary.last.header("authorization") == "Bearer sk-client-key-1234"
+    r = httpx.post(router.url + CHAT, json=chat("local-x"), timeout=10)  # no key of its own
+    assert r.status_code == 200
+    assert secondary.last.header("authorization") == "Bearer sk-operator-backup-9012"
+
+
+def test_a_stored_response_goes_with_the_operator_key_of_its_upstream(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    data = routing_file(primary, secondary)
+    data["upstreams"]["primary"]["apiKeyEnv"] = "API_ROUTER_TEST_PRIMARY_KEY"
+    router = router_factory(
+        data, env={"API_ROUTER_TEST_PRIMARY_KEY": "sk-operator-primary-3456"}, name="stored-op"
+    )
+    r = httpx.get(router.url + "/v1/responses/resp_abc123", headers=KEY, timeout=10)
+    assert r.status_code == 200 and r.headers["x-router-upstream"] == "primary"
+    assert primary.last.header("authorization") == "Bearer sk-operator-primary-3456"
+    assert "sk-client-key-1234" not in json.dumps(primary.last.headers)
+
+
+def test_attempt_latency_is_recorded_by_upstream(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    def count(text: str, upstream: str) -> float:
+        return value(text, "upstream_attempt_seconds_count", upstream=upstream)
+
+    before = scrape(router.url)
+    primary.reply_with(lambda _r: error(503))
+    assert post(router, CHAT, chat("gpt-4o")).status_code == 200  # primary twice, then backup
+    after = scrape(router.url)
+    assert count(after, "primary") - count(before, "primary") == 2
+    assert count(after, "secondary") - count(before, "secondary") == 1
+    assert value(after, "upstream_attempt_seconds_sum", upstream="secondary") > value(
+        before, "upstream_attempt_seconds_sum", upstream="secondary"
+    )
+
+
 # -- translation chosen per target ---------------------------------------------------------------
 
 
