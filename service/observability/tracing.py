@@ -98,19 +98,27 @@ class Tracing:
     # -- the request (lifecycle) ---------------------------------------------------------------
 
     def start_request(self, request: Any) -> None:
-        parent = self.propagator.extract(_HeaderCarrier(request.headers))
+        headers = request.headers
+        parent = None
+        if "traceparent" in headers:
+            parent = self.propagator.extract(_HeaderCarrier(headers))
         ctx = request.ctx
-        ctx.span = self.tracer.start_span(
+        span = ctx.span = self.tracer.start_span(
             request.method,  # renamed to "<method> <route>" once the route is known
             context=parent,
             kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": request.method,
-                "url.path": request.path,
-                "url.scheme": "http",
-                "network.protocol.version": request.version,
-            },
         )
+        # A span the sampler dropped records nothing: no attribute is even built for it (the
+        # cost of tracing at a low sampling rate is then its context, its propagation, its id).
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "http.request.method": request.method,
+                    "url.path": request.path,
+                    "url.scheme": "http",
+                    "network.protocol.version": request.version,
+                }
+            )
         ctx.attempt = None
         sc = ctx.span.get_span_context()
         if sc.is_valid:  # every line logged while the request runs names its trace
@@ -133,12 +141,20 @@ class Tracing:
             return None
         return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
 
+    def recording(self, request: Any) -> bool:
+        """Whether the request's trace is sampled (what it records is exported)."""
+        span = getattr(request.ctx, "span", None)
+        return span is not None and span.is_recording()
+
     def finish_request(self, request: Any, status: int, route: str, state: Any) -> None:
         ctx = request.ctx
         span = getattr(ctx, "span", None)
         if span is None:
             return
         ctx.span = None
+        if not span.is_recording():
+            span.end()
+            return
         self._end_attempt(ctx, state, status)
         span.update_name(f"{request.method} {route}")
         attrs: dict[str, Any] = {"http.route": route, "http.response.status_code": status}
@@ -175,6 +191,9 @@ class Tracing:
             return
         if getattr(ctx, "attempt", None) is not None:  # never left open: one more follows
             self.attempt_failed(request, "superseded")
+        if not server.is_recording():  # not sampled: the upstream continues the server's context
+            self._inject(server, upstream_request)
+            return
         operation = OPERATIONS.get(route, "chat")
         url = urlsplit(str(upstream_request.url))
         attrs: dict[str, Any] = {
@@ -199,11 +218,14 @@ class Tracing:
             kind=SpanKind.CLIENT,
             attributes=attrs,
         )
+        self._inject(span, upstream_request)
+        ctx.attempt = (span, time.perf_counter())
+
+    def _inject(self, span: Any, upstream_request: Any) -> None:
         carrier: dict[str, str] = {}
         self.propagator.inject(carrier, context=trace.set_span_in_context(span))
         for k, v in carrier.items():  # replaces a traceparent the client sent along
             upstream_request.headers[k] = v
-        ctx.attempt = (span, time.perf_counter())
 
     def attempt_failed(self, request: Any, error_type: str, status: int | None = None) -> None:
         """The current attempt got no usable answer (a retry or failover follows, or none)."""

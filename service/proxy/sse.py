@@ -250,7 +250,8 @@ async def relay_stream(
     idle_secs = settings.stream_idle_secs
     reading: asyncio.Future[bytes] | None = None
     resp: httpx.Response | None = None
-    facts = ctx.tracing is not None  # what the trace reads of the answer
+    # what the trace reads of the answer (a sampled one only)
+    facts = ctx.tracing is not None and ctx.tracing.recording(request)
     usage = UsageTracker(strip_usage_chunk, facts)
     try:
         assert sending is not None

@@ -248,3 +248,24 @@ def test_latency_buckets_carry_the_trace_as_an_exemplar_in_openmetrics(
     assert found == {"request_latency_seconds_bucket", "upstream_latency_seconds_bucket"}
     classic = httpx.get(traced.url + "/metrics", timeout=10).text
     assert trace_id not in classic  # the text format 0.0.4 has no exemplars
+
+
+def test_an_unsampled_request_records_nothing_and_still_propagates(
+    receiver: OTLPReceiver, router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """The client's sampled flag 0 (parent-based sampler): nothing is exported, and the
+    provider gets the trace with the router's server span as parent, unsampled."""
+    router = router_factory(base_profile(upstream.url), env=tracing_env(receiver))
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {"traceparent": f"00-{trace_id}-{parent}-00"}
+    r = httpx.post(router.url + CHAT, json=chat(True), headers=headers, timeout=10)
+    assert r.status_code == 200
+    sent = upstream.last.header("traceparent")
+    assert sent is not None
+    version, got_trace, span_id, flags = sent.split("-")
+    assert (version, got_trace, flags) == ("00", trace_id, "00") and span_id != parent
+    # A sampled request after it is exported; the unsampled one never was.
+    sampled, _, sampled_headers = parent_header()
+    httpx.post(router.url + CHAT, json=chat(), headers=sampled_headers, timeout=10)
+    tree(receiver, sampled)
+    assert not [s for s in receiver.spans if s.trace_id == trace_id]

@@ -7,10 +7,10 @@
   drops it; httptools and sanic-routing were once imported this way.
 - tests/ may import what any extra declares.
 - An import name maps to its distribution through the installed metadata (`yaml` is PyYAML).
-- requirements/dev.txt (every extra: what `make test` installs) and requirements/runtime.txt (the
-  dependencies, the redis and otel extras: what the image installs) pin every declared package and the
-  build backend, each exactly and with hashes, and agree with each other: the image runs the
-  versions the tests ran. The venv running this test holds those versions.
+- requirements/dev.txt (every extra: what `make test` installs) and requirements/runtime.txt
+  (the dependencies, the redis and otel extras: what the image installs) pin every declared
+  package and the build backend, each exactly and with hashes, and agree with each other: the
+  image runs the versions the tests ran. The venv running this test holds those versions.
 """
 
 from __future__ import annotations
