@@ -97,7 +97,11 @@ def install(app: Sanic, keys: AccessKeys | None) -> None:
 
     @app.signal("http.routing.after")
     async def _check(request: Request, **_: object) -> None:
-        if request.path.startswith(PROTECTED_PREFIX) and not keys.admits(request.headers):
+        if (
+            request.path.startswith(PROTECTED_PREFIX)
+            and request.method != "OPTIONS"  # a CORS preflight never carries the key
+            and not keys.admits(request.headers)
+        ):
             raise Unauthorized()
 
 

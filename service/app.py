@@ -17,7 +17,7 @@ import os
 from sanic import Sanic
 from sanic.config import Config
 
-from . import access, connlimits
+from . import access, connlimits, cors
 from .config import ConfigHolder, load_file
 from .context import AppContext
 from .error_handler import error_response
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     access.install(app, context.access)
     app.blueprint(ops_bp)
     app.blueprint(proxy_bp)
+    cors.install(app, context.cors)  # API_ROUTER_CORS_ORIGINS: the preflight answers
     app.error_handler.add(Exception, error_response)
     if settings.metrics_enabled or settings.access_log_enabled or settings.tracing:
         lifecycle.install(app)

@@ -22,6 +22,7 @@ from sanic.config import Config
 from .access import AccessKeys
 from .config import ConfigHolder
 from .config.model import TokenBudgets, TokenLimit
+from .cors import Cors
 from .ejection import EJECTION_TABLE_ENV, Ejections
 from .ratelimit import Limit, Limiter
 from .ratelimit.tokens import TokenLimiter
@@ -44,6 +45,7 @@ class AppContext:
         "client_ip_from_headers",
         "config",
         "connections",
+        "cors",
         "default_limit",
         "draining",
         "ejection_share",
@@ -72,6 +74,8 @@ class AppContext:
         self.config = config
         # Shared deployments: the accepted client keys (service.access); None: an open router.
         self.access = access
+        # Browser clients (API_ROUTER_CORS_ORIGINS): None when off.
+        self.cors = Cors(settings.cors_origins) if settings.cors_origins else None
         # The environment's rate limit, for routes whose profile sets none (LoadedConfig.limit).
         self.default_limit = Limit.per_minute(settings.rate_limit_rpm, settings.rate_limit_burst)
         # The environment's token limit and budgets, for routes whose config sets none.

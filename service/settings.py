@@ -167,6 +167,8 @@ class Settings:
     # The client's Forwarded / X-Forwarded-* headers: replace (default), keep or drop
     # (service.proxy.headers).
     forwarded_headers: str = "replace"
+    # Browser clients (service.cors): "" off, "*" any origin, or a comma-separated list.
+    cors_origins: str = ""
     # Which bypasses of library internals are on (FastPaths; API_ROUTER_FAST_PATHS).
     fast_paths: FastPaths = field(default_factory=FastPaths)
 
@@ -302,4 +304,5 @@ def _hardening(env: Mapping[str, str]) -> dict[str, object]:
         "stream_idle_secs": _positive(env, "API_ROUTER_STREAM_IDLE_SECS", 300.0),
         "stream_max_secs": _positive(env, "API_ROUTER_STREAM_MAX_SECS", 3600.0),
         "access_keys_file": Path(keys_file) if keys_file else None,
+        "cors_origins": env.get("API_ROUTER_CORS_ORIGINS", "").strip(),
     }

@@ -35,6 +35,7 @@ from sanic.response import BaseHTTPResponse, HTTPResponse
 from .. import timing
 from ..config.model import PROXY_ROUTES
 from ..context import AppContext, RouterRequest
+from ..cors import Cors
 from ..proxy.headers import client_address, sane_request_id
 from ..server.protocol import connection_of
 from ..state import RequestState
@@ -83,6 +84,19 @@ def start(request: RouterRequest) -> None:
     structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
 
 
+def add_cors(cors: Cors, request: Any, response: BaseHTTPResponse) -> None:
+    """The CORS headers of a response to an allowed origin (service.cors), unless it has them
+    (a preflight's answer)."""
+    headers = response.headers
+    if "access-control-allow-origin" in headers:
+        return
+    for k, v in cors.headers(request.headers.get("origin")):
+        if k == "Vary":
+            headers.add(k, v)  # beside the upstream's own Vary
+        else:
+            headers[k] = v
+
+
 def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | None = None) -> None:
     ctx = request.ctx
     if getattr(ctx, "finished", True):
@@ -102,6 +116,8 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             response.headers["X-Request-ID"] = ctx.request_id
         if not state.timed:  # the numbers router_overhead_seconds gets below
             response.headers[timing.SERVER_TIMING] = timing.whole(elapsed, state.upstream_latency)
+            if app_ctx.cors is not None:  # a stream's head had them already
+                add_cors(app_ctx.cors, request, response)
     metrics = app_ctx.metrics
     if metrics is not None:
         metrics.in_flight.inc(-1)
@@ -231,6 +247,8 @@ def install_request_id(app: Sanic) -> None:
         if state is not None and not state.timed:
             elapsed = time.perf_counter() - ctx.started
             response.headers[timing.SERVER_TIMING] = timing.whole(elapsed, state.upstream_latency)
+            if request.app.ctx.cors is not None:
+                add_cors(request.app.ctx.cors, request, response)
 
 
 def install(app: Sanic[Any, AppContext]) -> None:

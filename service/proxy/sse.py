@@ -133,6 +133,9 @@ class _Stream:
         ctx = self.request.ctx
         ttfb = time.perf_counter() - ctx.started
         headers.append((timing.SERVER_TIMING, timing.stream_head(ttfb, upstream_head)))
+        cors = self.request.app.ctx.cors
+        if cors is not None:
+            headers.extend(cors.headers(self.request.headers.get("origin")))
         ctx.state.timed = True
         self.out = await self.request.respond(
             status=200, headers=Header(headers), content_type="text/event-stream"

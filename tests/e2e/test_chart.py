@@ -273,6 +273,7 @@ def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
     # Traces: the switch and the standard OTEL_* variables the SDK reads.
     cm = objs["ConfigMap"]["data"]
     assert cm["API_ROUTER_TRACING"] == "true"
+    assert cm["API_ROUTER_CORS_ORIGINS"] == "https://console.example.com"
     assert cm["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
     assert cm["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
     assert (cm["OTEL_TRACES_SAMPLER"], cm["OTEL_TRACES_SAMPLER_ARG"]) == (
