@@ -60,7 +60,7 @@ import httpx
 from sanic.response import HTTPResponse
 
 from ..config.loader import LoadedConfig
-from ..config.model import MULTIPART_ROUTES, ResolvedEndpoint, Timeouts
+from ..config.model import COUNTS_FOR, MULTIPART_ROUTES, ResolvedEndpoint, Timeouts
 from ..config.routing import Candidate, Policy, Routing, Upstream
 from ..context import RouterRequest
 from ..ejection import Gate
@@ -719,7 +719,12 @@ async def forward_routed(
         return local_estimate(route, payload, request.ctx.request_id)
 
     charge = None
-    rule = cfg.routed_token_rule(model_route.match, ctx.token_defaults)
+    # Token counting uses no tokens and reports no usage: never charged.
+    rule = (
+        None
+        if route in COUNTS_FOR
+        else cfg.routed_token_rule(model_route.match, ctx.token_defaults)
+    )
     if rule is not None:  # SPEC §13: per (client key, model route), before any attempt
         audio = boundary is not None
         charge = await ctx.tokens.reserve(

@@ -25,6 +25,7 @@ import httpx
 from sanic.response import HTTPResponse
 
 from ..config.model import (
+    COUNTS_FOR,
     RESPONSES_FORMAT,
     ResolvedEndpoint,
 )
@@ -158,7 +159,9 @@ async def forward(
 
     extra = decision.headers() if decision is not None else {}
     charge = None
-    if response_id is None:
+    # Token counting (count_tokens, input_tokens) uses no tokens and reports no usage: never
+    # charged (a reservation would stand for ever).
+    if response_id is None and route not in COUNTS_FOR:
         rule = cfg.token_rule(route, ctx.token_defaults)
         if rule is not None:  # SPEC §13: reserve the estimate before anything is sent
             charge = await ctx.tokens.reserve(

@@ -401,3 +401,18 @@ def test_an_anthropic_stream_cut_after_its_opening_count_keeps_its_reservation(
     upstream.reset()
     after = post(limited.url, data, key, MESSAGES)
     assert remaining(after) == BURST - 2 * estimate(data)
+
+
+def test_token_counting_is_never_charged(limited: RouterProcess, upstream: FakeUpstream) -> None:
+    """count_tokens reports no usage: a reservation would stand for ever (Claude Code calls it
+    often). It is neither reserved nor refused."""
+    key = "sk-tok-count"
+    data = json.dumps(
+        {"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 50_000}]}
+    ).encode()  # an estimate far larger than the bucket: it would be a 400
+    for _ in range(3):
+        r = post(limited.url, data, key, "/v1/messages/count_tokens")
+        assert r.status_code == 200, r.text
+        assert "x-ratelimit-limit-tokens" not in r.headers
+    after = post(limited.url, body(), key)
+    assert remaining(after) == BURST - estimate(body())
