@@ -6,9 +6,14 @@ message to itself forever (a busy loop at full CPU until SIGKILL): a pod stopped
 would spin through its grace period. Once shutting down, the wait ends; the manager's monitor
 then sees the shutdown message and stops the workers as usual. The wait also ends when the
 worker-state manager process is already gone (the SIGTERM reached it first), which otherwise
-ended the router with a traceback and exit 1 about one time in seven.
+ended the router with a traceback and exit 1 about one time in seven. And a SIGTERM that arrives
+while the manager's main thread is in a call to the worker-state manager (the ack wait, the
+monitor's state sync) is handled when that call returns, not in the middle of it: the signal
+handler's own calls would otherwise interleave with it on the one connection (seen in CI as
+"'list' object is not a mapping" and exit 1).
 
-Relies on: `WorkerManager._all_workers_ack` and `WorkerManager._shutting_down`
+Relies on: `WorkerManager._all_workers_ack`, `_sync_states`, `shutdown_signal` and
+`_shutting_down`
 (sanic/worker/manager.py), replaced on the class in the CLI's process before it serves. An
 upgrade of Sanic that renames them makes `patch()` fail loudly (AttributeError) rather than
 spin; one that fixes the loop makes it unnecessary.
@@ -18,6 +23,8 @@ router while its workers start. Always on.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def patch() -> None:
     from sanic.worker.manager import WorkerManager
@@ -25,17 +32,51 @@ def patch() -> None:
     acked = WorkerManager._all_workers_ack
     if getattr(acked, "_api_router_patched", False):
         return
+    sync_states = WorkerManager._sync_states
+    shutdown_signal = WorkerManager.shutdown_signal
+
+    def _run_deferred(self: WorkerManager) -> bool:
+        """The signal that arrived during a call to the state manager, handled now."""
+        deferred = getattr(self, "_api_router_deferred", None)
+        if deferred is None:
+            return False
+        self._api_router_deferred = None  # type: ignore[attr-defined]
+        shutdown_signal(self, *deferred)
+        return True
 
     def _all_workers_ack(self: WorkerManager) -> bool:
         if self._shutting_down:
             return True
+        self._api_router_in_call = True  # type: ignore[attr-defined]
         try:
-            return bool(acked(self))
+            done = bool(acked(self))
         except (EOFError, OSError):
             # The shared worker-state manager (a child process) went away: a SIGTERM sent to
             # the whole process group reached it first. Nothing is left to wait for; the
             # monitor then stops the workers as usual (instead of a traceback and exit 1).
-            return True
+            done = True
+        finally:
+            self._api_router_in_call = False  # type: ignore[attr-defined]
+        return _run_deferred(self) or done
+
+    def _sync_states(self: WorkerManager) -> None:
+        self._api_router_in_call = True  # type: ignore[attr-defined]
+        try:
+            sync_states(self)
+        finally:
+            self._api_router_in_call = False  # type: ignore[attr-defined]
+        _run_deferred(self)
+
+    def _shutdown_signal(self: WorkerManager, signal: Any, frame: Any) -> None:
+        if getattr(self, "_api_router_in_call", False):
+            # The main thread is in the middle of a call to the state manager over its one
+            # connection: a shutdown now would write to that connection mid-message (seen as
+            # "'list' object is not a mapping" and an exit 1). Handled as soon as it returns.
+            self._api_router_deferred = (signal, frame)  # type: ignore[attr-defined]
+            return
+        shutdown_signal(self, signal, frame)
 
     _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
     WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]
+    WorkerManager._sync_states = _sync_states  # type: ignore[method-assign]
+    WorkerManager.shutdown_signal = _shutdown_signal  # type: ignore[method-assign]
