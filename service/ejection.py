@@ -22,7 +22,6 @@ waits are shared across replicas too (service.ejection_redis).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 import struct
@@ -31,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .ratelimit.shared import share_file
+from .ratelimit.shared import flocked, share_file
 
 EJECTION_TABLE_ENV = "API_ROUTER_EJECTION_TABLE"
 SLOTS = 256
@@ -107,16 +106,8 @@ class Ejections:
         if self._fd is not None:
             os.close(self._fd)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._fd is None:
-            yield
-            return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return flocked(self._fd)
 
     @contextlib.contextmanager
     def _slot(self, name: str, create: bool) -> Iterator[int | None]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import mmap
 import os
 import struct
@@ -28,6 +27,7 @@ from typing import Any
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
+from ..ratelimit.shared import flocked
 from .metrics import LATENCY_BUCKETS
 
 FILE_NAME = "exemplars.bin"  # not *.db: prometheus-client reads every *.db there
@@ -55,16 +55,8 @@ class Exemplars:
             self._mm = bytearray(SIZE)
         self._routes: dict[str, int] = {}
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._fd is None:
-            yield
-            return
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return flocked(self._fd)
 
     def _route(self, route: str, create: bool) -> int | None:
         rid = self._routes.get(route)

@@ -87,6 +87,21 @@ def create_table(max_buckets: int = DEFAULT_MAX_BUCKETS, directory: str | None =
     return path
 
 
+@contextlib.contextmanager
+def flocked(fd: int | None) -> Iterator[None]:
+    """An exclusive `flock` on `fd` for the block (None: a table private to the process, no
+    lock). One helper for every file the workers share (this table, the ejection table, the
+    exemplar store)."""
+    if fd is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def share_table(max_buckets: int = DEFAULT_MAX_BUCKETS) -> str:
     """A table for the workers of this (primary) process: the path they should open."""
     return share_file(create_table(max_buckets))
@@ -157,13 +172,8 @@ class SharedLimiter:
 
     # -- locking ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return flocked(self._fd)
 
     # -- the table -------------------------------------------------------------------------
 

@@ -66,6 +66,15 @@ def stream(url: str, data: bytes, key: str) -> Any:
     return httpx.stream("POST", url + CHAT, content=data, headers=headers, timeout=15)
 
 
+def cut_after(events: list[str]) -> Reply:
+    """A stream of all but the last of `events`, then the upstream closes: no usage arrives."""
+    return Reply(
+        headers=[("Content-Type", "text/event-stream")],
+        action="close_mid",
+        chunks=[(0.0, e.encode()) for e in events],
+    )
+
+
 def remaining(r: httpx.Response) -> int:
     return int(r.headers["x-ratelimit-remaining-tokens"])
 
@@ -204,10 +213,7 @@ def test_a_cut_stream_without_usage_keeps_its_reservation(
 ) -> None:
     # Two content events, then the upstream closes before the third: no usage ever arrives.
     events = openai_chat_stream("up-model-4")[:3]
-    upstream.reply_with(
-        Reply(headers=[("Content-Type", "text/event-stream")], action="close_mid",
-              chunks=[(0.0, e.encode()) for e in events])
-    )  # fmt: skip
+    upstream.reply_with(cut_after(events))
     key = "sk-tok-cut"
     data = body(stream=True)
     with stream(limited.url, data, key) as r:
@@ -388,10 +394,7 @@ def test_an_anthropic_stream_cut_after_its_opening_count_keeps_its_reservation(
     """message_start carries the input and a placeholder output count: not the answer's usage.
     Cut before message_delta, the stream keeps its whole reservation."""
     events = anthropic_stream("up-model-4")[:4]  # message_start, a block, a delta; then cut
-    upstream.reply_with(
-        Reply(headers=[("Content-Type", "text/event-stream")], action="close_mid",
-              chunks=[(0.0, e.encode()) for e in events])
-    )  # fmt: skip
+    upstream.reply_with(cut_after(events))
     key = "sk-tok-cut-anthropic"
     data = body(stream=True)
     headers = {"x-api-key": key, "Content-Type": "application/json"}
