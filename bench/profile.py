@@ -1,6 +1,7 @@
 """Where a router worker's time goes under load: py-spy samples one worker while wrk drives it.
 
     .cache/bench-venv/bin/python bench/profile.py [--scenario json64] [--seconds 10] [--env K=V]
+                                                  [--connections N]
 
 Starts the fake upstream and api-router with one worker (all features on, as bench/run.py does),
 runs wrk for the scenario, records the worker with `py-spy record` (bench venv) and prints the
@@ -51,6 +52,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--env", action="append", default=[], help="router environment, K=V")
     p.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
+    p.add_argument("--connections", type=int, default=None, help="wrk connections")
     a = p.parse_args()
     env = dict(kv.split("=", 1) for kv in a.env)
     out_dir = run.CACHE / "bench-profile"
@@ -65,7 +67,11 @@ def main() -> None:
             run.start_router(t, 1, up_port, scratch, env)
             assert t.server is not None
             worker = run.worker_pids(t.server.proc.pid, t.port)[0]
-            load = threading.Thread(target=run.wrk, args=(t, a.scenario, bodies, a.seconds + 2))
+            load = threading.Thread(
+                target=run.wrk,
+                args=(t, a.scenario, bodies, a.seconds + 2),
+                kwargs={"connections": a.connections},
+            )
             load.start()
             time.sleep(1)
             subprocess.run(

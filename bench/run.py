@@ -882,6 +882,33 @@ def wrk(
     raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
+# Paced SSE capacity (issue 20): the paced stream at growing numbers of streams at once, for these
+# configurations; `make bench` runs it after the scenario rounds (report.capacity_rows).
+CAPACITY_CONFIGS = ("direct", "nginx", "router-2w")
+DEFAULT_CAPACITY = "256,1024,2048"
+
+
+def capacity(
+    targets: list[Target], bodies: dict[str, Path], conns: list[int], rounds: int, secs: float
+) -> list[dict[str, Any]]:
+    """One wrk run of the paced stream per configuration, connection count and round (the
+    order rotated from round to round); each run's result with its `connections`."""
+    ts = [t for t in targets if t.name in CAPACITY_CONFIGS and t.status == "ok"]
+    runs: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        for n in conns:
+            for t in ts[rnd % len(ts) :] + ts[: rnd % len(ts)] if ts else []:
+                r = wrk(t, "ssepaced", bodies, secs, connections=n)
+                runs.append({"round": rnd, "config": t.name, "connections": n, **r})
+                print(
+                    f"bench: capacity round {rnd + 1} {t.name:10} {n:5} conn "
+                    f"{r['ok_rps']:7.0f} streams/s p50 {r['p50_us'] / 1000:7.1f} ms "
+                    f"p99 {r['p99_us'] / 1000:7.1f} ms errors {r['errors']}",
+                    file=sys.stderr,
+                )
+    return runs
+
+
 def ttfb(t: Target, bodies: dict[str, Path], count: int, limit_secs: float) -> dict[str, Any]:
     """Time to the first byte of the first event, one stream at a time on a kept-alive connection
     (bounded by `count` streams and `limit_secs`)."""
@@ -1050,12 +1077,19 @@ def main() -> None:
         help="ms between two events of the paced SSE stream (default 10: 100 tokens/s)",
     )
     p.add_argument("--out", type=Path, help="results directory")
+    p.add_argument(
+        "--capacity",
+        help="paced SSE at these numbers of streams at once, comma-separated (default "
+        f"{DEFAULT_CAPACITY}; none with --quick; '' for none)",
+    )
     a = p.parse_args()
     rounds = a.rounds or (1 if a.quick else 3)
     duration = a.duration or (2.0 if a.quick else 5.0)
     soak_secs = a.soak if a.soak is not None else (10.0 if a.quick else 600.0)
     out_dir = a.out or (BENCH / "results" / ("tmp" if a.quick else ""))
     only = set(a.only.split(",")) | {"direct", "nginx"} if a.only else None
+    cap_arg = a.capacity if a.capacity is not None else ("" if a.quick else DEFAULT_CAPACITY)
+    cap_conns = [int(c) for c in cap_arg.split(",") if c.strip()]
 
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
@@ -1092,7 +1126,11 @@ def main() -> None:
                         print(f"bench: {t.name} {sc}: {problem}", file=sys.stderr)
                         continue
                     plan.append((t, sc))
-            total = rounds * (len(plan) * duration + 8 * len(targets)) + soak_secs
+            total = (
+                rounds * (len(plan) * duration + 8 * len(targets))
+                + soak_secs
+                + rounds * len(cap_conns) * len(CAPACITY_CONFIGS) * (duration + 2)
+            )
             print(
                 f"bench: {len(plan)} runs x {rounds} rounds, about {total / 60:.0f} min",
                 file=sys.stderr,
@@ -1115,6 +1153,7 @@ def main() -> None:
                     if t.status == "ok" and t.supports("ttfb"):
                         r = ttfb(t, bodies, count=200, limit_secs=10)
                         runs.append({"round": rnd, "config": t.name, "scenario": "ttfb", **r})
+            cap_runs = capacity(targets, bodies, cap_conns, rounds, duration) if cap_conns else []
             rss = {
                 t.name: {str(pid): rss_mb(pid) for pid in worker_pids(t.server.proc.pid, t.port)}
                 for t in targets
@@ -1147,6 +1186,7 @@ def main() -> None:
         "runs": runs,
         "rss_mb": rss,
         "soak": soak_result,
+        "capacity": cap_runs,
     }
     if tracing is not None:
         results["tracing"] = tracing

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # Sanic's default is 100: a thousand clients connecting at once (agents opening their
+        # streams) would lose SYNs and wait a second or more for the retry.
+        backlog=settings.backlog,
         access_log=False,
         motd=False,
         single_process=False,

@@ -157,6 +157,8 @@ class Settings:
     body_timeout_secs: float = 120.0
     keep_alive_secs: float = 75.0
     max_connections: int = 500
+    # The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
+    backlog: int = 4096
     # Upstream side (service.proxy.upstream / sse).
     upstream_max_connections: int = 1024
     upstream_pool_wait_secs: float = 5.0
@@ -297,6 +299,7 @@ def _hardening(env: Mapping[str, str]) -> dict[str, object]:
         "max_connections": _int(
             env, "API_ROUTER_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
         ),
+        "backlog": _int(env, "API_ROUTER_BACKLOG", 4096, 1, 65535),
         "upstream_max_connections": _int(
             env, "API_ROUTER_UPSTREAM_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
         ),

@@ -358,8 +358,8 @@ async def relay_stream(
                     await resp.aclose()
                     await stream.fail(STREAM_TIMEOUT)
                     return None
-                out = [e for e in events if usage.keep(e)]
-                if any(malformed(e) for e in out):
+                out = usage.kept(events)
+                if any(map(malformed, out)):
                     kept = [e for e in out if not malformed(e)]
                     state.malformed_events += len(out) - len(kept)
                     out = kept

@@ -190,3 +190,56 @@ def test_the_default_cap_follows_the_file_descriptor_limit(
     finally:
         for s in held:
             s.close()
+
+
+def _handshakes_while_stopped(r: RouterProcess, count: int) -> int:
+    """With every worker stopped (SIGSTOP: nothing accepts), start `count` connections and
+    return how many complete their TCP handshake within a second: those the listening socket's
+    accept queue holds. The kernel drops the SYN of one more, and its client retries after a
+    second or more."""
+    import os
+    import signal
+
+    pids = [int(p) for p in re.findall(r"Starting worker \[(\d+)\]", r.output())]
+    assert pids
+    socks: list[socket.socket] = []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", r.port))
+            socks.append(s)
+        deadline = time.monotonic() + 1.0
+        done: set[int] = set()
+        while len(done) < count and time.monotonic() < deadline:
+            _, writable, _ = select.select(
+                [], [s for s in socks if s.fileno() not in done], [], 0.1
+            )
+            for s in writable:
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    done.add(s.fileno())
+        return len(done)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        for s in socks:
+            s.close()
+
+
+def test_a_burst_of_connections_waits_in_the_accept_queue(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Agents open their streams in bursts. Sanic's default accept queue (100) would drop the
+    SYNs past it and make those clients wait a second or more for the retry; the router asks for
+    4096 (API_ROUTER_BACKLOG; the kernel caps it at net.core.somaxconn), so a burst of 400
+    connections is held while the workers are busy, and the setting is what decides."""
+    r = router_factory(base_profile(fake_upstream.url))
+    assert _handshakes_while_stopped(r, 400) == 400
+    small = router_factory(base_profile(fake_upstream.url), env={"API_ROUTER_BACKLOG": "50"})
+    assert 45 <= _handshakes_while_stopped(small, 400) <= 60
+    with connect(small.port) as s:  # the workers took up again
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = read_response(s)
+        assert resp is not None and resp.status == 200

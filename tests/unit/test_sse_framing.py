@@ -15,6 +15,7 @@ from service.proxy.events import (
     UsageTracker,
     ask_for_usage,
     event_data,
+    malformed,
 )
 from service.proxy.multipart import ModelPartRewriter, boundary_of, rewrite_body
 
@@ -66,6 +67,85 @@ def test_framer_finds_every_event_whatever_the_read_boundaries(
     # so it comes out at the end of the stream instead.
     assert events + ([rest] if rest else []) == expected
     assert rest == b"" or rest.endswith(b"\r")
+
+
+class RegexOnlyFramer(EventFramer):
+    """The framer without its LF-only fast path: every read through the general scanner."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        return self._feed_any(data)
+
+
+def framer_state(f: EventFramer) -> tuple[object, ...]:
+    return (f.pending, f._line_empty, f._after_cr, f._cr_blank)
+
+
+# Raw bytes rich in line ends, blank lines, `data: {` and `}`: what the two framers must agree on.
+sse_bytes = st.lists(
+    st.sampled_from([b"\n", b"\n\n", b"\r", b"\r\n", b"data: {", b"}", b"x", b": c", b"data:"]),
+    max_size=40,
+).map(b"".join)
+
+
+@given(sse_bytes, st.lists(st.integers(0, 10_000), max_size=8))
+def test_the_lf_fast_path_frames_exactly_as_the_general_scanner(
+    data: bytes, cuts: list[int]
+) -> None:
+    fast, reference = EventFramer(), RegexOnlyFramer()
+    for piece in split_at(data, cuts):
+        assert fast.feed(piece) == reference.feed(piece)
+        assert framer_state(fast) == framer_state(reference)
+    assert fast.flush() == reference.flush()
+
+
+class FastOnlyFramer(EventFramer):
+    """Fails if a read goes to the general scanner."""
+
+    __slots__ = ()
+
+    def _feed_any(self, data: bytes) -> list[bytes]:
+        raise AssertionError("the general scanner was used")
+
+
+def test_the_lf_fast_path_is_taken_for_lf_streams() -> None:
+    f = FastOnlyFramer()
+    assert f.feed(b"data: {}\n\ndata: {") == [b"data: {}\n\n"]
+    assert f.feed(b"}\n") == []
+    assert f.feed(b"\n\n") == [b"data: {}\n\n", b"\n"]
+
+
+def slow_malformed(event: bytes) -> bool:
+    """The definition of `malformed`, without its shortcut for the usual event."""
+    i = event.find(b"data:")
+    if i < 0:
+        return False
+    if event[i + 5 :].lstrip(b" ")[:1] != b"{":
+        return False
+    return event_data(event).rstrip()[-1:] != b"}"
+
+
+@given(sse_bytes)
+def test_malformed_shortcut_agrees_with_its_definition(event: bytes) -> None:
+    assert malformed(event) == slow_malformed(event)
+    assert malformed(event + b"}\n\n") == slow_malformed(event + b"}\n\n")
+
+
+def test_malformed_events() -> None:
+    assert not malformed(b'data: {"a": 1}\n\n')
+    assert malformed(b'data: {"a": 1\n\n')
+    assert malformed(b'data: {"a":\rid: }\n\n')  # the last line is `id`, the data is cut
+    assert not malformed(b"data: plain text\n\n")
+
+
+def test_usage_tracker_passes_events_without_usage_through_as_they_are() -> None:
+    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+    u = UsageTracker(strip_usage_chunk=True)
+    assert u.kept(events) is events
+    chunk = b'data: {"choices": [], "usage": {"prompt_tokens": 3}}\n\n'
+    assert u.kept([events[0], chunk, events[1]]) == events
+    assert u.usage == {"prompt_tokens": 3}
 
 
 def test_framer_holds_an_incomplete_event_and_flushes_it_at_the_end() -> None:

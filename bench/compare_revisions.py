@@ -1,0 +1,118 @@
+"""Worker CPU per request of the working tree against a git revision, on one scenario.
+
+    .cache/bench-venv/bin/python bench/compare_revisions.py [--base HEAD] [--scenario sse64]
+                                                            [--connections N] [--rounds 5]
+
+How a change to the relay or the request path is measured before it is kept: the revision
+`--base` is checked out into .cache/bench-base/<sha> (a git worktree, reused), and one
+api-router with 1 worker is started from it and one from the working tree, both on the same fake
+upstream (bench/run.py's nginx + paced Node upstream), both running at once. In each round each
+gets one wrk run of the scenario (bench/run.py's `json64`, `sse64` burst, `ssepaced`; the order
+alternates from round to round); its worker's CPU time over the run divided by the requests
+answered is its CPU per request. Printed: per side the median and range over the rounds, the
+median over rounds of (tree - base) in the same round, and requests/s. Same method as
+bench/fastpath_cost.py. Loopback only; everything started is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import fastpath_cost  # noqa: E402
+import run  # noqa: E402
+
+
+def worktree(rev: str) -> Path:
+    sha = subprocess.run(
+        ["git", "-C", str(run.ROOT), "rev-parse", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = run.CACHE / "bench-base" / sha
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(run.ROOT), "worktree", "add", "--detach", str(path), sha],
+            capture_output=True,
+            check=True,
+        )
+    return path
+
+
+def measure(
+    t: run.Target, worker: int, bodies: dict[str, Path], scenario: str, secs: float, conns: int
+) -> dict[str, Any]:
+    before = fastpath_cost.cpu_secs(worker)
+    r = run.wrk(t, scenario, bodies, secs, connections=conns or None)
+    used = fastpath_cost.cpu_secs(worker) - before
+    if r["errors"] or not r["requests"]:
+        raise RuntimeError(f"{t.name}: {r['errors']} errors, {r['requests']} requests")
+    return {"cpu_us": used / r["requests"] * 1e6, "rps": r["rps"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="HEAD", help="the git revision to compare against")
+    ap.add_argument("--scenario", default="sse64", choices=sorted(run.SCENARIOS))
+    ap.add_argument("--connections", type=int, default=0, help="0: the scenario's own")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
+    a = ap.parse_args()
+    sides = {"base": worktree(a.base), "tree": run.ROOT}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    load_before = run.loadavg()
+    with run.scratch(True) as scratch:
+        bodies = run.write_bodies(scratch)
+        up_port = run.free_port()
+        upstreams = run.start_upstream(scratch, up_port, a.sse_gap_ms)
+        started: list[tuple[str, run.Target, int]] = []
+        try:
+            for name, root in sides.items():
+                t = run.Target(f"router-{name}", "transport", name)
+                run.start_router(t, 1, up_port, scratch, {"PYTHONPATH": str(root)})
+                assert t.server is not None
+                problem = run.check(t, a.scenario, bodies)
+                if problem is not None:
+                    raise RuntimeError(f"{name}: {problem}")
+                (worker,) = run.worker_pids(t.server.proc.pid, t.port)
+                started.append((name, t, worker))
+                run.wrk(t, a.scenario, bodies, 2, connections=a.connections or None)  # warm-up
+            for i in range(a.rounds):
+                for name, t, worker in started if i % 2 == 0 else started[::-1]:
+                    results[name].append(
+                        measure(t, worker, bodies, a.scenario, a.seconds, a.connections)
+                    )
+                print(f"round {i + 1}/{a.rounds} done", file=sys.stderr)
+        finally:
+            for _, t, _ in started:
+                if t.server is not None:
+                    t.server.stop()
+            for u in upstreams:
+                u.stop()
+    print("| side | CPU per request, us: median (range) | minus base (median) | req/s |")
+    print("| --- | --- | --- | --- |")
+    for name in sides:
+        cpu = [r["cpu_us"] for r in results[name]]
+        diff = [
+            r["cpu_us"] - b["cpu_us"] for r, b in zip(results[name], results["base"], strict=True)
+        ]
+        print(
+            f"| {name} | {statistics.median(cpu):.0f} ({min(cpu):.0f}-{max(cpu):.0f}) "
+            f"| {statistics.median(diff):+.1f} "
+            f"| {statistics.median(r['rps'] for r in results[name]):,.0f} |"
+        )
+    print(
+        f"\n{a.scenario}, {a.connections or 'its own'} connections, {a.rounds} rounds of "
+        f"{a.seconds:g} s, base {a.base}; load average before {load_before}, "
+        f"after {run.loadavg()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
