@@ -1,4 +1,4 @@
-"""Worker CPU per request of the working tree against a git revision, on one scenario.
+"""Worker CPU per request of the working tree against a git revision or a setting, one scenario.
 
     .cache/bench-venv/bin/python bench/compare_revisions.py [--base HEAD] [--scenario sse64]
                                                             [--connections N] [--rounds 5]
@@ -11,7 +11,9 @@ gets one wrk run of the scenario (bench/run.py's `json64`, `sse64` burst, `ssepa
 alternates from round to round); its worker's CPU time over the run divided by the requests
 answered is its CPU per request. Printed: per side the median and range over the rounds, the
 median over rounds of (tree - base) in the same round, and requests/s. Same method as
-bench/fastpath_cost.py. Loopback only; everything started is stopped by its pid.
+bench/fastpath_cost.py. `--base . --base-env K=V` compares the tree with itself under a
+different environment (one fast path off, for instance). Loopback only; everything started is
+stopped by its pid.
 """
 
 from __future__ import annotations
@@ -57,14 +59,23 @@ def measure(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="HEAD", help="the git revision to compare against")
+    ap.add_argument(
+        "--base", default="HEAD", help="the git revision to compare against ('.': the tree)"
+    )
+    ap.add_argument(
+        "--base-env",
+        action="append",
+        default=[],
+        help="K=V for the base side's router (e.g. API_ROUTER_FAST_PATHS=... with --base .)",
+    )
     ap.add_argument("--scenario", default="sse64", choices=sorted(run.SCENARIOS))
     ap.add_argument("--connections", type=int, default=0, help="0: the scenario's own")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
     a = ap.parse_args()
-    sides = {"base": worktree(a.base), "tree": run.ROOT}
+    sides = {"base": run.ROOT if a.base == "." else worktree(a.base), "tree": run.ROOT}
+    envs = {"base": dict(kv.split("=", 1) for kv in a.base_env), "tree": {}}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     load_before = run.loadavg()
     with run.scratch(True) as scratch:
@@ -75,7 +86,7 @@ def main() -> None:
         try:
             for name, root in sides.items():
                 t = run.Target(f"router-{name}", "transport", name)
-                run.start_router(t, 1, up_port, scratch, {"PYTHONPATH": str(root)})
+                run.start_router(t, 1, up_port, scratch, {"PYTHONPATH": str(root), **envs[name]})
                 assert t.server is not None
                 problem = run.check(t, a.scenario, bodies)
                 if problem is not None:
@@ -109,7 +120,7 @@ def main() -> None:
         )
     print(
         f"\n{a.scenario}, {a.connections or 'its own'} connections, {a.rounds} rounds of "
-        f"{a.seconds:g} s, base {a.base}; load average before {load_before}, "
+        f"{a.seconds:g} s, base {a.base} {envs['base'] or ''}; load average before {load_before}, "
         f"after {run.loadavg()}"
     )
 

@@ -56,6 +56,7 @@ class AppContext:
         "http",
         "limiter",
         "metrics",
+        "send_hooked",
         "settings",
         "token_defaults",
         "tokens",
@@ -72,6 +73,9 @@ class AppContext:
     def __init__(self, settings: Settings, config: ConfigHolder, access: AccessKeys | None):
         self.settings = settings
         self.config = config
+        # An `http.lifecycle.send` signal handler is registered (service.server.stream_write
+        # finds out on the first stream): None until then.
+        self.send_hooked: bool | None = None
         # Shared deployments: the accepted client keys (service.access); None: an open router.
         self.access = access
         # Browser clients (API_ROUTER_CORS_ORIGINS): None when off.

@@ -27,7 +27,7 @@ class SettingsError(ValueError):
 
 FAST_PATHS_ENV = "API_ROUTER_FAST_PATHS"
 # Every fast path, by the name API_ROUTER_FAST_PATHS selects it with.
-FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request")
+FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request", "stream")
 _ALL = ("", "1", "all", "on", "true", "yes")
 _NONE = ("0", "none", "off", "false", "no")
 
@@ -43,7 +43,9 @@ class FastPaths:
     - `logging`: structlog's own processor chain writes the completion line, with its own
       `TimeStamper` (service.observability.logging_fast);
     - `request`: httpx's own `Request` constructor builds the upstream request
-      (service.proxy.upstream_fast).
+      (service.proxy.upstream_fast);
+    - `stream`: the SSE relay's task and Sanic's `response.send` carry every upstream piece
+      (on: written from the upstream connection's callback; service.server.stream_write).
 
     `API_ROUTER_FAST_PATHS`: `all` (the default) or `1`; `0` or `none`; or the names of those to
     keep on, comma-separated (`dispatch,metrics`), for measuring one against the others.
@@ -53,6 +55,7 @@ class FastPaths:
     metrics: bool = True
     logging: bool = True
     request: bool = True
+    stream: bool = True
 
     @classmethod
     def parse(cls, raw: str | None) -> FastPaths:

@@ -86,7 +86,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httptools
@@ -107,6 +107,10 @@ _VCHARS = rb"[\x21-\x7e\x80-\xff]++"
 _FIELD = _TOKEN + rb": (?:" + _VCHARS + rb"(?:[ \t]++" + _VCHARS + rb")*+)?\r\n"
 _HEAD = re.compile(_TOKEN + rb" [\x21-\x7e]++ HTTP/1\.1\r\n(?:" + _FIELD + rb")*+\r\n")
 _DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+# A wait's timer fires at most this early (loop timers have millisecond steps) and still counts.
+TIMER_SLACK = 0.001
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -131,6 +135,10 @@ class _Conn(asyncio.Protocol):
         self.reused = False  # taken from the idle pool (not opened for this request)
         self.busy = False  # a request is using it (from acquire to release/close)
         self.reading_paused = False
+        self.timer: asyncio.TimerHandle | None = None  # serves `wait`
+        self.sink: Callable[[], bool] | None = None  # `_Body.push`
+        self.timer_at = 0.0  # when it fires (loop time)
+        self.deadline: float | None = None  # of the wait in course
         self._new_response()
 
     def _new_response(self) -> None:
@@ -172,6 +180,10 @@ class _Conn(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("Malformed response from the upstream"), e)
         if not self.head_done and self.head_size > HEAD_LIMIT and self.error is None:
             self._fail(httpx.RemoteProtocolError("Upstream response head too large"))
+        sink = self.sink
+        if sink is not None and self.chunks and self.error is None and sink():
+            if not (self.complete or self.closed):
+                return  # handed over at once (`_Body.push`): no reader to wake
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -308,16 +320,46 @@ class _Conn(asyncio.Protocol):
                 d.set_result(None)
 
     async def wait(self, limit: float | None) -> None:
-        """Until the protocol has news (bytes, end, error); TimeoutError after `limit` s."""
+        """Until the protocol has news (bytes, end, error); TimeoutError after `limit` s.
+
+        One timer per connection serves its waits: a wait whose deadline is at or after the
+        armed timer's keeps that timer, which, firing before the deadline of the wait in
+        course, re-arms itself for it. A relay waits once per upstream event, each time until
+        a little later (its next heartbeat): one timer per heartbeat interval instead of a
+        timer started and cancelled per event (bench/README.md, "Relay per event")."""
         fut = self.loop.create_future()
         self.waiter = fut
-        handle = self.loop.call_later(limit, _expire, fut) if limit is not None else None
+        if limit is not None:
+            deadline = self.loop.time() + limit
+            self.deadline = deadline
+            timer = self.timer
+            if timer is None or self.timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer = self.loop.call_at(deadline, self._on_timer)
+                self.timer_at = deadline
         try:
             await fut
         finally:
             self.waiter = None
-            if handle is not None:
-                handle.cancel()
+            self.deadline = None
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # no wait in course: the next one arms a timer of its own
+        if self.loop.time() >= deadline - TIMER_SLACK:
+            waiter.set_exception(TimeoutError())
+        else:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
+
+    def stop_timer(self) -> None:
+        """The connection is released or gone: its timer must not keep it alive."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def take(self) -> bytes:
         chunks = self.chunks
@@ -428,6 +470,31 @@ class _Body(httpx.AsyncByteStream):
                 if wait >= limit:
                     return None
 
+    def push(self, offer: Callable[[], bool] | None) -> None:
+        """While set, `offer()` is called in the connection's data callback whenever body bytes
+        arrived, before a reader waiting in `receive` is woken: an offer that takes them
+        (`take_now`) and returns True spares that wake-up, so a relay can pass each piece on
+        without a task switch per piece. An offer that returns False (it could not pass them
+        on now, or it failed the body with `fail`) leaves what it did not take for `receive`,
+        which wakes as usual. None stops it; so does the end of the body."""
+        conn = self._conn
+        if conn is not None:
+            conn.sink = offer
+
+    def take_now(self) -> bytes:
+        """What arrived (for an offer): as `receive` would have returned it."""
+        conn = self._conn
+        assert conn is not None
+        self._last = conn.loop.time()
+        return conn.take()
+
+    def fail(self, exc: BaseException) -> None:
+        """End the body with `exc` (an offer that could not handle what it took): the upstream
+        connection is closed and `receive` raises `exc`."""
+        conn = self._conn
+        if conn is not None:
+            conn._fail(exc)
+
     def _done(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -487,6 +554,7 @@ class H1Transport(httpx.AsyncBaseTransport):
     def _closed(self, conn: _Conn) -> None:
         """A connection's socket is gone (called once: from `abort`, or from connection_lost when
         the peer closed it)."""
+        conn.stop_timer()
         self._open -= 1
         idle = self._idle.get(conn.key)
         if idle and not conn.busy and conn in idle:
@@ -503,6 +571,8 @@ class H1Transport(httpx.AsyncBaseTransport):
     def _release(self, conn: _Conn) -> None:
         if not conn.busy:
             return
+        conn.stop_timer()
+        conn.sink = None
         conn.busy = False
         if conn.reusable():
             idle = self._idle.setdefault(conn.key, [])

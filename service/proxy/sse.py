@@ -33,6 +33,7 @@ from .. import timing
 from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
 from ..context import RouterRequest
 from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
+from ..server.stream_write import ChunkWriter, chunk_writer
 from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
 from ..translate.responses import ResponsesTranslator
@@ -204,6 +205,88 @@ class _Stream:
         await self.out.eof()
 
 
+class _Pieces:
+    """What the client gets of the upstream's bytes: complete events (`EventFramer`), usage
+    recorded, malformed ones dropped and counted, translated to the client's format."""
+
+    __slots__ = ("framer", "last_event", "state", "translator", "usage")
+
+    def __init__(
+        self,
+        usage: UsageTracker,
+        translator: Translator | ResponsesTranslator | None,
+        state: RequestState,
+    ) -> None:
+        self.framer = EventFramer()
+        self.usage = usage
+        self.translator = translator
+        self.state = state
+        self.last_event = time.monotonic()  # of the last complete upstream event
+
+    def feed(self, chunk: bytes, now: float) -> list[bytes]:
+        events = self.framer.feed(chunk)
+        if events:
+            self.last_event = now
+        return events
+
+    def out(self, events: list[bytes]) -> list[bytes]:
+        out = self.usage.kept(events)
+        if any(map(malformed, out)):
+            kept = [e for e in out if not malformed(e)]
+            self.state.malformed_events += len(out) - len(kept)
+            out = kept
+        if self.translator is not None:
+            out = self.translator.events(out)
+        return out
+
+
+class _Offer:
+    """Relays what the upstream connection received from its data callback (h1transport
+    `_Body.push`, fast path `stream`), the same as the relay's task would: declines (the task
+    then takes the bytes) whenever the task must act — the client's transport paused or
+    closing, the head not out yet, the idle time or the deadline passed — and, failing, ends
+    the body with the error, which the task then meets."""
+
+    __slots__ = ("body", "deadline", "idle_secs", "pieces", "started", "state", "stream", "writer")
+
+    def __init__(
+        self,
+        request: RouterRequest,
+        stream: _Stream,
+        pieces: _Pieces,
+        writer: ChunkWriter,
+        body: Any,
+        idle_secs: float,
+        deadline: float,
+    ) -> None:
+        self.stream = stream
+        self.pieces = pieces
+        self.writer = writer
+        self.body = body
+        self.idle_secs = idle_secs
+        self.deadline = deadline
+        self.state: RequestState = request.ctx.state
+        self.started: float = request.ctx.started
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        pieces = self.pieces
+        if not self.writer.ready() or now >= min(pieces.last_event + self.idle_secs, self.deadline):
+            return False
+        try:
+            out = pieces.out(pieces.feed(self.body.take_now(), now))
+        except Exception as e:  # what the task would have raised, it raises from its read
+            self.body.fail(e)
+            return False
+        if out:
+            state = self.state
+            if state.first_byte_latency is None:
+                state.first_byte_latency = time.perf_counter() - self.started
+            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+            self.stream.last_write = time.monotonic()
+        return True
+
+
 async def _abandon(task: asyncio.Future[Any] | None) -> None:
     """Cancel a helper task and wait for it without raising its outcome (ours still propagates)."""
     if task is None:
@@ -256,6 +339,7 @@ async def relay_stream(
     # what the trace reads of the answer (a sampled one only)
     facts = ctx.tracing is not None and ctx.tracing.recording(request)
     usage = UsageTracker(strip_usage_chunk, facts)
+    pushing: Callable[[Any], None] | None = None  # the body's `push` while an offer is set
     try:
         assert sending is not None
         await asyncio.wait({sending}, timeout=ep.heartbeat_interval_secs)
@@ -320,14 +404,23 @@ async def relay_stream(
             headers.extend(head_headers)
             await stream.commit(headers, ep.buffer_size, upstream_head)
 
-        framer = EventFramer()
+        pieces = _Pieces(usage, translator, state)
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
         # per read; any other through a task that survives the heartbeat waits.
         receive = getattr(resp.stream, "receive", None)
         chunks = resp.aiter_raw()
-        last_event = time.monotonic()
+        # Fast path `stream`: with the h1 engine each piece is relayed from the upstream
+        # connection's data callback (`_Offer`); the task below only writes heartbeats, waits
+        # while the client is slow, and ends the stream.
+        push = getattr(resp.stream, "push", None)
+        if push is not None and settings.fast_paths.stream:
+            writer = chunk_writer(request)
+            if writer is not None:
+                offer = _Offer(request, stream, pieces, writer, resp.stream, idle_secs, deadline)
+                push(offer)
+                pushing = push
         while True:
-            until = min(last_event + idle_secs, deadline)
+            until = min(pieces.last_event + idle_secs, deadline)
             try:
                 if receive is not None:
                     chunk = await stream.receive(receive, until)
@@ -342,6 +435,10 @@ async def relay_stream(
                     else:
                         await _abandon(reading)
                         reading, chunk = None, None
+                if chunk is None and time.monotonic() < min(
+                    pieces.last_event + idle_secs, deadline
+                ):
+                    continue  # events came meanwhile (relayed by the offer): wait on
                 if chunk is None:
                     # Let go of the upstream before the client sees the end of its stream (once
                     # it has, it may close, and that cancels this handler).
@@ -350,21 +447,13 @@ async def relay_stream(
                     return None
                 if not chunk:
                     break
-                events = framer.feed(chunk)
                 now = time.monotonic()
-                if events:
-                    last_event = now
-                if now >= min(last_event + idle_secs, deadline):
+                events = pieces.feed(chunk, now)
+                if now >= min(pieces.last_event + idle_secs, deadline):
                     await resp.aclose()
                     await stream.fail(STREAM_TIMEOUT)
                     return None
-                out = usage.kept(events)
-                if any(map(malformed, out)):
-                    kept = [e for e in out if not malformed(e)]
-                    state.malformed_events += len(out) - len(kept)
-                    out = kept
-                if translator is not None:
-                    out = translator.events(out)
+                out = pieces.out(events)
             except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):
                 await stream.fail(StreamError())
                 return None
@@ -372,7 +461,10 @@ async def relay_stream(
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 await stream.write(out[0] if len(out) == 1 else b"".join(out))
-        rest = framer.flush()
+        if pushing is not None:
+            pushing(None)
+            pushing = None
+        rest = pieces.framer.flush()
         if translator is not None:  # the upstream ended: what closes the client's stream
             try:
                 rest = b"".join(translator.events([rest] if rest else []) + translator.finish())
@@ -384,6 +476,8 @@ async def relay_stream(
         await stream.out.eof()
         return None
     finally:
+        if pushing is not None:  # first: nothing more is written from the upstream's callback
+            pushing(None)
         # Also when the client went away (Sanic cancelled us): the lifecycle listeners then
         # record 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started

@@ -5,6 +5,9 @@ and which test holds it to Sanic's own behaviour:
 
 - `dispatch`: `RouterApp`, the hot lifecycle signals called without the signal router (a fast
   path: `API_ROUTER_FAST_PATHS` without `dispatch` serves with Sanic's own dispatch);
+- `stream_write`: `ChunkWriter`, an SSE relay's pieces written straight to the client's
+  transport from the upstream connection's callback (a fast path: without `stream`, the
+  relay's task writes each through `response.send`);
 - `protocol`: `GuardedHttpProtocol`, total head/body deadlines and a connection cap;
 - `shutdown`: what SIGTERM does (listening sockets closed at once, idle connections closed);
 - `manager`: the worker manager stops waiting for start-up acknowledgements once shutting down;

@@ -20,11 +20,12 @@ from sanic import Sanic
 from service.app import create_app
 from service.observability import logging as obs_logging
 from service.observability import metrics_fast
-from service.proxy import upstream
+from service.proxy import sse, upstream
+from service.server import stream_write
 from service.server.dispatch import HOT_SIGNALS, RouterApp
-from service.settings import Settings
+from service.settings import FAST_PATH_NAMES, Settings
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream, openai_usage_chunk
 from tests.integration.test_fast_dispatch import _routed_events
 from tests.support import write_profile
 
@@ -133,3 +134,59 @@ def test_every_mode_answers_the_same(make_app: Any, env: dict[str, str]) -> None
         assert [(x["request_id"], x["status_code"], x["model"]) for x in lines] == [
             ("mode-1", 200, "gpt-4")
         ]
+
+
+def paced_stream() -> list[tuple[float, bytes]]:
+    """A stream the relay must do everything to: events apart in time, one cut across two reads,
+    a malformed one (dropped and counted), the usage chunk the router asked for (dropped)."""
+    events = [e.encode() for e in openai_chat_stream("up-model", ("Hel", "lo", " wor", "ld"))]
+    third = events[2]
+    return [
+        (0.0, events[0]),
+        (0.02, events[1]),
+        (0.02, third[:25]),
+        (0.02, third[25:]),
+        (0.02, b'data: {"choices": [{"delta": {"content": "cut\n\n'),
+        *[(0.02, e) for e in events[3:-1]],
+        (0.02, openai_usage_chunk("up-model").encode()),
+        (0.02, events[-1]),  # [DONE]
+    ]
+
+
+def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
+    make_app: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast path `stream` (service.server.stream_write): events after the first are written
+    from the upstream connection's callback, not by the relay's task through Sanic's send. The
+    client gets the same body either way, and the same things are recorded."""
+    upstream.reply_with(
+        Reply(headers=[("Content-Type", "text/event-stream")], chunks=paced_stream())
+    )
+    direct: list[bytes] = []
+    write = stream_write.ChunkWriter.write
+
+    def counted(self: stream_write.ChunkWriter, data: bytes) -> None:
+        direct.append(data)
+        write(self, data)
+
+    monkeypatch.setattr(stream_write.ChunkWriter, "write", counted)
+    body = {**CHAT, "stream": True}
+    app, log = make_app({})
+    _, fast = app.test_client.post("/v1/chat/completions", json=body)
+    assert fast.status == 200, fast.text
+    assert len(direct) >= 4  # every event after the head's, straight to the transport
+
+    def refuse(*_: object, **__: object) -> Any:
+        raise AssertionError("the stream fast path ran")
+
+    monkeypatch.setattr(sse, "chunk_writer", refuse)
+    others = ",".join(n for n in FAST_PATH_NAMES if n != "stream")
+    stock_app, stock_log = make_app({"API_ROUTER_FAST_PATHS": others})
+    _, stock = stock_app.test_client.post("/v1/chat/completions", json=body)
+    assert stock.status == 200, stock.text
+    assert fast.body == stock.body
+    assert b"cut" not in fast.body and b'"usage"' not in fast.body
+    assert fast.body.count(b"data: ") == 6  # 4 content events, the finish, [DONE]
+    lines = _completion_lines(log), _completion_lines(stock_log)
+    assert [(x["status_code"], x.get("malformed_events")) for x in lines[0]] == [(200, 1)]
+    assert [(x["status_code"], x.get("malformed_events")) for x in lines[1]] == [(200, 1)]

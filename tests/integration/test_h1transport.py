@@ -539,6 +539,63 @@ def test_receive_waits_again_after_a_limit_and_keeps_the_read_timeout(scripted) 
     asyncio.run(go())
 
 
+def test_one_timer_serves_a_stream_of_waits_and_each_wait_keeps_its_deadline(scripted) -> None:
+    """A relay waits for every event until its next heartbeat, each time a little later: the
+    connection keeps one timer for all those waits (not one started and cancelled per event);
+    a wait with an earlier deadline than the armed timer gets its own, and a timer that fires
+    before the deadline of the wait in course re-arms itself, so no wait ends early."""
+    events = 30
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(events):
+            writer.write(b"5\r\nevent\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        writer.write(b"4\r\nlate\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        resp = await c.send(req(c, s.url, read=5.0), stream=True)
+        receive = resp.stream.receive  # type: ignore[union-attr]
+        conn = resp.stream._conn  # type: ignore[union-attr]
+        got = b""
+        for _ in range(2):  # the head's wait armed a later timer (5 s): the first wait replaces it
+            data = await receive(2.0)
+            assert data is not None
+            got += data
+        first = conn.timer
+        assert first is not None
+        while len(got) < 5 * events:
+            data = await receive(2.0)
+            assert data is not None
+            got += data
+            assert conn.timer is first  # the first wait's timer serves all the others
+        assert got == b"event" * events
+        # An earlier deadline than the armed timer (2 s): a timer of its own, which fires on time.
+        started = time.monotonic()
+        assert await receive(0.1) is None
+        assert time.monotonic() - started >= 0.09
+        # The timer armed for 0.1 s fires during this 0.3 s wait and re-arms for its deadline.
+        started = time.monotonic()
+        assert await receive(0.1) is None
+        assert await receive(0.3) is None
+        assert time.monotonic() - started >= 0.38  # not 0.2: the re-armed timer kept 0.3 s
+        assert await receive(2.0) == b"late"
+        assert await receive(2.0) == b""
+        assert conn.timer is None  # released with the response: nothing keeps it alive
+        await resp.aclose()
+        await c.aclose()
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("gap", [0.0, 0.05])
 def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
