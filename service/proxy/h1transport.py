@@ -441,6 +441,7 @@ class _Body(httpx.AsyncByteStream):
         if conn is None:
             return b""
         loop = conn.loop
+        limit_at = loop.time() + limit
         while True:
             if conn.chunks:
                 self._last = loop.time()
@@ -460,14 +461,17 @@ class _Body(httpx.AsyncByteStream):
             if self._last is None:
                 self._last = now
             read_until = self._last + self._timeout if self._timeout is not None else None
-            wait = limit if read_until is None else min(limit, read_until - now)
+            wait = limit_at - now if read_until is None else min(limit_at, read_until) - now
             try:
                 await conn.wait(max(0.0, wait))
             except TimeoutError:
-                if read_until is not None and loop.time() >= read_until:
+                # An offer (`push`) may have taken bytes meanwhile: the read timeout runs from
+                # the last bytes taken, whoever took them.
+                now = loop.time()
+                if self._timeout is not None and now >= self._last + self._timeout - TIMER_SLACK:
                     self._discard()
                     raise httpx.ReadTimeout("Timed out reading from the upstream") from None
-                if wait >= limit:
+                if now >= limit_at - TIMER_SLACK:
                     return None
 
     def push(self, offer: Callable[[], bool] | None) -> None:

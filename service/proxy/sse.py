@@ -14,6 +14,13 @@
   request as 499 (service.observability.lifecycle).
 - Upstream breaks mid-stream: `event: error` with a JSON `data:` line, then the end
   (`error_type` `stream_error`).
+- Who writes (fast path `stream`, the h1 engine): once the head is out, each upstream piece is
+  relayed from the upstream connection's data callback (`_Offer`), so a paced stream costs no
+  task wake-up per event. The relay's task still owns everything else and takes a piece itself
+  whenever the offer declines: while it is writing (nothing passes a piece it holds), while
+  the client's transport is paused or closing, past the idle time or the deadline, or when a
+  piece fails. Either way the same `_Pieces` makes the events, so the client sees the same
+  bytes (tests/integration/test_fast_paths.py).
 """
 
 from __future__ import annotations
@@ -105,6 +112,7 @@ class _Stream:
         "responses",
         "saved_limits",
         "translator",
+        "writing",
     )
 
     def __init__(
@@ -123,6 +131,7 @@ class _Stream:
         self.out: Any = None
         self.last_write = 0.0
         self.saved_limits: tuple[int, int] | None = None
+        self.writing = False  # a write through Sanic is in course (or the response ended)
 
     async def commit(
         self, headers: list[tuple[str, str]], buffer_size: int, upstream_head: float | None
@@ -149,8 +158,17 @@ class _Stream:
         self.last_write = time.monotonic()
 
     async def write(self, data: bytes) -> None:
-        await self.out.send(data)
+        self.writing = True  # an offer (`_Offer`) waits: nothing may pass what this holds
+        try:
+            await self.out.send(data)
+        finally:
+            self.writing = False
         self.last_write = time.monotonic()
+
+    async def end(self) -> None:
+        """The end of the response (Sanic's last chunk)."""
+        self.writing = True  # for good: nothing is written after it
+        await self.out.eof()
 
     async def _slice(self, until: float) -> float | None:
         """Seconds to wait before the next heartbeat or `until` (a heartbeat written first when
@@ -202,7 +220,7 @@ class _Stream:
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         self.request.ctx.state.error_type = err.error_type
         await self.write(self.failure(err.status, data or error_body(err, self.anthropic)))
-        await self.out.eof()
+        await self.end()
 
 
 class _Pieces:
@@ -270,20 +288,24 @@ class _Offer:
 
     def __call__(self) -> bool:
         now = time.monotonic()
-        pieces = self.pieces
-        if not self.writer.ready() or now >= min(pieces.last_event + self.idle_secs, self.deadline):
+        pieces, stream = self.pieces, self.stream
+        if (
+            stream.writing  # the task holds a piece (in order: it goes first)
+            or not self.writer.ready()
+            or now >= min(pieces.last_event + self.idle_secs, self.deadline)
+        ):
             return False
         try:
             out = pieces.out(pieces.feed(self.body.take_now(), now))
+            if out:
+                state = self.state
+                if state.first_byte_latency is None:
+                    state.first_byte_latency = time.perf_counter() - self.started
+                self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+                stream.last_write = time.monotonic()
         except Exception as e:  # what the task would have raised, it raises from its read
             self.body.fail(e)
             return False
-        if out:
-            state = self.state
-            if state.first_byte_latency is None:
-                state.first_byte_latency = time.perf_counter() - self.started
-            self.writer.write(out[0] if len(out) == 1 else b"".join(out))
-            self.stream.last_write = time.monotonic()
         return True
 
 
@@ -396,7 +418,7 @@ async def relay_stream(
             else:
                 data = upstream_error_data(resp.status_code, body, stream.anthropic)
             await stream.write(stream.failure(resp.status_code, data))
-            await stream.out.eof()
+            await stream.end()
             return None
 
         if stream.out is None:
@@ -435,8 +457,10 @@ async def relay_stream(
                     else:
                         await _abandon(reading)
                         reading, chunk = None, None
-                if chunk is None and time.monotonic() < min(
-                    pieces.last_event + idle_secs, deadline
+                if (
+                    chunk is None
+                    and pushing is not None
+                    and time.monotonic() < min(pieces.last_event + idle_secs, deadline)
                 ):
                     continue  # events came meanwhile (relayed by the offer): wait on
                 if chunk is None:
@@ -473,7 +497,7 @@ async def relay_stream(
                 return None
         if rest:
             await stream.write(rest)
-        await stream.out.eof()
+        await stream.end()
         return None
     finally:
         if pushing is not None:  # first: nothing more is written from the upstream's callback

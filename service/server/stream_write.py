@@ -31,23 +31,24 @@ SEND_SIGNAL = "http.lifecycle.send"
 
 
 class ChunkWriter:
-    __slots__ = ("_can_write", "_chunked", "_http", "_protocol", "_transport")
+    __slots__ = ("_can_write", "_http", "_protocol", "_transport")
 
     def __init__(self, http: Any, protocol: Any, transport: Any) -> None:
         self._http = http
         self._protocol = protocol
         self._transport = transport
         self._can_write = protocol._can_write
-        self._chunked = False  # the head went out: Sanic sends the next pieces chunked
 
     def ready(self) -> bool:
-        """A piece written now is what `response.send` would write, at once."""
-        if not self._chunked:
-            http = self._http
-            if http.response_func != http.http1_response_chunked:
-                return False
-            self._chunked = True
-        return self._can_write.is_set() and not self._transport.is_closing()
+        """A piece written now is what `response.send` would write, at once: the head went
+        out (Sanic then sends the pieces chunked), the response has not ended, the client's
+        transport takes bytes. (The relay also waits while its task writes through Sanic.)"""
+        http = self._http
+        return (
+            http.response_func == http.http1_response_chunked
+            and self._can_write.is_set()
+            and not self._transport.is_closing()
+        )
 
     def write(self, data: bytes) -> None:
         """One piece (not empty) of the body; only after `ready()`."""

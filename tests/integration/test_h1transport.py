@@ -596,6 +596,46 @@ def test_one_timer_serves_a_stream_of_waits_and_each_wait_keeps_its_deadline(scr
     asyncio.run(go())
 
 
+def test_bytes_taken_by_an_offer_keep_the_read_timeout_from_firing(scripted) -> None:
+    """A relay with the `stream` fast path takes the body's bytes in an offer (`push`) while its
+    task waits in `receive` until the next heartbeat: the read timeout runs from the last bytes
+    taken, by either, so a steady stream is never cut when the read timeout is shorter than
+    the heartbeat interval."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(12):
+            writer.write(b"5\r\nevent\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    s = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        resp = await c.send(req(c, s.url, read=0.4), stream=True)
+        body = resp.stream
+        taken: list[bytes] = []
+
+        def offer() -> bool:
+            taken.append(body.take_now())  # type: ignore[attr-defined]
+            return True
+
+        body.push(offer)  # type: ignore[attr-defined]
+        while (data := await body.receive(2.0)) != b"":  # type: ignore[attr-defined]
+            if data:
+                taken.append(data)
+        assert b"".join(taken) == b"event" * 12  # 1.2 s of bytes under a 0.4 s read timeout
+        await resp.aclose()
+        await c.aclose()
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("gap", [0.0, 0.05])
 def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -475,6 +475,34 @@ def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
     assert sent_during_pause < 64 * 1024 * 1024, sent_during_pause
 
 
+def test_a_reader_that_keeps_pausing_gets_every_event_once_and_in_order(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """Back-pressure on and off all along the stream: whichever side relays a piece (the
+    relay's task while the client is slow, the upstream connection's callback otherwise; fast
+    path `stream`), nothing passes a piece that is waiting to be written."""
+    count = 20000
+    pad = "x" * 400
+
+    def numbered() -> Iterator[tuple[float, bytes]]:
+        for n in range(count):
+            yield (0, f'data: {{"n": {n}, "p": "{pad}"}}\n\n'.encode())
+
+    upstream.reply_with(Reply(headers=SSE, chunk_source=numbered))
+    data = bytearray()
+    with (
+        httpx.Client(timeout=30) as c,
+        c.stream("POST", srouter.url + "/v1/chat/completions", json=CHAT_BODY) as r,
+    ):
+        assert r.status_code == 200
+        for i, piece in enumerate(r.iter_raw(8192)):
+            data += piece
+            if i % 2 == 0:
+                time.sleep(0.001)  # slow: the router's buffer fills, then drains, many times
+    seen = [json.loads(e[6:])["n"] for e in bytes(data).split(b"\n\n") if e.startswith(b"data: {")]
+    assert seen == list(range(count))
+
+
 # -- real SDK clients --------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
@@ -89,7 +89,8 @@ sse_bytes = st.lists(
 ).map(b"".join)
 
 
-@given(sse_bytes, st.lists(st.integers(0, 10_000), max_size=8))
+@settings(max_examples=400)
+@given(sse_bytes, st.lists(st.integers(0, 10_000), max_size=12))
 def test_the_lf_fast_path_frames_exactly_as_the_general_scanner(
     data: bytes, cuts: list[int]
 ) -> None:
@@ -114,6 +115,10 @@ def test_the_lf_fast_path_is_taken_for_lf_streams() -> None:
     assert f.feed(b"data: {}\n\ndata: {") == [b"data: {}\n\n"]
     assert f.feed(b"}\n") == []
     assert f.feed(b"\n\n") == [b"data: {}\n\n", b"\n"]
+    # A large event in many reads: each read is searched alone, the event comes out whole.
+    big = b"data: " + b"x" * 100_000 + b"\n\n"
+    pieces = [big[i : i + 1000] for i in range(0, len(big), 1000)]
+    assert [e for p in pieces for e in f.feed(p)] == [big]
 
 
 def slow_malformed(event: bytes) -> bool:

@@ -1,0 +1,86 @@
+"""The SSE relay's offer (service/proxy/sse.py `_Offer`, fast path `stream`): what it relays
+from the upstream connection's callback, and when it leaves the bytes to the relay's task."""
+
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+from service.proxy.events import EventTooLarge, UsageTracker
+from service.proxy.sse import _Offer, _Pieces
+from service.state import RequestState
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.open = True
+
+    def ready(self) -> bool:
+        return self.open
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class Body:
+    def __init__(self) -> None:
+        self.arrived: list[bytes] = []
+        self.failed: BaseException | None = None
+
+    def take_now(self) -> bytes:
+        data, self.arrived = b"".join(self.arrived), []
+        return data
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed = exc
+
+
+def offer(max_event: int = 1 << 20) -> tuple[_Offer, SimpleNamespace, Writer, Body, RequestState]:
+    state = RequestState()
+    request = SimpleNamespace(ctx=SimpleNamespace(state=state, started=time.perf_counter()))
+    stream = SimpleNamespace(writing=False, last_write=0.0)
+    pieces = _Pieces(UsageTracker(), None, state)
+    pieces.framer.max_event = max_event
+    writer, body = Writer(), Body()
+    o = _Offer(request, stream, pieces, writer, body, 300.0, math.inf)  # type: ignore[arg-type]
+    return o, stream, writer, body, state
+
+
+def test_the_offer_relays_whole_events_and_holds_the_rest() -> None:
+    o, stream, writer, body, state = offer()
+    body.arrived = [b'data: {"a": 1}\n\ndata: {"b"']
+    assert o() is True
+    assert writer.written == [b'data: {"a": 1}\n\n'] and stream.last_write > 0
+    assert state.first_byte_latency is not None
+    body.arrived = [b": 2}\n\n", b'data: {"cut\n\n']  # the malformed one is dropped, counted
+    assert o() is True
+    assert writer.written[1:] == [b'data: {"b": 2}\n\n'] and state.malformed_events == 1
+
+
+def test_while_the_task_writes_the_offer_takes_nothing() -> None:
+    """The task holds a piece it is writing through Sanic (the client was slow): a later piece
+    must not pass it, so the offer declines and leaves its bytes to the task."""
+    o, stream, writer, body, _ = offer()
+    stream.writing = True
+    body.arrived = [b"data: {}\n\n"]
+    assert o() is False
+    assert body.arrived == [b"data: {}\n\n"] and writer.written == []
+    stream.writing = False
+    writer.open = False  # the client's transport paused or closing: the same
+    assert o() is False and body.arrived == [b"data: {}\n\n"]
+
+
+def test_past_the_idle_time_the_offer_leaves_the_bytes_to_the_task() -> None:
+    o, _, writer, body, _ = offer()
+    o.pieces.last_event = time.monotonic() - 301
+    body.arrived = [b"data: {}\n\n"]
+    assert o() is False and body.arrived == [b"data: {}\n\n"] and writer.written == []
+
+
+def test_a_failure_in_the_offer_ends_the_body_with_it() -> None:
+    o, _, writer, body, _ = offer(max_event=10)
+    body.arrived = [b"data: " + b"x" * 50]
+    assert o() is False
+    assert isinstance(body.failed, EventTooLarge) and writer.written == []
