@@ -1153,7 +1153,6 @@ def main() -> None:
                     if t.status == "ok" and t.supports("ttfb"):
                         r = ttfb(t, bodies, count=200, limit_secs=10)
                         runs.append({"round": rnd, "config": t.name, "scenario": "ttfb", **r})
-            cap_runs = capacity(targets, bodies, cap_conns, rounds, duration) if cap_conns else []
             rss = {
                 t.name: {str(pid): rss_mb(pid) for pid in worker_pids(t.server.proc.pid, t.port)}
                 for t in targets
@@ -1168,6 +1167,9 @@ def main() -> None:
                     if r["config"] == "router-2w" and r["scenario"] == "json64"
                 ]
                 soak_result = soak(router, bodies, statistics.median(best), soak_secs)
+            # Last: thousands of open streams grow a worker's RSS (~33 KB each, bench/README.md),
+            # which the RSS target above is not about.
+            cap_runs = capacity(targets, bodies, cap_conns, rounds, duration) if cap_conns else []
         finally:
             for t in targets:
                 if t.server is not None:
