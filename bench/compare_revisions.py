@@ -19,6 +19,7 @@ stopped by its pid.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,24 @@ def worktree(rev: str) -> Path:
             capture_output=True,
             check=True,
         )
+    return path
+
+
+def routing(up_port: int, scratch: Path, scenario: str) -> Path:
+    """bench/run.py's routing file; for the SSE scenarios one route whose upstream streams
+    (the fake upstream's `/sse/` base, paced when wrk asks)."""
+    if scenario not in ("sse64", "ssepaced"):
+        return run.routing_file(up_port, scratch)
+    data = {
+        "name": "bench-routing-sse",
+        "upstreams": {"a": {"baseUrl": f"http://127.0.0.1:{up_port}/sse"}},
+        "modelRoutes": [
+            {"match": "bench-model", "targets": [{"upstream": "a", "model": "upstream-model"}]}
+        ],
+        "rateLimit": {"requestsPerMinute": 1e9, "burst": 1_000_000_000},
+    }
+    path = scratch / "router-routing-sse.json"
+    path.write_text(json.dumps(data))
     return path
 
 
@@ -73,6 +92,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
+    ap.add_argument(
+        "--routing", action="store_true", help="both routers on bench/run.py's routing file"
+    )
     a = ap.parse_args()
     sides = {"base": run.ROOT if a.base == "." else worktree(a.base), "tree": run.ROOT}
     envs = {"base": dict(kv.split("=", 1) for kv in a.base_env), "tree": {}}
@@ -86,7 +108,11 @@ def main() -> None:
         try:
             for name, root in sides.items():
                 t = run.Target(f"router-{name}", "transport", name)
-                run.start_router(t, 1, up_port, scratch, {"PYTHONPATH": str(root), **envs[name]})
+                config = routing(up_port, scratch, a.scenario) if a.routing else None
+                env = {"PYTHONPATH": str(root), **envs[name]}
+                run.start_router(t, 1, up_port, scratch, env, config=config)
+                if a.routing and a.scenario in ("sse64", "ssepaced"):
+                    t.sse_path = "/v1/chat/completions"  # to the upstream's /sse/ base
                 assert t.server is not None
                 problem = run.check(t, a.scenario, bodies)
                 if problem is not None:
@@ -119,7 +145,8 @@ def main() -> None:
             f"| {statistics.median(r['rps'] for r in results[name]):,.0f} |"
         )
     print(
-        f"\n{a.scenario}, {a.connections or 'its own'} connections, {a.rounds} rounds of "
+        f"\n{a.scenario}{' (routing file)' if a.routing else ''}, "
+        f"{a.connections or 'its own'} connections, {a.rounds} rounds of "
         f"{a.seconds:g} s, base {a.base} {envs['base'] or ''}; load average before {load_before}, "
         f"after {run.loadavg()}"
     )

@@ -637,12 +637,45 @@ class _BeforeContent(Exception):
 
 
 class _Replay(httpx.AsyncByteStream):
-    """The bytes read before the commit point, then the rest of the upstream's stream."""
+    """The bytes read before the commit point, then the rest of the upstream's stream.
+
+    Over the h1 engine it also offers what the relay reads a plain stream with (service.proxy.
+    sse): `receive(limit)` (no task per read) and `push(offer)` (fast path `stream`): the held
+    bytes first, then the upstream body's own. An offer reaches the upstream body only once the
+    held bytes were taken, so nothing it relays can pass them."""
 
     def __init__(self, head: bytes, rest: Any, resp: httpx.Response) -> None:
         self._head = head
         self._rest = rest
         self._resp = resp
+        self._offer: Any = None  # set before the held bytes were taken: handed on with them
+        inner: Any = resp.stream
+        self._inner = inner
+        self.receive: Any = None
+        self.push: Any = None
+        if hasattr(inner, "receive"):
+            self.receive = self._receive
+            if hasattr(inner, "push"):
+                self.push = self._push
+                self.take_now = inner.take_now
+                self.fail = inner.fail
+
+    async def _receive(self, limit: float) -> bytes | None:
+        if self._head:
+            head, self._head = self._head, b""
+            if self._offer is not None:
+                self._inner.push(self._offer)
+                self._offer = None
+            return head
+        data: bytes | None = await self._inner.receive(limit)
+        return data
+
+    def _push(self, offer: Any) -> None:
+        if self._head and offer is not None:
+            self._offer = offer
+            return
+        self._offer = None
+        self._inner.push(offer)
 
     async def __aiter__(self) -> Any:
         if self._head:

@@ -47,15 +47,18 @@ def _test_mode() -> Iterator[None]:
 
 @pytest.fixture
 def make_app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
-    """`make_app(env)`: the app `create_app` builds for these environment variables, and the
-    stream its log lines go to."""
+    """`make_app(env)`: the app `create_app` builds for these environment variables (on
+    `config`, a profile or routing file, when given), and the stream its log lines go to."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     profile = write_profile(tmp_path, base_profile(upstream.url))
     apps: list[Sanic] = []
 
-    def make(env: dict[str, str]) -> tuple[Sanic, io.StringIO]:
-        settings = Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=profile)
+    def make(
+        env: dict[str, str], config: dict[str, Any] | None = None
+    ) -> tuple[Sanic, io.StringIO]:
+        path = profile if config is None else write_profile(tmp_path, config, f"c{len(apps)}")
+        settings = Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=path)
         app = create_app(settings)
         apps.append(app)
         stream = io.StringIO()
@@ -153,8 +156,19 @@ def paced_stream() -> list[tuple[float, bytes]]:
     ]
 
 
+def routed(url: str) -> dict[str, Any]:
+    """A routing file sending `gpt-4` to the fake upstream (its streams go through the
+    failover's hold-back before the relay)."""
+    return {
+        "name": "routed",
+        "upstreams": {"up": {"baseUrl": url}},
+        "modelRoutes": [{"match": "gpt-4", "targets": [{"upstream": "up", "model": "up-model"}]}],
+    }
+
+
+@pytest.mark.parametrize("routing", [False, True], ids=["profile", "routing-file"])
 def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
-    make_app: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+    make_app: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch, routing: bool
 ) -> None:
     """Fast path `stream` (service.server.stream_write): events after the first are written
     from the upstream connection's callback, not by the relay's task through Sanic's send. The
@@ -171,7 +185,8 @@ def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
 
     monkeypatch.setattr(stream_write.ChunkWriter, "write", counted)
     body = {**CHAT, "stream": True}
-    app, log = make_app({})
+    config = routed(upstream.url) if routing else None
+    app, log = make_app({}, config)
     _, fast = app.test_client.post("/v1/chat/completions", json=body)
     assert fast.status == 200, fast.text
     assert len(direct) >= 4  # every event after the head's, straight to the transport
@@ -181,7 +196,7 @@ def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
 
     monkeypatch.setattr(sse, "chunk_writer", refuse)
     others = ",".join(n for n in FAST_PATH_NAMES if n != "stream")
-    stock_app, stock_log = make_app({"API_ROUTER_FAST_PATHS": others})
+    stock_app, stock_log = make_app({"API_ROUTER_FAST_PATHS": others}, config)
     _, stock = stock_app.test_client.post("/v1/chat/completions", json=body)
     assert stock.status == 200, stock.text
     assert fast.body == stock.body

@@ -84,3 +84,51 @@ def test_a_failure_in_the_offer_ends_the_body_with_it() -> None:
     body.arrived = [b"data: " + b"x" * 50]
     assert o() is False
     assert isinstance(body.failed, EventTooLarge) and writer.written == []
+
+
+class InnerBody:
+    """The h1 body's reading interface, recorded."""
+
+    def __init__(self) -> None:
+        self.offers: list[object] = []
+
+    async def receive(self, limit: float) -> bytes | None:
+        return b"rest"
+
+    def push(self, offer: object) -> None:
+        self.offers.append(offer)
+
+    def take_now(self) -> bytes:
+        return b""
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_failed_over_stream_hands_the_offer_on_only_after_its_held_bytes() -> None:
+    """Under a routing file the bytes read before the commit point are replayed first
+    (failover `_Replay`): an offer set before they were taken must not reach the upstream body,
+    or it could relay later bytes ahead of them."""
+    import asyncio
+
+    import httpx
+
+    from service.proxy.failover import _Replay
+
+    inner = InnerBody()
+    resp = httpx.Response(200, stream=inner)  # type: ignore[arg-type]
+    replay = _Replay(b"held", None, resp)
+
+    def offer() -> bool:
+        return True
+
+    replay.push(offer)
+    assert inner.offers == []
+    assert asyncio.run(replay.receive(1.0)) == b"held"
+    assert inner.offers == [offer]
+    assert asyncio.run(replay.receive(1.0)) == b"rest"
+    replay.push(None)
+    assert inner.offers == [offer, None]
