@@ -18,8 +18,10 @@ registered (Sanic would dispatch it on every send). The end of the response is a
 Relies on: `Http.response_func`, `Http.http1_response_chunked`, the protocol's `_can_write` event
 and `_time` (sanic/http/http1.py, sanic/server/protocols/base_protocol.py) and
 `app.signal_router.routes`. An upgrade of Sanic that changes these may break it:
-tests/integration/test_streaming.py compares the bytes on the wire with the fast path on and off,
-and the whole streaming suite runs in both modes in CI.
+tests/integration/test_fast_paths.py checks that the client gets the same body and the same
+records with the fast path on and off (on a profile and on a routing file) and that it did
+write; tests/unit/test_stream_offer.py holds when the offer must leave a piece to the relay's
+task; the whole streaming suite runs in both modes in CI.
 """
 
 from __future__ import annotations
