@@ -65,17 +65,6 @@ def routing(up_port: int, scratch: Path, scenario: str) -> Path:
     return path
 
 
-def measure(
-    t: run.Target, worker: int, bodies: dict[str, Path], scenario: str, secs: float, conns: int
-) -> dict[str, Any]:
-    before = fastpath_cost.cpu_secs(worker)
-    r = run.wrk(t, scenario, bodies, secs, connections=conns or None)
-    used = fastpath_cost.cpu_secs(worker) - before
-    if r["errors"] or not r["requests"]:
-        raise RuntimeError(f"{t.name}: {r['errors']} errors, {r['requests']} requests")
-    return {"cpu_us": used / r["requests"] * 1e6, "rps": r["rps"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -123,7 +112,9 @@ def main() -> None:
             for i in range(a.rounds):
                 for name, t, worker in started if i % 2 == 0 else started[::-1]:
                     results[name].append(
-                        measure(t, worker, bodies, a.scenario, a.seconds, a.connections)
+                        fastpath_cost.measure(
+                            t, worker, bodies, a.seconds, a.scenario, a.connections or None
+                        )
                     )
                 print(f"round {i + 1}/{a.rounds} done", file=sys.stderr)
         finally:

@@ -52,12 +52,20 @@ def cpu_secs(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def measure(t: run.Target, worker: int, bodies: dict[str, Path], secs: float) -> dict[str, Any]:
+def measure(
+    t: run.Target,
+    worker: int,
+    bodies: dict[str, Path],
+    secs: float,
+    scenario: str = SCENARIO,
+    connections: int | None = None,
+) -> dict[str, Any]:
+    """One wrk run of `scenario`: the worker's CPU time over it per request answered."""
     before = cpu_secs(worker)
-    r = run.wrk(t, SCENARIO, bodies, secs)
+    r = run.wrk(t, scenario, bodies, secs, connections=connections)
     used = cpu_secs(worker) - before
-    if r["errors"]:
-        raise RuntimeError(f"{t.name}: {r['errors']} errors in the wrk run")
+    if r["errors"] or not r["requests"]:
+        raise RuntimeError(f"{t.name}: {r['errors']} errors, {r['requests']} requests")
     return {"cpu_us": used / r["requests"] * 1e6, "rps": r["rps"], "requests": r["requests"]}
 
 

@@ -63,10 +63,7 @@ class EventFramer:
                 else:
                     end = data.find(b"\n\n") + 1  # the blank line's LF; 0: none yet
                     if end == 0:
-                        pending += data
-                        self._line_empty = data[-1] == 0x0A
-                        if len(pending) > self.max_event:
-                            raise EventTooLarge()
+                        self._hold(data)
                         return []
                 pending += data[: end + 1]
                 events = [bytes(pending)]
@@ -98,13 +95,17 @@ class EventFramer:
             events.append(data[pos : end + 2])
             pos = end + 2
         if pos < n:
-            self._pending += data[pos:]
-            self._line_empty = data[n - 1] == 0x0A
-            if len(self._pending) > self.max_event:
-                raise EventTooLarge()
+            self._hold(data[pos:])
         else:
             self._line_empty = True
         return events
+
+    def _hold(self, tail: bytes) -> None:
+        """Keep `tail` (LF line ends only, not empty) as part of the incomplete event."""
+        self._pending += tail
+        self._line_empty = tail[-1] == 0x0A
+        if len(self._pending) > self.max_event:
+            raise EventTooLarge()
 
     def _feed_any(self, data: bytes) -> list[bytes]:
         events: list[bytes] = []
@@ -278,12 +279,11 @@ class UsageTracker:
         """The events the client gets, usage recorded: `events` itself when none names a usage
         (one search over them all; `"usage"` cannot span two events, each ends with a line
         end) and no trace reads the answer's facts."""
-        if self.facts is None and events:
-            if b'"usage"' not in (events[0] if len(events) == 1 else b"".join(events)):
-                return events
-        if self.facts is None:
-            return [e for e in events if b'"usage"' not in e or self.keep(e)]
-        return [e for e in events if self.keep(e)]
+        if self.facts is not None:
+            return [e for e in events if self.keep(e)]
+        if not events or b'"usage"' not in (events[0] if len(events) == 1 else b"".join(events)):
+            return events
+        return [e for e in events if b'"usage"' not in e or self.keep(e)]
 
     def keep(self, event: bytes) -> bool:
         """Records any usage in `event`; False when the event must not reach the client."""

@@ -136,9 +136,9 @@ class _Conn(asyncio.Protocol):
         self.busy = False  # a request is using it (from acquire to release/close)
         self.reading_paused = False
         self.timer: asyncio.TimerHandle | None = None  # serves `wait`
-        self.sink: Callable[[], bool] | None = None  # `_Body.push`
         self.timer_at = 0.0  # when it fires (loop time)
         self.deadline: float | None = None  # of the wait in course
+        self.sink: Callable[[], bool] | None = None  # `_Body.push`
         self._new_response()
 
     def _new_response(self) -> None:

@@ -227,19 +227,27 @@ class _Pieces:
     """What the client gets of the upstream's bytes: complete events (`EventFramer`), usage
     recorded, malformed ones dropped and counted, translated to the client's format."""
 
-    __slots__ = ("framer", "last_event", "state", "translator", "usage")
+    __slots__ = ("deadline", "framer", "idle_secs", "last_event", "state", "translator", "usage")
 
     def __init__(
         self,
         usage: UsageTracker,
         translator: Translator | ResponsesTranslator | None,
         state: RequestState,
+        idle_secs: float,
+        deadline: float,
     ) -> None:
         self.framer = EventFramer()
         self.usage = usage
         self.translator = translator
         self.state = state
+        self.idle_secs = idle_secs  # without a complete upstream event: a stream timeout
+        self.deadline = deadline  # monotonic time: the whole stream's end
         self.last_event = time.monotonic()  # of the last complete upstream event
+
+    def until(self) -> float:
+        """When the stream times out (its idle time, or its deadline) unless an event comes."""
+        return min(self.last_event + self.idle_secs, self.deadline)
 
     def feed(self, chunk: bytes, now: float) -> list[bytes]:
         events = self.framer.feed(chunk)
@@ -265,7 +273,7 @@ class _Offer:
     closing, the head not out yet, the idle time or the deadline passed — and, failing, ends
     the body with the error, which the task then meets."""
 
-    __slots__ = ("body", "deadline", "idle_secs", "pieces", "started", "state", "stream", "writer")
+    __slots__ = ("body", "pieces", "started", "state", "stream", "writer")
 
     def __init__(
         self,
@@ -274,15 +282,11 @@ class _Offer:
         pieces: _Pieces,
         writer: ChunkWriter,
         body: Any,
-        idle_secs: float,
-        deadline: float,
     ) -> None:
         self.stream = stream
         self.pieces = pieces
         self.writer = writer
         self.body = body
-        self.idle_secs = idle_secs
-        self.deadline = deadline
         self.state: RequestState = request.ctx.state
         self.started: float = request.ctx.started
 
@@ -292,7 +296,7 @@ class _Offer:
         if (
             stream.writing  # the task holds a piece (in order: it goes first)
             or not self.writer.ready()
-            or now >= min(pieces.last_event + self.idle_secs, self.deadline)
+            or now >= pieces.until()
         ):
             return False
         try:
@@ -426,7 +430,7 @@ async def relay_stream(
             headers.extend(head_headers)
             await stream.commit(headers, ep.buffer_size, upstream_head)
 
-        pieces = _Pieces(usage, translator, state)
+        pieces = _Pieces(usage, translator, state, idle_secs, deadline)
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
         # per read; any other through a task that survives the heartbeat waits.
         receive = getattr(resp.stream, "receive", None)
@@ -438,11 +442,10 @@ async def relay_stream(
         if push is not None and settings.fast_paths.stream:
             writer = chunk_writer(request)
             if writer is not None:
-                offer = _Offer(request, stream, pieces, writer, resp.stream, idle_secs, deadline)
-                push(offer)
+                push(_Offer(request, stream, pieces, writer, resp.stream))
                 pushing = push
         while True:
-            until = min(pieces.last_event + idle_secs, deadline)
+            until = pieces.until()
             try:
                 if receive is not None:
                     chunk = await stream.receive(receive, until)
@@ -457,11 +460,7 @@ async def relay_stream(
                     else:
                         await _abandon(reading)
                         reading, chunk = None, None
-                if (
-                    chunk is None
-                    and pushing is not None
-                    and time.monotonic() < min(pieces.last_event + idle_secs, deadline)
-                ):
+                if chunk is None and pushing is not None and time.monotonic() < pieces.until():
                     continue  # events came meanwhile (relayed by the offer): wait on
                 if chunk is None:
                     # Let go of the upstream before the client sees the end of its stream (once
@@ -473,7 +472,7 @@ async def relay_stream(
                     break
                 now = time.monotonic()
                 events = pieces.feed(chunk, now)
-                if now >= min(pieces.last_event + idle_secs, deadline):
+                if now >= pieces.until():
                     await resp.aclose()
                     await stream.fail(STREAM_TIMEOUT)
                     return None
@@ -485,10 +484,7 @@ async def relay_stream(
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 await stream.write(out[0] if len(out) == 1 else b"".join(out))
-        if pushing is not None:
-            pushing(None)
-            pushing = None
-        rest = pieces.framer.flush()
+        rest = pieces.framer.flush()  # (the offer is gone: the body's end released it)
         if translator is not None:  # the upstream ended: what closes the client's stream
             try:
                 rest = b"".join(translator.events([rest] if rest else []) + translator.finish())

@@ -62,7 +62,7 @@ def chunk_writer(request: Any) -> ChunkWriter | None:
     """A writer for `request`'s streamed response, or None where Sanic's own send must write
     (no HTTP/1.1 protocol under it, or a send signal handler registered)."""
     app = request.app
-    hooked = getattr(app.ctx, "send_hooked", None)
+    hooked = app.ctx.send_hooked
     if hooked is None:
         hooked = app.ctx.send_hooked = any(
             getattr(route, "name", None) == SEND_SIGNAL for route in app.signal_router.routes

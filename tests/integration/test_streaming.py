@@ -478,9 +478,10 @@ def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
 def test_a_reader_that_keeps_pausing_gets_every_event_once_and_in_order(
     srouter: RouterProcess, upstream: FakeUpstream
 ) -> None:
-    """Back-pressure on and off all along the stream: whichever side relays a piece (the
-    relay's task while the client is slow, the upstream connection's callback otherwise; fast
-    path `stream`), nothing passes a piece that is waiting to be written."""
+    """Back-pressure on and off all along the stream, on every upstream engine: every event
+    arrives once and in order. (The race this guards against, the `stream` fast path's offer
+    passing a piece the relay's task is still writing, needs two callbacks in one loop turn and
+    is rarely hit here; tests/unit/test_stream_offer.py holds the rule deterministically.)"""
     count = 20000
     pad = "x" * 400
 

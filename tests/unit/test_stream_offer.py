@@ -41,10 +41,10 @@ def offer(max_event: int = 1 << 20) -> tuple[_Offer, SimpleNamespace, Writer, Bo
     state = RequestState()
     request = SimpleNamespace(ctx=SimpleNamespace(state=state, started=time.perf_counter()))
     stream = SimpleNamespace(writing=False, last_write=0.0)
-    pieces = _Pieces(UsageTracker(), None, state)
+    pieces = _Pieces(UsageTracker(), None, state, 300.0, math.inf)
     pieces.framer.max_event = max_event
     writer, body = Writer(), Body()
-    o = _Offer(request, stream, pieces, writer, body, 300.0, math.inf)  # type: ignore[arg-type]
+    o = _Offer(request, stream, pieces, writer, body)  # type: ignore[arg-type]
     return o, stream, writer, body, state
 
 
