@@ -1,11 +1,13 @@
 """Where a router worker's time goes under load: py-spy samples one worker while wrk drives it.
 
     .cache/bench-venv/bin/python bench/profile.py [--scenario json64] [--seconds 10] [--env K=V]
-                                                  [--connections N]
+                                                  [--connections N] [--routing]
 
 Starts the fake upstream and api-router with one worker (all features on, as bench/run.py does),
 runs wrk for the scenario, records the worker with `py-spy record` (bench venv) and prints the
-functions with the most samples, by own time and by total time (including callees). The raw
+functions with the most samples, by own time and by total time (including callees), and the
+requests/s wrk saw (to compare two profiles per request: samples / (requests/s x seconds);
+`--routing` serves bench/run.py's routing file of 50 routes instead of the profile). The raw
 collapsed stacks are kept in .cache/bench-profile/<scenario>.txt (flame graph input).
 Loopback only; wrk and py-spy are bounded by --seconds; everything started is stopped by pid.
 """
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], help="router environment, K=V")
     p.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
     p.add_argument("--connections", type=int, default=None, help="wrk connections")
+    p.add_argument("--routing", action="store_true", help="serve bench/run.py's routing file")
     a = p.parse_args()
     env = dict(kv.split("=", 1) for kv in a.env)
     out_dir = run.CACHE / "bench-profile"
@@ -64,13 +68,15 @@ def main() -> None:
         upstreams = run.start_upstream(scratch, up_port, a.sse_gap_ms)
         t = run.Target("router-1w", "main", "profiled")
         try:
-            run.start_router(t, 1, up_port, scratch, env)
+            config = run.routing_file(up_port, scratch) if a.routing else None
+            run.start_router(t, 1, up_port, scratch, env, config)
             assert t.server is not None
             worker = run.worker_pids(t.server.proc.pid, t.port)[0]
+            result: dict[str, Any] = {}
             load = threading.Thread(
-                target=run.wrk,
-                args=(t, a.scenario, bodies, a.seconds + 2),
-                kwargs={"connections": a.connections},
+                target=lambda: result.update(
+                    run.wrk(t, a.scenario, bodies, a.seconds + 2, connections=a.connections)
+                )
             )
             load.start()
             time.sleep(1)
@@ -101,6 +107,8 @@ def main() -> None:
             for u in upstreams:
                 u.stop()
     print(top(collapsed, a.top))
+    if result:
+        print(f"\nwrk: {result['rps']:,.0f} requests/s over the run")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
 from .ratelimit.tokens import TOKEN_TABLE_ENV, TokenLimiter, create_token_store
 from .routes import ops_bp, proxy_bp
-from .server import shutdown
+from .server import response_head, shutdown
 from .server.dispatch import app_class
 from .settings import Settings
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     fast = settings.fast_paths  # API_ROUTER_FAST_PATHS, each applied where its module says
     configure_logging(settings.log_format, settings.log_level, fast=fast.logging)
     redact(settings.default_api_key)
+    response_head.install(fast.head)
     context = AppContext(
         settings,
         ConfigHolder(load_file(settings.profile_path), on_load=redact_profile_secrets),

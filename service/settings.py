@@ -27,7 +27,7 @@ class SettingsError(ValueError):
 
 FAST_PATHS_ENV = "API_ROUTER_FAST_PATHS"
 # Every fast path, by the name API_ROUTER_FAST_PATHS selects it with.
-FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request", "stream")
+FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request", "stream", "head")
 _ALL = ("", "1", "all", "on", "true", "yes")
 _NONE = ("0", "none", "off", "false", "no")
 
@@ -45,7 +45,9 @@ class FastPaths:
     - `request`: httpx's own `Request` constructor builds the upstream request
       (service.proxy.upstream_fast);
     - `stream`: the SSE relay's task and Sanic's `response.send` carry every upstream piece
-      (on: written from the upstream connection's callback; service.server.stream_write).
+      (on: written from the upstream connection's callback; service.server.stream_write);
+    - `head`: Sanic's own sanitiser walks every response header's name and value
+      (service.server.response_head).
 
     `API_ROUTER_FAST_PATHS`: `all` (the default) or `1`; `0` or `none`; or the names of those to
     keep on, comma-separated (`dispatch,metrics`), for measuring one against the others.
@@ -56,6 +58,7 @@ class FastPaths:
     logging: bool = True
     request: bool = True
     stream: bool = True
+    head: bool = True
 
     @classmethod
     def parse(cls, raw: str | None) -> FastPaths:

@@ -8,6 +8,8 @@ and which test holds it to Sanic's own behaviour:
 - `stream_write`: `ChunkWriter`, an SSE relay's pieces written straight to the client's
   transport from the upstream connection's callback (a fast path: without `stream`, the
   relay's task writes each through `response.send`);
+- `response_head`: Sanic's response-header sanitiser skipped for text with no control
+  character (a fast path: without `head`, Sanic's own method does every call);
 - `protocol`: `GuardedHttpProtocol`, total head/body deadlines and a connection cap;
 - `shutdown`: what SIGTERM does (listening sockets closed at once, idle connections closed);
 - `manager`: the worker manager stops waiting for start-up acknowledgements once shutting down;

@@ -1,7 +1,7 @@
 """API_ROUTER_FAST_PATHS=0 serves with the libraries' own code: Sanic's signal dispatch,
 prometheus-client's own metric writes, structlog's own chain for the completion line, httpx's own
-Request constructor; every fast path's entry point is made to fail, and a proxied request still
-answers and is still recorded. Any mode answers the same."""
+Request constructor, Sanic's own response-head sanitiser; every fast path's entry point is made
+to fail, and a proxied request still answers and is still recorded. Any mode answers the same."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from service.app import create_app
 from service.observability import logging as obs_logging
 from service.observability import metrics_fast
 from service.proxy import sse, upstream
-from service.server import stream_write
+from service.server import response_head, stream_write
 from service.server.dispatch import HOT_SIGNALS, RouterApp
 from service.settings import FAST_PATH_NAMES, Settings
 from tests.conftest import base_profile
@@ -95,6 +95,7 @@ def test_zero_serves_with_every_library_s_own_code(
 
     app, log = make_app({"API_ROUTER_FAST_PATHS": "0"})
     assert type(app) is Sanic
+    assert not response_head.installed()  # Sanic's own header sanitiser
     routed = _routed_events(app)
     _, resp = app.test_client.post(
         "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "stock-1"}
@@ -118,12 +119,14 @@ def test_zero_serves_with_every_library_s_own_code(
         {"API_ROUTER_FAST_PATHS": "0"},
         {"API_ROUTER_FAST_PATHS": "dispatch,logging"},
         {"API_ROUTER_FAST_PATHS": "metrics,request"},
+        {"API_ROUTER_FAST_PATHS": "head"},
         # nothing recorded at all: the request is still proxied (and keeps its request id)
         {"API_ROUTER_METRICS": "false", "API_ROUTER_ACCESS_LOG": "false"},
     ],
 )
 def test_every_mode_answers_the_same(make_app: Any, env: dict[str, str]) -> None:
     app, log = make_app(env)
+    assert response_head.installed() is app.ctx.settings.fast_paths.head
     _, resp = app.test_client.post(
         "/v1/chat/completions", json=CHAT, headers={"X-Request-ID": "mode-1"}
     )

@@ -23,7 +23,7 @@ from service.proxy import upstream
 from service.proxy.upstream import UpstreamClient, _transport
 from service.settings import FAST_PATH_NAMES, FastPaths, Settings, SettingsError
 
-ALL_OFF = FastPaths(dispatch=False, metrics=False, logging=False, request=False, stream=False)
+ALL_OFF = FastPaths(**dict.fromkeys(FAST_PATH_NAMES, False))
 
 
 @pytest.mark.parametrize("raw", [None, "", "all", "ALL", "1", " on ", "true"])
@@ -41,7 +41,7 @@ def test_zero_turns_every_fast_path_off(raw: str) -> None:
 def test_a_list_keeps_only_the_named_fast_paths_on() -> None:
     chosen = FastPaths.parse("dispatch, request")
     assert chosen == FastPaths(
-        dispatch=True, metrics=False, logging=False, request=True, stream=False
+        dispatch=True, metrics=False, logging=False, request=True, stream=False, head=False
     )
     assert str(chosen) == "dispatch,request"
     for name in FAST_PATH_NAMES:  # each one alone, as bench/fastpath_cost.py selects them
@@ -59,7 +59,7 @@ def test_an_unknown_fast_path_is_a_settings_error_naming_the_variable(raw: str) 
 def test_settings_read_the_variable_once(tmp_path: Path) -> None:
     s = Settings.from_env({"API_ROUTER_FAST_PATHS": "metrics"}, profile_path=tmp_path / "p.json")
     assert s.fast_paths == FastPaths(
-        dispatch=False, metrics=True, logging=False, request=False, stream=False
+        dispatch=False, metrics=True, logging=False, request=False, stream=False, head=False
     )
     assert Settings.from_env({}, profile_path=tmp_path / "p.json").fast_paths == FastPaths()
 
