@@ -29,12 +29,11 @@ from .ratelimit.tokens import TokenLimiter
 from .settings import Settings
 
 if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its directory
-    import httpx
-
     from .observability.alerts import FailureAlarm
     from .observability.exemplars import Exemplars
     from .observability.metrics import Metrics
     from .observability.tracing import Tracing
+    from .proxy.upstream import UpstreamClient
 
 
 class AppContext:
@@ -65,7 +64,7 @@ class AppContext:
     )
 
     # Per worker, from `before_server_start` to `after_server_stop` (unset before).
-    http: httpx.AsyncClient
+    http: UpstreamClient
     limiter: Limiter
     tokens: TokenLimiter
     watch_task: asyncio.Task[None]

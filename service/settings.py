@@ -42,7 +42,8 @@ class FastPaths:
       (service.observability.metrics_fast);
     - `logging`: structlog's own processor chain writes the completion line, with its own
       `TimeStamper` (service.observability.logging_fast);
-    - `request`: httpx's own `Request` constructor builds the upstream request
+    - `request`: httpx's own `Request` constructor builds the upstream request, httpx's
+      `Headers` the response's headers, `aiter_raw` and `aclose` read a whole answer
       (service.proxy.upstream_fast);
     - `stream`: the SSE relay's task and Sanic's `response.send` carry every upstream piece
       (on: written from the upstream connection's callback; service.server.stream_write);

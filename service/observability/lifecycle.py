@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -66,12 +65,21 @@ def model_label(model: str | None, known: frozenset[str]) -> str:
     return model if model in known else "other"
 
 
+def new_request_id() -> str:
+    """A random UUID (version 4) in hex, as `uuid.uuid4().hex` gives it, without building a
+    `UUID` object (a third of the cost)."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    return b.hex()
+
+
 def start(request: RouterRequest) -> None:
     ctx = request.ctx
     ctx.started = time.perf_counter()
     ctx.finished = False
     rid = request.headers.get("x-request-id")
-    ctx.request_id = rid if sane_request_id(rid) else uuid.uuid4().hex
+    ctx.request_id = rid if sane_request_id(rid) else new_request_id()
     ctx.state = RequestState()
     structlog.contextvars.clear_contextvars()
     # The client's own key is scrubbed from every line logged while its request runs.

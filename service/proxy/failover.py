@@ -816,11 +816,9 @@ async def _relay(
             data = chosen.failed_body
         else:
             try:
-                data = b"".join([chunk async for chunk in resp.aiter_raw()])
+                data = await request.app.ctx.http.read_raw(resp)
             except httpx.HTTPError as e:
                 raise map_exception(e) from None
-            finally:
-                await resp.aclose()
     finally:
         state.upstream_latency = time.perf_counter() - started
     return json_answer(

@@ -92,6 +92,8 @@ from typing import Any
 import httptools
 import httpx
 
+from .upstream_fast import raw_headers
+
 HEAD_LIMIT = 64 * 1024
 # An idle connection is not reused in the last second before the upstream's announced
 # `Keep-Alive: timeout=` (its close and our next request would cross).
@@ -474,6 +476,17 @@ class _Body(httpx.AsyncByteStream):
                 if now >= limit_at - TIMER_SLACK:
                     return None
 
+    def read_now(self) -> bytes | None:
+        """The whole body when all of it is here (a JSON answer usually comes with its head),
+        the connection back in the pool, as iterating it to its end would leave it; else None,
+        and nothing taken."""
+        conn = self._conn
+        if conn is None or not conn.complete:
+            return None
+        data = conn.take() if conn.chunks else b""
+        self._done()
+        return data
+
     def push(self, offer: Callable[[], bool] | None) -> None:
         """While set, `offer()` is called in the connection's data callback whenever body bytes
         arrived, before a reader waiting in `receive` is woken: an offer that takes them
@@ -533,7 +546,11 @@ class H1Transport(httpx.AsyncBaseTransport):
         self,
         limits: httpx.Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        fast_headers: bool = False,
     ) -> None:
+        """`fast_headers`: a response's header list handed to httpx already built
+        (`upstream_fast.raw_headers`, part of the `request` fast path)."""
+        self._fast_headers = fast_headers
         limits = limits or httpx.Limits()
         self._max = limits.max_connections or 1 << 30
         self._max_idle = (
@@ -703,7 +720,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             await self._exchange(conn, head, body, framing, request, timeout)
         return httpx.Response(
             conn.status,
-            headers=conn.headers,
+            headers=raw_headers(conn.headers) if self._fast_headers else conn.headers,
             stream=_Body(conn, timeout.get("read")),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
         )

@@ -221,10 +221,7 @@ async def _exchange(
     started = time.perf_counter()
     try:
         resp = await send(ctx.http, upstream_request)  # retried once if never connected
-        try:
-            data = b"".join([chunk async for chunk in resp.aiter_raw()])
-        finally:
-            await resp.aclose()
+        data = await ctx.http.read_raw(resp)
     except httpx.HTTPError as e:
         raise map_exception(e) from None
     finally:

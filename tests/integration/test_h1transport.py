@@ -1190,3 +1190,115 @@ def test_tls_connection_churn_leaks_no_file_descriptor_and_no_memory(tls_files) 
     assert after <= before + 2, (before, after)
     assert server.handshakes == 620
     assert rss[2] - rss[0] < 3 * 1024, rss
+
+
+async def _stock_read(c: UpstreamClient, resp: httpx.Response) -> bytes:
+    try:
+        return b"".join([x async for x in resp.aiter_raw()])
+    finally:
+        await resp.aclose()
+
+
+def test_read_raw_takes_a_body_that_is_all_here_without_httpx_s_iteration(
+    scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = scripted(repeating(OK))
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("aiter_raw was used")
+
+    async def go() -> tuple[bytes, httpx.Headers]:
+        c = client()
+        resp = await c.send(req(c, s.url), stream=True)
+        await asyncio.sleep(0.05)  # the whole answer is in
+        monkeypatch.setattr(httpx.Response, "aiter_raw", refuse)
+        data = await c.read_raw(resp)
+        monkeypatch.undo()
+        resp2, data2 = await fetch(c, req(c, s.url))  # the connection went back to the pool
+        await c.aclose()
+        assert data2 == data and resp.headers == resp2.headers
+        return data, resp.headers
+
+    data, headers = asyncio.run(go())
+    assert data == b"{}" and headers["content-type"] == "application/json"
+    assert s.connections == 1
+
+
+async def _fast_read(c: UpstreamClient, resp: httpx.Response) -> bytes:
+    return await c.read_raw(resp)  # the `request` fast path (upstream_fast.read_raw)
+
+
+def _later(parts: list[bytes], close: bool = False) -> Handler:
+    """Answers every request on the connection with `parts`, 30 ms apart."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader):
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.03)
+            if close:
+                return
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        repeating(OK),  # all with the head: taken at once
+        repeating(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", b"def"]),  # iterated
+        _later([b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], close=True),
+        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"], close=True),  # cut
+        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12", b"34"]),  # then silent
+        repeating(b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ],
+    ids=["whole", "chunked", "in-two", "until-close", "cut", "stalled", "no-body"],
+)
+def test_read_raw_gives_what_aiter_raw_and_aclose_give(scripted, handler: Handler) -> None:
+    """The same answers read through httpx's `aiter_raw` + `aclose` and through the fast
+    path's `read_raw`: the same body or the same error (type, message, request), the same
+    response state after, the same connections opened (a connection back in the pool only when
+    the body ended)."""
+
+    def outcome(read: Callable[[UpstreamClient, httpx.Response], Awaitable[bytes]]) -> tuple:
+        s = scripted(handler)
+
+        async def go() -> list[tuple]:
+            c = client()
+            seen = []
+            for _ in range(2):
+                r = req(c, s.url, read=0.3)
+                resp = await c.send(r, stream=True)
+                try:
+                    got: object = await read(c, resp)
+                except httpx.HTTPError as e:
+                    got = (type(e), str(e), e.request is r)
+                state = (resp.is_stream_consumed, resp.is_closed, resp.num_bytes_downloaded)
+                seen.append((got, state, list(resp.headers.multi_items())))
+            await c.aclose()
+            return seen
+
+        return asyncio.run(go()), s.connections
+
+    assert outcome(_fast_read) == outcome(_stock_read)
+
+
+def test_read_raw_when_the_reader_is_cancelled_closes_the_connection(scripted) -> None:
+    s = scripted(_later([b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", b"def"]))
+
+    async def go() -> None:
+        c = client()
+        for _ in range(2):
+            resp = await c.send(req(c, s.url), stream=True)
+            task = asyncio.ensure_future(c.read_raw(resp))
+            await asyncio.sleep(0.01)  # "abc" taken, "def" not yet sent
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert resp.is_closed
+        await c.aclose()
+
+    asyncio.run(go())
+    assert s.connections == 2  # the abandoned connection was not reused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -222,3 +223,19 @@ def test_without_params_drops_only_the_named_parameters() -> None:
     assert h.without_params("beta", h.ANTHROPIC_QUERY) == ("", True)
     assert h.without_params("betas=1&x=beta", h.ANTHROPIC_QUERY) == ("betas=1&x=beta", False)
     assert h.without_params("", h.ANTHROPIC_QUERY) == ("", False)
+
+
+def test_a_new_request_id_is_a_random_uuid4_in_hex() -> None:
+    from service.observability.lifecycle import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        u = uuid.UUID(hex=rid)
+        assert (u.hex, u.version, u.variant) == (rid, 4, uuid.RFC_4122)
+        assert h.sane_request_id(rid)
+    # every other bit varies: only the version and variant bits are fixed
+    seen = 0
+    for rid in ids:
+        seen |= int(rid, 16)
+    assert seen == uuid.UUID(int=(1 << 128) - 1, version=4).int

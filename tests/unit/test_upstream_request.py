@@ -1,5 +1,8 @@
 """The relay's fast construction of a JSON upstream request (`UpstreamClient.build_request` with
-bytes content) builds exactly what httpx's own `httpx.Request` constructor builds."""
+bytes content) builds exactly what httpx's own `httpx.Request` constructor builds; a response's
+headers built from bytes (`upstream_fast.raw_headers`) are what `httpx.Headers` builds. (The
+fast read of a whole answer, `read_raw`, is held to httpx's `aiter_raw` in
+tests/integration/test_h1transport.py, against real connections.)"""
 
 from __future__ import annotations
 
@@ -7,8 +10,11 @@ import asyncio
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.proxy.upstream import UpstreamClient, _transport
+from service.proxy.upstream_fast import raw_headers
 
 TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=5.0)
 
@@ -57,3 +63,22 @@ def test_a_streamed_body_still_goes_through_httpx() -> None:
     with pytest.raises(httpx.RequestNotRead):
         _ = r.content
     asyncio.run(client.aclose())
+
+
+_NAME = st.binary(min_size=1, max_size=12)
+_VALUE = st.binary(max_size=24)  # any bytes: non-ASCII values decode as httpx decides
+
+
+@given(st.lists(st.tuples(_NAME, _VALUE), max_size=8))
+def test_raw_headers_are_what_httpx_headers_builds(items: list[tuple[bytes, bytes]]) -> None:
+    fast, ref = raw_headers(items), httpx.Headers(items)
+    assert fast._list == ref._list
+    assert fast.raw == ref.raw
+    assert fast.encoding == ref.encoding
+    assert fast.multi_items() == ref.multi_items()
+    assert fast == ref
+    # and an httpx.Response made with them holds the same headers as one made from the list
+    assert (
+        httpx.Response(200, headers=fast).headers.raw
+        == httpx.Response(200, headers=items).headers.raw
+    )
