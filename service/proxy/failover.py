@@ -184,13 +184,18 @@ def _error_outcome(err: RouterError) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _attempt_timeout(
-    t: Timeouts, connect: float | None, headers: float | None, pool: float
+    connect_secs: float,
+    read_secs: float,
+    connect: float | None,
+    headers: float | None,
+    pool: float,
 ) -> httpx.Timeout:
     """An upstream's timeouts with the route's connectSecs / headersSecs over them (one object
-    per distinct setting, not one per attempt)."""
-    if connect is not None or headers is not None:
-        t = Timeouts(connect_secs=connect or t.connect_secs, read_secs=headers or t.read_secs)
-    return request_timeout(t, pool)
+    per distinct setting, not one per attempt; keyed on the numbers: hashing the upstream's
+    `Timeouts` model costs more than the lookup)."""
+    return request_timeout(
+        Timeouts(connect_secs=connect or connect_secs, read_secs=headers or read_secs), pool
+    )
 
 
 class RetryBudget:
@@ -258,8 +263,11 @@ class _Attempts:
         exact: bool,
         streaming: bool,
         body: bytes,
+        sent_key: str | None,
         boundary: bytes | None = None,
     ) -> None:
+        """`sent_key`: the credential the client sent (`headers.client_credential` without a
+        default)."""
         self.request = request
         self.body: bytes = body
         self.boundary = boundary  # a multipart body's boundary; None: JSON
@@ -278,10 +286,9 @@ class _Attempts:
         self.deadline = (
             time.monotonic() + self.policy.total_secs if self.policy.total_secs else None
         )
-        headers = request.headers
         settings = self.ctx.settings
-        self.client_key = h.client_credential(headers, settings.default_api_key)
-        self.own_key = h.client_credential(headers, None)
+        self.own_key = sent_key  # the client's own, if it sent one
+        self.client_key = sent_key or settings.default_api_key or None  # or DEFAULT_API_KEY
         if self.ctx.access is not None:  # shared deployment: the client's key is an access key
             self.client_key, self.own_key = settings.default_api_key, None
 
@@ -290,7 +297,9 @@ class _Attempts:
         p = self.policy
         pool = self.ctx.settings.upstream_pool_wait_secs
         if self.deadline is None:
-            return _attempt_timeout(t, p.connect_secs, p.headers_secs, pool)
+            return _attempt_timeout(
+                t.connect_secs, t.read_secs, p.connect_secs, p.headers_secs, pool
+            )
         # An attempt never outlives the request's totalSecs.
         left = max(0.01, self.deadline - time.monotonic())
         connect = min(p.connect_secs or t.connect_secs, left)
@@ -710,7 +719,8 @@ async def forward_routed(
     routing = cfg.routing
     assert routing is not None
     state: RequestState = request.ctx.state
-    state.key_id = h.key_id(h.client_credential(request.headers, ctx.settings.default_api_key))
+    sent_key = h.client_credential(request.headers, None)
+    state.key_id = h.key_id(sent_key or ctx.settings.default_api_key)
     boundary: bytes | None = None
     if route in MULTIPART_ROUTES:
         # Audio uploads: read whole under a routing file (the model part decides where the
@@ -767,7 +777,17 @@ async def forward_routed(
             extra.update(charge.headers)
 
     attempts = _Attempts(
-        request, route, routing, model_route, candidates, payload, exact, streaming, body, boundary
+        request,
+        route,
+        routing,
+        model_route,
+        candidates,
+        payload,
+        exact,
+        streaming,
+        body,
+        sent_key,
+        boundary,
     )
     BUDGET.active += 1
     try:
