@@ -546,10 +546,11 @@ class H1Transport(httpx.AsyncBaseTransport):
         self,
         limits: httpx.Limits | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        fast_headers: bool = False,
+        fast_headers: bool = True,
     ) -> None:
         """`fast_headers`: a response's header list handed to httpx already built
-        (`upstream_fast.raw_headers`, part of the `request` fast path)."""
+        (`upstream_fast.raw_headers`, part of the `request` fast path; False: `httpx.Headers`
+        builds it)."""
         self._fast_headers = fast_headers
         limits = limits or httpx.Limits()
         self._max = limits.max_connections or 1 << 30

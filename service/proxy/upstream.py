@@ -49,9 +49,10 @@ DEFAULT_TRANSPORT = "h1"  # measured: bench/README.md, "Upstream transport"
 
 
 def _transport(
-    name: str, max_connections: int = POOL_MAX_CONNECTIONS, fast: bool = False
+    name: str, max_connections: int = POOL_MAX_CONNECTIONS, fast: bool = True
 ) -> httpx.AsyncBaseTransport:
-    """`fast`: the `request` fast path's share in the transport (h1: `raw_headers`)."""
+    """`fast`: the `request` fast path's share in the transport (h1: `raw_headers`); on by
+    default, as every fast path is (`create_client` passes the setting)."""
     limits = httpx.Limits(
         max_connections=max_connections,  # API_ROUTER_UPSTREAM_MAX_CONNECTIONS, per worker
         max_keepalive_connections=min(POOL_MAX_KEEPALIVE, max_connections),
@@ -84,7 +85,8 @@ class UpstreamClient(httpx.AsyncClient):
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport, fast_request: bool = True) -> None:
-        """`fast_request`: the `request` fast path (upstream_fast), applied in `build_request`."""
+        """`fast_request`: the `request` fast path (upstream_fast), applied in `build_request`
+        and `read_raw` (its share in the transport is `_transport`'s `fast`)."""
         super().__init__(
             transport=transport,
             follow_redirects=False,

@@ -2,8 +2,8 @@
 
 Buys: Sanic sanitises the name and the value of every response header with
 `str.translate(HEADER_TRANSLATION_TABLE)` (drops `\\r`, `\\n` and NUL) while it formats the head.
-`translate` with a mapping walks the string one character at a time in Python's slow path; for
-a proxied answer's dozen headers that is most of the head's formatting cost. Measured in
+`translate` with a mapping builds a new string and looks characters up in the mapping on every
+call; for a proxied answer's dozen headers that is most of the head's formatting cost. Measured in
 bench/README.md, "Fast paths" (`head`). Fast path `head` (`API_ROUTER_FAST_PATHS`); off, Sanic's
 own method does every call.
 

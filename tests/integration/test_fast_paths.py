@@ -20,7 +20,7 @@ from sanic import Sanic
 from service.app import create_app
 from service.observability import logging as obs_logging
 from service.observability import metrics_fast
-from service.proxy import sse, upstream
+from service.proxy import h1transport, sse, upstream
 from service.server import response_head, stream_write
 from service.server.dispatch import HOT_SIGNALS, RouterApp
 from service.settings import FAST_PATH_NAMES, Settings
@@ -70,6 +70,7 @@ def make_app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
     finally:
         for app in apps:
             Sanic._app_registry.pop(app.name, None)
+        response_head.install(True)  # the default, whatever the last app set process-wide
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
         structlog.reset_defaults()
@@ -87,6 +88,8 @@ def test_zero_serves_with_every_library_s_own_code(
         raise AssertionError("a fast path ran")
 
     monkeypatch.setattr(upstream, "bytes_request", refuse)
+    monkeypatch.setattr(upstream, "read_raw", refuse)
+    monkeypatch.setattr(h1transport, "raw_headers", refuse)
     for name in ("use_fast_values", "writer", "gauge_value"):
         monkeypatch.setattr(metrics_fast, name, refuse)
     monkeypatch.setattr(obs_logging, "json_line", refuse)

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import uvloop
 
-from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport
+from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport, _Body
 from service.proxy.upstream import UpstreamClient, map_exception
 from tests.fakes.loopback import LoopbackServer
 
@@ -1243,24 +1243,44 @@ def _later(parts: list[bytes], close: bool = False) -> Handler:
     return handler
 
 
-@pytest.mark.parametrize(
-    "handler",
-    [
-        repeating(OK),  # all with the head: taken at once
+# (handler, whether the whole body is in once the answer has settled)
+READ_CASES = {
+    "whole": (repeating(OK), True),
+    "chunked": (
         repeating(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
-        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", b"def"]),  # iterated
-        _later([b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], close=True),
-        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"], close=True),  # cut
-        _later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12", b"34"]),  # then silent
-        repeating(b"HTTP/1.1 204 No Content\r\n\r\n"),
-    ],
-    ids=["whole", "chunked", "in-two", "until-close", "cut", "stalled", "no-body"],
-)
-def test_read_raw_gives_what_aiter_raw_and_aclose_give(scripted, handler: Handler) -> None:
+        True,
+    ),
+    "in-two": (_later([b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc", b"def"]), True),
+    "until-close": (_later([b"HTTP/1.1 200 OK\r\n\r\nuntil ", b"the end"], close=True), True),
+    "bytes-after": (repeating(OK + b"HTTP/1.1 200 OK\r\n"), True),
+    "cut": (_later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"], close=True), False),
+    "stalled": (_later([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12", b"34"]), False),
+    "no-body": (repeating(b"HTTP/1.1 204 No Content\r\n\r\n"), True),
+}
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["at-once", "settled"])
+@pytest.mark.parametrize("case", sorted(READ_CASES))
+def test_read_raw_gives_what_aiter_raw_and_aclose_give(
+    scripted, monkeypatch: pytest.MonkeyPatch, case: str, settled: bool
+) -> None:
     """The same answers read through httpx's `aiter_raw` + `aclose` and through the fast
-    path's `read_raw`: the same body or the same error (type, message, request), the same
-    response state after, the same connections opened (a connection back in the pool only when
-    the body ended)."""
+    path's `read_raw`, right after the head or once the whole answer has had time to arrive:
+    the same body or the same error (type, message, request), the same response state after,
+    the same connections opened (a connection back in the pool only when the body ended). Once
+    settled, every body that ended is taken by `read_now` (the fast path did the read); the
+    others fall back to httpx's own iteration."""
+    handler, whole = READ_CASES[case]
+    taken: list[bytes] = []
+    read_now = _Body.read_now
+
+    def counting(self: _Body) -> bytes | None:
+        data = read_now(self)
+        if data is not None:
+            taken.append(data)
+        return data
+
+    monkeypatch.setattr(_Body, "read_now", counting)
 
     def outcome(read: Callable[[UpstreamClient, httpx.Response], Awaitable[bytes]]) -> tuple:
         s = scripted(handler)
@@ -1271,6 +1291,8 @@ def test_read_raw_gives_what_aiter_raw_and_aclose_give(scripted, handler: Handle
             for _ in range(2):
                 r = req(c, s.url, read=0.3)
                 resp = await c.send(r, stream=True)
+                if settled:
+                    await asyncio.sleep(0.15)  # every part sent (30 ms apart)
                 try:
                     got: object = await read(c, resp)
                 except httpx.HTTPError as e:
@@ -1282,7 +1304,12 @@ def test_read_raw_gives_what_aiter_raw_and_aclose_give(scripted, handler: Handle
 
         return asyncio.run(go()), s.connections
 
-    assert outcome(_fast_read) == outcome(_stock_read)
+    fast = outcome(_fast_read)
+    fast_taken = len(taken)
+    assert fast == outcome(_stock_read)
+    assert len(taken) == fast_taken  # httpx's own read never goes through read_now
+    if settled:
+        assert fast_taken == (2 if whole else 0)
 
 
 def test_read_raw_when_the_reader_is_cancelled_closes_the_connection(scripted) -> None:
