@@ -191,8 +191,8 @@ def _attempt_timeout(
     pool: float,
 ) -> httpx.Timeout:
     """An upstream's timeouts with the route's connectSecs / headersSecs over them (one object
-    per distinct setting, not one per attempt; keyed on the numbers: hashing the upstream's
-    `Timeouts` model costs more than the lookup)."""
+    per distinct setting, not one per attempt), keyed on the numbers rather than on the
+    upstream's pydantic `Timeouts` model, which the cache would hash and compare on every hit."""
     return request_timeout(
         Timeouts(connect_secs=connect or connect_secs, read_secs=headers or read_secs), pool
     )
