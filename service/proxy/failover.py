@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import math
 import random
 import time
@@ -60,7 +59,7 @@ import httpx
 from sanic.response import HTTPResponse
 
 from ..config.loader import LoadedConfig
-from ..config.model import COUNTS_FOR, MULTIPART_ROUTES, ResolvedEndpoint, Timeouts
+from ..config.model import COUNTS_FOR, MULTIPART_ROUTES, ResolvedEndpoint
 from ..config.routing import Candidate, Policy, Routing, Upstream
 from ..context import RouterRequest
 from ..ejection import Gate
@@ -92,7 +91,7 @@ from .outgoing import (
     translator_for,
 )
 from .sse import relay_stream
-from .upstream import map_exception, request_timeout, send
+from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 # The longest wait an upstream's Retry-After is believed for (a day): a cooldown is never
@@ -180,22 +179,6 @@ def _error_outcome(err: RouterError) -> str:
     if isinstance(err, ServiceUnavailable):
         return "pool_exhausted"
     return err.error_type or "io_error"
-
-
-@functools.lru_cache(maxsize=256)
-def _attempt_timeout(
-    connect_secs: float,
-    read_secs: float,
-    connect: float | None,
-    headers: float | None,
-    pool: float,
-) -> httpx.Timeout:
-    """An upstream's timeouts with the route's connectSecs / headersSecs over them (one object
-    per distinct setting, not one per attempt), keyed on the numbers rather than on the
-    upstream's pydantic `Timeouts` model, which the cache would hash and compare on every hit."""
-    return request_timeout(
-        Timeouts(connect_secs=connect or connect_secs, read_secs=headers or read_secs), pool
-    )
 
 
 class RetryBudget:
@@ -293,19 +276,16 @@ class _Attempts:
             self.client_key, self.own_key = settings.default_api_key, None
 
     def _timeout(self, up: Upstream) -> httpx.Timeout:
+        """The upstream's timeouts with the route's connectSecs / headersSecs over them."""
         t = up.profile.timeouts
         p = self.policy
-        pool = self.ctx.settings.upstream_pool_wait_secs
-        if self.deadline is None:
-            return _attempt_timeout(
-                t.connect_secs, t.read_secs, p.connect_secs, p.headers_secs, pool
-            )
-        # An attempt never outlives the request's totalSecs.
-        left = max(0.01, self.deadline - time.monotonic())
-        connect = min(p.connect_secs or t.connect_secs, left)
-        read = min(p.headers_secs or t.read_secs, left)
-        t = Timeouts(connect_secs=round(connect, 2) or 0.01, read_secs=round(read, 2) or 0.01)
-        return request_timeout(t, pool)
+        connect = p.connect_secs or t.connect_secs
+        read = p.headers_secs or t.read_secs
+        if self.deadline is not None:  # an attempt never outlives the request's totalSecs
+            left = max(0.01, self.deadline - time.monotonic())
+            connect = round(min(connect, left), 2) or 0.01
+            read = round(min(read, left), 2) or 0.01
+        return timeout_of(connect, read, self.ctx.settings.upstream_pool_wait_secs)
 
     def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
         """The upstream request for `cand` (None: its upstream has no such endpoint)."""

@@ -172,12 +172,13 @@ def create_client(
 def request_timeout(t: Timeouts, pool_wait: float = POOL_WAIT_SECS) -> httpx.Timeout:
     """`pool_wait` (API_ROUTER_UPSTREAM_POOL_WAIT_SECS): how long a request may wait for a free
     pooled connection before it is answered 503 (httpx.PoolTimeout), instead of queueing."""
-    return _timeout(t.connect_secs, t.read_secs, pool_wait)
+    return timeout_of(t.connect_secs, t.read_secs, pool_wait)
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(connect: float, read: float, pool: float) -> httpx.Timeout:
-    """One (immutable) `httpx.Timeout` per distinct setting, not one per request."""
+@functools.lru_cache(maxsize=256)
+def timeout_of(connect: float, read: float, pool: float) -> httpx.Timeout:
+    """One (immutable) `httpx.Timeout` per distinct setting, not one per request (also an
+    attempt's under a routing file, service.proxy.failover)."""
     return httpx.Timeout(connect=connect, read=read, write=read, pool=pool)
 
 
