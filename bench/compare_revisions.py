@@ -2,15 +2,18 @@
 
     .cache/bench-venv/bin/python bench/compare_revisions.py [--base HEAD] [--scenario sse64]
                                                             [--connections N] [--rounds 5]
+                                                            [--workers 1]
 
 How a change to the relay or the request path is measured before it is kept: the revision
 `--base` is checked out into .cache/bench-base/<sha> (a git worktree, reused), and one
-api-router with 1 worker is started from it and one from the working tree, both on the same fake
-upstream (bench/run.py's nginx + paced Node upstream), both running at once. In each round each
-gets one wrk run of the scenario (bench/run.py's `json64`, `sse64` burst, `ssepaced`; the order
-alternates from round to round); its worker's CPU time over the run divided by the requests
-answered is its CPU per request. Printed: per side the median and range over the rounds, the
-median over rounds of (tree - base) in the same round, and requests/s. Same method as
+api-router with 1 worker (`--workers N`: N, their CPU summed; what the workers share, such as
+the rate-limit table, costs more with two busy ones) is started from it and one from the working
+tree, both on the same fake upstream (bench/run.py's nginx + paced Node upstream), both running
+at once. In each round each gets one wrk run of the scenario (bench/run.py's `json64`, `sse64`
+burst, `ssepaced`; the order alternates from round to round); its workers' CPU time over the
+run divided by the requests answered is its CPU per request. Printed: per side the median and
+range over the rounds, the median over rounds of (tree - base) in the same round, and
+requests/s. Same method as
 bench/fastpath_cost.py. `--base . --base-env K=V` compares the tree with itself under a
 different environment (one fast path off, for instance). Loopback only; everything started is
 stopped by its pid.
@@ -79,6 +82,7 @@ def main() -> None:
     ap.add_argument("--scenario", default="sse64", choices=sorted(run.SCENARIOS))
     ap.add_argument("--connections", type=int, default=0, help="0: the scenario's own")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
     ap.add_argument(
@@ -93,27 +97,29 @@ def main() -> None:
         bodies = run.write_bodies(scratch)
         up_port = run.free_port()
         upstreams = run.start_upstream(scratch, up_port, a.sse_gap_ms)
-        started: list[tuple[str, run.Target, int]] = []
+        started: list[tuple[str, run.Target, list[int]]] = []
         try:
             for name, root in sides.items():
                 t = run.Target(f"router-{name}", "transport", name)
                 config = routing(up_port, scratch, a.scenario) if a.routing else None
                 env = {"PYTHONPATH": str(root), **envs[name]}
-                run.start_router(t, 1, up_port, scratch, env, config=config)
+                run.start_router(t, a.workers, up_port, scratch, env, config=config)
                 if a.routing and a.scenario in ("sse64", "ssepaced"):
                     t.sse_path = "/v1/chat/completions"  # to the upstream's /sse/ base
                 assert t.server is not None
                 problem = run.check(t, a.scenario, bodies)
                 if problem is not None:
                     raise RuntimeError(f"{name}: {problem}")
-                (worker,) = run.worker_pids(t.server.proc.pid, t.port)
-                started.append((name, t, worker))
+                workers = run.worker_pids(t.server.proc.pid, t.port)
+                if len(workers) != a.workers:
+                    raise RuntimeError(f"{name}: {len(workers)} workers found, not {a.workers}")
+                started.append((name, t, workers))
                 run.wrk(t, a.scenario, bodies, 2, connections=a.connections or None)  # warm-up
             for i in range(a.rounds):
-                for name, t, worker in started if i % 2 == 0 else started[::-1]:
+                for name, t, workers in started if i % 2 == 0 else started[::-1]:
                     results[name].append(
                         fastpath_cost.measure(
-                            t, worker, bodies, a.seconds, a.scenario, a.connections or None
+                            t, workers, bodies, a.seconds, a.scenario, a.connections or None
                         )
                     )
                 print(f"round {i + 1}/{a.rounds} done", file=sys.stderr)
@@ -137,7 +143,8 @@ def main() -> None:
         )
     print(
         f"\n{a.scenario}{' (routing file)' if a.routing else ''}, "
-        f"{a.connections or 'its own'} connections, {a.rounds} rounds of "
+        f"{a.connections or 'its own'} connections, {a.workers} worker(s) each, "
+        f"{a.rounds} rounds of "
         f"{a.seconds:g} s, base {a.base} {envs['base'] or ''}; load average before {load_before}, "
         f"after {run.loadavg()}"
     )

@@ -54,16 +54,18 @@ def cpu_secs(pid: int) -> float:
 
 def measure(
     t: run.Target,
-    worker: int,
+    worker: int | list[int],
     bodies: dict[str, Path],
     secs: float,
     scenario: str = SCENARIO,
     connections: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run of `scenario`: the worker's CPU time over it per request answered."""
-    before = cpu_secs(worker)
+    """One wrk run of `scenario`: the CPU time of the worker (or workers) over it per request
+    answered."""
+    workers = worker if isinstance(worker, list) else [worker]
+    before = sum(cpu_secs(w) for w in workers)
     r = run.wrk(t, scenario, bodies, secs, connections=connections)
-    used = cpu_secs(worker) - before
+    used = sum(cpu_secs(w) for w in workers) - before
     if r["errors"] or not r["requests"]:
         raise RuntimeError(f"{t.name}: {r['errors']} errors, {r['requests']} requests")
     return {"cpu_us": used / r["requests"] * 1e6, "rps": r["rps"], "requests": r["requests"]}

@@ -35,7 +35,9 @@ class Limit:
         )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and one Decision
+# is built per request (bench/README, "Rate limiting"). Nothing mutates one after it is made.
+@dataclass(slots=True)
 class Decision:
     allowed: bool
     limit: int  # the burst: the most requests that can pass at once
@@ -77,12 +79,19 @@ def decision(allowed: bool, tokens: float, limit: Limit) -> Decision:
     return Decision(False, limit.burst, 0, reset, max(1, math.ceil(wait - _EPS)))
 
 
-def take(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, Decision]:
-    """Try to take one token. Returns the new token count (as of `now`) and the decision."""
+def take_token(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, bool]:
+    """Try to take one token: the new token count (as of `now`) and whether one was taken.
+    All a store must do while it holds its lock; `decision()` can follow outside it."""
     available = refill(tokens, last, now, limit)
     if available >= 1.0:
-        return available - 1.0, decision(True, available - 1.0, limit)
-    return available, decision(False, available, limit)
+        return available - 1.0, True
+    return available, False
+
+
+def take(tokens: float, last: float, now: float, limit: Limit) -> tuple[float, Decision]:
+    """Try to take one token. Returns the new token count (as of `now`) and the decision."""
+    tokens, allowed = take_token(tokens, last, now, limit)
+    return tokens, decision(allowed, tokens, limit)
 
 
 def full_at(tokens: float, last: float, limit: Limit) -> float:

@@ -12,9 +12,15 @@ probing): key hash (u64, 0 = empty), route id (u8), tokens, last update, full-ag
 A bucket is keyed by a 64-bit hash of (route, key): the key is already a credential hash.
 
 Memory is bounded twice: the file has a fixed size, and buckets that are full again are deleted
-(backward-shift deletion, so no tombstones accumulate): a few slots on every decision, the whole
-table when live buckets are counted (`active_buckets`) or when the table is full. A table full
-of live buckets is a backend error (fail open or closed, like an unreachable Redis).
+(backward-shift deletion, so no tombstones accumulate): a few slots on every decision once a
+quarter of `max_live` is taken (below that the probe runs stay short and a decision need not pay
+for it), the whole table when live buckets are counted (`active_buckets`, at most once a second)
+or when the table is full. A table full of live buckets is a backend error (fail open or closed,
+like an unreachable Redis).
+
+The lock is held for as little as possible: the key's hash is remembered per worker, and the
+`Decision` is built after the lock is released (with two busy workers every microsecond held is
+one the other may wait; bench/README, "Rate limiting").
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .bucket import Decision, Limit, full_at, take
+from .bucket import Decision, Limit, decision, full_at, take_token
 
 TABLE_ENV = "API_ROUTER_RATELIMIT_TABLE"
 MAX_BUCKETS_ENV = "RATE_LIMIT_MAX_BUCKETS"
@@ -46,6 +52,8 @@ _ROUTE_NAME = 64
 _ROUTES_AT = 128  # _MAX_ROUTES names of _ROUTE_NAME bytes
 _ROUTE_LIVE_AT = _ROUTES_AT + _MAX_ROUTES * _ROUTE_NAME  # _MAX_ROUTES u64 counters
 _STEP_SWEEP = 4  # slots examined by each decision
+SWEEP_FROM_FRACTION = 4  # decisions sweep once a quarter of max_live is live
+_HASH_MEMO = 4096  # (key, route id) -> bucket hash, per worker
 _CHUNK = 8192  # slots per lock hold during a full sweep
 COUNT_SWEEP_EVERY_SECS = 1.0
 
@@ -146,6 +154,8 @@ class SharedLimiter:
             raise ValueError(f"{path} is not a rate-limit table")
         self.capacity: int = cap
         self.max_live: int = max_live
+        # Below this many live buckets decisions do not sweep (see the module docstring).
+        self._sweep_above = max_live // SWEEP_FROM_FRACTION
         self._mask = cap - 1
         mv = memoryview(self._mm)
         at = _HEADER
@@ -162,6 +172,7 @@ class SharedLimiter:
         self._swept_at = mv[48:56].cast("d")  # last whole-table sweep, by any worker
         self._route_live = mv[_ROUTE_LIVE_AT : _ROUTE_LIVE_AT + 8 * _MAX_ROUTES].cast("Q")
         self._route_ids: dict[str, int] = {}
+        self._hashes: dict[tuple[str, int], int] = {}
         self._views: list[memoryview[Any]] = [
             self._keys,
             self._route,
@@ -184,6 +195,18 @@ class SharedLimiter:
             "little",
         )
         return h or 1  # 0 marks an empty slot
+
+    def _hash_of(self, key: str, route_id: int) -> int:
+        """`_hash`, remembered: the same few keys come back on every request. The memo is
+        emptied whenever it reaches _HASH_MEMO entries, so it stays bounded whatever the
+        number of distinct keys."""
+        memo = self._hashes
+        h = memo.get((key, route_id))
+        if h is None:
+            if len(memo) >= _HASH_MEMO:
+                memo.clear()
+            h = memo[(key, route_id)] = self._hash(key, route_id)
+        return h
 
     def _route_id(self, route: str) -> int:
         rid = self._route_ids.get(route)
@@ -274,7 +297,7 @@ class SharedLimiter:
 
     def acquire_sync(self, key: str, route: str, limit: Limit) -> Decision:
         rid = self._route_id(route)
-        h = self._hash(key, rid)
+        h = self._hash_of(key, rid)
         try:
             return self._acquire(h, rid, limit)
         except TableFull:
@@ -287,7 +310,8 @@ class SharedLimiter:
         try:
             now = self._now()
             hdr = self._hdr
-            hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
+            if hdr[2] > self._sweep_above:
+                hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
             i, found = self._find(h)
             if found:
                 tokens, last = self._tokens[i], self._last[i]
@@ -299,13 +323,13 @@ class SharedLimiter:
                 self._route[i] = rid
                 hdr[2] += 1
                 self._route_live[rid] += 1
-            tokens, dec = take(tokens, last, now, limit)
+            tokens, allowed = take_token(tokens, last, now, limit)
             self._tokens[i] = tokens
             self._last[i] = now
             self._full[i] = full_at(tokens, now, limit)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return dec
+        return decision(allowed, tokens, limit)  # outside the lock: the other workers wait less
 
     # -- several buckets in one critical section (service.ratelimit.tokens) -----------------
 
@@ -318,7 +342,7 @@ class SharedLimiter:
         hs = []
         for route, key in items:
             rid = self._route_id(route)
-            hs.append((self._hash(key, rid), rid))
+            hs.append((self._hash_of(key, rid), rid))
         try:
             return self._update(hs, fn)
         except TableFull:
@@ -330,7 +354,8 @@ class SharedLimiter:
         try:
             now = self._now()
             hdr = self._hdr
-            hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
+            if hdr[2] > self._sweep_above:
+                hdr[3] = self._sweep_slots(hdr[3], _STEP_SWEEP, now)
             stored: list[tuple[float, float] | None] = []
             present: list[bool] = []
             for h, _ in hs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import string
 import uuid
 
@@ -239,3 +240,26 @@ def test_a_new_request_id_is_a_random_uuid4_in_hex() -> None:
     for rid in ids:
         seen |= int(rid, 16)
     assert seen == uuid.UUID(int=(1 << 128) - 1, version=4).int
+
+
+def test_request_ids_read_in_blocks_are_never_repeated_across_a_fork() -> None:
+    """The random bytes are read for many ids at once: a forked child must not hand out the
+    ids its parent has still to give."""
+    from service.observability import lifecycle
+
+    lifecycle.new_request_id()  # the block is now read and partly unused
+    assert lifecycle._random
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(w, ",".join(lifecycle.new_request_id() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child = f.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [lifecycle.new_request_id() for _ in range(lifecycle._IDS_PER_READ)]
+    assert len(child) == 8
+    assert not set(child) & set(parent)

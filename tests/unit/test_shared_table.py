@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import ServiceUnavailable
+from service.ratelimit import shared as shared_module
 from service.ratelimit.backends import Guarded, LocalLimiter
 from service.ratelimit.bucket import Limit
 from service.ratelimit.shared import SharedLimiter, TableFull, create_table, remove_table
@@ -121,3 +122,43 @@ def test_guard_fails_open_or_closed_and_counts(table: str, fail_closed: bool) ->
 
     asyncio.run(scenario())
     assert errors == [1]
+
+
+def test_decisions_sweep_only_once_a_quarter_of_the_table_is_live() -> None:
+    """Below a quarter of max_live a decision leaves full-again buckets for the whole sweeps;
+    above it decisions delete them a few slots at a time."""
+    clock = Clock()
+    path = create_table(64)  # 128 slots: 32 decisions pass the sweep over all of them
+    lim = SharedLimiter(path, clock=clock, count_sweep_every=3600)
+    limit, roomy = Limit(rate=1.0, burst=2), Limit(rate=1.0, burst=1000)
+    try:
+        # 10 + 1 live: nothing swept; 40 + 1: swept down to the threshold (a quarter of 64)
+        for few_or_many, most_left, least_left in ((10, 11, 11), (40, 16, 12)):
+            for i in range(few_or_many):
+                lim.acquire_sync(f"k{i}", "/r", limit)
+            clock.t += 5  # every k* bucket is full again
+            for _ in range(64):
+                assert lim.acquire_sync("busy", "/r", roomy).allowed
+            assert least_left <= lim.live() <= most_left
+            reachable(lim)
+        lim.sweep()
+        assert lim.live() == 1  # the busy key's bucket only
+    finally:
+        asyncio.run(lim.close())
+        remove_table(path)
+
+
+def test_the_remembered_key_hashes_stay_bounded(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_module, "_HASH_MEMO", 4)
+    clock = Clock()
+    lim = SharedLimiter(table, clock=clock)
+    limit = Limit(rate=1.0, burst=3)
+    for i in range(10):
+        assert lim.acquire_sync(f"k{i}", "/r", limit).remaining == 2
+        assert len(lim._hashes) <= 4
+    for i in range(10):  # forgotten hashes are computed again: the same buckets
+        assert lim.acquire_sync(f"k{i}", "/r", limit).remaining == 1
+    assert lim.live() == 10
+    asyncio.run(lim.close())
