@@ -18,9 +18,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 HOP_BY_HOP = frozenset(
@@ -75,15 +76,31 @@ def _drop_set(items: list[tuple[str, str]], base: frozenset[str]) -> frozenset[s
     return base | named if named else base
 
 
+_NOT_FORWARDED_REPLACED = NOT_FORWARDED | FORWARDING
+
+
 def forwardable_request_headers(
-    items: Iterable[tuple[str, str]], keep_forwarding: bool = True
+    items: Iterable[tuple[str, str]],
+    keep_forwarding: bool = True,
+    replaced: frozenset[str] | set[str] = frozenset(),
 ) -> list[tuple[str, str]]:
     """The client's end-to-end headers, in order, with duplicates kept (without the forwarding
-    headers unless `keep_forwarding`)."""
+    headers unless `keep_forwarding`, and without the names in `replaced`, lower case: those
+    the router sets itself). Each name is lowered once."""
     items = list(items)
-    drop = _drop_set(items, NOT_FORWARDED if keep_forwarding else NOT_FORWARDED | FORWARDING)
+    lowered = [k.lower() for k, _ in items]
+    drop = NOT_FORWARDED if keep_forwarding else _NOT_FORWARDED_REPLACED
+    if replaced:
+        drop = drop | replaced
+    if "connection" in lowered:
+        named = connection_tokens(
+            v for (_, v), lk in zip(items, lowered, strict=True) if lk == "connection"
+        )
+        drop = drop | named
     return [
-        (k, v) for k, v in items if k.lower() not in drop and not k.lower().startswith("proxy-")
+        kv
+        for kv, lk in zip(items, lowered, strict=True)
+        if lk not in drop and not lk.startswith("proxy-")
     ]
 
 
@@ -139,18 +156,12 @@ def key_id(credential: str | None) -> str:
     """A short, non-reversible id for a credential: safe in logs and bucket keys."""
     if not credential:
         return "anonymous"
+    return _key_id(credential)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few keys on every request; bounded
+def _key_id(credential: str) -> str:
     return hashlib.sha256(credential.encode()).hexdigest()[:12]
-
-
-def merge_headers(
-    base: list[tuple[str, str]], overrides: Iterable[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """Each override replaces every header of the same name (case-insensitive) in `base`."""
-    overrides = list(overrides)
-    if not overrides:
-        return base
-    names = {k.lower() for k, _ in overrides}
-    return [(k, v) for k, v in base if k.lower() not in names] + overrides
 
 
 def upstream_headers(
@@ -160,17 +171,28 @@ def upstream_headers(
     auth_scheme: str,
     credential: str | None,
     request_id: str,
-    forwarding: list[tuple[str, str]] | None = None,
+    forwarding: Sequence[tuple[str, str]] | None = None,
+    final: Sequence[tuple[str, str]] = (),
 ) -> list[tuple[str, str]]:
-    """`forwarding`: the router's forwarding headers, which replace the client's (`[]`: none);
-    None keeps the client's."""
-    client = forwardable_request_headers(client_items, keep_forwarding=forwarding is None)
-    headers = merge_headers(client + forwarding if forwarding else client, profile_headers)
-    extra: list[tuple[str, str]] = []
-    if credential:
-        extra.append(credential_header(auth_header, auth_scheme, credential))
+    """The headers sent upstream, in this order: the client's end-to-end headers; the router's
+    forwarding headers (`forwarding`, which replace the client's; `[]`: none; None keeps the
+    client's); the profile's; the credential and `X-Request-ID`; `final` (Accept-Encoding, a
+    known Content-Length). Each group replaces every header of the same name (case-insensitive)
+    in the groups before it. The client's headers are filtered in one pass."""
+    extra = [credential_header(auth_header, auth_scheme, credential)] if credential else []
     extra.append(("X-Request-ID", request_id))
-    return merge_headers(headers, extra)
+    profile = list(profile_headers)
+    after_extra = {k.lower() for k, _ in final}
+    after_profile = after_extra | {k.lower() for k, _ in extra}
+    after_client = after_profile | {k.lower() for k, _ in profile}
+    out = forwardable_request_headers(client_items, forwarding is None, after_client)
+    if forwarding:
+        out += [kv for kv in forwarding if kv[0].lower() not in after_client]
+    if profile:
+        out += [kv for kv in profile if kv[0].lower() not in after_profile]
+    out += [kv for kv in extra if kv[0].lower() not in after_extra]
+    out += final
+    return out
 
 
 def build_url(endpoint_url: str, client_query: str) -> str:

@@ -4,6 +4,7 @@ of a request, its format translator, the local token estimate, the relayed respo
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -42,18 +43,30 @@ def response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, s
     return out
 
 
-def _forwarding(request: RouterRequest, mode: str) -> list[tuple[str, str]] | None:
-    """The forwarding headers sent upstream (service.proxy.headers: replace, keep, drop)."""
+def _forwarding(request: RouterRequest, mode: str) -> Sequence[tuple[str, str]] | None:
+    """The forwarding headers sent upstream (service.proxy.headers: replace, keep, drop).
+
+    With no proxy trusted (the default) the client's address and the scheme are the
+    connection's and Sanic reads no forwarding header, so the headers depend only on the
+    connection and its request's `Host`: made once per connection (its `conn_info.ctx`) and
+    again only when `Host` changes. (`request.scheme` alone costs several microseconds.)"""
     if mode == "keep":
         return None
     if mode == "drop":
         return []
-    trusted = request.app.ctx.client_ip_from_headers
-    return h.router_forwarding(
-        h.client_address(request, trusted),
-        request.scheme,
-        request.host if trusted else request.headers.get("host", ""),
-    )
+    if request.app.ctx.client_ip_from_headers:
+        return h.router_forwarding(h.client_address(request, True), request.scheme, request.host)
+    host = request.headers.get("host", "")
+    info = request.conn_info
+    if info is None:
+        return h.router_forwarding(request.ip, request.scheme, host)
+    made: tuple[str, tuple[tuple[str, str], ...]] | None = getattr(info.ctx, "forwarding", None)
+    if made is None or made[0] != host:
+        made = info.ctx.forwarding = (
+            host,
+            tuple(h.router_forwarding(request.ip, request.scheme, host)),
+        )
+    return made[1]
 
 
 def local_estimate(route: str, payload: dict[str, Any], request_id: str) -> HTTPResponse:
@@ -109,6 +122,16 @@ def outgoing_headers(
         client_headers = kept
         if state.dropped:
             log.debug("translation_dropped_fields", fields=state.dropped)
+    final = [
+        (
+            "Accept-Encoding",
+            accept_encoding(
+                request.headers.get("accept-encoding"), streaming or translator is not None
+            ),
+        )
+    ]
+    if upstream_length is not None:  # a streamed multipart body keeps a known length
+        final.append(("Content-Length", str(upstream_length)))
     hdrs = h.upstream_headers(
         client_headers,
         ep.headers,
@@ -117,20 +140,8 @@ def outgoing_headers(
         credential,
         request.ctx.request_id,
         _forwarding(request, ctx.settings.forwarded_headers),
+        final,
     )
-    hdrs = h.merge_headers(
-        hdrs,
-        [
-            (
-                "Accept-Encoding",
-                accept_encoding(
-                    request.headers.get("accept-encoding"), streaming or translator is not None
-                ),
-            )
-        ],
-    )
-    if upstream_length is not None:  # a streamed multipart body keeps a known length
-        hdrs = h.merge_headers(hdrs, [("Content-Length", str(upstream_length))])
     return hdrs, query
 
 

@@ -4,6 +4,7 @@ and URL-valued fields in the body or query that never choose the upstream."""
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 
@@ -64,6 +65,36 @@ def test_forwarding_headers_follow_the_policy(
     assert got == {k: host if v == "H" else v for k, v in expected.items()}
     # each header once: the router's never joins a client's
     assert len([k for k, _ in sent.headers if k.lower() in FORWARDING_NAMES]) == len(got)
+
+
+def test_forwarded_host_follows_each_requests_host_on_one_connection(
+    upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """The forwarding headers are made once per client connection (service.proxy.outgoing):
+    a keep-alive connection whose requests name different hosts gets each its own."""
+    router = router_factory(base_profile(upstream.url))
+    seen = []
+    conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    socks = set()
+    try:
+        for host in ["a.example", "b.example", "a.example"]:
+            conn.request(
+                "POST",
+                CHAT,
+                json.dumps(BODY),
+                headers={"Host": host, "Content-Type": "application/json"},
+            )
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            socks.add(id(conn.sock))
+            sent = {k.lower(): v for k, v in upstream.last.headers}
+            seen.append(sent["x-forwarded-host"])
+            assert (sent["x-forwarded-for"], sent["x-forwarded-proto"]) == ("127.0.0.1", "http")
+    finally:
+        conn.close()
+    assert len(socks) == 1  # one client connection throughout
+    assert seen == ["a.example", "b.example", "a.example"]
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])

@@ -263,3 +263,96 @@ def test_request_ids_read_in_blocks_are_never_repeated_across_a_fork() -> None:
     parent = [lifecycle.new_request_id() for _ in range(lifecycle._IDS_PER_READ)]
     assert len(child) == 8
     assert not set(child) & set(parent)
+
+
+# -- upstream_headers against the composition it replaced ----------------------------------------
+
+
+def _merged(base: list[tuple[str, str]], overrides: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each override replaces every header of the same name (case-insensitive) in `base`."""
+    names = {k.lower() for k, _ in overrides}
+    return [(k, v) for k, v in base if k.lower() not in names] + overrides if overrides else base
+
+
+def _reference_upstream_headers(
+    client: list[tuple[str, str]],
+    profile: list[tuple[str, str]],
+    auth_header: str,
+    auth_scheme: str,
+    credential: str | None,
+    request_id: str,
+    forwarding: list[tuple[str, str]] | None,
+    final: list[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """The client's filtered headers, then each group merged over the result in turn (what the
+    router did in several passes before the one-pass `upstream_headers`)."""
+    drop = set(h.NOT_FORWARDED) | (set() if forwarding is None else set(h.FORWARDING))
+    drop |= h.connection_tokens(v for k, v in client if k.lower() == "connection")
+    kept = [
+        (k, v) for k, v in client if k.lower() not in drop and not k.lower().startswith("proxy-")
+    ]
+    out = _merged(kept + (forwarding or []), profile)
+    extra = [h.credential_header(auth_header, auth_scheme, credential)] if credential else []
+    out = _merged(out, [*extra, ("X-Request-ID", request_id)])
+    for header in final:
+        out = _merged(out, [header])
+    return out
+
+
+names = st.sampled_from(
+    [
+        "Accept",
+        "accept-encoding",
+        "Authorization",
+        "x-api-key",
+        "Connection",
+        "Keep-Alive",
+        "X-Custom",
+        "x-custom",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "Forwarded",
+        "Proxy-Thing",
+        "Content-Length",
+        "Host",
+        "X-Request-ID",
+        "anthropic-version",
+    ]
+)
+header_lists = st.lists(
+    st.tuples(names | token, st.sampled_from(["a", "x-custom", "b, Accept", ""]))
+)
+
+
+@given(
+    client=header_lists,
+    profile=st.lists(st.tuples(names, st.just("p")), max_size=3),
+    auth=st.sampled_from([("Authorization", "Bearer"), ("x-api-key", "")]),
+    credential=st.sampled_from([None, "", "sk-1"]),
+    forwarding=st.sampled_from(
+        [None, [], [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "http")]]
+    ),
+    length=st.sampled_from([None, "12"]),
+)
+def test_upstream_headers_equal_the_merges_they_replaced(
+    client: list[tuple[str, str]],
+    profile: list[tuple[str, str]],
+    auth: tuple[str, str],
+    credential: str | None,
+    forwarding: list[tuple[str, str]] | None,
+    length: str | None,
+) -> None:
+    final = [("Accept-Encoding", "identity")]
+    if length is not None:
+        final.append(("Content-Length", length))
+    got = h.upstream_headers(client, tuple(profile), *auth, credential, "rid", forwarding, final)
+    want = _reference_upstream_headers(client, profile, *auth, credential, "rid", forwarding, final)
+    assert got == want
+
+
+def test_a_credentials_key_id_is_remembered_but_the_same() -> None:
+    import hashlib
+
+    for cred in ["sk-a", "sk-b", "sk-a"]:
+        assert h.key_id(cred) == hashlib.sha256(cred.encode()).hexdigest()[:12]
+    assert h.key_id(None) == h.key_id("") == "anonymous"
