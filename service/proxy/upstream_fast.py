@@ -3,6 +3,8 @@ answer built and read without httpx's per-call layers.
 
 - `bytes_request`: an `httpx.Request` built with its headers normalised once (httpx's constructor
   normalises the header list, then `_prepare` rebuilds it with the automatic headers);
+- `str_headers`: the same for a request's `str` header list (each name and value encoded once,
+  no type checks per item);
 - `raw_headers`: the `httpx.Headers` of a response whose names and values are bytes already (the
   router's transport parsed them), without a type check and normalisation per name and value;
 - `read_raw`: a whole (non-stream) answer that the router's transport already has all of
@@ -41,19 +43,39 @@ def bytes_request(
     """Exactly what `httpx.Request(method, url, content=<bytes>, headers=<list>,
     extensions={"timeout": timeout})` builds: method, URL, headers with `Host` first and
     `Content-Length` last unless given, a `ByteStream`, the content already read."""
-    names = {k.lower() for k, _ in headers}
-    if "host" not in names and url.host:
-        headers = [("Host", url.netloc.decode("ascii")), *headers]
-    if "content-length" not in names:
-        headers = [*headers, ("Content-Length", str(len(content)))]
+    fields = str_headers(headers)
+    names = {lowered for _, lowered, _ in fields._list}
+    if b"host" not in names and url.host:
+        fields._list.insert(0, (b"Host", b"host", url.netloc))
+    if b"content-length" not in names:
+        length = str(len(content)).encode("ascii")
+        fields._list.append((b"Content-Length", b"content-length", length))
     req = httpx.Request.__new__(httpx.Request)
     req.method = method.upper()
     req.url = url
-    req.headers = httpx.Headers(headers)
+    req.headers = fields
     req.extensions = {"timeout": timeout}
     req.stream = httpx.ByteStream(content)
     req._content = content
     return req
+
+
+def str_headers(items: list[tuple[str, str]]) -> httpx.Headers:
+    """Exactly `httpx.Headers(items)` for names and values that are `str` (encoded as ASCII,
+    as httpx does without an encoding: a non-ASCII one raises the same UnicodeEncodeError).
+    Anything else (bytes, a wrong type): httpx's own constructor."""
+    try:
+        fields = [
+            (name, name.lower(), v.encode("ascii"))
+            for k, v in items
+            for name in (k.encode("ascii"),)
+        ]
+    except AttributeError:  # not str: httpx decides (bytes kept, others a TypeError)
+        return httpx.Headers(items)
+    headers = httpx.Headers.__new__(httpx.Headers)
+    headers._list = fields
+    headers._encoding = None
+    return headers
 
 
 def raw_headers(items: list[tuple[bytes, bytes]]) -> httpx.Headers:

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.proxy.upstream import UpstreamClient, _transport
-from service.proxy.upstream_fast import raw_headers
+from service.proxy.upstream_fast import raw_headers, str_headers
 
 TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=5.0)
 
@@ -82,3 +82,26 @@ def test_raw_headers_are_what_httpx_headers_builds(items: list[tuple[bytes, byte
         httpx.Response(200, headers=fast).headers.raw
         == httpx.Response(200, headers=items).headers.raw
     )
+
+
+_TEXT = st.text(st.characters(max_codepoint=0x2FF), max_size=16)  # ASCII and a little beyond
+
+
+@given(st.lists(st.tuples(_TEXT, _TEXT) | st.tuples(_NAME, _VALUE), max_size=8))
+def test_str_headers_are_what_httpx_headers_builds(items: list[tuple[str, str]]) -> None:
+    """Text pairs (a non-ASCII one fails alike) and, through httpx's own path, bytes pairs."""
+    try:
+        ref = httpx.Headers(items)
+    except Exception as e:  # whatever httpx raises, the fast path must raise too
+        with pytest.raises(type(e)):
+            str_headers(items)
+        return
+    fast = str_headers(items)
+    assert fast._list == ref._list
+    assert fast.encoding == ref.encoding
+    assert fast == ref
+
+
+def test_str_headers_refuse_what_httpx_refuses() -> None:
+    with pytest.raises(TypeError):
+        str_headers([("X-A", 1)])  # type: ignore[list-item]
