@@ -37,6 +37,7 @@ SLOTS = 256
 _NAME = 64
 # name, consecutive failures, ejections in a row, ejected until, cooled until, probe until
 _SLOT = struct.Struct(f"<{_NAME}sIIddd")
+_STATE = struct.Struct("<IIddd")  # a slot's fields after its name (no padding: `<`)
 PROBE_LEASE_SECS = 30.0
 
 
@@ -147,12 +148,10 @@ class Ejections:
             self._used += 1
 
     def _read(self, at: int) -> tuple[int, int, float, float, float]:
-        _, fails, ejections, ejected, cooled, probe = _SLOT.unpack_from(self._mm, at)
-        return fails, ejections, ejected, cooled, probe
+        return _STATE.unpack_from(self._mm, at + _NAME)
 
     def _write(self, at: int, *fields: float) -> None:
-        name = self._mm[at : at + _NAME]
-        _SLOT.pack_into(self._mm, at, name, *fields)
+        _STATE.pack_into(self._mm, at + _NAME, *fields)
 
     @staticmethod
     def _gate(ejected: float, cooled: float, probe: float, now: float) -> Gate | None:

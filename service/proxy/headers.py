@@ -71,9 +71,17 @@ def connection_tokens(values: Iterable[str]) -> set[str]:
     return out
 
 
-def _drop_set(items: list[tuple[str, str]], base: frozenset[str]) -> frozenset[str] | set[str]:
-    named = connection_tokens(v for k, v in items if k.lower() == "connection")
-    return base | named if named else base
+def _with_connection_tokens(
+    items: list[tuple[str, str]], lowered: list[str], drop: frozenset[str] | set[str]
+) -> frozenset[str] | set[str]:
+    """`drop` and the names the Connection headers among `items` list (`lowered`: their names
+    in lower case)."""
+    if "connection" not in lowered:
+        return drop
+    named = connection_tokens(
+        v for (_, v), lk in zip(items, lowered, strict=True) if lk == "connection"
+    )
+    return drop | named if named else drop
 
 
 _NOT_FORWARDED_REPLACED = NOT_FORWARDED | FORWARDING
@@ -89,14 +97,10 @@ def forwardable_request_headers(
     the router sets itself). Each name is lowered once."""
     items = list(items)
     lowered = [k.lower() for k, _ in items]
-    drop = NOT_FORWARDED if keep_forwarding else _NOT_FORWARDED_REPLACED
+    drop: frozenset[str] | set[str] = NOT_FORWARDED if keep_forwarding else _NOT_FORWARDED_REPLACED
     if replaced:
         drop = drop | replaced
-    if "connection" in lowered:
-        named = connection_tokens(
-            v for (_, v), lk in zip(items, lowered, strict=True) if lk == "connection"
-        )
-        drop = drop | named
+    drop = _with_connection_tokens(items, lowered, drop)
     return [
         kv
         for kv, lk in zip(items, lowered, strict=True)
@@ -104,20 +108,35 @@ def forwardable_request_headers(
     ]
 
 
-def returnable_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def returnable_response_headers(
+    items: Iterable[tuple[str, str]], lowered: list[str] | None = None
+) -> list[tuple[str, str]]:
     """The upstream's end-to-end response headers (content-type, rate-limit, request-id …).
 
     The client's `X-Request-ID` is the router's; the upstream's own request id (OpenAI's
     `req_…`, what a provider's support asks for) comes back as `X-Upstream-Request-ID`.
+    `lowered`: the names in lower case, when the caller has them already.
     """
     items = list(items)
-    drop = _drop_set(items, NOT_RETURNED)
+    if lowered is None:
+        lowered = [k.lower() for k, _ in items]
+    drop = _with_connection_tokens(items, lowered, NOT_RETURNED)
     return [
-        ("X-Upstream-Request-ID", v) if k.lower() == "x-request-id" else (k, v)
-        for k, v in items
-        if (k.lower() not in drop or k.lower() == "x-request-id")
-        and not k.lower().startswith("proxy-")
+        ("X-Upstream-Request-ID", v) if lk == "x-request-id" else (k, v)
+        for (k, v), lk in zip(items, lowered, strict=True)
+        if (lk not in drop or lk == "x-request-id") and not lk.startswith("proxy-")
     ]
+
+
+def joined_value(items: list[tuple[str, str]], lowered: list[str], name: str) -> str | None:
+    """What `httpx.Headers.get(name)` gives for these items (`lowered`: their names in lower
+    case; `name` in lower case): the value, the values joined by ", " when repeated, or None."""
+    n = lowered.count(name)
+    if n == 0:
+        return None
+    if n == 1:
+        return items[lowered.index(name)][1]
+    return ", ".join(v for (_, v), lk in zip(items, lowered, strict=True) if lk == name)
 
 
 def client_address(request: Any, trust_headers: bool) -> str:

@@ -37,10 +37,19 @@ log = structlog.get_logger("api_router.translate")
 USAGE_ROUTES = frozenset({CHAT, COMPLETIONS})
 
 
-def response_headers(resp: httpx.Response, request_id: str) -> list[tuple[str, str]]:
-    out = h.returnable_response_headers(resp.headers.multi_items())
+def answer_headers(
+    resp: httpx.Response, request_id: str
+) -> tuple[list[tuple[str, str]], str, str | None]:
+    """The headers the client gets with a whole answer (the upstream's returnable ones and the
+    router's X-Request-ID), and the answer's Content-Type ("" when none) and Content-Encoding
+    as `resp.headers.get` gives them, from one decoding of the headers and one lowering of
+    their names."""
+    items = resp.headers.multi_items()
+    lowered = [k.lower() for k, _ in items]
+    out = h.returnable_response_headers(items, lowered)
     out.append(("X-Request-ID", request_id))
-    return out
+    ctype = h.joined_value(items, lowered, "content-type") or ""
+    return out, ctype, h.joined_value(items, lowered, "content-encoding")
 
 
 def _forwarding(request: RouterRequest, mode: str) -> Sequence[tuple[str, str]] | None:
@@ -155,8 +164,8 @@ def json_answer(
 ) -> HTTPResponse:
     """A whole (non-stream) upstream answer for the client: its usage read, translated back
     when the route was, with the router's headers added."""
-    ctype = resp.headers.get("content-type", "")
-    text = decoded(data, resp.headers.get("content-encoding"))  # once, for both uses below
+    headers, ctype, encoding = answer_headers(resp, request_id)
+    text = decoded(data, encoding)  # once, for both uses below
     # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
     # balancer under a JSON content-type) is passed through with its status and Retry-After.
     if "json" in ctype and data and 200 <= resp.status_code < 300 and text is not None:
@@ -169,7 +178,6 @@ def json_answer(
             if isinstance(parsed.get("usage"), dict):
                 state.usage = parsed["usage"]
                 state.usage_final = True
-    headers = response_headers(resp, request_id)
     if translator is not None:  # the answer in the client's format, with the upstream's status
         headers, data = translator.answer(resp.status_code, headers, text or b"")
     for k, v in extra.items():

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.proxy import headers as h
+from service.proxy.outgoing import answer_headers
 from service.proxy.upstream import UpstreamClient, _transport
 from service.proxy.upstream_fast import raw_headers, str_headers
 
@@ -105,3 +107,44 @@ def test_str_headers_are_what_httpx_headers_builds(items: list[tuple[str, str]])
 def test_str_headers_refuse_what_httpx_refuses() -> None:
     with pytest.raises(TypeError):
         str_headers([("X-A", 1)])  # type: ignore[list-item]
+
+
+_RESPONSE_NAME = (
+    st.sampled_from(
+        [
+            b"Content-Type",
+            b"content-type",
+            b"Content-Encoding",
+            b"X-Request-ID",
+            b"Connection",
+            b"Keep-Alive",
+            b"Proxy-Thing",
+            b"Date",
+            b"Server",
+            b"X-Hop",
+            b"Retry-After",
+        ]
+    )
+    | _NAME
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _RESPONSE_NAME, st.sampled_from([b"a", b"gzip", b"x-hop, close", b"\xe9"]) | _VALUE
+        ),
+        max_size=8,
+    )
+)
+def test_answer_headers_are_what_the_httpx_calls_they_replace_give(
+    items: list[tuple[bytes, bytes]],
+) -> None:
+    resp = httpx.Response(200, headers=raw_headers(items))
+    got = answer_headers(resp, "rid")
+    want = (
+        [*h.returnable_response_headers(resp.headers.multi_items()), ("X-Request-ID", "rid")],
+        resp.headers.get("content-type", ""),
+        resp.headers.get("content-encoding"),
+    )
+    assert got == want
