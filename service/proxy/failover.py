@@ -270,6 +270,7 @@ class _Attempts:
             time.monotonic() + self.policy.total_secs if self.policy.total_secs else None
         )
         settings = self.ctx.settings
+        self.started = False  # `_start` ran (the first `run`)
         self.own_key = sent_key  # the client's own, if it sent one
         self.client_key = sent_key or settings.default_api_key or None  # or DEFAULT_API_KEY
         if self.ctx.access is not None:  # shared deployment: the client's key is an access key
@@ -357,6 +358,7 @@ class _Attempts:
     def _start(self) -> None:
         """The attempt state, set on the first `run`; kept so that a stream that fails before
         its first content resumes where the attempts stopped (`open_stream`)."""
+        self.started = True
         self.queue = list(self.candidates)
         ejections = self.ctx.ejections
         # Never leave a route with nothing: when every target is ejected, all are tried (but
@@ -382,7 +384,7 @@ class _Attempts:
     async def run(self) -> tuple[httpx.Response, Chosen]:
         """Try the candidates; the response the client gets (its head read) and how to read
         it. Raises the router's error when the last attempt got no answer at all."""
-        if not hasattr(self, "queue"):
+        if not self.started:
             self._start()
         ejections = self.ctx.ejections
         outlier = self.routing.outlier
