@@ -12,6 +12,7 @@ created in `before_server_start` and released in `after_server_stop`, and the gr
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from sanic import Sanic
@@ -78,6 +79,8 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     @app.before_server_start
     async def _open(app: Sanic[Config, AppContext]) -> None:
         ctx = app.ctx
+        if settings.gc_threshold:  # API_ROUTER_GC_THRESHOLD, per worker
+            gc.set_threshold(settings.gc_threshold, *gc.get_threshold()[1:])
         c = app.config  # Sanic's proxy settings: is the client's address read from headers?
         ctx.client_ip_from_headers = bool(c.FORWARDED_SECRET or c.REAL_IP_HEADER or c.PROXIES_COUNT)
         ctx.http = create_client(settings.upstream_max_connections, fast_request=fast.request)

@@ -18,6 +18,7 @@ from .proxy.headers import FORWARDED_MODES
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 8192
+DEFAULT_GC_THRESHOLD = 100_000
 MAX_HEADER_BYTES_CEILING = 16384  # Sanic's own ceiling for a request head
 
 
@@ -180,6 +181,11 @@ class Settings:
     cors_origins: str = ""
     # Which bypasses of library internals are on (FastPaths; API_ROUTER_FAST_PATHS).
     fast_paths: FastPaths = field(default_factory=FastPaths)
+    # The cyclic GC's first-generation threshold in each worker (gc.set_threshold; 0: Python's
+    # own, 700). The requests and streams in flight hold more young objects than 700, so with
+    # Python's value a collection ran every few requests (docs/configuration.md;
+    # bench/README.md, "Garbage collection").
+    gc_threshold: int = DEFAULT_GC_THRESHOLD
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
@@ -307,6 +313,7 @@ def _hardening(env: Mapping[str, str]) -> dict[str, object]:
             env, "API_ROUTER_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
         ),
         "backlog": _int(env, "API_ROUTER_BACKLOG", 4096, 1, 65535),
+        "gc_threshold": _int(env, "API_ROUTER_GC_THRESHOLD", DEFAULT_GC_THRESHOLD, 0, 10**7),
         "upstream_max_connections": _int(
             env, "API_ROUTER_UPSTREAM_MAX_CONNECTIONS", fd_connection_budget(), 1, 1_000_000
         ),

@@ -211,3 +211,22 @@ def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
     lines = _completion_lines(log), _completion_lines(stock_log)
     assert [(x["status_code"], x.get("malformed_events")) for x in lines[0]] == [(200, 1)]
     assert [(x["status_code"], x.get("malformed_events")) for x in lines[1]] == [(200, 1)]
+
+
+@pytest.mark.parametrize(("env", "want"), [({}, 100_000), ({"API_ROUTER_GC_THRESHOLD": "0"}, None)])
+def test_a_worker_sets_the_gc_threshold_when_it_starts(
+    make_app: Any, env: dict[str, str], want: int | None
+) -> None:
+    """Not a fast path (gc.set_threshold is public): the worker's first-generation threshold
+    (API_ROUTER_GC_THRESHOLD; 0 leaves Python's own)."""
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, *saved[1:])
+        app, _ = make_app(env)
+        _, resp = app.test_client.get("/health")
+        assert resp.status == 200
+        assert gc.get_threshold() == (want or 700, *saved[1:])
+    finally:
+        gc.set_threshold(*saved)

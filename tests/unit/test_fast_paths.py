@@ -67,6 +67,20 @@ def test_settings_read_the_variable_once(tmp_path: Path) -> None:
 # -- metrics ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("raw", "want"), [(None, 100_000), ("0", 0), ("25000", 25_000)])
+def test_the_gc_threshold_setting(tmp_path: Path, raw: str | None, want: int) -> None:
+    env = {} if raw is None else {"API_ROUTER_GC_THRESHOLD": raw}
+    assert Settings.from_env(env, profile_path=tmp_path / "p.json").gc_threshold == want
+
+
+@pytest.mark.parametrize("raw", ["-1", "many", "1e5"])
+def test_a_bad_gc_threshold_is_a_settings_error_naming_the_variable(
+    tmp_path: Path, raw: str
+) -> None:
+    with pytest.raises(SettingsError, match="API_ROUTER_GC_THRESHOLD"):
+        Settings.from_env({"API_ROUTER_GC_THRESHOLD": raw}, profile_path=tmp_path / "p.json")
+
+
 def test_metrics_off_write_through_the_librarys_own_children() -> None:
     fast = Metrics(CollectorRegistry(), fast=True)
     stock = Metrics(CollectorRegistry(), fast=False)
