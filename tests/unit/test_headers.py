@@ -353,6 +353,8 @@ def test_upstream_headers_equal_the_merges_they_replaced(
 def test_a_credentials_key_id_is_remembered_but_the_same() -> None:
     import hashlib
 
+    h._key_id.cache_clear()
     for cred in ["sk-a", "sk-b", "sk-a"]:
         assert h.key_id(cred) == hashlib.sha256(cred.encode()).hexdigest()[:12]
+    assert h._key_id.cache_info().hits == 1  # the second "sk-a" was not hashed again
     assert h.key_id(None) == h.key_id("") == "anonymous"
