@@ -172,13 +172,15 @@ class Ejections:
     def gate(self, name: str, lease: float = PROBE_LEASE_SECS, claim: bool = True) -> Gate:
         """May `name` be tried now? With `claim`, takes the half-open probe when its ejection
         time is over (for `lease` seconds)."""
-        now = self.now()
         # Without the lock first: the common case, an upstream never ejected nor cooling (a
         # torn read of a slot being written can at worst let one more request through).
-        at = self._find(name, False)
+        at = self._slots.get(name)
         if at is None:
-            return ALLOWED
-        _, _, ejected, cooled, _ = self._read(at)
+            at = self._find(name, False)
+            if at is None:
+                return ALLOWED
+        _, _, ejected, cooled, _ = _STATE.unpack_from(self._mm, at + _NAME)
+        now = self.now()
         if not ejected and cooled <= now:
             return ALLOWED
         with self._locked():
@@ -209,12 +211,14 @@ class Ejections:
 
     def success(self, name: str, policy: OutlierPolicy | None = None) -> None:
         """An answer that was not a failure: restored, its ejection count forgotten."""
-        if policy is not None:
+        if policy is not None and policy.failure_rate > 0:
             self._rate_trips(name, False, policy)
-        at = self._find(name, False)
+        at = self._slots.get(name)
         if at is None:
-            return
-        fails, _, ejected, _, _ = self._read(at)
+            at = self._find(name, False)
+            if at is None:
+                return
+        fails, _, ejected, _, _ = _STATE.unpack_from(self._mm, at + _NAME)
         if not (ejected or fails):  # nothing to restore (read without the lock: the usual case)
             return
         with self._locked():

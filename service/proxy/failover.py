@@ -51,7 +51,7 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,7 +196,7 @@ class RetryBudget:
 BUDGET = RetryBudget()
 
 
-@dataclass
+@dataclass(slots=True)
 class Chosen:
     """The attempt whose answer the client gets, and how that answer is read."""
 
@@ -233,7 +233,21 @@ async def _read_failed(resp: httpx.Response) -> bytes:
 
 
 class _Attempts:
-    """The attempts of one request: which candidate next, the waits, the record."""
+    """The attempts of one request: which candidate next, the waits, the record.
+
+    The attempt state's starting values are class attributes: an instance gets its own only
+    when an attempt changes one, so the usual request (answered at its first attempt) sets
+    none of them."""
+
+    started = False  # `_start` ran (the first `run`)
+    context_used = False
+    last: tuple[httpx.Response, Chosen] | None = None
+    last_error: RouterError | None = None
+    previous: Upstream | None = None
+    reason = "error"
+    same_retries = 0
+    skipped: tuple[Gate, ...] = ()
+    pending: tuple[bool, float] | None = None  # (retry the same target, wait) to apply
 
     def __init__(
         self,
@@ -270,7 +284,6 @@ class _Attempts:
             time.monotonic() + self.policy.total_secs if self.policy.total_secs else None
         )
         settings = self.ctx.settings
-        self.started = False  # `_start` ran (the first `run`)
         self.own_key = sent_key  # the client's own, if it sent one
         self.client_key = sent_key or settings.default_api_key or None  # or DEFAULT_API_KEY
         if self.ctx.access is not None:  # shared deployment: the client's key is an access key
@@ -352,34 +365,29 @@ class _Attempts:
             await asyncio.sleep(secs)
         return True
 
-    def _record(self, up: Upstream, outcome: str, started: float) -> None:
-        self.state.attempts.append((up.name, outcome, round(time.perf_counter() - started, 4)))
+    def _record(self, name: str, outcome: str, started: float) -> None:
+        self.state.attempts.append((name, outcome, round(time.perf_counter() - started, 4)))
 
     def _start(self) -> None:
         """The attempt state, set on the first `run`; kept so that a stream that fails before
         its first content resumes where the attempts stopped (`open_stream`)."""
         self.started = True
         self.queue = list(self.candidates)
-        ejections = self.ctx.ejections
         # Never leave a route with nothing: when every target is ejected, all are tried (but
         # those the upstream asked to wait, Retry-After); when every one is cooling down: 503.
-        names = {c.upstream.name for c in self.queue}
-        if len(names) == 1:  # one upstream: tried whatever its ejection says (unless cooling)
+        if len(self.queue) == 1:  # one upstream: tried whatever its ejection says (unless cooling)
             self.try_all = True
-        else:
-            gates = [ejections.peek(n) for n in names]
-            blocked = [g for g in gates if not g.allowed]
-            self.try_all = len(blocked) == len(gates)
-            if self.try_all and all(g.why == "cooling" for g in blocked):
-                raise _unavailable(blocked, ejections.now())
-        self.context_used = False
-        self.last: tuple[httpx.Response, Chosen] | None = None
-        self.last_error: RouterError | None = None
-        self.previous: Upstream | None = None
-        self.reason = "error"
-        self.same_retries = 0
-        self.skipped: list[Gate] = []
-        self.pending: tuple[bool, float] | None = None  # (retry the same target, wait) to apply
+            return
+        names = {c.upstream.name for c in self.queue}
+        if len(names) == 1:
+            self.try_all = True
+            return
+        ejections = self.ctx.ejections
+        gates = [ejections.peek(n) for n in names]
+        blocked = [g for g in gates if not g.allowed]
+        self.try_all = len(blocked) == len(gates)
+        if self.try_all and all(g.why == "cooling" for g in blocked):
+            raise _unavailable(blocked, ejections.now())
 
     async def run(self) -> tuple[httpx.Response, Chosen]:
         """Try the candidates; the response the client gets (its head read) and how to read
@@ -410,7 +418,7 @@ class _Attempts:
             if self.same_retries == 0:  # a retry of the same target was decided already
                 gate = ejections.peek(name) if self.try_all else ejections.gate(name)
                 if not gate.allowed and (not self.try_all or gate.why == "cooling"):
-                    self.skipped.append(gate)
+                    self.skipped = (*self.skipped, gate)
                     self.queue.pop(0)
                     continue
                 probe = gate.probe
@@ -446,18 +454,18 @@ class _Attempts:
                 )
             started = time.perf_counter()
             try:
-                resp = await self._send(req, retry)
+                resp = await (self._retry(req) if retry else send(self.ctx.http, req))
             except httpx.HTTPError as e:
                 err = map_exception(e)
                 if tracing is not None:
                     tracing.attempt_failed(self.request, err.error_type or "error")
-                self._record(cand.upstream, _error_outcome(err), started)
+                self._record(name, _error_outcome(err), started)
                 if not isinstance(err, ServiceUnavailable):  # our own pool: not its fault
                     ejections.failure(name, outlier)
                 self._failed(err)
                 continue
             status = resp.status_code
-            self._record(cand.upstream, _outcome(status), started)
+            self._record(name, _outcome(status), started)
             if status >= 500:
                 ejections.failure(name, outlier)
             elif status == 429:
@@ -526,10 +534,8 @@ class _Attempts:
         assert error is not None
         raise error
 
-    async def _send(self, req: httpx.Request, retry: bool) -> httpx.Response:
-        """Send one attempt; a retry counts against the retry budget while it is in flight."""
-        if not retry:
-            return await send(self.ctx.http, req)
+    async def _retry(self, req: httpx.Request) -> httpx.Response:
+        """Send a retry: it counts against the retry budget while it is in flight."""
         BUDGET.retrying += 1
         try:
             return await send(self.ctx.http, req)
@@ -678,7 +684,7 @@ class _Replay(httpx.AsyncByteStream):
         await self._resp.aclose()
 
 
-def _unavailable(gates: list[Gate], now: float) -> UpstreamsUnavailable:
+def _unavailable(gates: Sequence[Gate], now: float) -> UpstreamsUnavailable:
     """503 with Retry-After: the soonest end of the waits."""
     soonest = min(g.until for g in gates) - now
     return UpstreamsUnavailable(headers={"Retry-After": str(max(1, math.ceil(soonest)))})
