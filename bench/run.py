@@ -1063,6 +1063,44 @@ def scratch(quick: bool) -> Iterator[Path]:
             shutil.rmtree(run, ignore_errors=True)
 
 
+# The routing file's cost (issue 16) is the ratio of two configurations a few percent apart. In
+# the interleaved rounds the two runs are minutes apart, and one 5 s run swings by 10 % on a
+# two-core machine, so the ratio is also measured in adjacent pairs: the single-profile router
+# and the routing-file router, one run each, seconds apart, the order alternating from pair to
+# pair (bench/README.md, "Routing file").
+ROUTING_PAIRS = 6
+SINGLE, ROUTED = "router-2w", "router-2w-routing"
+
+
+def routing_pairs(
+    targets: list[Target], bodies: dict[str, Path], pairs: int, secs: float
+) -> list[dict[str, Any]]:
+    """JSON at 64 connections on the single-profile router and the routing-file router, run
+    back to back `pairs` times; each pair's requests/s (answered) and errors."""
+    by_name = {t.name: t for t in targets if t.status == "ok"}
+    if SINGLE not in by_name or ROUTED not in by_name:
+        return []
+    out = []
+    for i in range(pairs):
+        order = [SINGLE, ROUTED] if i % 2 == 0 else [ROUTED, SINGLE]
+        got = {name: wrk(by_name[name], "json64", bodies, secs) for name in order}
+        out.append(
+            {
+                "pair": i,
+                "first": order[0],
+                "single_rps": got[SINGLE]["ok_rps"],
+                "routing_rps": got[ROUTED]["ok_rps"],
+                "errors": got[SINGLE]["errors"] + got[ROUTED]["errors"],
+            }
+        )
+        print(
+            f"bench: routing pair {i + 1} single {got[SINGLE]['ok_rps']:8.0f} req/s, routing "
+            f"file {got[ROUTED]['ok_rps']:8.0f} req/s",
+            file=sys.stderr,
+        )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="api-router benchmark (see bench/README.md)")
     p.add_argument("--quick", action="store_true", help="smoke run: short, no peers, no long soak")
@@ -1128,6 +1166,7 @@ def main() -> None:
                     plan.append((t, sc))
             total = (
                 rounds * (len(plan) * duration + 8 * len(targets))
+                + ROUTING_PAIRS * 2 * duration
                 + soak_secs
                 + rounds * len(cap_conns) * len(CAPACITY_CONFIGS) * (duration + 2)
             )
@@ -1153,6 +1192,7 @@ def main() -> None:
                     if t.status == "ok" and t.supports("ttfb"):
                         r = ttfb(t, bodies, count=200, limit_secs=10)
                         runs.append({"round": rnd, "config": t.name, "scenario": "ttfb", **r})
+            pairs = routing_pairs(targets, bodies, 1 if a.quick else ROUTING_PAIRS, duration)
             rss = {
                 t.name: {str(pid): rss_mb(pid) for pid in worker_pids(t.server.proc.pid, t.port)}
                 for t in targets
@@ -1189,6 +1229,7 @@ def main() -> None:
         "rss_mb": rss,
         "soak": soak_result,
         "capacity": cap_runs,
+        "routing_pairs": pairs,
     }
     if tracing is not None:
         results["tracing"] = tracing
