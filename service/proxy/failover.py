@@ -779,7 +779,11 @@ async def forward_routed(
     )
     BUDGET.active += 1
     try:
-        pending = _relay(request, route, attempts, face, extra, streaming)
+        pending = (
+            _relay_stream(request, attempts, face, extra, state)
+            if streaming
+            else _relay(request, attempts, extra)
+        )
         if charge is None:
             return await pending
         return await ctx.tokens.charged(charge, state, pending)
@@ -788,34 +792,10 @@ async def forward_routed(
 
 
 async def _relay(
-    request: RouterRequest,
-    route: str,
-    attempts: _Attempts,
-    face: Any,
-    extra: dict[str, str],
-    streaming: bool,
+    request: RouterRequest, attempts: _Attempts, extra: dict[str, str]
 ) -> HTTPResponse | None:
+    """A JSON request's attempts and its answer."""
     state: RequestState = request.ctx.state
-    if streaming:
-        chosen_box: list[Chosen] = []
-
-        async def opener() -> httpx.Response:
-            resp, chosen = await attempts.open_stream()
-            _answered(state, chosen, resp)
-            chosen_box.append(chosen)
-            if chosen.failed_body is not None:  # already read: handed over as a new body
-                return httpx.Response(
-                    resp.status_code, headers=resp.headers, content=chosen.failed_body
-                )
-            return resp
-
-        def headers_after() -> dict[str, str]:
-            return _router_headers(state, extra)
-
-        return await relay_stream(
-            request, None, face, extra, opener=opener, chosen=chosen_box, head=headers_after
-        )
-
     started = time.perf_counter()
     try:
         resp, chosen = await attempts.run()
@@ -836,6 +816,35 @@ async def _relay(
         _router_headers(state, extra),
         state,
         request.ctx.request_id,
+    )
+
+
+async def _relay_stream(
+    request: RouterRequest,
+    attempts: _Attempts,
+    face: Any,
+    extra: dict[str, str],
+    state: RequestState,
+) -> HTTPResponse | None:
+    """A stream's attempts and relay. Its own function: the closures' cells (one per captured
+    name) are made when a function starts, and a JSON request should not pay for them."""
+    chosen_box: list[Chosen] = []
+
+    async def opener() -> httpx.Response:
+        resp, chosen = await attempts.open_stream()
+        _answered(state, chosen, resp)
+        chosen_box.append(chosen)
+        if chosen.failed_body is not None:  # already read: handed over as a new body
+            return httpx.Response(
+                resp.status_code, headers=resp.headers, content=chosen.failed_body
+            )
+        return resp
+
+    def headers_after() -> dict[str, str]:
+        return _router_headers(state, extra)
+
+    return await relay_stream(
+        request, None, face, extra, opener=opener, chosen=chosen_box, head=headers_after
     )
 
 
