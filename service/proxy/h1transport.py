@@ -200,6 +200,13 @@ class _Conn(asyncio.Protocol):
                 self.error = self._ended(exc)
             self.pool._closed(self)
         self._wake()
+        self.let_go()
+
+    def let_go(self) -> None:
+        """The socket is gone: drop the parser, which holds this connection's methods, so that
+        the two are freed by reference counting, not left as a cycle for Python's collector
+        (bench/README.md, "Garbage collection"). Nothing is parsed after this."""
+        self.parser = httptools.HttpResponseParser(_NO_CALLBACKS)
 
     def pause_writing(self) -> None:
         if self.drain is None or self.drain.done():
@@ -689,9 +696,10 @@ class H1Transport(httpx.AsyncBaseTransport):
     def _connect_failed(self, conn: _Conn) -> None:
         if conn.transport is not None:
             conn.abort()
-        else:
+        else:  # never connected: no connection_lost will come
             conn.closed = True
             self._closed(conn)
+            conn.let_go()
 
     # -- httpx.AsyncBaseTransport ------------------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

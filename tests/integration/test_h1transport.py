@@ -23,7 +23,7 @@ import httpx
 import pytest
 import uvloop
 
-from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport, _Body
+from service.proxy.h1transport import READ_PAUSE_BYTES, H1Transport, _Body, _Conn
 from service.proxy.upstream import UpstreamClient, map_exception
 from tests.fakes.loopback import LoopbackServer
 
@@ -1329,3 +1329,43 @@ def test_read_raw_when_the_reader_is_cancelled_closes_the_connection(scripted) -
 
     asyncio.run(go())
     assert s.connections == 2  # the abandoned connection was not reused
+
+
+def _conns_alive() -> int:
+    return sum(isinstance(o, _Conn) for o in gc.get_objects())
+
+
+def test_a_closed_connection_is_freed_without_the_cyclic_collector(scripted) -> None:
+    """A connection and its llhttp parser refer to each other (the parser calls the
+    connection's methods): once the socket is gone the connection lets go of its parser, so
+    that closing it (by the upstream, by us, or a connect that failed) leaves no reference
+    cycle for Python's collector to find (bench/README.md, "Garbage collection")."""
+    closing = scripted(repeating(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)))
+    cut = scripted(repeating(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        refused = sock.getsockname()[1]
+
+    async def go() -> int:
+        c = client()
+        for _ in range(3):
+            resp, data = await fetch(c, req(c, closing.url))
+            assert (resp.status_code, data) == (200, b"{}")
+            resp = await c.send(req(c, cut.url), stream=True)  # abandoned mid-body: aborted
+            await resp.aclose()
+            with pytest.raises(httpx.ConnectError):
+                await fetch(c, req(c, f"http://127.0.0.1:{refused}/"))
+        del resp
+        await c.aclose()
+        await asyncio.sleep(0.1)  # every connection_lost delivered
+        return _conns_alive()
+
+    gc.collect()
+    before = _conns_alive()
+    gc.disable()
+    try:
+        left = asyncio.run(go())
+    finally:
+        gc.enable()
+    assert closing.connections == 3 and cut.connections == 3
+    assert left == before, f"{left - before} closed connections are waiting for the collector"
