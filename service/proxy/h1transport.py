@@ -319,6 +319,16 @@ class _Conn(asyncio.Protocol):
             self.error = err
         self.abort()
 
+    def raised(self) -> BaseException:
+        """The recorded error, to be raised now by a caller that then discards this
+        connection (it is closed already when `_fail` or `connection_lost` recorded it). The
+        connection forgets it: once raised, the error's traceback refers to frames that refer
+        to this connection, a cycle Python's collector would have to find otherwise."""
+        err = self.error
+        assert err is not None
+        self.error = None
+        return err
+
     def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
@@ -428,7 +438,7 @@ class _Body(httpx.AsyncByteStream):
                 break
             if conn.error is not None:
                 self._discard()
-                raise conn.error
+                raise conn.raised()
             if conn.closed:  # ended without a recorded error (should not happen): incomplete
                 self._discard()
                 raise httpx.RemoteProtocolError(
@@ -460,7 +470,7 @@ class _Body(httpx.AsyncByteStream):
                 return b""
             if conn.error is not None:
                 self._discard()
-                raise conn.error
+                raise conn.raised()
             if conn.closed:
                 self._discard()
                 raise httpx.RemoteProtocolError(
@@ -751,7 +761,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             read_timeout = timeouts.get("read")
             while not conn.head_done:
                 if conn.error is not None:
-                    raise conn.error
+                    raise conn.raised()
                 if conn.closed:
                     raise httpx.RemoteProtocolError(
                         "Server disconnected without sending a response."

@@ -65,7 +65,7 @@ def start_body_clock(request: Request) -> None:
 class GuardedHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap."""
 
-    __slots__ = ("_body_since", "_guard", "_head_since", "_rejected")
+    __slots__ = ("_body_since", "_conn_http", "_guard", "_head_since", "_rejected")
 
     def _setup(self) -> None:
         super()._setup()
@@ -79,6 +79,22 @@ class GuardedHttpProtocol(HttpProtocol):
         self._head_since: float | None = None  # first byte of the head being read
         self._body_since: float | None = None  # end of the last head (`start_body_clock`)
         self._rejected = False
+        self._conn_http: Any = None  # this connection's Sanic `Http`, until its task ended
+
+    def _setup_connection(self, *args: Any, **kwargs: Any) -> None:
+        super()._setup_connection(*args, **kwargs)
+        self._conn_http = self._http
+
+    async def connection_task(self) -> None:
+        try:
+            await super().connection_task()
+        finally:
+            # A response cut short (the client left mid-stream) leaves Sanic's `Http` holding
+            # its own bound method (`response_func`): a cycle that only Python's collector
+            # would free, with the connection's buffers. The connection is over: let go of it.
+            http, self._conn_http = self._conn_http, None
+            if http is not None:
+                http.response_func = None
 
     # -- connection cap ----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:

@@ -1339,9 +1339,17 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector(scripted) -> 
     """A connection and its llhttp parser refer to each other (the parser calls the
     connection's methods): once the socket is gone the connection lets go of its parser, so
     that closing it (by the upstream, by us, or a connect that failed) leaves no reference
-    cycle for Python's collector to find (bench/README.md, "Garbage collection")."""
+    cycle for Python's collector to find (bench/README.md, "Garbage collection"); and an
+    error it recorded and raised is not kept (its traceback's frames refer to the connection)."""
     closing = scripted(repeating(OK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)))
     cut = scripted(repeating(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234"))
+
+    async def half_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        await writer.drain()  # then closed: the body ends early, an error for the reader
+
+    broken = scripted(half_then_close)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         refused = sock.getsockname()[1]
@@ -1355,6 +1363,8 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector(scripted) -> 
             await resp.aclose()
             with pytest.raises(httpx.ConnectError):
                 await fetch(c, req(c, f"http://127.0.0.1:{refused}/"))
+            with pytest.raises(httpx.RemoteProtocolError):  # raised from the connection's error
+                await fetch(c, req(c, broken.url))
         del resp
         await c.aclose()
         await asyncio.sleep(0.1)  # every connection_lost delivered
@@ -1367,5 +1377,5 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector(scripted) -> 
         left = asyncio.run(go())
     finally:
         gc.enable()
-    assert closing.connections == 3 and cut.connections == 3
+    assert closing.connections == cut.connections == broken.connections == 3
     assert left == before, f"{left - before} closed connections are waiting for the collector"
