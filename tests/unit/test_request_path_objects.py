@@ -8,7 +8,7 @@ few requests or rarely. A function whose nested functions capture its variables 
 `cell` per captured name each time it starts, even on a branch that never makes the nested
 function: `failover._relay` held four for the streaming branch on every JSON request, and one
 worker serving JSON through a routing file at 64 connections ran 806 first-generation
-collections in 10 s instead of 197, ~7 us of worker CPU per request (bench/README, "A routing
+collections in 8 s instead of 197, ~7 us of worker CPU per request (bench/README, "A routing
 file's cost"). The stream's closures now live in `_relay_stream`.
 """
 
