@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,15 @@ SERVICE_MARKERS = {
 def pytest_configure(config: pytest.Config) -> None:
     for name, needs in SERVICE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {needs}; deselected by make test-fast")
+
+
+@pytest.fixture(autouse=True)
+def _collector_thresholds() -> Iterator[None]:
+    """An app started in this process sets the collector's threshold as a worker would
+    (API_ROUTER_GC_THRESHOLD, service.app): the tests after it get the process's own back."""
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
 
 
 @pytest.fixture(scope="session")

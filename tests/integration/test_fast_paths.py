@@ -214,13 +214,18 @@ def test_the_stream_fast_path_relays_what_the_relay_task_and_sanic_would(
 
 
 @pytest.mark.parametrize(
-    ("env", "want"), [({"API_ROUTER_GC_THRESHOLD": "100000"}, 100_000), ({}, None)]
+    ("env", "want"),
+    [
+        ({"API_ROUTER_GC_THRESHOLD": "100000"}, 100_000),
+        ({}, 20_000),
+        ({"API_ROUTER_GC_THRESHOLD": "0"}, None),
+    ],
 )
 def test_a_worker_sets_the_gc_threshold_when_it_starts(
     make_app: Any, env: dict[str, str], want: int | None
 ) -> None:
     """Not a fast path (gc.set_threshold is public): the worker's first-generation threshold
-    (API_ROUTER_GC_THRESHOLD; unset or 0 leaves Python's own)."""
+    (API_ROUTER_GC_THRESHOLD; unset: 20000; 0 leaves Python's own)."""
     import gc
 
     saved = gc.get_threshold()

@@ -67,7 +67,7 @@ def test_settings_read_the_variable_once(tmp_path: Path) -> None:
 # -- metrics ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("raw", "want"), [(None, 0), ("0", 0), ("100000", 100_000)])
+@pytest.mark.parametrize(("raw", "want"), [(None, 20_000), ("0", 0), ("100000", 100_000)])
 def test_the_gc_threshold_setting(tmp_path: Path, raw: str | None, want: int) -> None:
     env = {} if raw is None else {"API_ROUTER_GC_THRESHOLD": raw}
     assert Settings.from_env(env, profile_path=tmp_path / "p.json").gc_threshold == want
