@@ -14,6 +14,9 @@ the httpx `Request` handed straight to the transport as the router's `UpstreamCl
 without AsyncClient's auth/redirect/cookie layers) from the router's own features. The
 H1Transport is imported only for `httpx-h1*` (with the repository on PYTHONPATH); where it is
 missing that variant exits before listening and the harness records it as not measured.
+With `aiohttp` it also relays the upstream's SSE stream (`/sse/v1/chat/completions`, each
+piece written as it arrives through Sanic's streaming response, nothing parsed): the burst
+scenario's Python reference (issue 20), as the JSON route is the JSON scenario's.
 Listens on 127.0.0.1 only; two workers, like the router's measured configuration.
 """
 
@@ -34,6 +37,7 @@ def create_app(client: str, upstream: str) -> Sanic:
     app.config.ACCESS_LOG = False
     app.config.MOTD = False
     url = upstream.rstrip("/") + "/v1/chat/completions"
+    sse_url = upstream.rstrip("/") + "/sse/v1/chat/completions"  # the whole stream at once
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
@@ -88,6 +92,22 @@ def create_app(client: str, upstream: str) -> Sanic:
             return HTTPResponse(data, status=resp.status_code, content_type="application/json")
         resp = await app.ctx.http.post(url, content=body, headers=headers)
         return HTTPResponse(resp.content, status=resp.status_code, content_type="application/json")
+
+    if client == "aiohttp":  # the reference: also the smallest relay of an SSE stream
+
+        @app.post("/sse/v1/chat/completions")
+        async def chat_stream(request: Request) -> None:
+            payload = orjson.loads(request.body)
+            payload["model"] = "upstream-model"
+            body = orjson.dumps(payload)
+            headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
+            async with app.ctx.http.post(sse_url, data=body, headers=headers) as resp:
+                out = await request.respond(
+                    status=resp.status, content_type=resp.headers.get("Content-Type")
+                )
+                async for chunk in resp.content.iter_any():
+                    await out.send(chunk)
+                await out.eof()
 
     return app
 

@@ -260,6 +260,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         "x",
         0.25,
     )
+    # What Python on Sanic reaches on the same burst: the minimal relay (aiohttp client, the
+    # pieces passed on unparsed), against nginx and against the router; reported, not judged.
+    add(
+        "SSE burst: minimal Sanic relay on aiohttp streams/s / nginx (the Python reference; "
+        "reported, not judged)",
+        ratio(runs, MINIMAL_REFERENCE, "nginx", "sse64", "ok_rps", div),
+        0.15,
+        True,
+        "x",
+        judged=False,
+    )
+    add(
+        "SSE burst: api-router 2w all on / minimal Sanic relay on aiohttp streams/s (reported, "
+        "not judged)",
+        ratio(runs, ROUTER, MINIMAL_REFERENCE, "sse64", "ok_rps", div),
+        0.8,
+        True,
+        "x",
+        judged=False,
+    )
     add(
         "JSON 64 conn: api-router 2w all on / minimal Sanic relay on aiohttp req/s (issue 20)",
         json_x_minimal,

@@ -370,6 +370,8 @@ class Target:
             return self.limited_path is not None
         if scenario == "responses64":
             return self.responses_path is not None
+        if scenario == "sse64" and self.name == report.MINIMAL_REFERENCE:
+            return True  # the minimal relay's SSE route: the burst's Python reference
         if scenario in ("sse64", "ssepaced", "ttfb", "body1mb"):
             return (
                 self.group == "main" or self.name in report.ENGINE_ROWS
