@@ -228,12 +228,9 @@ def test_a_worker_sets_the_gc_threshold_when_it_starts(
     (API_ROUTER_GC_THRESHOLD; unset: 20000; 0 leaves Python's own)."""
     import gc
 
-    saved = gc.get_threshold()
-    try:
-        gc.set_threshold(700, *saved[1:])
-        app, _ = make_app(env)
-        _, resp = app.test_client.get("/health")
-        assert resp.status == 200
-        assert gc.get_threshold() == (want or 700, *saved[1:])
-    finally:
-        gc.set_threshold(*saved)
+    saved = gc.get_threshold()  # given back after the test (tests/conftest.py)
+    gc.set_threshold(700, *saved[1:])
+    app, _ = make_app(env)
+    _, resp = app.test_client.get("/health")
+    assert resp.status == 200
+    assert gc.get_threshold() == (want or 700, *saved[1:])
