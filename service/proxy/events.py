@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 HEARTBEAT = b": heartbeat\n\n"
+_DONE = b"data: [DONE]\n\n"  # the OpenAI stream's last event
 
 # One event larger than this is not an LLM stream; the relay ends it as a stream error rather
 # than hold an unbounded amount of memory for it.
@@ -27,6 +28,52 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 
 class EventTooLarge(Exception):
     pass
+
+
+def _split_lf(data: bytes) -> tuple[list[bytes], int]:
+    """The complete events at the start of LF-only `data` that starts at an event's start, and
+    where the incomplete rest begins."""
+    events: list[bytes] = []
+    n = len(data)
+    pos = 0
+    while pos < n:
+        if data[pos] == 0x0A:
+            events.append(data[pos : pos + 1])  # a blank line where an event would start
+            pos += 1
+            continue
+        end = data.find(b"\n\n", pos)
+        if end < 0:
+            break
+        events.append(data[pos : end + 2])
+        pos = end + 2
+    return events, pos
+
+
+def split_events(joined: bytes) -> list[bytes]:
+    """The events of `joined` (what `EventFramer.feed_joined` returns: complete events, LF)."""
+    return _split_lf(joined)[0]
+
+
+def plain_events(joined: bytes) -> bool:
+    """True only when each event of `joined` (as `EventFramer.feed_joined` returns them) is one
+    line, `data:` then a JSON object's end `}`, or is `data: [DONE]` at the end: then no event
+    of it is `malformed` (its shortcut accepts each), tested by a few scans of the whole bytes
+    instead of one call per event. False says nothing: the caller tests each event.
+
+    `n` LF LF pairs and 2n LFs: every LF is in one of them. `data:` at the start and after
+    each pair but the last (at the end): each event starts with it, so none is a blank line, and
+    each ends at the next pair, one line. `}` before each pair but perhaps the last event's,
+    which is `data: [DONE]`."""
+    n = joined.count(b"\n\n")
+    if (
+        not n
+        or joined.count(b"\n") != 2 * n
+        or not joined.startswith(b"data:")
+        or joined.count(b"\n\ndata:") != n - 1
+    ):
+        return False
+    ends = joined.count(b"}\n\n")
+    return ends == n or (ends == n - 1 and (joined == _DONE or joined.endswith(b"\n" + _DONE)))
 
 
 class EventFramer:
@@ -81,24 +128,35 @@ class EventFramer:
         The same events and state as `_feed_any` (tests/unit/test_sse_framing.py compares the
         two on random streams cut at random places). A held event never starts with LF: at an
         event's start that is a blank line, an event of its own."""
-        events: list[bytes] = []
-        n = len(data)
-        pos = 0
-        while pos < n:
-            if data[pos] == 0x0A:
-                events.append(data[pos : pos + 1])  # a blank line where an event would start
-                pos += 1
-                continue
-            end = data.find(b"\n\n", pos)
-            if end < 0:
-                break
-            events.append(data[pos : end + 2])
-            pos = end + 2
-        if pos < n:
+        events, pos = _split_lf(data)
+        self._rest_lf(data, pos)
+        return events
+
+    def _rest_lf(self, data: bytes, pos: int) -> None:
+        if pos < len(data):
             self._hold(data[pos:])
         else:
             self._line_empty = True
-        return events
+
+    def joinable(self, data: bytes) -> bool:
+        """`feed_joined` may take `data`: nothing is held and `data` has LF line ends only."""
+        return not self._pending and not self._after_cr and b"\r" not in data
+
+    def feed_joined(self, data: bytes) -> bytes:
+        """`b"".join(self.feed(data))`, for `data` that `joinable` accepted, without cutting it
+        into events: the complete events of LF-only bytes that start at an event's start end
+        at the last LF LF (the events `_feed_lf` finds end there too, one after the other; the
+        same state afterwards; tests/unit/test_sse_framing.py)."""
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no LF LF: not one event complete (a blank line is LF LF here too)
+            if data[:1] == b"\n":  # ...except a lone LF, a blank line of its own
+                self._rest_lf(data, 1)
+                return data[:1]
+            if data:
+                self._hold(data)
+            return b""
+        self._rest_lf(data, end)
+        return data if end == len(data) else data[:end]
 
     def _hold(self, tail: bytes) -> None:
         """Keep `tail` (LF line ends only, not empty) as part of the incomplete event."""
@@ -284,6 +342,30 @@ class UsageTracker:
         if not events or b'"usage"' not in (events[0] if len(events) == 1 else b"".join(events)):
             return events
         return [e for e in events if b'"usage"' not in e or self.keep(e)]
+
+    def kept_joined(self, joined: bytes) -> bytes:
+        """`b"".join(self.kept(split_events(joined)))` without tracing (`facts` None), cutting
+        `joined` only around the events that name a usage. An event that holds `"usage"` is the
+        one that begins after the last LF LF before it (a lone LF at the very start is a blank
+        line of its own) and ends at the first LF LF after it."""
+        at = joined.find(b'"usage"')
+        if at < 0:
+            return joined
+        parts: list[bytes] = []
+        pos = 0  # what is before it is kept
+        while at >= 0:
+            start = joined.rfind(b"\n\n", pos, at) + 2
+            if start == 1:
+                start = pos + 1 if joined[pos : pos + 1] == b"\n" else pos
+            end = joined.find(b"\n\n", at) + 2
+            if not self.keep(joined[start:end]):
+                parts.append(joined[pos:start])
+                pos = end
+            at = joined.find(b'"usage"', end)
+        if not pos:
+            return joined
+        parts.append(joined[pos:])
+        return b"".join(parts)
 
     def keep(self, event: bytes) -> bool:
         """Records any usage in `event`; False when the event must not reach the client."""
