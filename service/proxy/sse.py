@@ -477,7 +477,7 @@ async def relay_stream(
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
         # per read; any other through a task that survives the heartbeat waits.
         receive = getattr(resp.stream, "receive", None)
-        chunks = resp.aiter_raw()
+        chunks = resp.aiter_raw() if receive is None else None
         # Fast path `stream`: with the h1 engine each piece is relayed from the upstream
         # connection's data callback (`_Offer`); the task below only writes heartbeats, waits
         # while the client is slow, and ends the stream.
@@ -493,6 +493,7 @@ async def relay_stream(
                 if receive is not None:
                     chunk = await stream.receive(receive, until)
                 else:
+                    assert chunks is not None
                     reading = asyncio.ensure_future(chunks.__anext__())
                     if await stream.wait(reading, until):
                         done_read, reading = reading, None
@@ -548,8 +549,10 @@ async def relay_stream(
         state.usage_final = usage.final
         state.answer_facts = usage.facts
         stream.restore()
-        await _abandon(reading)
-        await _abandon(sending)
+        if reading is not None:
+            await _abandon(reading)
+        if sending is not None:
+            await _abandon(sending)
         if resp is not None:
             await resp.aclose()  # after a complete read this returns the connection to the pool
 
