@@ -218,7 +218,24 @@ class EventFramer:
 
 
 def event_data(event: bytes) -> bytes:
-    """The event's `data` field: its `data:` lines joined with LF (one leading space dropped)."""
+    """The event's `data` field: its `data:` lines joined with LF (one leading space dropped).
+
+    The usual event on LF line ends (no CR), whose only `data:` line is its last before the
+    blank line (OpenAI's one line; Anthropic's `event:` line then the data line), is sliced
+    without splitting it into lines: what a translated stream pays per event (bench/README.md,
+    "Relay per event"). A data line starts the event or follows an LF, so the first found is the
+    first; the next LF after it the last but one byte: no other line follows but the blank one.
+    With no data line at all the data is empty, as when every line is looked at."""
+    if b"\r" not in event:
+        if event.startswith(b"data:"):
+            start = 5
+        else:
+            start = event.find(b"\ndata:") + 6
+            if start == 5:
+                return b""  # no data line
+        if event.find(b"\n", start) == len(event) - 2:
+            value = event[start:-2]
+            return value[1:] if value.startswith(b" ") else value
     parts = []
     for line in _EOL.split(event):
         if line.startswith(b"data:"):

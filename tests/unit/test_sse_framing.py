@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -135,6 +136,52 @@ def slow_malformed(event: bytes) -> bool:
 def test_malformed_shortcut_agrees_with_its_definition(event: bytes) -> None:
     assert malformed(event) == slow_malformed(event)
     assert malformed(event + b"}\n\n") == slow_malformed(event + b"}\n\n")
+
+
+def slow_event_data(event: bytes) -> bytes:
+    """The definition of `event_data`, without its shortcut for a one-line event."""
+    parts = []
+    for ln in re.split(rb"\r\n|\r|\n", event):
+        if ln.startswith(b"data:"):
+            value = ln[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts)
+
+
+@given(
+    st.sampled_from(
+        [
+            b"data:",
+            b"data: ",
+            b"data:  ",
+            b"event: x\ndata: ",
+            b"event: x\nid: 2\ndata:",
+            b"data: a\ndata: ",
+            b"event: x\ndata: a\ndata:",
+            b": c\n",
+            b"event: x\n",
+            b"",
+            b"id: 1\r\ndata:",
+        ]
+    ),
+    st.binary(max_size=12),
+    st.sampled_from([b"\n\n", b"\n", b"\r\n\r\n", b"\n\r\n", b"", b"\r\r"]),
+)
+def test_event_data_shortcut_agrees_with_its_definition(
+    head: bytes, value: bytes, end: bytes
+) -> None:
+    event = head + value + end
+    assert event_data(event) == slow_event_data(event)
+
+
+def test_event_data() -> None:
+    assert event_data(b'data: {"a": 1}\n\n') == b'{"a": 1}'
+    assert event_data(b"data:x\n\n") == b"x"
+    assert event_data(b"data: a\ndata: b\n\n") == b"a\nb"
+    assert event_data(b"data: a\rb\n\n") == b"a"  # a CR ends the line
+    assert event_data(b"event: e\ndata:  two\n\n") == b" two"
+    assert event_data(b"event: e\ndata: a\ndata: b\n\n") == b"a\nb"
+    assert event_data(b"event: e\n\n") == b"" and event_data(b"\n") == b""
 
 
 def test_malformed_events() -> None:
