@@ -56,14 +56,15 @@ def split_events(joined: bytes) -> list[bytes]:
 
 def plain_events(joined: bytes) -> bool:
     """True only when each event of `joined` (as `EventFramer.feed_joined` returns them) is one
-    line, `data:` then a JSON object's end `}`, or is `data: [DONE]` at the end: then no event
+    line, `data:` and ending in `}`, or is `data: [DONE]` at the end: then no event
     of it is `malformed` (its shortcut accepts each), tested by a few scans of the whole bytes
     instead of one call per event. False says nothing: the caller tests each event.
 
     `joined` ends with LF LF (complete events). `data:` at the start and `m` times after an LF
     LF, and 2m + 2 LFs in all: every LF is in one of those pairs or in the last one, so there
     are m + 1 events, each one `data:` line. `}` before each of the m pairs and before the last
-    one, or the last event is `data: [DONE]`. Four scans of the bytes, each ~1.5 us for a
+    one, or the last event is `data: [DONE]`. `joined` has no CR (`EventFramer.joinable`): a CR
+    would end a line too. Three counts over the bytes, each ~1.5 us for a
     burst of 22 events (bench/README.md, "Relay per event")."""
     m = joined.count(b"\n\ndata:")
     return (
@@ -144,14 +145,13 @@ class EventFramer:
         """`b"".join(self.feed(data))`, for `data` that `joinable` accepted, without cutting it
         into events: the complete events of LF-only bytes that start at an event's start end
         at the last LF LF (the events `_feed_lf` finds end there too, one after the other; the
-        same state afterwards; tests/unit/test_sse_framing.py)."""
+        same state afterwards; tests/unit/test_sse_joined.py)."""
         end = data.rfind(b"\n\n") + 2
         if end == 1:  # no LF LF: not one event complete (a blank line is LF LF here too)
             if data[:1] == b"\n":  # ...except a lone LF, a blank line of its own
                 self._rest_lf(data, 1)
                 return data[:1]
-            if data:
-                self._hold(data)
+            self._rest_lf(data, 0)  # all of it held (nothing read: at a line's start)
             return b""
         self._rest_lf(data, end)
         return data if end == len(data) else data[:end]
@@ -224,7 +224,8 @@ def event_data(event: bytes) -> bytes:
     blank line (OpenAI's one line; Anthropic's `event:` line then the data line), is sliced
     without splitting it into lines: what a translated stream pays per event (bench/README.md,
     "Relay per event"). A data line starts the event or follows an LF, so the first found is the
-    first; the next LF after it the last but one byte: no other line follows but the blank one.
+    first; the next LF after it the last but one byte: what follows is one byte, a blank line or
+    a one-byte line, not a data line.
     With no data line at all the data is empty, as when every line is looked at."""
     if b"\r" not in event:
         if event.startswith(b"data:"):

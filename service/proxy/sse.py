@@ -239,7 +239,7 @@ class _Pieces:
     bytes (`EventFramer.feed_joined`): cut only around an event that names a usage, and tested
     for malformed events by a few scans of the whole (`plain_events`); only when that test
     cannot tell are they cut into events and tested one by one. The same bytes reach the client
-    either way (tests/unit/test_sse_framing.py); a read of many events (a burst) costs a few
+    either way (tests/unit/test_sse_joined.py); a read of many events (a burst) costs a few
     scans instead of a few calls per event."""
 
     __slots__ = (
@@ -277,7 +277,8 @@ class _Pieces:
         return min(self.last_event + self.idle_secs, self.deadline)
 
     def feed(self, chunk: bytes, now: float) -> list[bytes]:
-        """The complete events `chunk` ends; then `out` (always: it reads how they were cut)."""
+        """The complete events `chunk` ends; `out` comes next (it reads how they were cut),
+        unless the stream ends first (its timeout)."""
         framer = self.framer
         if self.may_join and framer.joinable(chunk):
             joined = framer.feed_joined(chunk)

@@ -105,8 +105,29 @@ def test_feed_joined_is_feed_joined_up(events: list[bytes], cuts: list[int]) -> 
             assert a.feed_joined(c) == b"".join(b.feed(c))
         else:
             assert a.feed(c) == b.feed(c)
-        assert a.pending == b.pending
+        assert state(a) == state(b)
     assert a.flush() == b.flush()
+
+
+def state(f: EventFramer) -> tuple[object, ...]:
+    return tuple(getattr(f, name) for name in EventFramer.__slots__)
+
+
+def test_feed_joined_keeps_the_framer_state() -> None:
+    """The same state as `feed` after each read, also for an empty read after a flush (where
+    the framer is not at a line's start until a read says so, as `feed` does)."""
+    for reads, flush_first in (
+        ([b"data: {", b"", b"\r\n"], [False, True, False]),
+        ([b"\n", b"\nx", b"\n\n"], [False, False, False]),
+        ([b"x\n\n\n", b"a", b""], [False, False, True]),
+    ):
+        a, b = EventFramer(), EventFramer()
+        for c, flush in zip(reads, flush_first, strict=True):
+            if flush:
+                assert a.flush() == b.flush()
+            got = a.feed_joined(c) if a.joinable(c) else b"".join(a.feed(c))
+            assert got == b"".join(b.feed(c))
+            assert state(a) == state(b)
 
 
 def test_a_burst_stays_one_piece() -> None:
