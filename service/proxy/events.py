@@ -56,16 +56,16 @@ def split_events(joined: bytes) -> list[bytes]:
 
 def plain_events(joined: bytes) -> bool:
     """True only when each event of `joined` (as `EventFramer.feed_joined` returns them) is one
-    line, `data:` and ending in `}`, or is `data: [DONE]` at the end: then no event
-    of it is `malformed` (its shortcut accepts each), tested by a few scans of the whole bytes
-    instead of one call per event. False says nothing: the caller tests each event.
+    line, starting with `data:` and ending in `}`, or is `data: [DONE]` at the end: then no
+    event of it is `malformed` (its shortcut accepts each), tested by a few scans of the whole
+    bytes instead of one call per event. False says nothing: the caller tests each event.
 
     `joined` ends with LF LF (complete events). `data:` at the start and `m` times after an LF
     LF, and 2m + 2 LFs in all: every LF is in one of those pairs or in the last one, so there
     are m + 1 events, each one `data:` line. `}` before each of the m pairs and before the last
     one, or the last event is `data: [DONE]`. `joined` has no CR (`EventFramer.joinable`): a CR
-    would end a line too. Three counts over the bytes, each ~1.5 us for a
-    burst of 22 events (bench/README.md, "Relay per event")."""
+    would end a line too. Three counts over the bytes, each ~1.5 us for a burst of 22 events
+    (bench/README.md, "Relay per event")."""
     m = joined.count(b"\n\ndata:")
     return (
         joined.startswith(b"data:")
@@ -225,8 +225,8 @@ def event_data(event: bytes) -> bytes:
     without splitting it into lines: what a translated stream pays per event (bench/README.md,
     "Relay per event"). A data line starts the event or follows an LF, so the first found is the
     first; the next LF after it the last but one byte: what follows is one byte, a blank line or
-    a one-byte line, not a data line.
-    With no data line at all the data is empty, as when every line is looked at."""
+    a one-byte line, not a data line. With no data line at all the data is empty, as when every
+    line is looked at."""
     if b"\r" not in event:
         if event.startswith(b"data:"):
             start = 5
@@ -362,8 +362,9 @@ class UsageTracker:
     def kept_joined(self, joined: bytes) -> bytes:
         """`b"".join(self.kept(split_events(joined)))` without tracing (`facts` None), cutting
         `joined` only around the events that name a usage. An event that holds `"usage"` is the
-        one that begins after the last LF LF before it (a lone LF at the very start is a blank
-        line of its own) and ends at the first LF LF after it."""
+        one that begins after the last LF LF before it (a lone LF where the search starts, at
+        the start or after a cut, is a blank line of its own) and ends at the first LF LF after
+        it."""
         at = joined.find(b'"usage"')
         if at < 0:
             return joined
