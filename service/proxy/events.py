@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 HEARTBEAT = b": heartbeat\n\n"
-_DONE = b"data: [DONE]\n\n"  # the OpenAI stream's last event
+DONE = b"data: [DONE]\n\n"  # the OpenAI stream's last event (also what translators write)
 
 # One event larger than this is not an LLM stream; the relay ends it as a stream error rather
 # than hold an unbounded amount of memory for it.
@@ -71,7 +71,7 @@ def plain_events(joined: bytes) -> bool:
         joined.startswith(b"data:")
         and joined.count(b"\n") == 2 * m + 2
         and joined.count(b"}\n\ndata:") == m
-        and (joined.endswith(b"}\n\n") or joined.endswith(b"\n" + _DONE) or joined == _DONE)
+        and (joined.endswith(b"}\n\n") or joined.endswith(b"\n" + DONE) or joined == DONE)
     )
 
 

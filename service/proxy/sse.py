@@ -357,10 +357,8 @@ class _Offer:
         return True
 
 
-async def _abandon(task: asyncio.Future[Any] | None) -> None:
+async def _abandon(task: asyncio.Future[Any]) -> None:
     """Cancel a helper task and wait for it without raising its outcome (ours still propagates)."""
-    if task is None:
-        return
     if not task.done():
         task.cancel()
         await asyncio.wait({task})

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
+from ..proxy.events import DONE as DONE  # re-exported: the translators write it
 from ..proxy.events import event_data
 
 
@@ -244,8 +245,6 @@ def sse(data: Any, event: str | None = None) -> bytes:
     head = b"event: " + event.encode() + b"\n" if event else b""
     return head + b"data: " + payload + b"\n\n"
 
-
-DONE = b"data: [DONE]\n\n"
 
 _COMMENT_ONLY = re.compile(rb"^(?::[^\r\n]*(?:\r\n|\r|\n))+(?:\r\n|\r|\n)?$")
 
