@@ -60,13 +60,21 @@ run: $(STAMP)
 tools:
 	bash scripts/install-tools.sh
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; every test starts its own servers on
+# free ports, so they do not meet; the tests that use the container image share one worker,
+# `xdist_group("podman")`). Most of a test's time is a router starting or a timeout
+# running out, so two processes on two cores take ~0.6 of one's time (README, "Start").
+# TEST_WORKERS=0: one process, as plain pytest.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+
 test: $(STAMP) tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Every test that needs no system service (no root, no tools); `make test` runs these and the rest.
 SERVICE_MARKERS := not redis and not prometheus and not podman and not helm and not agents
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "$(SERVICE_MARKERS)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "$(SERVICE_MARKERS)" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check service tests

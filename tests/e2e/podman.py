@@ -7,6 +7,7 @@ no registry is reachable here, so the tests never try to pull.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import subprocess
@@ -19,6 +20,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/python-base:bookworm"
 IMAGE = "localhost/api-router:test"
+LOCK = ROOT / ".cache" / "podman-image.lock"
 
 
 def env() -> dict[str, str]:
@@ -54,9 +56,16 @@ def script(name: str, *args: str, extra_env: dict[str, str] | None = None) -> No
 
 @functools.cache
 def built_image() -> str:
-    """Build (once per test run) the image of this working tree; returns its tag."""
-    script("build-base-image.sh", BASE_IMAGE)  # a no-op when the base exists
-    script("build-image.sh", IMAGE, extra_env={"BASE_IMAGE": BASE_IMAGE})
+    """Build (once per test process) the image of this working tree; returns its tag.
+
+    Under a lock on a file in .cache: `make test` keeps every test that uses the image on one
+    pytest-xdist worker (`xdist_group("podman")`), and the lock makes a run that does not (plain
+    `pytest -n 2`) build one after the other instead of two debootstraps into one base."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        script("build-base-image.sh", BASE_IMAGE)  # a no-op when the base exists
+        script("build-image.sh", IMAGE, extra_env={"BASE_IMAGE": BASE_IMAGE})
     return IMAGE
 
 

@@ -29,7 +29,8 @@ from tests.support import free_port
 
 # Every test but the first needs helm (the `helm` fixture); kube play also podman, the alert
 # rules promtool. The first kube play test may pay for the image build.
-pytestmark = [pytest.mark.helm, pytest.mark.timeout(900)]
+# One xdist worker runs every test that uses the image (Makefile: `--dist loadgroup`).
+pytestmark = [pytest.mark.helm, pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
 
 CHART = ROOT / "helm"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
