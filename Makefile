@@ -61,12 +61,15 @@ tools:
 	bash scripts/install-tools.sh
 
 # The suite runs in TEST_WORKERS processes (pytest-xdist; every test starts its own servers on
-# free ports, so they do not meet; the tests that use the container image share one worker,
-# `xdist_group("podman")`). Most of a test's time is a router starting or a timeout
-# running out, so two processes on two cores take ~0.6 of one's time (README, "Start").
+# free ports, so they do not meet; what must not happen twice at once, such as building the
+# image or playing the chart's fixed-name pod, takes a lock: tests/support.py `machine_lock`).
+# The default `--dist load` hands out tests by index: the scope schedulers key them by node id
+# and lose schemathesis's tests, which share one (tests/conftest.py fails such a run). Most of
+# a test's time is a router starting or a timeout running out, so two processes on two cores
+# take ~0.6 of one's time (README, "Start").
 # TEST_WORKERS=0: one process, as plain pytest.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 test: $(STAMP) tools
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)

@@ -22,6 +22,10 @@ SERVICE_MARKERS = {
 }
 
 
+# Fails a run in which a selected test never reported (tests/lost_tests.py).
+pytest_plugins = ["tests.lost_tests"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, needs in SERVICE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {needs}; deselected by make test-fast")

@@ -7,7 +7,6 @@ no registry is reachable here, so the tests never try to pull.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import subprocess
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import machine_lock
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/python-base:bookworm"
 IMAGE = "localhost/api-router:test"
-LOCK = ROOT / ".cache" / "podman-image.lock"
 
 
 def env() -> dict[str, str]:
@@ -56,14 +56,9 @@ def script(name: str, *args: str, extra_env: dict[str, str] | None = None) -> No
 
 @functools.cache
 def built_image() -> str:
-    """Build (once per test process) the image of this working tree; returns its tag.
-
-    Under a lock on a file in .cache: `make test` keeps every test that uses the image on one
-    pytest-xdist worker (`xdist_group("podman")`), and the lock makes a run that does not (plain
-    `pytest -n 2`) build one after the other instead of two debootstraps into one base."""
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Build (once per test process) the image of this working tree; returns its tag. One
+    process at a time (`make test` runs two): never two debootstraps into one base."""
+    with machine_lock("podman-image"):
         script("build-base-image.sh", BASE_IMAGE)  # a no-op when the base exists
         script("build-image.sh", IMAGE, extra_env={"BASE_IMAGE": BASE_IMAGE})
     return IMAGE

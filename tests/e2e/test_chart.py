@@ -25,12 +25,11 @@ import pytest
 import yaml
 
 from tests.e2e.podman import ROOT, built_image, podman, wait_http
-from tests.support import free_port
+from tests.support import free_port, machine_lock
 
 # Every test but the first needs helm (the `helm` fixture); kube play also podman, the alert
 # rules promtool. The first kube play test may pay for the image build.
-# One xdist worker runs every test that uses the image (Makefile: `--dist loadgroup`).
-pytestmark = [pytest.mark.helm, pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
+pytestmark = [pytest.mark.helm, pytest.mark.timeout(900)]
 
 CHART = ROOT / "helm"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -43,12 +42,13 @@ def case_id(values: Path | None) -> str:
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "ensure-helm.sh")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    with machine_lock("helm"):  # fetched once, not by two test processes into one place
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "ensure-helm.sh")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[-1]
 
@@ -385,6 +385,13 @@ def playable(helm: str, image: str, port: int, *args: str) -> str:
 
 @pytest.fixture
 def kube_play(tmp_path: Path) -> Iterator[Any]:
+    """`podman kube play --replace` of a release with a fixed name: one test process at a time
+    (`make test` runs two), or one would replace the other's pod."""
+    with machine_lock("kube-play"):
+        yield from _kube_play(tmp_path)
+
+
+def _kube_play(tmp_path: Path) -> Iterator[Any]:
     played: list[Path] = []
 
     def play(text: str) -> None:

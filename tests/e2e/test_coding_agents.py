@@ -33,7 +33,7 @@ import pytest
 
 from tests.fakes.agent_upstream import AgentScript
 from tests.fakes.upstream import FakeUpstream
-from tests.support import ROOT, RouterFactory, RouterProcess, shipped_profile
+from tests.support import ROOT, RouterFactory, RouterProcess, machine_lock, shipped_profile
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(300)]
 
@@ -88,13 +88,15 @@ CELLS = [
 
 @pytest.fixture(scope="module")
 def agents() -> Path:
-    """The pinned clients, installed by the project's own script when missing (loud failure)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install-agents.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The pinned clients, installed by the project's own script when missing (loud failure),
+    by one test process at a time (`make test` runs two)."""
+    with machine_lock("agents"):
+        out = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "install-agents.sh")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert out.returncode == 0, f"install-agents.sh failed:\n{out.stdout}\n{out.stderr}"
     return AGENTS
 

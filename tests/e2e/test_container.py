@@ -33,8 +33,7 @@ from tests.support import StreamReader, free_port, slow_stream, write_profile
 from tests.unit.test_packaging import lock_pins
 
 # The first test pays for the image build (and, on a new machine, the debootstrap base).
-# One xdist worker runs every test that uses the image (Makefile: `--dist loadgroup`).
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
+pytestmark = pytest.mark.timeout(900)
 # Each test that runs podman is marked `podman`; the Containerfile lint needs only the venv.
 
 API_KEY = "sk-container-test-key"
