@@ -37,11 +37,14 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if hasattr(session.config, "workerinput") or exitstatus != 0 or not _selected:
+    config = session.config
+    if hasattr(config, "workerinput") or exitstatus != 0 or not _selected:
+        return
+    if config.option.collectonly:  # nothing was to run
         return
     selected = max(_selected)
     if _finished[0] != selected:
-        session.config.get_terminal_writer().line(
+        config.get_terminal_writer().line(
             f"{selected - _finished[0]} of {selected} selected tests never reported: "
             "a test scheduler lost them (is --dist other than load?)",
             red=True,

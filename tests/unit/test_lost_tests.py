@@ -66,3 +66,10 @@ def test_a_run_of_every_test_passes(tmp_path: Path, workers: list[str]) -> None:
     assert out.returncode == pytest.ExitCode.OK, out.stdout
     assert "2 passed" in out.stdout
     assert "never reported" not in out.stdout
+
+
+@pytest.mark.parametrize("workers", [["-n", "2"], []])
+def test_collecting_only_passes(tmp_path: Path, workers: list[str]) -> None:
+    out = _run(tmp_path, "--collect-only", *workers)
+    assert out.returncode == pytest.ExitCode.OK, out.stdout
+    assert "never reported" not in out.stdout
