@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def machine_lock(name: str) -> Iterator[None]:
-    """Held by one test process at a time on this machine (`make test` runs two, pytest-xdist):
-    for what two at once would break, e.g. building one image tag, or pods of one fixed name."""
+    """Held by one test process of this checkout at a time (`make test` runs two, pytest-xdist):
+    for what two at once would break, e.g. building one image tag, or pods of one fixed name.
+    (A lock file in .cache: two checkouts tested at once on one machine still share podman's
+    images and pod names, as they always did.)"""
     path = ROOT / ".cache" / "test-locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
