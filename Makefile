@@ -64,7 +64,7 @@ tools:
 # free ports, so they do not meet; what must not happen twice at once, such as building the
 # image or playing the chart's fixed-name pod, takes a lock: tests/support.py `machine_lock`).
 # The default `--dist load` hands out tests by index: the scope schedulers key them by node id
-# and lose schemathesis's tests, which share one (tests/conftest.py fails such a run). Most of
+# and lose schemathesis's tests, which share one (tests/lost_tests.py fails such a run). Most of
 # a test's time is a router starting or a timeout running out, so two processes on two cores
 # take ~0.6 of one's time (README, "Start").
 # TEST_WORKERS=0: one process, as plain pytest.
