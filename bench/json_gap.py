@@ -36,20 +36,6 @@ OFF = {"API_ROUTER_METRICS": "false", "API_ROUTER_ACCESS_LOG": "false"}
 REFERENCE = "minimal-aiohttp"
 
 
-def start_minimal(client: str, workers: int, upstream: str, scratch: Path) -> run.Target:
-    t = run.Target(f"minimal-{client}", "transport", f"minimal Sanic relay, {client}")
-    t.port = run.free_port()
-    argv = [str(run.ROUTER_PY), str(BENCH / "minimal_proxy.py"), "--client", client]
-    t.server = run.spawn(
-        t.name,
-        [*argv, "--workers", str(workers), str(t.port), upstream],
-        t.port,
-        scratch,
-        env={"PYTHONPATH": str(run.ROOT)},
-    )
-    return t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -70,7 +56,9 @@ def main() -> None:
         try:
             base = f"http://127.0.0.1:{up_port}"
             for client in ("aiohttp", "httpx-h1-direct"):
-                started.append((start_minimal(client, a.workers, base, scratch), []))
+                t = run.Target(f"minimal-{client}", "transport", f"minimal Sanic relay, {client}")
+                run.start_minimal(t, client, base, scratch, a.workers)
+                started.append((t, []))
             for name, env, config in (
                 ("router, all on", {}, None),
                 ("router, metrics+logs off", OFF, None),

@@ -480,6 +480,20 @@ def start_router(
         t.limited_path = None  # the routing file limits no route to 1 a minute
 
 
+def start_minimal(t: Target, client: str, upstream: str, run: Path, workers: int = 2) -> None:
+    """bench/minimal_proxy.py on `client` (aiohttp, httpx, ...), relaying to `upstream`."""
+    t.port = free_port()
+    argv = [str(ROUTER_PY), str(BENCH / "minimal_proxy.py"), "--client", client]
+    t.server = spawn(
+        t.name,
+        [*argv, "--workers", str(workers), str(t.port), upstream],
+        t.port,
+        run,
+        env={"PYTHONPATH": str(ROOT)},  # httpx-h1 imports service.proxy.h1transport
+    )
+    t.sanic = True
+
+
 def start_litellm(t: Target, upstream_port: int, run: Path) -> None:
     exe = BENCH_VENV / "bin" / "litellm"
     if not exe.exists():
@@ -712,24 +726,7 @@ def start_all(
     for client in ("httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "aiohttp"):
 
         def minimal(t: Target, client: str = client) -> None:
-            t.port = free_port()
-            t.server = spawn(
-                t.name,
-                [
-                    str(ROUTER_PY),
-                    str(BENCH / "minimal_proxy.py"),
-                    "--client",
-                    client,
-                    "--workers",
-                    "2",
-                    str(t.port),
-                    base,
-                ],
-                t.port,
-                run,
-                env={"PYTHONPATH": str(ROOT)},  # httpx-h1 imports service.proxy.h1transport
-            )
-            t.sanic = True
+            start_minimal(t, client, base, run)
 
         name = f"minimal-{client}"
         # The reference also relays the SSE burst (its Python reference); the others JSON only.

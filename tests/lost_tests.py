@@ -25,10 +25,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # one process, or xdist's controller
-        if session.config.pluginmanager.hasplugin("dsession"):
-            return  # the controller collects nothing: the workers report their count above
-        _selected.append(len(session.items))
+    _selected.append(len(session.items))  # one process (xdist's controller collects nothing)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

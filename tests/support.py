@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import resource
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from service.config.loader import SHIPPED_DIR
+from service.ratelimit.shared import flocked
 from tests.fakes.upstream import Reply, openai_chat_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,7 @@ def machine_lock(name: str) -> Iterator[None]:
     images and pod names, as they always did.)"""
     path = ROOT / ".cache" / "test-locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    with open(path, "w") as f, flocked(f.fileno()):
         yield
 
 
