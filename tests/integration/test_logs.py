@@ -268,7 +268,14 @@ def test_sentinel_credentials_never_appear_in_logs_metrics_or_error_bodies(
 # -- format and level -----------------------------------------------------------------------------
 
 
-def test_sanic_and_httpx_records_use_the_same_json_formatter(debug_router: RouterProcess) -> None:
+def test_sanic_and_httpx_records_use_the_same_json_formatter(
+    debug_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    # Its own upstream request: the module's other tests may run in another process (xdist).
+    rid = "fmt-" + uuid.uuid4().hex[:8]
+    assert _chat(debug_router, rid).status_code == 200
+    _completion(debug_router, rid)
+    debug_router.wait_for_log(lambda rec: rec.get("logger", "").startswith(("httpx", "httpcore")))
     lines = [ln for ln in debug_router.output().splitlines() if ln.strip()]
     records = []
     for ln in lines:
