@@ -17,8 +17,11 @@ from tests.support import RouterFactory
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
+    # One per test: the ejections and cooldowns it holds are keyed by upstream name, which every
+    # test here shares ("primary"), so a module-wide server would carry one test's ejection into
+    # the next.
     with RedisServer() as server:
         yield server
 

@@ -105,7 +105,11 @@ def test_reset_after_the_request_was_sent_is_502_and_not_retried(
     # The request reached "the upstream": retrying could run (and bill) it twice.
     assert faults.connections == 1
     assert b"POST /v1/chat/completions" in faults.received[0]
-    assert not [r for r in faulty.logs() if r.get("event") == "upstream_retry"]
+    assert not [
+        r
+        for r in faulty.logs()
+        if r.get("event") == "upstream_retry" and r.get("request_id") == "reset-after-send"
+    ]
 
 
 def test_reset_on_accept_is_retried_only_if_nothing_was_sent(
@@ -120,7 +124,11 @@ def test_reset_on_accept_is_retried_only_if_nothing_was_sent(
     if resp.status_code == 200:
         assert faults.connections == 2
         assert faults.received[0] == b""  # the first connection never got a byte
-        assert [r for r in faulty.logs() if r.get("event") == "upstream_retry"]
+        assert [
+            r
+            for r in faulty.logs()
+            if r.get("event") == "upstream_retry" and r.get("request_id") == "reset-on-accept"
+        ]
     else:
         assert resp.status_code == 502
         assert faults.connections == 1
