@@ -153,7 +153,8 @@ def _banner(profile: Profile, settings: Settings) -> None:
 
     from . import __version__
 
-    structlog.get_logger("api_router").info(
+    log = structlog.get_logger("api_router")
+    log.info(
         "api_router_starting",
         version=__version__,
         profile=profile.name,
@@ -161,6 +162,13 @@ def _banner(profile: Profile, settings: Settings) -> None:
         address=f"http://{settings.host}:{settings.port}",
         workers=settings.workers,
     )
+    if settings.log_format_unknown is not None:
+        log.warning(
+            "log_format_unknown",
+            log_format=settings.log_format_unknown,
+            using="console",
+            expected="json or console",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,10 @@ DEFAULT_GC_THRESHOLD = 20000  # 0: Python's own (700); see docs/configuration.md
 MAX_HEADER_BYTES_CEILING = 16384  # Sanic's own ceiling for a request head
 
 
+# The standard library's other names for two levels (logging.WARN, logging.FATAL).
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+
+
 class SettingsError(ValueError):
     """A bad setting; the message is one line that names it."""
 
@@ -142,6 +146,9 @@ class Settings:
     default_api_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_format: str = "console"
+    # A LOG_FORMAT that is neither json nor console (SPEC §9: console lines then), kept for the
+    # start-up warning that names it: a typo of `json` must not pass unseen.
+    log_format_unknown: str | None = None
     log_level: str = "info"
     rate_limit_rpm: float = 0.0
     rate_limit_burst: int | None = None
@@ -191,11 +198,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], **given: object) -> Settings:
         fmt = env.get("LOG_FORMAT", "console").strip().lower() or "console"
+        unknown_fmt = None
         if fmt not in ("json", "console"):
-            raise SettingsError(f"LOG_FORMAT={fmt!r} must be 'json' or 'console'")
+            unknown_fmt, fmt = fmt, "console"  # SPEC §9: "readable console output otherwise"
         level = env.get("LOG_LEVEL", "info").strip().lower() or "info"
+        level = _LEVEL_ALIASES.get(level, level)
         if level not in ("debug", "info", "warning", "error", "critical"):
-            raise SettingsError(f"LOG_LEVEL={level!r} must be debug, info, warning or error")
+            raise SettingsError(
+                f"LOG_LEVEL={level!r} must be debug, info, warning (or warn), error or critical"
+            )
         burst_raw = env.get("RATE_LIMIT_BURST", "").strip()
         values: dict[str, object] = {
             "default_api_key": env.get("DEFAULT_API_KEY") or None,
@@ -203,6 +214,7 @@ class Settings:
                 env, "API_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 2**40
             ),
             "log_format": fmt,
+            "log_format_unknown": unknown_fmt,
             "log_level": level,
             "rate_limit_rpm": _float(env, "RATE_LIMIT_REQUESTS_PER_MINUTE", 0.0, 0.0),
             "rate_limit_burst": _int(env, "RATE_LIMIT_BURST", 1, 1, 10**9) if burst_raw else None,

@@ -39,7 +39,7 @@ def run_cli(
         (["qwen"], {"API_ROUTER_PORT": "0"}, "invalid port 0 (API_ROUTER_PORT)"),
         (["qwen", "--workers", "0"], {}, "invalid worker count 0"),
         (["--config", "/nonexistent/p.json"], {}, "/nonexistent/p.json: file not found"),
-        (["qwen"], {"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+        (["qwen"], {"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' must be debug, info, warning"),
         (
             ["qwen"],
             {"API_ROUTER_FORWARDED_HEADERS": "trust"},

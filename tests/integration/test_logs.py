@@ -299,19 +299,26 @@ def test_log_level_is_respected(closed_port_router: RouterProcess) -> None:
     assert all(r.get("level") in ("warning", "error", "critical") for r in recs)
 
 
+@pytest.mark.parametrize("given", ["console", "Jsno"])
 def test_console_format_when_log_format_is_not_json(
-    fake_upstream: FakeUpstream, router_factory: RouterFactory
+    given: str, fake_upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
-    r = router_factory(base_profile(fake_upstream.url), env={"LOG_FORMAT": "console"})
+    """SPEC §9: console output for anything but `json`; any other value than `console` (a
+    mistyped `json`) is named in one warning at start."""
+    r = router_factory(base_profile(fake_upstream.url), env={"LOG_FORMAT": given})
     with httpx.Client() as c:
         c.get(r.url + "/health", headers={"X-Request-ID": "console-rid"})
-        rec = next(
-            (ln for ln in r.output().splitlines() if "console-rid" in ln), None
-        ) or _wait_line(r, "console-rid")
-        assert not rec.lstrip().startswith("{")
-        assert "request_completed" in rec and "status_code=200" in rec
-        assert "request_id=console-rid" in rec
-        assert not any(ln.lstrip().startswith("{") for ln in r.output().splitlines())
+    rec = _wait_line(r, "console-rid")
+    assert not rec.lstrip().startswith("{")
+    assert "request_completed" in rec and "status_code=200" in rec
+    assert "request_id=console-rid" in rec
+    assert not any(ln.lstrip().startswith("{") for ln in r.output().splitlines())
+    warnings = [ln for ln in r.output().splitlines() if "log_format_unknown" in ln]
+    if given == "console":
+        assert not warnings
+    else:  # the primary's warning, not one per worker
+        assert len(warnings) == 1, r.output()[-2000:]
+        assert "log_format=jsno" in warnings[0] and "using=console" in warnings[0]
 
 
 def _wait_line(r: RouterProcess, needle: str) -> str:

@@ -1,0 +1,54 @@
+"""LOG_FORMAT and LOG_LEVEL as Settings reads them (SPEC §9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings, SettingsError
+
+PROFILE = Path("profile.json")  # read later, by the loader: not here
+
+
+@pytest.mark.parametrize(
+    ("given", "fmt", "unknown"),
+    [
+        ({}, "console", None),
+        ({"LOG_FORMAT": "json"}, "json", None),
+        ({"LOG_FORMAT": " JSON "}, "json", None),
+        ({"LOG_FORMAT": "console"}, "console", None),
+        ({"LOG_FORMAT": ""}, "console", None),
+        # SPEC §9: "readable console output otherwise"; the value is kept for the start-up warning
+        ({"LOG_FORMAT": "text"}, "console", "text"),
+        ({"LOG_FORMAT": "jsno"}, "console", "jsno"),
+    ],
+)
+def test_log_format_is_json_or_else_console(
+    given: dict[str, str], fmt: str, unknown: str | None
+) -> None:
+    s = Settings.from_env(given, profile_path=PROFILE)
+    assert (s.log_format, s.log_format_unknown) == (fmt, unknown)
+
+
+@pytest.mark.parametrize(
+    ("given", "level"),
+    [
+        ("", "info"),
+        ("DEBUG", "debug"),
+        ("warning", "warning"),
+        ("warn", "warning"),  # the standard library's alias
+        ("Fatal", "critical"),
+        ("critical", "critical"),
+    ],
+)
+def test_log_level_names_and_aliases(given: str, level: str) -> None:
+    assert Settings.from_env({"LOG_LEVEL": given}, profile_path=PROFILE).log_level == level
+
+
+def test_an_unknown_log_level_is_refused_with_the_accepted_names() -> None:
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({"LOG_LEVEL": "loud"}, profile_path=PROFILE)
+    assert str(e.value) == (
+        "LOG_LEVEL='loud' must be debug, info, warning (or warn), error or critical"
+    )
