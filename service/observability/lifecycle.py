@@ -32,7 +32,7 @@ from sanic.models.server_types import ConnInfo
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from .. import timing
-from ..config.model import PROXY_ROUTES
+from ..config.model import PROXY_ROUTES, RESPONSE_ID, RESPONSE_INPUT_ITEMS
 from ..context import AppContext, RouterRequest
 from ..cors import Cors
 from ..proxy.headers import client_address, sane_request_id
@@ -51,18 +51,30 @@ alert_log = structlog.get_logger("api_router.alert")
 KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
 
 
+_STORED = "/v1/responses/"  # the stored-response routes' prefix (RESPONSE_ID, ...)
+
+
 def route_label(request: RouterRequest) -> str:
     route = request.route
     if route is not None:
         return "/" + route.path if not route.path.startswith("/") else route.path
-    # A wrong method on a known path: still a route of the table.
-    return request.path if request.path in KNOWN_PATHS else "unmatched"
+    # A wrong method on a known path: still a route of the table, by its pattern.
+    path = request.path
+    if path in KNOWN_PATHS:
+        return path
+    if path.startswith(_STORED):
+        parts = path[len(_STORED) :].split("/")
+        if parts[0]:
+            if len(parts) == 1:
+                return RESPONSE_ID
+            if len(parts) == 2 and parts[1] == "input_items":
+                return RESPONSE_INPUT_ITEMS
+    return "unmatched"
 
 
 def model_label(model: str | None, known: frozenset[str]) -> str:
-    if model is None:
-        return "none"
-    return model if model in known else "other"
+    # SPEC §8: the profile's known models and `other` (a request that named none is `other` too).
+    return model if model is not None and model in known else "other"
 
 
 _IDS_PER_READ = 256

@@ -113,6 +113,10 @@ def test_route_is_the_pattern_or_unmatched_and_status_is_what_the_client_got(
     with httpx.Client() as c:
         assert c.get(router.url + "/no/such/" + uuid.uuid4().hex).status_code == 404
         assert c.delete(router.url + "/health").status_code == 405
+        # a pattern's route (the stored responses): its pattern, never the id
+        stored = "/v1/responses/resp_" + uuid.uuid4().hex
+        assert c.put(router.url + stored).status_code == 405
+        assert c.post(router.url + stored + "/input_items").status_code == 405
         assert c.head(router.url + "/health").status_code == 200
         assert c.post(router.url + CHAT, content=b"{oops").status_code == 400
         upstream.reply_with(Reply(status=503, body=b"{}", headers=[("Content-Type", "x/y")]))
@@ -126,6 +130,11 @@ def test_route_is_the_pattern_or_unmatched_and_status_is_what_the_client_got(
 
     assert delta(route="unmatched", method="GET", status="404") == 1
     assert delta(route="/health", method="DELETE", status="405") == 1
+    assert delta(route="/v1/responses/<response_id:str>", method="PUT", status="405") == 1
+    assert (
+        delta(route="/v1/responses/<response_id:str>/input_items", method="POST", status="405") == 1
+    )
+    assert stored.rpartition("/")[2] not in after
     assert delta(route="/health", method="HEAD", status="200") == 1
     assert delta(route=CHAT, method="POST", status="400") == 1
     assert delta(route=CHAT, method="POST", status="503") == 1

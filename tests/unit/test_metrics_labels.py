@@ -66,8 +66,9 @@ def test_method_label_is_bounded(method: str) -> None:
 @given(st.one_of(st.none(), st.text(max_size=40)))
 def test_model_label_is_known_or_other(model: str | None) -> None:
     known = frozenset({"gpt-4", "up-model-4"})
-    assert lifecycle.model_label(model, known) in known | {"other", "none"}
+    assert lifecycle.model_label(model, known) in known | {"other"}
     assert lifecycle.model_label("gpt-4", known) == "gpt-4"
+    assert lifecycle.model_label(None, known) == "other"
 
 
 def test_error_types_are_the_closed_set_of_the_spec() -> None:
