@@ -35,7 +35,7 @@ from .. import timing
 from ..config.model import PROXY_ROUTES, RESPONSE_ID, RESPONSE_INPUT_ITEMS
 from ..context import AppContext, RouterRequest
 from ..cors import Cors
-from ..proxy.headers import client_address, sane_request_id
+from ..proxy.headers import client_address, new_request_id, sane_request_id
 from ..server.protocol import connection_of
 from ..state import RequestState
 from . import sentry
@@ -75,30 +75,6 @@ def route_label(request: RouterRequest) -> str:
 def model_label(model: str | None, known: frozenset[str]) -> str:
     # SPEC §8: the profile's known models and `other` (a request that named none is `other` too).
     return model if model is not None and model in known else "other"
-
-
-_IDS_PER_READ = 256
-_random = bytearray()  # os.urandom bytes not yet used, 16 per id
-
-
-def _forget_random() -> None:
-    _random.clear()  # a forked child must not hand out its parent's ids
-
-
-os.register_at_fork(after_in_child=_forget_random)
-
-
-def new_request_id() -> str:
-    """A random UUID (version 4) in hex, as `uuid.uuid4().hex` gives it, without building a
-    `UUID` object and without a system call per id: the bytes come from `os.urandom`, read for
-    _IDS_PER_READ ids at a time."""
-    if not _random:
-        _random.extend(os.urandom(16 * _IDS_PER_READ))
-    b = _random[-16:]
-    del _random[-16:]
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    return b.hex()
 
 
 def start(request: RouterRequest) -> None:

@@ -156,6 +156,12 @@ class Metrics:
             "Profile edits rejected by validation (the last good config stays active)",
             registry=r,
         )
+        self.connections_refused_total = Counter(
+            "connections_refused_total",
+            "Client connections answered 503 and closed unread: the worker's connection cap "
+            "(API_ROUTER_MAX_CONNECTIONS) was reached",
+            registry=r,
+        )
         self.rate_limiter_backend_errors_total = Counter(
             "rate_limiter_backend_errors_total",
             "Rate-limit decisions the backend could not make (Redis unreachable)",

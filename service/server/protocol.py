@@ -26,6 +26,7 @@ import sys
 from time import monotonic
 from typing import Any
 
+import structlog
 from sanic import Request
 from sanic.exceptions import RequestTimeout
 from sanic.http import Stage
@@ -33,14 +34,37 @@ from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from ..errors import ServiceUnavailable, error_body
+from ..proxy.headers import new_request_id
 
 _OVER_CAPACITY_BODY = error_body(ServiceUnavailable("Too many open connections"), anthropic=False)
 # Answer to a connection over the cap: written before reading anything, then the socket closes.
+# %s: its X-Request-ID (SPEC §5: on every response).
 OVER_CAPACITY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\nretry-after: 1\r\ncontent-length: %d\r\n\r\n%s"
-    % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY)
+    b"connection: close\r\nretry-after: 1\r\nx-request-id: %%s\r\ncontent-length: %d\r\n"
+    b"\r\n%s" % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY.replace(b"%", b"%%"))
 )
+log = structlog.get_logger("api_router")
+
+
+def refuse(app: Any, transport: Any, open_connections: int, cap: int) -> bytes:
+    """A connection over the cap: counted (`connections_refused_total`), one warning line with
+    the request id its 503 carries, and that 503's bytes. No request of it was read: it is not
+    in `requests_total` (no route or method to count it under)."""
+    rid = new_request_id()
+    metrics = app.ctx.metrics
+    if metrics is not None:
+        metrics.connections_refused_total.inc()
+    peer = transport.get_extra_info("peername")
+    log.warning(
+        "connection_refused",
+        request_id=rid,
+        status_code=503,
+        client_ip=peer[0] if isinstance(peer, tuple) and peer else None,
+        open_connections=open_connections,
+        max_connections=cap,
+    )
+    return OVER_CAPACITY % rid.encode()
 
 
 def connection_of(request: Request[Any, Any]) -> ConnInfo | None:
@@ -100,7 +124,7 @@ class GuardedHttpProtocol(HttpProtocol):
     def connection_made(self, transport: Any) -> None:
         if len(self.connections) >= self._guard[2]:
             self._rejected = True
-            transport.write(OVER_CAPACITY)
+            transport.write(refuse(self.app, transport, len(self.connections), self._guard[2]))
             transport.close()
             return
         super().connection_made(transport)

@@ -266,11 +266,13 @@ def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
         "ApiRouterUpstreamErrorRate",
         "ApiRouterRateLimitedRate",
         "ApiRouterHighP99Latency",
+        "ApiRouterConnectionsRefused",
     }
     assert "upstream_errors_total" in alerts["ApiRouterUpstreamErrorRate"]["expr"]
     assert 'status="429"' in alerts["ApiRouterRateLimitedRate"]["expr"]
     assert "request_latency_seconds_bucket" in alerts["ApiRouterHighP99Latency"]["expr"]
     assert "> 20" in alerts["ApiRouterHighP99Latency"]["expr"]  # from the values file
+    assert "rate(connections_refused_total{" in alerts["ApiRouterConnectionsRefused"]["expr"]
     # Traces: the switch and the standard OTEL_* variables the SDK reads.
     cm = objs["ConfigMap"]["data"]
     assert cm["API_ROUTER_TRACING"] == "true"

@@ -10,11 +10,13 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.rawhttp import closed_by_peer, connect, read_response
+from tests.scrape import value
 from tests.support import RouterFactory, RouterProcess
 
 # Every gap between two bytes is shorter than any silence timeout, so only a total deadline
@@ -143,6 +145,14 @@ def test_connections_per_worker_are_capped(
             assert resp is not None and resp.status == 503, resp
             assert resp.json()["error"]["message"] == "Too many open connections"
             assert closed_by_peer(extra, 5)
+        # Recorded (SPEC §5, §9): its own request id, one warning line naming it, a counter.
+        rid = resp.headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
+        line = r.wait_for_log(lambda x: x.get("event") == "connection_refused")
+        assert line["request_id"] == rid and line["level"] == "warning"
+        assert (line["status_code"], line["client_ip"]) == (503, "127.0.0.1")
+        assert (line["open_connections"], line["max_connections"]) == (3, 3)
+        refused = 1
         held.pop().close()
         # the slot is free again once the router has seen the close
         deadline = time.monotonic() + 10
@@ -152,8 +162,17 @@ def test_connections_per_worker_are_capped(
                 resp = read_response(again)
             if resp is not None and resp.status == 200:
                 break
+            refused += resp is not None and resp.status == 503
             assert time.monotonic() < deadline, "the freed slot was never reused"
             time.sleep(0.1)
+        for s in held:
+            s.close()
+        held.clear()
+        while (m := httpx.get(r.url + "/metrics", timeout=5)).status_code == 503:
+            refused += 1
+            assert time.monotonic() < deadline + 10, "/metrics was never served"
+            time.sleep(0.1)
+        assert value(m.text, "connections_refused_total") == refused
     finally:
         for s in held:
             s.close()

@@ -227,9 +227,7 @@ def test_without_params_drops_only_the_named_parameters() -> None:
 
 
 def test_a_new_request_id_is_a_random_uuid4_in_hex() -> None:
-    from service.observability.lifecycle import new_request_id
-
-    ids = [new_request_id() for _ in range(2000)]
+    ids = [h.new_request_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for rid in ids:
         u = uuid.UUID(hex=rid)
@@ -245,22 +243,20 @@ def test_a_new_request_id_is_a_random_uuid4_in_hex() -> None:
 def test_request_ids_read_in_blocks_are_never_repeated_across_a_fork() -> None:
     """The random bytes are read for many ids at once: a forked child must not hand out the
     ids its parent has still to give."""
-    from service.observability import lifecycle
-
-    lifecycle.new_request_id()  # the block is now read and partly unused
-    assert lifecycle._random
+    h.new_request_id()  # the block is now read and partly unused
+    assert h._random
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next ids, to the parent
         try:
-            os.write(w, ",".join(lifecycle.new_request_id() for _ in range(8)).encode())
+            os.write(w, ",".join(h.new_request_id() for _ in range(8)).encode())
         finally:
             os._exit(0)
     os.close(w)
     with os.fdopen(r) as f:
         child = f.read().split(",")
     os.waitpid(pid, 0)
-    parent = [lifecycle.new_request_id() for _ in range(lifecycle._IDS_PER_READ)]
+    parent = [h.new_request_id() for _ in range(h._IDS_PER_READ)]
     assert len(child) == 8
     assert not set(child) & set(parent)
 
