@@ -51,10 +51,11 @@ class RequestState:
         # Hint fields the translation dropped (translation_dropped_fields_total labels).
         self.dropped: list[str] = []
         # Under a routing file (SPEC §11): the upstream that answered (a name from the file),
-        # every attempt as (upstream, outcome, seconds), and each switch to another upstream as
-        # (from, to, reason). Empty / None under a plain profile.
+        # every attempt as (upstream, outcome, seconds, HTTP status or None when no answer came),
+        # and each switch to another upstream as (from, to, reason). Empty / None under a plain
+        # profile.
         self.upstream: str | None = None
-        self.attempts: list[tuple[str, str, float]] = []
+        self.attempts: list[tuple[str, str, float, int | None]] = []
         self.fallbacks: list[tuple[str, str, str]] = []
         # Stream events dropped as malformed (a JSON object cut short; service.proxy.events).
         self.malformed_events = 0

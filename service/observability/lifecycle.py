@@ -148,7 +148,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.malformed_events:
             metrics.stream_malformed_events_total.inc(state.malformed_events)
         if state.attempts:
-            for upstream, outcome, secs in state.attempts:
+            for upstream, outcome, secs, _ in state.attempts:
                 metrics.attempts_by[upstream, outcome].inc()
                 metrics.attempt_seconds_by[upstream].observe(secs)
             for moved in state.fallbacks:
@@ -199,9 +199,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.malformed_events:
             fields["malformed_events"] = state.malformed_events
         if len(state.attempts) > 1:  # retried or failed over: every attempt, in order
-            fields["attempts"] = [
-                {"upstream": u, "outcome": o, "secs": secs} for u, o, secs in state.attempts
-            ]
+            fields["attempts"] = [_attempt(u, o, secs, code) for u, o, secs, code in state.attempts]
         if route == "unmatched" or status == 405:
             # What a client tried (never a metric label; the query is left out: it may hold a
             # key): an operator reading a 404/405 line can tell which path it was.
@@ -213,6 +211,13 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, ctx.request_id)
     if state.error_type is not None or status >= 500:
         _failed(request, route, status, state.error_type)
+
+
+def _attempt(upstream: str, outcome: str, secs: float, status: int | None) -> dict[str, Any]:
+    """One attempt of the completion line (SPEC §11: upstream, status or error, duration)."""
+    if status is None:  # no answer: the outcome is the error
+        return {"upstream": upstream, "outcome": outcome, "secs": secs}
+    return {"upstream": upstream, "outcome": outcome, "status": status, "secs": secs}
 
 
 def _failed(request: RouterRequest, route: str, status: int, error_type: str | None) -> None:

@@ -47,6 +47,7 @@ Responses API (no model) go to `Routing.stored_at` (relay.forward), without fail
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import math
 import random
@@ -120,6 +121,11 @@ OUTCOMES: tuple[str, ...] = (
 REASONS: tuple[str, ...] = ("rate_limited", "server_error", "error", "context_length")
 ATTEMPTS_HEADER = "x-router-attempts"
 UPSTREAM_HEADER = "x-router-upstream"
+
+
+class LocalEstimate(Exception):
+    """The attempts reached a target whose format has no token-counting endpoint: the request
+    is answered from the router's estimate (`outgoing.local_estimate`)."""
 
 
 def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -365,8 +371,9 @@ class _Attempts:
             await asyncio.sleep(secs)
         return True
 
-    def _record(self, name: str, outcome: str, started: float) -> None:
-        self.state.attempts.append((name, outcome, round(time.perf_counter() - started, 4)))
+    def _record(self, name: str, outcome: str, started: float, status: int | None = None) -> None:
+        secs = round(time.perf_counter() - started, 4)
+        self.state.attempts.append((name, outcome, secs, status))
 
     def _start(self) -> None:
         """The attempt state, set on the first `run`; kept so that a stream that fails before
@@ -401,13 +408,21 @@ class _Attempts:
                 retry_same, wait = self.pending
                 self.pending = None
                 if retry_same and len(self.state.attempts) < self.policy.max_attempts:
-                    if not await self._wait(wait):
-                        break
-                    self.same_retries += 1
+                    if await self._wait(wait):
+                        self.same_retries += 1
+                    else:  # the wait would pass totalSecs: the next target at once (SPEC §11)
+                        self.queue.pop(0)
+                        self.same_retries = 0
+                        continue
                 else:
                     self.queue.pop(0)
                     self.same_retries = 0
                     continue
+            if self.queue[0].upstream.endpoints[self.route].local_estimate:
+                # count_tokens reached an upstream of another format (SPEC §12): the router's
+                # own estimate answers, as when such an upstream is the first target; it costs
+                # no attempt.
+                raise LocalEstimate()
             if len(self.state.attempts) >= self.policy.max_attempts:
                 break
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -465,7 +480,7 @@ class _Attempts:
                 self._failed(err)
                 continue
             status = resp.status_code
-            self._record(name, _outcome(status), started)
+            self._record(name, _outcome(status), started, status)
             if status >= 500:
                 ejections.failure(name, outlier)
             elif status == 429:
@@ -569,8 +584,8 @@ class _Attempts:
             except _BeforeContent as e:
                 if self.ctx.tracing is not None:
                     self.ctx.tracing.attempt_failed(self.request, e.outcome)
-                upstream, _, secs = self.state.attempts[-1]
-                self.state.attempts[-1] = (upstream, e.outcome, secs)
+                upstream, _, secs, status = self.state.attempts[-1]
+                self.state.attempts[-1] = (upstream, e.outcome, secs, status)
                 ejections.failure(name, outlier)
                 self._failed(e.error)
                 continue
@@ -787,6 +802,14 @@ async def forward_routed(
         if charge is None:
             return await pending
         return await ctx.tokens.charged(charge, state, pending)
+    except RouterError as e:
+        if not state.attempts:
+            raise
+        # The attempts ended in the router's own error (no upstream answer to relay): its
+        # response says what was tried too (SPEC §11). A copy: an error may be shared.
+        err = copy.copy(e)
+        err.headers = {**_router_headers(state, {}), **e.headers}
+        raise err from None
     finally:
         BUDGET.active -= 1
 
@@ -798,7 +821,12 @@ async def _relay(
     state: RequestState = request.ctx.state
     started = time.perf_counter()
     try:
-        resp, chosen = await attempts.run()
+        try:
+            resp, chosen = await attempts.run()
+        except LocalEstimate:
+            answer = local_estimate(attempts.route, attempts.payload, request.ctx.request_id)
+            answer.headers[ATTEMPTS_HEADER] = str(len(state.attempts))  # no upstream answered
+            return answer
         _answered(state, chosen, resp)
         if chosen.failed_body is not None:
             data = chosen.failed_body
@@ -857,9 +885,14 @@ def _answered(state: RequestState, chosen: Chosen, resp: httpx.Response) -> None
 
 
 def _router_headers(state: RequestState, extra: dict[str, str]) -> dict[str, str]:
+    """`x-router-upstream`: the upstream that answered, else (the router's own error) the last
+    one tried; `x-router-attempts`: how many attempts were sent."""
     out = dict(extra)
-    if state.upstream is not None:
-        out[UPSTREAM_HEADER] = state.upstream
+    upstream = state.upstream
+    if upstream is None and state.attempts:
+        upstream = state.attempts[-1][0]
+    if upstream is not None:
+        out[UPSTREAM_HEADER] = upstream
     out[ATTEMPTS_HEADER] = str(len(state.attempts))
     return out
 

@@ -548,7 +548,7 @@ def refunded(status: int, error_type: str | None, state: RequestState | None = N
     or answered with an error status (the router's own refusals included) — on every attempt,
     under a routing file: one that timed out or broke may have been billed."""
     if state is not None:
-        if state.attempts and any(o not in UNBILLED_OUTCOMES for _, o, _ in state.attempts):
+        if state.attempts and any(a[1] not in UNBILLED_OUTCOMES for a in state.attempts):
             return False
         if status < 400 and (state.upstream_status or 0) >= 400:
             return True  # a stream committed by heartbeats, then refused by the upstream

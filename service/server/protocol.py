@@ -23,7 +23,7 @@ above on a real server. Always on (limits and records, not a speed-up).
 from __future__ import annotations
 
 import sys
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any
 
 import structlog
@@ -33,16 +33,18 @@ from sanic.http import Stage
 from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
 
+from .. import timing
 from ..errors import ServiceUnavailable, error_body
 from ..proxy.headers import new_request_id
 
 _OVER_CAPACITY_BODY = error_body(ServiceUnavailable("Too many open connections"), anthropic=False)
 # Answer to a connection over the cap: written before reading anything, then the socket closes.
-# %s: its X-Request-ID (SPEC §5: on every response).
+# %s, %s: its X-Request-ID (SPEC §5) and Server-Timing (SPEC §14), as every response has.
 OVER_CAPACITY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"connection: close\r\nretry-after: 1\r\nx-request-id: %%s\r\ncontent-length: %d\r\n"
-    b"\r\n%s" % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY.replace(b"%", b"%%"))
+    b"connection: close\r\nretry-after: 1\r\nx-request-id: %%s\r\nserver-timing: %%s\r\n"
+    b"content-length: %d\r\n\r\n%s"
+    % (len(_OVER_CAPACITY_BODY), _OVER_CAPACITY_BODY.replace(b"%", b"%%"))
 )
 log = structlog.get_logger("api_router")
 
@@ -51,6 +53,7 @@ def refuse(app: Any, transport: Any, open_connections: int, cap: int) -> bytes:
     """A connection over the cap: counted (`connections_refused_total`), one warning line with
     the request id its 503 carries, and that 503's bytes. No request of it was read: it is not
     in `requests_total` (no route or method to count it under)."""
+    started = perf_counter()
     rid = new_request_id()
     metrics = app.ctx.metrics
     if metrics is not None:
@@ -64,7 +67,8 @@ def refuse(app: Any, transport: Any, open_connections: int, cap: int) -> bytes:
         open_connections=open_connections,
         max_connections=cap,
     )
-    return OVER_CAPACITY % rid.encode()
+    took = timing.whole(perf_counter() - started, None)  # the router's own time: no request
+    return OVER_CAPACITY % (rid.encode(), took.encode())
 
 
 def connection_of(request: Request[Any, Any]) -> ConnInfo | None:

@@ -28,7 +28,7 @@ from tests.fakes.upstream import (
     sse,
 )
 from tests.scrape import scrape, value
-from tests.support import RouterFactory, RouterProcess
+from tests.support import RouterFactory, RouterProcess, free_port
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -244,10 +244,10 @@ def test_a_persistent_503_fails_over_and_the_answer_is_the_fallback_s(
     assert body["usage"]["prompt_tokens"] > 0
     line = completion_lines(router, since)[-1]
     assert line["provider"] == "secondary"
-    assert [(a["upstream"], a["outcome"]) for a in line["attempts"]] == [
-        ("primary", "server_error"),
-        ("primary", "server_error"),
-        ("secondary", "ok"),
+    assert [(a["upstream"], a["outcome"], a["status"]) for a in line["attempts"]] == [
+        ("primary", "server_error", 503),
+        ("primary", "server_error", 503),
+        ("secondary", "ok", 200),
     ]
     text = scrape(router.url)
     assert value(text, "fallbacks_total", **{"from": "primary", "to": "secondary",
@@ -265,6 +265,55 @@ def test_429_with_a_short_retry_after_waits_for_it_then_retries(
     assert r.headers["x-router-upstream"] == "primary"
     assert len(script.times) == 2
     assert script.times[1] - script.times[0] >= 0.95  # the upstream's wait was honoured
+
+
+def test_a_short_retry_after_past_total_secs_fails_over_at_once(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """SPEC §11: wait for Retry-After only when it is short and inside the deadline; otherwise
+    fail over at once (3 s is short, but past totalSecs)."""
+    data = routing_file(primary, secondary, timeouts={"totalSecs": 2.5})
+    router = router_factory(data, name="deadline")
+    primary.reply_with(lambda _r: error(503, **{"Retry-After": "3"}))
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200, r.text
+    assert (r.headers["x-router-upstream"], r.headers["x-router-attempts"]) == ("secondary", "2")
+    assert len(primary.requests) == 1 and len(secondary.requests) == 1
+
+
+def test_the_router_s_own_error_says_what_was_tried(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """SPEC §11: the attempts are in the response headers also when no upstream answered."""
+    data = routing_file(primary, secondary)
+    data["upstreams"]["primary"]["baseUrl"] = f"http://127.0.0.1:{free_port()}"  # refused
+    router = router_factory(data, name="refused")
+    since = len(router.output())
+    r = post(router, CHAT, chat("small"))  # no fallback but a context-window one
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_connect_error"
+    line = completion_lines(router, since)[-1]
+    tried = line.get("attempts", [{"upstream": "primary", "outcome": "connect_error"}])
+    assert {(a["upstream"], a["outcome"]) for a in tried} == {("primary", "connect_error")}
+    assert all("status" not in a for a in tried)  # no answer: the outcome is the error
+    assert r.headers["x-router-upstream"] == "primary"
+    assert r.headers["x-router-attempts"] == str(len(tried))
+
+
+def test_count_tokens_failing_over_to_another_format_is_answered_from_the_estimate(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """SPEC §12: count_tokens goes to Anthropic-format upstreams only; when the attempts reach
+    an OpenAI-format fallback, the router's estimate answers instead."""
+    primary.reply_with(lambda _r: error(503))
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": "hello there"}]}
+    r = post(router, MESSAGES + "/count_tokens", body)
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["input_tokens"], int) and r.json()["input_tokens"] > 0
+    assert r.headers["x-router-token-count"] == "estimate"
+    assert r.headers["x-router-attempts"] == str(len(primary.requests))
+    assert {q.path for q in primary.requests} == {"/v1/messages/count_tokens"}
+    assert secondary.requests == []  # never sent to the OpenAI-format upstream
 
 
 def test_a_reset_before_the_head_once_is_answered(

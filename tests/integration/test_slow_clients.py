@@ -148,6 +148,7 @@ def test_connections_per_worker_are_capped(
         # Recorded (SPEC §5, §9): its own request id, one warning line naming it, a counter.
         rid = resp.headers["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
+        assert re.fullmatch(r"router;dur=\d+\.\d{3}", resp.headers["server-timing"])
         line = r.wait_for_log(lambda x: x.get("event") == "connection_refused")
         assert line["request_id"] == rid and line["level"] == "warning"
         assert (line["status_code"], line["client_ip"]) == (503, "127.0.0.1")
