@@ -51,9 +51,11 @@ import copy
 import email.utils
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -128,9 +130,69 @@ class LocalEstimate(Exception):
     is answered from the router's estimate (`outgoing.local_estimate`)."""
 
 
+# The providers' own reset headers (SPEC §11, "the provider variants"), read only when neither
+# `retry-after-ms` nor `retry-after` is there: (reset header, its remaining-count header).
+# OpenAI (and the providers that copy its headers) sends durations such as "1s", "6m0s",
+# "20ms"; Anthropic sends RFC 3339 times. A reset whose limit is exhausted (remaining "0") is the
+# wait; when none says so, the longest reset present is.
+_OPENAI_RESETS = (
+    ("x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"),
+    ("x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"),
+)
+_ANTHROPIC_RESETS = (
+    ("anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-remaining"),
+    ("anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-remaining"),
+    ("anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-input-tokens-remaining"),
+    ("anthropic-ratelimit-output-tokens-reset", "anthropic-ratelimit-output-tokens-remaining"),
+)
+_DURATION = re.compile(
+    r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
+    r"(?:(\d+(?:\.\d+)?)ms)?"
+)
+
+
+def _duration_secs(raw: str) -> float | None:
+    """An OpenAI-style duration ("1h2m3.5s", "6m0s", "20ms", "1s") in seconds; None when it is
+    not one."""
+    m = _DURATION.fullmatch(raw.strip())
+    if m is None or not any(m.groups()):
+        return None
+    h, mins, secs, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs + ms / 1000
+
+
+def _rfc3339_secs(raw: str, now: float) -> float | None:
+    try:
+        when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp() - now
+
+
+def _provider_reset_secs(headers: httpx.Headers, now: float) -> float | None:
+    found: list[tuple[bool, float]] = []  # (exhausted, seconds)
+    for pairs, anthropic in ((_OPENAI_RESETS, False), (_ANTHROPIC_RESETS, True)):
+        for reset, remaining in pairs:
+            raw = headers.get(reset)
+            if raw is None:
+                continue
+            secs = _rfc3339_secs(raw, now) if anthropic else _duration_secs(raw)
+            if secs is not None:
+                found.append((headers.get(remaining, "").strip() == "0", secs))
+    if not found:
+        return None
+    exhausted = [secs for gone, secs in found if gone]
+    return max(exhausted or [secs for _, secs in found])
+
+
 def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float | None:
     """The upstream's requested wait: `retry-after-ms`, else `retry-after` as seconds or an HTTP
-    date; None when absent, unreadable or not finite; at most MAX_RETRY_AFTER_SECS."""
+    date, else the provider's own reset headers (OpenAI's `x-ratelimit-reset-*`, Anthropic's
+    `anthropic-ratelimit-*-reset`); None when absent, unreadable or not finite; at most
+    MAX_RETRY_AFTER_SECS."""
+    at = time.time() if now is None else now
     ms = headers.get("retry-after-ms")
     secs: float | None = None
     if ms is not None:
@@ -146,9 +208,11 @@ def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float 
         except ValueError:
             try:
                 when = email.utils.parsedate_to_datetime(raw)
-                secs = when.timestamp() - (time.time() if now is None else now)
+                secs = when.timestamp() - at
             except (TypeError, ValueError, OverflowError):
                 secs = None
+    if secs is None and ms is None and raw is None:
+        secs = _provider_reset_secs(headers, at)
     if secs is None or not math.isfinite(secs):
         return None
     return min(MAX_RETRY_AFTER_SECS, max(0.0, secs))

@@ -267,6 +267,21 @@ def test_429_with_a_short_retry_after_waits_for_it_then_retries(
     assert script.times[1] - script.times[0] >= 0.95  # the upstream's wait was honoured
 
 
+def test_429_with_only_the_provider_s_reset_header_waits_for_it(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    """SPEC §11: the provider variants are read (OpenAI's reset of the exhausted limit)."""
+    script = Script(
+        error(429, **{"x-ratelimit-reset-requests": "1s", "x-ratelimit-remaining-requests": "0"})
+    )
+    primary.reply_with(script)
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "primary"
+    assert len(script.times) == 2
+    assert script.times[1] - script.times[0] >= 0.95  # not the 0.05-0.1 s backoff
+
+
 def test_a_short_retry_after_past_total_secs_fails_over_at_once(
     primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
 ) -> None:

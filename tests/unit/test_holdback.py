@@ -4,6 +4,7 @@ content, per format, on the shapes the fake upstream and the providers send."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -102,10 +103,36 @@ def test_malformed_events(event: bytes, dropped: bool) -> None:
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
         ({"retry-after": "soon"}, None),
         ({}, None),
+        # the providers' own reset headers, when neither standard one is there (SPEC §11)
+        ({"x-ratelimit-reset-requests": "20s"}, 20.0),
+        ({"x-ratelimit-reset-requests": "1m30s"}, 90.0),
+        ({"x-ratelimit-reset-tokens": "6ms"}, 0.006),
+        ({"x-ratelimit-reset-tokens": "1h2m3.5s"}, 3723.5),
+        (  # the exhausted limit's reset, not the longer one
+            {"x-ratelimit-reset-requests": "2s", "x-ratelimit-remaining-requests": "0",
+             "x-ratelimit-reset-tokens": "40s", "x-ratelimit-remaining-tokens": "900"},
+            2.0,
+        ),
+        (  # none says which: the longest
+            {"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "40s"},
+            40.0,
+        ),
+        ({"x-ratelimit-reset-requests": "later"}, None),
+        ({"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30Z"}, 30.0),
+        (
+            {"anthropic-ratelimit-tokens-reset": "2030-01-01T00:00:05Z",
+             "anthropic-ratelimit-tokens-remaining": "0",
+             "anthropic-ratelimit-requests-reset": "2030-01-01T00:01:00Z",
+             "anthropic-ratelimit-requests-remaining": "49"},
+            5.0,
+        ),
+        ({"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30"}, None),  # no zone
+        ({"retry-after": "3", "x-ratelimit-reset-requests": "20s"}, 3.0),  # the standard wins
     ],
-)
+)  # fmt: skip
 def test_retry_after_is_read_finite_and_bounded(headers: dict[str, str], secs) -> None:
-    assert retry_after_secs(httpx.Headers(headers)) == secs
+    now = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    assert retry_after_secs(httpx.Headers(headers), now=now) == pytest.approx(secs)
 
 
 def test_the_retry_budget_allows_retries_up_to_a_share_of_the_requests_in_flight() -> None:
