@@ -147,6 +147,19 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
     return path
 
 
+def write_port_file(settings: Settings, env: dict[str, str]) -> None:
+    """`API_ROUTER_PORT_FILE`: where the listening port is written, whichever of the argument,
+    `API_ROUTER_PORT` or the profile chose it (the image's HEALTHCHECK reads it)."""
+    path = env.get("API_ROUTER_PORT_FILE", "").strip()
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(f"{settings.port}\n")
+    except OSError as e:
+        raise OSError(f"API_ROUTER_PORT_FILE={path!r}: {e.strerror or e}") from None
+
+
 def _banner(profile: Profile, settings: Settings) -> None:
     """One start-up line: what this process serves, where, with how many workers."""
     import structlog
@@ -183,8 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
+        write_port_file(settings, env)
         table = prepare_ratelimit_table(settings, env)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     # A routing file's ejections and cooldowns, shared by the workers (service.ejection).

@@ -179,6 +179,30 @@ def test_podman_run_publishes_health_and_metrics(image: str) -> None:
 
 
 @pytest.mark.podman
+def test_a_mounted_profile_s_port_is_served_and_health_checked(
+    image: str, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SPEC §2: the profile's `port` applies unless the argument or API_ROUTER_PORT says
+    otherwise; the image sets neither, and its HEALTHCHECK probes the port the router chose."""
+    tmp_path.chmod(0o755)
+    profile = write_profile(tmp_path, base_profile(fake_upstream.url, port=9100), name="mine")
+    profile.chmod(0o644)
+    port = free_port()
+    cid = podman(
+        "run", "--detach", "--publish", f"127.0.0.1:{port}:9100",
+        "--volume", f"{profile}:/app/transformer/mine.json:ro",
+        image, "mine",
+    ).stdout.strip()  # fmt: skip
+    c = Container(cid, port)
+    try:
+        wait_http(c.url + "/health", alive=c.alive)
+        assert httpx.get(c.url + "/health").json()["profile"] == "testprov"
+        assert podman("healthcheck", "run", cid, check=False).returncode == 0, c.logs()[-2000:]
+    finally:
+        c.remove()
+
+
+@pytest.mark.podman
 def test_read_only_container_runs_as_non_root(container: Container) -> None:
     uid = podman("exec", container.cid, "python3", "-c", "import os; print(os.getuid())")
     assert uid.stdout.strip() == "10001"

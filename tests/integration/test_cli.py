@@ -42,6 +42,11 @@ def run_cli(
         (["qwen"], {"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud' must be debug, info, warning"),
         (
             ["qwen"],
+            {"API_ROUTER_PORT_FILE": "/nonexistent/dir/port"},
+            "API_ROUTER_PORT_FILE='/nonexistent/dir/port': No such file or directory",
+        ),
+        (
+            ["qwen"],
             {"API_ROUTER_FORWARDED_HEADERS": "trust"},
             "API_ROUTER_FORWARDED_HEADERS='trust' must be one of replace, keep, drop",
         ),
@@ -79,6 +84,7 @@ def test_env_profile_and_port_are_used_and_args_win(tmp_path: Path) -> None:
         "API_ROUTER_PORT": str(port),
         "API_ROUTER_HOST": "127.0.0.1",
         "API_ROUTER_WORKERS": "1",
+        "API_ROUTER_PORT_FILE": str(tmp_path / "port"),
         "PYTHONPATH": str(ROOT),
     }
     e = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
@@ -108,6 +114,7 @@ def test_env_profile_and_port_are_used_and_args_win(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert health["profile"] == "mine"
         assert health["upstream"] == "http://127.0.0.1:9"
+        assert (tmp_path / "port").read_text() == f"{port}\n"  # what the image's healthcheck reads
     finally:
         proc.terminate()
         try:
