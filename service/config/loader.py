@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -143,6 +144,11 @@ def format_validation_error(path: Path | str, err: ValidationError) -> str:
     return f"{path}: {_json_path(loc)}: {first['msg']}{suffix}"
 
 
+def name_of_file(path: Path) -> str:
+    """A profile name from `path` (`mine.json` -> `mine`), in the characters a name may have."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", path.stem)[:64] or "profile"
+
+
 def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
     """A profile, or a routing file (recognised by its `upstreams` key) as its face profile
     and its resolver."""
@@ -156,6 +162,8 @@ def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
         raise ConfigError(f"{path}: $: must be a JSON object")
     if "upstreams" in data:
         return _parse_routing(path, data)
+    if "name" not in data:  # SPEC §3: optional; the file's name then
+        data = {**data, "name": name_of_file(path)}
     try:
         return Profile.model_validate(data, by_alias=True)
     except ValidationError as e:

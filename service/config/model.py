@@ -256,7 +256,19 @@ class ResolvedEndpoint(BaseModel):
 
 class Profile(_Strict):
     schema_: str | None = Field(default=None, alias="$schema")
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    # Optional (SPEC §3): a file without one is named after the file (service.config.loader);
+    # the schema shows no default, since the file's name is.
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description="The profile's name (the provider label); default: the file's name "
+            "without .json",
+            json_schema_extra=lambda s: s.pop("default", None),
+        ),
+    ] = "profile"
     base_url: str
     headers: HeaderMap = Field(default_factory=dict)
     model_mapping: dict[

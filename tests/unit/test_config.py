@@ -150,9 +150,28 @@ def test_local_transformer_dir_wins_over_shipped(
 
 
 @pytest.mark.parametrize(
+    ("file", "name"),
+    [("mine.json", "mine"), ("my profile (2).json", "my-profile--2-"), ("p.v2.json", "p.v2")],
+)
+def test_a_profile_without_a_name_is_named_after_its_file(
+    tmp_path: Path, file: str, name: str
+) -> None:
+    """SPEC §3: only `baseUrl` is required (the original transformer files may have no name)."""
+    loaded = load_file(_write(tmp_path, {"baseUrl": "http://127.0.0.1:1"}, file))
+    assert loaded.profile.name == name
+    assert (
+        load_file(_write(tmp_path, {"name": "own", "baseUrl": "http://h"}, file)).profile.name
+        == "own"
+    )
+    assert "name" not in profile_schema()["required"]
+
+
+@pytest.mark.parametrize(
     ("data", "fragment"),
     [
         ({"name": "x"}, "$.baseUrl: Field required"),
+        ({}, "$.baseUrl: Field required"),
+        ({"name": "", "baseUrl": "http://h"}, "$.name"),
         ({"name": "x", "baseUrl": "ftp://h"}, "$.baseUrl"),
         ({"name": "x", "baseUrl": "http://user:pw@h"}, "must not carry user:password"),
         (
