@@ -133,8 +133,10 @@ class LocalEstimate(Exception):
 # The providers' own reset headers (SPEC §11, "the provider variants"), read only when neither
 # `retry-after-ms` nor `retry-after` is there: (reset header, its remaining-count header).
 # OpenAI (and the providers that copy its headers) sends durations such as "1s", "6m0s",
-# "20ms"; Anthropic sends RFC 3339 times. A reset whose limit is exhausted (remaining "0") is the
-# wait; when none says so, the longest reset present is.
+# "20ms"; Anthropic sends RFC 3339 times. Only the reset of a limit that is exhausted (its
+# remaining count "0") is a wait: these headers come on every answer, and a limit that is not
+# exhausted resets whenever it refills completely (minutes, for a token limit), which says
+# nothing about when to try again.
 _OPENAI_RESETS = (
     ("x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"),
     ("x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"),
@@ -172,19 +174,16 @@ def _rfc3339_secs(raw: str, now: float) -> float | None:
 
 
 def _provider_reset_secs(headers: httpx.Headers, now: float) -> float | None:
-    found: list[tuple[bool, float]] = []  # (exhausted, seconds)
+    waits: list[float] = []  # the resets of the exhausted limits
     for pairs, anthropic in ((_OPENAI_RESETS, False), (_ANTHROPIC_RESETS, True)):
         for reset, remaining in pairs:
             raw = headers.get(reset)
-            if raw is None:
+            if raw is None or headers.get(remaining, "").strip() != "0":
                 continue
             secs = _rfc3339_secs(raw, now) if anthropic else _duration_secs(raw)
             if secs is not None:
-                found.append((headers.get(remaining, "").strip() == "0", secs))
-    if not found:
-        return None
-    exhausted = [secs for gone, secs in found if gone]
-    return max(exhausted or [secs for _, secs in found])
+                waits.append(secs)
+    return max(waits) if waits else None
 
 
 def retry_after_secs(headers: httpx.Headers, now: float | None = None) -> float | None:

@@ -103,22 +103,29 @@ def test_malformed_events(event: bytes, dropped: bool) -> None:
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
         ({"retry-after": "soon"}, None),
         ({}, None),
-        # the providers' own reset headers, when neither standard one is there (SPEC §11)
-        ({"x-ratelimit-reset-requests": "20s"}, 20.0),
-        ({"x-ratelimit-reset-requests": "1m30s"}, 90.0),
-        ({"x-ratelimit-reset-tokens": "6ms"}, 0.006),
-        ({"x-ratelimit-reset-tokens": "1h2m3.5s"}, 3723.5),
+        # the providers' own reset headers, when neither standard one is there (SPEC §11): the
+        # reset of an exhausted limit only (they come on every answer)
+        ({"x-ratelimit-reset-requests": "20s", "x-ratelimit-remaining-requests": "0"}, 20.0),
+        ({"x-ratelimit-reset-requests": "1m30s", "x-ratelimit-remaining-requests": "0"}, 90.0),
+        ({"x-ratelimit-reset-tokens": "6ms", "x-ratelimit-remaining-tokens": "0"}, 0.006),
+        ({"x-ratelimit-reset-tokens": "1h2m3.5s", "x-ratelimit-remaining-tokens": "0"}, 3723.5),
         (  # the exhausted limit's reset, not the longer one
             {"x-ratelimit-reset-requests": "2s", "x-ratelimit-remaining-requests": "0",
              "x-ratelimit-reset-tokens": "40s", "x-ratelimit-remaining-tokens": "900"},
             2.0,
         ),
-        (  # none says which: the longest
-            {"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "40s"},
+        (  # both exhausted: the later
+            {"x-ratelimit-reset-requests": "2s", "x-ratelimit-remaining-requests": "0",
+             "x-ratelimit-reset-tokens": "40s", "x-ratelimit-remaining-tokens": "0"},
             40.0,
         ),
-        ({"x-ratelimit-reset-requests": "later"}, None),
-        ({"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30Z"}, 30.0),
+        ({"x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "6m0s"}, None),
+        ({"x-ratelimit-reset-requests": "later", "x-ratelimit-remaining-requests": "0"}, None),
+        (
+            {"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30Z",
+             "anthropic-ratelimit-requests-remaining": "0"},
+            30.0,
+        ),
         (
             {"anthropic-ratelimit-tokens-reset": "2030-01-01T00:00:05Z",
              "anthropic-ratelimit-tokens-remaining": "0",
@@ -126,7 +133,11 @@ def test_malformed_events(event: bytes, dropped: bool) -> None:
              "anthropic-ratelimit-requests-remaining": "49"},
             5.0,
         ),
-        ({"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30"}, None),  # no zone
+        (  # no zone: not an RFC 3339 time
+            {"anthropic-ratelimit-requests-reset": "2030-01-01T00:00:30",
+             "anthropic-ratelimit-requests-remaining": "0"},
+            None,
+        ),
         ({"retry-after": "3", "x-ratelimit-reset-requests": "20s"}, 3.0),  # the standard wins
     ],
 )  # fmt: skip
