@@ -22,8 +22,9 @@ SERVICE_MARKERS = {
 }
 
 
-# Fails a run in which a selected test never reported (tests/lost_tests.py).
-pytest_plugins = ["tests.lost_tests"]
+# Fails a run in which a selected test never reported (tests/lost_tests.py); `--order`
+# (tests/order_plugin.py) runs the tests in another order.
+pytest_plugins = ["tests.lost_tests", "tests.order_plugin"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
