@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -51,7 +52,12 @@ alert_log = structlog.get_logger("api_router.alert")
 KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_ROUTES})
 
 
-_STORED = "/v1/responses/"  # the stored-response routes' prefix (RESPONSE_ID, ...)
+# The routes with a parameter, as regular expressions of their patterns (`<response_id:str>`: one
+# path segment): a wrong method on such a path is labelled with its pattern.
+_PATTERNED = tuple(
+    (re.compile(re.sub(r"<[^>]+>", "[^/]+", pattern) + "$"), pattern)
+    for pattern in (RESPONSE_ID, RESPONSE_INPUT_ITEMS)
+)
 
 
 def route_label(request: RouterRequest) -> str:
@@ -62,14 +68,7 @@ def route_label(request: RouterRequest) -> str:
     path = request.path
     if path in KNOWN_PATHS:
         return path
-    if path.startswith(_STORED):
-        parts = path[len(_STORED) :].split("/")
-        if parts[0]:
-            if len(parts) == 1:
-                return RESPONSE_ID
-            if len(parts) == 2 and parts[1] == "input_items":
-                return RESPONSE_INPUT_ITEMS
-    return "unmatched"
+    return next((pattern for rx, pattern in _PATTERNED if rx.match(path)), "unmatched")
 
 
 def model_label(model: str | None, known: frozenset[str]) -> str:

@@ -165,7 +165,7 @@ def _duration_secs(raw: str) -> float | None:
 
 def _rfc3339_secs(raw: str, now: float) -> float | None:
     try:
-        when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        when = datetime.fromisoformat(raw.strip())  # Python 3.11 reads a trailing "Z" itself
     except ValueError:
         return None
     if when.tzinfo is None:
