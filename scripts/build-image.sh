@@ -3,7 +3,7 @@
 # slim Python image when it is present or can be pulled; else (no registry answers) a local base
 # built by scripts/build-base-image.sh with debootstrap, as an air-gapped site would.
 #
-#   scripts/build-image.sh [TAG]        default TAG: localhost/api-router:latest
+#   scripts/build-image.sh [TAG]        default TAG: localhost/api-router:latest (also :VERSION)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-${IMAGE:-localhost/api-router:latest}}
@@ -29,7 +29,10 @@ ca=()
 [[ -r /etc/ssl/certs/ca-certificates.crt ]] &&
   ca=(--volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
-echo "build-image: $TAG from $base"
+# Also tagged with the version (the chart's appVersion, its default tag), so that
+# `helm install api-router ./helm` after `make image` names an image that exists.
+versioned="${TAG%:*}:$version"
+echo "build-image: $TAG and $versioned from $base"
 podman build --format docker --network=host "${ca[@]}" \
   --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
-  --tag "$TAG" --file Containerfile .
+  --tag "$TAG" --tag "$versioned" --file Containerfile .

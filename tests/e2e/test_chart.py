@@ -68,10 +68,14 @@ def docs(text: str) -> list[dict[str, Any]]:
 
 
 def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The objects by kind; one with an `app.kubernetes.io/component` label (the ConfigMap that
+    holds a profile or routing file) as `kind/component`."""
     out: dict[str, dict[str, Any]] = {}
     for d in manifests:
-        assert d["kind"] not in out, f"two {d['kind']} objects"
-        out[d["kind"]] = d
+        component = d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        key = d["kind"] if component is None else f"{d['kind']}/{component}"
+        assert key not in out, f"two {key} objects"
+        out[key] = d
     return out
 
 
@@ -266,12 +270,14 @@ def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
         "ApiRouterUpstreamErrorRate",
         "ApiRouterRateLimitedRate",
         "ApiRouterHighP99Latency",
+        "ApiRouterHighOverhead",
         "ApiRouterConnectionsRefused",
     }
     assert "upstream_errors_total" in alerts["ApiRouterUpstreamErrorRate"]["expr"]
     assert 'status="429"' in alerts["ApiRouterRateLimitedRate"]["expr"]
     assert "request_latency_seconds_bucket" in alerts["ApiRouterHighP99Latency"]["expr"]
-    assert "> 20" in alerts["ApiRouterHighP99Latency"]["expr"]  # from the values file
+    assert "> 5" in alerts["ApiRouterHighP99Latency"]["expr"]  # from the values file
+    assert "router_overhead_seconds_bucket" in alerts["ApiRouterHighOverhead"]["expr"]
     assert "rate(connections_refused_total{" in alerts["ApiRouterConnectionsRefused"]["expr"]
     # Traces: the switch and the standard OTEL_* variables the SDK reads.
     cm = objs["ConfigMap"]["data"]
@@ -292,17 +298,190 @@ def test_monitoring_values_make_a_service_monitor_and_valid_alert_rules(
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+POD = "rel-api-router-7d9f8b6c5d-x2x9z"  # a pod of the Deployment, as Kubernetes names it
+
+
+def alert_test(rule: dict[str, Any], job: str, alerts: list[str]) -> dict[str, Any]:
+    """A `promtool test rules` case: two proxied requests a minute, both failing upstream and
+    each taking a minute, beside 100 requests a minute of probes and scrapes; each of `alerts`
+    must fire, with its own annotations."""
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    labels = f'namespace="llm", job="{job}", pod="{POD}"'
+    proxied = f'{labels}, route="/v1/chat/completions"'
+    probes = f'{labels}, route="/health", method="GET"'
+    return {
+        "interval": "1m",
+        "input_series": [
+            {
+                "series": f'requests_total{{{proxied}, method="POST", status="502"}}',
+                "values": "0+2x40",
+            },
+            {
+                "series": f'requests_total{{{probes}, status="200"}}',
+                "values": "0+100x40",
+            },
+            {
+                "series": f'upstream_errors_total{{{proxied}, error_type="upstream_error"}}',
+                "values": "0+2x40",
+            },
+            # Every request above 10 s, the histogram's highest finite bucket (METRICS.md).
+            {"series": f'request_latency_seconds_bucket{{{proxied}, le="10"}}', "values": "0x40"},
+            {
+                "series": f'request_latency_seconds_bucket{{{proxied}, le="+Inf"}}',
+                "values": "0+2x40",
+            },
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "30m",
+                "alertname": name,
+                "exp_alerts": [
+                    {
+                        "exp_labels": rules[name]["labels"],
+                        "exp_annotations": rules[name]["annotations"],
+                    }
+                ],
+            }
+            for name in alerts
+        ],
+    }
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize(
+    ("case", "args", "job"),
+    [
+        # The ServiceMonitor's series: the job is the Service's name.
+        ("service-monitor", ["-f", str(CHART / "ci" / "monitoring-values.yaml")], "rel-api-router"),
+        # Scraped through the pod annotations: the scrape config names the job.
+        ("annotations", ["--set", "metrics.prometheusRule.enabled=true"], "kubernetes-pods"),
+    ],
+)
+def test_alert_rules_fire_on_an_outage(
+    helm: str, tmp_path: Path, case: str, args: list[str], job: str
+) -> None:
+    """The alerts evaluated by Prometheus's own rule engine (promtool test rules) on series as
+    the router writes them: the error-rate alert must not be diluted by probe traffic, the p99
+    alert's threshold must be reachable by the histogram, and both must match the series of
+    either way of scraping."""
+    rule = by_kind(docs(render(helm, *args, "--show-only", "templates/prometheusrule.yaml")))[
+        "PrometheusRule"
+    ]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    alerts = ["ApiRouterUpstreamErrorRate", "ApiRouterHighP99Latency"]
+    (tmp_path / "test.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["rules.yaml"],
+                "evaluation_interval": "1m",
+                "tests": [alert_test(rule, job, alerts)],
+            }
+        )
+    )
+    out = run([tool("promtool"), "test", "rules", str(tmp_path / "test.yaml")])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_large_numbers_from_a_values_file_stay_integers(helm: str, tmp_path: Path) -> None:
+    """Helm reads a values file's numbers as floats: without `int64` a burst of a million would
+    render as 1e+06, which the router refuses (and the pods would crash-loop)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "router:\n  rateLimit:\n    requestsPerMinute: 2000000\n    burst: 1000000\n"
+        "  tokenLimit:\n    tokensPerMinute: 5000000\n    burst: 10000000\n"
+        "  maxBodyBytes: 100000000\n"
+    )
+    cm = by_kind(docs(render(helm, "-f", str(values))))["ConfigMap"]["data"]
+    assert cm["RATE_LIMIT_BURST"] == "1000000"
+    from service.settings import Settings
+
+    settings = Settings.from_env(cm, profile_path=Path())
+    assert settings.rate_limit_rpm == 2_000_000
+    assert settings.max_body_bytes == 100_000_000
+
+
+def test_the_helm_test_pod_is_pulled_and_placed_like_the_router(helm: str) -> None:
+    objs = by_kind(
+        docs(
+            render(
+                helm,
+                "--set", "imagePullSecrets[0].name=regcred",
+                "--set", "nodeSelector.pool=llm",
+                "--set", "tolerations[0].key=dedicated",
+                "--set", "tolerations[0].operator=Exists",
+            )
+        )
+    )  # fmt: skip
+    test_pod, router = objs["Pod"]["spec"], objs["Deployment"]["spec"]["template"]["spec"]
+    for field in ("imagePullSecrets", "nodeSelector", "tolerations"):
+        assert test_pod[field] == router[field], field
+    assert test_pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def notes(helm: str, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it. `helm template` skips it, so it is rendered from a
+    copy of the chart, by a template that runs it through `tpl` into a YAML string."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "NOTES.copy")
+    (chart / "templates" / "notes.yaml").write_text(
+        'notes: {{ tpl (.Files.Get "NOTES.copy") . | toJson }}\n'
+    )
+    out = run([helm, "template", "rel", str(chart), "--show-only", "templates/notes.yaml", *args])
+    assert out.returncode == 0, out.stderr
+    return str(yaml.safe_load(out.stdout)["notes"])
+
+
+def test_notes_name_the_served_config_and_warn_of_per_pod_limits(helm: str, tmp_path: Path) -> None:
+    default = notes(helm, tmp_path / "a")
+    assert "Profile: qwen (shipped)" in default
+    assert "WARNING" in default and "2 times its limits" in default  # replicaCount 2, no Redis
+    routing = notes(helm, tmp_path / "b", "-f", str(CHART / "ci" / "routing-values.yaml"))
+    assert "Profile: routing file (ConfigMap rel-api-router-files, key routing.json)" in routing
+    inline = notes(helm, tmp_path / "c", "-f", str(CHART / "ci" / "inline-profile-values.yaml"))
+    assert "Profile: inline (ConfigMap rel-api-router-files, key profile.json)" in inline
+    scaled = notes(helm, tmp_path / "d", "--set", "autoscaling.enabled=true")
+    assert "up to 10 pods a key gets up to 10 times its limits" in scaled
+    redis = notes(helm, tmp_path / "e", "-f", str(CHART / "ci" / "redis-values.yaml"))
+    assert "Redis (shared by all replicas)" in redis and "WARNING" not in redis
+    single = notes(helm, tmp_path / "f", "--set", "replicaCount=1")
+    assert "WARNING" not in single
+
+
+def test_autoscaling_minimum_above_maximum_is_refused(helm: str) -> None:
+    out = run(
+        [helm, "template", "rel", str(CHART), "--set", "autoscaling.enabled=true",
+         "--set", "autoscaling.minReplicas=20", "--set", "autoscaling.maxReplicas=10"]
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "autoscaling.minReplicas (20) is above autoscaling.maxReplicas (10)" in out.stderr
+
+
+@pytest.mark.parametrize("size", ["64Mi", "64M", "1Gi", "500k"])
+def test_tmp_size_limit_takes_kubernetes_quantities(helm: str, size: str) -> None:
+    dep = by_kind(docs(render(helm, "--set", f"tmpSizeLimit={size}")))["Deployment"]
+    (tmp,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"] == size
+
+
 def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
     objs = by_kind(docs(renders["inline-profile"]))
     data = objs["ConfigMap"]["data"]
+    files = objs["ConfigMap/config-files"]
     inline = yaml.safe_load((CHART / "ci" / "inline-profile-values.yaml").read_text())
-    assert json.loads(data["profile.json"]) == inline["profile"]["inline"]
+    assert json.loads(files["data"]["profile.json"]) == inline["profile"]["inline"]
+    # The file is not in the ConfigMap read whole into the environment (envFrom): a large one
+    # would make the environment too big for the container to start.
+    assert "profile.json" not in data
     assert data["API_ROUTER_CONFIG_PATH"] == "/etc/api-router/profile.json"
     assert "API_ROUTER_PROFILE" not in data
     spec = objs["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
+    assert c["envFrom"] == [{"configMapRef": {"name": objs["ConfigMap"]["metadata"]["name"]}}]
     mount = next(m for m in c["volumeMounts"] if m["name"] == "profile")
     assert mount == {"name": "profile", "mountPath": "/etc/api-router", "readOnly": True}
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "profile"]
+    assert vol["configMap"]["name"] == files["metadata"]["name"]
     # drainSeconds 60 -> a longer grace period.
     assert spec["terminationGracePeriodSeconds"] >= 60
 
@@ -314,10 +493,12 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
 
     objs = by_kind(docs(renders["routing"]))
     data = objs["ConfigMap"]["data"]
+    files = objs["ConfigMap/config-files"]["data"]
     values = yaml.safe_load((CHART / "ci" / "routing-values.yaml").read_text())
-    assert json.loads(data["routing.json"]) == values["profile"]["routing"]
+    assert json.loads(files["routing.json"]) == values["profile"]["routing"]
+    assert set(files) == {"routing.json"}
     assert data["API_ROUTER_CONFIG_PATH"] == "/etc/api-router/routing.json"
-    assert "API_ROUTER_PROFILE" not in data and "profile.json" not in data
+    assert "API_ROUTER_PROFILE" not in data and "routing.json" not in data
     spec = objs["Deployment"]["spec"]["template"]["spec"]
     (c,) = spec["containers"]
     assert {"name": "profile", "mountPath": "/etc/api-router", "readOnly": True} in c[
@@ -332,7 +513,7 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
     }
     # the rendered file is one the router loads (with the key the Secret would provide)
     path = tmp_path / "routing.json"
-    path.write_text(data["routing.json"])
+    path.write_text(files["routing.json"])
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-secret")
     cfg = load_file(path)
     assert cfg.routing is not None and set(cfg.routing.upstreams) == {"openai", "local"}
@@ -355,6 +536,10 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("profile.routing.name=x", "profile.routing"),  # a routing file needs its routes
         ("profile.upstreamKeys[0].env=OPENAI_API_KEY", "profile.upstreamKeys"),
         ("unknownKey=1", "unknownKey"),
+        # The latency histogram's highest finite bucket is 10 s: an alert at 10 or more is dead.
+        ("metrics.prometheusRule.p99LatencySeconds=10", "p99LatencySeconds"),
+        ("metrics.prometheusRule.overheadP99Seconds=0.1", "overheadP99Seconds"),
+        ("podDisruptionBudget.minAvailable=abc", "podDisruptionBudget.minAvailable"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: str, setting: str, message: str) -> None:

@@ -137,6 +137,18 @@ def test_image_is_non_root_with_healthcheck_labels_and_json_logs(image: str) -> 
 
 
 @pytest.mark.podman
+def test_the_image_is_also_tagged_with_the_chart_s_default_tag(image: str) -> None:
+    """`make image` then `helm install api-router ./helm`: the chart's default image is
+    `localhost/api-router:<appVersion>`, so the build tags that too (docs/deployment.md)."""
+    import yaml
+
+    app_version = yaml.safe_load((ROOT / "helm" / "Chart.yaml").read_text())["appVersion"]
+    versioned = f"{image.rpartition(':')[0]}:{app_version}"
+    ids = [json.loads(podman("image", "inspect", i).stdout)[0]["Id"] for i in (image, versioned)]
+    assert ids[0] == ids[1]
+
+
+@pytest.mark.podman
 def test_image_holds_exactly_the_runtime_lock(image: str) -> None:
     """requirements/runtime.txt, which tests/unit/test_packaging.py holds to the versions the
     tests ran, is what the image has: nothing more (but pip and the router), nothing else."""
