@@ -32,6 +32,11 @@ class TranslationOptions:
 
 DEFAULT_OPTIONS = TranslationOptions()
 
+# The arguments of a tool call without any, as OpenAI writes them: a JSON object. Anthropic's
+# stream of a tool without input has one empty fragment, and some Chat upstreams send "", which
+# a client's JSON parser (Codex's, the openai SDK's `parse`) refuses.
+NO_ARGUMENTS = "{}"
+
 # Labels of `translation_dropped_fields_total{field}`: everything a translated request may leave
 # out, in either direction (docs/translation.md, says what each one covers). A closed
 # set: a label not in it is a programming error.

@@ -18,6 +18,7 @@ from .common import (
     DONE,
     EFFORT_BUDGET,
     EFFORT_TO_ANTHROPIC,
+    NO_ARGUMENTS,
     STOP_TO_FINISH,
     Drops,
     StreamTranslator,
@@ -458,7 +459,7 @@ def error(status: int, body: bytes) -> dict[str, Any]:
 class EventTranslator(StreamTranslator):
     """Anthropic Messages events in, Chat Completions chunks and `[DONE]` out."""
 
-    __slots__ = ("_finished", "_head", "_tools", "_usage", "include_usage")
+    __slots__ = ("_argued", "_finished", "_head", "_tools", "_usage", "include_usage")
 
     def __init__(self, include_usage: bool, created: int) -> None:
         super().__init__()
@@ -470,6 +471,7 @@ class EventTranslator(StreamTranslator):
             "model": None,
         }
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool_call index
+        self._argued: set[int] = set()  # tool_call indexes whose arguments were not empty
         self._usage: dict[str, Any] = {}
         self._finished = False  # the finish_reason chunk went out
 
@@ -490,6 +492,8 @@ class EventTranslator(StreamTranslator):
             reason = (data.get("delta") or {}).get("stop_reason")
             self._finished = True
             return [self._chunk({}, STOP_TO_FINISH.get(reason or "", "stop"))]
+        if kind == "content_block_stop":
+            return self._block_stop(data)
         if kind == "message_stop":
             return self._end()
         if kind == "error":
@@ -498,7 +502,7 @@ class EventTranslator(StreamTranslator):
             message = err.get("message") if isinstance(err, dict) else None
             body = orjson.dumps({"error": {"message": message, "type": err.get("type")}})
             return [sse(error(500, body), "error")]
-        return []  # ping, content_block_stop, and event types added later
+        return []  # ping, and event types added later
 
     def finish(self) -> list[bytes]:
         """The upstream ended: finish the stream if the message did (without message_stop); a
@@ -537,9 +541,22 @@ class EventTranslator(StreamTranslator):
             position = self._tools.get(data.get("index", 0))
             if position is None:
                 return []
-            call = {"index": position, "function": {"arguments": delta.get("partial_json", "")}}
+            fragment = delta.get("partial_json", "")
+            if fragment:
+                self._argued.add(position)
+            call = {"index": position, "function": {"arguments": fragment}}
             return [self._chunk({"tool_calls": [call]})]
         return []
+
+    def _block_stop(self, data: dict[str, Any]) -> list[bytes]:
+        """A tool call whose input was empty (a tool without parameters: Anthropic streams one
+        empty fragment) gets `{}`, so that its arguments are JSON, as when not streamed."""
+        position = self._tools.get(data.get("index", 0))
+        if position is None or position in self._argued:
+            return []
+        self._argued.add(position)
+        call = {"index": position, "function": {"arguments": NO_ARGUMENTS}}
+        return [self._chunk({"tool_calls": [call]})]
 
     def _end(self) -> list[bytes]:
         self.done = True

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .common import error_message, openai_error_type
+from .common import NO_ARGUMENTS, error_message, openai_error_type
 from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS
 
 # Chat finish_reason -> (Responses status, incomplete_details.reason).
@@ -196,7 +196,7 @@ def output_items(
             tool_item(
                 fn.get("name"),
                 call.get("id"),
-                fn.get("arguments"),
+                fn.get("arguments") or NO_ARGUMENTS,
                 base,
                 len(items),
                 custom,

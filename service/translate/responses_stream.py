@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .common import BadUpstreamEvent, StreamTranslator, sse
+from .common import NO_ARGUMENTS, BadUpstreamEvent, StreamTranslator, sse
 from .responses_output import (
     base_id,
     error_code,
@@ -374,6 +374,8 @@ class ResponsesStream(StreamTranslator):
             return
         self._call = None
         call.state = "closed"
+        if call.decoder is None and not any(call.args):
+            self._arguments(call, NO_ARGUMENTS, out)  # the deltas add up to what .done says
         arguments = "".join(call.args)
         item = tool_item(
             call.name, call.call_id, arguments, self._base, call.index, self.custom, status
