@@ -72,11 +72,24 @@ def error_event(data: bytes) -> bytes:
 # The Responses API (a coding agent such as Codex reads events, not comments, to reset its idle
 # timer): its heartbeat is an event of a type no client acts on, and a broken stream ends with
 # `response.failed`, the event its clients wait for, carrying the error's code and message.
+# Before the stream's first event the heartbeat is the comment of the other routes: an event
+# before `response.created` breaks the official SDK's stream reader.
 RESPONSES_HEARTBEAT = b'event: keepalive\ndata: {"type":"keepalive"}\n\n'
 
 
-def responses_failed_event(data: bytes) -> bytes:
-    """`response.failed` for the error `data` (the OpenAI error shape `{"error": {...}}`)."""
+def responses_error_body(err: RouterError, status: int | None = None) -> bytes:
+    """The router's own error for a Responses stream: the code is one of the API's own
+    (`rate_limit_exceeded` or `server_error`, as the SDK's `ResponseError.code` lists them);
+    the router's own code is the completion line's `error_type`. `status`: the upstream's, when
+    the error stands for its answer."""
+    code = "rate_limit_exceeded" if (status or err.status) == 429 else "server_error"
+    return orjson.dumps({"error": {"message": err.message, "type": err.type, "code": code}})
+
+
+def responses_failed_event(data: bytes, created_id: str | None = None) -> bytes:
+    """`response.failed` for the error `data` (the OpenAI error shape `{"error": {...}}`),
+    after a `response.created` of the id `created_id` when one is given (no event went out yet:
+    clients read `response.failed` only after `response.created`)."""
     try:
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -85,17 +98,26 @@ def responses_failed_event(data: bytes) -> bytes:
     if not isinstance(err, dict):
         err = {}
     code = err.get("code") or err.get("type") or "server_error"
-    response = {
+    response: dict[str, Any] = {
         "object": "response",
         "status": "failed",
         "error": {"code": code, "message": str(err.get("message") or "The stream failed")},
         "output": [],
     }
-    body = orjson.dumps({"type": "response.failed", "response": response})
-    return b"event: response.failed\ndata: " + body + b"\n\n"
+    if created_id is None:  # after the upstream's events, whose numbering is the upstream's
+        body = orjson.dumps({"type": "response.failed", "response": response})
+        return b"event: response.failed\ndata: " + body + b"\n\n"
+    response["id"] = created_id
+    started = {**response, "status": "in_progress", "error": None}
+    created = {"type": "response.created", "response": started, "sequence_number": 0}
+    failed = {"type": "response.failed", "response": response, "sequence_number": 1}
+    return (
+        b"event: response.created\ndata: " + orjson.dumps(created) + b"\n\n"
+        b"event: response.failed\ndata: " + orjson.dumps(failed) + b"\n\n"
+    )
 
 
-def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
+def upstream_error_data(status: int, body: bytes, anthropic: bool, responses: bool) -> bytes:
     """The `data:` of the error event for an upstream non-2xx answer after an early commit: the
     upstream's own JSON error when it sent one, else the router's, on one line."""
     try:
@@ -104,7 +126,8 @@ def upstream_error_data(status: int, body: bytes, anthropic: bool) -> bytes:
         parsed = None
     if isinstance(parsed, dict) and "error" in parsed:
         return orjson.dumps(parsed)
-    return error_body(UpstreamError(f"The upstream answered HTTP {status}"), anthropic)
+    err = UpstreamError(f"The upstream answered HTTP {status}")
+    return responses_error_body(err, status) if responses else error_body(err, anthropic)
 
 
 class _Stream:
@@ -188,7 +211,10 @@ class _Stream:
             beat = self.last_write + self.interval
             if now < beat:
                 return min(beat, until) - now
-            await self.write(self.heartbeat)
+            if self.responses and self.request.ctx.state.first_byte_latency is None:
+                await self.write(HEARTBEAT)  # no event yet (see RESPONSES_HEARTBEAT)
+            else:
+                await self.write(self.heartbeat)
 
     async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
         """Wait for `task` with heartbeats; False when the monotonic time `until` came first."""
@@ -216,7 +242,9 @@ class _Stream:
             return error_event(data)
         if isinstance(self.translator, ResponsesTranslator):  # it knows what is still open
             return b"".join(self.translator.error_events(status, data))
-        return responses_failed_event(data)
+        ctx = self.request.ctx
+        first = ctx.state.first_byte_latency is None  # the upstream's own events: none yet
+        return responses_failed_event(data, "resp_" + ctx.request_id if first else None)
 
     def restore(self) -> None:
         """The connection may serve more requests after this stream: back to Sanic's limits."""
@@ -227,7 +255,9 @@ class _Stream:
 
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         self.request.ctx.state.error_type = err.error_type
-        await self.write(self.failure(err.status, data or error_body(err, self.anthropic)))
+        if data is None:
+            data = responses_error_body(err) if self.responses else error_body(err, self.anthropic)
+        await self.write(self.failure(err.status, data))
         await self.end()
 
 
@@ -462,7 +492,9 @@ async def relay_stream(
             elif translator is not None:  # the upstream's own error, read by the translator
                 data = body
             else:
-                data = upstream_error_data(resp.status_code, body, stream.anthropic)
+                data = upstream_error_data(
+                    resp.status_code, body, stream.anthropic, stream.responses
+                )
             await stream.write(stream.failure(resp.status_code, data))
             await stream.end()
             return None

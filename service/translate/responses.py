@@ -64,7 +64,13 @@ import orjson
 
 from ..errors import UpstreamJSONError
 from . import Translator
-from .common import DEFAULT_OPTIONS, JSONAnswers, TranslationOptions, Untranslatable
+from .common import (
+    DEFAULT_OPTIONS,
+    BadUpstreamEvent,
+    JSONAnswers,
+    TranslationOptions,
+    Untranslatable,
+)
 from .responses_output import (
     as_dict,
     base_id,
@@ -205,8 +211,12 @@ class ResponsesTranslator(JSONAnswers):
         if self.to_anthropic:
             events = self._translator().events(events)
         out: list[bytes] = []
-        for event in events:
-            out.extend(stream.feed(event))
+        try:
+            for event in events:
+                out.extend(stream.feed(event))
+        except BadUpstreamEvent:
+            stream.unsent(out)  # they end the stream, before its response.failed
+            raise
         return out
 
     def finish(self) -> list[bytes]:

@@ -98,6 +98,7 @@ class ResponsesStream(StreamTranslator):
         "_seq",
         "_started",
         "_text",
+        "_unsent",
         "_usage",
         "created",
         "custom",
@@ -119,6 +120,10 @@ class ResponsesStream(StreamTranslator):
         self._call: _Call | None = None  # the open call
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
+        # Events made before an upstream event was refused (BadUpstreamEvent): they go out
+        # ahead of `response.failed` (`error_events`), so that the client's stream still
+        # begins with `response.created` and its sequence numbers have no gap.
+        self._unsent: list[bytes] = []
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -151,11 +156,24 @@ class ResponsesStream(StreamTranslator):
 
     def on_event(self, data: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = []
+        try:
+            self._on_event(data, out)
+        except BadUpstreamEvent:
+            self._unsent.extend(out)
+            raise
+        return out
+
+    def unsent(self, events: list[bytes]) -> None:
+        """`events` (made from earlier upstream events of the same read) did not go out either:
+        they come first."""
+        self._unsent[:0] = events
+
+    def _on_event(self, data: dict[str, Any], out: list[bytes]) -> None:
         if not self._started:
             self._start(data, out)
         if "error" in data:
             out.extend(self._failed(stream_error(data)))
-            return out
+            return
         if isinstance(data.get("usage"), dict):
             self._usage = usage(data["usage"])
         if self._model is None and isinstance(data.get("model"), str):
@@ -163,7 +181,6 @@ class ResponsesStream(StreamTranslator):
         for choice in data.get("choices") or []:
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 self._choice(choice, out)
-        return out
 
     def on_done(self) -> list[bytes]:
         out: list[bytes] = []
@@ -450,7 +467,7 @@ class ResponsesStream(StreamTranslator):
         `response.failed` (after `response.created`/`in_progress` if none went out yet)."""
         if self.done:
             return []
-        out: list[bytes] = []
+        out, self._unsent = self._unsent, []
         if not self._started:
             self._start({}, out)
         err = error_json(status, body)["error"]

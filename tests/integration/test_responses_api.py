@@ -203,9 +203,13 @@ def test_responses_heartbeat_is_an_event_clients_count_and_ignore(
     ) as r:
         data = r.read().decode()
     beat = 'event: keepalive\ndata: {"type":"keepalive"}\n\n'
-    assert ": heartbeat" not in data  # no comment: Codex's idle timer does not see comments
-    assert data.startswith(beat) and data.count(beat) >= 3
-    assert data.replace(beat, "") == "".join(events)  # the upstream's events, untouched
+    comment = ": heartbeat\n\n"
+    # Before the first event: comments (an event before response.created breaks the SDK's
+    # reader); after it: events (Codex's idle timer does not see comments).
+    first = data.index(events[0])
+    assert first > 0 and set(data[:first].split("\n\n")) == {": heartbeat", ""}
+    assert comment not in data[first:] and data[first:].count(beat) >= 1
+    assert data[first:].replace(beat, "") == "".join(events)  # the upstream's events, untouched
     # The official SDK reads through the heartbeats.
     upstream.reply_with(
         Reply(
@@ -243,5 +247,52 @@ def test_a_responses_stream_that_breaks_ends_with_response_failed(
     failed = json.loads(last.split("data: ", 1)[1])
     assert failed["type"] == "response.failed"
     assert failed["response"]["status"] == "failed"
-    assert failed["response"]["error"]["code"] == "stream_error"
+    # One of the API's own codes (the SDK's ResponseError.code lists them); the router's own
+    # (stream_error) is the completion line's error_type.
+    assert failed["response"]["error"]["code"] == "server_error"
     assert "response.completed" not in data  # never a clean end
+    line = beating_router.wait_for_log(
+        lambda e: e.get("event") == "request_completed" and e.get("error_type") == "stream_error"
+    )
+    assert line["status_code"] == 200
+
+
+def test_the_sdk_reads_a_stream_whose_first_event_is_slow(
+    beating_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The upstream's head at once, its first event after several heartbeat intervals (a model
+    thinking): the official SDK's stream reader gets response.created first and reads it all."""
+    events = openai_response_stream("m")
+    upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[(0.7, events[0].encode())] + [(0.0, e.encode()) for e in events[1:]],
+        )
+    )
+    with (
+        openai.OpenAI(base_url=beating_router.url + "/v1", api_key="k", max_retries=0) as client,
+        client.responses.stream(model="m", input="hi") as stream,
+    ):
+        seen = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert seen[0] == "response.created" and final.output_text == "Hello"
+
+
+def test_an_upstream_error_after_an_early_head_is_created_then_failed(
+    beating_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The upstream slower than the heartbeat, then a 429: the head went out already, so the
+    error is an event; the SDK reads response.failed only after a response.created."""
+    body = b'{"error": {"message": "Slow down", "type": "requests", "code": "rate_limit_exceeded"}}'
+    upstream.reply_with(
+        Reply(status=429, delay=0.7, headers=[("Content-Type", "application/json")], body=body)
+    )
+    with (
+        openai.OpenAI(base_url=beating_router.url + "/v1", api_key="k", max_retries=0) as client,
+        client.responses.stream(model="m", input="hi") as stream,
+    ):
+        seen = [e for e in stream]
+    assert [e.type for e in seen] == ["response.created", "response.failed"]
+    assert seen[0].response.id == seen[1].response.id
+    assert seen[1].response.error.code == "rate_limit_exceeded"
+    assert seen[1].response.error.message == "Slow down"

@@ -386,6 +386,37 @@ def test_more_arguments_for_a_call_reported_done_are_an_upstream_fault() -> None
         tr.events([_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "x"}}]})])
 
 
+def test_events_before_a_refused_one_still_go_out_ahead_of_response_failed() -> None:
+    """One read: the first chunk, then an event the translator refuses. The client's stream must
+    still begin with `response.created` and count its sequence numbers without a gap (the SDK
+    refuses anything else), so what was made before the refusal comes first."""
+    tr = ResponsesTranslator("openai", {}, CREATED)
+    with pytest.raises(BadUpstreamEvent):
+        tr.events([_chunk({"content": "Hi"}), b"data: upstream overloaded, retry\n\n"])
+    events = sdk_events(b"".join(tr.error_events(502, b"")))
+    assert [e.type for e in events][:3] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+    ]
+    assert events[-1].type == "response.failed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    # Refused inside one event, after parts of it were made: those go out too.
+    call = {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}
+    tr = ResponsesTranslator("openai", {"tools": [{"type": "function", "name": "f"}]}, CREATED)
+    tr.events([_chunk({"tool_calls": [call]})])
+    tr.events([_chunk({"tool_calls": [{**call, "index": 1, "id": "b"}]})])  # closes call 0
+    late = [
+        {"index": 1, "function": {"arguments": "{}"}},
+        {"index": 0, "function": {"arguments": "x"}},
+    ]
+    with pytest.raises(BadUpstreamEvent):
+        tr.events([_chunk({"tool_calls": late})])
+    events = sdk_events(b"".join(tr.error_events(502, b"")))
+    assert [e.type for e in events] == ["response.function_call_arguments.delta", "response.failed"]
+    assert events[0].sequence_number + 1 == events[1].sequence_number
+
+
 def test_a_stream_event_that_is_not_json_is_an_upstream_fault() -> None:
     for fmt in DIRECTIONS.values():
         with pytest.raises(BadUpstreamEvent):
