@@ -10,6 +10,7 @@ what each buys: bench/README.md, "Fast paths").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,8 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> floa
         value = float(raw.strip())
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r} is not a finite number")
     if value < lo:
         raise SettingsError(f"{name}={value} must be >= {lo}")
     return value

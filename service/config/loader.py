@@ -211,7 +211,13 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         raise ConfigError(f"{path}: cannot read: {e.__class__.__name__}") from None
     parsed = parse_profile(path, text)
     profile, routing = parsed if isinstance(parsed, tuple) else (parsed, None)
-    endpoints = profile.resolve()
+    try:
+        endpoints = profile.resolve()
+        limits = _limits(endpoints)
+    except (ArithmeticError, ValueError, TypeError) as e:
+        # A value the schema let through that the router cannot use. Only the class: the text
+        # may quote the file's values.
+        raise ConfigError(f"{path}: cannot be used: {e.__class__.__name__}") from None
     return LoadedConfig(
         path=path,
         profile=profile,
@@ -225,7 +231,7 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
             if routing is not None
             else frozenset(profile.advertised_models())
         ),
-        limits=_limits(endpoints),
+        limits=limits,
         routing=routing,
     )
 

@@ -120,6 +120,9 @@ class _Strict(BaseModel):
         strict=True,
         alias_generator=to_camel,
         populate_by_name=True,
+        # JSON's 1e400 reads as infinity: refused with the other bad numbers, not met later in
+        # the arithmetic of a limit (where it raised, and a reload then stopped for good).
+        allow_inf_nan=False,
     )
 
 

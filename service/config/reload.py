@@ -60,14 +60,10 @@ class ConfigHolder:
         try:
             new = load_file(path, now=time.time())
         except ConfigError as e:
-            # Remember the broken version so it is reported once, not every second.
-            self._bad_stamp = stamp
-            self.failures += 1
-            self.last_error = str(e)
-            self.last_error_at = time.time()
-            log.error("config_reload_failed", path=str(path), error=str(e))
-            if self.on_result:
-                self.on_result("failure")
+            self._failed(stamp, str(e))
+            return False
+        except Exception as e:  # never ends the watch: the next edit must still be read
+            self._failed(stamp, f"{path}: cannot be loaded: {e.__class__.__name__}")
             return False
         self._bad_stamp = None
         if self.on_load is not None:
@@ -80,11 +76,24 @@ class ConfigHolder:
             self.on_result("success")
         return True
 
+    def _failed(self, stamp: tuple[int, int, int], error: str) -> None:
+        # Remember the broken version so it is reported once, not every second.
+        self._bad_stamp = stamp
+        self.failures += 1
+        self.last_error = error
+        self.last_error_at = time.time()
+        log.error("config_reload_failed", path=str(self.current.path), error=error)
+        if self.on_result:
+            self.on_result("failure")
+
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(CHECK_INTERVAL_SECS)
             # A stat() per second; parsing happens only when the file really changed.
-            self.check()
+            try:
+                self.check()
+            except Exception as e:  # e.g. in on_load: logged, and the watch goes on
+                log.error("config_watch_error", error_class=e.__class__.__name__)
 
     def state(self) -> dict[str, object]:
         return {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, available_profiles, find_profile, load_file, profile_schema
-from service.config.loader import SHIPPED_DIR
+from service.config.loader import SHIPPED_DIR, LoadedConfig
 from service.config.model import PROXY_ROUTES
 from service.proxy.headers import credential_header
 
@@ -218,6 +218,86 @@ def test_invalid_profiles_name_file_and_json_path(
     assert msg.startswith(str(p) + ": ")
     assert fragment in msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name":"x","baseUrl":"http://h","rateLimit":{"requestsPerMinute":1e400}}',
+        '{"name":"x","baseUrl":"http://h","rateLimit":{"requestsPerMinute":NaN}}',
+        '{"name":"x","baseUrl":"http://h","timeouts":{"readSecs":-Infinity}}',
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused_like_other_bad_values(
+    tmp_path: Path, text: str
+) -> None:
+    """JSON's 1e400 reads as infinity: it must be a ConfigError naming the path (it raised
+    OverflowError in a limit's arithmetic, a traceback at start and a dead reload later)."""
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"Input should be a finite number") as e:
+        load_file(p)
+    assert str(e.value).startswith(f"{p}: $.")
+
+
+def test_a_config_reload_that_fails_unexpectedly_is_a_failure_and_the_next_edit_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever loading raises, the holder counts a failure, keeps the last good config and
+    reads the next edit (before, anything but ConfigError ended the watch for good)."""
+    from service.config import reload
+
+    p = _write(tmp_path, {"name": "one", "baseUrl": "http://h"})
+    holder = reload.ConfigHolder(load_file(p))
+    real = reload.load_file
+
+    def broken(path: Path, now: float | None = None) -> LoadedConfig:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(reload, "load_file", broken)
+    _write(tmp_path, {"name": "two", "baseUrl": "http://h", "port": 8001})
+    assert holder.check() is False
+    state = holder.state()
+    assert state["reloadFailures"] == 1 and state["profile"] == "one"
+    assert state["lastError"] == f"{p}: cannot be loaded: OverflowError"
+    assert holder.check() is False and holder.failures == 1  # reported once per version
+    monkeypatch.setattr(reload, "load_file", real)
+    _write(tmp_path, {"name": "three", "baseUrl": "http://h"})
+    assert holder.check() is True and holder.current.profile.name == "three"
+
+
+def test_the_watch_goes_on_after_an_error_in_a_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error outside loading (here the holder's `on_load` hook) is logged and the watch
+    reads the next edit."""
+    import asyncio
+
+    from service.config import reload
+
+    monkeypatch.setattr(reload, "CHECK_INTERVAL_SECS", 0.01)
+    p = _write(tmp_path, {"name": "one", "baseUrl": "http://h"})
+    seen: dict[str, asyncio.Event] = {}
+
+    def on_load(cfg: LoadedConfig) -> None:
+        seen.setdefault(cfg.profile.name, asyncio.Event()).set()
+        if cfg.profile.name == "two":
+            raise RuntimeError("hook failed")
+
+    async def run() -> reload.ConfigHolder:
+        holder = reload.ConfigHolder(load_file(p), on_load=on_load)
+        watching = asyncio.ensure_future(holder.watch())
+        try:
+            async with asyncio.timeout(5):
+                _write(tmp_path, {"name": "two", "baseUrl": "http://h"})
+                await seen.setdefault("two", asyncio.Event()).wait()
+                _write(tmp_path, {"name": "three", "baseUrl": "http://h", "port": 8001})
+                await seen.setdefault("three", asyncio.Event()).wait()
+        finally:
+            watching.cancel()
+        return holder
+
+    holder = asyncio.run(run())
+    assert holder.current.profile.name == "three"
 
 
 def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:

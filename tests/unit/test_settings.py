@@ -52,3 +52,10 @@ def test_an_unknown_log_level_is_refused_with_the_accepted_names() -> None:
     assert str(e.value) == (
         "LOG_LEVEL='loud' must be debug, info, warning (or warn), error or critical"
     )
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "Infinity"])
+def test_a_number_setting_must_be_finite(raw: str) -> None:
+    """API_ROUTER_DRAIN_SECS=nan was accepted (and cut every stream at SIGTERM)."""
+    with pytest.raises(SettingsError, match=r"API_ROUTER_DRAIN_SECS=.* is not a finite number"):
+        Settings.from_env({"API_ROUTER_DRAIN_SECS": raw}, profile_path=Path())
