@@ -13,6 +13,7 @@ from .config.model import COUNT_TOKENS, MESSAGES
 from .errors import (
     BadRequest,
     ClientClosedRequest,
+    ExpectationFailed,
     HeaderTooLarge,
     MethodNotAllowed,
     NotFound,
@@ -43,6 +44,8 @@ def to_router_error(exc: BaseException) -> RouterError:
         return HeaderTooLarge()  # a head over REQUEST_MAX_HEADER_SIZE
     if isinstance(exc, sx.PayloadTooLarge):
         return PayloadTooLarge()
+    if isinstance(exc, sx.ExpectationFailed):
+        return ExpectationFailed()
     if isinstance(exc, sx.RequestCancelled):
         return ClientClosedRequest()
     if isinstance(exc, sx.RequestTimeout):

@@ -9,6 +9,7 @@
     │   ├── MethodNotAllowed         405 (with Allow)
     │   ├── RequestTimeout           408 head or body not received in time (service.connlimits)
     │   ├── PayloadTooLarge          413 request_too_large
+    │   ├── ExpectationFailed        417 an `Expect` other than 100-continue
     │   ├── RateLimited              429 rate_limit_error (with Retry-After / X-RateLimit-*;
     │   │                            a token limit adds x-ratelimit-*-tokens)
     │   └── HeaderTooLarge           431 head over API_ROUTER_MAX_HEADER_BYTES (Sanic says 413)
@@ -78,6 +79,15 @@ class PayloadTooLarge(ClientError):
     anthropic_type = "request_too_large"
     code = "request_too_large"
     message = "Request body is larger than the router accepts"
+
+
+class ExpectationFailed(ClientError):
+    """RFC 9110 §10.1.1: an `Expect` the server cannot meet (only 100-continue is known)."""
+
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+    message = "Unsupported Expect header: only 100-continue is known"
 
 
 class RateLimited(ClientError):

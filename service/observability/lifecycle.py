@@ -321,6 +321,13 @@ def install(app: Sanic[Any, AppContext]) -> None:
         if not hasattr(request.ctx, "finished"):
             # Refused before its head was accepted (malformed, too large, too slow): Sanic
             # answers through an empty request that never passed `http.lifecycle.request`.
-            # It is still counted and logged (route `unmatched` unless the path was read).
+            conn = connection_of(request)
+            first = getattr(conn.ctx, "request", None) if conn is not None else None
+            if first is not None and first is not request and not first.ctx.finished:
+                # Refused after it passed (an unknown Expect, a bad Content-Length): the answer
+                # is that request's, which is finished with it (in flight no more).
+                finish(first, response.status, response)
+                return
+            # Else it is still counted and logged (route `unmatched` unless the path was read).
             await _request(request)
         finish(request, response.status, response)

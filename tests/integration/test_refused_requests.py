@@ -8,7 +8,9 @@ import socket
 
 import httpx
 
-from tests.support import RouterProcess
+from tests.conftest import base_profile
+from tests.fakes.upstream import FakeUpstream
+from tests.support import RouterFactory, RouterProcess
 
 
 def _raw(port: int, data: bytes) -> bytes:
@@ -41,3 +43,39 @@ def test_malformed_and_oversized_heads_are_counted_and_logged(router: RouterProc
     assert _count(router.url, "unmatched", "431") == before_431 + 1
     line = router.wait_for_log(lambda r: r.get("request_id") == rid.group(1).decode())
     assert line["event"] == "request_completed" and line["status_code"] == 400
+
+
+def _gauge(url: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", httpx.get(url + "/metrics").text, re.M)
+    assert m is not None, name
+    return float(m.group(1))
+
+
+def test_heads_refused_after_they_were_read_leave_nothing_in_flight(
+    router_factory: RouterFactory, fake_upstream: FakeUpstream
+) -> None:
+    """Sanic refuses some heads only after the request began (an unknown Expect, a transfer
+    coding it does not know): the answer is that request's own, 417 / 400 with its request id
+    on the completion line, and the in-flight gauge comes back down (it kept one per such
+    request, so any client could raise it for good)."""
+    r = router_factory(base_profile(fake_upstream.url))
+    baseline = _gauge(r.url, "in_flight_requests")  # the scrape itself
+    answer = _raw(
+        r.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    assert answer.startswith(b"HTTP/1.1 417")
+    assert b'"code":"expectation_failed"' in answer
+    rid = re.search(rb"X-Request-ID: (\w+)", answer)
+    assert rid is not None
+    line = r.wait_for_log(lambda e: e.get("request_id") == rid.group(1).decode())
+    assert line["event"] == "request_completed" and line["status_code"] == 417
+    assert line["method"] == "POST"
+    for _ in range(3):
+        answer = _raw(r.port, b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400")
+        _raw(r.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: x\r\n"
+             b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
+    assert _gauge(r.url, "in_flight_requests") == baseline
+    assert not [e for e in r.logs() if e.get("event") == "router_error"]
