@@ -15,6 +15,11 @@ the per-worker set of live connections every protocol holds (`HttpProtocol.conne
 connection's `_http.keep_alive` and `close_if_idle()`, and the signal handlers its worker manager
 installs (chained, not replaced). An upgrade of Sanic that moves these may break it:
 tests/integration/test_shutdown.py stops a real router with streams in flight. Always on.
+
+SIGHUP (a terminal that closes, or an operator used to "HUP reloads") would end the main process
+by default and leave its workers serving, orphaned. It is logged and otherwise ignored, in the
+main process and in the workers: the active config file is reloaded whenever it changes anyway
+(service.config.reload).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import structlog
 from sanic import Request, Sanic
 
 from ..context import AppContext
@@ -60,6 +66,17 @@ def install(app: Sanic[Any, AppContext]) -> None:
         socks = [s for info in app.state.server_info if (s := info.settings.get("sock"))]
         for sig in (signal.SIGTERM, signal.SIGINT):
             _chain_handler(sig, lambda: _close_all(socks))
+        signal.signal(signal.SIGHUP, _hangup)
+
+    @app.before_server_start
+    async def _ignore_hangup(app: Sanic) -> None:
+        signal.signal(signal.SIGHUP, _hangup)
+
+
+def _hangup(signum: int, frame: FrameType | None) -> None:
+    structlog.get_logger("api_router").info(
+        "sighup_ignored", detail="the config file is reloaded when it changes"
+    )
 
 
 def _close_all(socks: list[socket.socket]) -> None:

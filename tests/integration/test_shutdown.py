@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import base_profile
@@ -217,3 +219,31 @@ def test_sigterm_while_workers_start_ends_the_process(
     router.proc.send_signal(signal.SIGTERM)
     assert router.proc.wait(20) == 0, router.output()[-3000:]  # stock Sanic: TimeoutExpired
     assert "Experienced exception while trying to serve" not in router.output()
+
+
+def test_sighup_is_logged_and_changes_nothing(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """SIGHUP to the main process and to a worker (a closed terminal, an operator's habit of
+    "HUP reloads"): by default it ended the main process and left its workers serving, orphaned.
+    Both stay, the router serves on, and SIGTERM still stops it with status 0."""
+    router = router_factory(profile(fake), workers=2)
+    assert router.proc is not None
+    workers = worker_pids(router)
+    assert len(workers) == 2
+    try:
+        router.proc.send_signal(signal.SIGHUP)
+        os.kill(workers[0], signal.SIGHUP)
+        router.wait_for_log(lambda e: e.get("event") == "sighup_ignored")
+        time.sleep(0.5)
+        assert router.proc.poll() is None
+        assert sorted(worker_pids(router)) == sorted(workers)
+        for _ in range(4):
+            assert httpx.get(router.url + "/health").status_code == 200
+        hangups = [e for e in router.logs() if e.get("event") == "sighup_ignored"]
+        assert len(hangups) == 2
+        assert router.stop() == 0
+    finally:  # a main process that died leaves its workers behind: stop them too
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
