@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -86,7 +87,10 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
         # `api-router 9000` / `api-router --config f.json 9000`: a lone number is the port.
         args.port, args.profile = args.profile, None
     name = args.profile or env.get("API_ROUTER_PROFILE") or "qwen"
-    config_path = args.config or env.get("API_ROUTER_CONFIG_PATH") or None
+    # Arguments win over the environment: a PROFILE argument over API_ROUTER_CONFIG_PATH (which
+    # the chart sets), as --config wins over both.
+    env_path = None if args.profile else env.get("API_ROUTER_CONFIG_PATH")
+    config_path = args.config or env_path or None
     path = find_profile(name, config_path)
     loaded = load_file(path)  # validated here so a bad file fails before any worker starts
     if args.port is not None:
@@ -109,6 +113,22 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
     return Settings.from_env(
         env, profile_path=path.absolute(), host=host, port=port, workers=workers
     )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Whether `host:port` can be listened on, before any worker starts: a port in use or a host
+    that is not an address of this machine is one line and exit 2, not Sanic's traceback. (The
+    socket is closed at once; Sanic binds its own, with the same SO_REUSEADDR.)"""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as e:  # socket.gaierror included
+        raise SettingsError(f"cannot listen on {where}: {e.strerror or e}") from None
 
 
 def prepare_multiproc_dir(env: dict[str, str]) -> str:
@@ -192,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = resolve_settings(argv, env)
         from_settings(settings)  # an unusable access keys file stops us here, not in a worker
+        check_listen(settings.host, settings.port)
     except (ConfigError, SettingsError) as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -122,3 +122,30 @@ def test_env_profile_and_port_are_used_and_args_win(tmp_path: Path) -> None:
         finally:
             proc.kill()
             out.close()
+
+
+def test_a_port_in_use_or_a_foreign_host_exits_2_with_one_line() -> None:
+    """Caught before any worker starts (it was a Sanic traceback and exit 1)."""
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = run_cli("qwen", str(port), "--host", "127.0.0.1")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"api-router: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    for host, reason in (
+        ("999.1.1.1", "Name or service not known"),
+        ("192.0.2.1", "Cannot assign requested address"),  # TEST-NET-1: never this machine's
+    ):
+        r = run_cli("qwen", str(free_port()), "--host", host)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"api-router: error: cannot listen on {host}:"
+        )
+        assert reason in lines[0]

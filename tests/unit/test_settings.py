@@ -59,3 +59,19 @@ def test_a_number_setting_must_be_finite(raw: str) -> None:
     """API_ROUTER_DRAIN_SECS=nan was accepted (and cut every stream at SIGTERM)."""
     with pytest.raises(SettingsError, match=r"API_ROUTER_DRAIN_SECS=.* is not a finite number"):
         Settings.from_env({"API_ROUTER_DRAIN_SECS": raw}, profile_path=Path())
+
+
+def test_a_profile_argument_wins_over_the_config_path_of_the_environment(tmp_path: Path) -> None:
+    """configuration.md: arguments win over the environment. The chart sets
+    API_ROUTER_CONFIG_PATH; `api-router openai` in such a pod served the mounted file."""
+    from service.__main__ import resolve_settings
+    from service.config.loader import SHIPPED_DIR
+
+    live = tmp_path / "live.json"
+    live.write_text('{"name": "live", "baseUrl": "http://h"}')
+    env = {"API_ROUTER_CONFIG_PATH": str(live)}
+    assert (
+        resolve_settings(["openai"], env).profile_path == (SHIPPED_DIR / "openai.json").absolute()
+    )
+    assert resolve_settings([], env).profile_path == live.absolute()
+    assert resolve_settings(["--config", str(live), "openai"], {}).profile_path == live.absolute()
