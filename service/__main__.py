@@ -33,6 +33,8 @@ from .access import from_settings
 from .config import ConfigError, Profile, find_profile, load_file
 from .ejection import EJECTION_TABLE_ENV
 from .ejection import share_table as share_ejection_table
+from .observability import sentry
+from .proxy.upstream import check_transport
 from .ratelimit import check_backend
 from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import (
@@ -213,7 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = resolve_settings(argv, env)
         from_settings(settings)  # an unusable access keys file stops us here, not in a worker
         check_listen(settings.host, settings.port)
-    except (ConfigError, SettingsError) as e:
+        check_transport(env)  # and what the workers would only find out each on its own
+        sentry.check(env)
+    except (ConfigError, SettingsError, ValueError) as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:

@@ -30,6 +30,23 @@ def configured(env: dict[str, str] | None = None) -> bool:
     return bool((os.environ if env is None else env).get("SENTRY_DSN", "").strip())
 
 
+def check(env: dict[str, str]) -> None:
+    """A SENTRY_DSN the SDK would refuse, found in the main process (each worker failed on it,
+    and Sanic then killed the whole process group). The DSN itself is never repeated: it holds
+    the project's key."""
+    dsn = env.get("SENTRY_DSN", "").strip()
+    if not dsn:
+        return
+    try:
+        from sentry_sdk.utils import BadDsn, Dsn
+    except ImportError:
+        return  # logged by each worker as sentry_unavailable; the router serves without it
+    try:
+        Dsn(dsn)
+    except BadDsn:
+        raise ValueError("SENTRY_DSN is not a valid Sentry DSN") from None
+
+
 def _before_send(event: Any, _hint: Any) -> Any:
     return scrub(event)
 

@@ -15,9 +15,11 @@ copying their text: an exception message may contain the upstream URL or a heade
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -46,6 +48,17 @@ _httpx_log = logging.getLogger("httpx")
 _log = structlog.get_logger("api_router.upstream")
 TRANSPORTS = ("h1", "aiohttp", "httpx", "pyreqwest")
 DEFAULT_TRANSPORT = "h1"  # measured: bench/README.md, "Upstream transport"
+
+
+def check_transport(env: Mapping[str, str]) -> None:
+    """The transport the workers will build, checked in the main process (a bad one failed in
+    every worker, and Sanic then killed the whole process group)."""
+    name = env.get(TRANSPORT_ENV) or DEFAULT_TRANSPORT
+    if name not in TRANSPORTS:
+        raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
+    module = {"aiohttp": "httpx_aiohttp", "pyreqwest": "pyreqwest"}.get(name)
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ValueError(f"{TRANSPORT_ENV}={name} needs the {module} package, not installed")
 
 
 def _transport(

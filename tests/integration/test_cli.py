@@ -51,6 +51,14 @@ def run_cli(
             "API_ROUTER_FORWARDED_HEADERS='trust' must be one of replace, keep, drop",
         ),
         (["qwen", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        # Checked before any worker starts (each worker failed on them, with a page of
+        # traceback, and Sanic then killed the whole process group).
+        (
+            ["qwen"],
+            {"API_ROUTER_UPSTREAM_TRANSPORT": "bogus"},
+            "API_ROUTER_UPSTREAM_TRANSPORT='bogus' must be one of h1, aiohttp, httpx, pyreqwest",
+        ),
+        (["qwen"], {"SENTRY_DSN": "not-a-dsn"}, "SENTRY_DSN is not a valid Sentry DSN"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
