@@ -387,12 +387,14 @@ def _tools(body: dict[str, Any], out: dict[str, Any], drop: Drops) -> None:
                 server.add(t.get("name"))
             else:
                 functions.append(fn)
-        if functions or not server:
+        if functions:  # Chat Completions refuses an empty `tools`
             out["tools"] = functions
     choice = body.get("tool_choice")
     if not isinstance(choice, dict):
         return
     kind = choice.get("type")
+    if not tools and kind in ("auto", "none"):
+        return  # nothing to choose from: Chat Completions refuses a tool_choice without tools
     if kind == "tool" and server and choice.get("name") in server:
         raise Untranslatable(f"tool_choice (forces the server tool {choice.get('name')})", UPSTREAM)
     if server and not functions:

@@ -145,7 +145,11 @@ def request(
         out["stream"] = body["stream"]
     if isinstance(tools, list) and tools:
         out["tools"] = [_tool(t, f"tools[{i}]", drop) for i, t in enumerate(tools)]
-    if body.get("parallel_tool_calls") is False and out.get("tools"):
+    if (
+        body.get("parallel_tool_calls") is False
+        and out.get("tools")
+        and (choice or {}).get("type") != "none"  # Messages' `none` takes no other field
+    ):
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if choice is not None:
         out["tool_choice"] = choice
