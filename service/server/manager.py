@@ -12,8 +12,14 @@ monitor's state sync) is handled when that call returns, not in the middle of it
 handler's own calls would otherwise interleave with it on the one connection (seen in CI as
 "'list' object is not a mapping" and exit 1).
 
-Relies on: `WorkerManager._all_workers_ack`, `_sync_states`, `shutdown_signal` and
-`_shutting_down`
+A worker that dies while the router serves (the OOM killer, a crash) is logged (`worker_died`,
+with its exit code) and started again: Sanic 25's manager only marks it failed, and the instance
+would go on with a worker less, silently. One that dies again within a minute of being started
+waits twice as long as the last time before the next start (1 s, 2 s, … at most 60 s), so a
+worker that cannot start does not spin.
+
+Relies on: `WorkerManager._all_workers_ack`, `_sync_states`, `shutdown_signal`, `restart`,
+`transient_processes` and `_shutting_down`
 (sanic/worker/manager.py), replaced on the class in the CLI's process before it serves. An
 upgrade of Sanic that renames them makes `patch()` fail loudly (AttributeError) rather than
 spin; one that fixes the loop makes it unnecessary.
@@ -23,7 +29,14 @@ router while its workers start. Always on.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import structlog
+
+log = structlog.get_logger("api_router")
+RESPAWN_FIRST_SECS = 1.0  # the wait before a worker that died is started again
+RESPAWN_MAX_SECS = 60.0
 
 
 def patch() -> None:
@@ -63,6 +76,7 @@ def patch() -> None:
         self._api_router_in_call = True  # type: ignore[attr-defined]
         try:
             sync_states(self)
+            _respawn_dead(self)
         finally:
             self._api_router_in_call = False  # type: ignore[attr-defined]
         _run_deferred(self)
@@ -75,6 +89,35 @@ def patch() -> None:
             self._api_router_deferred = (signal, frame)  # type: ignore[attr-defined]
             return
         shutdown_signal(self, signal, frame)
+
+    def _respawn_dead(self: WorkerManager) -> None:
+        if self._shutting_down:
+            return
+        now = time.monotonic()
+        # per worker: (when it was last started again, the wait before that start)
+        history: dict[str, tuple[float, float]] = self.__dict__.setdefault(
+            "_api_router_respawns", {}
+        )
+        due: dict[str, float] = self.__dict__.setdefault("_api_router_due", {})
+        for process in self.transient_processes:
+            if process.is_alive() or process.exitcode is None:
+                due.pop(process.name, None)
+                continue  # serving, or not started yet
+            if process.name not in due:  # just found dead: say so once, and plan its start
+                last, wait = history.get(process.name, (-RESPAWN_MAX_SECS, 0.0))
+                wait = min(wait * 2, RESPAWN_MAX_SECS) if now - last < 60 else RESPAWN_FIRST_SECS
+                due[process.name] = now + wait
+                history[process.name] = (now + wait, wait)
+                log.error(
+                    "worker_died",
+                    worker=process.name,
+                    pid=process.pid,
+                    exitcode=process.exitcode,
+                    restart_in_secs=wait,
+                )
+            if now >= due[process.name]:
+                del due[process.name]
+                self.restart(process_names=[process.name])
 
     _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
     WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]

@@ -247,3 +247,26 @@ def test_sighup_is_logged_and_changes_nothing(
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_logged_and_started_again(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """`kill -9` of a worker (what the OOM killer does): Sanic alone only marked it failed, and
+    the router went on with a worker less, saying nothing."""
+    router = router_factory(profile(fake), workers=2)
+    workers = worker_pids(router)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    died = router.wait_for_log(lambda e: e.get("event") == "worker_died", timeout=10)
+    assert died["pid"] == workers[0] and died["exitcode"] == -signal.SIGKILL
+    assert died["restart_in_secs"] == 1.0
+    wait_until(
+        lambda: len(worker_pids(router)) == 2 and workers[0] not in worker_pids(router),
+        15,
+        "the worker to be started again",
+    )
+    wait_until(lambda: router.output().count("Worker ready") >= 3, 15, "the new worker ready")
+    for _ in range(6):  # on new connections: both workers answer
+        assert httpx.get(router.url + "/health").status_code == 200
+    assert router.stop() == 0
