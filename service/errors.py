@@ -15,6 +15,7 @@
     │   └── HeaderTooLarge           431 head over API_ROUTER_MAX_HEADER_BYTES (Sanic says 413)
     ├── ClientClosedRequest          499 the client left before its answer (logs, metrics only)
     ├── ServiceUnavailable           503 (draining, limiter backend down with fail-closed)
+    │   └── ShuttingDown             (a stream's error event) still open at the drain's end
     └── UpstreamError                the upstream could not be used; counted in
         │                            upstream_errors_total{error_type} and logged with it
         ├── UpstreamConnectError     502 connect_error   refused / DNS, before any byte was sent
@@ -165,6 +166,13 @@ class ServiceUnavailable(RouterError):
     anthropic_type = "overloaded_error"
     code = "service_unavailable"
     message = "Service unavailable"
+
+
+class ShuttingDown(ServiceUnavailable):
+    """A stream still open when its worker's drain time ends (service.proxy.sse)."""
+
+    code = "server_shutting_down"
+    message = "The router is shutting down: send the request again"
 
 
 class UpstreamsUnavailable(ServiceUnavailable):

@@ -39,7 +39,14 @@ from sanic.response import HTTPResponse
 from .. import timing
 from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
 from ..context import RouterRequest
-from ..errors import RouterError, StreamError, UpstreamError, UpstreamTimeout, error_body
+from ..errors import (
+    RouterError,
+    ShuttingDown,
+    StreamError,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
 from ..server.stream_write import ChunkWriter, chunk_writer
 from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
@@ -63,6 +70,21 @@ _NOT_FROM_UPSTREAM = frozenset({"cache-control", "content-type", "content-encodi
 MAX_ERROR_BODY = 64 * 1024
 # A stream past its idle time or its total deadline ends with this error event (`timeout`).
 STREAM_TIMEOUT = UpstreamTimeout("The upstream stream exceeded its idle time or its deadline")
+# One still open when a stopping worker's drain time is about to end ends with this one, in the
+# client's protocol, a moment before Sanic aborts the connections (service.server.shutdown).
+SHUTTING_DOWN = ShuttingDown()
+_drain_until = [math.inf]  # this worker's: the monotonic time streams must have ended by
+
+
+def drain_until(when: float) -> None:
+    """The worker stops: streams still open at the monotonic time `when` end with
+    SHUTTING_DOWN (service.server.shutdown)."""
+    _drain_until[0] = when
+
+
+def _ended_early() -> RouterError:
+    """Why a stream's wait ended before its upstream's next event: the drain, or its own time."""
+    return SHUTTING_DOWN if time.monotonic() >= _drain_until[0] else STREAM_TIMEOUT
 
 
 def error_event(data: bytes) -> bytes:
@@ -216,20 +238,21 @@ class _Stream:
             else:
                 await self.write(self.heartbeat)
 
-    async def wait(self, task: asyncio.Future[Any], until: float = math.inf) -> bool:
-        """Wait for `task` with heartbeats; False when the monotonic time `until` came first."""
+    async def wait(self, task: asyncio.Future[Any], until: Callable[[], float]) -> bool:
+        """Wait for `task` with heartbeats; False when the monotonic time `until()` came first
+        (asked again after each heartbeat: a drain may bring it closer)."""
         while not task.done():
-            step = await self._slice(until)
+            step = await self._slice(until())
             if step is None:
                 return False
             await asyncio.wait({task}, timeout=step)
         return True
 
-    async def receive(self, receive: Any, until: float) -> bytes | None:
+    async def receive(self, receive: Any, until: Callable[[], float]) -> bytes | None:
         """`receive(limit)` of the upstream body with heartbeats: the bytes, b"" at the end, or
-        None when the monotonic time `until` came first."""
+        None when the monotonic time `until()` came first."""
         while True:
-            step = await self._slice(until)
+            step = await self._slice(until())
             if step is None:
                 return None
             data: bytes | None = await receive(step)
@@ -303,8 +326,9 @@ class _Pieces:
         self.joined = False  # what `feed` returned is one piece of joined events (for `out`)
 
     def until(self) -> float:
-        """When the stream times out (its idle time, or its deadline) unless an event comes."""
-        return min(self.last_event + self.idle_secs, self.deadline)
+        """When the stream times out (its idle time, or its deadline) unless an event comes, or
+        must end because its worker stops (`drain_until`)."""
+        return min(self.last_event + self.idle_secs, self.deadline, _drain_until[0])
 
     def feed(self, chunk: bytes, now: float) -> list[bytes]:
         """The complete events `chunk` ends; `out` comes next (it reads how they were cut),
@@ -444,10 +468,10 @@ async def relay_stream(
         if not sending.done():
             # Nothing from the upstream yet: show the client (and load balancers) life.
             await stream.commit(head_headers, ep.buffer_size, None)
-            if not await stream.wait(sending, deadline):
+            if not await stream.wait(sending, lambda: min(deadline, _drain_until[0])):
                 await _abandon(sending)
                 sending = None
-                await stream.fail(STREAM_TIMEOUT)
+                await stream.fail(_ended_early())
                 return None
         done, sending = sending, None
         upstream_head = time.perf_counter() - started
@@ -518,8 +542,8 @@ async def relay_stream(
             if writer is not None:
                 push(_Offer(request, stream, pieces, writer, resp.stream))
                 pushing = push
+        until = pieces.until
         while True:
-            until = pieces.until()
             try:
                 if receive is not None:
                     chunk = await stream.receive(receive, until)
@@ -541,7 +565,7 @@ async def relay_stream(
                     # Let go of the upstream before the client sees the end of its stream (once
                     # it has, it may close, and that cancels this handler).
                     await resp.aclose()
-                    await stream.fail(STREAM_TIMEOUT)
+                    await stream.fail(_ended_early())
                     return None
                 if not chunk:
                     break
@@ -549,7 +573,7 @@ async def relay_stream(
                 events = pieces.feed(chunk, now)
                 if now >= pieces.until():
                     await resp.aclose()
-                    await stream.fail(STREAM_TIMEOUT)
+                    await stream.fail(_ended_early())
                     return None
                 out = pieces.out(events)
             except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):

@@ -8,7 +8,10 @@
    read), closes its idle keep-alive connections at once and marks the busy ones to close after
    their response (`Connection: close` on responses not yet started).
 3. Sanic then waits for requests in flight, streams included, up to `GRACEFUL_SHUTDOWN_TIMEOUT`
-   (`API_ROUTER_DRAIN_SECS`), aborts what is left, and the process exits 0.
+   (`API_ROUTER_DRAIN_SECS`), aborts what is left, and the process exits 0. A stream still open
+   a moment before that (a second, or a quarter of a shorter drain time) ends with an error
+   event in its client's protocol (`server_shutting_down`, 503's kind: clients retry it) and a
+   normal end, so that it is neither cut mid-event nor recorded as a client that left (499).
 
 Relies on Sanic's internals: the listening sockets in `app.state.server_info[].settings["sock"]`,
 the per-worker set of live connections every protocol holds (`HttpProtocol.connections`), a
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -34,6 +38,7 @@ import structlog
 from sanic import Request, Sanic
 
 from ..context import AppContext
+from ..proxy.sse import drain_until
 
 
 def install(app: Sanic[Any, AppContext]) -> None:
@@ -55,6 +60,8 @@ def install(app: Sanic[Any, AppContext]) -> None:
     @app.before_server_stop
     async def _begin_drain(app: Sanic) -> None:
         ctx.draining = True
+        drain = ctx.settings.drain_secs
+        drain_until(time.monotonic() + drain - min(1.0, drain / 4))
         for conn in list(ctx.connections or ()):
             http = getattr(conn, "_http", None)
             if http is not None:

@@ -164,22 +164,35 @@ def test_keep_alive_connection_of_a_drained_stream_is_closed(
     sock.close()
 
 
-@pytest.mark.parametrize("drain_secs", ["1"])
+@pytest.mark.parametrize("drain_secs", ["1", "3"])
 def test_drain_time_bounds_a_stream_that_does_not_end(
     fake: FakeUpstream, router_factory: RouterFactory, drain_secs: str
 ) -> None:
-    # 60 pieces 0.5 s apart would take 30 s; the drain time of 1 s cuts it.
+    """60 pieces 0.5 s apart would take 30 s; the drain time ends it. The client gets an error
+    event it can act on (retry), not a connection cut mid-stream, and the completion line is not
+    a client that left (499)."""
     fake.reply_with(slow_stream(60, 0.5))
     router = router_factory(profile(fake), env={"API_ROUTER_DRAIN_SECS": drain_secs})
     stream = StreamReader(router.url)
     stream.start()
     assert stream.first.wait(10) and stream.error is None, stream.error
     assert router.proc is not None
+    signalled = time.monotonic()
     router.proc.send_signal(signal.SIGTERM)
     assert router.proc.wait(15) == 0, router.output()[-3000:]
     stream.join(5)
     assert not stream.is_alive()
-    assert "[DONE]" not in stream.lines  # cut by the drain time, not completed
+    assert stream.error is None, stream.error  # ended, not cut
+    assert "[DONE]" not in stream.lines  # not completed either
+    error = json.loads(stream.lines[-1])["error"]
+    assert error["code"] == "server_shutting_down" and error["type"] == "api_error"
+    assert time.monotonic() - signalled < float(drain_secs) + 5
+    (line,) = [
+        e
+        for e in router.logs()
+        if e.get("event") == "request_completed" and e["route"] == "/v1/chat/completions"
+    ]
+    assert line["status_code"] == 200 and "error_type" not in line
 
 
 SLOW_WORKER_START = Path(__file__).resolve().parents[1] / "fakes" / "slow_worker_start"
