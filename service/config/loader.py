@@ -21,7 +21,19 @@ from pydantic import BaseModel, ValidationError
 from ..ratelimit.bucket import Limit
 from ..ratelimit.tokens import TokenRule
 from .model import Profile, ResolvedEndpoint, TokenBudgets, TokenLimit
-from .routing import Routing, RoutingFile, build_upstreams, read_json_object
+from .routing import InvalidUpstream, Routing, RoutingFile, build_upstreams, read_json_object
+
+# A file's identity for the reload check: (mtime_ns, size, inode); (-1, -1, -1) when it is gone.
+Stamp = tuple[int, int, int]
+
+
+def stamp_of(path: Path) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
 
 SHIPPED_DIR = Path(str(resources.files("service.config") / "profiles"))
 LOCAL_DIR = Path("transformer")
@@ -56,6 +68,9 @@ class LoadedConfig:
     # A routing file (SPEC §11): the resolver of its upstreams and model routes. `profile` is
     # then the file's own face (its name, the first upstream's URL, its rateLimit and port).
     routing: Routing | None = None
+    # The other files it was read from (a routing file's upstream profiles), each with its
+    # stamp when read: a change to one reloads as a change to the file itself does.
+    deps: tuple[tuple[Path, Stamp], ...] = ()
     # Token rules (SPEC §13), compiled on first use per route or model route (with the
     # environment's defaults, which are fixed for the life of a worker).
     token_rules: dict[str, TokenRule | None] = field(default_factory=dict, compare=False)
@@ -149,9 +164,11 @@ def name_of_file(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", path.stem)[:64] or "profile"
 
 
-def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
+def parse_profile(
+    path: Path, text: str, deps: list[tuple[Path, Stamp]] | None = None
+) -> Profile | tuple[Profile, Routing]:
     """A profile, or a routing file (recognised by its `upstreams` key) as its face profile
-    and its resolver."""
+    and its resolver; `deps` receives the other files a routing file reads."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -161,7 +178,7 @@ def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: $: must be a JSON object")
     if "upstreams" in data:
-        return _parse_routing(path, data)
+        return _parse_routing(path, data, [] if deps is None else deps)
     if "name" not in data:  # SPEC §3: optional; the file's name then
         data = {**data, "name": name_of_file(path)}
     try:
@@ -170,7 +187,9 @@ def parse_profile(path: Path, text: str) -> Profile | tuple[Profile, Routing]:
         raise ConfigError(format_validation_error(path, e)) from None
 
 
-def _parse_routing(path: Path, data: dict[str, object]) -> tuple[Profile, Routing]:
+def _parse_routing(
+    path: Path, data: dict[str, object], deps: list[tuple[Path, Stamp]]
+) -> tuple[Profile, Routing]:
     try:
         spec = RoutingFile.model_validate(data, by_alias=True)
     except ValidationError as e:
@@ -181,12 +200,25 @@ def _parse_routing(path: Path, data: dict[str, object]) -> tuple[Profile, Routin
         # the shipped ones); never the routing file itself.
         own = path.parent / f"{name}.json"
         found = own if own.is_file() and own.resolve() != path.resolve() else None
-        return read_json_object(found or find_profile(name))
+        file = found or find_profile(name)
+        deps.append((file, stamp_of(file)))
+        try:
+            return read_json_object(file)
+        except json.JSONDecodeError as e:  # the profile's own file is named, not the routing file
+            raise ConfigError(
+                f"{file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            ) from None
+        except ValueError as e:  # it names the file
+            raise ConfigError(str(e)) from None
+        except OSError as e:
+            raise ConfigError(f"{file}: cannot read: {e.__class__.__name__}") from None
 
     try:
         upstreams = build_upstreams(spec, read_profile)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(f"{path} (an upstream)", e)) from None
+    except InvalidUpstream as e:
+        source = f", profile {e.profile} from {deps[-1][0]}" if e.profile is not None else ""
+        where = f"{path} (upstream {e.name}{source})"
+        raise ConfigError(format_validation_error(where, e.error)) from None
     except (ValueError, OSError) as e:
         raise ConfigError(f"{path}: {e}") from None
     routing = Routing(spec, upstreams)
@@ -209,7 +241,8 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {e.__class__.__name__}") from None
-    parsed = parse_profile(path, text)
+    deps: list[tuple[Path, Stamp]] = []
+    parsed = parse_profile(path, text, deps)
     profile, routing = parsed if isinstance(parsed, tuple) else (parsed, None)
     try:
         endpoints = profile.resolve()
@@ -233,6 +266,7 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         ),
         limits=limits,
         routing=routing,
+        deps=tuple(deps),
     )
 
 

@@ -2,22 +2,22 @@
 
 `ConfigHolder.current` is read once at the start of each request, so a request keeps the config it
 started with. `check()` is called at most once a second by a background task: it stats the file
-(following symlinks: a ConfigMap update swaps a link), and only when the file's identity,
-modification time or size changed does it validate the new text and swap the whole
-`LoadedConfig` in one assignment (atomic for readers). A broken edit keeps the last good
-config, is logged, counted, and shown in `/health`.
+(following symlinks: a ConfigMap update swaps a link), and the other files it was read from (a
+routing file's upstream profiles), and only when one's identity, modification time or size
+changed does it validate the new text and swap the whole `LoadedConfig` in one assignment
+(atomic for readers). A broken edit keeps the last good config, is logged, counted, and shown in
+`/health`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 
 import structlog
 
-from .loader import ConfigError, LoadedConfig, load_file
+from .loader import ConfigError, LoadedConfig, Stamp, load_file, stamp_of
 
 log = structlog.get_logger("api_router.config")
 
@@ -43,18 +43,15 @@ class ConfigHolder:
         self.last_error_at: float | None = None
         self.last_check_at: float | None = None
         self.on_result = on_result
-        self._bad_stamp: tuple[int, int, int] | None = None
+        self._bad_stamp: tuple[Stamp, ...] | None = None
 
     def check(self) -> bool:
         """Reload if the file changed; returns True when a new config was swapped in."""
         self.last_check_at = time.time()
-        path = self.current.path
-        try:
-            st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            stamp = (-1, -1, -1)
-        current = (self.current.mtime_ns, self.current.size, self.current.inode)
+        cfg = self.current
+        path = cfg.path
+        stamp = (stamp_of(path), *(stamp_of(dep) for dep, _ in cfg.deps))
+        current = ((cfg.mtime_ns, cfg.size, cfg.inode), *(was for _, was in cfg.deps))
         if stamp in (current, self._bad_stamp):
             return False
         try:
@@ -76,7 +73,7 @@ class ConfigHolder:
             self.on_result("success")
         return True
 
-    def _failed(self, stamp: tuple[int, int, int], error: str) -> None:
+    def _failed(self, stamp: tuple[Stamp, ...], error: str) -> None:
         # Remember the broken version so it is reported once, not every second.
         self._bad_stamp = stamp
         self.failures += 1

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ..ejection import OutlierPolicy
 from ..ratelimit.bucket import Limit
@@ -461,6 +461,17 @@ _NOT_FOR_UPSTREAMS = (
 )
 
 
+class InvalidUpstream(ValueError):
+    """An upstream whose profile (its named profile's file merged with its own keys) is not
+    valid: `name` the upstream, `profile` the name of the profile it builds on (None: none)."""
+
+    def __init__(self, name: str, profile: str | None, error: ValidationError) -> None:
+        super().__init__(name)
+        self.name = name
+        self.profile = profile
+        self.error = error
+
+
 def build_upstreams(
     spec: RoutingFile, read_profile: Any, environ: dict[str, str] | None = None
 ) -> dict[str, Upstream]:
@@ -484,7 +495,10 @@ def build_upstreams(
                 merged[route] = {**merged.get(route, {}), **ep}
             inline["endpoints"] = merged
         data = {**base, **inline, "name": name}
-        profile = Profile.model_validate(data, by_alias=True)
+        try:
+            profile = Profile.model_validate(data, by_alias=True)
+        except ValidationError as e:
+            raise InvalidUpstream(name, u.profile, e) from None
         mode: Credential = u.credential or ("operator" if u.api_key_env else "client")
         key = None
         if u.api_key_env is not None:

@@ -183,6 +183,50 @@ def test_an_upstream_builds_on_a_shipped_profile_with_inline_overrides(tmp_path,
     assert "sk-operator-secret-1234" in cfg.secret_values()
 
 
+def _sibling_routing(tmp_path: Path) -> Path:
+    """A routing file whose upstream builds on a profile file beside it (`mine.json`)."""
+    write(tmp_path, {"name": "mine", "baseUrl": "http://127.0.0.1:7"}, "mine.json")
+    data = {
+        "upstreams": {"main": {"profile": "mine"}},
+        "modelRoutes": [{"match": "*", "targets": [{"upstream": "main"}]}],
+    }
+    return write(tmp_path, data)
+
+
+def test_an_edit_of_an_upstream_s_profile_file_reloads_the_routing_file(tmp_path) -> None:
+    """SPEC §11: a routing file is hot-reloaded like a profile, and so is what it is made of:
+    before, only the routing file itself was watched."""
+    from service.config.reload import ConfigHolder
+
+    path = _sibling_routing(tmp_path)
+    holder = ConfigHolder(load_file(path))
+    assert [dep for dep, _ in holder.current.deps] == [tmp_path / "mine.json"]
+    assert holder.check() is False  # nothing changed
+    write(tmp_path, {"name": "mine", "baseUrl": "http://127.0.0.1:8000"}, "mine.json")
+    assert holder.check() is True
+    routing = holder.current.routing
+    assert routing is not None
+    assert routing.upstreams["main"].profile.base_url == "http://127.0.0.1:8000"
+    # broken, then fixed: the failure names the profile's own file, the fix is read
+    (tmp_path / "mine.json").write_text("{ nope")
+    assert holder.check() is False
+    assert holder.last_error is not None
+    assert holder.last_error.startswith(f"{tmp_path / 'mine.json'}: invalid JSON at line 1")
+    write(tmp_path, {"name": "mine", "baseUrl": "http://127.0.0.1:9"}, "mine.json")
+    assert holder.check() is True and holder.last_error is None
+
+
+def test_an_invalid_upstream_profile_names_the_upstream_and_its_file(tmp_path) -> None:
+    path = _sibling_routing(tmp_path)
+    write(tmp_path, {"name": "mine", "baseUrl": "http://h", "bogusKey": 1}, "mine.json")
+    with pytest.raises(ConfigError) as e:
+        load_file(path)
+    assert str(e.value) == (
+        f"{path} (upstream main, profile mine from {tmp_path / 'mine.json'}): "
+        "$.bogusKey: Extra inputs are not permitted"
+    )
+
+
 def test_models_lists_exact_routes_and_patterns_only_when_asked(tmp_path) -> None:
     r = routing(tmp_path)
     assert r.advertised_models() == ["gpt-4o"]
