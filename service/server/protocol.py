@@ -88,12 +88,13 @@ def start_body_clock(request: Request) -> None:
     protocol = request.transport.get_protocol()
     if isinstance(protocol, GuardedHttpProtocol):
         protocol._body_since = monotonic()
+        protocol.check_within(protocol._ticks[1])  # by default Sanic's own period is shorter
 
 
 class GuardedHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap."""
 
-    __slots__ = ("_body_since", "_conn_http", "_guard", "_head_since", "_rejected")
+    __slots__ = ("_body_since", "_conn_http", "_guard", "_head_since", "_rejected", "_ticks")
 
     def _setup(self) -> None:
         super()._setup()
@@ -105,6 +106,12 @@ class GuardedHttpProtocol(HttpProtocol):
             settings.max_connections,
         )
         self._head_since: float | None = None  # first byte of the head being read
+        # While a head (a body) is read, its deadline is checked at least this often: Sanic's
+        # own period, half its shortest timeout, let a 1 s body deadline fire after 15 s.
+        self._ticks = (
+            max(0.1, settings.header_timeout_secs / 4),
+            max(0.1, settings.body_timeout_secs / 4),
+        )
         self._body_since: float | None = None  # end of the last head (`start_body_clock`)
         self._rejected = False
         self._conn_http: Any = None  # this connection's Sanic `Http`, until its task ended
@@ -175,4 +182,17 @@ class GuardedHttpProtocol(HttpProtocol):
                 else:
                     self._task.cancel()
                 return
+            super().check_timeouts()
+            if http.stage is Stage.REQUEST:
+                self.check_within(self._ticks[0])
+            elif getattr(http, "request_body", None):
+                self.check_within(self._ticks[1])
+            return
         super().check_timeouts()
+
+    def check_within(self, secs: float) -> None:
+        """The next check of the timeouts comes within `secs` (sooner than Sanic planned it)."""
+        later = self._callback_check_timeouts
+        if later is not None and later.when() - self.loop.time() > secs:
+            later.cancel()
+            self._callback_check_timeouts = self.loop.call_later(secs, self.check_timeouts)

@@ -78,6 +78,33 @@ def test_a_dripped_body_is_cut_at_the_body_deadline(
     assert upstream.requests == []
 
 
+def test_the_body_deadline_holds_beside_long_other_timeouts(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Sanic checks a connection's timeouts every half of its shortest own one (here 15 s), so a
+    body deadline of 1 s fired after 15 s; the deadlines are now checked a quarter of theirs
+    apart while a head or a body is read."""
+    env = {
+        "API_ROUTER_HEADER_TIMEOUT_SECS": "30",
+        "API_ROUTER_BODY_TIMEOUT_SECS": "1",
+        "API_ROUTER_KEEP_ALIVE_SECS": "75",
+    }
+    r = router_factory(base_profile(fake_upstream.url), env=env)
+    body = b'{"model":"gpt-4","messages":[]' + b" " * 200 + b"}"
+    with connect(r.port) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        began = time.monotonic()
+        sent = drip(s, [body[i : i + 1] for i in range(min(len(body), MAX_DRIP))])
+        assert sent < MAX_DRIP, "the router waited for the whole dripped body"
+        resp = read_response(s)
+        assert resp is not None and resp.status == 408, resp
+        # 1 s and a check a quarter of it later; a generous margin for a loaded machine
+        assert time.monotonic() - began < 6
+
+
 def test_a_dripped_multipart_body_is_cut_too(
     slow_router: RouterProcess, upstream: FakeUpstream
 ) -> None:
