@@ -210,12 +210,21 @@ def configure_logging(fmt: str = "console", level: str = "info", fast: bool = Tr
     _direct_json, _threshold = fast and fmt == "json", lvl
     renderer: Any
     handler = _handler = logging.StreamHandler(sys.stdout)
+    # Tracebacks never show local variables (structlog's defaults do, with rich): a frame's
+    # locals hold credentials, headers and whole configs, cut to 80 characters before any
+    # scrubber could match them. They are rendered before `scrub_secrets`, which then sees them.
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        exc = [structlog.processors.dict_tracebacks]
+        exc = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-        exc = []
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+        exc = [structlog.processors.format_exc_info]
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), *exc, scrub_secrets],

@@ -26,6 +26,7 @@ from ..context import RouterRequest
 from ..errors import UpstreamJSONError
 from ..state import RequestState
 from ..translate import TranslationOptions, Translator
+from ..translate.common import MALFORMED
 from ..translate.responses import ResponsesTranslator
 from . import estimate
 from . import headers as h
@@ -179,7 +180,10 @@ def json_answer(
                 state.usage = parsed["usage"]
                 state.usage_final = True
     if translator is not None:  # the answer in the client's format, with the upstream's status
-        headers, data = translator.answer(resp.status_code, headers, text or b"")
+        try:
+            headers, data = translator.answer(resp.status_code, headers, text or b"")
+        except MALFORMED:  # JSON, but not of the shape its format promises
+            raise UpstreamJSONError() from None
     for k, v in extra.items():
         headers.append((k, v))
     return HTTPResponse(

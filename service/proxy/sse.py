@@ -44,12 +44,14 @@ from ..errors import (
     ShuttingDown,
     StreamError,
     UpstreamError,
+    UpstreamJSONError,
     UpstreamTimeout,
     error_body,
 )
 from ..server.stream_write import ChunkWriter, chunk_writer
 from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
+from ..translate.common import MALFORMED
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .events import (
@@ -506,7 +508,10 @@ async def relay_stream(
             if stream.out is None:
                 headers = h.returnable_response_headers(resp.headers.multi_items())
                 if translator is not None:
-                    headers, body = translator.answer(resp.status_code, headers, body)
+                    try:
+                        headers, body = translator.answer(resp.status_code, headers, body)
+                    except MALFORMED:  # JSON, but not of the shape its format promises
+                        raise UpstreamJSONError() from None
                 headers.extend(head_headers)
                 return HTTPResponse(
                     body=body, status=resp.status_code, headers=Header(headers), content_type=None

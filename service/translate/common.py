@@ -170,6 +170,12 @@ class BadUpstreamEvent(ValueError):
     """An upstream stream event that is not the JSON its format promises."""
 
 
+# What reading an upstream event or answer of an unexpected shape raises (a field that should be
+# an object is a number, a list is missing, ...): the upstream's fault, answered as one
+# (BadUpstreamEvent in a stream, UpstreamJSONError for a whole answer), never a crash.
+MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
 # OpenAI finish_reason -> Anthropic stop_reason. OpenAI does not say which stop sequence
 # matched, so "stop" is always end_turn (stop_sequence stays null).
 FINISH_TO_STOP = {
@@ -294,7 +300,12 @@ class StreamTranslator:
             return self.on_done()
         if not isinstance(data, dict):
             raise BadUpstreamEvent()
-        return self.on_event(data)
+        try:
+            return self.on_event(data)
+        except BadUpstreamEvent:
+            raise
+        except MALFORMED:
+            raise BadUpstreamEvent() from None
 
     def on_event(self, data: dict[str, Any]) -> list[bytes]:
         raise NotImplementedError

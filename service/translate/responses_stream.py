@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .common import NO_ARGUMENTS, BadUpstreamEvent, StreamTranslator, sse
+from .common import MALFORMED, NO_ARGUMENTS, BadUpstreamEvent, StreamTranslator, sse
 from .responses_output import (
     base_id,
     error_code,
@@ -158,7 +158,7 @@ class ResponsesStream(StreamTranslator):
         out: list[bytes] = []
         try:
             self._on_event(data, out)
-        except BadUpstreamEvent:
+        except MALFORMED:  # BadUpstreamEvent is one
             self._unsent.extend(out)
             raise
         return out

@@ -634,3 +634,37 @@ def test_each_sdk_streams_tool_use_from_an_upstream_of_its_own_format(
         arguments = "".join(d.function.arguments or "" for d in deltas)  # type: ignore[union-attr]
         assert json.loads(arguments) == {"city": "Oslo"}
     assert value(scrape(claude.url), "translations_total", direction="anthropic_to_openai") == 0
+
+
+def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_crash(
+    claude: RouterProcess, fake_upstream: FakeUpstream
+) -> None:
+    """JSON of another shape than the upstream's format promises (here Anthropic's `content`
+    a number, a content block a number): 502 `upstream_json_error` for a whole answer, an error
+    event ending a stream. Before, the translator's AttributeError became a 500 (a whole
+    answer) or killed the relay with a traceback (a stream cut without an error event)."""
+    fake_upstream.reply_with(_json({"id": "m", "type": "message", "content": 5}))
+    r = httpx.post(
+        claude.url + "/v1/chat/completions",
+        json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_json_error"
+    start = {"type": "message_start", "message": {"id": "m", "model": "m", "usage": {}}}
+    bad = {"type": "content_block_start", "index": 0, "content_block": 5}
+    fake_upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[(0.0, _event(start).encode()), (0.1, _event(bad).encode())],
+        )
+    )
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream("POST", claude.url + "/v1/chat/completions", json=body) as s:
+        lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+    assert json.loads(lines[-1][6:])["error"]["code"] == "stream_error"
+    completions = [
+        e
+        for e in claude.logs()
+        if e.get("event") == "request_completed" and e["route"] == "/v1/chat/completions"
+    ]
+    assert [e.get("error_type") for e in completions[-2:]] == ["json_error", "stream_error"]
+    assert not [e for e in claude.logs() if e.get("exception")]

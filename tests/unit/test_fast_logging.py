@@ -147,3 +147,30 @@ def test_emit_keeps_the_level_threshold_and_the_console_format() -> None:
     assert "request_completed" in line and "a=3" in line and "rid-2" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_tracebacks_show_no_local_variables_and_are_scrubbed(fmt: str) -> None:
+    """structlog's defaults print each frame's locals (a credential, a header list, a whole
+    config), cut to 80 characters so that no scrubber recognises a long key any more; the
+    console renderer also drew them after the scrubber had run."""
+    configure_logging(fmt, "info")
+    stream = io.StringIO()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    # (built from parts: a plain traceback quotes source lines, which must not match)
+    registered = "sk-" + "registered-" + "r" * 90
+    redact(registered)
+
+    def relay(credential: str) -> None:
+        headers = [("api-key", "local" + "-only-" + "h" * 20)]
+        raise RuntimeError(f"boom with {len(headers)} header and {registered}")
+
+    try:
+        relay("sk-" + "local-" + "c" * 100)
+    except RuntimeError:
+        structlog.get_logger("api_router.test").exception("failed")
+    out = stream.getvalue()
+    assert "failed" in out and "RuntimeError" in out and "relay" in out  # still a traceback
+    assert "sk-local-" not in out and "local-only-" not in out  # no locals
+    assert "sk-registered-" not in out and "[redacted]" in out  # the message scrubbed

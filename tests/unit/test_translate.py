@@ -345,6 +345,43 @@ def test_a_stream_event_that_is_not_json_is_an_upstream_fault(direction: str) ->
         tr.events([b"data: {not json\n\n"])
 
 
+MISSHAPEN_EVENTS = {
+    # an Anthropic upstream's events read for an OpenAI client
+    "openai_to_anthropic": [
+        {"type": "content_block_start", "index": 0, "content_block": 5},
+        {"type": "content_block_delta", "index": 0, "delta": "text"},
+        {"type": "message_start", "message": "m"},
+    ],
+    # an OpenAI upstream's chunks read for an Anthropic client
+    "anthropic_to_openai": [
+        {"id": "c", "choices": [{"index": 0, "delta": "text"}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"function": 3}]}}]},
+        {"id": "c", "choices": 7},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("direction", "event"),
+    [(d, e) for d, events in MISSHAPEN_EVENTS.items() for e in events],
+)
+def test_a_stream_event_of_another_shape_is_an_upstream_fault(
+    direction: str, event: dict[str, Any]
+) -> None:
+    """JSON, but not of its format's shape: the stream ends with stream_error (before, the
+    translator raised AttributeError and the relay died with a traceback, the client's stream
+    cut without an error event)."""
+    tr = Translator(direction, {"stream": True}, CREATED)
+    start = {
+        "openai_to_anthropic": {"type": "message_start", "message": {"id": "m", "usage": {}}},
+        "anthropic_to_openai": {"id": "c", "choices": [{"index": 0, "delta": {"content": "a"}}]},
+    }[direction]
+    if event.get("type") != "message_start":
+        tr.events([b"data: " + orjson.dumps(start) + b"\n\n"])
+    with pytest.raises(BadUpstreamEvent):
+        tr.events([b"data: " + orjson.dumps(event) + b"\n\n"])
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_a_2xx_answer_that_is_not_a_json_object_is_json_error(direction: str) -> None:
     tr = Translator(direction, {}, CREATED)
