@@ -144,10 +144,19 @@ def find_profile(name: str, config_path: str | None = None) -> Path:
     raise ConfigError(f"unknown profile {name!r}; available: {', '.join(available_profiles())}")
 
 
+# A key of the file that is not shown in an error: one with a space, a colon or an equals sign
+# (a header line or a `key=value` pasted as a name), or a long one. Such a key is most likely a
+# credential put in the wrong place, and the message reaches the log and /health.
+_UNSHOWN_KEY = re.compile(r"[\s:=]|^.{49,}$")
+
+
 def _json_path(loc: tuple[int | str, ...]) -> str:
     out = "$"
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += "." + ("<a key not shown>" if _UNSHOWN_KEY.search(part) else part)
     return out
 
 

@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -461,6 +462,9 @@ _NOT_FOR_UPSTREAMS = (
 )
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
 class InvalidUpstream(ValueError):
     """An upstream whose profile (its named profile's file merged with its own keys) is not
     valid: `name` the upstream, `profile` the name of the profile it builds on (None: none)."""
@@ -504,8 +508,14 @@ def build_upstreams(
         if u.api_key_env is not None:
             key = env.get(u.api_key_env)
             if not key:
+                # Named only when it reads as a variable's name (upper case): a mixed-case one is
+                # more likely the key itself, pasted where its variable's name belongs.
+                named = u.api_key_env if _ENV_NAME.fullmatch(u.api_key_env) else None
                 raise ValueError(
-                    f"upstreams.{name}: the environment variable {u.api_key_env} is not set"
+                    f"upstreams.{name}: the environment variable {named} is not set"
+                    if named
+                    else f"upstreams.{name}: the environment variable named by apiKeyEnv is not "
+                    "set (the name is not shown: it is not in upper case, and may be a key)"
                 )
         out[name] = Upstream(name, profile, profile.resolve(), mode, key)
     return out

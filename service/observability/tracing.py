@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from opentelemetry import trace
@@ -49,6 +49,7 @@ from ..config.model import (
     TRANSLATIONS,
 )
 from ..proxy.events import answer_facts
+from .logging import redact
 
 # gen_ai.operation.name by route (the GenAI conventions' values; audio has none of its own).
 OPERATIONS = {
@@ -78,10 +79,34 @@ def provider_name(profile_name: str) -> str:
     return PROVIDERS.get(profile_name, profile_name)
 
 
+# The exporter's headers (a collector's API key): the SDK logs a value it cannot parse whole.
+OTLP_HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def redact_exporter_headers(env: Mapping[str, str]) -> None:
+    """Register the OTLP header values with the log scrubber: each `name=value` item's value,
+    and, for the items written wrong (`Authorization: Bearer T`, `x-team T`), what follows the
+    name and its last word; also the whole variable. Never the names alone."""
+    for var in OTLP_HEADER_VARS:
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        redact(raw)
+        for item in raw.split(","):
+            item = item.strip()
+            for sep in ("=", ":", " "):
+                if sep in item:
+                    value = item.split(sep, 1)[1].strip()
+                    for secret in (value, unquote(value), value.rsplit(" ", 1)[-1]):
+                        redact(secret)
+                    break
+
+
 class Tracing:
     """One worker's tracer; its hooks are called by the lifecycle listeners and the relay."""
 
     def __init__(self, exporter: Any = None) -> None:
+        redact_exporter_headers(os.environ)
         resource = Resource.create(
             {
                 SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -134,7 +135,13 @@ class Guarded:
 def check_backend(backend: str | None) -> None:
     """Raise ValueError (one line, no secret) unless `backend` names a known store."""
     b = (backend or "").strip()
-    if b.lower() in EMBEDDED or b.startswith(REDIS_SCHEMES):
+    if b.lower() in EMBEDDED:
+        return
+    if b.startswith(REDIS_SCHEMES):
+        try:
+            urlsplit(b).port  # noqa: B018 (parses the port: a bad one fails every worker)
+        except ValueError:
+            raise ValueError("RATE_LIMIT_BACKEND: the URL's port is not a number") from None
         return
     raise ValueError(
         "RATE_LIMIT_BACKEND must be empty/'memory' (shared memory) or a redis://, rediss:// "
@@ -156,9 +163,10 @@ def create_limiter(
     inner: Limiter
     if b.startswith(REDIS_SCHEMES):
         from ..observability.logging import redact
-        from .redis_backend import RedisLimiter, password_of
+        from .redis_backend import RedisLimiter, passwords_of
 
-        redact(password_of(b))
+        for password in passwords_of(b):
+            redact(password)
         inner, name = RedisLimiter(b), "redis"
     elif table:
         from .shared import SharedLimiter

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .bucket import Decision, Limit, Meter, decision
 
@@ -58,11 +58,16 @@ class BackendDown(RuntimeError):
     """Redis did not answer recently; not tried again until the back-off ends."""
 
 
-def password_of(url: str) -> str | None:
+def passwords_of(url: str) -> list[str]:
+    """Every form a Redis URL's password can take in a message: as written in the URL, decoded
+    (`%21` -> `!`), and given as a `password=` query value (redis-py reads that too)."""
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "password"]
     except ValueError:
-        return None
+        return []
+    return [p for s in found if s for p in dict.fromkeys((s, unquote(s)))]
 
 
 def client(url: str, timeout: float = 0.5) -> Any:

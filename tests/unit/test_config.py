@@ -300,6 +300,26 @@ def test_the_watch_goes_on_after_an_error_in_a_check(
     assert holder.current.profile.name == "three"
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization: Bearer sk-pasted-in-the-name": ""},  # a header line as the name
+        {"sk-proj-" + "k" * 60: 1},  # a long key where a name belongs (its value no string)
+    ],
+)
+def test_an_error_never_shows_a_key_that_may_be_a_credential(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    """The message reaches the log and /health (which needs no key): a JSON path through such a
+    key does not show it."""
+    p = _write(tmp_path, {"name": "x", "baseUrl": "http://h", "headers": headers})
+    with pytest.raises(ConfigError) as e:
+        load_file(p)
+    msg = str(e.value)
+    assert "$.headers.<a key not shown>" in msg
+    assert "sk-" not in msg
+
+
 def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
     p = _write(tmp_path, '{\n  "name": "x",\n  "baseUrl": \n}')
     with pytest.raises(ConfigError, match=r"invalid JSON at line 4 column 1"):

@@ -227,6 +227,24 @@ def test_an_invalid_upstream_profile_names_the_upstream_and_its_file(tmp_path) -
     )
 
 
+@pytest.mark.parametrize(
+    ("api_key_env", "shown"),
+    [
+        ("OPENAI_API_KEY_UNSET", True),
+        ("Xk3vQ9tLmN2pR7sW4yZ8aB6cD1eF5gH0jK2lM9nP", False),  # a key pasted as the name
+    ],
+)
+def test_a_missing_key_variable_is_named_only_when_it_reads_as_a_name(
+    tmp_path, api_key_env: str, shown: bool
+) -> None:
+    data = routing_file()
+    data["upstreams"]["oai"]["apiKeyEnv"] = api_key_env
+    with pytest.raises(ConfigError) as e:
+        load_file(write(tmp_path, data))
+    assert (api_key_env in str(e.value)) is shown
+    assert "upstreams.oai: the environment variable" in str(e.value)
+
+
 def test_models_lists_exact_routes_and_patterns_only_when_asked(tmp_path) -> None:
     r = routing(tmp_path)
     assert r.advertised_models() == ["gpt-4o"]

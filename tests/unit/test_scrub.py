@@ -75,3 +75,35 @@ def test_profile_header_and_upstream_query_values_are_its_secrets(tmp_path: Path
     assert {"hdr-secret", "ep-secret", "q%2Fsecret", "q/secret", "sse"} == secrets
     # public protocol values are not secrets (they would blank out ordinary log text)
     assert "2023-06-01" not in secrets and "x/y" not in secrets
+
+
+def test_every_form_of_a_redis_password_is_registered() -> None:
+    """As written in the URL, decoded, and as a `password=` query value (redis-py reads it):
+    a message may carry any of them (before, only the first was known)."""
+    from service.ratelimit.backends import check_backend
+    from service.ratelimit.redis_backend import passwords_of
+
+    assert passwords_of("redis://user:pw%21x@127.0.0.1:6379/0") == ["pw%21x", "pw!x"]
+    assert passwords_of("redis://127.0.0.1:6379/0?password=qpass&db=1") == ["qpass"]
+    assert passwords_of("rediss://:a@h:1/0?password=b") == ["a", "b"]
+    assert passwords_of("redis://h:1/0") == []
+    # A port that is not a number fails here, in one line without the URL (it failed in every
+    # worker, with the URL in the traceback).
+    with pytest.raises(ValueError, match=r"^RATE_LIMIT_BACKEND: the URL's port is not a number$"):
+        check_backend("redis://:secretpw@127.0.0.1:notaport/0")
+
+
+def test_otlp_exporter_header_values_are_registered_not_their_names() -> None:
+    from service.observability.logging import _secrets
+    from service.observability.tracing import redact_exporter_headers
+
+    redact_exporter_headers(
+        {
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=otlp-k1,Authorization: Bearer otlp-t2",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-honeycomb-team otlp-t3",
+        }
+    )
+    line = scrub("Header format invalid! Authorization: Bearer otlp-t2 x-api-key=otlp-k1 otlp-t3")
+    assert "otlp-" not in line
+    assert "Authorization" in line and "x-api-key" in line  # the names stay readable
+    assert "Authorization" not in _secrets and "x-api-key" not in _secrets
