@@ -191,7 +191,7 @@ def parse_profile(
     if "name" not in data:  # SPEC §3: optional; the file's name then
         data = {**data, "name": name_of_file(path)}
     try:
-        return Profile.model_validate(data, by_alias=True)
+        return Profile.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None
 
@@ -200,7 +200,7 @@ def _parse_routing(
     path: Path, data: dict[str, object], deps: list[tuple[Path, Stamp]]
 ) -> tuple[Profile, Routing]:
     try:
-        spec = RoutingFile.model_validate(data, by_alias=True)
+        spec = RoutingFile.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None
 

@@ -500,7 +500,7 @@ def build_upstreams(
             inline["endpoints"] = merged
         data = {**base, **inline, "name": name}
         try:
-            profile = Profile.model_validate(data, by_alias=True)
+            profile = Profile.model_validate(data, by_alias=True, by_name=False)
         except ValidationError as e:
             raise InvalidUpstream(name, u.profile, e) from None
         mode: Credential = u.credential or ("operator" if u.api_key_env else "client")

@@ -206,6 +206,16 @@ def test_a_profile_without_a_name_is_named_after_its_file(
         ),
         ({"name": "x", "baseUrl": "http://h", "modelMapping": {"a": 1}}, "$.modelMapping.a"),
         ([1, 2], "$: must be a JSON object"),
+        # The keys are camelCase, as the schema says: a snake_case one is an unknown key (it
+        # was accepted, and the schema refused what the router took).
+        (
+            {"name": "x", "baseUrl": "http://h", "model_mapping": {"a": "b"}},
+            "$.model_mapping: Extra inputs are not permitted",
+        ),
+        (
+            {"name": "x", "baseUrl": "http://h", "rateLimit": {"requests_per_minute": 5}},
+            "$.rateLimit.requests_per_minute: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_invalid_profiles_name_file_and_json_path(

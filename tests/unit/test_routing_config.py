@@ -227,6 +227,16 @@ def test_an_invalid_upstream_profile_names_the_upstream_and_its_file(tmp_path) -
     )
 
 
+def test_a_routing_file_takes_camel_case_keys_only(tmp_path) -> None:
+    data = routing_file()
+    data["upstreams"]["oai"] = {"base_url": "http://127.0.0.1:1"}
+    with pytest.raises(ConfigError, match=r"base_url: Extra inputs are not permitted"):
+        load_file(write(tmp_path, data))
+    data = routing_file(model_routes=[])
+    with pytest.raises(ConfigError, match=r"\$\.model_routes: Extra inputs are not permitted"):
+        load_file(write(tmp_path, data))
+
+
 @pytest.mark.parametrize(
     ("api_key_env", "shown"),
     [
