@@ -21,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 from ..ratelimit.bucket import Limit
 from ..ratelimit.tokens import TokenRule
 from .model import Profile, ResolvedEndpoint, TokenBudgets, TokenLimit
-from .routing import InvalidUpstream, Routing, RoutingFile, build_upstreams, read_json_object
+from .routing import (
+    DuplicateKey,
+    InvalidUpstream,
+    Routing,
+    RoutingFile,
+    build_upstreams,
+    read_json_object,
+    unique_keys,
+)
 
 # A file's identity for the reload check: (mtime_ns, size, inode); (-1, -1, -1) when it is gone.
 Stamp = tuple[int, int, int]
@@ -160,6 +168,11 @@ def _json_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def duplicate_key(path: Path, e: DuplicateKey) -> str:
+    key = "<a key not shown>" if _UNSHOWN_KEY.search(e.key) else repr(e.key)
+    return f"{path}: the key {key} appears twice in one object (JSON would keep the last)"
+
+
 def format_validation_error(path: Path | str, err: ValidationError) -> str:
     first = err.errors(include_url=False, include_input=False)[0]
     loc = tuple(p for p in first["loc"] if p not in ("function-after[_base_url(), str]",))
@@ -179,11 +192,13 @@ def parse_profile(
     """A profile, or a routing file (recognised by its `upstreams` key) as its face profile
     and its resolver; `deps` receives the other files a routing file reads."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
+    except DuplicateKey as e:
+        raise ConfigError(duplicate_key(path, e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: $: must be a JSON object")
     if "upstreams" in data:
@@ -213,6 +228,8 @@ def _parse_routing(
         deps.append((file, stamp_of(file)))
         try:
             return read_json_object(file)
+        except DuplicateKey as e:
+            raise ConfigError(duplicate_key(file, e)) from None
         except json.JSONDecodeError as e:  # the profile's own file is named, not the routing file
             raise ConfigError(
                 f"{file}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"

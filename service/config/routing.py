@@ -521,8 +521,27 @@ def build_upstreams(
     return out
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice (json keeps the last silently: a typo'd copy of a
+    setting would shadow the one the operator reads)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for config files: DuplicateKey on a key named twice."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must be a JSON object")
     return data

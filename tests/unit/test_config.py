@@ -330,6 +330,21 @@ def test_an_error_never_shows_a_key_that_may_be_a_credential(
     assert "sk-" not in msg
 
 
+def test_a_key_named_twice_is_refused(tmp_path: Path) -> None:
+    """JSON keeps the last of two equal keys silently: a copy of a setting edited in the wrong
+    place would win unseen. Refused, naming the key (here in a nested object)."""
+    p = _write(
+        tmp_path,
+        '{"name": "x", "baseUrl": "http://h",'
+        ' "rateLimit": {"requestsPerMinute": 60, "requestsPerMinute": 6000}}',
+    )
+    with pytest.raises(ConfigError) as e:
+        load_file(p)
+    assert str(e.value) == (
+        f"{p}: the key 'requestsPerMinute' appears twice in one object (JSON would keep the last)"
+    )
+
+
 def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
     p = _write(tmp_path, '{\n  "name": "x",\n  "baseUrl": \n}')
     with pytest.raises(ConfigError, match=r"invalid JSON at line 4 column 1"):
