@@ -103,6 +103,23 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+# The pyreqwest transport's HTTP/2 (service.proxy._pyreqwest), checked in the main process too.
+HTTP2_ENV = "API_ROUTER_UPSTREAM_HTTP2"
+HTTP2_MODES = ("off", "on", "prior-knowledge")
+
+
+def http2_setting(env: Mapping[str, str]) -> str:
+    """`API_ROUTER_UPSTREAM_HTTP2`: off (the default), on (ALPN) or prior-knowledge."""
+    raw = env.get(HTTP2_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return "off"
+    if raw in ("1", "true", "yes", "on"):
+        return "on"
+    if raw == "prior-knowledge":
+        return raw
+    raise ValueError(f"{HTTP2_ENV}={raw!r} must be one of {', '.join(HTTP2_MODES)}")
+
+
 def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":

@@ -40,24 +40,15 @@ import httpx
 from pyreqwest import exceptions as rq
 from pyreqwest.client import Client, ClientBuilder
 
-HTTP2_ENV = "API_ROUTER_UPSTREAM_HTTP2"
+from ..settings import http2_setting
+
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _TLS_WORDS = ("certificate", "tls", "handshake", "ssl", "invalidcertificate", "unknownissuer")
 
 
-HTTP2_MODES = ("off", "on", "prior-knowledge")
-
-
 def http2_mode() -> str:
     """`API_ROUTER_UPSTREAM_HTTP2`: off (the default), on (ALPN) or prior-knowledge."""
-    raw = os.environ.get(HTTP2_ENV, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return "off"
-    if raw in ("1", "true", "yes", "on"):
-        return "on"
-    if raw == "prior-knowledge":
-        return raw
-    raise ValueError(f"{HTTP2_ENV}={raw!r} must be one of {', '.join(HTTP2_MODES)}")
+    return http2_setting(os.environ)
 
 
 def _causes(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
+from ..settings import HTTP2_ENV, http2_setting
 from .upstream_fast import bytes_request, read_raw, stock_read
 
 POOL_MAX_CONNECTIONS = 1024
@@ -56,6 +57,9 @@ def check_transport(env: Mapping[str, str]) -> None:
     name = env.get(TRANSPORT_ENV) or DEFAULT_TRANSPORT
     if name not in TRANSPORTS:
         raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
+    if http2_setting(env) != "off" and name != "pyreqwest":
+        # Only pyreqwest speaks HTTP/2: the others would quietly stay on HTTP/1.1.
+        raise ValueError(f"{HTTP2_ENV} needs {TRANSPORT_ENV}=pyreqwest (the only HTTP/2 one)")
     module = {"aiohttp": "httpx_aiohttp", "pyreqwest": "pyreqwest"}.get(name)
     if module is not None and importlib.util.find_spec(module) is None:
         raise ValueError(f"{TRANSPORT_ENV}={name} needs the {module} package, not installed")

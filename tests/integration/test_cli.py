@@ -59,6 +59,16 @@ def run_cli(
             "API_ROUTER_UPSTREAM_TRANSPORT='bogus' must be one of h1, aiohttp, httpx, pyreqwest",
         ),
         (["qwen"], {"SENTRY_DSN": "not-a-dsn"}, "SENTRY_DSN is not a valid Sentry DSN"),
+        (
+            ["qwen"],
+            {"API_ROUTER_UPSTREAM_HTTP2": "1"},  # the default transport speaks HTTP/1.1 only
+            "API_ROUTER_UPSTREAM_HTTP2 needs API_ROUTER_UPSTREAM_TRANSPORT=pyreqwest",
+        ),
+        (
+            ["qwen"],
+            {"API_ROUTER_UPSTREAM_TRANSPORT": "pyreqwest", "API_ROUTER_UPSTREAM_HTTP2": "maybe"},
+            "API_ROUTER_UPSTREAM_HTTP2='maybe' must be one of off, on, prior-knowledge",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
