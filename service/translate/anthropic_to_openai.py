@@ -463,10 +463,18 @@ def usage(u: Any) -> dict[str, int]:
         return {"input_tokens": 0, "output_tokens": 0}
     prompt = u.get("prompt_tokens") or 0
     details = u.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    out = {"input_tokens": prompt - (cached or 0), "output_tokens": u.get("completion_tokens") or 0}
+    details = details if isinstance(details, dict) else {}
+    cached = details.get("cached_tokens")
+    written = details.get("cache_write_tokens")
+    written = written if isinstance(written, int) else 0
+    out = {
+        "input_tokens": prompt - (cached or 0) - written,
+        "output_tokens": u.get("completion_tokens") or 0,
+    }
     if isinstance(cached, int):
         out["cache_read_input_tokens"] = cached
+    if written:
+        out["cache_creation_input_tokens"] = written
     return out
 
 

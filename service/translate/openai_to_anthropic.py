@@ -391,8 +391,14 @@ def usage(u: Any) -> dict[str, Any]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    details: dict[str, Any] = {}
     if "cache_read_input_tokens" in u:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
+        details["cached_tokens"] = cached
+    written = u.get("cache_creation_input_tokens")
+    if isinstance(written, int) and written:
+        details["cache_write_tokens"] = written  # as OpenAI names them (Responses: the same)
+    if details:
+        out["prompt_tokens_details"] = details
     return out
 
 
