@@ -359,7 +359,9 @@ class _Attempts:
             self.client_key, self.own_key = settings.default_api_key, None
 
     def _timeout(self, up: Upstream) -> httpx.Timeout:
-        """The upstream's timeouts with the route's connectSecs / headersSecs over them."""
+        """The upstream's timeouts with the route's connectSecs / headersSecs over them. The
+        read timeout is not cut to totalSecs: it is also every body read's, and past the first
+        content only idleSecs and the stream limits apply (`_send` bounds the head instead)."""
         t = up.profile.timeouts
         p = self.policy
         connect = p.connect_secs or t.connect_secs
@@ -367,8 +369,17 @@ class _Attempts:
         if self.deadline is not None:  # an attempt never outlives the request's totalSecs
             left = max(0.01, self.deadline - time.monotonic())
             connect = round(min(connect, left), 2) or 0.01
-            read = round(min(read, left), 2) or 0.01
         return timeout_of(connect, read, self.ctx.settings.upstream_pool_wait_secs)
+
+    async def _send(self, req: httpx.Request, retry: bool) -> httpx.Response:
+        """Send an attempt; under totalSecs its head must come within the time left."""
+        sending = self._retry(req) if retry else send(self.ctx.http, req)
+        if self.deadline is None:
+            return await sending
+        try:
+            return await asyncio.wait_for(sending, max(0.01, self.deadline - time.monotonic()))
+        except TimeoutError:
+            raise httpx.ReadTimeout("totalSecs passed before the upstream's head") from None
 
     def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
         """The upstream request for `cand` (None: its upstream has no such endpoint)."""
@@ -532,7 +543,7 @@ class _Attempts:
                 )
             started = time.perf_counter()
             try:
-                resp = await (self._retry(req) if retry else send(self.ctx.http, req))
+                resp = await self._send(req, retry)
             except httpx.HTTPError as e:
                 err = map_exception(e)
                 if tracing is not None:

@@ -1004,6 +1004,26 @@ def test_total_secs_bounds_every_attempt(
     assert r.status_code == 504
 
 
+def test_total_secs_does_not_cut_a_stream_after_its_first_content(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """docs/routing.md: totalSecs bounds the attempts (connect, head, first content); past the
+    first content only idleSecs and the stream limits apply. The attempt's read timeout was cut
+    to the time left and applied to every later read, so a stream with 1.2 s between events
+    broke (stream_error) under totalSecs 1."""
+    data = routing_file(primary, secondary, timeouts={"totalSecs": 1})
+    router = router_factory(data, name="total-stream")
+    events = [role_chunk(), content_chunk("a"), content_chunk("b"), content_chunk("c")]
+    gaps = [0.0, 0.0, 1.2, 1.2]
+    chunks = [(gap, e.encode()) for gap, e in zip(gaps, events, strict=True)]
+    chunks.append((0.0, b"data: [DONE]\n\n"))
+    primary.reply_with(lambda _r: Reply(headers=SSE_HEAD, chunks=chunks))
+    r, body = stream_chat(router)
+    assert r.status_code == 200
+    assert body.endswith(b"data: [DONE]\n\n") and b"stream_error" not in body
+    assert len(secondary.requests) == 0
+
+
 def test_an_audio_upload_is_routed_by_its_model_part_and_failed_over_whole(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:
