@@ -155,13 +155,16 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.usage:
             known = app_ctx.config.current.known_models
             model = model_label(state.upstream_model or state.model, known)
-            for kind, key in (
-                ("prompt", "prompt_tokens"),
-                ("completion", "completion_tokens"),
-                ("prompt", "input_tokens"),
-                ("completion", "output_tokens"),
+            usage = state.usage
+            # OpenAI's names, else Anthropic's: one of the two (an upstream that sends both
+            # names the same tokens twice)
+            for kind, key, other in (
+                ("prompt", "prompt_tokens", "input_tokens"),
+                ("completion", "completion_tokens", "output_tokens"),
             ):
-                n = state.usage.get(key)
+                n = usage.get(key)
+                if not isinstance(n, int):
+                    n = usage.get(other)
                 if isinstance(n, int) and n > 0:
                     metrics.tokens_by[kind, model].inc(n)
     tracing = app_ctx.tracing

@@ -501,3 +501,26 @@ def test_grafana_dashboard_queries_only_served_metric_names() -> None:
     for must in ("requests_total", "upstream_errors_total", "request_latency_seconds_bucket",
                  "active_connections", "rate_limiter_buckets", "tokens_total"):  # fmt: skip
         assert must in used, must
+
+
+def test_usage_under_both_names_is_counted_once(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """An upstream (a compatibility layer) that reports its usage under OpenAI's and Anthropic's
+    names at once: the same 7 and 3 tokens, counted once, as the token limiter counts them."""
+    from tests.fakes.upstream import Reply
+
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "input_tokens": 7, "output_tokens": 3}
+    answer = {"id": "c", "object": "chat.completion", "model": "up-model-4", "usage": usage,
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                           "finish_reason": "stop"}]}  # fmt: skip
+    upstream.reply_with(
+        Reply(headers=[("Content-Type", "application/json")], body=json.dumps(answer).encode())
+    )
+    before = scrape(router.url)
+    with httpx.Client(base_url=router.url) as c:
+        assert _post_chat(c, "", model="gpt-4").status_code == 200
+    after = scrape(router.url)
+    for kind, n in (("prompt", 7), ("completion", 3)):
+        labels = {"type": kind, "model": "up-model-4"}
+        assert value(after, "tokens_total", **labels) - value(before, "tokens_total", **labels) == n
