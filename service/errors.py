@@ -22,6 +22,7 @@
         ├── UpstreamIOError          502 io_error        reset / closed before a response
         ├── UpstreamTLSError         502 tls_error
         ├── UpstreamTimeout          504 timeout         connect or read timeout
+        │   └── UpstreamConnectTimeout                   (no connection: nothing sent)
         ├── UpstreamProtocolError    502 protocol_error  the answer was not HTTP
         ├── UpstreamJSONError        502 json_error      invalid JSON where JSON was promised
         └── StreamError              (already 200)       stream broke after it began
@@ -45,6 +46,8 @@ class RouterError(Exception):
     anthropic_type = "api_error"
     code: str | None = None
     error_type: str | None = None  # the upstream_errors_total label, when it is one
+    outcome: str | None = None  # an attempt's outcome label when not the error_type
+    unreached = False  # certainly nothing reached the upstream (tokens: nothing billed)
     message = "Internal error"
 
     def __init__(self, message: str | None = None, headers: Mapping[str, str] | None = None):
@@ -216,6 +219,15 @@ class UpstreamTimeout(UpstreamError):
     error_type = "timeout"
     code = "upstream_timeout"
     message = "The upstream did not answer in time"
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within the connect timeout: nothing reached the upstream (nothing was
+    billed). Counted as `timeout` (SPEC §5); an attempt's outcome says `connect_timeout`."""
+
+    outcome = "connect_timeout"
+    unreached = True
+    message = "The upstream did not accept a connection in time"
 
 
 class UpstreamProtocolError(UpstreamError):

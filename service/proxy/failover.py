@@ -115,6 +115,7 @@ OUTCOMES: tuple[str, ...] = (
     "io_error",
     "tls_error",
     "timeout",
+    "connect_timeout",
     "protocol_error",
     "pool_exhausted",
     "stream_error",
@@ -247,7 +248,7 @@ def _outcome(status: int) -> str:
 def _error_outcome(err: RouterError) -> str:
     if isinstance(err, ServiceUnavailable):
         return "pool_exhausted"
-    return err.error_type or "io_error"
+    return err.outcome or err.error_type or "io_error"
 
 
 class RetryBudget:
@@ -877,12 +878,12 @@ async def forward_routed(
             return await pending
         return await ctx.tokens.charged(charge, state, pending)
     except RouterError as e:
-        if not state.attempts:
-            raise
         # The attempts ended in the router's own error (no upstream answer to relay): its
-        # response says what was tried too (SPEC §11). A copy: an error may be shared.
+        # response says what was tried too (SPEC §11), and carries the limits' headers, as every
+        # answer that passed them does. A copy: an error may be shared.
         err = copy.copy(e)
-        err.headers = {**_router_headers(state, {}), **e.headers}
+        ours = _router_headers(state, extra) if state.attempts else extra
+        err.headers = {**ours, **e.headers}
         raise err from None
     finally:
         BUDGET.active -= 1

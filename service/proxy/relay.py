@@ -17,6 +17,7 @@ service.proxy.body.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from typing import Any
@@ -31,7 +32,7 @@ from ..config.model import (
 )
 from ..config.routing import Upstream
 from ..context import RouterRequest
-from ..errors import NotFound, RateLimited, RouteNotAvailable
+from ..errors import NotFound, RateLimited, RouteNotAvailable, RouterError
 from ..ratelimit import Decision
 from ..state import RequestState
 from ..translate import Translator
@@ -198,9 +199,18 @@ async def forward(
             stored_at.name if stored_at is not None else None,
         )
     pending = _exchange(request, upstream_request, ep, extra, strip_usage, translator, streaming)
-    if charge is None:
-        return await pending
-    return await ctx.tokens.charged(charge, state, pending)
+    try:
+        if charge is None:
+            return await pending
+        return await ctx.tokens.charged(charge, state, pending)
+    except RouterError as e:
+        if not extra:
+            raise
+        # The router's own error (the upstream down, silent, ...): it passed the limits, so
+        # it carries their headers as an upstream's answer would. A copy: an error may be shared.
+        err = copy.copy(e)
+        err.headers = {**extra, **e.headers}
+        raise err from None
 
 
 async def _exchange(

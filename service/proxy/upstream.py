@@ -29,6 +29,7 @@ from ..config.model import Timeouts
 from ..errors import (
     ServiceUnavailable,
     UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamIOError,
     UpstreamProtocolError,
@@ -230,6 +231,8 @@ def map_exception(exc: httpx.HTTPError) -> UpstreamError | ServiceUnavailable:
     if isinstance(exc, httpx.PoolTimeout):
         # Our own pool is exhausted: the upstream is not at fault; answer quickly.
         return ServiceUnavailable("No upstream connection available; try again")
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamConnectTimeout()
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout()
     if isinstance(exc, httpx.ConnectError):

@@ -31,6 +31,7 @@ enforcing limit would not have admitted it); the request goes on.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -62,7 +63,15 @@ MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 REFUNDED_TYPES = frozenset({"connect_error", "upstream_error"})
 # Attempt outcomes under a routing file (service.proxy.failover) after which nothing was billed.
 UNBILLED_OUTCOMES = frozenset(
-    {"ok", "connect_error", "pool_exhausted", "rate_limited", "server_error", "client_error"}
+    {
+        "ok",
+        "connect_error",
+        "connect_timeout",
+        "pool_exhausted",
+        "rate_limited",
+        "server_error",
+        "client_error",
+    }
 )
 
 
@@ -504,11 +513,16 @@ class TokenLimiter:
 
     async def charged(self, charge: Charge, state: RequestState, pending: Awaitable[R]) -> R:
         """Await the exchange, then settle its charge. A client that left (cancellation) leaves
-        the reservation standing."""
+        the reservation standing, unless the answer's whole usage had come: then it counts."""
         try:
             response = await pending
+        except asyncio.CancelledError:
+            if state.usage_final:  # (shielded: a second cancellation must not lose it)
+                await asyncio.shield(self.settle(charge, _usage(state), False))
+            raise
         except RouterError as e:
-            await self.settle(charge, _usage(state), refunded(e.status, e.error_type, state))
+            settled = refunded(e.status, e.error_type, state, unreached=e.unreached)
+            await self.settle(charge, _usage(state), settled)
             raise
         status = response.status if response is not None else 200
         await self.settle(charge, _usage(state), refunded(status, state.error_type, state))
@@ -543,7 +557,9 @@ def _usage(state: RequestState) -> Mapping[str, Any] | None:
     return state.usage if state.usage_final else None
 
 
-def refunded(status: int, error_type: str | None, state: RequestState | None = None) -> bool:
+def refunded(
+    status: int, error_type: str | None, state: RequestState | None = None, unreached: bool = False
+) -> bool:
     """Whether a request that reported no usage was billed nothing: the upstream was not reached
     or answered with an error status (the router's own refusals included) — on every attempt,
     under a routing file: one that timed out or broke may have been billed."""
@@ -553,5 +569,5 @@ def refunded(status: int, error_type: str | None, state: RequestState | None = N
         if status < 400 and (state.upstream_status or 0) >= 400:
             return True  # a stream committed by heartbeats, then refused by the upstream
     if error_type is not None:
-        return error_type in REFUNDED_TYPES
+        return unreached or error_type in REFUNDED_TYPES
     return status >= 400 and status != 499

@@ -329,3 +329,25 @@ def test_100k_live_keys_in_a_running_router_then_none(
         assert buckets_gauge(r.url) == 0
     finally:
         asyncio.run(lim.close())
+
+
+def test_the_router_s_own_errors_carry_the_limit_headers_too(
+    router_factory: RouterFactory,
+) -> None:
+    """docs/ratelimit.md: allowed responses carry X-RateLimit-*. An upstream that is down makes
+    the router answer 502 itself, after the request passed the limit: its answer carried none
+    (a client pacing itself on them lost count exactly when things went wrong)."""
+    from tests.support import free_port
+
+    profile = base_profile(
+        f"http://127.0.0.1:{free_port()}",
+        rateLimit={"requestsPerMinute": 60, "burst": 5},
+        tokenLimit={"tokensPerMinute": 1, "burst": 100000},
+    )
+    r = router_factory(profile)
+    resp = post(r.url, key="sk-own-errors")
+    assert resp.status_code == 502
+    assert resp.headers["X-RateLimit-Limit"] == "5"
+    assert resp.headers["X-RateLimit-Remaining"] == "4"
+    assert "x-ratelimit-remaining-tokens" in resp.headers
+    assert resp.json()["error"]["code"] == "upstream_connect_error"

@@ -300,13 +300,15 @@ def test_the_router_s_own_error_says_what_was_tried(
     primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     """SPEC §11: the attempts are in the response headers also when no upstream answered."""
-    data = routing_file(primary, secondary)
+    data = routing_file(primary, secondary, rateLimit={"requestsPerMinute": 600, "burst": 50})
     data["upstreams"]["primary"]["baseUrl"] = f"http://127.0.0.1:{free_port()}"  # refused
     router = router_factory(data, name="refused")
     since = len(router.output())
     r = post(router, CHAT, chat("small"))  # no fallback but a context-window one
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "upstream_connect_error"
+    # it passed the rate limit: its answer says so, as an upstream's would have
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("50", "49")
     line = completion_lines(router, since)[-1]
     tried = line.get("attempts", [{"upstream": "primary", "outcome": "connect_error"}])
     assert {(a["upstream"], a["outcome"]) for a in tried} == {("primary", "connect_error")}

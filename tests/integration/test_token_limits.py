@@ -30,7 +30,7 @@ from tests.fakes.upstream import (
     openai_chat_stream,
     openai_usage_chunk,
 )
-from tests.support import RouterFactory, RouterProcess
+from tests.support import RouterFactory, RouterProcess, free_port
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -206,6 +206,29 @@ def test_an_upstream_error_gives_the_reservation_back(
     upstream.reset()
     after = post(limited.url, body(), key)
     assert remaining(after) == BURST - estimate(body())  # nothing was charged for the 500
+
+
+def test_an_upstream_never_reached_gives_the_reservation_back(
+    router_factory: RouterFactory,
+) -> None:
+    """A connection refused, and one that never completes (the connect timeout): nothing
+    reached the upstream, so nothing was billed (docs/tokens.md). The timeout kept the whole
+    estimate before."""
+    from tests.fakes.faultproxy import Blackhole
+
+    data = body()
+    with Blackhole() as hole:
+        for url, status in ((f"http://127.0.0.1:{free_port()}", 502), (hole.url, 504)):
+            profile = base_profile(
+                url,
+                tokenLimit={"tokensPerMinute": 1, "burst": BURST},
+                timeouts={"connectSecs": 0.5, "readSecs": 5},
+            )
+            r = router_factory(profile)
+            first = post(r.url, data, "sk-tok-unreached")
+            assert first.status_code == status
+            second = post(r.url, data, "sk-tok-unreached")
+            assert remaining(second) == BURST - estimate(data)  # the first gave it all back
 
 
 def test_a_cut_stream_without_usage_keeps_its_reservation(
@@ -386,6 +409,42 @@ def test_a_client_that_leaves_mid_stream_keeps_its_reservation(
         asyncio.run(asyncio.sleep(0.1))
     after = post(limited.url, body(), key)
     assert remaining(after) == BURST - estimate(data) - estimate(body())
+
+
+def test_a_client_that_leaves_after_the_usage_came_is_charged_the_usage(
+    limited: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """docs/tokens.md: once the usage is known it replaces the estimate. A client that reads the
+    usage chunk and leaves before [DONE] kept the estimate charged (or escaped a larger usage)."""
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "up-model-4"}
+    events = [
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}},
+    ]
+    sse = [(0.0, f"data: {json.dumps(e)}\n\n".encode()) for e in events]
+    upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[*sse, (3.0, b"data: [DONE]\n\n")],
+        )
+    )
+    key = "sk-tok-left-after-usage"
+    data = body(stream=True, stream_options={"include_usage": True})
+    before = metric(limited.url, "requests_total", status="499")
+    with stream(limited.url, data, key) as r:
+        assert r.status_code == 200
+        seen = b""
+        for piece in r.iter_raw():
+            seen += piece
+            if b'"usage"' in seen:
+                break  # the usage is out; the client goes away before [DONE]
+    upstream.reset()
+    deadline = 50
+    while deadline and metric(limited.url, "requests_total", status="499") < before + 1:
+        deadline -= 1
+        asyncio.run(asyncio.sleep(0.1))
+    after = post(limited.url, body(), key)
+    assert remaining(after) == BURST - 10 - estimate(body())
 
 
 def test_an_anthropic_stream_cut_after_its_opening_count_keeps_its_reservation(
