@@ -434,11 +434,11 @@ class _Body(httpx.AsyncByteStream):
             if conn.chunks:
                 yield conn.take()
                 continue
-            if conn.complete:
-                break
-            if conn.error is not None:
+            if conn.error is not None:  # before `complete`: an offer may fail the last bytes
                 self._discard()
                 raise conn.raised()
+            if conn.complete:
+                break
             if conn.closed:  # ended without a recorded error (should not happen): incomplete
                 self._discard()
                 raise httpx.RemoteProtocolError(
@@ -465,12 +465,12 @@ class _Body(httpx.AsyncByteStream):
             if conn.chunks:
                 self._last = loop.time()
                 return conn.take()
+            if conn.error is not None:  # before `complete`: an offer may fail the last bytes
+                self._discard()
+                raise conn.raised()
             if conn.complete:
                 self._done()
                 return b""
-            if conn.error is not None:
-                self._discard()
-                raise conn.raised()
             if conn.closed:
                 self._discard()
                 raise httpx.RemoteProtocolError(

@@ -84,6 +84,12 @@ def drain_until(when: float) -> None:
     _drain_until[0] = when
 
 
+def _by(deadline: float) -> Callable[[], float]:
+    """`deadline`, or the drain's end when that comes first (a function of its own: a lambda in
+    `relay_stream` would make a closure cell on every request)."""
+    return lambda: min(deadline, _drain_until[0])
+
+
 def _ended_early() -> RouterError:
     """Why a stream's wait ended before its upstream's next event: the drain, or its own time."""
     return SHUTTING_DOWN if time.monotonic() >= _drain_until[0] else STREAM_TIMEOUT
@@ -470,7 +476,7 @@ async def relay_stream(
         if not sending.done():
             # Nothing from the upstream yet: show the client (and load balancers) life.
             await stream.commit(head_headers, ep.buffer_size, None)
-            if not await stream.wait(sending, lambda: min(deadline, _drain_until[0])):
+            if not await stream.wait(sending, _by(deadline)):
                 await _abandon(sending)
                 sending = None
                 await stream.fail(_ended_early())

@@ -636,6 +636,50 @@ def test_bytes_taken_by_an_offer_keep_the_read_timeout_from_firing(scripted) -> 
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("how", ["receive", "iterate"])
+def test_an_offer_that_fails_the_last_bytes_is_raised_not_a_clean_end(scripted, how: str) -> None:
+    """The last piece and the body's end in one packet: the offer takes the piece, cannot
+    handle it (an event the relay refuses) and fails the body. The reader must meet that error;
+    it met the end of the body (`complete`) first, and the stream ended as if it were clean."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the reader waits, with the offer set
+        writer.write(b"3\r\nbad\r\n0\r\n\r\n")  # the last piece and the end, at once
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    s = scripted(handler)
+
+    class Refused(Exception):
+        pass
+
+    async def go() -> None:
+        c = client()
+        resp = await c.send(req(c, s.url, read=5), stream=True)
+        body = resp.stream
+
+        def offer() -> bool:
+            body.take_now()  # type: ignore[attr-defined]
+            body.fail(Refused())  # type: ignore[attr-defined]
+            return False
+
+        body.push(offer)  # type: ignore[attr-defined]
+        with pytest.raises(Refused):
+            if how == "receive":
+                while await body.receive(2.0) != b"":  # type: ignore[attr-defined]
+                    pass
+            else:
+                async for _ in body:
+                    pass
+        await resp.aclose()
+        await c.aclose()
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("gap", [0.0, 0.05])
 def test_bytes_after_a_complete_response_never_reach_it(scripted, gap: float) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
