@@ -7,6 +7,7 @@ complete upstream SSE event at a time (chunks in, `message_start` … `message_s
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import orjson
@@ -512,7 +513,7 @@ def response(body: dict[str, Any]) -> dict[str, Any]:
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id"),
+                "id": _tool_use_id(call.get("id")),
                 "name": fn.get("name"),
                 "input": _tool_input(fn.get("arguments")),
             }
@@ -534,6 +535,14 @@ def error(status: int, body: bytes) -> dict[str, Any]:
     of error types is closed)."""
     message, _ = error_message(status, body)
     return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+
+
+def _tool_use_id(call_id: Any) -> str:
+    """The call's id, or one made up when the upstream sent none (some servers do not): the
+    client sends its tool_result back under this id, so it must be a string, and unique."""
+    if isinstance(call_id, str) and call_id:
+        return call_id
+    return "toolu_" + secrets.token_hex(12)
 
 
 class EventTranslator(StreamTranslator):
@@ -644,7 +653,11 @@ class EventTranslator(StreamTranslator):
             position = call.get("index", 0)
             index = self._tools.get(position)
             if index is None:
-                block = {"type": "tool_use", "id": call.get("id"), "name": fn.get("name") or ""}
+                block = {
+                    "type": "tool_use",
+                    "id": _tool_use_id(call.get("id")),
+                    "name": fn.get("name") or "",
+                }
                 block["input"] = {}
                 index = self._start_block(block, out)
                 self._tools[position] = index

@@ -382,6 +382,23 @@ def test_a_stream_event_of_another_shape_is_an_upstream_fault(
         tr.events([b"data: " + orjson.dumps(event) + b"\n\n"])
 
 
+def test_a_tool_call_without_an_id_gets_one_for_an_anthropic_client() -> None:
+    """Some Chat servers send no call id; the Anthropic client must get a tool_use id (a
+    string: its tool_result comes back under it), streamed or not, unique per call."""
+    call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
+    answer = {"choices": [{"message": {"role": "assistant", "tool_calls": [call, call]}}]}
+    body = Translator("anthropic_to_openai", {}, CREATED).body(
+        200, "application/json", json.dumps(answer).encode()
+    )
+    ids = [b["id"] for b in json.loads(body)["content"]]
+    assert all(isinstance(i, str) and i.startswith("toolu_") for i in ids) and len(set(ids)) == 2
+    tr = Translator("anthropic_to_openai", {"stream": True}, CREATED)
+    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{**call, "index": 0}]}}]}
+    events = parse(tr.events([b"data: " + orjson.dumps(chunk) + b"\n\n"]))
+    (start,) = [e["data"] for e in events if e["data"].get("type") == "content_block_start"]
+    assert start["content_block"]["id"].startswith("toolu_")
+
+
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_a_2xx_answer_that_is_not_a_json_object_is_json_error(direction: str) -> None:
     tr = Translator(direction, {}, CREATED)
