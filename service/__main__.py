@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options before, between or after
     if args.port is None and args.profile is not None and args.profile.isdigit():
         # `api-router 9000` / `api-router --config f.json 9000`: a lone number is the port.
         args.port, args.profile = args.profile, None

@@ -75,3 +75,12 @@ def test_a_profile_argument_wins_over_the_config_path_of_the_environment(tmp_pat
     )
     assert resolve_settings([], env).profile_path == live.absolute()
     assert resolve_settings(["--config", str(live), "openai"], {}).profile_path == live.absolute()
+
+
+def test_options_may_come_between_or_after_the_positional_arguments() -> None:
+    """`api-router openai --workers 2 9000` was refused ("unrecognized arguments: 9000")."""
+    from service.__main__ import resolve_settings
+
+    for argv in (["openai", "--workers", "2", "9000"], ["--workers", "2", "openai", "9000"]):
+        s = resolve_settings(argv, {})
+        assert (s.profile_path.stem, s.port, s.workers) == ("openai", 9000, 2)
