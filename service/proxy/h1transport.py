@@ -425,6 +425,10 @@ class _Body(httpx.AsyncByteStream):
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
         self._last: float | None = None  # loop time of the last bytes handed over (receive)
+        # An offer failed the body (`fail`): its error is raised even when the same packet
+        # completed the response (bytes after a complete response are only the connection's
+        # fault: the response stays whole).
+        self._refused = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -434,11 +438,14 @@ class _Body(httpx.AsyncByteStream):
             if conn.chunks:
                 yield conn.take()
                 continue
-            if conn.error is not None:  # before `complete`: an offer may fail the last bytes
+            if self._refused and conn.error is not None:  # `fail`: before `complete`
                 self._discard()
                 raise conn.raised()
             if conn.complete:
                 break
+            if conn.error is not None:
+                self._discard()
+                raise conn.raised()
             if conn.closed:  # ended without a recorded error (should not happen): incomplete
                 self._discard()
                 raise httpx.RemoteProtocolError(
@@ -465,12 +472,15 @@ class _Body(httpx.AsyncByteStream):
             if conn.chunks:
                 self._last = loop.time()
                 return conn.take()
-            if conn.error is not None:  # before `complete`: an offer may fail the last bytes
+            if self._refused and conn.error is not None:  # `fail`: before `complete`
                 self._discard()
                 raise conn.raised()
             if conn.complete:
                 self._done()
                 return b""
+            if conn.error is not None:
+                self._discard()
+                raise conn.raised()
             if conn.closed:
                 self._discard()
                 raise httpx.RemoteProtocolError(
@@ -527,6 +537,7 @@ class _Body(httpx.AsyncByteStream):
         connection is closed and `receive` raises `exc`."""
         conn = self._conn
         if conn is not None:
+            self._refused = True
             conn._fail(exc)
 
     def _done(self) -> None:
