@@ -105,6 +105,8 @@ NOT_AGAIN = frozenset({"tls_error", "timeout"})
 # The most of a failed attempt's body that is read (to relay it, or to look for a context-length
 # error); the rest is drained.
 MAX_FAILED_BODY = 1 << 20
+# How long after totalSecs its own timer fires: a connect timeout cut to the same time comes first.
+DEADLINE_GRACE_SECS = 0.05
 # The outcomes of an attempt (the `outcome` label of upstream_attempts_total): a closed set.
 OUTCOMES: tuple[str, ...] = (
     "ok",
@@ -372,15 +374,11 @@ class _Attempts:
             connect = round(min(connect, left), 2) or 0.01
         return timeout_of(connect, read, self.ctx.settings.upstream_pool_wait_secs)
 
-    async def _send(self, req: httpx.Request, retry: bool) -> httpx.Response:
-        """Send an attempt; under totalSecs its head must come within the time left."""
-        sending = self._retry(req) if retry else send(self.ctx.http, req)
-        if self.deadline is None:
-            return await sending
-        try:
-            return await asyncio.wait_for(sending, max(0.01, self.deadline - time.monotonic()))
-        except TimeoutError:
-            raise httpx.ReadTimeout("totalSecs passed before the upstream's head") from None
+    def left(self) -> float:
+        """Seconds until totalSecs passes (a little after, so that an attempt's connect
+        timeout, cut to the same time, fires first: it says nothing was sent)."""
+        assert self.deadline is not None
+        return max(0.01, self.deadline - time.monotonic()) + DEADLINE_GRACE_SECS
 
     def _build(self, cand: Candidate) -> tuple[httpx.Request, Chosen] | None:
         """The upstream request for `cand` (None: its upstream has no such endpoint)."""
@@ -544,7 +542,14 @@ class _Attempts:
                 )
             started = time.perf_counter()
             try:
-                resp = await self._send(req, retry)
+                if self.deadline is None:
+                    resp = await (self._retry(req) if retry else send(self.ctx.http, req))
+                else:  # under totalSecs the head must come within the time left
+                    try:
+                        async with asyncio.timeout(self.left()):
+                            resp = await (self._retry(req) if retry else send(self.ctx.http, req))
+                    except TimeoutError:
+                        raise httpx.ReadTimeout("totalSecs passed before the head") from None
             except httpx.HTTPError as e:
                 err = map_exception(e)
                 if tracing is not None:
@@ -907,7 +912,14 @@ async def _relay(
             data = chosen.failed_body
         else:
             try:
-                data = await request.app.ctx.http.read_raw(resp)
+                if attempts.deadline is None:
+                    data = await request.app.ctx.http.read_raw(resp)
+                else:  # a whole answer is the attempt's first content: within totalSecs
+                    async with asyncio.timeout(attempts.left()):
+                        data = await request.app.ctx.http.read_raw(resp)
+            except TimeoutError:
+                await resp.aclose()
+                raise UpstreamTimeout() from None
             except httpx.HTTPError as e:
                 raise map_exception(e) from None
     finally:

@@ -1006,6 +1006,23 @@ def test_total_secs_bounds_every_attempt(
     assert r.status_code == 504
 
 
+def test_total_secs_bounds_a_whole_answer_s_body_too(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """A JSON answer is its attempt's first content: its head at once and its body 3 s later
+    is past totalSecs 1, whatever the read timeout (504 at about 1 s, not 200 at 3 s)."""
+    data = routing_file(primary, secondary, timeouts={"totalSecs": 1})
+    router = router_factory(data, name="total-json")
+    answer = json.dumps({"id": "c", "object": "chat.completion", "choices": []}).encode()
+    primary.reply_with(
+        lambda _r: Reply(headers=[("Content-Type", "application/json")], chunks=[(3.0, answer)])
+    )
+    started = time.monotonic()
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 504
+    assert time.monotonic() - started < 2.5
+
+
 def test_total_secs_does_not_cut_a_stream_after_its_first_content(
     primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
 ) -> None:
