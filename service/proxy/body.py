@@ -18,15 +18,15 @@ import orjson
 from ..errors import BadRequest
 
 # orjson reads integers beyond 64 bits as floats; JSON allows them, so a body with such a number
-# (a run of 20+ digits) is parsed and written by the exact standard library. The run is found at C
-# speed: every ASCII digit mapped to "0", anything else to "x", then a substring search (a regex
-# `\d{20,}` is much slower on a large body).
+# (a run of 19+ digits: -9223372036854775809 has 19) is parsed and written by the exact standard
+# library. The run is found at C speed: every ASCII digit mapped to "0", anything else to "x",
+# then a substring search (a regex `\d{19,}` is much slower on a large body).
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
-_BIG_INT_RUN = b"0" * 20
+_BIG_INT_RUN = b"0" * 19
 
 
 def exact_json(body: bytes) -> bool:
-    """Whether `body` holds a run of 20+ digits (an integer orjson would not keep exact)."""
+    """Whether `body` holds a run of 19+ digits (an integer orjson might not keep exact)."""
     return _BIG_INT_RUN in body.translate(_DIGITS_AS_ZERO)
 
 
@@ -43,6 +43,21 @@ def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """JSON (an answer, a tool call's arguments) with its integers kept exact; ValueError (or
+    UnicodeDecodeError, one too) if it is not JSON."""
+    raw = text if isinstance(text, bytes) else text.encode()
+    return json.loads(text) if exact_json(raw) else orjson.loads(raw)
+
+
+def dumps_exact(value: Any) -> bytes:
+    """`value` as compact JSON, integers beyond 64 bits included (orjson refuses them)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def dump_json(data: dict[str, Any], exact: bool = False) -> bytes:

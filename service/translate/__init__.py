@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamJSONError
+from ..proxy.body import dumps_exact, loads_exact
 from . import anthropic_to_openai, openai_to_anthropic
 from .common import (
     DEFAULT_OPTIONS,
@@ -88,14 +89,14 @@ class Translator(JSONAnswers):
         if not 200 <= status < 300:
             return self.error_data(status, data)
         try:
-            parsed = orjson.loads(data) if "json" in content_type.lower() else None
-        except orjson.JSONDecodeError:
+            parsed = loads_exact(data) if "json" in content_type.lower() else None
+        except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
             raise UpstreamJSONError()
         if self.to_openai:
-            return orjson.dumps(anthropic_to_openai.response(parsed))
-        return orjson.dumps(openai_to_anthropic.response(parsed, self.created))
+            return dumps_exact(anthropic_to_openai.response(parsed))
+        return dumps_exact(openai_to_anthropic.response(parsed, self.created))
 
     def events(self, events: list[bytes]) -> list[bytes]:
         """Complete upstream SSE events in, the client's events out (raises BadUpstreamEvent for

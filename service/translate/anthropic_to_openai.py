@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, UpstreamJSONError
+from ..proxy.body import dumps_exact, loads_exact
 from .common import (
     ANTHROPIC_TO_EFFORT,
     DEFAULT_OPTIONS,
@@ -342,7 +343,7 @@ def _assistant(
         if kind == "text":
             texts.append(block.get("text", ""))
         elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input", {})).decode()
+            arguments = dumps_exact(block.get("input", {})).decode()
             calls.append(
                 {
                     "id": block.get("id"),
@@ -483,8 +484,8 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     if arguments in (None, ""):
         return {}
     try:
-        value = orjson.loads(arguments) if isinstance(arguments, str) else arguments
-    except orjson.JSONDecodeError:
+        value = loads_exact(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:  # orjson's JSONDecodeError and json's are ValueErrors
         raise UpstreamJSONError() from None
     if not isinstance(value, dict):
         raise UpstreamJSONError()

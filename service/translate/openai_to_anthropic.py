@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
+from ..proxy.body import dumps_exact
 from .common import (
     DEFAULT_OPTIONS,
     DONE,
@@ -421,7 +422,7 @@ def response(body: dict[str, Any], created: int) -> dict[str, Any]:
                     "type": "function",
                     "function": {
                         "name": block.get("name"),
-                        "arguments": orjson.dumps(block.get("input", {})).decode(),
+                        "arguments": dumps_exact(block.get("input", {})).decode(),
                     },
                 }
             )

@@ -63,6 +63,7 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamJSONError
+from ..proxy.body import dumps_exact, loads_exact
 from . import Translator
 from .common import (
     DEFAULT_OPTIONS,
@@ -175,12 +176,12 @@ class ResponsesTranslator(JSONAnswers):
         if self.to_anthropic:
             data, content_type = self._translator().body(status, content_type, data), "json"
         try:
-            parsed = orjson.loads(data) if "json" in content_type.lower() else None
-        except orjson.JSONDecodeError:
+            parsed = loads_exact(data) if "json" in content_type.lower() else None
+        except ValueError:
             parsed = None
         if not isinstance(parsed, dict):
             raise UpstreamJSONError()
-        return orjson.dumps(self.response(parsed))
+        return dumps_exact(self.response(parsed))
 
     def response(self, chat: dict[str, Any]) -> dict[str, Any]:
         """The `response` object for a Chat Completions answer (its first choice)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ..proxy.body import loads_exact
 from .common import NO_ARGUMENTS, error_message, openai_error_type
 from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS
 
@@ -133,8 +134,8 @@ def custom_input(arguments: Any) -> str:
     if not isinstance(arguments, str):
         return ""
     try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
+        value = loads_exact(arguments)
+    except ValueError:
         return arguments
     if isinstance(value, str):
         return value

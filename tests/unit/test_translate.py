@@ -382,6 +382,27 @@ def test_a_stream_event_of_another_shape_is_an_upstream_fault(
         tr.events([b"data: " + orjson.dumps(event) + b"\n\n"])
 
 
+def test_integers_beyond_64_bits_in_tool_arguments_stay_exact() -> None:
+    """JSON allows any integer; orjson reads one beyond 64 bits as a float (and refuses to write
+    it). A tool call's arguments keep theirs both ways (found by the round-trip property test
+    with -9223372036854775809, 19 digits, one below the smallest 64-bit integer)."""
+    args = '{"n": -9223372036854775809, "id": 123456789012345678901234567890}'
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}
+    answer = {"choices": [{"message": {"role": "assistant", "tool_calls": [call]}}]}
+    body = Translator("anthropic_to_openai", {}, CREATED).body(
+        200, "application/json", json.dumps(answer).encode()
+    )
+    (block,) = json.loads(body)["content"]
+    assert block["input"] == {"n": -9223372036854775809, "id": 123456789012345678901234567890}
+    back = Translator("openai_to_anthropic", {}, CREATED).body(
+        200,
+        "application/json",
+        json.dumps({"content": [block], "stop_reason": "tool_use", "usage": {}}).encode(),
+    )
+    arguments = json.loads(back)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(arguments) == block["input"]
+
+
 def test_a_tool_call_without_an_id_gets_one_for_an_anthropic_client() -> None:
     """Some Chat servers send no call id; the Anthropic client must get a tool_use id (a
     string: its tool_result comes back under it), streamed or not, unique per call."""
