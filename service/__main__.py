@@ -122,13 +122,11 @@ def check_listen(host: str, port: int) -> None:
     that is not an address of this machine is one line and exit 2, not Sanic's traceback. (The
     socket is closed at once; Sanic binds its own, with the same SO_REUSEADDR.)"""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as Sanic's bind_socket
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as s:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(addr)
+            s.bind((host, port))
     except OSError as e:  # socket.gaierror included
         raise SettingsError(f"cannot listen on {where}: {e.strerror or e}") from None
 
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         check_listen(settings.host, settings.port)
         check_transport(env)  # and what the workers would only find out each on its own
         sentry.check(env)
-    except (ConfigError, SettingsError, ValueError) as e:
+    except (ConfigError, SettingsError) as e:
         print(f"api-router: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     try:

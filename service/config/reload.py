@@ -60,6 +60,7 @@ class ConfigHolder:
             self._failed(stamp, str(e))
             return False
         except Exception as e:  # never ends the watch: the next edit must still be read
+            log.exception("config_reload_error")  # the traceback (frames only, scrubbed)
             self._failed(stamp, f"{path}: cannot be loaded: {e.__class__.__name__}")
             return False
         self._bad_stamp = None
@@ -90,7 +91,7 @@ class ConfigHolder:
             try:
                 self.check()
             except Exception as e:  # e.g. in on_load: logged, and the watch goes on
-                log.error("config_watch_error", error_class=e.__class__.__name__)
+                log.exception("config_watch_error", error_class=e.__class__.__name__)
 
     def state(self) -> dict[str, object]:
         return {

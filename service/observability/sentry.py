@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from .. import __version__
+from ..settings import SettingsError
 from .logging import scrub
 
 log = structlog.get_logger("api_router.sentry")
@@ -44,7 +45,7 @@ def check(env: dict[str, str]) -> None:
     try:
         Dsn(dsn)
     except BadDsn:
-        raise ValueError("SENTRY_DSN is not a valid Sentry DSN") from None
+        raise SettingsError("SENTRY_DSN is not a valid Sentry DSN") from None
 
 
 def _before_send(event: Any, _hint: Any) -> Any:

@@ -98,7 +98,8 @@ def redact_exporter_headers(env: Mapping[str, str]) -> None:
                 if sep in item:
                     value = item.split(sep, 1)[1].strip()
                     for secret in (value, unquote(value), value.rsplit(" ", 1)[-1]):
-                        redact(secret)
+                        if len(secret) >= 8:  # a key; not a word such as `prod`
+                            redact(secret)
                     break
 
 

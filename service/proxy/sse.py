@@ -76,12 +76,27 @@ STREAM_TIMEOUT = UpstreamTimeout("The upstream stream exceeded its idle time or 
 # client's protocol, a moment before Sanic aborts the connections (service.server.shutdown).
 SHUTTING_DOWN = ShuttingDown()
 _drain_until = [math.inf]  # this worker's: the monotonic time streams must have ended by
+# The upstream bodies of this worker's open streams that can be ended from outside (`fail`, the
+# h1 engine's): at the drain's end each is, so that a stream waiting in a long heartbeat slice
+# (a silent upstream) ends then too, not a heartbeat later when Sanic has cut it already.
+_LIVE: set[Any] = set()
+
+
+class _DrainEnd(Exception):
+    """Raised from a live stream's upstream body when the drain time is up."""
 
 
 def drain_until(when: float) -> None:
     """The worker stops: streams still open at the monotonic time `when` end with
-    SHUTTING_DOWN (service.server.shutdown)."""
+    SHUTTING_DOWN (service.server.shutdown). `math.inf`: not stopping."""
     _drain_until[0] = when
+    if when != math.inf:
+        asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), _end_live)
+
+
+def _end_live() -> None:
+    for body in list(_LIVE):
+        body.fail(_DrainEnd())
 
 
 def _by(deadline: float) -> Callable[[], float]:
@@ -544,6 +559,8 @@ async def relay_stream(
         # per read; any other through a task that survives the heartbeat waits.
         receive = getattr(resp.stream, "receive", None)
         chunks = resp.aiter_raw() if receive is None else None
+        if getattr(resp.stream, "fail", None) is not None:
+            _LIVE.add(resp.stream)  # (left in `finally`)
         # Fast path `stream`: with the h1 engine each piece is relayed from the upstream
         # connection's data callback (`_Offer`); the task below only writes heartbeats, waits
         # while the client is slow, and ends the stream.
@@ -590,6 +607,9 @@ async def relay_stream(
             except (httpx.HTTPError, EventTooLarge, BadUpstreamEvent):
                 await stream.fail(StreamError())
                 return None
+            except _DrainEnd:
+                await stream.fail(SHUTTING_DOWN)
+                return None
             if out:
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
@@ -620,6 +640,7 @@ async def relay_stream(
         if sending is not None:
             await _abandon(sending)
         if resp is not None:
+            _LIVE.discard(resp.stream)
             await resp.aclose()  # after a complete read this returns the connection to the pool
 
 

@@ -36,7 +36,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamTLSError,
 )
-from ..settings import HTTP2_ENV, http2_setting
+from ..settings import HTTP2_ENV, SettingsError, http2_setting
 from .upstream_fast import bytes_request, read_raw, stock_read
 
 POOL_MAX_CONNECTIONS = 1024
@@ -52,18 +52,27 @@ TRANSPORTS = ("h1", "aiohttp", "httpx", "pyreqwest")
 DEFAULT_TRANSPORT = "h1"  # measured: bench/README.md, "Upstream transport"
 
 
+def transport_name(env: Mapping[str, str]) -> str:
+    """`API_ROUTER_UPSTREAM_TRANSPORT`, as the workers read it (any case, spaces ignored)."""
+    return env.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT
+
+
 def check_transport(env: Mapping[str, str]) -> None:
     """The transport the workers will build, checked in the main process (a bad one failed in
     every worker, and Sanic then killed the whole process group)."""
-    name = env.get(TRANSPORT_ENV) or DEFAULT_TRANSPORT
+    name = transport_name(env)
+    try:
+        http2 = http2_setting(env)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
     if name not in TRANSPORTS:
-        raise ValueError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
-    if http2_setting(env) != "off" and name != "pyreqwest":
+        raise SettingsError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
+    if http2 != "off" and name != "pyreqwest":
         # Only pyreqwest speaks HTTP/2: the others would quietly stay on HTTP/1.1.
-        raise ValueError(f"{HTTP2_ENV} needs {TRANSPORT_ENV}=pyreqwest (the only HTTP/2 one)")
+        raise SettingsError(f"{HTTP2_ENV} needs {TRANSPORT_ENV}=pyreqwest (the only HTTP/2 one)")
     module = {"aiohttp": "httpx_aiohttp", "pyreqwest": "pyreqwest"}.get(name)
     if module is not None and importlib.util.find_spec(module) is None:
-        raise ValueError(f"{TRANSPORT_ENV}={name} needs the {module} package, not installed")
+        raise SettingsError(f"{TRANSPORT_ENV}={name} needs the {module} package, not installed")
 
 
 def _transport(
@@ -183,7 +192,7 @@ def create_client(
     max_connections: int = POOL_MAX_CONNECTIONS, fast_request: bool = True
 ) -> UpstreamClient:
     """Created in a `before_server_start` listener; closed in `after_server_stop`."""
-    name = os.environ.get(TRANSPORT_ENV, "").strip().lower() or DEFAULT_TRANSPORT
+    name = transport_name(os.environ)
     return UpstreamClient(_transport(name, max_connections, fast_request), fast_request)
 
 

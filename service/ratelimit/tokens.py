@@ -518,7 +518,10 @@ class TokenLimiter:
             response = await pending
         except asyncio.CancelledError:
             if state.usage_final:  # (shielded: a second cancellation must not lose it)
-                await asyncio.shield(self.settle(charge, _usage(state), False))
+                settling = asyncio.ensure_future(self.settle(charge, _usage(state), False))
+                _SETTLING.add(settling)  # held until done (the loop keeps only weak ones)
+                settling.add_done_callback(_SETTLING.discard)
+                await asyncio.shield(settling)
             raise
         except RouterError as e:
             settled = refunded(e.status, e.error_type, state, unreached=e.unreached)
@@ -549,6 +552,9 @@ class TokenLimiter:
 
     async def close(self) -> None:
         await self.store.close()
+
+
+_SETTLING: set[asyncio.Future[None]] = set()
 
 
 def _usage(state: RequestState) -> Mapping[str, Any] | None:

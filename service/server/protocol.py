@@ -88,13 +88,22 @@ def start_body_clock(request: Request) -> None:
     protocol = request.transport.get_protocol()
     if isinstance(protocol, GuardedHttpProtocol):
         protocol._body_since = monotonic()
-        protocol.check_within(protocol._ticks[1])  # by default Sanic's own period is shorter
+        if protocol._body_sooner:  # by default Sanic's own period is shorter
+            protocol.check_within(protocol._ticks[1])
 
 
 class GuardedHttpProtocol(HttpProtocol):
     """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap."""
 
-    __slots__ = ("_body_since", "_conn_http", "_guard", "_head_since", "_rejected", "_ticks")
+    __slots__ = (
+        "_body_since",
+        "_body_sooner",
+        "_conn_http",
+        "_guard",
+        "_head_since",
+        "_rejected",
+        "_ticks",
+    )
 
     def _setup(self) -> None:
         super()._setup()
@@ -112,6 +121,10 @@ class GuardedHttpProtocol(HttpProtocol):
             max(0.1, settings.header_timeout_secs / 4),
             max(0.1, settings.body_timeout_secs / 4),
         )
+        # Whether a body's check must come sooner than Sanic's own period (half its shortest
+        # timeout: keep-alive, the head's, the response's): not with the defaults.
+        sanic_period = min(settings.keep_alive_secs, settings.header_timeout_secs) / 2
+        self._body_sooner = self._ticks[1] < sanic_period
         self._body_since: float | None = None  # end of the last head (`start_body_clock`)
         self._rejected = False
         self._conn_http: Any = None  # this connection's Sanic `Http`, until its task ended

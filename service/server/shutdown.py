@@ -27,6 +27,8 @@ main process and in the workers: the active config file is reloaded whenever it 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import signal
 import socket
 import time
@@ -77,7 +79,10 @@ def install(app: Sanic[Any, AppContext]) -> None:
 
     @app.before_server_start
     async def _ignore_hangup(app: Sanic) -> None:
-        signal.signal(signal.SIGHUP, _hangup)
+        # Through the loop in a worker: the line is written between callbacks, never in the
+        # middle of another write to the same stream.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _hangup, signal.SIGHUP, None)
+        drain_until(math.inf)  # a server started again in this process: not draining
 
 
 def _hangup(signum: int, frame: FrameType | None) -> None:

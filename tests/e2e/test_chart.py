@@ -354,7 +354,16 @@ def alert_test(rule: dict[str, Any], job: str, alerts: list[str]) -> dict[str, A
         # The ServiceMonitor's series: the job is the Service's name.
         ("service-monitor", ["-f", str(CHART / "ci" / "monitoring-values.yaml")], "rel-api-router"),
         # Scraped through the pod annotations: the scrape config names the job.
-        ("annotations", ["--set", "metrics.prometheusRule.enabled=true"], "kubernetes-pods"),
+        (
+            "annotations",
+            [
+                "--set",
+                "metrics.prometheusRule.enabled=true",
+                "--set",
+                "metrics.prometheusRule.p99LatencySeconds=8",
+            ],
+            "kubernetes-pods",
+        ),
     ],
 )
 def test_alert_rules_fire_on_an_outage(

@@ -99,11 +99,26 @@ def test_otlp_exporter_header_values_are_registered_not_their_names() -> None:
 
     redact_exporter_headers(
         {
-            "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=otlp-k1,Authorization: Bearer otlp-t2",
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-honeycomb-team otlp-t3",
+            "OTEL_EXPORTER_OTLP_HEADERS": (
+                "x-api-key=otlp-key-k1,Authorization: Bearer otlp-key-t2,x-env=prod"
+            ),
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-honeycomb-team otlp-key-t3",
         }
     )
-    line = scrub("Header format invalid! Authorization: Bearer otlp-t2 x-api-key=otlp-k1 otlp-t3")
+    line = scrub(
+        "Header format invalid! Authorization: Bearer otlp-key-t2 x-api-key=otlp-key-k1 "
+        "otlp-key-t3 in prod"
+    )
     assert "otlp-" not in line
     assert "Authorization" in line and "x-api-key" in line  # the names stay readable
     assert "Authorization" not in _secrets and "x-api-key" not in _secrets
+    assert line.endswith(" in prod")  # a short value is no key: not scrubbed everywhere
+
+
+def test_the_transport_is_read_as_the_workers_read_it() -> None:
+    """Any case, spaces around: the main process's check must not refuse what a worker takes."""
+    from service.proxy.upstream import check_transport, transport_name
+
+    for raw in (" H1 ", "HTTPX", "Aiohttp"):
+        check_transport({"API_ROUTER_UPSTREAM_TRANSPORT": raw})
+        assert transport_name({"API_ROUTER_UPSTREAM_TRANSPORT": raw}) == raw.strip().lower()
