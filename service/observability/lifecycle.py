@@ -42,7 +42,7 @@ from ..state import RequestState
 from . import sentry
 from .alerts import FailureAlarm
 from .logging import emit, set_request_secret
-from .metrics import method_label
+from .metrics import METHODS, method_label
 
 ACCESS_LOGGER = "api_router.access"
 PATH_LOG_CHARS = 200  # of a 404/405 request's path in its completion line
@@ -250,6 +250,16 @@ def _failed(request: RouterRequest, route: str, status: int, error_type: str | N
         )
 
 
+def _head_method(request: Any) -> str | None:
+    """The method of a refused head's request line, still in the connection's buffer (one of
+    the closed set of METHODS, else None)."""
+    buf = getattr(getattr(request, "stream", None), "recv_buffer", None)
+    if not buf:
+        return None
+    method = bytes(buf[:8]).split(b" ", 1)[0].decode("latin-1")
+    return method if method in METHODS else None
+
+
 def install_request_id(app: Sanic) -> None:
     """Without metrics and completion lines, the request id is still chosen and returned."""
 
@@ -331,6 +341,10 @@ def install(app: Sanic[Any, AppContext]) -> None:
                 # is that request's, which is finished with it (in flight no more).
                 finish(first, response.status, response)
                 return
-            # Else it is still counted and logged (route `unmatched` unless the path was read).
+            # Else it is still counted and logged (route `unmatched` unless the path was read),
+            # under the method of its request line when that was read (Sanic says NONE).
+            method = _head_method(request)
+            if method is not None:
+                request.method = method
             await _request(request)
         finish(request, response.status, response)

@@ -43,6 +43,12 @@ def test_malformed_and_oversized_heads_are_counted_and_logged(router: RouterProc
     assert _count(router.url, "unmatched", "431") == before_431 + 1
     line = router.wait_for_log(lambda r: r.get("request_id") == rid.group(1).decode())
     assert line["event"] == "request_completed" and line["status_code"] == 400
+    # the method its request line named (Sanic's stand-in request says NONE: label OTHER)
+    assert line["method"] == "GET"
+    assert (
+        'requests_total{method="GET",route="/health",status="400"}'
+        in httpx.get(router.url + "/metrics").text
+    )
 
 
 def _gauge(url: str, name: str) -> float:
