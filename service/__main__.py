@@ -138,7 +138,9 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
     if path:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        for f in [*p.glob("*.db"), p / "exemplars.bin"]:  # exemplars: service.observability
+        # the metric files, the exemplars and the repeated-failure alarm (service.observability):
+        # nothing of a previous run counts in this one
+        for f in [*p.glob("*.db"), p / "exemplars.bin", p / "failure-alarm.json"]:
             f.unlink(missing_ok=True)
     else:
         path = tempfile.mkdtemp(prefix="api-router-metrics-")

@@ -47,9 +47,10 @@ def boundary_of(content_type: str | None) -> bytes:
 
 
 def _find_within(buf: bytearray, needle: bytes, limit: int, what: str) -> int:
-    """Where `needle` starts in `buf`; -1 to wait for more; 400 once `limit` bytes did not do."""
+    """Where `needle` starts in `buf`; -1 to wait for more; 400 when what comes before it is (or
+    already is, unended) more than `limit` bytes, however the body arrived in pieces."""
     i = buf.find(needle)
-    if i < 0 and len(buf) > limit:
+    if i > limit or (i < 0 and len(buf) > limit):
         raise BadRequest(f"{what} too large")
     return i
 
@@ -91,9 +92,9 @@ class ModelPartRewriter:
                     end = len(self._dash)
                 else:
                     i = buf.find(self._delim)
+                    if i > MAX_PREAMBLE or (i < 0 and len(buf) > MAX_PREAMBLE):
+                        raise BadRequest("multipart body does not use the declared boundary")
                     if i < 0:
-                        if len(buf) > MAX_PREAMBLE:
-                            raise BadRequest("multipart body does not use the declared boundary")
                         break
                     end = i + len(self._delim)
                 out += buf[:end]

@@ -84,3 +84,18 @@ def test_options_may_come_between_or_after_the_positional_arguments() -> None:
     for argv in (["openai", "--workers", "2", "9000"], ["--workers", "2", "openai", "9000"]):
         s = resolve_settings(argv, {})
         assert (s.profile_path.stem, s.port, s.workers) == ("openai", 9000, 2)
+
+
+def test_a_previous_run_s_metrics_exemplars_and_alarm_are_removed_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a fixed PROMETHEUS_MULTIPROC_DIR (the image's), a restart must not count a previous
+    run's figures, nor alarm on its failures (the alarm's file was kept: 4 failures before a
+    restart and 1 after made 5, and an alarm)."""
+    from service.__main__ import prepare_multiproc_dir
+
+    for name in ("counter_1.db", "exemplars.bin", "failure-alarm.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert prepare_multiproc_dir({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == str(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # not the router's

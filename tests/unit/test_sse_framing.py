@@ -328,3 +328,28 @@ def test_multipart_errors() -> None:
     with pytest.raises(BadRequest):
         rewrite_body(b"", BOUNDARY, {})
     assert boundary_of('multipart/form-data; boundary="abc"') == b"abc"
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["in-one-piece", "byte-pieces-of-64k"])
+@pytest.mark.parametrize("item", ["preamble", "part-head", "model-value"])
+def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: bool) -> None:
+    """docs/security.md: preamble 64 KiB, part head 16 KiB, model value 64 KiB, past them 400.
+    An item that arrived whole with its end in one piece went through before (the limit was
+    only checked while waiting for the end)."""
+    from service.proxy.multipart import MAX_MODEL_VALUE, MAX_PART_HEAD, MAX_PREAMBLE
+
+    dash = b"--" + BOUNDARY
+    if item == "preamble":
+        body = b"x" * (MAX_PREAMBLE + 10) + b"\r\n" + form([("model", b"whisper-1")])
+    elif item == "part-head":
+        pad = b"X-Pad: " + b"p" * MAX_PART_HEAD + b"\r\n"
+        body = dash + b'\r\nContent-Disposition: form-data; name="f"\r\n' + pad + b"\r\nv\r\n"
+        body += dash + b"--\r\n"
+    else:
+        body = form([("model", b"m" * (MAX_MODEL_VALUE + 10))])
+    rw = ModelPartRewriter(BOUNDARY, {})
+    pieces = [body] if whole else [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    with pytest.raises(BadRequest, match=r"too large|does not use the declared boundary"):
+        for piece in pieces:
+            rw.feed(piece)
+        rw.finish()
