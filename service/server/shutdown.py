@@ -70,6 +70,12 @@ def install(app: Sanic[Any, AppContext]) -> None:
                 http.keep_alive = False  # a busy connection closes after its response
             conn.close_if_idle()
 
+    @app.after_server_stop
+    async def _end_drain(app: Sanic) -> None:
+        # The streams are gone: nothing else in this process (another server started in it, as
+        # tests do) may meet a drain deadline that has passed.
+        drain_until(math.inf)
+
     @app.main_process_ready
     async def _close_listener_on_signal(app: Sanic, _: Any) -> None:
         socks = [s for info in app.state.server_info if (s := info.settings.get("sock"))]

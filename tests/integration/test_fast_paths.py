@@ -234,3 +234,17 @@ def test_a_worker_sets_the_gc_threshold_when_it_starts(
     _, resp = app.test_client.get("/health")
     assert resp.status == 200
     assert gc.get_threshold() == (want or 700, *saved[1:])
+
+
+def test_a_stopped_server_leaves_no_drain_deadline_behind(make_app: Any) -> None:
+    """A server that stops sets its worker's drain deadline (service.proxy.sse); once it has
+    stopped, nothing else in the process may meet it: a later server, or the relay's own unit
+    tests in the same test process, saw every stream past its drain and refused to relay."""
+    import math
+
+    from service.proxy import sse
+
+    app, _ = make_app({"API_ROUTER_DRAIN_SECS": "0"})
+    _, resp = app.test_client.get("/health")
+    assert resp.status == 200
+    assert sse._drain_until[0] == math.inf
