@@ -661,6 +661,10 @@ def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_cras
     with httpx.stream("POST", claude.url + "/v1/chat/completions", json=body) as s:
         lines = [line for line in s.iter_lines() if line.startswith("data: ")]
     assert json.loads(lines[-1][6:])["error"]["code"] == "stream_error"
+    # (the stream's line is written once its response has ended: waited for)
+    claude.wait_for_log(
+        lambda e: e.get("event") == "request_completed" and e.get("error_type") == "stream_error"
+    )
     completions = [
         e
         for e in claude.logs()
