@@ -364,7 +364,7 @@ class _Attempts:
     def _timeout(self, up: Upstream) -> httpx.Timeout:
         """The upstream's timeouts with the route's connectSecs / headersSecs over them. The
         read timeout is not cut to totalSecs: it is also every body read's, and past the first
-        content only idleSecs and the stream limits apply (`_send` bounds the head instead)."""
+        content only idleSecs and the stream limits apply (`run` bounds the head instead)."""
         t = up.profile.timeouts
         p = self.policy
         connect = p.connect_secs or t.connect_secs
