@@ -117,7 +117,7 @@ def http2_setting(env: Mapping[str, str]) -> str:
         return "on"
     if raw == "prior-knowledge":
         return raw
-    raise ValueError(f"{HTTP2_ENV}={raw!r} must be one of {', '.join(HTTP2_MODES)}")
+    raise SettingsError(f"{HTTP2_ENV}={raw!r} must be one of {', '.join(HTTP2_MODES)}")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float) -> float:

@@ -61,10 +61,7 @@ def check_transport(env: Mapping[str, str]) -> None:
     """The transport the workers will build, checked in the main process (a bad one failed in
     every worker, and Sanic then killed the whole process group)."""
     name = transport_name(env)
-    try:
-        http2 = http2_setting(env)
-    except ValueError as e:
-        raise SettingsError(str(e)) from None
+    http2 = http2_setting(env)
     if name not in TRANSPORTS:
         raise SettingsError(f"{TRANSPORT_ENV}={name!r} must be one of {', '.join(TRANSPORTS)}")
     if http2 != "off" and name != "pyreqwest":

@@ -310,3 +310,14 @@ def test_a_worker_that_dies_is_logged_and_started_again(
     for _ in range(6):  # on new connections: both workers answer
         assert httpx.get(router.url + "/health").status_code == 200
     assert router.stop() == 0
+
+
+def test_sigint_stops_the_router_like_sigterm(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """docs/deployment.md: SIGINT (Ctrl-C) stops the router the same way: status 0."""
+    router = router_factory(profile(fake), workers=2)
+    assert router.proc is not None
+    assert httpx.get(router.url + "/health").status_code == 200
+    router.proc.send_signal(signal.SIGINT)
+    assert router.proc.wait(20) == 0, router.output()[-3000:]
