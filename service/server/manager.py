@@ -76,7 +76,7 @@ def patch() -> None:
         self._api_router_in_call = True  # type: ignore[attr-defined]
         try:
             sync_states(self)
-            _respawn_dead(self)
+            respawn_dead(self)
         finally:
             self._api_router_in_call = False  # type: ignore[attr-defined]
         _run_deferred(self)
@@ -90,36 +90,37 @@ def patch() -> None:
             return
         shutdown_signal(self, signal, frame)
 
-    def _respawn_dead(self: WorkerManager) -> None:
-        if self._shutting_down:
-            return
-        now = time.monotonic()
-        # per worker: (when it was last started again, the wait before that start)
-        history: dict[str, tuple[float, float]] = self.__dict__.setdefault(
-            "_api_router_respawns", {}
-        )
-        due: dict[str, float] = self.__dict__.setdefault("_api_router_due", {})
-        for process in self.transient_processes:
-            if process.is_alive() or process.exitcode is None:
-                due.pop(process.name, None)
-                continue  # serving, or not started yet
-            if process.name not in due:  # just found dead: say so once, and plan its start
-                last, wait = history.get(process.name, (-RESPAWN_MAX_SECS, 0.0))
-                wait = min(wait * 2, RESPAWN_MAX_SECS) if now - last < 60 else RESPAWN_FIRST_SECS
-                due[process.name] = now + wait
-                history[process.name] = (now + wait, wait)
-                log.error(
-                    "worker_died",
-                    worker=process.name,
-                    pid=process.pid,
-                    exitcode=process.exitcode,
-                    restart_in_secs=wait,
-                )
-            if now >= due[process.name]:
-                del due[process.name]
-                self.restart(process_names=[process.name])
-
     _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
     WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]
     WorkerManager._sync_states = _sync_states  # type: ignore[method-assign]
     WorkerManager.shutdown_signal = _shutdown_signal  # type: ignore[method-assign]
+
+
+def respawn_dead(self: Any, now: float | None = None) -> None:
+    """Start again each server worker that died (see the module docstring); `self`: Sanic's
+    WorkerManager (`now`: the monotonic time, for tests)."""
+    if self._shutting_down:
+        return
+    now = time.monotonic() if now is None else now
+    # per worker: (when it was last started again, the wait before that start)
+    history: dict[str, tuple[float, float]] = self.__dict__.setdefault("_api_router_respawns", {})
+    due: dict[str, float] = self.__dict__.setdefault("_api_router_due", {})
+    for process in self.transient_processes:
+        if process.is_alive() or process.exitcode is None:
+            due.pop(process.name, None)
+            continue  # serving, or not started yet
+        if process.name not in due:  # just found dead: say so once, and plan its start
+            last, wait = history.get(process.name, (-RESPAWN_MAX_SECS, 0.0))
+            wait = min(wait * 2, RESPAWN_MAX_SECS) if now - last < 60 else RESPAWN_FIRST_SECS
+            due[process.name] = now + wait
+            history[process.name] = (now + wait, wait)
+            log.error(
+                "worker_died",
+                worker=process.name,
+                pid=process.pid,
+                exitcode=process.exitcode,
+                restart_in_secs=wait,
+            )
+        if now >= due[process.name]:
+            del due[process.name]
+            self.restart(process_names=[process.name])

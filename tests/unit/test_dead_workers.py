@@ -65,3 +65,39 @@ def test_a_signal_during_a_call_to_the_state_manager_is_handled_after_it() -> No
     m._shutting_down = False
     WorkerManager.shutdown_signal(m, signal.SIGTERM, None)
     assert events[-1] == "shutdown message None" and len(events) == 4
+
+
+def test_a_worker_that_keeps_dying_waits_longer_each_time() -> None:
+    """docs/deployment.md: started again after a second; one that dies again within a minute of
+    a start waits twice as long each time (up to a minute); after a good minute, a second again."""
+    from types import SimpleNamespace
+
+    from service.server.manager import respawn_dead
+
+    proc = SimpleNamespace(name="Srv 0", pid=1, exitcode=-9, alive=False)
+    proc.is_alive = lambda: proc.alive
+    started: list[float] = []
+
+    class Manager:
+        _shutting_down = False
+        transient_processes = [proc]
+
+        def restart(self, process_names: list[str]) -> None:
+            assert process_names == ["Srv 0"]
+            started.append(clock)
+            proc.alive = True
+
+    m = Manager()
+    clock = 0.0
+    for clock, dies in ((0.0, True), (0.5, False), (1.0, False), (5.0, True), (6.0, False),
+                        (7.0, False), (8.0, True), (11.9, False), (12.0, False),
+                        (100.0, True), (101.0, False)):  # fmt: skip
+        if dies:
+            proc.alive = False
+        respawn_dead(m, now=clock)
+    assert started == [1.0, 7.0, 12.0, 101.0]  # waits of 1, 2, 4, then 1 again
+    Manager._shutting_down = True
+    proc.alive = False
+    respawn_dead(m, now=500.0)
+    respawn_dead(m, now=600.0)
+    assert started == [1.0, 7.0, 12.0, 101.0]  # never while stopping
