@@ -3,9 +3,12 @@ back: what the relay's framer hands a translator, and what a translator must wri
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any
 
 import orjson
+from hypothesis import strategies as st
 
 from service.proxy.events import EventFramer
 from service.translate.common import event_json
@@ -70,3 +73,61 @@ def strings_among(value: Any, wanted: tuple[str, ...]) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in strings_among(v, wanted)]
     return []
+
+
+# Tool arguments with braces and quotes inside strings: a prefix may end in "}" and not be whole.
+ARGUMENTS = st.dictionaries(
+    st.text(alphabet='ab{}"', max_size=3),
+    st.one_of(st.integers(), st.text(alphabet='{}[]" ,:a\\', max_size=6), st.lists(st.integers())),
+    max_size=3,
+).map(json.dumps)
+ORDERS = st.lists(st.integers(min_value=0, max_value=2), max_size=24)
+CUTS = st.lists(
+    st.lists(st.integers(min_value=0, max_value=80), max_size=5), min_size=3, max_size=3
+)
+
+
+def first_appearance(items: list[dict[str, Any]]) -> list[int]:
+    """The tool call indexes of `parallel_call_chunks`' items, in the order each began."""
+    seen: list[int] = []
+    for item in items:
+        data = item["data"]
+        for call in data["choices"][0]["delta"].get("tool_calls", []) if data != "[DONE]" else []:
+            if call["index"] not in seen:
+                seen.append(call["index"])
+    return seen
+
+
+def parallel_call_chunks(
+    args: list[str], order: list[int], cuts: list[list[int]], model: str = "m"
+) -> list[dict[str, Any]]:
+    """Chat Completions stream items of parallel tool calls (`call_<i>` named `tool_<i>`, whose
+    arguments are `args[i]`, not empty) cut at `cuts[i]`: the pieces go out in `order` (call
+    indexes; each call's own pieces in their order, its first one with its id and name), then
+    whatever `order` left out, then finish_reason tool_calls and [DONE]. What a Chat server that
+    interleaves parallel calls sends."""
+    pieces: list[list[str]] = []
+    for text, at in zip(args, cuts, strict=True):
+        bounds = [0, *sorted({c % (len(text) + 1) for c in at}), len(text)]
+        pieces.append([text[a:b] for a, b in itertools.pairwise(bounds) if b > a])
+    sent = [0] * len(args)
+    items: list[dict[str, Any]] = []
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"data": {"id": "c", "object": "chat.completion.chunk", "created": 1,
+                         "model": model, "choices": [choice]}}  # fmt: skip
+
+    rest = [i for i, p in enumerate(pieces) for _ in p]
+    for i in [i for i in order if i < len(args)] + rest:
+        if sent[i] == len(pieces[i]):
+            continue
+        call: dict[str, Any] = {"index": i, "function": {"arguments": pieces[i][sent[i]]}}
+        if sent[i] == 0:
+            call.update(id=f"call_{i}", type="function")
+            call["function"]["name"] = f"tool_{i}"
+        sent[i] += 1
+        items.append(chunk({"tool_calls": [call]}))
+    items.append(chunk({}, "tool_calls"))
+    items.append({"data": "[DONE]"})
+    return items

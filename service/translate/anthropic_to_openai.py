@@ -23,6 +23,7 @@ from .common import (
     TranslationOptions,
     Untranslatable,
     anthropic_error_type,
+    arguments_whole,
     effort_for_budget,
     error_message,
     given,
@@ -546,17 +547,43 @@ def _tool_use_id(call_id: Any) -> str:
     return "toolu_" + secrets.token_hex(12)
 
 
-class EventTranslator(StreamTranslator):
-    """Chat Completions chunks in, Anthropic Messages events out; holds only the open block."""
+class _ToolCall:
+    """One tool call of the upstream (by its Chat tool_calls index)."""
 
-    __slots__ = ("_finish", "_kind", "_open", "_started", "_tools", "_usage", "next_index")
+    __slots__ = ("args", "block", "held", "id", "name")
+
+    def __init__(self, id_: str, name: str) -> None:
+        self.id = id_
+        self.name = name
+        self.block: int | None = None  # its content block's index once started
+        self.args: list[str] = []  # the fragments sent in its block
+        self.held: list[str] = []  # fragments kept while it waits (common.arguments_whole)
+
+
+class EventTranslator(StreamTranslator):
+    """Chat Completions chunks in, Anthropic Messages events out; holds the open block, and the
+    tool calls that wait for it (common.arguments_whole)."""
+
+    __slots__ = (
+        "_call",
+        "_finish",
+        "_kind",
+        "_open",
+        "_started",
+        "_tools",
+        "_usage",
+        "_waiting",
+        "next_index",
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._started = False
         self._open: int | None = None  # index of the open content block
         self._kind = ""  # its type: text, thinking or tool_use
-        self._tools: dict[int, int] = {}  # OpenAI tool_call index -> content block index
+        self._call: _ToolCall | None = None  # the open block's call when it is a tool_use
+        self._tools: dict[int, _ToolCall] = {}  # by OpenAI tool_call index
+        self._waiting: list[_ToolCall] = []  # calls not started yet, in the order they came
         self.next_index = 0
         self._finish: str | None = None
         self._usage: Any = None
@@ -622,6 +649,7 @@ class EventTranslator(StreamTranslator):
             )
             self._open = None
             self._kind = ""
+            self._call = None
 
     def _delta(self, index: int, delta: dict[str, Any], out: list[bytes]) -> None:
         out.append(
@@ -648,33 +676,67 @@ class EventTranslator(StreamTranslator):
                     index = self._start_block({"type": "text", "text": ""}, out)
                 self._delta(index, {"type": "text_delta", "text": text}, out)
         for call in delta.get("tool_calls") or []:
-            if not isinstance(call, dict):
-                continue
-            fn = call.get("function") or {}
-            position = call.get("index", 0)
-            index = self._tools.get(position)
-            if index is None:
-                block = {
-                    "type": "tool_use",
-                    "id": _tool_use_id(call.get("id")),
-                    "name": fn.get("name") or "",
-                }
-                block["input"] = {}
-                index = self._start_block(block, out)
-                self._tools[position] = index
-            arguments = fn.get("arguments")
-            if isinstance(arguments, str) and arguments:
-                self._delta(index, {"type": "input_json_delta", "partial_json": arguments}, out)
+            if isinstance(call, dict):
+                self._tool_delta(call, out)
         if choice.get("finish_reason") is not None:
             self._finish = choice["finish_reason"]
-            self._close(out)
+            self._close_calls(out)
+
+    def _tool_delta(self, call: dict[str, Any], out: list[bytes]) -> None:
+        fn = call.get("function") or {}
+        position = call.get("index", 0)
+        tool = self._tools.get(position)
+        if tool is None:
+            tool = self._tools[position] = _ToolCall(
+                _tool_use_id(call.get("id")), fn.get("name") or ""
+            )
+            self._waiting.append(tool)
+        arguments = fn.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            if tool.block is None:
+                tool.held.append(arguments)
+            elif tool is self._call:
+                tool.args.append(arguments)
+                self._delta(
+                    tool.block, {"type": "input_json_delta", "partial_json": arguments}, out
+                )
+            elif arguments.strip():
+                # After its block stopped: its arguments had added up to a JSON value, or text
+                # came between. Sent as before (the upstream's stream is not one a client can
+                # rebuild either way); whitespace is dropped.
+                self._delta(
+                    tool.block, {"type": "input_json_delta", "partial_json": arguments}, out
+                )
+        if self._waiting and (self._call is None or arguments_whole(self._call.args)):
+            self._start_waiting(out)
+
+    def _start_waiting(self, out: list[bytes]) -> None:
+        """Start the waiting calls in order, each with its fragments so far, while the open
+        one's arguments are whole (the last one stays open: more may come for it)."""
+        while self._waiting and (self._call is None or arguments_whole(self._call.args)):
+            tool = self._waiting.pop(0)
+            block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+            tool.block = self._start_block(block, out)
+            self._call = tool
+            if tool.held:
+                fragments, tool.held = tool.held, []
+                tool.args = fragments
+                partial = "".join(fragments)
+                self._delta(tool.block, {"type": "input_json_delta", "partial_json": partial}, out)
+
+    def _close_calls(self, out: list[bytes]) -> None:
+        """The finish: every waiting call is started and the last block closed."""
+        while self._waiting:
+            self._call = None  # the finish: the open call gets nothing more
+            self._start_waiting(out)
+        self._close(out)
 
     def _end(self) -> list[bytes]:
         self.done = True
         out: list[bytes] = []
         if not self._started:
             out.append(self._message_start({}))
-        self._close(out)
+        self._close_calls(out)
         stop = FINISH_TO_STOP.get(self._finish or "stop", "end_turn")
         out.append(
             sse(

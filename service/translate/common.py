@@ -37,6 +37,27 @@ DEFAULT_OPTIONS = TranslationOptions()
 # a client's JSON parser (Codex's, the openai SDK's `parse`) refuses.
 NO_ARGUMENTS = "{}"
 
+
+def arguments_whole(fragments: list[str]) -> bool:
+    """Whether a streamed tool call's argument fragments already add up to one JSON value.
+
+    Chat Completions streams say when a tool call begins (a new `index`) but never when it
+    ends: a server may interleave the fragments of parallel calls. The Anthropic and Responses
+    streams close a call before the next one opens, and nothing may follow a close. So a
+    translator closes a call when the next one begins only if its arguments are whole; if not,
+    the new call is held (its fragments kept) until they are, or until the finish. Arguments
+    that never parse only delay the calls after them to the finish; nothing is lost.
+    """
+    tail = next((f for f in reversed(fragments) if f.strip()), "")
+    if not tail.rstrip().endswith(("}", "]")):
+        return False  # the cheap test first: a call's arguments are an object
+    try:
+        orjson.loads("".join(fragments))
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 # Labels of `translation_dropped_fields_total{field}`: everything a translated request may leave
 # out, in either direction (docs/translation.md, says what each one covers). A closed
 # set: a label not in it is a programming error.

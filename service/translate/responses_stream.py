@@ -11,7 +11,14 @@ from typing import Any
 
 import orjson
 
-from .common import MALFORMED, NO_ARGUMENTS, BadUpstreamEvent, StreamTranslator, sse
+from .common import (
+    MALFORMED,
+    NO_ARGUMENTS,
+    BadUpstreamEvent,
+    StreamTranslator,
+    arguments_whole,
+    sse,
+)
 from .responses_output import (
     base_id,
     error_code,
@@ -77,9 +84,10 @@ class _Call:
         self.call_id: str | None = None
         self.name = ""
         self.args: list[str] = []
-        self.pending: list[str] = []  # fragments before the name came (the item is not open)
+        self.pending: list[str] = []  # fragments before its item opened
         self.index = -1  # output_index once open
-        self.state = "new"  # new | open | closed
+        # new (no name yet) | waiting (for the open call: common.arguments_whole) | open | closed
+        self.state = "new"
         self.custom = False
         self.decoder: InputDecoder | None = None
 
@@ -100,6 +108,7 @@ class ResponsesStream(StreamTranslator):
         "_text",
         "_unsent",
         "_usage",
+        "_waiting",
         "created",
         "custom",
         "payload",
@@ -118,6 +127,7 @@ class ResponsesStream(StreamTranslator):
         self._text: _Text | None = None
         self._calls: dict[int, _Call] = {}
         self._call: _Call | None = None  # the open call
+        self._waiting: list[_Call] = []  # named calls not open yet, in the order they came
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
         # Events made before an upstream event was refused (BadUpstreamEvent): they go out
@@ -329,6 +339,10 @@ class ResponsesStream(StreamTranslator):
         if call is None:
             call = self._calls[position] = _Call()
         elif call.state == "closed":
+            fn = delta.get("function")
+            fragment = fn.get("arguments") if isinstance(fn, dict) else None
+            if isinstance(fragment, str) and not fragment.strip():
+                return  # whitespace after whole arguments: nothing to tell
             # Arguments for a call already reported done: the client may have run it.
             raise BadUpstreamEvent()
         fn = delta.get("function")
@@ -339,13 +353,22 @@ class ResponsesStream(StreamTranslator):
             call.name = fn["name"]
         fragment = fn.get("arguments")
         fragment = fragment if isinstance(fragment, str) else ""
-        if call.state == "new":
+        if call.state in ("new", "waiting"):
             if fragment:
                 call.pending.append(fragment)
-            if call.name:
-                self._open_call(call, out)
+            if call.state == "new" and call.name:
+                call.state = "waiting"
+                self._waiting.append(call)
         elif fragment:
             self._arguments(call, fragment, out)
+        if self._waiting and (self._call is None or arguments_whole(self._call.args)):
+            self._open_waiting(out)
+
+    def _open_waiting(self, out: list[bytes]) -> None:
+        """Open the waiting calls in order, each with its fragments so far, while the open
+        one's arguments are whole (common.arguments_whole; the last one stays open)."""
+        while self._waiting and (self._call is None or arguments_whole(self._call.args)):
+            self._open_call(self._waiting.pop(0), out)
 
     def _open_call(self, call: _Call, out: list[bytes]) -> None:
         self._close_text("completed", out)
@@ -431,11 +454,11 @@ class ResponsesStream(StreamTranslator):
         item_status = "completed" if status == "completed" else "incomplete"
         self._close_text(item_status, out)
         self._close_call(item_status, out)
-        for call in self._calls.values():  # a call whose name never came
-            if call.state == "new":
-                call.name = call.name or ""
+        for call in self._calls.values():  # waiting calls, and those whose name never came
+            if call.state in ("new", "waiting"):
                 self._open_call(call, out)
                 self._close_call(item_status, out)
+        self._waiting.clear()
 
     def _end(self) -> list[bytes]:
         self.done = True

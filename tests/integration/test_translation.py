@@ -337,6 +337,89 @@ def test_anthropic_sdk_streamed_tool_use_on_an_openai_upstream(
     assert (final.usage.input_tokens, final.usage.output_tokens) == (11, 6)
 
 
+def interleaved_tool_stream(model: str) -> list[str]:
+    """Two parallel calls whose argument fragments alternate, as some Chat servers send them:
+    both calls begin, then their pieces interleave (legal in Chat chunks; the index says whose)."""
+
+    def chunk(calls: list[dict[str, Any]], finish: str | None = None) -> str:
+        delta = {"tool_calls": calls} if calls else {}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        data = {"id": "chatcmpl-il", "object": "chat.completion.chunk", "model": model}
+        return _data({**data, "created": 1700000000, "choices": [choice]})
+
+    def piece(index: int, arguments: str) -> dict[str, Any]:
+        return {"index": index, "function": {"arguments": arguments}}
+
+    return [
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "id": "call_o",
+                    "type": "function",
+                    "function": {"name": "get_weather"},
+                },
+                {
+                    "index": 1,
+                    "id": "call_p",
+                    "type": "function",
+                    "function": {"name": "get_weather"},
+                },
+            ]
+        ),
+        chunk([piece(0, '{"city": ')]),
+        chunk([piece(1, '{"city": ')]),
+        chunk([piece(0, '"Oslo"}')]),
+        chunk([piece(1, '"Paris"}')]),
+        chunk([], "tool_calls"),
+        "data: [DONE]\n\n",
+    ]
+
+
+def test_each_sdk_gets_parallel_tool_calls_whose_fragments_interleave(
+    ant: anthropic.Anthropic, qwen: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """Before: the Messages stream sent the first call's last piece after its block stopped (the
+    SDK then gave it the second call's input), and the Responses stream failed."""
+    upstream.reply_with(
+        lambda req: Reply(headers=SSE_HEADERS, chunks=sse(*interleaved_tool_stream(_model(req))))
+    )
+    with ant.messages.stream(
+        model="gpt-4",
+        max_tokens=64,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "Weather in Oslo and Paris?"}],
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert [(b.type, b.id, b.input) for b in final.content] == [  # type: ignore[union-attr]
+        ("tool_use", "call_o", {"city": "Oslo"}),
+        ("tool_use", "call_p", {"city": "Paris"}),
+    ]
+    assert final.stop_reason == "tool_use"
+    stopped: set[int] = set()
+    for e in events:  # nothing for a block after its stop
+        if e.type == "content_block_stop":
+            stopped.add(e.index)
+        elif e.type in ("content_block_delta", "content_block_start"):
+            assert e.index not in stopped
+    with (
+        openai.OpenAI(base_url=qwen.url + "/v1", api_key="k", max_retries=0) as client,
+        client.responses.stream(
+            model="gpt-4",
+            input="Weather in Oslo and Paris?",
+            tools=[{"type": "function", "name": "get_weather", "parameters": None, "strict": None}],
+        ) as responses,
+    ):
+        response = responses.get_final_response()
+    assert response.status == "completed"
+    calls = [(o.type, o.call_id, json.loads(o.arguments)) for o in response.output]  # type: ignore[union-attr]
+    assert calls == [
+        ("function_call", "call_o", {"city": "Oslo"}),
+        ("function_call", "call_p", {"city": "Paris"}),
+    ]
+
+
 # -- the openai SDK against an Anthropic-format upstream ----------------------------------------
 
 

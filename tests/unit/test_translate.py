@@ -16,8 +16,11 @@ from typing import Any
 
 import orjson
 import pytest
+from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import RawMessageStreamEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from service.config import ConfigError, load_file
 from service.errors import BadRequest, UpstreamJSONError
@@ -31,10 +34,21 @@ from service.translate import (
 )
 from service.translate.common import Drops, effort_for_budget
 from service.translate.openai_to_anthropic import adaptive_thinking
-from tests.sse_items import parse, render, strings_among, translate_cut
+from tests.sse_items import (
+    ARGUMENTS,
+    CUTS,
+    ORDERS,
+    first_appearance,
+    parallel_call_chunks,
+    parse,
+    render,
+    strings_among,
+    translate_cut,
+)
 
 CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
 CREATED = 1700000000
+STREAM_EVENT: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
 
 
 def options_of(case: dict[str, Any]) -> TranslationOptions:
@@ -380,6 +394,40 @@ def test_a_stream_event_of_another_shape_is_an_upstream_fault(
         tr.events([b"data: " + orjson.dumps(start) + b"\n\n"])
     with pytest.raises(BadUpstreamEvent):
         tr.events([b"data: " + orjson.dumps(event) + b"\n\n"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS)
+def test_parallel_tool_calls_reach_a_messages_client_whole_however_they_interleave(
+    args: list[str], order: list[int], cuts: list[list[int]]
+) -> None:
+    """Chat servers may interleave the argument fragments of parallel calls; a Messages stream
+    has one open block, and nothing may follow its stop. Each call's block gets exactly its own
+    arguments, in the order the calls began, as the anthropic SDK's accumulator reads them."""
+    items = parallel_call_chunks(args, order, cuts[: len(args)])
+    tr = Translator("anthropic_to_openai", {}, CREATED)
+    out = parse(tr.events(render(items)) + tr.finish())
+    opened: set[int] = set()
+    live: int | None = None
+    snapshot = None
+    bufs: dict[int, bytes] = {}
+    for item in out:
+        data = item["data"]
+        if data["type"] == "content_block_start":
+            assert live is None and data["index"] not in opened
+            live = data["index"]
+            opened.add(live)
+        elif data["type"] == "content_block_delta":
+            assert data["index"] == live
+        elif data["type"] == "content_block_stop":
+            assert data["index"] == live
+            live = None
+        event = STREAM_EVENT.validate_python(data)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)
+    assert live is None and snapshot is not None
+    assert [(b.type, b.id, b.input) for b in snapshot.content] == [  # type: ignore[union-attr]
+        ("tool_use", f"call_{i}", json.loads(args[i])) for i in first_appearance(items)
+    ]
 
 
 def test_integers_beyond_64_bits_in_tool_arguments_stay_exact() -> None:

@@ -39,7 +39,17 @@ from service.translate.responses import RESPONSES_DROPPED_FIELDS, ResponsesTrans
 from service.translate.responses_output import custom_input
 from service.translate.responses_request import chat_request
 from service.translate.responses_stream import CUT_MESSAGE, InputDecoder
-from tests.sse_items import parse, render, strings_among, translate_cut
+from tests.sse_items import (
+    ARGUMENTS,
+    CUTS,
+    ORDERS,
+    first_appearance,
+    parallel_call_chunks,
+    parse,
+    render,
+    strings_among,
+    translate_cut,
+)
 
 CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
 CREATED = 1700000000
@@ -202,6 +212,35 @@ def test_streams_translate_the_same_whatever_the_read_boundaries(
     case = _load(path)
     tr = translator(direction, case)
     assert parse(translate_cut(tr, b"".join(render(case["in"])), cuts)) == case["out"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS)
+def test_parallel_function_calls_reach_a_responses_client_whole_however_they_interleave(
+    args: list[str], order: list[int], cuts: list[list[int]]
+) -> None:
+    """Chat servers may interleave the argument fragments of parallel calls; a Responses stream
+    reports a call done before the next one opens. Each function_call item gets exactly its own
+    arguments, in the order the calls began, as the SDK's stream accumulator builds them."""
+    items = parallel_call_chunks(args, order, cuts[: len(args)])
+    request = {"model": "m", "input": "x", "stream": True, "tools": []}
+    tr = translator("responses_to_openai", {"client_request": request})
+    events = sdk_events(b"".join(tr.events(render(items)) + tr.finish()))
+    state: ResponseStreamState[Any] = ResponseStreamState(input_tools=[], text_format=omit)
+    for event in events:
+        state.handle_event(event)
+    final = state._completed_response
+    assert final is not None and final.status == "completed"
+    assert [(o.type, o.call_id, o.arguments) for o in final.output] == [  # type: ignore[union-attr]
+        ("function_call", f"call_{i}", args[i]) for i in first_appearance(items)
+    ]
+    items_seen = [
+        (e.type[len("response.output_item.") :], e.output_index)
+        for e in events
+        if e.type.startswith("response.output_item.")
+    ]
+    # one item open at a time: each added is followed by its own done
+    assert items_seen == [(kind, i) for i in range(len(args)) for kind in ("added", "done")]
 
 
 PIECES = ("Hel", "lo")  # the text deltas of every stream_text.json
