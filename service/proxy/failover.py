@@ -949,9 +949,13 @@ async def _relay_stream(
         resp, chosen = await attempts.open_stream()
         _answered(state, chosen, resp)
         chosen_box.append(chosen)
-        if chosen.failed_body is not None:  # already read: handed over as a new body
+        if chosen.failed_body is not None:  # already read (raw): handed over as a new body
+            # As a stream: `content=` would be read at once, and the relay reads the raw stream
+            # (httpx.StreamConsumed: the client got a 500 for the upstream's 429/5xx/400).
             return httpx.Response(
-                resp.status_code, headers=resp.headers, content=chosen.failed_body
+                resp.status_code,
+                headers=resp.headers,
+                stream=httpx.ByteStream(chosen.failed_body),
             )
         return resp
 

@@ -953,6 +953,49 @@ def test_a_long_retry_after_fails_over_at_once_for_every_client_format(
     assert len(primary.requests) == 1
 
 
+@pytest.mark.parametrize("fmt", CLIENT_FORMATS)
+@pytest.mark.parametrize(
+    ("primary_reply", "secondary_reply", "status", "attempts", "message"),
+    [
+        # a 400 (never retried), as the upstream wrote it
+        (lambda _r: error(400, {"error": {"message": "bad field"}}), None, 400, "1", "bad field"),
+        # every attempt fails: the last answer (no Retry-After: the router is shared, and a
+        # cooling fallback would change the next test)
+        (lambda _r: error(503), lambda _r: error(429, {"error": {"message": "slow"}}), 429, "3",
+         "slow"),
+        # a 503, then a fallback's 401: the 503 (a fallback's refusal never masks it)
+        (lambda _r: error(503), lambda _r: error(401), 503, "3", "upstream 503"),
+    ],
+    ids=["400", "all-fail", "earlier-503"],
+)  # fmt: skip
+def test_a_stream_s_error_answer_reaches_the_client_with_its_status(
+    router: RouterProcess,
+    primary: FakeUpstream,
+    secondary: FakeUpstream,
+    fmt: str,
+    primary_reply: Callable[[Recorded], Reply],
+    secondary_reply: Callable[[Recorded], Reply] | None,
+    status: int,
+    attempts: str,
+    message: str,
+) -> None:
+    """A stream request whose answer is an error the router had read to decide on it (a
+    failover's last answer, a 400) gets that status and body as a normal response (SPEC §6),
+    for every client format. It got "500 Internal error": the body was handed to the relay
+    already read (httpx.StreamConsumed)."""
+    path, body, _ = CLIENT_FORMATS[fmt]
+    primary.reply_with(primary_reply)
+    if secondary_reply is not None:
+        secondary.reply_with(secondary_reply)
+    headers = {**KEY, "anthropic-version": "2023-06-01"}
+    r = httpx.post(router.url + path, json={**body, "stream": True}, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers["x-router-attempts"] == attempts
+    # the upstream's own error (translated for a client of another format), not the router's
+    assert message in r.text and "Internal error" not in r.text
+
+
 def test_a_route_s_own_rate_limit_is_per_client_key_and_route(
     primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
 ) -> None:
