@@ -42,7 +42,7 @@ class AccessKeysError(SettingsError):
 
 
 def hash_key(key: str) -> str:
-    return PREFIX + hashlib.sha256(key.encode()).hexdigest()
+    return PREFIX + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class AccessKeys:

@@ -181,7 +181,22 @@ def key_id(credential: str | None) -> str:
 
 @functools.lru_cache(maxsize=4096)  # the same few keys on every request; bounded
 def _key_id(credential: str) -> str:
-    return hashlib.sha256(credential.encode()).hexdigest()[:12]
+    # surrogateescape: a header that is not UTF-8 (Sanic decodes it so) hashes by its bytes
+    return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+# A header list as sent upstream: a value the client sent with bytes beyond ASCII stays bytes.
+WireHeaders = list[tuple[str, str | bytes]]
+
+
+def wire_values(items: list[tuple[str, str]]) -> WireHeaders:
+    """`items` with each value that is not ASCII as the bytes the client sent (Sanic decodes a
+    head as UTF-8 with surrogateescape, which this undoes): httpx encodes a `str` value as ASCII
+    and raised on one (`X-Title: Café`, a key with an accent), a 500 for a header HTTP allows
+    (obs-text). The common case, all ASCII, is the same list."""
+    if all(v.isascii() for _, v in items):
+        return items  # type: ignore[return-value]  # (list is invariant; a str is a str | bytes)
+    return [(k, v if v.isascii() else v.encode("utf-8", "surrogateescape")) for k, v in items]
 
 
 def upstream_headers(

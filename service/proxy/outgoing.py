@@ -114,7 +114,7 @@ def outgoing_headers(
     streaming: bool,
     upstream_length: int | None,
     state: RequestState,
-) -> tuple[list[tuple[str, str]], str]:
+) -> tuple[h.WireHeaders, str]:
     """The headers and query string sent upstream for a request to `ep` of `profile`."""
     ctx = request.app.ctx
     client_headers: Any = request.headers.items()
@@ -152,7 +152,7 @@ def outgoing_headers(
         _forwarding(request, ctx.settings.forwarded_headers),
         final,
     )
-    return hdrs, query
+    return h.wire_values(hdrs), query
 
 
 def json_answer(

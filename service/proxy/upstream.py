@@ -19,7 +19,7 @@ import importlib.util
 import logging
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -129,7 +129,7 @@ class UpstreamClient(httpx.AsyncClient):
         url: str,
         *,
         content: Any = None,
-        headers: list[tuple[str, str]] | None = None,
+        headers: Sequence[tuple[str, str | bytes]] | None = None,
         timeout: httpx.Timeout | None = None,
         **rest: Any,
     ) -> httpx.Request:
@@ -138,7 +138,12 @@ class UpstreamClient(httpx.AsyncClient):
         the cookies, parameters and base URL a relay never has. Anything else: httpx's own."""
         if rest or timeout is None or not isinstance(url, str) or not isinstance(headers, list):
             return super().build_request(
-                method, url, content=content, headers=headers, timeout=timeout, **rest
+                method,
+                url,
+                content=content,
+                headers=headers,  # type: ignore[arg-type]  # (str and bytes values mixed)
+                timeout=timeout,
+                **rest,
             )
         if self._fast_request and isinstance(content, bytes):
             return bytes_request(method, _url(url), headers, content, timeout.as_dict())

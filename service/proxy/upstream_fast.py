@@ -30,13 +30,15 @@ Off (`API_ROUTER_FAST_PATHS` without `request`): `httpx.Request(...)` builds the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import httpx
 
 
 def bytes_request(
     method: str,
     url: httpx.URL,
-    headers: list[tuple[str, str]],
+    headers: Sequence[tuple[str, str | bytes]],
     content: bytes,
     timeout: dict[str, float | None],
 ) -> httpx.Request:
@@ -60,18 +62,18 @@ def bytes_request(
     return req
 
 
-def str_headers(items: list[tuple[str, str]]) -> httpx.Headers:
-    """Exactly `httpx.Headers(items)` for names and values that are `str` (encoded as ASCII,
-    as httpx does without an encoding: a non-ASCII one raises the same UnicodeEncodeError).
-    Anything else (bytes, a wrong type): httpx's own constructor."""
+def str_headers(items: Sequence[tuple[str, str | bytes]]) -> httpx.Headers:
+    """Exactly `httpx.Headers(items)` for names that are `str` and values that are `str`
+    (encoded as ASCII, as httpx does without an encoding: a non-ASCII one raises the same
+    UnicodeEncodeError) or bytes (kept). Anything else (a wrong type): httpx's own constructor."""
     try:
         fields = [
-            (name, name.lower(), v.encode("ascii"))
+            (name, name.lower(), v if type(v) is bytes else v.encode("ascii"))  # type: ignore[union-attr]
             for k, v in items
             for name in (k.encode("ascii"),)
         ]
     except AttributeError:  # not str: httpx decides (bytes kept, others a TypeError)
-        return httpx.Headers(items)
+        return httpx.Headers(items)  # type: ignore[arg-type]  # (it takes str and bytes mixed)
     headers = httpx.Headers.__new__(httpx.Headers)
     headers._list = fields
     headers._encoding = None

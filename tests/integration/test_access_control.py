@@ -5,6 +5,7 @@ absolute-form targets, `//host` paths and `@` tricks never reach another host.""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,6 +64,21 @@ def test_without_an_access_key_it_is_401_and_nothing_goes_upstream(
     }
     assert r.headers["x-request-id"]
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("header", [b"x-api-key: ", b"Authorization: Bearer "])
+def test_a_key_that_is_not_utf8_is_401_not_a_crash(guarded: RouterProcess, header: bytes) -> None:
+    """Sanic decodes a head with surrogateescape; hashing such a key raised (500, an error line,
+    an error-rate alert that anyone could set off without a key)."""
+    body = b'{"model": "gpt-4", "messages": []}'
+    resp, _ = exchange(
+        guarded.port,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + header + b"k\xff\xfe\x80\r\n"
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        wait_close=False,
+    )  # fmt: skip
+    assert resp is not None and resp.status == 401
+    assert json.loads(resp.body)["error"]["code"] == "invalid_api_key"
 
 
 def test_401_on_messages_is_anthropic_shaped(

@@ -43,6 +43,38 @@ def chat(url: str, **kw: object) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", json=body, timeout=10, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("fast_paths", ["1", "0"], ids=["fast-paths", "libraries-own"])
+def test_header_values_beyond_ascii_reach_the_upstream_as_the_client_sent_them(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory, fast_paths: str
+) -> None:
+    """HTTP allows bytes beyond ASCII in a value (obs-text): `X-Title: Café` in UTF-8 or
+    Latin-1, a key that is not UTF-8. Each reaches the upstream byte for byte; they were a 500
+    (httpx encodes a str value as ASCII)."""
+    router = router_factory(
+        base_profile(fake_upstream.url), env={"API_ROUTER_FAST_PATHS": fast_paths}
+    )
+    values = {
+        "x-title": "Café Ünïcode".encode(),
+        "x-latin": "Café".encode("latin-1"),
+        "authorization": b"Bearer sk-\xff\xfe\x80abc",
+    }
+    for name, value in values.items():
+        fake_upstream.reset()
+        body = json.dumps({"model": "gpt-4", "messages": []}).encode()
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + name.encode() + b": " + value + b"\r\nContent-Type: application/json\r\n"
+                + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )  # fmt: skip
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        sent = fake_upstream.last.header(name)  # the fake reads a head as Latin-1: bytes as is
+        assert sent is not None and sent.encode("latin-1") == value
+
+
 def test_hop_by_hop_stripped_end_to_end_forwarded(
     router: RouterProcess, upstream: FakeUpstream
 ) -> None:
