@@ -9,7 +9,10 @@ the router from a page, and which response headers their scripts may read — `S
   route, is answered 204 by the router itself with the methods of the API and the headers the
   page asked for; from another origin it is the usual 405.
 - Every response to an allowed origin (JSON, errors, 429s, a stream's head) carries
-  `Access-Control-Allow-Origin` and `Access-Control-Expose-Headers`.
+  `Access-Control-Allow-Origin` and `Access-Control-Expose-Headers`; with a list of origins,
+  every response carries `Vary: Origin`. Origins match without regard to case.
+- The policy is the router's alone: the upstream's own `Access-Control-*` headers are not
+  returned, and the browser's `Origin` is not forwarded (service.proxy.headers).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ EXPOSED = ", ".join(
         "x-ratelimit-reset-tokens",
         "x-router-upstream",
         "x-router-attempts",
+        "X-Upstream-Request-ID",
     ]
 )
 METHODS = "GET, POST, DELETE, OPTIONS"
@@ -39,7 +43,8 @@ MAX_AGE = "600"
 
 class Cors:
     def __init__(self, origins: str) -> None:
-        items = [o.strip().rstrip("/") for o in origins.split(",") if o.strip()]
+        # An origin's scheme and host are case-insensitive; browsers send them in lower case.
+        items = [o.strip().rstrip("/").lower() for o in origins.split(",") if o.strip()]
         self.any = "*" in items
         self.origins = frozenset(o for o in items if o != "*")
 
@@ -49,13 +54,15 @@ class Cors:
             return None
         if self.any:
             return "*"
-        return origin if origin in self.origins else None
+        return origin if origin.lower() in self.origins else None
 
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
-        """What a response to `origin` adds (nothing for an origin not allowed)."""
+        """What a response to `origin` adds: for an origin not allowed (or none) only `Vary:
+        Origin` when the answer depends on it (a list of origins), so that a shared cache does
+        not hand this copy, without CORS headers, to an allowed page."""
         allow = self.allowed(origin)
         if allow is None:
-            return []
+            return [] if self.any else [("Vary", "Origin")]
         out = [
             ("Access-Control-Allow-Origin", allow),
             ("Access-Control-Expose-Headers", EXPOSED),
@@ -70,9 +77,9 @@ class Cors:
         answers (no requested method, or an origin not allowed)."""
         if not headers.get("access-control-request-method"):
             return None
-        out = self.headers(headers.get("origin"))
-        if not out:
+        if self.allowed(headers.get("origin")) is None:
             return None
+        out = self.headers(headers.get("origin"))
         out.append(("Access-Control-Allow-Methods", METHODS))
         asked = headers.get("access-control-request-headers")
         if asked:

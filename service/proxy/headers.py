@@ -40,8 +40,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
-# Framing and routing headers that belong to each hop.
-NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", "content-length", "expect"}
+# Framing and routing headers that belong to each hop; and a browser's `Origin`: the upstream
+# request is the router's, server to server (a provider that sees one applies its browser
+# rules: Anthropic's API refuses it without a "dangerous direct browser access" header,
+# Ollama unless the origin is in OLLAMA_ORIGINS). CORS is the router's (service.cors).
+NOT_FORWARDED = HOP_BY_HOP | CREDENTIAL_HEADERS | {"host", "content-length", "expect", "origin"}
 FORWARDING = frozenset(
     {
         "forwarded",
@@ -55,8 +58,12 @@ FORWARDING = frozenset(
     }
 )
 FORWARDED_MODES = ("replace", "keep", "drop")
-# Response headers the router sets itself.
+# Response headers the router sets itself; and the upstream's CORS answer (`Access-Control-*`,
+# `Timing-Allow-Origin`): which pages may read an answer is the router's policy (service.cors),
+# and a provider's `*` beside it made two values a browser refuses, or opened a router whose
+# CORS is off to every page.
 NOT_RETURNED = HOP_BY_HOP | {"content-length", "date", "server", "x-request-id"}
+_NOT_RETURNED_PREFIXES = ("proxy-", "access-control-", "timing-allow-origin")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -125,7 +132,7 @@ def returnable_response_headers(
     return [
         ("X-Upstream-Request-ID", v) if lk == "x-request-id" else (k, v)
         for (k, v), lk in zip(items, lowered, strict=True)
-        if (lk not in drop or lk == "x-request-id") and not lk.startswith("proxy-")
+        if (lk not in drop or lk == "x-request-id") and not lk.startswith(_NOT_RETURNED_PREFIXES)
     ]
 
 

@@ -4,6 +4,7 @@ answer — JSON, errors, 429s, a stream's head — and nothing of it for other o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from service.access import hash_key
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat, openai_chat_stream, sse
 from tests.support import RouterFactory, RouterProcess
 
 CHAT = "/v1/chat/completions"
@@ -25,7 +26,8 @@ def cors_router(fake_upstream: FakeUpstream, module_router_factory: RouterFactor
         fake_upstream.url,
         endpoints={"/v1/embeddings": {"rateLimit": {"requestsPerMinute": 1, "burst": 1}}},
     )
-    env = {"API_ROUTER_CORS_ORIGINS": f"{APP}, https://admin.example.com/"}
+    # (an origin's scheme and host match without regard to case)
+    env = {"API_ROUTER_CORS_ORIGINS": f"{APP}, HTTPS://Admin.Example.com/"}
     return module_router_factory(profile, env=env)
 
 
@@ -134,3 +136,70 @@ def test_a_preflight_needs_no_access_key(
     r = httpx.post(router.url + CHAT, json=BODY, headers={"Origin": APP}, timeout=10)
     assert r.status_code == 401  # the request itself still needs its key
     assert r.headers["access-control-allow-origin"] == APP
+
+
+# A provider's own CORS answer (Anthropic's API answers a request with an Origin so).
+UPSTREAM_CORS = [
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Expose-Headers", "*"),
+    ("Timing-Allow-Origin", "*"),
+]
+
+
+def _upstream_with_cors(upstream: FakeUpstream) -> None:
+    def reply(req: object) -> Reply:
+        if b'"stream": true' in req.body:  # type: ignore[attr-defined]
+            head = [("Content-Type", "text/event-stream"), *UPSTREAM_CORS]
+            return Reply(headers=head, chunks=sse(*openai_chat_stream("m")))
+        body = json.dumps(openai_chat("m")).encode()
+        return Reply(headers=[("Content-Type", "application/json"), *UPSTREAM_CORS], body=body)
+
+    upstream.reply_with(reply)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_policy_is_the_router_s_alone(
+    cors_router: RouterProcess, router: RouterProcess, upstream: FakeUpstream, stream: bool
+) -> None:
+    """The upstream's `Access-Control-*` headers never reach the client, and the page's Origin
+    never reaches the upstream. Before: a stream's head carried the provider's `*` and the
+    router's origin (two values: the browser refuses the answer), a JSON answer the provider's
+    `*` (the operator's list overridden), and a router with CORS off let any page read it."""
+    _upstream_with_cors(upstream)
+    for target, origin, allow in (
+        (cors_router, APP, [APP]),
+        (cors_router, "https://evil.example", []),
+        (router, APP, []),  # CORS off
+    ):
+        with httpx.stream(
+            "POST",
+            target.url + CHAT,
+            json={**BODY, "stream": stream},
+            headers={"Origin": origin},
+            timeout=10,
+        ) as r:
+            r.read()
+        assert r.status_code == 200
+        assert r.headers.get_list("access-control-allow-origin") == allow
+        assert r.headers.get_list("timing-allow-origin") == allow
+        if not allow:
+            assert "access-control-expose-headers" not in r.headers
+        assert upstream.last.header("origin") is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_a_list_of_origins_every_answer_varies_by_origin(
+    cors_router: RouterProcess, upstream: FakeUpstream, stream: bool
+) -> None:
+    """A shared cache must not serve the copy made for another (or no) origin, which has no
+    CORS headers, to an allowed page: `Vary: Origin` on every answer, once."""
+    for headers in ({"Origin": "https://evil.example"}, {}, {"Origin": APP}):
+        with httpx.stream(
+            "POST", cors_router.url + CHAT, json={**BODY, "stream": stream}, headers=headers,
+            timeout=10,
+        ) as r:  # fmt: skip
+            r.read()
+        assert r.status_code == 200
+        assert [v for v in r.headers.get_list("vary") if v.lower() == "origin"] == ["Origin"]
+    health = httpx.get(cors_router.url + "/health", timeout=10)
+    assert health.headers.get_list("vary") == ["Origin"]
