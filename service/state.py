@@ -16,6 +16,7 @@ class RequestState:
     __slots__ = (
         "answer",
         "answer_facts",
+        "answered",
         "attempts",
         "dropped",
         "error_type",
@@ -66,3 +67,7 @@ class RequestState:
         self.upstream_status: int | None = None
         self.answer: Any = None
         self.answer_facts: dict[str, Any] | None = None
+        # A stream's whole answer was handed to the client's transport (its last event, or
+        # everything before the response's end): a client that closes after this did not leave
+        # early, whatever became of HTTP's last chunk (service.observability.lifecycle).
+        self.answered = False

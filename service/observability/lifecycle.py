@@ -8,7 +8,8 @@
 
 A client that leaves cancels the handler (a plain request waiting for the upstream, or a stream
 mid-way, which never reaches `http.lifecycle.response`): `http.lifecycle.complete` (connection
-closed) then finishes the request it was serving with 499. `finish` runs at most once per
+closed) then finishes the request it was serving with 499 (200 when a stream's whole answer was
+out already: `RequestState.answered`, its last event written). `finish` runs at most once per
 request. The relay only leaves its facts on `request.ctx.state` (service.state.RequestState).
 
 The failure path (and only it) also feeds the repeated-failure alarm, Sentry when enabled
@@ -115,7 +116,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
     conn = request.conn_info
     if conn is not None:
         conn.ctx.request = None  # finished: its connection keeps no reference to it (or its body)
-        if conn.lost:
+        if conn.lost and not ctx.state.answered:
             status = 499  # the client left before the answer reached it
     app_ctx = request.app.ctx
     elapsed = time.perf_counter() - ctx.started
@@ -311,7 +312,9 @@ def install(app: Sanic[Any, AppContext]) -> None:
     async def _conn_close(conn_info: ConnInfo) -> None:
         req = getattr(conn_info.ctx, "request", None)
         if req is not None and not req.ctx.finished:
-            finish(req, 499)  # the client left while its request was being handled
+            # The client left while its request was being handled: 499, unless the whole answer
+            # (a stream's: its head was a 200) was out already and only HTTP's end was missing.
+            finish(req, 200 if req.ctx.state.answered else 499)
         m = app.ctx.metrics
         if m is not None:
             m.active_connections.dec()

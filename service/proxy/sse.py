@@ -11,7 +11,8 @@
   is that plus one event.
 - Client gone (Sanic cancels the handler): the upstream response is closed (its connection is
   dropped, not pooled) and the cancellation propagates; the lifecycle listeners record the
-  request as 499 (service.observability.lifecycle).
+  request as 499 (service.observability.lifecycle), or as 200 when the stream's last event
+  (`ends_answer`) or its end had been written: the client left after its answer.
 - Upstream breaks mid-stream: `event: error` with a JSON `data:` line, then the end
   (`error_type` `stream_error`).
 - Who writes (fast path `stream`, the h1 engine): once the head is out, each upstream piece is
@@ -55,6 +56,7 @@ from ..translate.common import MALFORMED
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .events import (
+    DONE,
     HEARTBEAT,
     EventFramer,
     EventTooLarge,
@@ -108,6 +110,24 @@ def _by(deadline: float) -> Callable[[], float]:
 def _ended_early() -> RouterError:
     """Why a stream's wait ended before its upstream's next event: the drain, or its own time."""
     return SHUTTING_DOWN if time.monotonic() >= _drain_until[0] else STREAM_TIMEOUT
+
+
+# The events after which a stream's protocol sends nothing more: the OpenAI `[DONE]` (also what
+# the translators end OpenAI streams with), Anthropic's `message_stop`, the Responses API's
+# final events.
+_LAST_EVENTS = (
+    DONE,
+    b"event: message_stop\n",
+    b"event: response.completed\n",
+    b"event: response.incomplete\n",
+    b"event: response.failed\n",
+)
+
+
+def ends_answer(piece: bytes) -> bool:
+    """`piece` (whole events) ends with the stream's last event."""
+    last = piece.rfind(b"\n\n", 0, len(piece) - 2)
+    return piece.startswith(_LAST_EVENTS, last + 2 if last >= 0 else 0)
 
 
 def error_event(data: bytes) -> bytes:
@@ -244,6 +264,9 @@ class _Stream:
     async def end(self) -> None:
         """The end of the response (Sanic's last chunk)."""
         self.writing = True  # for good: nothing is written after it
+        # Everything the client is owed is in its transport: a client that closes now (the
+        # last chunk then raises RequestCancelled, or the task is cancelled) got its answer.
+        self.request.ctx.state.answered = True
         await self.out.eof()
 
     async def _slice(self, until: float) -> float | None:
@@ -426,8 +449,11 @@ class _Offer:
                 state = self.state
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - self.started
-                self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+                piece = out[0] if len(out) == 1 else b"".join(out)
+                self.writer.write(piece)
                 stream.last_write = time.monotonic()
+                if ends_answer(piece):
+                    state.answered = True
         except Exception as e:  # what the task would have raised, it raises from its read
             self.body.fail(e)
             return False
@@ -613,7 +639,10 @@ async def relay_stream(
             if out:
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
-                await stream.write(out[0] if len(out) == 1 else b"".join(out))
+                piece = out[0] if len(out) == 1 else b"".join(out)
+                await stream.write(piece)
+                if ends_answer(piece):
+                    state.answered = True
         rest = pieces.framer.flush()  # (the offer is gone: the body's end released it)
         if translator is not None:  # the upstream ended: what closes the client's stream
             try:

@@ -62,6 +62,8 @@ class Reply:
     # While waiting out a chunk's delay, notice at once when the peer closed the connection (so
     # that `conn_closed_at` records the moment the router let go, not the next failed write).
     watch_close: bool = False
+    # A chunked body's terminating chunk (`0\r\n\r\n`) comes this long after its last data.
+    end_delay: float = 0.0
 
 
 def sse(*events: str) -> list[tuple[float, bytes]]:
@@ -483,6 +485,9 @@ class FakeUpstream(LoopbackServer):
                 writer.write(b"%x\r\n%s\r\n" % (len(data), data))
                 await writer.drain()
                 self.body_bytes_sent += len(data)
+            if reply.end_delay:
+                await writer.drain()
+                await asyncio.sleep(reply.end_delay)
             writer.write(b"0\r\n\r\n")
         else:
             writer.write(reply.body)

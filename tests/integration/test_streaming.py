@@ -379,6 +379,37 @@ def test_client_disconnect_cancels_the_upstream_within_a_second(
     assert metric(srouter, "upstream_errors_total") == errors_before
 
 
+@pytest.mark.parametrize("leaves", ["after-done", "before-done"])
+def test_a_client_that_closes_after_the_last_event_got_its_answer(
+    srouter: RouterProcess, upstream: FakeUpstream, leaves: str
+) -> None:
+    """SSE clients close as soon as they read the stream's last event (`[DONE]`), often before
+    HTTP's terminating chunk, which carries nothing. Such a request is complete (200), however
+    late the upstream's own end comes; one that leaves before `[DONE]` is 499. (Before, the
+    first was 499 whenever the client's close beat the upstream's end: 1-8 in 300 streams.)"""
+    events = [e.encode() for e in openai_chat_stream("m", ("Hel", "lo"))]
+    # before-done: the events after "Hel" come a second later, when the client has left
+    later = 1.0 if leaves == "before-done" else 0.0
+    chunks = [(0.0 if b'"Hel"' in e or i == 0 else later, e) for i, e in enumerate(events)]
+    upstream.reply_with(Reply(headers=SSE, chunks=chunks, end_delay=0.5, watch_close=True))
+    rid = f"closes-{leaves}"
+    until = b"data: [DONE]\n\n" if leaves == "after-done" else b'"Hel"'
+    body = json.dumps(CHAT_BODY).encode()
+    with socket.create_connection(("127.0.0.1", srouter.port)) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Request-ID: %s\r\nContent-Length: %d\r\n\r\n%s" % (rid.encode(), len(body), body)
+        )
+        seen = b""
+        while until not in seen:
+            data = s.recv(65536)
+            assert data, seen
+            seen += data
+        assert b"0\r\n\r\n" not in seen  # the router's end had not come: the upstream's had not
+    line = access_line(srouter, rid)
+    assert line["status_code"] == (200 if leaves == "after-done" else 499), line
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from service.proxy.events import (
     malformed,
 )
 from service.proxy.multipart import ModelPartRewriter, boundary_of, rewrite_body
+from service.proxy.sse import ends_answer
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -353,3 +354,25 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         for piece in pieces:
             rw.feed(piece)
         rw.finish()
+
+
+@pytest.mark.parametrize(
+    ("piece", "last"),
+    [
+        (b"data: [DONE]\n\n", True),
+        (b'data: {"a":1}\n\ndata: [DONE]\n\n', True),
+        (b'event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n',
+         True),
+        (b'event: response.completed\ndata: {}\n\n', True),
+        (b'event: response.incomplete\ndata: {}\n\n', True),
+        (b'event: response.failed\ndata: {}\n\n', True),
+        (b'data: {"a":1}\n\n', False),
+        (b"data: [DONE]\n\ndata: {}\n\n", False),  # something after it: not the end
+        (b"event: message_start\ndata: {}\n\n", False),
+        (b": heartbeat\n\n", False),
+    ],
+)  # fmt: skip
+def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) -> None:
+    """What marks a stream's answer as delivered (a client that closes after it got its
+    answer: 200, not 499)."""
+    assert ends_answer(piece) is last
