@@ -5,7 +5,8 @@ that reads the bucket hash, refills it by Redis's own clock (`TIME`, so replicas
 clocks still agree), takes a token or refuses, writes it back and sets the key to expire when
 the bucket would be full again: a bucket that refilled is forgotten by Redis itself.
 
-Keys are `api-router:rl:<route>:<key_id>`; key_id is already a hash of the credential.
+Keys are `api-router:rl:<route>:<key_id>`; key_id is already a hash of the credential. The
+health check (`/ready`) runs the same script on `api-router:health:rl`.
 Connection and socket timeouts are short and there are no retries: a Redis that cannot answer
 quickly is reported to the caller (`guard.Guarded` decides between fail-open and 503), and for
 `BACKOFF_SECS` afterwards decisions fail at once instead of each waiting for a timeout.
@@ -24,6 +25,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .bucket import Decision, Limit, Meter, decision
 
 PREFIX = "api-router:rl:"
+# The health check's bucket: outside PREFIX, so that no count of live buckets sees it.
+HEALTH_KEY = "api-router:health:rl"
 BACKOFF_SECS = 1.0
 COUNT_EVERY_SECS = 0.5
 
@@ -137,8 +140,12 @@ class RedisLimiter:
         return dict(self._counts)
 
     async def healthy(self) -> bool:
+        """Whether Redis takes decisions: the decision script on a bucket of its own (a write,
+        as every decision is; it expires within a millisecond). A PING alone answers on a
+        read-only replica (after a failover, the URL still naming the old primary) and on a
+        Redis out of memory, where every decision fails."""
         try:
-            await self._client.ping()
+            await self._script(keys=[HEALTH_KEY], args=["1000", 1])
         except Exception:
             self._down_until = time.monotonic() + BACKOFF_SECS
             return False

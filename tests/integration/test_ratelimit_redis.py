@@ -158,6 +158,42 @@ def test_unreachable_redis_fails_open_logged_and_counted(
     assert "hunter2-password" not in r.output()
 
 
+@pytest.mark.parametrize("refusal", ["out-of-memory", "read-only"])
+def test_ready_says_down_when_redis_answers_but_takes_no_decision(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory, refusal: str
+) -> None:
+    """A Redis out of memory (noeviction) or demoted to a read-only replica answers PING and
+    refuses every decision: /ready said "ok" while fail-closed refused every request (503) and
+    fail-open served them unlimited. It is "down" now, and "ok" again once Redis takes writes."""
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        env = {"RATE_LIMIT_BACKEND": server.url, "RATE_LIMIT_FAIL_CLOSED": "true"}
+        r = router_factory(limited_profile(fake_upstream.url), workers=1, env=env)
+        assert httpx.get(r.url + "/ready").json()["rateLimiter"] == "ok"
+        if refusal == "out-of-memory":
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")
+        else:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        assert post(r.url, key="sk-refused").status_code == 503
+        ready = httpx.get(r.url + "/ready")
+        assert (ready.status_code, ready.json()["rateLimiter"]) == (503, "down")
+        if refusal == "out-of-memory":
+            client.config_set("maxmemory", "0")
+        else:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and httpx.get(r.url + "/ready").status_code != 200:
+            time.sleep(0.2)
+        assert httpx.get(r.url + "/ready").json()["rateLimiter"] == "ok"
+        assert post(r.url, key="sk-refused").status_code == 200
+        assert [k for k in client.keys("*") if b"health" in k and client.pttl(k) < 0] == []
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_fail_closed_refuses_and_ready_follows_redis(
     fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
