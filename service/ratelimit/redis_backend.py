@@ -7,7 +7,8 @@ the bucket would be full again: a bucket that refilled is forgotten by Redis its
 
 Keys are `api-router:rl:<route>:<key_id>`; key_id is already a hash of the credential. The
 health check (`/ready`) runs the same script on `api-router:health:rl`.
-Connection and socket timeouts are short and there are no retries: a Redis that cannot answer
+Connection and socket timeouts are short and a timeout is never retried (a closed connection is,
+once, at once: `client`): a Redis that cannot answer
 quickly is reported to the caller (`guard.Guarded` decides between fail-open and 503), and for
 `BACKOFF_SECS` afterwards decisions fail at once instead of each waiting for a timeout.
 """
@@ -74,16 +75,20 @@ def passwords_of(url: str) -> list[str]:
 
 
 def client(url: str, timeout: float = 0.5) -> Any:
-    """An asyncio Redis client with short timeouts and no retries (see the module docstring)."""
+    """An asyncio Redis client with short timeouts (see the module docstring), and one retry, at
+    once, of a command whose connection failed, never of one that timed out: after Redis
+    restarts, every pooled connection is closed, and each worker's first decision on one failed
+    (then a second of fail-open, or of 503s when fail-closed, with Redis up)."""
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     return aioredis.Redis.from_url(
         url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         decode_responses=False,
     )
 

@@ -194,6 +194,25 @@ def test_ready_says_down_when_redis_answers_but_takes_no_decision(
         server.stop()
 
 
+def test_the_first_decision_after_a_redis_restart_is_decided(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """A restart closes every pooled connection: the first command on one failed, and each
+    worker then refused (fail-closed) or let through unlimited (fail-open) for a second with
+    Redis up. A closed connection is tried again once, at once."""
+    server = RedisServer().start()
+    try:
+        env = {"RATE_LIMIT_BACKEND": server.url, "RATE_LIMIT_FAIL_CLOSED": "true"}
+        r = router_factory(limited_profile(fake_upstream.url), workers=1, env=env)
+        assert post(r.url, key="sk-restart").status_code == 200  # the pool holds a connection
+        server.stop()
+        server = RedisServer(port=server.port).start()
+        assert post(r.url, key="sk-restart").status_code == 200
+        assert metric(r.url, "rate_limiter_backend_errors_total") == 0
+    finally:
+        server.stop()
+
+
 def test_fail_closed_refuses_and_ready_follows_redis(
     fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
