@@ -13,19 +13,23 @@ So a primary that one replica ejected is skipped by the others within `SYNC_SECS
 per instance: when the wait is over, each instance lets one request try the upstream; a success
 restores it there and clears the published ejection (the others keep the wait they adopted).
 Keys (`api-router:ej:<upstream>`) expire with the wait. Redis errors are logged and otherwise
-ignored (best effort: each instance still ejects on what it sees).
+ignored (best effort: each instance still ejects on what it sees): one line per worker per
+`LOG_EVERY_SECS` at most, with the number of failures left unlogged (`suppressed`), as the
+limiter's own (a Redis down made two lines a second per worker, idle or not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
 from .ejection import Ejections
+from .ratelimit.bucket import LOG_EVERY_SECS
 
 PREFIX = "api-router:ej:"
 SYNC_SECS = 0.5
@@ -76,6 +80,8 @@ class RedisShare:
         self._read = self._client.register_script(READ)
         self.ejections = ejections
         self._tasks: set[asyncio.Task[None]] = set()
+        self._logged_at = -LOG_EVERY_SECS
+        self._unlogged = 0
         ejections.on_wait = self.publish_soon
 
     def publish_soon(self, name: str, kind: str, secs: float) -> None:
@@ -89,7 +95,17 @@ class RedisShare:
         try:
             await self._publish(keys=[PREFIX + name], args=[kind, repr(secs)])
         except Exception as e:  # best effort
-            log.warning("ejection_share_failed", error=type(e).__name__)
+            self._failed(e, "publish")
+
+    def _failed(self, exc: Exception, step: str) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < LOG_EVERY_SECS:
+            self._unlogged += 1
+            return
+        log.warning(
+            "ejection_share_failed", error=type(exc).__name__, step=step, suppressed=self._unlogged
+        )
+        self._logged_at, self._unlogged = now, 0
 
     async def pull(self, names: Iterable[str]) -> None:
         names = list(names)
@@ -105,7 +121,7 @@ class RedisShare:
             try:
                 await self.pull(names())
             except Exception as e:  # best effort; tried again at the next tick
-                log.warning("ejection_share_failed", error=type(e).__name__)
+                self._failed(e, "read")
 
     async def close(self) -> None:
         for task in list(self._tasks):

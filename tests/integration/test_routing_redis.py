@@ -12,7 +12,7 @@ from tests.fakes.redis_server import RedisServer
 from tests.fakes.upstream import FakeUpstream
 from tests.integration.test_routing import CHAT, chat, error, post, routing_file
 from tests.scrape import scrape, value
-from tests.support import RouterFactory
+from tests.support import RouterFactory, free_port
 
 pytestmark = pytest.mark.redis
 
@@ -86,3 +86,20 @@ def test_a_cooldown_one_replica_was_asked_for_holds_on_the_other(
     assert r.json()["error"]["code"] == "upstreams_unavailable"
     assert 60 <= int(r.headers["retry-after"]) <= 90
     assert len(primary.requests) == 1
+
+
+def test_a_redis_down_is_logged_once_per_interval_not_per_sync(
+    upstreams: tuple[FakeUpstream, FakeUpstream], router_factory: RouterFactory
+) -> None:
+    """Each worker reads the published ejections every 0.5 s: with Redis down that wrote a
+    warning each time, idle or not (14,000 lines an hour per two-worker pod). One line per
+    5 s now, saying how many it stands for."""
+    primary, secondary = upstreams
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    env = {"RATE_LIMIT_BACKEND": nowhere, "LOG_FORMAT": "json"}
+    router = router_factory(routing_file(primary, secondary), env=env, name="redis-down")
+    first = router.wait_for_log(lambda x: x.get("event") == "ejection_share_failed")
+    assert first["step"] == "read" and first["suppressed"] == 0
+    time.sleep(3.0)  # six syncs
+    lines = [x for x in router.logs() if x.get("event") == "ejection_share_failed"]
+    assert len(lines) == 1, lines
