@@ -142,6 +142,12 @@ def check_backend(backend: str | None) -> None:
             urlsplit(b).port  # noqa: B018 (parses the port: a bad one fails every worker)
         except ValueError:
             raise ValueError("RATE_LIMIT_BACKEND: the URL's port is not a number") from None
+        from .redis_backend import client
+
+        try:  # the client reads the URL's options (no connection yet): a bad one failed workers
+            client(b)
+        except (ValueError, TypeError) as e:  # "Invalid value for 'db' in connection URL."
+            raise ValueError(f"RATE_LIMIT_BACKEND: {e}") from None
         return
     raise ValueError(
         "RATE_LIMIT_BACKEND must be empty/'memory' (shared memory) or a redis://, rediss:// "

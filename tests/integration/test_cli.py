@@ -61,6 +61,11 @@ def run_cli(
         (["qwen"], {"SENTRY_DSN": "not-a-dsn"}, "SENTRY_DSN is not a valid Sentry DSN"),
         (
             ["qwen"],
+            {"RATE_LIMIT_BACKEND": "redis://:pw-secret-9@127.0.0.1:6379/0?socket_timeout=zz"},
+            "RATE_LIMIT_BACKEND: Invalid value for 'socket_timeout' in connection URL.",
+        ),
+        (
+            ["qwen"],
             {"API_ROUTER_UPSTREAM_HTTP2": "1"},  # the default transport speaks HTTP/1.1 only
             "API_ROUTER_UPSTREAM_HTTP2 needs API_ROUTER_UPSTREAM_TRANSPORT=pyreqwest",
         ),
