@@ -20,6 +20,7 @@ is then not added; other C libraries ignore these variables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import socket
@@ -213,7 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     try:
         settings = resolve_settings(argv, env)
-        from_settings(settings)  # an unusable access keys file stops us here, not in a worker
+        # An unusable access keys file stops us here, not in a worker; a usable one is read
+        # once, for every worker (one restarted later must not read an edited file).
+        keys = from_settings(settings)
+        if keys is not None:
+            settings = dataclasses.replace(settings, access_key_hashes=keys.hashes)
         check_listen(settings.host, settings.port)
         check_transport(env)  # and what the workers would only find out each on its own
         sentry.check(env)

@@ -56,6 +56,10 @@ class AccessKeys:
     def __len__(self) -> int:
         return len(self._hashes)
 
+    @property
+    def hashes(self) -> frozenset[str]:
+        return self._hashes
+
     @classmethod
     def load(cls, path: Path) -> AccessKeys:
         try:
@@ -86,6 +90,9 @@ class AccessKeys:
 
 
 def from_settings(settings: Settings) -> AccessKeys | None:
+    """The keys the CLI read at start, else those of the file (an app made without the CLI)."""
+    if settings.access_key_hashes is not None:
+        return AccessKeys(settings.access_key_hashes)
     return AccessKeys.load(settings.access_keys_file) if settings.access_keys_file else None
 
 

@@ -201,6 +201,9 @@ class Settings:
     stream_max_secs: float = 3600.0
     # Shared deployments: a file of hashed client keys (service.access); None = open router.
     access_keys_file: Path | None = None
+    # Its hashes as the CLI read them at start (service.access.from_settings): every worker,
+    # one restarted later included, admits the same keys whatever became of the file since.
+    access_key_hashes: frozenset[str] | None = None
     # The client's Forwarded / X-Forwarded-* headers: replace (default), keep or drop
     # (service.proxy.headers).
     forwarded_headers: str = "replace"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from service.access import hash_key
 from tests.conftest import base_profile
 from tests.fakes.faultproxy import FaultProxy
 from tests.fakes.upstream import FakeUpstream, Reply
+from tests.integration.test_shutdown import wait_until, worker_pids
 from tests.rawhttp import connect, exchange, read_response
 from tests.support import ROOT, RouterFactory, RouterProcess
 
@@ -180,6 +183,30 @@ def evil(fake_upstream: FakeUpstream) -> Iterator[FaultProxy]:
     """Another host a hostile client would like the router to contact; counts connections."""
     with FaultProxy(fake_upstream.port) as p:
         yield p
+
+
+def test_a_restarted_worker_admits_the_keys_read_at_start(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory, tmp_path: Path
+) -> None:
+    """The file is read once, at start (docs/security.md): a worker started again after a crash
+    read it anew, so after an edit the workers disagreed on which keys pass (and an edit that
+    broke the file kept the new worker from starting at all)."""
+    keys = tmp_path / "access-keys"
+    keys.write_text(hash_key(KEY_A) + "\n")
+    env = {"API_ROUTER_ACCESS_KEYS_FILE": str(keys), "DEFAULT_API_KEY": OPERATOR}
+    router = router_factory(base_profile(fake_upstream.url), env=env, workers=2)
+    keys.write_text(hash_key(KEY_B) + "\n")  # edited, not restarted
+    workers = worker_pids(router)
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: router.output().count("Worker ready") >= 3, 15, "the worker started again")
+    assert workers[0] not in worker_pids(router)
+    for key, status in ((KEY_A, 200), (KEY_B, 401)):  # new connections: both workers answer
+        got = {
+            httpx.post(router.url + "/v1/chat/completions", json=CHAT,
+                       headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+            for _ in range(12)
+        }  # fmt: skip
+        assert got == {status}, (key, got)
 
 
 def test_upstream_redirects_are_relayed_never_followed(
