@@ -419,7 +419,15 @@ class _Attempts:
     ) -> tuple[httpx.Request, Chosen]:
         key = upstream_credential(cand.upstream, self.client_key, self.own_key)
         hdrs, query = outgoing_headers(
-            self.request, ep, cand.upstream.profile, key, translator, streaming, None, self.state
+            self.request,
+            ep,
+            cand.upstream.profile,
+            key,
+            translator,
+            streaming,
+            None,
+            self.state,
+            self.ctx.access is None and cand.upstream.credential != "operator",
         )
         req = self.ctx.http.build_request(
             ep.method,

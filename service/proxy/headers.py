@@ -40,6 +40,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
+# Other forms a client may put a key in (Azure's `api-key`, Google's `x-goog-api-key`, a `key=`
+# query parameter): end-to-end headers and query of an open router, but removed where the
+# client's key must not reach the upstream (an access key, an upstream given only the
+# operator's key): `outgoing_headers(keep_client_keys=False)`.
+OTHER_CREDENTIAL_HEADERS = frozenset({"api-key", "x-goog-api-key"})
+CREDENTIAL_PARAMS = frozenset({"key", "api_key", "api-key"})
 # Framing and routing headers that belong to each hop; and a browser's `Origin`: the upstream
 # request is the router's, server to server (a provider that sees one applies its browser
 # rules: Anthropic's API refuses it without a "dangerous direct browser access" header,

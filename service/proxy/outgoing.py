@@ -114,18 +114,26 @@ def outgoing_headers(
     streaming: bool,
     upstream_length: int | None,
     state: RequestState,
+    keep_client_keys: bool = True,
 ) -> tuple[h.WireHeaders, str]:
-    """The headers and query string sent upstream for a request to `ep` of `profile`."""
+    """The headers and query string sent upstream for a request to `ep` of `profile`; without
+    any other form of a client key (`h.OTHER_CREDENTIAL_HEADERS`, `h.CREDENTIAL_PARAMS`) unless
+    `keep_client_keys`."""
     ctx = request.app.ctx
     client_headers: Any = request.headers.items()
     query = request.query_string
+    if not keep_client_keys:
+        client_headers = [
+            (k, v) for k, v in client_headers if k.lower() not in h.OTHER_CREDENTIAL_HEADERS
+        ]
+        query, _ = h.without_params(query, h.CREDENTIAL_PARAMS)
     if translator is not None:  # the other provider's headers mean nothing upstream: dropped
         foreign = "openai-" if ep.format == ANTHROPIC else "anthropic-"
         kept = [(k, v) for k, v in client_headers if not k.lower().startswith(foreign)]
         dropped_query = False
         if ep.format != ANTHROPIC:  # and Anthropic's query flags (`?beta=true`)
             query, dropped_query = h.without_params(query, h.ANTHROPIC_QUERY)
-        if len(kept) < len(request.headers) or dropped_query:
+        if len(kept) < len(client_headers) or dropped_query:
             dropped = foreign.replace("-", "_headers")
             if dropped not in state.dropped:
                 state.dropped = [*state.dropped, dropped]

@@ -178,7 +178,15 @@ async def forward(
         extra = {**extra, "x-router-upstream": stored_at.name}
 
     hdrs, query = outgoing_headers(
-        request, ep, profile, credential, translator, streaming, upstream_length, state
+        request,
+        ep,
+        profile,
+        credential,
+        translator,
+        streaming,
+        upstream_length,
+        state,
+        ctx.access is None and (stored_at is None or stored_at.credential != "operator"),
     )
     upstream_request = ctx.http.build_request(
         ep.method if response_id is None else request.method,

@@ -96,6 +96,23 @@ def test_401_on_messages_is_anthropic_shaped(
     assert upstream.requests == []
 
 
+def test_no_other_form_of_the_access_key_reaches_the_upstream(
+    guarded: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """A client that sends its access key in more forms than the one checked (Azure's `api-key`,
+    Google's `x-goog-api-key`, a `key=` parameter): none goes upstream; other parameters do."""
+    r = httpx.post(
+        guarded.url + "/v1/chat/completions?key=" + KEY_A + "&api_key=" + KEY_A + "&keep=1",
+        json=CHAT,
+        headers={"Authorization": f"Bearer {KEY_A}", "api-key": KEY_A, "x-goog-api-key": KEY_A},
+    )
+    assert r.status_code == 200, r.text
+    rec = upstream.last
+    assert rec.header("api-key") is None and rec.header("x-goog-api-key") is None
+    assert rec.query == "keep=1"
+    assert KEY_A.encode() not in repr(rec.headers).encode() + rec.body
+
+
 def test_models_needs_a_key_and_ops_routes_do_not(guarded: RouterProcess) -> None:
     assert httpx.get(guarded.url + "/v1/models").status_code == 401
     ok = httpx.get(guarded.url + "/v1/models", headers={"Authorization": f"Bearer {KEY_A}"})

@@ -409,12 +409,21 @@ def test_an_operator_key_replaces_the_client_s(
     router = router_factory(
         data, env={"API_ROUTER_TEST_BACKUP_KEY": "sk-operator-backup-5678"}, name="opkey"
     )
-    r = post(router, CHAT, chat("local-x"))
+    # the client's key in other forms too (Azure's `api-key`, a `key=` parameter): not sent to
+    # an upstream given only the operator's key
+    r = httpx.post(
+        router.url + CHAT + "?key=sk-client-key-1234",
+        json=chat("local-x"),
+        headers={**KEY, "api-key": "sk-client-key-1234", "x-goog-api-key": "sk-client-key-1234"},
+        timeout=30,
+    )
     assert r.status_code == 200
     assert secondary.last.header("authorization") == "Bearer sk-operator-backup-5678"
     assert "sk-client-key-1234" not in json.dumps(secondary.last.headers)
-    r = post(router, CHAT, chat("gpt-4o"))
+    assert secondary.last.query == ""
+    r = post(router, CHAT, chat("gpt-4o"), params={"key": "sk-client-key-1234"})
     assert primary.last.header("authorization") == "Bearer sk-client-key-1234"
+    assert primary.last.query == "key=sk-client-key-1234"  # its own key's upstream: kept
 
 
 def test_client_or_operator_sends_the_client_s_own_key_else_the_operator_s(
