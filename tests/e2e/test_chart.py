@@ -99,6 +99,7 @@ def test_the_ci_values_files_cover_each_optional_piece() -> None:
         "autoscaling",
         "inline-profile",
         "routing",
+        "access-keys",
     }
 
 
@@ -473,6 +474,44 @@ def test_tmp_size_limit_takes_kubernetes_quantities(helm: str, size: str) -> Non
     assert tmp["emptyDir"]["sizeLimit"] == size
 
 
+def test_access_keys_are_stored_as_hashes_mounted_and_named(
+    renders: dict[str, str], helm: str
+) -> None:
+    """A shared deployment needs its keys file in the pod: the root filesystem is read-only
+    and only /tmp and the profile were mounted (found by the access review)."""
+    objs = by_kind(docs(renders["access-keys"]))
+    values = yaml.safe_load((CHART / "ci" / "access-keys-values.yaml").read_text())
+    keys = objs["ConfigMap/access-keys"]
+    assert keys["data"]["access-keys"].split() == values["accessKeys"]["hashes"]
+    path = objs["ConfigMap"]["data"]["API_ROUTER_ACCESS_KEYS_FILE"]
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "access-keys")
+    assert mount["readOnly"] is True and path == mount["mountPath"] + "/access-keys"
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "access-keys"]
+    assert vol["configMap"]["name"] == keys["metadata"]["name"]
+    # in the template whose checksum rolls the pods: the router reads the file at start
+    objs_b = by_kind(docs(render(helm, "-f", str(CHART / "ci" / "access-keys-values.yaml"),
+                                 "--set", "accessKeys.hashes[0]=sha256:" + "0" * 64)))  # fmt: skip
+    before = objs["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    after = objs_b["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert before != after
+    # an existing Secret instead: mounted from it, no ConfigMap made
+    objs = by_kind(docs(render(helm, "--set", "accessKeys.existingSecret=team-keys")))
+    assert "ConfigMap/access-keys" not in objs
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "access-keys"]
+    assert vol["secret"] == {
+        "secretName": "team-keys",
+        "items": [{"key": "access-keys", "path": "access-keys"}],
+    }
+    assert "API_ROUTER_ACCESS_KEYS_FILE" in objs["ConfigMap"]["data"]
+    # and none of it without access keys
+    assert (
+        "API_ROUTER_ACCESS_KEYS_FILE" not in by_kind(docs(renders["defaults"]))["ConfigMap"]["data"]
+    )
+
+
 def test_inline_profile_is_stored_and_mounted(renders: dict[str, str]) -> None:
     objs = by_kind(docs(renders["inline-profile"]))
     data = objs["ConfigMap"]["data"]
@@ -549,6 +588,8 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("metrics.prometheusRule.p99LatencySeconds=10", "p99LatencySeconds"),
         ("metrics.prometheusRule.overheadP99Seconds=0.1", "overheadP99Seconds"),
         ("podDisruptionBudget.minAvailable=abc", "podDisruptionBudget.minAvailable"),
+        # a key pasted in clear where its hash belongs
+        ("accessKeys.hashes[0]=sk-live-pasted-in-clear", "accessKeys.hashes"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: str, setting: str, message: str) -> None:
@@ -642,3 +683,22 @@ def test_kube_play_serves_an_inline_profile_from_the_config_map(helm: str, kube_
     assert health["profile"] == "local-vllm"
     models = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
     assert "meta-llama/Llama-3.1-8B-Instruct" in models
+
+
+@pytest.mark.podman
+def test_kube_play_admits_only_the_access_keys(helm: str, kube_play: Any) -> None:
+    """The keys file mounted from the chart's ConfigMap is the one the router reads: a /v1
+    request without a key is 401, with the key of access-keys-values.yaml it is answered."""
+    port = free_port()
+    kube_play(
+        playable(helm, built_image(), port, "-f", str(CHART / "ci" / "access-keys-values.yaml"))
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{pod_logs()}") from None
+    url = f"http://127.0.0.1:{port}/v1/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer not-this-one"}).status_code == 401
+    ok = httpx.get(url, headers={"Authorization": "Bearer sk-chart-access-1"})
+    assert ok.status_code == 200 and ok.json()["object"] == "list"
