@@ -647,17 +647,24 @@ def pod_logs(release: str = "kube-play") -> str:
     return out.stdout[-3000:] + out.stderr[-1000:]
 
 
-@pytest.mark.podman
-def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
+def play_ready(helm: str, kube_play: Any, values: str | None = None) -> str:
+    """Play the render (with `ci/<values>` when given) and wait until it is ready: its URL."""
     port = free_port()
-    kube_play(playable(helm, built_image(), port))
+    args = ("-f", str(CHART / "ci" / values)) if values else ()
+    kube_play(playable(helm, built_image(), port, *args))
     try:
         wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{pod_logs()}") from None
-    health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.podman
+def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
+    url = play_ready(helm, kube_play)
+    health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["profile"] == "qwen"
-    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+    metrics = httpx.get(f"{url}/metrics")
     assert metrics.status_code == 200 and "# TYPE requests_total counter" in metrics.text
     # The pod's container really is read-only and non-root, as the chart asks.
     ps = podman(
@@ -671,17 +678,10 @@ def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
 
 @pytest.mark.podman
 def test_kube_play_serves_an_inline_profile_from_the_config_map(helm: str, kube_play: Any) -> None:
-    port = free_port()
-    kube_play(
-        playable(helm, built_image(), port, "-f", str(CHART / "ci" / "inline-profile-values.yaml"))
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{pod_logs()}") from None
-    health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    url = play_ready(helm, kube_play, "inline-profile-values.yaml")
+    health = httpx.get(f"{url}/health").json()
     assert health["profile"] == "local-vllm"
-    models = {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+    models = {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
     assert "meta-llama/Llama-3.1-8B-Instruct" in models
 
 
@@ -689,15 +689,7 @@ def test_kube_play_serves_an_inline_profile_from_the_config_map(helm: str, kube_
 def test_kube_play_admits_only_the_access_keys(helm: str, kube_play: Any) -> None:
     """The keys file mounted from the chart's ConfigMap is the one the router reads: a /v1
     request without a key is 401, with the key of access-keys-values.yaml it is answered."""
-    port = free_port()
-    kube_play(
-        playable(helm, built_image(), port, "-f", str(CHART / "ci" / "access-keys-values.yaml"))
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{pod_logs()}") from None
-    url = f"http://127.0.0.1:{port}/v1/models"
+    url = play_ready(helm, kube_play, "access-keys-values.yaml") + "/v1/models"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer not-this-one"}).status_code == 401
     ok = httpx.get(url, headers={"Authorization": "Bearer sk-chart-access-1"})
