@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import email.utils
+import functools
 import math
 import random
 import re
@@ -93,7 +94,7 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
-from .sse import relay_stream
+from .sse import relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -885,7 +886,7 @@ async def forward_routed(
         pending = (
             _relay_stream(request, attempts, face, extra, state)
             if streaming
-            else _relay(request, attempts, extra)
+            else _relay(request, attempts, face, extra)
         )
         if charge is None:
             return await pending
@@ -903,9 +904,10 @@ async def forward_routed(
 
 
 async def _relay(
-    request: RouterRequest, attempts: _Attempts, extra: dict[str, str]
+    request: RouterRequest, attempts: _Attempts, face: Any, extra: dict[str, str]
 ) -> HTTPResponse | None:
-    """A JSON request's attempts and its answer."""
+    """A JSON request's attempts and its answer (a stream when the upstream answers with one:
+    sse.unasked_stream)."""
     state: RequestState = request.ctx.state
     started = time.perf_counter()
     try:
@@ -918,6 +920,17 @@ async def _relay(
         _answered(state, chosen, resp)
         if chosen.failed_body is not None:
             data = chosen.failed_body
+        elif unasked_stream(resp):
+            return await relay_unasked_stream(
+                request,
+                resp,
+                face,
+                extra,
+                chosen.translator,
+                started,
+                [chosen],
+                functools.partial(_router_headers, state, extra),
+            )
         else:
             try:
                 if attempts.deadline is None:

@@ -49,7 +49,7 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
-from .sse import relay_stream
+from .sse import relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, request_timeout, send
 
 # A stored response's id as the Responses API writes it (`resp_…`): nothing that could step out of
@@ -239,13 +239,15 @@ async def _exchange(
     started = time.perf_counter()
     try:
         resp = await send(ctx.http, upstream_request)  # retried once if never connected
-        data = await ctx.http.read_raw(resp)
+        data = None if unasked_stream(resp) else await ctx.http.read_raw(resp)
     except httpx.HTTPError as e:
         raise map_exception(e) from None
     finally:
         # Also when the client went away (CancelledError): the lifecycle listeners then record
         # 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
+    if data is None:
+        return await relay_unasked_stream(request, resp, ep, extra, translator, started)
 
     state.upstream_status = resp.status_code
     if resp.status_code == 429 or resp.status_code >= 500:

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -481,6 +482,7 @@ async def relay_stream(
     opener: Callable[[], Awaitable[httpx.Response]] | None = None,
     chosen: list[Any] | None = None,
     head: Callable[[], dict[str, str]] | None = None,
+    started: float | None = None,
 ) -> HTTPResponse | None:
     """`translator`: the request's format translation (service.translate), applied to each
     complete upstream event and to error bodies; None relays the upstream's bytes as they are.
@@ -488,12 +490,14 @@ async def relay_stream(
     Under a routing file (service.proxy.failover) `opener` replaces sending `upstream_request`:
     it runs the attempts and returns the answer the client gets, after which `chosen[0]` says
     how to read it (its translator, whether to hide the usage chunk) and `head()` gives the
-    headers to add (who answered, how many attempts) when the head was not sent yet."""
+    headers to add (who answered, how many attempts) when the head was not sent yet.
+    `started`: when the upstream request went out, when that was before this call."""
     ctx = request.app.ctx
     state: RequestState = request.ctx.state
     stream = _Stream(request, ep.heartbeat_interval_secs, ep.route, translator)
     head_headers = [("X-Request-ID", request.ctx.request_id), *extra_headers.items()]
-    started = time.perf_counter()
+    if started is None:
+        started = time.perf_counter()
     if opener is not None:
         opening: Awaitable[httpx.Response] = opener()
     else:
@@ -671,6 +675,37 @@ async def relay_stream(
         if resp is not None:
             _LIVE.discard(resp.stream)
             await resp.aclose()  # after a complete read this returns the connection to the pool
+
+
+def unasked_stream(resp: httpx.Response) -> bool:
+    """A 2xx event stream: what a request that did not ask for one in its JSON may still get (a
+    transcription's `stream` form field, a stored response's `?stream=true`)."""
+    return 200 <= resp.status_code < 300 and resp.headers.get(
+        "content-type", ""
+    ).lower().startswith("text/event-stream")
+
+
+async def _given(resp: httpx.Response) -> httpx.Response:
+    return resp
+
+
+async def relay_unasked_stream(
+    request: RouterRequest,
+    resp: httpx.Response,
+    ep: ResolvedEndpoint,
+    extra_headers: dict[str, str],
+    translator: Translator | ResponsesTranslator | None,
+    started: float,
+    chosen: list[Any] | None = None,
+    head: Callable[[], dict[str, str]] | None = None,
+) -> HTTPResponse | None:
+    """`unasked_stream` answers, relayed as streams from their head (they were read whole before
+    the client got a byte: no heartbeat, their usage never read, a token reservation kept)."""
+    request.ctx.state.stream = True
+    opener = functools.partial(_given, resp)
+    return await relay_stream(
+        request, None, ep, extra_headers, False, translator, opener, chosen, head, started
+    )
 
 
 async def _read_body(resp: httpx.Response, limit: int | None) -> bytes:

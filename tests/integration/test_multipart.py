@@ -5,8 +5,10 @@ rewrite, 413 / 400, and a 100 MB upload that the router streams instead of holdi
 from __future__ import annotations
 
 import io
+import json
 import select
 import socket
+import time
 import wave
 from collections.abc import Iterator
 
@@ -15,8 +17,10 @@ import openai
 import pytest
 
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply
 from tests.integration.test_streaming import RssPeak, worker_pids
+from tests.scrape import scrape
+from tests.scrape import value as metric_value
 from tests.support import RouterFactory, RouterProcess
 
 SMALL_LIMIT = 1024 * 1024
@@ -267,3 +271,61 @@ def test_a_100_mb_upload_is_streamed_not_held(
     assert got.body.startswith(head.replace(b"whisper-1", b"up-whisper"))
     upstream.reset()  # drop the 100 MB copy
     assert rss.grown_mib < 50, f"worker RSS grew by {rss.grown_mib:.1f} MiB for 100 MiB"
+
+
+def _transcript_events() -> list[bytes]:
+    """What OpenAI streams for `gpt-4o-transcribe` with `stream=true`: deltas, then the text
+    with the usage."""
+
+    def ev(kind: str, **data: object) -> bytes:
+        return b"data: " + json.dumps({"type": kind, **data}).encode() + b"\n\n"
+
+    usage = {"type": "tokens", "input_tokens": 14, "output_tokens": 5, "total_tokens": 19}
+    return [
+        ev("transcript.text.delta", delta="hello"),
+        ev("transcript.text.delta", delta=" world"),
+        ev("transcript.text.done", text="hello world", usage=usage),
+    ]
+
+
+def test_a_streamed_transcription_is_relayed_as_it_comes_with_its_usage(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """`stream=true` is a form field here, not JSON: the answer was read whole before the
+    client got a byte (no heartbeat, a Content-Length), its usage never read and the token
+    reservation kept. It is a stream from its head now, as the SDK's `stream=True` expects."""
+    profile = base_profile(fake_upstream.url, tokenLimit={"tokensPerMinute": 100_000})
+    router = router_factory(profile, name="transcribe-stream")
+    events = _transcript_events()
+    fake_upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[(0.0, events[0]), (1.0, events[1]), (0.0, events[2])],
+        )
+    )
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="sk-audio", max_retries=0)
+    seen: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    with client.audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-transcribe", file=("clip.wav", wav_bytes(), "audio/wav"), stream=True
+    ) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert "content-length" not in resp.headers
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                seen.append((time.monotonic() - t0, json.loads(line[6:])["type"]))
+    assert [kind for _, kind in seen] == [
+        "transcript.text.delta",
+        "transcript.text.delta",
+        "transcript.text.done",
+    ]
+    assert seen[1][0] - seen[0][0] > 0.5  # the first delta came before the upstream's second
+    assert b'name="stream"' in fake_upstream.last.body  # the form field went upstream as it was
+    line = router.wait_for_log(
+        lambda r: r.get("event") == "request_completed" and r["route"] == "/v1/audio/transcriptions"
+    )
+    assert line["stream"] is True and line["status_code"] == 200, line
+    text = scrape(router.url)
+    assert metric_value(text, "tokens_total", type="prompt") == 14
+    assert metric_value(text, "tokens_total", type="completion") == 5
+    assert metric_value(text, "tokens_reconciled_total", direction="refund") > 0  # settled

@@ -7,6 +7,7 @@ router's own estimate (never an inference call), with its own rate-limit bucket.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -88,6 +89,35 @@ def test_openai_sdk_responses_create_and_stream(
             final = stream.get_final_response()
     assert deltas == ["Hel", "lo"] and final.output_text == "Hello"
     assert upstream.last.header("authorization") == "Bearer sk-client"
+
+
+def test_a_stored_response_s_stream_is_relayed_as_it_comes(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """`GET /v1/responses/{id}?stream=true` resumes a background response's stream: it was read
+    whole before the client got a byte (and its usage never counted)."""
+    events = [e.encode() for e in openai_response_stream("m")]
+    upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[(0.0, events[0]), (1.0, b"".join(events[1:]))],
+        )
+    )
+    arrivals: list[float] = []
+    t0 = time.monotonic()
+    with httpx.stream("GET", router.url + RESPONSES + "/resp_abc123?stream=true", timeout=10) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        body = b""
+        for piece in r.iter_bytes():
+            arrivals.append(time.monotonic() - t0)
+            body += piece
+    assert upstream.last.query == "stream=true"
+    assert body == b"".join(events)
+    assert arrivals[0] < 0.8 < arrivals[-1]  # the first event before the upstream's next ones
+    line = router.wait_for_log(
+        lambda x: x.get("event") == "request_completed" and x["route"].startswith(RESPONSES + "/")
+    )
+    assert line["stream"] is True and line["status_code"] == 200
 
 
 def test_stored_response_routes_are_relayed(router: RouterProcess, upstream: FakeUpstream) -> None:

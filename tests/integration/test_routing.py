@@ -1128,6 +1128,39 @@ def test_an_audio_upload_over_the_body_limit_is_413_under_a_routing_file(
     assert primary.requests == [] and secondary.requests == []
 
 
+def test_a_streamed_transcription_is_relayed_as_it_comes_under_a_routing_file(
+    router: RouterProcess, primary: FakeUpstream
+) -> None:
+    """The routed twin of test_multipart's: a transcription whose `stream` form field asked
+    for events is relayed from its head, with who answered."""
+    events = [b'data: {"type":"transcript.text.delta","delta":"hi"}\n\n',
+              b'data: {"type":"transcript.text.done","text":"hi"}\n\n']  # fmt: skip
+    primary.reply_with(Script(Reply(headers=SSE_HEAD, chunks=[(0.0, events[0]), (1.0, events[1])])))
+    boundary = "----routed"
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        f"Content-Type: audio/wav\r\n\r\nRIFF\r\n--{boundary}--\r\n"
+    ).encode()
+    headers = {**KEY, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    arrivals: list[float] = []
+    t0 = time.monotonic()
+    with httpx.stream(
+        "POST", router.url + "/v1/audio/transcriptions", content=form, headers=headers, timeout=10
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-router-upstream"] == "primary"
+        body = b""
+        for piece in r.iter_bytes():
+            arrivals.append(time.monotonic() - t0)
+            body += piece
+    assert body == b"".join(events)
+    assert arrivals[0] < 0.8 < arrivals[-1]
+    assert b"primary-model" in primary.last.body  # the route's model, in the form
+
+
 def test_stored_responses_go_to_the_upstream_that_stores_them(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:
