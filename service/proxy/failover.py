@@ -63,7 +63,7 @@ import httpx
 from sanic.response import HTTPResponse
 
 from ..config.loader import LoadedConfig
-from ..config.model import COUNTS_FOR, MULTIPART_ROUTES, ResolvedEndpoint
+from ..config.model import COUNTS_FOR, EMBEDDINGS, MULTIPART_ROUTES, ResolvedEndpoint
 from ..config.routing import Candidate, Policy, Routing, Upstream
 from ..context import RouterRequest
 from ..ejection import Gate
@@ -863,7 +863,12 @@ async def forward_routed(
     if rule is not None:  # SPEC §13: per (client key, model route), before any attempt
         audio = boundary is not None
         charge = await ctx.tokens.reserve(
-            state.key_id, rule, None if audio else payload, 0 if audio else len(body), extra
+            state.key_id,
+            rule,
+            None if audio else payload,
+            0 if audio else len(body),
+            extra,
+            route != EMBEDDINGS,  # no output tokens to reserve
         )
         if charge is not None:
             extra.update(charge.headers)

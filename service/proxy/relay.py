@@ -27,6 +27,7 @@ from sanic.response import HTTPResponse
 
 from ..config.model import (
     COUNTS_FOR,
+    EMBEDDINGS,
     RESPONSES_FORMAT,
     ResolvedEndpoint,
 )
@@ -171,6 +172,7 @@ async def forward(
                 None if ep.requires_multipart else payload,
                 0 if ep.requires_multipart else len(request.body),
                 extra,
+                route != EMBEDDINGS,  # no output tokens to reserve
             )
             if charge is not None:
                 extra.update(charge.headers)

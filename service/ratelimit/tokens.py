@@ -172,14 +172,17 @@ class TokenRule:
             budgets_enforce=budgets.enforce if budgets is not None else True,
         )
 
-    def estimate(self, payload: Mapping[str, Any] | None, body_bytes: int) -> int:
+    def estimate(
+        self, payload: Mapping[str, Any] | None, body_bytes: int, outputs: bool = True
+    ) -> int:
         """Tokens to reserve: the body's bytes / bytesPerToken (the prompt: an over-estimate, as
         the JSON around the text counts too) plus the request's max output tokens (or the
-        default when it names none), that part capped at maxOutputReservation."""
+        default when it names none), that part capped at maxOutputReservation; without it for
+        a route that answers no output tokens (`outputs` False: embeddings)."""
         total = 0
         if self.count_input:
             total += math.ceil(body_bytes / self.bytes_per_token)
-        if self.count_output:
+        if self.count_output and outputs:
             out = self.default_output
             if payload is not None:
                 for name in MAX_OUTPUT_FIELDS:
@@ -433,12 +436,14 @@ class TokenLimiter:
         payload: Mapping[str, Any] | None,
         body_bytes: int,
         also: Mapping[str, str] | None = None,
+        outputs: bool = True,
     ) -> Charge | None:
         """Reserve the request's estimate on its meters; raises TokenRequestTooLarge (400) or
         RateLimited (429, with `also`: the request bucket's headers) when an enforcing meter
         refuses. None: the store failed open. A charge without meters: every meter that would
-        have refused is in shadow mode."""
-        amount = rule.estimate(payload, body_bytes)
+        have refused is in shadow mode. `outputs`: False for a route whose answer has no output
+        tokens (embeddings): none are reserved."""
+        amount = rule.estimate(payload, body_bytes, outputs)
         meters = rule.meters(key_id, self._wall())
         # The x-ratelimit-*-tokens headers: the bucket's, else the first budget's.
         minute = next((m for m in meters if m.scope == MINUTE), meters[0] if meters else None)

@@ -163,6 +163,19 @@ def test_embeddings_have_their_own_bucket_counting_input_only(
     assert remaining(chat) == BURST - estimate(body())
 
 
+def test_embeddings_never_reserve_output_tokens(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """A profile-wide limit counts input and output; an embedding has no output, yet the default
+    1024 output tokens were reserved for it: under 1,000 a minute every embedding was 400."""
+    profile = base_profile(fake_upstream.url, tokenLimit={"tokensPerMinute": 1, "burst": 1000})
+    router = router_factory(profile, name="embed-output")
+    data = json.dumps({"model": "text-embedding-3-small", "input": "hello"}).encode()
+    r = post(router.url, data, "sk-tok-embed-out", EMBEDDINGS)
+    assert r.status_code == 200, r.text
+    assert remaining(r) == 1000 - math.ceil(len(data) / 4)
+
+
 def test_over_the_limit_is_429_with_retry_after_and_nothing_reaches_the_upstream(
     limited: RouterProcess, upstream: FakeUpstream
 ) -> None:
