@@ -31,16 +31,20 @@ from .routing import (
     unique_keys,
 )
 
-# A file's identity for the reload check: (mtime_ns, size, inode); (-1, -1, -1) when it is gone.
-Stamp = tuple[int, int, int]
+# A file's identity for the reload check: (mtime_ns, size, inode, ctime_ns); all -1 when it is
+# gone. The change time too: it moves on every write, chmod and rename and cannot be set back
+# (an edit that kept the size and the mtime, `cp -p`, `touch -r`, two writes within one mtime
+# tick, or a chmod that made an unreadable edit readable, went unnoticed).
+Stamp = tuple[int, int, int, int]
+GONE: Stamp = (-1, -1, -1, -1)
 
 
 def stamp_of(path: Path) -> Stamp:
     try:
         st = os.stat(path)
     except OSError:
-        return (-1, -1, -1)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return GONE
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
 SHIPPED_DIR = Path(str(resources.files("service.config") / "profiles"))
@@ -67,6 +71,7 @@ class LoadedConfig:
     mtime_ns: int
     size: int
     inode: int
+    ctime_ns: int = -1
     loaded_at: float = field(default=0.0)
     # Derived once per load, read on every request:
     # the models the profile knows (the `model` label of tokens_total: these, or `other`);
@@ -284,6 +289,7 @@ def load_file(path: Path, now: float | None = None) -> LoadedConfig:
         mtime_ns=st.st_mtime_ns,
         size=st.st_size,
         inode=st.st_ino,
+        ctime_ns=st.st_ctime_ns,
         loaded_at=time.time() if now is None else now,
         known_models=(
             routing.known_models()

@@ -3,10 +3,12 @@
 `ConfigHolder.current` is read once at the start of each request, so a request keeps the config it
 started with. `check()` is called at most once a second by a background task: it stats the file
 (following symlinks: a ConfigMap update swaps a link), and the other files it was read from (a
-routing file's upstream profiles), and only when one's identity, modification time or size
-changed does it validate the new text and swap the whole `LoadedConfig` in one assignment
-(atomic for readers). A broken edit keeps the last good config, is logged, counted, and shown in
-`/health`.
+routing file's upstream profiles), and only when one's identity, modification time, size or
+change time changed does it validate the new text and swap the whole `LoadedConfig` in one
+assignment (atomic for readers). A broken edit keeps the last good config, is logged, counted,
+and shown in `/health` until the files are good again, or again the ones being served. A
+profile file that a routing file reads and that disappears (the routing file unchanged) is such
+an error: the lookup does not move on to another file of that name.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
-from .loader import ConfigError, LoadedConfig, Stamp, load_file, stamp_of
+from .loader import GONE, ConfigError, LoadedConfig, Stamp, load_file, stamp_of
 
 log = structlog.get_logger("api_router.config")
 
@@ -51,9 +53,28 @@ class ConfigHolder:
         cfg = self.current
         path = cfg.path
         stamp = (stamp_of(path), *(stamp_of(dep) for dep, _ in cfg.deps))
-        current = ((cfg.mtime_ns, cfg.size, cfg.inode), *(was for _, was in cfg.deps))
-        if stamp in (current, self._bad_stamp):
+        current = (
+            (cfg.mtime_ns, cfg.size, cfg.inode, cfg.ctime_ns),
+            *(was for _, was in cfg.deps),
+        )
+        if stamp == current:
+            if self.last_error is not None:
+                # The files are again the very ones being served (a file moved away and back,
+                # an edit undone): nothing is wrong any more.
+                self.last_error = None
+                self._bad_stamp = None
             return False
+        if stamp == self._bad_stamp:
+            return False
+        if stamp[0] == current[0]:
+            deps = zip(cfg.deps, stamp[1:], strict=True)
+            gone = next((dep for (dep, _), now in deps if now == GONE), None)
+            if gone is not None:
+                # A profile file the routing file reads was removed, the routing file unchanged:
+                # not a cue to look further (a shipped profile of the same name would then
+                # serve, elsewhere, with no word said).
+                self._failed(stamp, f"{gone}: file not found (read by {path})")
+                return False
         try:
             new = load_file(path, now=time.time())
         except ConfigError as e:

@@ -275,6 +275,48 @@ def test_a_config_reload_that_fails_unexpectedly_is_a_failure_and_the_next_edit_
     assert holder.check() is True and holder.current.profile.name == "three"
 
 
+def test_reload_sees_what_mtime_and_size_miss_and_forgets_an_error_undone(tmp_path: Path) -> None:
+    """An edit that keeps the size and the mtime (`cp -p`, `touch -r`, two writes in one mtime
+    tick), a chmod that makes an unreadable edit readable, a file moved away and back: each was
+    missed (the old config served on) or left /health in error for good."""
+    import os
+    import shutil
+
+    from service.config import reload
+
+    p = _write(tmp_path, {"name": "aaaa", "baseUrl": "http://h"})
+    holder = reload.ConfigHolder(load_file(p))
+    # the same size, the mtime set back
+    before = os.stat(p)
+    _write(tmp_path, {"name": "bbbb", "baseUrl": "http://h"})
+    os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(p).st_size == before.st_size
+    assert holder.check() is True and holder.current.profile.name == "bbbb"
+    # moved away (an error), then back unchanged: no longer an error
+    shutil.move(p, tmp_path / "away")
+    assert holder.check() is False and holder.state()["status"] == "error"
+    shutil.move(tmp_path / "away", p)
+    holder.check()  # (read again: the rename changed its ctime; the same text either way)
+    assert holder.state()["status"] == "ok" and holder.current.profile.name == "bbbb"
+    # and when even the ctime is the one being served (all the files as they were read)
+    holder.last_error = "left over"
+    assert holder.check() is False and holder.state()["status"] == "ok"
+    # a new edit unreadable, then made readable (a chmod changes neither mtime nor size)
+    original = reload.load_file
+    _write(tmp_path, {"name": "cccc", "baseUrl": "http://h"})
+    with pytest.MonkeyPatch.context() as m:  # as when the file's mode shuts the router out
+        m.setattr(reload, "load_file", _unreadable)
+        assert holder.check() is False and "PermissionError" in str(holder.last_error)
+    assert reload.load_file is original
+    os.chmod(p, 0o600)
+    assert holder.check() is True and holder.current.profile.name == "cccc"
+    assert holder.state()["status"] == "ok"
+
+
+def _unreadable(path: Path, now: float | None = None) -> LoadedConfig:
+    raise ConfigError(f"{path}: cannot read: PermissionError")
+
+
 def test_the_watch_goes_on_after_an_error_in_a_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -216,6 +216,34 @@ def test_an_edit_of_an_upstream_s_profile_file_reloads_the_routing_file(tmp_path
     assert holder.check() is True and holder.last_error is None
 
 
+def test_a_removed_upstream_profile_file_keeps_the_last_good_config(tmp_path) -> None:
+    """The routing file unchanged, its upstream's own `openai.json` removed: the reload looked
+    further and found the shipped `openai` (the operator's upstream silently became
+    api.openai.com, and the clients' keys went there). It is an error now, as for the routing
+    file itself, until the file is back."""
+    import shutil
+
+    from service.config.reload import ConfigHolder
+
+    write(tmp_path, {"name": "openai", "baseUrl": "http://127.0.0.1:8000"}, "openai.json")
+    data = {
+        "name": "multi",
+        "upstreams": {"main": {"profile": "openai"}},
+        "modelRoutes": [{"match": "*", "targets": [{"upstream": "main"}]}],
+    }
+    holder = ConfigHolder(load_file(write(tmp_path, data)))
+    main = tmp_path / "openai.json"
+    shutil.move(main, tmp_path / "openai.json.bak")
+    assert holder.check() is False
+    assert holder.last_error == f"{main}: file not found (read by {holder.current.path})"
+    routing = holder.current.routing
+    assert routing is not None
+    assert routing.upstreams["main"].profile.base_url == "http://127.0.0.1:8000"
+    shutil.move(tmp_path / "openai.json.bak", main)
+    holder.check()
+    assert holder.last_error is None and holder.state()["status"] == "ok"
+
+
 def test_an_invalid_upstream_profile_names_the_upstream_and_its_file(tmp_path) -> None:
     path = _sibling_routing(tmp_path)
     write(tmp_path, {"name": "mine", "baseUrl": "http://h", "bogusKey": 1}, "mine.json")
