@@ -18,6 +18,7 @@ class RequestState:
         "answer_facts",
         "answered",
         "attempts",
+        "config",
         "dropped",
         "error_type",
         "fallbacks",
@@ -37,6 +38,9 @@ class RequestState:
     )
 
     def __init__(self) -> None:
+        # The config the relay served the request with (`LoadedConfig`; a reload while it runs
+        # does not change what its log line and metrics say); None before the relay.
+        self.config: Any = None
         self.key_id: str = "anonymous"
         self.model: str | None = None
         self.upstream_model: str | None = None

@@ -154,7 +154,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             for moved in state.fallbacks:
                 metrics.fallbacks_by[moved].inc()
         if state.usage:
-            known = app_ctx.config.current.known_models
+            known = (state.config or app_ctx.config.current).known_models
             model = model_label(state.upstream_model or state.model, known)
             usage = state.usage
             # OpenAI's names, else Anthropic's: one of the two (an upstream that sends both
@@ -186,7 +186,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             "route": route,
             "status_code": status,
             "latency_ms": round(elapsed * 1000, 3),
-            "provider": state.upstream or app_ctx.config.current.profile.name,
+            "provider": state.upstream or (state.config or app_ctx.config.current).profile.name,
             "upstream_latency_ms": (
                 round(state.upstream_latency * 1000, 3)
                 if state.upstream_latency is not None
@@ -226,6 +226,7 @@ def _attempt(upstream: str, outcome: str, secs: float, status: int | None) -> di
 def _failed(request: RouterRequest, route: str, status: int, error_type: str | None) -> None:
     """The failure path: repeated-failure alarm and Sentry (never reached by a good request)."""
     app_ctx = request.app.ctx
+    provider = (request.ctx.state.config or app_ctx.config.current).profile.name
     alarm = app_ctx.failure_alarm
     if error_type is not None and alarm is not None and alarm.record():
         alert_log.error(
@@ -234,7 +235,7 @@ def _failed(request: RouterRequest, route: str, status: int, error_type: str | N
             window_secs=alarm.window_secs,
             error_type=error_type,
             route=route,
-            provider=app_ctx.config.current.profile.name,
+            provider=provider,
         )
     if sentry.enabled():
         kind = error_type or "router_error"
@@ -245,7 +246,7 @@ def _failed(request: RouterRequest, route: str, status: int, error_type: str | N
                 "route": route,
                 "status_code": str(status),
                 "error_type": kind,
-                "provider": app_ctx.config.current.profile.name,
+                "provider": provider,
             },
             exc=getattr(request.ctx, "exception", None) if error_type is None else None,
         )

@@ -77,7 +77,7 @@ async def forward(
     """`response_id` (with `suffix`): a stored-response route of the Responses API (GET/DELETE,
     no body, not rate-limited) under the `/v1/responses` endpoint."""
     ctx = request.app.ctx
-    cfg = ctx.config.current
+    cfg = request.ctx.state.config = ctx.config.current  # for the whole request
     ep: ResolvedEndpoint = cfg.endpoints[route]
     profile = cfg.profile
     stored_at: Upstream | None = None

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat
+from tests.scrape import scrape, value
 from tests.support import RouterFactory, RouterProcess
 
 
@@ -114,3 +116,38 @@ def test_configmap_style_symlink_swap_is_picked_up(
 def test_health_reports_when_the_config_was_loaded(router: RouterProcess) -> None:
     state = httpx.get(router.url + "/health").json()["config"]
     assert abs(state["loadedAt"] - time.time()) < 3600
+
+
+def test_a_request_in_flight_is_reported_with_the_config_it_ran_on(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """SPEC §3: requests in flight keep the config they started with, their log line and
+    metrics included (they were reported under the new profile's name and models)."""
+    profile = base_profile(upstream.url)
+    r = router_factory(profile, env={"LOG_FORMAT": "json"})
+    upstream.reply_with(
+        lambda req: Reply(
+            headers=[("Content-Type", "application/json")],
+            body=json.dumps(
+                {**openai_chat("up-model-4"), "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+            ).encode(),
+            delay=2.5,
+        )
+    )
+    result: list[httpx.Response] = []
+    body = {"model": "gpt-4", "messages": [], "x": "in-flight"}
+    t = threading.Thread(
+        target=lambda: result.append(httpx.post(r.url + "/v1/chat/completions", json=body))
+    )
+    t.start()
+    time.sleep(0.3)  # the request is waiting for the upstream
+    _rewrite(r.profile_path, {**profile, "name": "renamed", "modelMapping": {}})
+    _wait(lambda: httpx.get(r.url + "/health").json()["profile"] == "renamed", timeout=4)
+    t.join(10)
+    assert result and result[0].status_code == 200
+    line = r.wait_for_log(
+        lambda x: x.get("event") == "request_completed" and x["route"] == "/v1/chat/completions"
+    )
+    assert line["provider"] == "testprov"  # the profile it ran on
+    # its model is one the old profile knew (the new one maps nothing): not `other`
+    assert value(scrape(r.url), "tokens_total", model="up-model-4") == 5
