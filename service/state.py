@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+# A client's model name as logs and traces carry it: at most this many characters (a client may
+# send megabytes there; the request goes upstream as it came).
+MAX_MODEL_CHARS = 256
+
+
+def clipped(model: str | None) -> str | None:
+    """`model` as logs and traces carry it (MAX_MODEL_CHARS, "…" when it was cut)."""
+    if model is None or len(model) <= MAX_MODEL_CHARS:
+        return model
+    return model[: MAX_MODEL_CHARS - 1] + "…"
+
 
 class RequestState:
     """Per-request facts for logs and metrics, kept on `request.ctx.state`."""

@@ -39,7 +39,7 @@ from ..context import AppContext, RouterRequest
 from ..cors import Cors
 from ..proxy.headers import client_address, new_request_id, sane_request_id
 from ..server.protocol import connection_of
-from ..state import RequestState
+from ..state import RequestState, clipped
 from . import sentry
 from .alerts import FailureAlarm
 from .logging import emit, set_request_secret
@@ -192,7 +192,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
                 if state.upstream_latency is not None
                 else None
             ),
-            "model": state.model,
+            "model": clipped(state.model),
             "stream": state.stream,
             "translation": state.translation,
             "key_id": state.key_id,

@@ -24,6 +24,7 @@ delays); the one setting of ours is the switch.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -49,6 +50,7 @@ from ..config.model import (
     TRANSLATIONS,
 )
 from ..proxy.events import answer_facts
+from ..state import clipped
 from .logging import redact
 
 # gen_ai.operation.name by route (the GenAI conventions' values; audio has none of its own).
@@ -103,6 +105,12 @@ def redact_exporter_headers(env: Mapping[str, str]) -> None:
                     break
 
 
+# The longest attribute value a span keeps (the SDK cuts longer ones).
+SPAN_ATTRIBUTE_CHARS = 1024
+# The most a worker's stop waits for the last spans to be exported.
+SHUTDOWN_SECS = 2.0
+
+
 class Tracing:
     """One worker's tracer; its hooks are called by the lifecycle listeners and the relay."""
 
@@ -116,7 +124,12 @@ class Tracing:
         )
         # The sampler: OTEL_TRACES_SAMPLER / _ARG, read by the SDK (parent-based always-on
         # unless set).
-        self.provider = TracerProvider(resource=resource)
+        # Attribute values at most SPAN_ATTRIBUTE_CHARS long: a client's model name (or an
+        # upstream's answer id) of megabytes made a span batch the exporter drops whole, the
+        # spans of other requests with it.
+        self.provider = TracerProvider(
+            resource=resource, span_limits=SpanLimits(max_attribute_length=SPAN_ATTRIBUTE_CHARS)
+        )
         self.provider.add_span_processor(BatchSpanProcessor(exporter or OTLPSpanExporter()))
         self.tracer = self.provider.get_tracer("api_router", __version__)
         self.propagator = TraceContextTextMapPropagator()
@@ -232,6 +245,7 @@ class Tracing:
             # Never the query: a provider may take its key there.
             "url.full": f"{url.scheme}://{url.netloc}{url.path}",
         }
+        model = clipped(model)  # the span's name too: names are not limited by the SDK
         if model:
             attrs["gen_ai.request.model"] = model
         if resend:
@@ -297,8 +311,21 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR))
         span.end()
 
-    def shutdown(self) -> None:
-        self.provider.shutdown()  # exports what the batch still holds
+    def shutdown(self, within: float | None = None) -> bool:
+        """Export what the batch still holds, waiting at most `within` seconds (default
+        SHUTDOWN_SECS): with a collector down, the SDK's own shutdown waited for its exporter's
+        timeouts, 10 s and more, past the pod's grace period. False when it was left running
+        (in a daemon thread: the process ends without it)."""
+        done = threading.Thread(target=self.provider.shutdown, name="otel-shutdown", daemon=True)
+        done.start()
+        done.join(SHUTDOWN_SECS if within is None else within)
+        if done.is_alive():
+            structlog.get_logger("api_router.tracing").warning(
+                "tracing_shutdown_incomplete",
+                waited_secs=SHUTDOWN_SECS if within is None else within,
+            )
+            return False
+        return True
 
 
 def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:

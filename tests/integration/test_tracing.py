@@ -121,6 +121,27 @@ def test_json_request_is_one_tree_continued_from_the_client_and_into_the_provide
     )
 
 
+def test_a_client_s_huge_model_name_is_cut_in_spans_and_the_log(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    """The model (300,000 characters here; megabytes fit in a request) went whole into the
+    attempt span's name, its attributes and the completion line: one request made a span batch
+    the exporter dropped with the spans of others in it."""
+    model = "m" * 300_000  # not mapped: sent upstream, and echoed back, as it came
+    trace_id, _, headers = parent_header()
+    r = httpx.post(traced.url + CHAT, json=chat(model=model), headers=headers, timeout=10)
+    assert r.status_code == 200
+    assert upstream.last.json()["model"] == model  # the request itself is untouched
+    _, (attempt,) = tree(receiver, trace_id)
+    assert attempt.name == "chat " + "m" * 255 + "…"
+    assert attempt.attributes["gen_ai.request.model"] == "m" * 255 + "…"
+    assert all(len(str(v)) <= 1024 for v in attempt.attributes.values())
+    line = traced.wait_for_log(
+        lambda x: x.get("event") == "request_completed" and x.get("trace_id") == trace_id
+    )
+    assert line["model"] == "m" * 255 + "…"
+
+
 def test_stream_attempt_carries_usage_finish_and_time_to_first_chunk(
     traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
 ) -> None:

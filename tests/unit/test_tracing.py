@@ -178,3 +178,29 @@ def test_a_missing_otel_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(importlib.util, "find_spec", missing)
     with pytest.raises(SettingsError, match=r"needs the otel extra"):
         Settings.from_env({"API_ROUTER_TRACING": "true"}, profile_path=Path())
+
+
+def test_a_collector_that_never_answers_does_not_hold_a_worker_s_stop() -> None:
+    """The SDK's shutdown waits for its exporter (10 s a batch and more with a collector down):
+    pods were killed past their grace period. The stop gives up waiting (here at 0.2 s) and
+    goes on; the exporter is still stuck when it returns."""
+    import threading
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from service.observability.tracing import Tracing
+
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            release.wait(30)
+            return SpanExportResult.SUCCESS
+
+    tracing = Tracing(exporter=Stuck())
+    tracing.tracer.start_span("a request").end()
+    try:
+        assert tracing.shutdown(within=0.2) is False
+        assert not release.is_set()  # returned while the export still hung
+    finally:
+        release.set()
