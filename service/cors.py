@@ -100,7 +100,7 @@ def install(app: Any, cors: Cors | None) -> None:
     from .errors import MethodNotAllowed
 
     allow = {route: "POST" for route in PROXY_ROUTES}
-    allow.update({RESPONSE_ID: "GET, DELETE", RESPONSE_INPUT_ITEMS: "GET"})
+    allow.update({RESPONSE_ID: "GET, HEAD, DELETE", RESPONSE_INPUT_ITEMS: "GET, HEAD"})
     allow.update({p: "GET, HEAD" for p in ("/health", "/ready", "/metrics", "/v1/models")})
 
     for i, (path, methods) in enumerate(sorted(allow.items())):

@@ -49,12 +49,12 @@ for _route in PROXY_ROUTES:
     bp.add_route(_h, _route, methods=["POST"], name=_h.__name__, stream=_route in MULTIPART_ROUTES)
 
 
-@bp.route(RESPONSE_ID, methods=["GET", "DELETE"], name="proxy_v1_responses_id")
+@bp.route(RESPONSE_ID, methods=["GET", "HEAD", "DELETE"], name="proxy_v1_responses_id")
 async def stored_response(request: RouterRequest, response_id: str) -> HTTPResponse | None:
     return await forward(request, RESPONSES, response_id)
 
 
-@bp.route(RESPONSE_INPUT_ITEMS, methods=["GET"], name="proxy_v1_responses_id_input_items")
+@bp.route(RESPONSE_INPUT_ITEMS, methods=["GET", "HEAD"], name="proxy_v1_responses_id_input_items")
 async def stored_response_input_items(
     request: RouterRequest, response_id: str
 ) -> HTTPResponse | None:

@@ -133,6 +133,10 @@ def test_stored_response_routes_are_relayed(router: RouterProcess, upstream: Fak
         r = c.delete(RESPONSES + "/resp_abc123")
         assert r.status_code == 200 and r.json()["deleted"] is True
         assert upstream.last.method == "DELETE"
+        for path in ("/resp_abc123", "/resp_abc123/input_items"):  # HEAD of the GET routes
+            r = c.head(RESPONSES + path)
+            assert r.status_code == 200 and r.content == b""
+            assert (upstream.last.method, upstream.last.path) == ("HEAD", "/v1/responses" + path)
         n = len(upstream.requests)
         assert c.get(RESPONSES + "/resp.bad").status_code == 404  # not an id: never relayed
         assert len(upstream.requests) == n
