@@ -102,6 +102,7 @@ def install(app: Any, cors: Cors | None) -> None:
     allow = {route: "POST" for route in PROXY_ROUTES}
     allow.update({RESPONSE_ID: "GET, HEAD, DELETE", RESPONSE_INPUT_ITEMS: "GET, HEAD"})
     allow.update({p: "GET, HEAD" for p in ("/health", "/ready", "/metrics", "/v1/models")})
+    allow["/v1/models/<model_id:path>"] = "GET, HEAD"
 
     for i, (path, methods) in enumerate(sorted(allow.items())):
 

@@ -5,7 +5,8 @@
     │   ├── BadRequest               400 invalid_request_error
     │   │   └── TokenRequestTooLarge 400 request_exceeds_token_limit (larger than the bucket)
     │   ├── Unauthorized             401 authentication_error
-    │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile)
+    │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile;
+    │   │                            ModelNotFound, UnknownModel: model_not_found)
     │   ├── MethodNotAllowed         405 (with Allow)
     │   ├── RequestTimeout           408 head or body not received in time (service.connlimits)
     │   ├── PayloadTooLarge          413 request_too_large
@@ -123,6 +124,13 @@ class ModelNotFound(NotFound):
 
     code = "model_not_found"
     message = "No route for this model"
+
+
+class UnknownModel(NotFound):
+    """`GET /v1/models/{id}` of a model the list does not hold."""
+
+    code = "model_not_found"
+    message = "The model is not in this router's model list"
 
 
 class RouteNotAvailable(NotFound):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -11,7 +12,7 @@ from sanic import Blueprint
 from sanic.response import HTTPResponse
 
 from ..context import RouterRequest
-from ..errors import NotFound
+from ..errors import NotFound, UnknownModel
 from ..observability.metrics import exposition_registry
 
 bp = Blueprint("ops")
@@ -92,8 +93,20 @@ async def models(request: RouterRequest) -> HTTPResponse:
     """The profile's models; under a routing file its route names (the face profile's `models`,
     set from the same resolver that routes, so the two never disagree)."""
     profile = request.app.ctx.config.current.profile
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": profile.name}
-        for m in profile.advertised_models()
-    ]
+    data = [_model(m, profile.name) for m in profile.advertised_models()]
     return _json({"object": "list", "data": data})
+
+
+@bp.route("/v1/models/<model_id:path>", methods=GET)
+async def model(request: RouterRequest, model_id: str) -> HTTPResponse:
+    """One model of the list (the openai SDK's `models.retrieve`), else 404 `model_not_found`.
+    The id may hold slashes (`meta-llama/Llama-3.1-8B-Instruct`; the SDK sends them as %2F)."""
+    model_id = unquote(model_id)
+    profile = request.app.ctx.config.current.profile
+    if model_id not in profile.advertised_models():
+        raise UnknownModel()
+    return _json(_model(model_id, profile.name))
+
+
+def _model(model_id: str, owner: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}

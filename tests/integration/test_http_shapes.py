@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import structlog
 from sanic import Sanic
@@ -34,7 +35,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.support import write_profile
+from tests.support import RouterFactory, write_profile
 
 with warnings.catch_warnings():
     # sanic-testing imports websockets.legacy, which warns about its own deprecation.
@@ -259,6 +260,28 @@ def test_models_list(app: InProcess) -> None:
     assert ids == ["extra-model", "gpt-4", "whisper-1", "up-model-4", "up-whisper"]
     assert {m["owned_by"] for m in data["data"]} == {"testprov"}
     assert all(m["object"] == "model" for m in data["data"])
+
+
+def test_one_model_of_the_list(app: InProcess) -> None:
+    """The openai SDK's `models.retrieve` (GET /v1/models/{id}): one of the list, ids with
+    slashes included; 404 model_not_found for any other."""
+    r = app.get("/v1/models/up-model-4")
+    assert r.status_code == 200
+    assert r.json() == {"id": "up-model-4", "object": "model", "created": 0, "owned_by": "testprov"}
+    err = _openai_error(app.get("/v1/models/not-a-model"), 404, "model_not_found")
+    assert err["message"] == "The model is not in this router's model list"
+
+
+def test_a_model_id_may_hold_slashes(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    profile = base_profile(fake_upstream.url, models=["meta-llama/Llama-3.1-8B-Instruct"])
+    router = router_factory(profile)
+    with openai.OpenAI(base_url=router.url + "/v1", api_key="k", max_retries=0) as client:
+        model = client.models.retrieve("meta-llama/Llama-3.1-8B-Instruct")
+        assert (model.id, model.owned_by) == ("meta-llama/Llama-3.1-8B-Instruct", "testprov")
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("meta-llama/other")
 
 
 def test_metrics_off_means_no_metrics_route(make_app: MakeApp) -> None:
