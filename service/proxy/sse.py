@@ -66,6 +66,7 @@ from .events import (
     plain_events,
     split_events,
 )
+from .outgoing import json_answer
 from .upstream import map_exception, send
 
 SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
@@ -556,6 +557,11 @@ async def relay_stream(
             if resp.status_code == 429 or resp.status_code >= 500:
                 state.error_type = "upstream_error"
             body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
+            if stream.out is None and 200 <= resp.status_code < 300:
+                # A whole answer to a stream request (an upstream that ignores `stream`): as
+                # a JSON request's, its usage counted (X-Request-ID is the answer's own).
+                extra = dict(head_headers[1:])
+                return json_answer(resp, body, translator, extra, state, request.ctx.request_id)
             if stream.out is None:
                 headers = h.returnable_response_headers(resp.headers.multi_items())
                 if translator is not None:
@@ -664,9 +670,10 @@ async def relay_stream(
         # Also when the client went away (Sanic cancelled us): the lifecycle listeners then
         # record 499, not an upstream failure.
         state.upstream_latency = time.perf_counter() - started
-        state.usage = usage.usage
-        state.usage_final = usage.final
-        state.answer_facts = usage.facts
+        if usage.usage is not None or state.answer is None:  # (a whole answer read its own)
+            state.usage = usage.usage
+            state.usage_final = usage.final
+            state.answer_facts = usage.facts
         stream.restore()
         if reading is not None:
             await _abandon(reading)

@@ -208,6 +208,17 @@ def test_a_plain_2xx_answer_to_a_stream_request_is_relayed_as_it_is(
     assert got.status == 200
     assert got.headers["content-type"] == "application/json"
     assert got.body == body
+    # and its usage is counted, as a JSON request's is (it was not)
+    before = metric(srouter, "tokens_total", type="prompt")
+    usage = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+    body = json.dumps({"id": "x", "choices": [], "usage": usage}).encode()
+    upstream.reply_with(Reply(headers=[("Content-Type", "application/json")], body=body))
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    assert got.status == 200 and got.body == body
+    deadline = time.monotonic() + 5  # counted when the request is finished
+    while metric(srouter, "tokens_total", type="prompt") == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(srouter, "tokens_total", type="prompt") == before + 11
 
 
 def test_heartbeats_only_between_events_after_an_idle_interval(
