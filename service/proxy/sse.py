@@ -57,7 +57,6 @@ from ..translate.common import MALFORMED
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .events import (
-    DONE,
     HEARTBEAT,
     EventFramer,
     EventTooLarge,
@@ -116,20 +115,28 @@ def _ended_early() -> RouterError:
 
 # The events after which a stream's protocol sends nothing more: the OpenAI `[DONE]` (also what
 # the translators end OpenAI streams with), Anthropic's `message_stop`, the Responses API's
-# final events.
-_LAST_EVENTS = (
-    DONE,
-    b"event: message_stop\n",
-    b"event: response.completed\n",
-    b"event: response.incomplete\n",
-    b"event: response.failed\n",
+# final events; with or without the space SSE allows after the colon, before LF or CRLF.
+_LAST_EVENTS = tuple(
+    field + space + value + end
+    for field, value in (
+        (b"data:", b"[DONE]"),
+        (b"event:", b"message_stop"),
+        (b"event:", b"response.completed"),
+        (b"event:", b"response.incomplete"),
+        (b"event:", b"response.failed"),
+    )
+    for space in (b" ", b"")
+    for end in (b"\n", b"\r")
 )
 
 
 def ends_answer(piece: bytes) -> bool:
-    """`piece` (whole events) ends with the stream's last event."""
-    last = piece.rfind(b"\n\n", 0, len(piece) - 2)
-    return piece.startswith(_LAST_EVENTS, last + 2 if last >= 0 else 0)
+    """`piece` (whole events, as the upstream framed them: LF or CRLF) ends with the stream's
+    last event."""
+    end = len(piece) - 2
+    lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
+    start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+    return piece.startswith(_LAST_EVENTS, start)
 
 
 def error_event(data: bytes) -> bytes:
@@ -685,11 +692,16 @@ async def relay_stream(
 
 
 def unasked_stream(resp: httpx.Response) -> bool:
-    """A 2xx event stream: what a request that did not ask for one in its JSON may still get (a
-    transcription's `stream` form field, a stored response's `?stream=true`)."""
-    return 200 <= resp.status_code < 300 and resp.headers.get(
-        "content-type", ""
-    ).lower().startswith("text/event-stream")
+    """A 2xx event stream, not compressed: what a request that did not ask for one in its JSON
+    may still get (a transcription's `stream` form field, a stored response's `?stream=true`)."""
+    headers = resp.headers
+    return (
+        200 <= resp.status_code < 300
+        and headers.get("content-type", "").lower().startswith("text/event-stream")
+        # compressed (a request not asking for a stream may offer gzip): relayed whole, as
+        # before, with its Content-Encoding; the event framer reads plain text only
+        and headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+    )
 
 
 async def _given(resp: httpx.Response) -> httpx.Response:

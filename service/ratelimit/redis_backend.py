@@ -150,7 +150,8 @@ class RedisLimiter:
         read-only replica (after a failover, the URL still naming the old primary) and on a
         Redis out of memory, where every decision fails."""
         try:
-            await self._script(keys=[HEALTH_KEY], args=["1000", 1])
+            # a bucket that always has a token: every check writes (an empty one would not)
+            await self._script(keys=[HEALTH_KEY], args=["1000", 1000])
         except Exception:
             self._down_until = time.monotonic() + BACKOFF_SECS
             return False

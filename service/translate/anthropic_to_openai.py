@@ -691,6 +691,8 @@ class EventTranslator(StreamTranslator):
                 _tool_use_id(call.get("id")), fn.get("name") or ""
             )
             self._waiting.append(tool)
+        elif tool.block is None and not tool.name and isinstance(fn.get("name"), str):
+            tool.name = fn["name"]  # it came after the call's first piece, before its block
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:
             if tool.block is None:

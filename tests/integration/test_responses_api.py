@@ -6,6 +6,7 @@ router's own estimate (never an inference call), with its own rate-limit bucket.
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 
@@ -118,6 +119,13 @@ def test_a_stored_response_s_stream_is_relayed_as_it_comes(
         lambda x: x.get("event") == "request_completed" and x["route"].startswith(RESPONSES + "/")
     )
     assert line["stream"] is True and line["status_code"] == 200
+    # compressed (the client offered gzip, as the SDKs do): relayed whole with its encoding, as
+    # before; the event framer reads plain text only (the client got gzip bytes as events)
+    headers = [("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")]
+    upstream.reply_with(Reply(headers=headers, body=gzip.compress(b"".join(events))))
+    r = httpx.get(router.url + RESPONSES + "/resp_abc123?stream=true", timeout=10)
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    assert r.content == b"".join(events)  # decoded by httpx
 
 
 def test_stored_response_routes_are_relayed(router: RouterProcess, upstream: FakeUpstream) -> None:

@@ -368,6 +368,12 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         (b'event: response.failed\ndata: {}\n\n', True),
         (b'data: {"a":1}\n\n', False),
         (b"data: [DONE]\n\ndata: {}\n\n", False),  # something after it: not the end
+        # as upstreams may frame them: CRLF, no space after the colon
+        (b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n', True),
+        (b"data:[DONE]\n\n", True),
+        (b"event:message_stop\ndata:{}\n\n", True),
+        (b"event: message_stop\r\ndata: {}\r\n\r\n", True),
+        (b"data: [DONE]\r\n\r\ndata: {}\r\n\r\n", False),
         (b"event: message_start\ndata: {}\n\n", False),
         (b": heartbeat\n\n", False),
     ],

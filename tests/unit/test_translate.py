@@ -430,6 +430,20 @@ def test_parallel_tool_calls_reach_a_messages_client_whole_however_they_interlea
     ]
 
 
+def test_a_waiting_call_s_name_that_comes_later_is_in_its_block() -> None:
+    """A call that waits (the one before it is not whole yet) and whose name comes in a later
+    piece: its block, started later, carries the name (it said "")."""
+    items = parallel_call_chunks(['{"a": 1}', '{"b": 2}'], [0, 1, 1, 0, 1], [[3], [2, 3]])
+    # call 1's first piece loses its name; it comes with its second, before call 0 is whole
+    first_1 = items[1]["data"]["choices"][0]["delta"]["tool_calls"][0]
+    name = first_1["function"].pop("name")
+    items[2]["data"]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] = name
+    tr = Translator("anthropic_to_openai", {}, CREATED)
+    out = parse(tr.events(render(items)) + tr.finish())
+    starts = [i["data"]["content_block"] for i in out if i["event"] == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("call_0", "tool_0"), ("call_1", "tool_1")]
+
+
 def test_integers_beyond_64_bits_in_tool_arguments_stay_exact() -> None:
     """JSON allows any integer; orjson reads one beyond 64 bits as a float (and refuses to write
     it). A tool call's arguments keep theirs both ways (found by the round-trip property test
