@@ -196,6 +196,10 @@ class Translation(_Strict):
     # Map the client's reasoning request to Chat Completions `reasoning_effort` (default true);
     # false for an upstream model that refuses the field.
     reasoning_effort: bool | None = None
+    # Send the output limit as Chat Completions `max_completion_tokens` (default false:
+    # `max_tokens`, which every compatible server takes); OpenAI's reasoning models (gpt-5,
+    # o-series) refuse `max_tokens`.
+    max_completion_tokens: bool | None = None
 
 
 class Timeouts(_Strict):
@@ -252,6 +256,7 @@ class ResolvedEndpoint(BaseModel):
     translation_strict: bool = False
     reasoning_history: bool = False
     reasoning_effort: bool = True
+    max_completion_tokens: bool = False
     # A token-counting route whose counted route's upstream speaks another format: the router
     # answers from its own estimate (COUNTS_FOR).
     local_estimate: bool = False
@@ -393,6 +398,14 @@ class Profile(_Strict):
                 reasoning_effort=next(
                     (t.reasoning_effort for t in translation if t.reasoning_effort is not None),
                     True,
+                ),
+                max_completion_tokens=next(
+                    (
+                        t.max_completion_tokens
+                        for t in translation
+                        if t.max_completion_tokens is not None
+                    ),
+                    False,
                 ),
                 local_estimate=counted is not None
                 and self._format(counted) != CLIENT_FORMAT[counted],

@@ -99,6 +99,7 @@ def translator_for(
         strict=ep.translation_strict,
         reasoning_history=ep.reasoning_history,
         reasoning_effort=ep.reasoning_effort,
+        max_completion_tokens=ep.max_completion_tokens,
     )
     if route == RESPONSES:
         return ResponsesTranslator(ep.format, payload, int(time.time()), opts)

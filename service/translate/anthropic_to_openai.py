@@ -27,6 +27,7 @@ from .common import (
     effort_for_budget,
     error_message,
     given,
+    output_limit_field,
     sse,
 )
 
@@ -83,7 +84,7 @@ def request(
         messages.extend(_message(m, f"messages[{i}]", options, drop))
     out["messages"] = messages
     if "max_tokens" in body:
-        out["max_tokens"] = body["max_tokens"]
+        out[output_limit_field(options)] = body["max_tokens"]
     if given(body, "stop_sequences"):
         out["stop"] = body["stop_sequences"]
     for key in ("temperature", "top_p"):

@@ -28,9 +28,18 @@ class TranslationOptions:
     # Chat Completions `reasoning_effort`; off for an upstream model that refuses the field (the
     # request is then dropped and counted, even on a strict route: the operator chose it).
     reasoning_effort: bool = True
+    # The output limit as Chat Completions `max_completion_tokens` instead of `max_tokens`
+    # (OpenAI's reasoning models refuse `max_tokens`; other servers may not know the new name).
+    max_completion_tokens: bool = False
 
 
 DEFAULT_OPTIONS = TranslationOptions()
+
+
+def output_limit_field(options: TranslationOptions) -> str:
+    """The Chat Completions field a translated request's output limit goes in."""
+    return "max_completion_tokens" if options.max_completion_tokens else "max_tokens"
+
 
 # The arguments of a tool call without any, as OpenAI writes them: a JSON object. Anthropic's
 # stream of a tool without input has one empty fragment, and some Chat upstreams send "", which

@@ -13,7 +13,13 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
-from .common import DEFAULT_OPTIONS, TranslationOptions, Untranslatable, given
+from .common import (
+    DEFAULT_OPTIONS,
+    TranslationOptions,
+    Untranslatable,
+    given,
+    output_limit_field,
+)
 
 CHAT = "OpenAI Chat Completions"
 
@@ -171,7 +177,7 @@ def chat_request(
         out["model"] = body["model"]
     out["messages"] = _messages(body.get("instructions"), body.get("input"), st)
     if given(body, "max_output_tokens"):
-        out["max_tokens"] = body["max_output_tokens"]
+        out[output_limit_field(st.options)] = body["max_output_tokens"]
     for key in ("temperature", "top_p"):
         if given(body, key):
             out[key] = body[key]

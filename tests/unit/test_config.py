@@ -510,6 +510,28 @@ def test_every_route_of_every_shipped_profile(name: str) -> None:
     assert enabled == ROUTE_TABLE[name]
 
 
+# What each shipped profile's translated routes may send, by what the provider takes: OpenAI's
+# reasoning models refuse `max_tokens` (openai: max_completion_tokens); Ollama refuses
+# `reasoning_effort` for a model that cannot think (both shipped Ollama model lists are mostly
+# such), and Cohere's compatibility API takes only `none` / `high` (and its shipped model does
+# not reason): those profiles send none.
+TRANSLATION_OPTIONS = {
+    "openai": (True, True),  # (reasoning_effort, max_completion_tokens)
+    "cohere": (False, False),
+    "ollama-cloud": (False, False),
+    "ollama-local": (False, False),
+}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profiles_translate_into_what_their_provider_takes(name: str) -> None:
+    cfg = load_file(find_profile(name))
+    for route, ep in cfg.endpoints.items():
+        if ep.translation != "none" and ep.format == "openai":
+            expected = TRANSLATION_OPTIONS.get(name, (True, False))
+            assert (ep.reasoning_effort, ep.max_completion_tokens) == expected, route
+
+
 def test_request_usage_merges_like_the_other_stream_fields(tmp_path: Path) -> None:
     p = _write(
         tmp_path,
