@@ -111,6 +111,10 @@ EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "x
 # budget_tokens to effort (for a Chat Completions upstream): below 4096 low, below 16384 medium,
 # else high. Only low / medium / high are sent: every reasoning model takes those three.
 LOW_BELOW, MEDIUM_BELOW = 4096, 16384
+# A Responses client's reasoning.effort for a Chat Completions upstream (not OpenAI's: the
+# openai profile relays the Responses API): OpenAI's extremes become the nearest of the three
+# every reasoning model takes; another value (`none`) goes as it is, the upstream decides.
+RESPONSES_TO_CHAT_EFFORT = {"minimal": "low", "xhigh": "high"}
 # Anthropic's output_config.effort <-> reasoning_effort.
 ANTHROPIC_TO_EFFORT = {
     "low": "low",

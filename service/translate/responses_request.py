@@ -15,6 +15,7 @@ import orjson
 from ..errors import BadRequest
 from .common import (
     DEFAULT_OPTIONS,
+    RESPONSES_TO_CHAT_EFFORT,
     TranslationOptions,
     Untranslatable,
     given,
@@ -222,7 +223,10 @@ def _reasoning(reasoning: Any, out: dict[str, Any], st: _Request) -> None:
         raise BadRequest("'reasoning' must be an object")
     if given(reasoning, "effort"):
         if st.options.reasoning_effort:
-            out["reasoning_effort"] = reasoning["effort"]
+            effort = reasoning["effort"]
+            if st.upstream == CHAT and isinstance(effort, str):  # (a Messages upstream: its own)
+                effort = RESPONSES_TO_CHAT_EFFORT.get(effort, effort)
+            out["reasoning_effort"] = effort
         elif "reasoning.effort" not in st.dropped:  # turned off by the operator: never refused
             st.dropped.append("reasoning.effort")
     if given(reasoning, "summary") or given(reasoning, "generate_summary"):
