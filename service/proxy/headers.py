@@ -181,7 +181,15 @@ def client_credential(headers: Mapping[str, str], default_key: str | None) -> st
     return default_key or None
 
 
+# Anthropic's OAuth tokens (a Claude subscription: Claude Code's `CLAUDE_CODE_OAUTH_TOKEN`, sent
+# as `Authorization: Bearer`) are refused in `x-api-key` ("invalid x-api-key"): they go upstream
+# as a bearer token whatever the profile's `auth` says for keys.
+ANTHROPIC_OAUTH_PREFIX = "sk-ant-oat"
+
+
 def credential_header(header: str, scheme: str, credential: str) -> tuple[str, str]:
+    if credential.startswith(ANTHROPIC_OAUTH_PREFIX) and header.lower() == "x-api-key":
+        return ("Authorization", f"Bearer {credential}")
     return (header, f"{scheme} {credential}" if scheme else credential)
 
 

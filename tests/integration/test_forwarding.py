@@ -187,6 +187,11 @@ def test_default_key_used_when_client_sends_none_and_auth_header_shape(
     # client key wins over the default
     chat(keyed_router.url, headers={"x-api-key": "sk-own"})
     assert upstream.last.header("x-api-key") == "sk-own"
+    # an Anthropic OAuth token (a Claude subscription's, as Claude Code sends it) stays a bearer
+    # token: Anthropic refuses one in x-api-key
+    chat(keyed_router.url, headers={"Authorization": "Bearer sk-ant-oat01-subscription"})
+    assert upstream.last.header("authorization") == "Bearer sk-ant-oat01-subscription"
+    assert upstream.last.header("x-api-key") is None
 
 
 def test_no_credential_at_all_sends_none(router: RouterProcess, upstream: FakeUpstream) -> None:
