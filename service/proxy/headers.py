@@ -3,7 +3,8 @@
 - Hop-by-hop headers (RFC 9110 §7.6.1: Connection and every header it names, Keep-Alive,
   Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) never cross the router in either direction.
 - `Host` and `Content-Length` are the router's own framing; credentials are never forwarded in the
-  client's form: the resolved credential is re-sent the way the profile's `auth` says.
+  client's form: the resolved credential is re-sent the way the profile's `auth` says (an
+  Anthropic OAuth token excepted: `credential_header`).
 - Forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`) are what a self-hosted upstream
   behind a proxy believes about the client, so a client must not be able to invent them. By
   default (`API_ROUTER_FORWARDED_HEADERS=replace`) the client's are removed and the router sends

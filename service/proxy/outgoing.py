@@ -164,6 +164,15 @@ def outgoing_headers(
     return h.wire_values(hdrs), query
 
 
+def keep_answer(parsed: Any, state: RequestState) -> None:
+    """A whole answer's facts for logs, metrics and traces: the answer, and its usage."""
+    if isinstance(parsed, dict):
+        state.answer = parsed
+        if isinstance(parsed.get("usage"), dict):
+            state.usage = parsed["usage"]
+            state.usage_final = True
+
+
 def json_answer(
     resp: httpx.Response,
     data: bytes,
@@ -183,11 +192,7 @@ def json_answer(
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError:
             raise UpstreamJSONError() from None
-        if isinstance(parsed, dict):
-            state.answer = parsed
-            if isinstance(parsed.get("usage"), dict):
-                state.usage = parsed["usage"]
-                state.usage_final = True
+        keep_answer(parsed, state)
     if translator is not None:  # the answer in the client's format, with the upstream's status
         try:
             headers, data = translator.answer(resp.status_code, headers, text or b"")

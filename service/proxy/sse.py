@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import time
@@ -65,7 +66,7 @@ from .events import (
     plain_events,
     split_events,
 )
-from .outgoing import json_answer
+from .outgoing import json_answer, keep_answer
 from .upstream import map_exception, send
 
 SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
@@ -592,6 +593,15 @@ async def relay_stream(
             await stream.end()
             return None
 
+        if not is_sse:
+            # A whole 2xx answer after the SSE head went out (heartbeats committed it while an
+            # upstream that ignores `stream` wrote its answer): its usage counted, and the
+            # stream ended with an error event. Its bytes are not events (they were written
+            # raw, and clients saw an empty answer).
+            with contextlib.suppress(orjson.JSONDecodeError):
+                keep_answer(orjson.loads(await _read_body(resp, None)), state)
+            await stream.fail(StreamError())
+            return None
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
             headers.extend(head_headers)

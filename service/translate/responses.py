@@ -36,7 +36,8 @@ Decisions (SPEC §12: stateless requests only):
   OpenAI sends for open-weight models, and what Codex reads as reasoning content), never
   labelled a summary; `summary` stays empty.
 - Limits and format. `max_output_tokens` -> `max_tokens` (the Chat field every compatible server
-  takes); `text.format` json_schema / json_object -> `response_format`; text -> nothing.
+  takes; `max_completion_tokens` with translation.maxCompletionTokens, for OpenAI's reasoning
+  models); `text.format` json_schema / json_object -> `response_format`; text -> nothing.
 - Streaming. `stream: true` asks the Chat upstream for usage (`stream_options.include_usage`).
   Events follow OpenAI's sequence (created, in_progress, output_item.added, content_part.added,
   deltas, .done events, output_item.done, completed/incomplete), each with `type` and an

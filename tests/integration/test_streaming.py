@@ -219,6 +219,21 @@ def test_a_plain_2xx_answer_to_a_stream_request_is_relayed_as_it_is(
     while metric(srouter, "tokens_total", type="prompt") == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(srouter, "tokens_total", type="prompt") == before + 11
+    # and when it comes after heartbeats committed the SSE head: counted too, and the stream
+    # ends with an error event (its bytes were written raw into the event stream)
+    upstream.reply_with(
+        Reply(headers=[("Content-Type", "application/json")], body=body, delay=HB * 2.5)
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY)
+    assert got.status == 200 and got.headers["content-type"].startswith("text/event-stream")
+    assert b'"usage"' not in got.body and got.body.startswith(b": heartbeat")
+    events = [e for e in got.body.split(b"\n\n") if e.startswith(b"event: error")]
+    assert len(events) == 1 and b'"stream_error"' in events[0]
+    deadline = time.monotonic() + 5
+    while metric(srouter, "tokens_total", type="prompt") == before + 11:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(srouter, "tokens_total", type="prompt") == before + 22
 
 
 def test_heartbeats_only_between_events_after_an_idle_interval(

@@ -512,9 +512,10 @@ def test_every_route_of_every_shipped_profile(name: str) -> None:
 
 # What each shipped profile's translated routes may send, by what the provider takes: OpenAI's
 # reasoning models refuse `max_tokens` (openai: max_completion_tokens); Ollama refuses
-# `reasoning_effort` for a model that cannot think (both shipped Ollama model lists are mostly
-# such), and Cohere's compatibility API takes only `none` / `high` (and its shipped model does
-# not reason): those profiles send none.
+# `reasoning_effort` for a model that cannot think (llama3.2, qwen2.5-coder, qwen3-coder:480b of
+# the shipped lists; ollama-cloud's gpt-oss models think, and lose the client's effort: see
+# docs/translation.md), and Cohere's compatibility API takes only `none` / `high` (and its
+# shipped model does not reason): those profiles send none.
 TRANSLATION_OPTIONS = {
     "openai": (True, True),  # (reasoning_effort, max_completion_tokens)
     "cohere": (False, False),
