@@ -498,6 +498,8 @@ def build_upstreams(
             for route, ep in inline["endpoints"].items():
                 merged[route] = {**merged.get(route, {}), **ep}
             inline["endpoints"] = merged
+        if "translation" in inline and "translation" in base:  # key by key, as an endpoint's
+            inline["translation"] = {**base["translation"], **inline["translation"]}
         data = {**base, **inline, "name": name}
         try:
             profile = Profile.model_validate(data, by_alias=True, by_name=False)

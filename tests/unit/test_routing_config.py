@@ -380,3 +380,17 @@ def test_models_and_routing_never_disagree(exact, prefixes, probes, list_pattern
             assert found is None
         else:
             assert found is not None and found[0].match == max(matching, key=len) + "*"
+
+
+def test_an_upstream_s_translation_is_merged_key_by_key_over_its_profile_s(tmp_path) -> None:
+    """The shipped openai profile sends max_completion_tokens (its translation block); an
+    upstream that turns reasoningEffort off keeps that (the whole block was replaced)."""
+    data = {
+        "name": "multi",
+        "upstreams": {"main": {"profile": "openai", "translation": {"reasoningEffort": False}}},
+        "modelRoutes": [{"match": "*", "targets": [{"upstream": "main"}]}],
+    }
+    routing = load_file(write(tmp_path, data)).routing
+    assert routing is not None
+    messages = routing.upstreams["main"].profile.resolve()["/v1/messages"]
+    assert (messages.reasoning_effort, messages.max_completion_tokens) == (False, True)
