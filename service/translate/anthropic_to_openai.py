@@ -98,12 +98,14 @@ def request(
             if key != "user_id" and value is not None:
                 drop("metadata", f"metadata.{key}")
     effort = _reasoning_effort(body.get("thinking"), body.get("output_config"), drop)
+    # output_config.effort went into the effort (adaptive thinking), sent or not
+    effort_read = effort is not None and _adaptive(body)
     if effort is not None and not options.reasoning_effort:
         drop.record("thinking")  # the operator turned the mapping off for this upstream
         effort = None
     if effort is not None:
         out["reasoning_effort"] = effort
-    fmt = _output_config(body, effort is not None and _adaptive(body), drop)
+    fmt = _output_config(body, effort_read, drop)
     if fmt is not None:
         out["response_format"] = fmt
     if given(body, "stream"):
