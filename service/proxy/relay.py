@@ -74,7 +74,7 @@ def stored_response_path(ep: ResolvedEndpoint, response_id: str, suffix: str) ->
 async def forward(
     request: RouterRequest, route: str, response_id: str | None = None, suffix: str = ""
 ) -> HTTPResponse | None:
-    """`response_id` (with `suffix`): a stored-response route of the Responses API (GET/DELETE,
+    """`response_id` (with `suffix`): a stored-response route of the Responses API (GET/HEAD/DELETE,
     no body, not rate-limited) under the `/v1/responses` endpoint."""
     ctx = request.app.ctx
     cfg = request.ctx.state.config = ctx.config.current  # for the whole request
