@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
 from .ejection import Ejections
-from .ratelimit.bucket import LOG_EVERY_SECS
+from .ratelimit.throttle import LogThrottle
 
 PREFIX = "api-router:ej:"
 SYNC_SECS = 0.5
@@ -80,8 +79,7 @@ class RedisShare:
         self._read = self._client.register_script(READ)
         self.ejections = ejections
         self._tasks: set[asyncio.Task[None]] = set()
-        self._logged_at = -LOG_EVERY_SECS
-        self._unlogged = 0
+        self._log = LogThrottle()
         ejections.on_wait = self.publish_soon
 
     def publish_soon(self, name: str, kind: str, secs: float) -> None:
@@ -98,14 +96,11 @@ class RedisShare:
             self._failed(e, "publish")
 
     def _failed(self, exc: Exception, step: str) -> None:
-        now = time.monotonic()
-        if now - self._logged_at < LOG_EVERY_SECS:
-            self._unlogged += 1
-            return
-        log.warning(
-            "ejection_share_failed", error=type(exc).__name__, step=step, suppressed=self._unlogged
-        )
-        self._logged_at, self._unlogged = now, 0
+        suppressed = self._log.due()
+        if suppressed is not None:
+            log.warning(
+                "ejection_share_failed", error=type(exc).__name__, step=step, suppressed=suppressed
+            )
 
     async def pull(self, names: Iterable[str]) -> None:
         names = list(names)

@@ -21,6 +21,7 @@ import structlog
 
 from ..errors import ServiceUnavailable
 from .bucket import LOG_EVERY_SECS, REDIS_SCHEMES, Decision, Limit, full_at, take
+from .throttle import LogThrottle
 
 log = structlog.get_logger("api_router.ratelimit")
 
@@ -85,8 +86,7 @@ class Guarded:
         self._backend = backend  # "shared", "redis", "local": never the URL
         self._fail_closed = fail_closed
         self._on_error = on_error
-        self._logged_at = -LOG_EVERY_SECS
-        self._unlogged = 0
+        self._log = LogThrottle()
         # A store that decides without I/O (the shared table) is called directly: one
         # coroutine per decision fewer.
         self._sync: Callable[[str, str, Limit], Decision] | None = getattr(
@@ -107,9 +107,8 @@ class Guarded:
     def _failed(self, exc: Exception, route: str) -> None:
         if self._on_error is not None:
             self._on_error()
-        now = time.monotonic()
-        if now - self._logged_at < LOG_EVERY_SECS:
-            self._unlogged += 1
+        suppressed = self._log.due()
+        if suppressed is None:
             return
         # The exception's class only: its text may name hosts or carry connection details.
         log.error(
@@ -118,9 +117,8 @@ class Guarded:
             error=exc.__class__.__name__,
             route=route,
             action="refused" if self._fail_closed else "allowed",
-            suppressed=self._unlogged,
+            suppressed=suppressed,
         )
-        self._logged_at, self._unlogged = now, 0
 
     def active_buckets(self) -> dict[str, int]:
         return self.inner.active_buckets()

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from ..errors import RateLimited, RouterError, ServiceUnavailable, TokenRequestTooLarge
-from .bucket import _EPS, LOG_EVERY_SECS, REDIS_SCHEMES, Meter
+from .bucket import _EPS, REDIS_SCHEMES, Meter
+from .throttle import LogThrottle
 
 if TYPE_CHECKING:
     from sanic.response import BaseHTTPResponse
@@ -427,7 +428,7 @@ class TokenLimiter:
         self._fail_closed = fail_closed
         self._on_error = on_error
         self._wall = clock
-        self._logged_at = -LOG_EVERY_SECS
+        self._log = LogThrottle()
 
     async def reserve(
         self,
@@ -543,12 +544,12 @@ class TokenLimiter:
     def _failed(self, exc: Exception, action: str) -> None:
         if self._on_error is not None:
             self._on_error()
-        now = time.monotonic()
-        if now - self._logged_at < LOG_EVERY_SECS:
+        suppressed = self._log.due()
+        if suppressed is None:
             return
-        self._logged_at = now
         log.error(
             "token_limiter_backend_error",
+            suppressed=suppressed,
             backend=self._backend,
             error=exc.__class__.__name__,  # its text may name hosts
             step=action,

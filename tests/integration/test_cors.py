@@ -79,6 +79,7 @@ def test_answers_expose_server_timing_and_the_router_headers(
     assert r.headers["access-control-allow-origin"] == APP
     assert r.headers["timing-allow-origin"] == APP
     assert {"server-timing", "x-request-id", "x-ratelimit-remaining-tokens"} <= exposed(r)
+    assert "x-upstream-request-id" in exposed(r)  # the provider's id, for its support
     assert "server-timing" in r.headers
 
 

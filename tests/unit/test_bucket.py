@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +116,19 @@ def test_unchecked_decision_only_states_the_limit() -> None:
     d = Decision.unchecked(Limit(rate=1, burst=7))
     assert d.allowed
     assert d.headers() == {"X-RateLimit-Limit": "7"}
+
+
+def test_a_failing_store_logs_once_per_interval_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LogThrottle (the limiter's, the token store's and the ejection share's failure lines)."""
+    from service.ratelimit import throttle as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    throttle = module.LogThrottle()
+    assert throttle.due() == 0  # the first failure is written
+    assert [throttle.due() for _ in range(3)] == [None, None, None]
+    now[0] += module.LOG_EVERY_SECS
+    assert throttle.due() == 3  # the next line says how many it stands for
+    assert throttle.due() is None
