@@ -22,8 +22,8 @@ from .common import (
     StreamTranslator,
     TranslationOptions,
     Untranslatable,
+    WholeArguments,
     anthropic_error_type,
-    arguments_whole,
     effort_for_budget,
     error_message,
     given,
@@ -553,19 +553,20 @@ def _tool_use_id(call_id: Any) -> str:
 class _ToolCall:
     """One tool call of the upstream (by its Chat tool_calls index)."""
 
-    __slots__ = ("args", "block", "held", "id", "name")
+    __slots__ = ("args", "block", "held", "id", "name", "whole")
 
     def __init__(self, id_: str, name: str) -> None:
         self.id = id_
         self.name = name
         self.block: int | None = None  # its content block's index once started
         self.args: list[str] = []  # the fragments sent in its block
-        self.held: list[str] = []  # fragments kept while it waits (common.arguments_whole)
+        self.held: list[str] = []  # fragments kept while it waits (common.WholeArguments)
+        self.whole = WholeArguments()  # whether `args` add up to one JSON value yet
 
 
 class EventTranslator(StreamTranslator):
     """Chat Completions chunks in, Anthropic Messages events out; holds the open block, and the
-    tool calls that wait for it (common.arguments_whole)."""
+    tool calls that wait for it (common.WholeArguments)."""
 
     __slots__ = (
         "_call",
@@ -712,13 +713,13 @@ class EventTranslator(StreamTranslator):
                 self._delta(
                     tool.block, {"type": "input_json_delta", "partial_json": arguments}, out
                 )
-        if self._waiting and (self._call is None or arguments_whole(self._call.args)):
+        if self._waiting and (self._call is None or self._call.whole(self._call.args)):
             self._start_waiting(out)
 
     def _start_waiting(self, out: list[bytes]) -> None:
         """Start the waiting calls in order, each with its fragments so far, while the open
         one's arguments are whole (the last one stays open: more may come for it)."""
-        while self._waiting and (self._call is None or arguments_whole(self._call.args)):
+        while self._waiting and (self._call is None or self._call.whole(self._call.args)):
             tool = self._waiting.pop(0)
             block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
             tool.block = self._start_block(block, out)

@@ -47,7 +47,11 @@ def output_limit_field(options: TranslationOptions) -> str:
 NO_ARGUMENTS = "{}"
 
 
-def arguments_whole(fragments: list[str]) -> bool:
+_JSON_SPACE = " \t\n\r"
+_JSON_MARKS = re.compile(r'["\\{}\[\]]')  # what changes a scan's state: quotes, escapes, brackets
+
+
+class WholeArguments:
     """Whether a streamed tool call's argument fragments already add up to one JSON value.
 
     Chat Completions streams say when a tool call begins (a new `index`) but never when it
@@ -56,12 +60,84 @@ def arguments_whole(fragments: list[str]) -> bool:
     translator closes a call when the next one begins only if its arguments are whole; if not,
     the new call is held (its fragments kept) until they are, or until the finish. Arguments
     that never parse only delay the calls after them to the finish; nothing is lost.
+
+    One per call, asked with the call's fragment list (which only grows): each fragment is
+    scanned once, for string, escape and bracket state, and the text is parsed once, when its
+    outermost object or array closes. (Parsing the whole text at each fragment that ends in `}`
+    was quadratic: a 70 KiB call held another for 392 ms of the event loop.) Whole means what
+    `orjson.loads` of the joined fragments says, for an object or array: the scan only decides
+    when that parse can be worth doing, and that nothing after the close but JSON whitespace can
+    keep it whole (tests/unit/test_whole_arguments.py holds it to that parse, fragment by
+    fragment).
     """
-    tail = next((f for f in reversed(fragments) if f.strip()), "")
-    if not tail.rstrip().endswith(("}", "]")):
-        return False  # the cheap test first: a call's arguments are an object
+
+    __slots__ = ("_depth", "_escape", "_in_string", "_seen", "_state")
+
+    def __init__(self) -> None:
+        self._seen = 0  # fragments scanned
+        # before (only whitespace yet) | inside | closed (not parsed yet) | whole | never
+        self._state = "before"
+        self._depth = 0
+        self._in_string = False
+        self._escape = False  # the last fragment ended inside a string with a backslash
+
+    def __call__(self, fragments: list[str]) -> bool:
+        for i in range(self._seen, len(fragments)):
+            if self._state == "never":
+                break
+            self._scan(fragments[i])
+        self._seen = len(fragments)
+        if self._state == "closed":
+            self._state = "whole" if _parses("".join(fragments)) else "never"
+        return self._state == "whole"
+
+    def _scan(self, fragment: str) -> None:
+        if self._state in ("closed", "whole"):
+            if fragment.strip(_JSON_SPACE):
+                self._state = "never"  # something after the value: no JSON parser takes it
+            return
+        start = 0
+        if self._state == "before":
+            rest = fragment.lstrip(_JSON_SPACE)
+            if not rest:
+                return
+            if rest[0] not in "{[":
+                self._state = "never"  # a scalar: tool arguments are an object
+                return
+            self._state = "inside"
+            start = len(fragment) - len(rest)
+        skip = start + 1 if self._escape else start  # the escaped character, if it is here
+        self._escape = False
+        for mark in _JSON_MARKS.finditer(fragment, start):
+            at = mark.start()
+            if at < skip:
+                continue
+            c = fragment[at]
+            if self._in_string:
+                if c == "\\":
+                    skip = at + 2
+                    self._escape = at + 1 == len(fragment)
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._state = "closed"
+                    if fragment[at + 1 :].strip(_JSON_SPACE):
+                        self._state = "never"
+                    return
+            else:  # a backslash outside a string
+                self._state = "never"
+                return
+
+
+def _parses(text: str) -> bool:
     try:
-        orjson.loads("".join(fragments))
+        orjson.loads(text)
     except orjson.JSONDecodeError:
         return False
     return True

@@ -16,7 +16,7 @@ from .common import (
     NO_ARGUMENTS,
     BadUpstreamEvent,
     StreamTranslator,
-    arguments_whole,
+    WholeArguments,
     sse,
 )
 from .responses_output import (
@@ -78,15 +78,26 @@ class _Text:
 class _Call:
     """One tool call of the upstream (by its Chat tool_calls index)."""
 
-    __slots__ = ("args", "call_id", "custom", "decoder", "index", "name", "pending", "state")
+    __slots__ = (
+        "args",
+        "call_id",
+        "custom",
+        "decoder",
+        "index",
+        "name",
+        "pending",
+        "state",
+        "whole",
+    )
 
     def __init__(self) -> None:
         self.call_id: str | None = None
         self.name = ""
         self.args: list[str] = []
+        self.whole = WholeArguments()  # whether `args` add up to one JSON value yet
         self.pending: list[str] = []  # fragments before its item opened
         self.index = -1  # output_index once open
-        # new (no name yet) | waiting (for the open call: common.arguments_whole) | open | closed
+        # new (no name yet) | waiting (for the open call: common.WholeArguments) | open | closed
         self.state = "new"
         self.custom = False
         self.decoder: InputDecoder | None = None
@@ -361,13 +372,13 @@ class ResponsesStream(StreamTranslator):
                 self._waiting.append(call)
         elif fragment:
             self._arguments(call, fragment, out)
-        if self._waiting and (self._call is None or arguments_whole(self._call.args)):
+        if self._waiting and (self._call is None or self._call.whole(self._call.args)):
             self._open_waiting(out)
 
     def _open_waiting(self, out: list[bytes]) -> None:
         """Open the waiting calls in order, each with its fragments so far, while the open
-        one's arguments are whole (common.arguments_whole; the last one stays open)."""
-        while self._waiting and (self._call is None or arguments_whole(self._call.args)):
+        one's arguments are whole (common.WholeArguments; the last one stays open)."""
+        while self._waiting and (self._call is None or self._call.whole(self._call.args)):
             self._open_call(self._waiting.pop(0), out)
 
     def _open_call(self, call: _Call, out: list[bytes]) -> None:
