@@ -339,6 +339,22 @@ def test_the_examples_validate_against_the_schema_and_load(
         load_file(write(tmp_path, bad))
 
 
+def test_the_multi_provider_example_sends_the_dashscope_key_to_dashscope(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/routing.md calls its qwen upstream DashScope and it holds DASHSCOPE_API_KEY: the
+    shipped qwen profile's portal.qwen.ai (Qwen Code's OAuth service) would refuse that key."""
+    for k, v in EXAMPLE_KEYS.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_file(ROOT / "examples" / "routing" / "multi-provider.json")
+    assert cfg.routing is not None
+    qwen = cfg.routing.upstreams["qwen"]
+    assert qwen.operator_key == "sk-example-dashscope"
+    assert qwen.profile.base_url == "https://dashscope-intl.aliyuncs.com/compatible-mode"
+    chat = qwen.endpoints["/v1/chat/completions"]
+    assert chat.url == "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
+
+
 names = st.text(alphabet="abcdefgh-.0123", min_size=1, max_size=8)
 
 
