@@ -143,9 +143,12 @@ def check_backend(backend: str | None) -> None:
         from .redis_backend import client
 
         try:  # the client reads the URL's options (no connection yet): a bad one failed workers
-            client(b)
+            options = client(b).connection_pool.connection_kwargs
         except (ValueError, TypeError) as e:  # "Invalid value for 'db' in connection URL."
             raise ValueError(f"RATE_LIMIT_BACKEND: {e}") from None
+        # taken at construction, refused at each connect: every decision would fail, for good
+        if str(options.get("protocol", 2)) not in ("2", "3"):
+            raise ValueError("RATE_LIMIT_BACKEND: the URL's protocol must be 2 or 3")
         return
     raise ValueError(
         "RATE_LIMIT_BACKEND must be empty/'memory' (shared memory) or a redis://, rediss:// "

@@ -66,6 +66,11 @@ def run_cli(
         ),
         (
             ["qwen"],
+            {"RATE_LIMIT_BACKEND": "redis://:pw-secret-9@127.0.0.1:6379/0?protocol=9"},
+            "RATE_LIMIT_BACKEND: the URL's protocol must be 2 or 3",
+        ),
+        (
+            ["qwen"],
             {"API_ROUTER_UPSTREAM_HTTP2": "1"},  # the default transport speaks HTTP/1.1 only
             "API_ROUTER_UPSTREAM_HTTP2 needs API_ROUTER_UPSTREAM_TRANSPORT=pyreqwest",
         ),
