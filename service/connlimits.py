@@ -13,7 +13,9 @@ internals, so it lives in service.server.protocol) adds:
 
 `strict_head` (a `http.lifecycle.read_head` listener) refuses heads that parsers disagree on,
 the raw material of request smuggling: whitespace before a colon, folded lines, bare CR or LF,
-control characters, a Content-Length that is not plain digits, a missing or repeated Host.
+control characters, a Content-Length that is not plain digits, a missing or repeated Host, a
+request target that is not a path, an absolute URL or `*`. Chunked bodies are held to RFC 9112's
+chunk lines by the protocol's `StrictHttp` (service.server.protocol).
 Sanic itself already refuses Content-Length together with Transfer-Encoding, a repeated one, and
 a Transfer-Encoding other than `chunked` (400), and a head over `REQUEST_MAX_HEADER_SIZE` (the
 error handler turns that into 431). Idle keep-alive time is Sanic's `KEEP_ALIVE_TIMEOUT`.
@@ -28,10 +30,14 @@ from sanic import Request, Sanic
 from .server.protocol import start_body_clock
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# The request target: origin-form (/path?query), absolute-form (scheme://...) or asterisk-form.
+# Authority-form (CONNECT host:port) is for forward proxies; a target like `v1/chat` or `?x` is
+# none of them (Sanic dropped such connections without an answer, with a traceback).
+_TARGET = rb"(?:/[\x21-\x7e]*|[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]+|\*)"
 # RFC 9112: request-line, then field-name ":" OWS field-value, lines ended by CRLF only. Values
 # are visible characters, spaces, tabs and obs-text; no CR, LF, NUL or other controls.
 _HEAD = re.compile(
-    rb"%s [\x21-\x7e]+ HTTP/1\.[01](?:\r\n%s:[\t\x20-\x7e\x80-\xff]*)*" % (_TOKEN, _TOKEN)
+    rb"%s %s HTTP/1\.[01](?:\r\n%s:[\t\x20-\x7e\x80-\xff]*)*" % (_TOKEN, _TARGET, _TOKEN)
 )
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([^\r]*?)[ \t]*(?=\r\n|$)", re.I)
 _HOST = re.compile(rb"\r\nhost:", re.I)

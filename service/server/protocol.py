@@ -13,7 +13,9 @@ left when its connection closes).
 
 Relies on: `HttpProtocol`'s `_setup`, `connection_made`, `connection_lost`, `data_received`,
 `check_timeouts`, `recv_buffer`, `_task`, `connections` and `conn_info`, and on `Http`'s
-`stage`, `exception`, `keep_alive` and `request_body` (sanic/server/protocols/, sanic/http/).
+`stage`, `exception`, `keep_alive` and `request_body` (sanic/server/protocols/, sanic/http/);
+`StrictHttp` (its `HTTP_CLASS`) on `Http.read`'s chunked state: `recv_buffer` holds the CRLF
+that ended the head or the last chunk's data, then the next chunk line.
 An upgrade of Sanic that renames or reorders these may break it: tests/integration/
 test_slow_clients.py (deadlines, the cap), test_smuggling.py, and test_metrics.py /
 test_streaming.py (a client that leaves is logged and counted as 499) hold it to the behaviour
@@ -22,14 +24,15 @@ above on a real server. Always on (limits and records, not a speed-up).
 
 from __future__ import annotations
 
+import re
 import sys
 from time import monotonic, perf_counter
 from typing import Any
 
 import structlog
 from sanic import Request
-from sanic.exceptions import RequestTimeout
-from sanic.http import Stage
+from sanic.exceptions import BadRequest, RequestTimeout
+from sanic.http import Http, Stage
 from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
 
@@ -92,8 +95,56 @@ def start_body_clock(request: Request) -> None:
             protocol.check_within(protocol._ticks[1])
 
 
+# RFC 9112 7.1: chunk-size (hex digits only) [ BWS ";" chunk-ext ], the extension visible
+# characters, spaces, tabs and obs-text. Sanic's own parse is `int(size, 16)` on what comes before
+# ";", which also takes "0x1b", " 1b " and non-ASCII digits, and it never checks the CRLF that
+# must follow a chunk's data: each a way for a front proxy and the router to split one body
+# into different requests.
+_CHUNK_LINE = re.compile(rb"[0-9A-Fa-f]{1,16}(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+
+
+class StrictHttp(Http):
+    """Sanic's `Http` whose chunked request bodies are framed exactly as RFC 9112 says: every
+    chunk line is checked before Sanic parses it (400 and close otherwise, as for a doubtful
+    head: service.connlimits)."""
+
+    __slots__ = ()
+    # Sanic rewrites Http's own methods at start (TouchUp); this class calls them as they are.
+    __touchup__ = ()  # type: ignore[assignment]
+
+    async def read(self) -> bytes | None:
+        if self.request_bytes_left == 0 and self.request_body == "chunked":
+            await self._check_chunk_line()
+        return await super().read()
+
+    def create_empty_request(self) -> None:
+        """Sanic's stand-in request for an error before the request was made, with `*` for a
+        target its URL parser refuses: Sanic used the same target again, failed the same way
+        while answering, and dropped the connection without a word."""
+        try:
+            super().create_empty_request()
+        except BadRequest:
+            self.url = ""  # Sanic's stand-in for no target: "*"
+            super().create_empty_request()
+
+    async def _check_chunk_line(self) -> None:
+        buf = self.recv_buffer
+        while len(buf) < 2 or (end := buf.find(b"\r\n", 2)) == -1:
+            if len(buf) > 64:  # Sanic's own bound on a chunk line
+                break
+            await self._receive_more()
+        else:
+            if buf[:2] == b"\r\n" and _CHUNK_LINE.fullmatch(buf, 2, end) is not None:
+                return
+        self.keep_alive = False
+        raise BadRequest("Bad chunked encoding")
+
+
 class GuardedHttpProtocol(HttpProtocol):
-    """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap."""
+    """Sanic's HTTP/1.1 protocol with total head/body deadlines and a per-worker connection cap,
+    and strict chunked framing (`StrictHttp`)."""
+
+    HTTP_CLASS = StrictHttp
 
     __slots__ = (
         "_body_since",

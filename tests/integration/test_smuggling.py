@@ -19,6 +19,7 @@ SMUGGLED = (
     b"Content-Length: %d\r\n\r\n%s" % (len(SMUGGLED_BODY), SMUGGLED_BODY)
 )
 FRONT = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+CHUNKED = FRONT + b"Transfer-Encoding: chunked\r\n\r\n"
 
 
 def chunked(data: bytes) -> bytes:
@@ -56,6 +57,20 @@ CASES = {
     "missing_host": b"POST /v1/embeddings HTTP/1.1\r\n"
     b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     "nul_in_header": FRONT + b"X-Pad: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+    # Chunk lines Python's int(size, 16) takes and RFC 9112 does not: a front proxy that reads
+    # "0x2" as 0 (the end) would pass what follows on as a request of its own.
+    "chunk_size_hex_prefix": CHUNKED + b"0x2\r\n{}\r\n0\r\n\r\n" + SMUGGLED,
+    "chunk_size_with_spaces": CHUNKED + b" 2 \r\n{}\r\n0\r\n\r\n" + SMUGGLED,
+    "chunk_size_non_ascii_digit": CHUNKED + "\u0662\r\n{}\r\n0\r\n\r\n".encode() + SMUGGLED,
+    "chunk_data_not_ended_by_crlf": CHUNKED + b"2\r\n{}XX0\r\n\r\n" + SMUGGLED,
+    "chunk_extension_bare_lf": CHUNKED + b"2;a\nb\r\n{}\r\n0\r\n\r\n" + SMUGGLED,
+    "chunk_extension_control_byte": CHUNKED + b"2;a\x01\r\n{}\r\n0\r\n\r\n" + SMUGGLED,
+    # Request targets that are neither a path, an absolute URL nor "*" (Sanic dropped these
+    # connections without an answer).
+    "target_authority_form": b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    "target_without_slash": b"POST v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    "target_query_only": b"GET ?x HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 
@@ -78,6 +93,20 @@ def test_a_well_framed_request_on_the_same_router_is_forwarded(
     resp, _ = exchange(router.port, SMUGGLED, wait_close=False)
     assert resp is not None and resp.status == 200
     assert [r.json()["model"] for r in upstream.requests] == ["smuggled-model"]
+
+
+@pytest.mark.parametrize("size", [b"%x", b"%X", b"000%x", b"%x;name=value", b"%x ;name"])
+def test_well_framed_chunk_lines_are_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, size: bytes
+) -> None:
+    """The control cases of the chunk-line check: upper and lower case hex, leading zeros and
+    extensions (with optional whitespace before their ";") are RFC 9112 chunk lines."""
+    half = len(SMUGGLED_BODY) // 2
+    first, rest = SMUGGLED_BODY[:half], SMUGGLED_BODY[half:]
+    body = b"".join(size % len(part) + b"\r\n" + part + b"\r\n" for part in (first, rest))
+    resp, _ = exchange(router.port, CHUNKED + body + b"0\r\n\r\n", wait_close=False)
+    assert resp is not None and resp.status == 200, (resp and resp.status, resp and resp.body)
+    assert [r.body for r in upstream.requests] == [SMUGGLED_BODY]
 
 
 def test_oversized_head_is_431_and_closed(router: RouterProcess, upstream: FakeUpstream) -> None:
