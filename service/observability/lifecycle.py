@@ -40,6 +40,7 @@ from ..cors import Cors
 from ..proxy.headers import client_address, new_request_id, sane_request_id
 from ..server.protocol import connection_of
 from ..state import RequestState, clipped
+from ..usage import token_counts
 from . import sentry
 from .alerts import FailureAlarm
 from .logging import emit, set_request_secret
@@ -156,18 +157,12 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.usage:
             known = (state.config or app_ctx.config.current).known_models
             model = model_label(state.upstream_model or state.model, known)
-            usage = state.usage
-            # OpenAI's names, else Anthropic's: one of the two (an upstream that sends both
-            # names the same tokens twice)
-            for kind, key, other in (
-                ("prompt", "prompt_tokens", "input_tokens"),
-                ("completion", "completion_tokens", "output_tokens"),
-            ):
-                n = usage.get(key)
-                if not isinstance(n, int):
-                    n = usage.get(other)
-                if isinstance(n, int) and n > 0:
-                    metrics.tokens_by[kind, model].inc(n)
+            # as the token limits count them: Anthropic's cache tokens are prompt tokens
+            prompt, completion = token_counts(state.usage)
+            if prompt:
+                metrics.tokens_by["prompt", model].inc(prompt)
+            if completion:
+                metrics.tokens_by["completion", model].inc(completion)
     tracing = app_ctx.tracing
     trace_id = None
     if tracing is not None:

@@ -51,6 +51,7 @@ from ..config.model import (
 )
 from ..proxy.events import answer_facts
 from ..state import clipped
+from ..usage import count, token_counts
 from .logging import redact
 
 # gen_ai.operation.name by route (the GenAI conventions' values; audio has none of its own).
@@ -335,15 +336,11 @@ def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
         return {}
     out: dict[str, int] = {}
 
-    def num(v: Any) -> int | None:
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
-
     def detail(parent: str, name: str) -> int | None:
         d = usage.get(parent)
-        return num(d.get(name)) if isinstance(d, dict) else None
+        return count(d.get(name)) if isinstance(d, dict) else None
 
-    cache_read = num(usage.get("cache_read_input_tokens"))
-    cached = cache_read  # Anthropic's, apart from input_tokens
+    cache_read = count(usage.get("cache_read_input_tokens"))  # Anthropic's, apart from input
     if cache_read is None:  # OpenAI's and the Responses API's, within the input count
         cache_read = detail("prompt_tokens_details", "cached_tokens")
         if cache_read is None:
@@ -351,15 +348,8 @@ def usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
     reasoning = detail("completion_tokens_details", "reasoning_tokens")
     if reasoning is None:
         reasoning = detail("output_tokens_details", "reasoning_tokens")
-    cache_write = num(usage.get("cache_creation_input_tokens"))
-    inp = num(usage.get("prompt_tokens"))
-    if inp is None:
-        inp = num(usage.get("input_tokens"))
-        if inp is not None:
-            inp += (cached or 0) + (cache_write or 0)
-    out_tokens = num(usage.get("completion_tokens"))
-    if out_tokens is None:
-        out_tokens = num(usage.get("output_tokens"))
+    cache_write = count(usage.get("cache_creation_input_tokens"))
+    inp, out_tokens = token_counts(usage)
     for name, value in (
         ("gen_ai.usage.input_tokens", inp),
         ("gen_ai.usage.output_tokens", out_tokens),

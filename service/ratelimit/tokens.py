@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from ..errors import RateLimited, RouterError, ServiceUnavailable, TokenRequestTooLarge
+from ..usage import token_counts
 from .bucket import _EPS, REDIS_SCHEMES, Meter
 from .throttle import LogThrottle
 
@@ -201,16 +202,7 @@ class TokenRule:
         reports none."""
         if not usage:
             return None
-        inp = _int(usage, "prompt_tokens")
-        if inp is None:
-            inp = _int(usage, "input_tokens")
-            if inp is not None:  # Anthropic: the cache's tokens are not in input_tokens
-                inp += (_int(usage, "cache_creation_input_tokens") or 0) + (
-                    _int(usage, "cache_read_input_tokens") or 0
-                )
-        out = _int(usage, "completion_tokens")
-        if out is None:
-            out = _int(usage, "output_tokens")
+        inp, out = token_counts(usage)  # Anthropic's cache tokens included (service.usage)
         if inp is None and out is None:
             return None
         return (inp or 0) * self.count_input + (out or 0) * self.count_output
@@ -270,11 +262,6 @@ def _periods(wall: float) -> tuple[float, float, str, str]:
         day, month = f"{first:%Y%m%d}", f"{first:%Y%m}"
         _period[:] = [start, day_end, month_end, day, month]
     return day_end, month_end, day, month
-
-
-def _int(usage: Mapping[str, Any], name: str) -> int | None:
-    v = usage.get(name)
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 # -- stores ---------------------------------------------------------------------------------------

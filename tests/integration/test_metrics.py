@@ -524,3 +524,54 @@ def test_usage_under_both_names_is_counted_once(
     for kind, n in (("prompt", 7), ("completion", 3)):
         labels = {"type": kind, "model": "up-model-4"}
         assert value(after, "tokens_total", **labels) - value(before, "tokens_total", **labels) == n
+
+
+ANTHROPIC_CACHED = {"input_tokens": 13, "cache_read_input_tokens": 100,
+                    "cache_creation_input_tokens": 50, "output_tokens": 5}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_cache_tokens_are_prompt_tokens(
+    router: RouterProcess, upstream: FakeUpstream, stream: bool
+) -> None:
+    """Anthropic reports cached prompt tokens apart from `input_tokens`: 13 + 100 + 50 prompt
+    tokens, as the token limits charge them and a translated client is told (docs/tokens.md);
+    the metric counted 13."""
+    from tests.fakes.upstream import sse
+
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "up-model-4",
+               "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+               "stop_sequence": None, "usage": ANTHROPIC_CACHED}  # fmt: skip
+    if stream:
+        start = dict(
+            message, content=[], stop_reason=None, usage=dict(ANTHROPIC_CACHED, output_tokens=1)
+        )
+        events = [
+            ("message_start", {"type": "message_start", "message": start}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "hi"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 5},
+                               "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        chunks = sse(*(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events))
+        reply = Reply(headers=[("Content-Type", "text/event-stream")], chunks=chunks)
+    else:
+        reply = Reply(
+            headers=[("Content-Type", "application/json")], body=json.dumps(message).encode()
+        )
+    upstream.reply_with(reply)
+    body = {"model": "gpt-4", "max_tokens": 10, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    before = scrape(router.url)
+    with httpx.Client(base_url=router.url) as c:
+        resp = c.post("/v1/messages", json=body, headers={"x-api-key": "k"})
+        assert resp.status_code == 200, resp.text
+    after = scrape(router.url)
+    for kind, n in (("prompt", 163), ("completion", 5)):
+        labels = {"type": kind, "model": "up-model-4"}
+        got = value(after, "tokens_total", **labels) - value(before, "tokens_total", **labels)
+        assert got == n, (kind, got)
