@@ -44,6 +44,8 @@ MULTIPART_ROUTES = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
 # under the `/v1/responses` endpoint's settings, never rate-limited (SPEC §7: POST routes only).
 RESPONSE_ID = "/v1/responses/<response_id:str>"
 RESPONSE_INPUT_ITEMS = "/v1/responses/<response_id:str>/input_items"
+# One model of /v1/models (the openai SDK's models.retrieve); an id may hold slashes.
+MODEL_ID = "/v1/models/<model_id:path>"
 
 # Wire formats an upstream endpoint can speak: OpenAI Chat Completions ("openai"), Anthropic
 # Messages, the OpenAI Responses API. A route whose endpoint declares another format than the

@@ -34,7 +34,7 @@ from sanic.models.server_types import ConnInfo
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from .. import timing
-from ..config.model import PROXY_ROUTES, RESPONSE_ID, RESPONSE_INPUT_ITEMS
+from ..config.model import MODEL_ID, PROXY_ROUTES, RESPONSE_ID, RESPONSE_INPUT_ITEMS
 from ..context import AppContext, RouterRequest
 from ..cors import Cors
 from ..proxy.headers import client_address, new_request_id, sane_request_id
@@ -55,10 +55,14 @@ KNOWN_PATHS = frozenset({"/health", "/ready", "/metrics", "/v1/models", *PROXY_R
 
 
 # The routes with a parameter, as regular expressions of their patterns (`<response_id:str>`: one
-# path segment): a wrong method on such a path is labelled with its pattern.
+# path segment, `<model_id:path>`: the rest of the path): a wrong method on such a path is
+# labelled with its pattern.
 _PATTERNED = tuple(
-    (re.compile(re.sub(r"<[^>]+>", "[^/]+", pattern) + "$"), pattern)
-    for pattern in (RESPONSE_ID, RESPONSE_INPUT_ITEMS)
+    (
+        re.compile(re.sub(r"<[^>]+>", "[^/]+", re.sub(r"<[^>]+:path>", ".+", pattern)) + "$"),
+        pattern,
+    )
+    for pattern in (RESPONSE_ID, RESPONSE_INPUT_ITEMS, MODEL_ID)
 )
 
 
@@ -66,8 +70,11 @@ def route_label(request: RouterRequest) -> str:
     route = request.route
     if route is not None:
         return "/" + route.path if not route.path.startswith("/") else route.path
-    # A wrong method on a known path: still a route of the table, by its pattern.
+    # A wrong method on a known path (with or without the trailing slash Sanic's routes take):
+    # still a route of the table, by its pattern.
     path = request.path
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
     if path in KNOWN_PATHS:
         return path
     return next((pattern for rx, pattern in _PATTERNED if rx.match(path)), "unmatched")

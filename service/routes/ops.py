@@ -11,6 +11,7 @@ from prometheus_client.openmetrics import exposition as om
 from sanic import Blueprint
 from sanic.response import HTTPResponse
 
+from ..config.model import MODEL_ID
 from ..context import RouterRequest
 from ..errors import NotFound, UnknownModel
 from ..observability.metrics import exposition_registry
@@ -97,7 +98,7 @@ async def models(request: RouterRequest) -> HTTPResponse:
     return _json({"object": "list", "data": data})
 
 
-@bp.route("/v1/models/<model_id:path>", methods=GET)
+@bp.route(MODEL_ID, methods=GET)
 async def model(request: RouterRequest, model_id: str) -> HTTPResponse:
     """One model of the list (the openai SDK's `models.retrieve`), else 404 `model_not_found`.
     The id may hold slashes (`meta-llama/Llama-3.1-8B-Instruct`; the SDK sends them as %2F)."""

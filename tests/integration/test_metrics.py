@@ -117,6 +117,10 @@ def test_route_is_the_pattern_or_unmatched_and_status_is_what_the_client_got(
         stored = "/v1/responses/resp_" + uuid.uuid4().hex
         assert c.put(router.url + stored).status_code == 405
         assert c.post(router.url + stored + "/input_items").status_code == 405
+        # one model's path (an id may hold slashes), and known paths with a trailing slash
+        assert c.post(router.url + "/v1/models/org/" + uuid.uuid4().hex).status_code == 405
+        assert c.get(router.url + CHAT + "/").status_code == 405
+        assert c.post(router.url + stored + "/").status_code == 405
         assert c.head(router.url + "/health").status_code == 200
         assert c.post(router.url + CHAT, content=b"{oops").status_code == 400
         upstream.reply_with(Reply(status=503, body=b"{}", headers=[("Content-Type", "x/y")]))
@@ -134,6 +138,10 @@ def test_route_is_the_pattern_or_unmatched_and_status_is_what_the_client_got(
     assert (
         delta(route="/v1/responses/<response_id:str>/input_items", method="POST", status="405") == 1
     )
+    assert delta(route="/v1/models/<model_id:path>", method="POST", status="405") == 1
+    assert delta(route=CHAT, method="GET", status="405") == 1
+    assert delta(route="/v1/responses/<response_id:str>", method="POST", status="405") == 1
+    assert delta(route="unmatched", method="POST", status="405") == 0
     assert stored.rpartition("/")[2] not in after
     assert delta(route="/health", method="HEAD", status="200") == 1
     assert delta(route=CHAT, method="POST", status="400") == 1
