@@ -337,6 +337,7 @@ def install(app: Sanic[Any, AppContext]) -> None:
 
     @app.signal("http.lifecycle.response")
     async def _response(request: RouterRequest, response: BaseHTTPResponse) -> None:
+        status = response.status
         if not hasattr(request.ctx, "finished"):
             # Refused before its head was accepted (malformed, too large, too slow): Sanic
             # answers through an empty request that never passed `http.lifecycle.request`.
@@ -345,12 +346,18 @@ def install(app: Sanic[Any, AppContext]) -> None:
             if first is not None and first is not request and not first.ctx.finished:
                 # Refused after it passed (an unknown Expect, a bad Content-Length): the answer
                 # is that request's, which is finished with it (in flight no more).
-                finish(first, response.status, response)
+                finish(first, status, response)
                 return
             # Else it is still counted and logged (route `unmatched` unless the path was read),
-            # under the method of its request line when that was read (Sanic says NONE).
+            # under the method of its request line when that was read (Sanic says NONE), with
+            # the peer's address (the stand-in request has no connection of its own).
             method = _head_method(request)
             if method is not None:
                 request.method = method
+            if conn is not None:
+                request.conn_info = conn
+            transport = request.transport
+            if (conn is not None and conn.lost) or transport is None or transport.is_closing():
+                status = 499  # the client left before its head was whole: it got nothing
             await _request(request)
-        finish(request, response.status, response)
+        finish(request, status, response)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 
 import httpx
+import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
@@ -19,11 +21,10 @@ def _raw(port: int, data: bytes) -> bytes:
         return s.recv(4096)
 
 
-def _count(url: str, route: str, status: str) -> float:
+def _count(url: str, route: str, status: str, method: str = "[A-Z]+") -> float:
     text = httpx.get(url + "/metrics").text
-    pattern = (
-        rf'^requests_total\{{method="[A-Z]+",route="{re.escape(route)}",status="{status}"\}} (\S+)$'
-    )
+    labels = f'method="{method}",route="{re.escape(route)}",status="{status}"'
+    pattern = rf"^requests_total\{{{labels}\}} (\S+)$"
     m = re.search(pattern, text, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -45,6 +46,8 @@ def test_malformed_and_oversized_heads_are_counted_and_logged(router: RouterProc
     assert line["event"] == "request_completed" and line["status_code"] == 400
     # the method its request line named (Sanic's stand-in request says NONE: label OTHER)
     assert line["method"] == "GET"
+    # the peer, as on every completion line: the lines an operator reads to find such a client
+    assert line["client_ip"] == "127.0.0.1"
     assert (
         'requests_total{method="GET",route="/health",status="400"}'
         in httpx.get(router.url + "/metrics").text
@@ -85,3 +88,28 @@ def test_heads_refused_after_they_were_read_leave_nothing_in_flight(
              b"Content-Length: 2\r\n\r\n{}")  # fmt: skip
     assert _gauge(r.url, "in_flight_requests") == baseline
     assert not [e for e in r.logs() if e.get("event") == "router_error"]
+
+
+@pytest.mark.parametrize(
+    "part",
+    [b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", b"GE"],
+    ids=["most_of_a_head", "two_bytes"],
+)
+def test_a_client_that_leaves_mid_head_is_499_not_500(router: RouterProcess, part: bytes) -> None:
+    """Part of a head, then the client closes: it got nothing, which SPEC §8 counts as 499; a
+    500 (what Sanic's stand-in request was answered) put scanners and flaky clients in the
+    router's own error rate."""
+    before_500 = sum(_count(router.url, "unmatched", "500", m) for m in ("POST", "OTHER"))
+    before_499 = sum(_count(router.url, "unmatched", "499", m) for m in ("POST", "OTHER"))
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(part)
+        time.sleep(0.3)  # the router has read it and waits for the rest
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if sum(_count(router.url, "unmatched", "499", m) for m in ("POST", "OTHER")) > before_499:
+            break
+        time.sleep(0.05)
+    assert (
+        sum(_count(router.url, "unmatched", "499", m) for m in ("POST", "OTHER")) == before_499 + 1
+    )
+    assert sum(_count(router.url, "unmatched", "500", m) for m in ("POST", "OTHER")) == before_500
