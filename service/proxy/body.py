@@ -38,7 +38,9 @@ def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
         if exact is None:
             exact = exact_json(body)
         data = json.loads(body) if exact else orjson.loads(body)
-    except (ValueError, UnicodeDecodeError):  # orjson.JSONDecodeError is a ValueError
+    # orjson.JSONDecodeError is a ValueError (orjson refuses more than 1,024 levels of nesting;
+    # the standard library, for a body with big integers, runs out of stack near 1,000)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
@@ -49,7 +51,12 @@ def loads_exact(text: str | bytes) -> Any:
     """JSON (an answer, a tool call's arguments) with its integers kept exact; ValueError (or
     UnicodeDecodeError, one too) if it is not JSON."""
     raw = text if isinstance(text, bytes) else text.encode()
-    return json.loads(text) if exact_json(raw) else orjson.loads(raw)
+    if not exact_json(raw):
+        return orjson.loads(raw)
+    try:
+        return json.loads(text)
+    except RecursionError:  # nested past the stack: not JSON the router can read, as orjson says
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps_exact(value: Any) -> bytes:
@@ -72,7 +79,19 @@ def accept_encoding(client_value: str | None, streaming: bool) -> str:
     none for streams (events must be found as they arrive)."""
     if streaming or not client_value:
         return "identity"
-    offered = {t.split(";")[0].strip().lower() for t in client_value.split(",")}
+    offered = set()
+    for item in client_value.split(","):
+        coding, _, params = item.partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if weight > 0:  # `gzip;q=0` is the client refusing gzip
+            offered.add(coding.strip().lower())
     usable = [c for c in ("gzip", "deflate") if c in offered]
     return ", ".join(usable) if usable else "identity"
 

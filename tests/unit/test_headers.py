@@ -6,12 +6,13 @@ import os
 import string
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
 from service.proxy import headers as h
-from service.proxy.body import accept_encoding, decoded, parse_json_object
+from service.proxy.body import accept_encoding, decoded, loads_exact, parse_json_object
 
 token = st.text(alphabet=string.ascii_letters + "-", min_size=1, max_size=20)
 
@@ -150,7 +151,10 @@ def test_parse_json_object() -> None:
     assert parse_json_object(b'{"a": 1}') == {"a": 1}
     big = parse_json_object(b'{"n": 123456789012345678901234567890}')
     assert big["n"] == 123456789012345678901234567890
-    for bad in (b"", b"[1]", b"nope", b'"str"', b"{", b"\xff\xfe"):
+    # nested deeper than either parser goes: with a big integer (the standard library's
+    # parse) it ran out of stack, a 500
+    deep = b'{"a":' * 1200 + b"12345678901234567890123" + b"}" * 1200
+    for bad in (b"", b"[1]", b"nope", b'"str"', b"{", b"\xff\xfe", deep, deep.replace(b"3}", b"}")):
         try:
             parse_json_object(bad)
         except BadRequest:
@@ -159,8 +163,21 @@ def test_parse_json_object() -> None:
             raise AssertionError(bad)
 
 
+def test_loads_exact_refuses_nesting_past_the_stack_as_not_json() -> None:
+    deep = '{"a":' * 1200 + "12345678901234567890123" + "}" * 1200
+    with pytest.raises(ValueError):
+        loads_exact(deep)
+    assert loads_exact('{"a": {"b": 12345678901234567890123}}') == {
+        "a": {"b": 12345678901234567890123}
+    }
+
+
 def test_accept_encoding_only_what_the_router_can_read() -> None:
     assert accept_encoding(None, False) == "identity"
+    # weights: q=0 is a refusal
+    assert accept_encoding("gzip;q=0, identity", False) == "identity"
+    assert accept_encoding("gzip; q=0.0, deflate;q=0.5", False) == "deflate"
+    assert accept_encoding("GZIP;Q=1, deflate;q=x", False) == "gzip"
     assert accept_encoding("gzip, deflate, br, zstd", False) == "gzip, deflate"
     assert accept_encoding("br", False) == "identity"
     assert accept_encoding("gzip", True) == "identity"
