@@ -48,6 +48,7 @@ from ..errors import (
     StreamError,
     UpstreamError,
     UpstreamJSONError,
+    UpstreamProtocolError,
     UpstreamTimeout,
     error_body,
 )
@@ -602,6 +603,17 @@ async def relay_stream(
                 keep_answer(orjson.loads(await _read_body(resp, None)), state)
             await stream.fail(StreamError())
             return None
+        # The router asked for no content coding; an upstream (or a proxy before it) may
+        # compress the stream anyway. gzip and deflate are decoded on the way (httpx's decoders,
+        # the fast paths left aside); any other coding cannot be read as events.
+        coding = resp.headers.get("content-encoding", "identity").strip().lower()
+        encoded = coding not in ("", "identity")
+        if encoded and coding not in DECODED_STREAM_CODINGS:
+            await resp.aclose()
+            if stream.out is None:
+                raise UpstreamProtocolError()
+            await stream.fail(UpstreamProtocolError())
+            return None
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
             headers.extend(head_headers)
@@ -610,14 +622,16 @@ async def relay_stream(
         pieces = _Pieces(usage, translator, state, idle_secs, deadline)
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
         # per read; any other through a task that survives the heartbeat waits.
-        receive = getattr(resp.stream, "receive", None)
-        chunks = resp.aiter_raw() if receive is None else None
+        receive = None if encoded else getattr(resp.stream, "receive", None)
+        chunks = (
+            None if receive is not None else resp.aiter_bytes() if encoded else resp.aiter_raw()
+        )
         if getattr(resp.stream, "fail", None) is not None:
             _LIVE.add(resp.stream)  # (left in `finally`)
         # Fast path `stream`: with the h1 engine each piece is relayed from the upstream
         # connection's data callback (`_Offer`); the task below only writes heartbeats, waits
         # while the client is slow, and ends the stream.
-        push = getattr(resp.stream, "push", None)
+        push = None if encoded else getattr(resp.stream, "push", None)
         if push is not None and settings.fast_paths.stream:
             writer = chunk_writer(request)
             if writer is not None:
@@ -699,6 +713,10 @@ async def relay_stream(
         if resp is not None:
             _LIVE.discard(resp.stream)
             await resp.aclose()  # after a complete read this returns the connection to the pool
+
+
+# Content codings of an event stream the relay decodes (httpx's own decoders; "x-gzip" is gzip).
+DECODED_STREAM_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 def unasked_stream(resp: httpx.Response) -> bool:

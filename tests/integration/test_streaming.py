@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,35 @@ def test_events_are_relayed_byte_exact_in_order_and_whole(
         pos += len(piece)
         assert pos in boundaries, f"a write ended inside an event at byte {pos}"
     assert upstream.last.json()["stream"] is True
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_event_stream_is_decoded_on_the_way(
+    srouter: RouterProcess, upstream: FakeUpstream, coding: str
+) -> None:
+    """The router asks for no coding; an upstream (or a proxy in front of it) that compresses
+    the stream anyway: the client gets the events (the compressed bytes went out as the event
+    stream, without their Content-Encoding, and no event could be read from them)."""
+    pack = zlib.compressobj(wbits=31 if coding == "gzip" else 15)
+    chunks = [(0.02, pack.compress(e) + pack.flush(zlib.Z_SYNC_FLUSH)) for e in EVENTS]
+    chunks.append((0.0, pack.flush()))
+    upstream.reply_with(Reply(headers=[*SSE, ("Content-Encoding", coding)], chunks=chunks))
+    got = stream(srouter, "/v1/messages", {"model": "claude", "stream": True, "max_tokens": 5})
+    assert_sse_head(got)
+    assert "content-encoding" not in got.headers
+    assert got.body == b"".join(EVENTS)
+
+
+def test_a_stream_in_a_coding_the_router_cannot_read_is_a_protocol_error(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    upstream.reply_with(
+        Reply(headers=[*SSE, ("Content-Encoding", "br")], chunks=[(0.0, b"\x1b\x03\x00\xf8")])
+    )
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": "br-1"})
+    assert got.status == 502
+    assert json.loads(got.body)["error"]["code"] == "upstream_protocol_error"
+    assert access_line(srouter, "br-1")["error_type"] == "protocol_error"
 
 
 def test_stream_ends_with_the_upstream_response_and_its_connection_is_reused(
