@@ -295,3 +295,23 @@ class StreamReader(threading.Thread):
                 for choice in json.loads(data)["choices"]:
                     out.append(choice["delta"].get("content") or "")
         return "".join(out)
+
+
+def worker_pids(router: RouterProcess) -> list[int]:
+    """The router's Sanic worker processes: its children spawned with SANIC_WORKER_NAME."""
+    assert router.proc is not None
+    pid = router.proc.pid
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"\0SANIC_WORKER_NAME=" in b"\0" + Path(f"/proc/{child}/environ").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A memory figure of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

@@ -94,6 +94,7 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
+from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, send, timeout_of
 
@@ -915,6 +916,7 @@ async def _relay(
     sse.unasked_stream)."""
     state: RequestState = request.ctx.state
     started = time.perf_counter()
+    relayed = False
     try:
         try:
             resp, chosen = await attempts.run()
@@ -937,19 +939,30 @@ async def _relay(
                 functools.partial(_router_headers, state, extra),
             )
         else:
+            headed = time.perf_counter()
+            # a large untranslated 2xx answer is relayed as it comes (service.proxy.passthrough)
+            passthrough = chosen.translator is None and 200 <= resp.status_code < 300
+            http = request.app.ctx.http
             try:
                 if attempts.deadline is None:
-                    data = await request.app.ctx.http.read_raw(resp)
+                    read = await read_answer(http, resp, passthrough)
                 else:  # a whole answer is the attempt's first content: within totalSecs
                     async with asyncio.timeout(attempts.left()):
-                        data = await request.app.ctx.http.read_raw(resp)
+                        read = await read_answer(http, resp, passthrough)
             except TimeoutError:
                 await resp.aclose()
                 raise UpstreamTimeout() from None
             except httpx.HTTPError as e:
                 raise map_exception(e) from None
+            if isinstance(read, LargeAnswer):
+                relayed = True  # its upstream time runs to its last byte: the relay's to set
+                extra = _router_headers(state, extra)
+                await relay_large_answer(request, resp, read, extra, started, headed)
+                return None
+            data = read
     finally:
-        state.upstream_latency = time.perf_counter() - started
+        if not relayed:
+            state.upstream_latency = time.perf_counter() - started
     return json_answer(
         resp,
         data,

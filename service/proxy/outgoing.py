@@ -13,6 +13,7 @@ import structlog
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
+from .. import timing
 from ..config.model import (
     ANTHROPIC,
     CHAT,
@@ -51,6 +52,21 @@ def answer_headers(
     out.append(("X-Request-ID", request_id))
     ctype = h.joined_value(items, lowered, "content-type") or ""
     return out, ctype, h.joined_value(items, lowered, "content-encoding")
+
+
+def early_head(request: RouterRequest, upstream_head: float | None) -> list[tuple[str, str]]:
+    """For a head written before its answer is whole (a stream's, a large answer's): what
+    the lifecycle adds to a whole answer when it finishes, too late for such a head. Server-Timing
+    up to the head (`upstream_head`: the upstream's own time to its head, None when it has not
+    answered yet) and the CORS headers; the request is marked as timed."""
+    ctx = request.ctx
+    ttfb = time.perf_counter() - ctx.started
+    out = [(timing.SERVER_TIMING, timing.stream_head(ttfb, upstream_head))]
+    cors = request.app.ctx.cors
+    if cors is not None:
+        out.extend(cors.headers(request.headers.get("origin")))
+    ctx.state.timed = True
+    return out
 
 
 def _forwarding(request: RouterRequest, mode: str) -> Sequence[tuple[str, str]] | None:

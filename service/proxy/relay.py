@@ -50,6 +50,7 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
+from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, request_timeout, send
 
@@ -241,7 +242,12 @@ async def _exchange(
     started = time.perf_counter()
     try:
         resp = await send(ctx.http, upstream_request)  # retried once if never connected
-        data = None if unasked_stream(resp) else await ctx.http.read_raw(resp)
+        headed = time.perf_counter()
+        if unasked_stream(resp):
+            data: bytes | LargeAnswer | None = None
+        else:  # a large untranslated 2xx answer is relayed as it comes (service.proxy.passthrough)
+            passthrough = translator is None and 200 <= resp.status_code < 300
+            data = await read_answer(ctx.http, resp, passthrough)
     except httpx.HTTPError as e:
         raise map_exception(e) from None
     finally:
@@ -252,6 +258,9 @@ async def _exchange(
         return await relay_unasked_stream(request, resp, ep, extra, translator, started)
 
     state.upstream_status = resp.status_code
+    if isinstance(data, LargeAnswer):
+        await relay_large_answer(request, resp, data, extra, started, headed)
+        return None
     if resp.status_code == 429 or resp.status_code >= 500:
         state.error_type = "upstream_error"
     return json_answer(resp, data, translator, extra, state, request.ctx.request_id)

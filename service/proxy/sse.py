@@ -39,7 +39,6 @@ import orjson
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from .. import timing
 from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
 from ..context import RouterRequest
 from ..errors import (
@@ -67,7 +66,7 @@ from .events import (
     plain_events,
     split_events,
 )
-from .outgoing import json_answer, keep_answer
+from .outgoing import early_head, json_answer, keep_answer
 from .upstream import map_exception, send
 
 SSE_HEADERS = (("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
@@ -247,13 +246,7 @@ class _Stream:
         when it has not answered yet)."""
         headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FROM_UPSTREAM]
         headers.extend(SSE_HEADERS)
-        ctx = self.request.ctx
-        ttfb = time.perf_counter() - ctx.started
-        headers.append((timing.SERVER_TIMING, timing.stream_head(ttfb, upstream_head)))
-        cors = self.request.app.ctx.cors
-        if cors is not None:
-            headers.extend(cors.headers(self.request.headers.get("origin")))
-        ctx.state.timed = True
+        headers.extend(early_head(self.request, upstream_head))
         self.out = await self.request.respond(
             status=200, headers=Header(headers), content_type="text/event-stream"
         )

@@ -37,7 +37,7 @@ from ..errors import (
     UpstreamTLSError,
 )
 from ..settings import HTTP2_ENV, SettingsError, http2_setting
-from .upstream_fast import bytes_request, read_raw, stock_read
+from .upstream_fast import bytes_request, read_raw, stock_read, take_whole
 
 POOL_MAX_CONNECTIONS = 1024
 POOL_MAX_KEEPALIVE = 256
@@ -182,6 +182,11 @@ class UpstreamClient(httpx.AsyncClient):
         connection back to the pool): httpx's `aiter_raw()` joined then `aclose()`, or with
         the `request` fast path, `upstream_fast.read_raw`."""
         return await (read_raw(response) if self._fast_request else stock_read(response))
+
+    def whole_now(self, response: httpx.Response) -> bytes | None:
+        """The raw body of a whole answer when the transport has all of it already (the
+        `request` fast path, `upstream_fast.take_whole`), the response closed; else None."""
+        return take_whole(response) if self._fast_request else None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -91,7 +91,14 @@ def raw_headers(items: list[tuple[bytes, bytes]]) -> httpx.Headers:
 async def read_raw(resp: httpx.Response) -> bytes:
     """What `b"".join([c async for c in resp.aiter_raw()])` and then `await resp.aclose()`
     return and leave behind. Taken at once when the router's transport has the whole body
-    already (`_Body.read_now`) and nothing read the response yet; otherwise exactly that."""
+    already (`take_whole`); otherwise exactly that."""
+    data = take_whole(resp)
+    return data if data is not None else await stock_read(resp)
+
+
+def take_whole(resp: httpx.Response) -> bytes | None:
+    """The whole raw body, the response closed, when the router's transport has all of it
+    already (`_Body.read_now`) and nothing read the response yet; else None, nothing taken."""
     read_now = getattr(resp.stream, "read_now", None)
     if read_now is not None and not (resp.is_stream_consumed or resp.is_closed):
         data: bytes | None = read_now()
@@ -99,7 +106,7 @@ async def read_raw(resp: httpx.Response) -> bytes:
             resp.is_stream_consumed = resp.is_closed = True
             resp._num_bytes_downloaded = len(data)
             return data
-    return await stock_read(resp)
+    return None
 
 
 async def stock_read(resp: httpx.Response) -> bytes:

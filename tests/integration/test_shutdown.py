@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.support import SSE, RouterFactory, RouterProcess, StreamReader, slow_stream
+from tests.support import SSE, RouterFactory, StreamReader, slow_stream, worker_pids
 
 
 def http_get(sock: socket.socket, path: str) -> bytes:
@@ -220,18 +220,6 @@ def test_the_drain_reaches_a_silent_stream_waiting_out_a_long_heartbeat(
 
 
 SLOW_WORKER_START = Path(__file__).resolve().parents[1] / "fakes" / "slow_worker_start"
-
-
-def worker_pids(router: RouterProcess) -> list[int]:
-    """The router's Sanic worker processes: its children spawned with SANIC_WORKER_NAME."""
-    assert router.proc is not None
-    pid = router.proc.pid
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(OSError):
-            if b"\0SANIC_WORKER_NAME=" in b"\0" + Path(f"/proc/{child}/environ").read_bytes():
-                found.append(int(child))
-    return found
 
 
 def test_sigterm_while_workers_start_ends_the_process(
