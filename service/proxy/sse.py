@@ -348,6 +348,7 @@ class _Pieces:
     __slots__ = (
         "deadline",
         "framer",
+        "fresh",
         "idle_secs",
         "joined",
         "last_event",
@@ -374,6 +375,7 @@ class _Pieces:
         self.last_event = time.monotonic()  # of the last complete upstream event
         self.may_join = translator is None and usage.facts is None
         self.joined = False  # what `feed` returned is one piece of joined events (for `out`)
+        self.fresh = True  # no byte of the stream came yet
 
     def until(self) -> float:
         """When the stream times out (its idle time, or its deadline) unless an event comes, or
@@ -383,6 +385,10 @@ class _Pieces:
     def feed(self, chunk: bytes, now: float) -> list[bytes]:
         """The complete events `chunk` ends; `out` comes next (it reads how they were cut),
         unless the stream ends first (its timeout)."""
+        if self.fresh and chunk:
+            self.fresh = False
+            if chunk.startswith(BOM):  # SSE: a stream may begin with one, which is not text
+                chunk = chunk[len(BOM) :]
         framer = self.framer
         if self.may_join and framer.joinable(chunk):
             joined = framer.feed_joined(chunk)
@@ -708,6 +714,7 @@ async def relay_stream(
             await resp.aclose()  # after a complete read this returns the connection to the pool
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 # Content codings of an event stream the relay decodes (httpx's own decoders; "x-gzip" is gzip).
 DECODED_STREAM_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 

@@ -181,6 +181,20 @@ def test_a_compressed_event_stream_is_decoded_on_the_way(
     assert got.body == b"".join(EVENTS)
 
 
+def test_a_byte_order_mark_before_the_first_event_does_not_cost_that_event(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """SSE lets a stream begin with a BOM, which is not text: the first event was judged
+    malformed (its `data:` line hidden behind the BOM) and dropped."""
+    events = openai_chat_stream("up-model-4")
+    chunks = [(0.0, b"\xef\xbb\xbf" + events[0].encode())] + [(0.0, e.encode()) for e in events[1:]]
+    upstream.reply_with(Reply(headers=SSE, chunks=chunks))
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": "bom-1"})
+    assert_sse_head(got)
+    assert got.body == "".join(events).encode()
+    assert access_line(srouter, "bom-1").get("malformed_events") in (None, 0)
+
+
 def test_a_stream_in_a_coding_the_router_cannot_read_is_a_protocol_error(
     srouter: RouterProcess, upstream: FakeUpstream
 ) -> None:
