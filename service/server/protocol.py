@@ -209,6 +209,15 @@ class GuardedHttpProtocol(HttpProtocol):
             return
         super().connection_lost(exc)
 
+    async def receive_more(self) -> None:
+        # A head Sanic has not found the end of (its CRLF CRLF) that has a blank line of bare
+        # LFs will never end: refused now (400, as any malformed head), not after the header
+        # deadline (408).
+        http = self._conn_http
+        if http is not None and http.stage is Stage.REQUEST and b"\n\n" in self.recv_buffer:
+            raise BadRequest("Bad Request")
+        await super().receive_more()
+
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return

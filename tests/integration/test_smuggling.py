@@ -71,6 +71,11 @@ CASES = {
     "target_without_slash": b"POST v1/embeddings HTTP/1.1\r\nHost: x\r\n"
     b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     "target_query_only": b"GET ?x HTTP/1.1\r\nHost: x\r\n\r\n",
+    # A head of bare LFs throughout never has the CRLF CRLF Sanic looks for: refused at once,
+    # not left to the header deadline (408).
+    "head_of_bare_lfs": b"POST /v1/embeddings HTTP/1.1\nHost: x\nContent-Length: %d\n\n%s"
+    % (len(SMUGGLED_BODY), SMUGGLED_BODY),
+    "get_head_of_bare_lfs": b"GET /health HTTP/1.1\nHost: x\n\n",
 }
 
 
