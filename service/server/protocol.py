@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 from sanic import Request
-from sanic.exceptions import BadRequest, RequestTimeout
+from sanic.exceptions import BadRequest, PayloadTooLarge, RequestTimeout
 from sanic.http import Http, Stage
 from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
@@ -113,6 +113,14 @@ class StrictHttp(Http):
     __touchup__ = ()  # type: ignore[assignment]
 
     async def read(self) -> bytes | None:
+        if self.expecting_continue:
+            if self.request_bytes > self.request_max_size:
+                # Sanic sent `100 Continue` first, inviting an upload it then refused (413)
+                self.expecting_continue = False
+                self.keep_alive = False
+                raise PayloadTooLarge("Request body exceeds the size limit")
+            if self.request is not None and self.request.version == "1.0":
+                self.expecting_continue = False  # RFC 9110 10.1.1: HTTP/1.0 has no 100
         if self.request_bytes_left == 0 and self.request_body == "chunked":
             await self._check_chunk_line()
         return await super().read()

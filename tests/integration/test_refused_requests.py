@@ -113,3 +113,29 @@ def test_a_client_that_leaves_mid_head_is_499_not_500(router: RouterProcess, par
         sum(_count(router.url, "unmatched", "499", m) for m in ("POST", "OTHER")) == before_499 + 1
     )
     assert sum(_count(router.url, "unmatched", "500", m) for m in ("POST", "OTHER")) == before_500
+
+
+def test_expect_100_continue_is_not_sent_before_a_refusal_or_to_http_1_0(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """`100 Continue` invites the upload: not for a declared length over the limit (Sanic sent
+    it, then 413 once the client had begun sending), nor to an HTTP/1.0 client, which has no
+    1xx (RFC 9110 10.1.1)."""
+    head = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+    answer = _raw(router.port, head + b"Content-Length: 40000000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    body = b'{"model": "gpt-4", "input": "x"}'
+    answer = _raw(
+        router.port,
+        b"POST /v1/embeddings HTTP/1.0\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    # an HTTP/1.1 client that waits for it still gets it, and then its answer
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(
+            head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
