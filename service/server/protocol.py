@@ -33,6 +33,7 @@ import structlog
 from sanic import Request
 from sanic.exceptions import BadRequest, PayloadTooLarge, RequestTimeout
 from sanic.http import Http, Stage
+from sanic.http.http1 import HTTP_CONTINUE
 from sanic.models.server_types import ConnInfo
 from sanic.server.protocols.http_protocol import HttpProtocol
 
@@ -119,8 +120,10 @@ class StrictHttp(Http):
                 self.expecting_continue = False
                 self.keep_alive = False
                 raise PayloadTooLarge("Request body exceeds the size limit")
-            if self.request is not None and self.request.version == "1.0":
-                self.expecting_continue = False  # RFC 9110 10.1.1: HTTP/1.0 has no 100
+            self.expecting_continue = False
+            if self.request is None or self.request.version != "1.0":  # HTTP/1.0 has no 1xx
+                # now: the chunk line checked below is what the client sends after it
+                await self._send(HTTP_CONTINUE)
         if self.request_bytes_left == 0 and self.request_body == "chunked":
             await self._check_chunk_line()
         return await super().read()

@@ -92,6 +92,8 @@ class WholeArguments:
         return self._state == "whole"
 
     def _scan(self, fragment: str) -> None:
+        if not fragment:
+            return  # (a backslash that ended the last one still escapes the next character)
         if self._state in ("closed", "whole"):
             if fragment.strip(_JSON_SPACE):
                 self._state = "never"  # something after the value: no JSON parser takes it

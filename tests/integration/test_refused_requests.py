@@ -139,3 +139,9 @@ def test_expect_100_continue_is_not_sent_before_a_refusal_or_to_http_1_0(
         assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    # and so does one with a chunked body (its first chunk line is checked after the 100)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(head + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")

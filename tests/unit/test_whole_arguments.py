@@ -45,7 +45,7 @@ tails = st.sampled_from(["", " ", "\n", "\u00a0", "}", "]", ",", "x", "{}", '"']
 
 
 def split(text: str, cuts: list[int]) -> list[str]:
-    points = sorted({c % (len(text) + 1) for c in cuts})
+    points = sorted(c % (len(text) + 1) for c in cuts)  # a repeated cut: an empty fragment
     pieces, last = [], 0
     for p in [*points, len(text)]:
         pieces.append(text[last:p])
@@ -92,6 +92,7 @@ def test_answers_as_the_parse_on_arbitrary_text(text: str, cuts: list[int]) -> N
         ['"{}"'],  # a string that looks like an object
         ["{\\}"],  # a backslash outside a string
         ["{]"],  # brackets that do not match
+        ['{"a": "x\\', "", '"}', '"}'],  # an empty fragment between a backslash and its char
     ],
 )
 def test_edge_cases(fragments: list[str]) -> None:
