@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,33 +52,75 @@ async def read_answer(
     http: Any, resp: httpx.Response, passthrough: bool, limit: int = WHOLE_ANSWER_MAX_BYTES
 ) -> bytes | LargeAnswer:
     """The whole body (`http.read_raw`: the transport's fast read when it has it), or, when
-    `passthrough` and the body is larger than `limit`, a `LargeAnswer` to relay."""
+    `passthrough` and the body is larger than `limit`, a `LargeAnswer` to relay. A gzip or
+    deflate body is judged by its decoded size (what the whole answer's reading decodes and
+    parses): 15 MiB of gzip can be 40 MiB of JSON."""
     length = resp.headers.get("content-length")
+    coding = resp.headers.get("content-encoding", "identity").strip().lower()
+    plain = coding in ("", "identity")
     if (
         not passthrough
-        or (length is not None and length.isdigit() and int(length) <= limit)
         or resp.status_code in (204, 304)  # no body, whatever the head says
         or resp.request.method == "HEAD"
+        or (plain and length is not None and length.isdigit() and int(length) <= limit)
+        or not (plain or coding in _INFLATED)  # not ours to judge: read as before
     ):
         data: bytes = await http.read_raw(resp)
         return data
+    size = _Size(None if plain else coding)
     whole: bytes | None = http.whole_now(resp)  # a chunked answer is usually all here already
     if whole is not None:
-        return whole
+        return LargeAnswer([whole], _nothing()) if size.add(whole) > limit else whole
     parts: list[bytes] = []
-    size = 0
     rest = resp.aiter_raw()
     try:
         async for chunk in rest:
             parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
+            if size.add(chunk) > limit:
                 return LargeAnswer(parts, rest)
     except BaseException:
         await resp.aclose()
         raise
     await resp.aclose()
     return b"".join(parts)
+
+
+_INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # (an async generator that yields nothing)
+
+
+class _Size:
+    """How large a body is once decoded: its bytes, or what they inflate to (counted in
+    steps of 1 MiB, the output let go at once)."""
+
+    def __init__(self, coding: str | None) -> None:
+        self.size = 0
+        self._inflate: Any = zlib.decompressobj(wbits=47) if coding is not None else None
+
+    def add(self, chunk: bytes) -> int:
+        inflate = self._inflate
+        if inflate is None:
+            self.size += len(chunk)
+            return self.size
+        try:
+            for piece in inflated(inflate, chunk):
+                self.size += len(piece)
+        except zlib.error:  # not what it says: counted as it is (its reading will refuse it)
+            self._inflate = None
+            self.size += len(chunk)
+        return self.size
+
+
+def inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
+    """What `chunk` inflates to, in pieces of at most 1 MiB (a small chunk of a repetitive
+    body can be a hundred times larger decoded)."""
+    while chunk:
+        yield inflate.decompress(chunk, 1 << 20)
+        chunk = inflate.unconsumed_tail
 
 
 class UsageTail:
@@ -98,13 +140,14 @@ class UsageTail:
     def feed(self, chunk: bytes) -> None:
         if not self._readable:
             return
-        if self._inflate is not None:
-            try:
-                chunk = self._inflate.decompress(chunk)
-            except zlib.error:
-                self._readable = False
-                return
-        self._tail = (self._tail + chunk)[-USAGE_TAIL_BYTES:]
+        if self._inflate is None:
+            self._tail = (self._tail + chunk)[-USAGE_TAIL_BYTES:]
+            return
+        try:
+            for piece in inflated(self._inflate, chunk):
+                self._tail = (self._tail + piece)[-USAGE_TAIL_BYTES:]
+        except zlib.error:
+            self._readable = False
 
     def usage(self) -> dict[str, Any] | None:
         """The last `"usage": {...}` object of the tail, or None."""

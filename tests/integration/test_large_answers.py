@@ -145,3 +145,32 @@ def test_a_large_answer_never_sits_whole_in_the_worker(
     assert post(router, "large-memory").content == body
     grew = (status_kib(pid, "VmHWM") - before) * 1024
     assert grew < len(body) // 3, (grew, len(body))
+
+
+def test_a_gzip_answer_is_judged_by_its_decoded_size(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """96 MiB of JSON that gzip makes small: read whole, it was decoded and parsed whole (the
+    client offered gzip, as the openai SDK does). Relayed as the upstream sent it, its usage
+    read from its decoded tail."""
+    router = router_factory(base_profile(upstream.url))
+    [pid] = worker_pids(router)
+    body = embeddings(6 * WHOLE_ANSWER_MAX_BYTES)
+    packed = gzip.compress(body, compresslevel=1)
+    assert len(packed) < WHOLE_ANSWER_MAX_BYTES
+    headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
+    upstream.reply_with(Reply(headers=headers, body=packed))
+    before = status_kib(pid, "VmHWM")
+    tokens = prompt_tokens(router)
+    resp = httpx.post(
+        router.url + "/v1/embeddings",
+        json={"model": "gpt-4", "input": "x"},
+        headers={"X-Request-ID": "large-gzip", "Accept-Encoding": "gzip"},
+        timeout=60,
+    )
+    assert resp.status_code == 200 and resp.headers["content-encoding"] == "gzip"
+    assert resp.content == body  # (httpx decoded what the router relayed)
+    grew = (status_kib(pid, "VmHWM") - before) * 1024
+    assert grew < len(body) // 3, (grew, len(body))
+    router.wait_for_log(lambda r: r.get("request_id") == "large-gzip")
+    assert prompt_tokens(router) == tokens + 8
