@@ -54,6 +54,7 @@ import math
 import random
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +75,7 @@ from ..errors import (
     RouterError,
     ServiceUnavailable,
     StreamError,
+    UpstreamProtocolError,
     UpstreamsUnavailable,
     UpstreamTimeout,
 )
@@ -94,8 +96,8 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
-from .passthrough import LargeAnswer, read_answer, relay_large_answer
-from .sse import relay_stream, relay_unasked_stream, unasked_stream
+from .passthrough import LargeAnswer, inflated, read_answer, relay_large_answer
+from .sse import DECODED_STREAM_CODINGS, relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -684,6 +686,16 @@ class _Attempts:
 
     async def _until_content(self, resp: httpx.Response, upstream_format: str) -> httpx.Response:
         framer = EventFramer()
+        # A stream the upstream compressed though asked for none: its events are looked for in
+        # what it inflates to (the relay decodes it the same way: sse.DECODED_STREAM_CODINGS);
+        # one in any other coding cannot be read as events, and the next target is tried.
+        coding = resp.headers.get("content-encoding", "identity").strip().lower()
+        inflate = None
+        if coding in DECODED_STREAM_CODINGS:
+            inflate = zlib.decompressobj(wbits=47)  # gzip or zlib, auto-detected
+        elif coding not in ("", "identity"):
+            await resp.aclose()
+            raise _BeforeContent("protocol_error", UpstreamProtocolError())
         chunks = resp.aiter_raw()
         read: list[bytes] = []
         held_bytes = held_events = 0
@@ -708,9 +720,16 @@ class _Attempts:
                     raise _BeforeContent(_error_outcome(err), err) from None
                 read.append(chunk)
                 try:
-                    events = framer.feed(chunk)
+                    if inflate is None:
+                        events = framer.feed(chunk)
+                    else:
+                        events = [
+                            e for piece in inflated(inflate, chunk) for e in framer.feed(piece)
+                        ]
                 except EventTooLarge:
                     break  # not ours to judge: relayed as it is
+                except zlib.error:
+                    raise _BeforeContent("stream_error", StreamError()) from None
                 verdicts = [classify(upstream_format, ev) for ev in events]
                 if ERROR in verdicts:
                     raise _BeforeContent("stream_error", StreamError())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -698,6 +699,30 @@ def test_a_stream_cut_before_its_first_content_fails_over_whole(
     assert b"primary-model" not in body  # the held-back role chunks never reached the client
     assert b"backup-model" in body and body.rstrip().endswith(b"data: [DONE]")
     assert len(primary.requests) == 2  # the same target once more, then the fallback
+    assert len(secondary.requests) == 1
+
+
+def test_a_compressed_stream_is_read_for_its_content_and_relayed_decoded(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """An upstream that gzips its stream though asked for none: the hold-back finds its first
+    content in what it inflates to (it looked in the gzip bytes, found none, and failed the
+    attempt as a broken stream: 502); one in a coding the router cannot read fails over."""
+    events = [role_chunk(), content_chunk("zipped"), "data: [DONE]\n\n"]
+    pack = zlib.compressobj(wbits=31)
+    chunks = [(0.0, pack.compress(e.encode()) + pack.flush(zlib.Z_SYNC_FLUSH)) for e in events]
+    chunks.append((0.0, pack.flush()))
+    head = [*SSE_HEAD, ("Content-Encoding", "gzip")]
+    primary.reply_with(lambda _r: Reply(headers=head, chunks=chunks))
+    r, body = stream_chat(router)
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+    assert body == "".join(events).encode()
+    assert len(primary.requests) == 1 and not secondary.requests
+    primary.reply_with(
+        lambda _r: Reply(headers=[*SSE_HEAD, ("Content-Encoding", "br")], chunks=[(0.0, b"\x1b")])
+    )
+    r, body = stream_chat(router)
+    assert r.status_code == 200 and b"backup-model" in body
     assert len(secondary.requests) == 1
 
 
