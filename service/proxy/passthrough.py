@@ -55,22 +55,28 @@ async def read_answer(
     `passthrough` and the body is larger than `limit`, a `LargeAnswer` to relay. A gzip or
     deflate body is judged by its decoded size (what the whole answer's reading decodes and
     parses): 15 MiB of gzip can be 40 MiB of JSON."""
-    length = resp.headers.get("content-length")
-    coding = resp.headers.get("content-encoding", "identity").strip().lower()
-    plain = coding in ("", "identity")
-    if (
-        not passthrough
-        or resp.status_code in (204, 304)  # no body, whatever the head says
-        or resp.request.method == "HEAD"
-        or (plain and length is not None and length.isdigit() and int(length) <= limit)
-        or not (plain or coding in _INFLATED)  # not ours to judge: read as before
-    ):
+    if not passthrough:
         data: bytes = await http.read_raw(resp)
         return data
-    size = _Size(None if plain else coding)
-    whole: bytes | None = http.whole_now(resp)  # a chunked answer is usually all here already
+    whole: bytes | None = http.whole_now(resp)  # a JSON answer usually comes with its head
     if whole is not None:
+        # The usual answer, taken at once: JSON text (no coding starts with "{" or "[", so no
+        # header needs reading) within the limit.
+        if len(whole) <= limit and (not whole or whole[:1] in _JSON_STARTS):
+            return whole
+        size = _Size(_inflated_coding(resp))
         return LargeAnswer([whole], _nothing()) if size.add(whole) > limit else whole
+    length = resp.headers.get("content-length")
+    coding = _inflated_coding(resp)
+    if (
+        resp.status_code in (204, 304)  # no body, whatever the head says
+        or resp.request.method == "HEAD"
+        or (coding is None and length is not None and length.isdigit() and int(length) <= limit)
+        or coding == ""  # a coding the router cannot read: not its to judge, read as before
+    ):
+        data = await http.read_raw(resp)
+        return data
+    size = _Size(coding)
     parts: list[bytes] = []
     rest = resp.aiter_raw()
     try:
@@ -83,6 +89,18 @@ async def read_answer(
         raise
     await resp.aclose()
     return b"".join(parts)
+
+
+_JSON_STARTS = (b"{", b"[")
+
+
+def _inflated_coding(resp: httpx.Response) -> str | None:
+    """The answer's content coding when the router inflates it (gzip, deflate); None for no
+    coding; "" for one it cannot read."""
+    coding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    return coding if coding in _INFLATED else ""
 
 
 _INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
@@ -99,7 +117,7 @@ class _Size:
 
     def __init__(self, coding: str | None) -> None:
         self.size = 0
-        self._inflate: Any = zlib.decompressobj(wbits=47) if coding is not None else None
+        self._inflate: Any = zlib.decompressobj(wbits=47) if coding else None
 
     def add(self, chunk: bytes) -> int:
         inflate = self._inflate
