@@ -131,3 +131,39 @@ def parallel_call_chunks(
     items.append(chunk({}, "tool_calls"))
     items.append({"data": "[DONE]"})
     return items
+
+
+# Text and reasoning deltas to put among a stream's chunks: (where, field, text)
+INSERTS = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=40),
+        st.sampled_from(["content", "reasoning_content"]),
+        st.text(alphabet="ab \n", min_size=1, max_size=4),
+    ),
+    max_size=4,
+)
+
+
+def with_text(
+    items: list[dict[str, Any]], inserts: list[tuple[int, str, str]]
+) -> list[dict[str, Any]]:
+    """`items` (of `parallel_call_chunks`) with a chunk of text or reasoning put in before the
+    chunk at each `where` (among those before the finish): what a Chat server may send between
+    a call's name and its arguments (a newline, the model's thinking)."""
+    out = list(items[:-2])
+    for where, field, text in sorted(inserts, key=lambda x: x[0], reverse=True):
+        choice = {"index": 0, "delta": {field: text}, "finish_reason": None}
+        chunk = {"data": {"id": "c", "object": "chat.completion.chunk", "created": 1,
+                          "model": "m", "choices": [choice]}}  # fmt: skip
+        out.insert(where % (len(out) + 1), chunk)
+    return out + items[-2:]
+
+
+def inserted(items: list[dict[str, Any]], field: str) -> str:
+    """The text of `field` in `items`' deltas, joined in order."""
+    return "".join(
+        d.get(field, "")
+        for i in items
+        if isinstance(i.get("data"), dict)
+        for d in [i["data"]["choices"][0]["delta"]]
+    )

@@ -571,6 +571,7 @@ class EventTranslator(StreamTranslator):
     __slots__ = (
         "_call",
         "_finish",
+        "_held",
         "_kind",
         "_open",
         "_started",
@@ -588,6 +589,9 @@ class EventTranslator(StreamTranslator):
         self._call: _ToolCall | None = None  # the open block's call when it is a tool_use
         self._tools: dict[int, _ToolCall] = {}  # by OpenAI tool_call index
         self._waiting: list[_ToolCall] = []  # calls not started yet, in the order they came
+        # Text and thinking that came while a call's arguments were not whole: (block type,
+        # text), written once they are (`_calls_pending`)
+        self._held: list[tuple[str, str]] = []
         self.next_index = 0
         self._finish: str | None = None
         self._usage: Any = None
@@ -667,24 +671,51 @@ class EventTranslator(StreamTranslator):
         delta = choice.get("delta") or {}
         reasoning = reasoning_text(delta)
         if reasoning:
-            index = self._open
-            if index is None or self._kind != "thinking":
-                thinking = {"type": "thinking", "thinking": "", "signature": SIGNATURE}
-                index = self._start_block(thinking, out)
-            self._delta(index, {"type": "thinking_delta", "thinking": reasoning}, out)
+            self._text("thinking", reasoning, out)
         for key in ("content", "refusal"):
             text = delta.get(key)
             if isinstance(text, str) and text:
-                index = self._open
-                if index is None or self._kind != "text":
-                    index = self._start_block({"type": "text", "text": ""}, out)
-                self._delta(index, {"type": "text_delta", "text": text}, out)
-        for call in delta.get("tool_calls") or []:
+                self._text("text", text, out)
+        calls = delta.get("tool_calls") or []
+        for call in calls:
             if isinstance(call, dict):
                 self._tool_delta(call, out)
+        if calls and self._held and not self._calls_pending():
+            self._release(out)
         if choice.get("finish_reason") is not None:
             self._finish = choice["finish_reason"]
             self._close_calls(out)
+
+    def _calls_pending(self) -> bool:
+        """Whether a tool call is not whole yet: the open one's arguments do not add up to
+        JSON, or a call waits to start. Text or thinking then waits too: Chat Completions may
+        send a call's name, then text, then its arguments, and a Messages block cannot take
+        more after another block began."""
+        return bool(self._waiting) or (
+            self._call is not None and not self._call.whole(self._call.args)
+        )
+
+    def _text(self, kind: str, text: str, out: list[bytes]) -> None:
+        """A text or thinking delta: written to its block (`kind`), or held while a tool
+        call is not whole."""
+        if self._held or self._calls_pending():
+            self._held.append((kind, text))
+            return
+        index = self._open
+        if index is None or self._kind != kind:
+            if kind == "thinking":
+                block = {"type": "thinking", "thinking": "", "signature": SIGNATURE}
+            else:
+                block = {"type": "text", "text": ""}
+            index = self._start_block(block, out)
+        field = "thinking" if kind == "thinking" else "text"
+        self._delta(index, {"type": f"{field}_delta", field: text}, out)
+
+    def _release(self, out: list[bytes]) -> None:
+        """The held text and thinking, in the order they came."""
+        held, self._held = self._held, []
+        for kind, text in held:
+            self._text(kind, text, out)
 
     def _tool_delta(self, call: dict[str, Any], out: list[bytes]) -> None:
         fn = call.get("function") or {}
@@ -707,9 +738,9 @@ class EventTranslator(StreamTranslator):
                     tool.block, {"type": "input_json_delta", "partial_json": arguments}, out
                 )
             elif arguments.strip():
-                # After its block stopped: its arguments had added up to a JSON value, or text
-                # came between. Sent as before (the upstream's stream is not one a client can
-                # rebuild either way); whitespace is dropped.
+                # After its block stopped: its arguments had added up to a JSON value (text
+                # that comes before they do waits for them: `_text`). Sent as before (the
+                # upstream's stream is not one a client can rebuild); whitespace is dropped.
                 self._delta(
                     tool.block, {"type": "input_json_delta", "partial_json": arguments}, out
                 )
@@ -735,6 +766,8 @@ class EventTranslator(StreamTranslator):
         while self._waiting:
             self._call = None  # the finish: the open call gets nothing more
             self._start_waiting(out)
+        self._call = None
+        self._release(out)
         self._close(out)
 
     def _end(self) -> list[bytes]:

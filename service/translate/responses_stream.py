@@ -112,6 +112,7 @@ class ResponsesStream(StreamTranslator):
         "_call",
         "_calls",
         "_finish",
+        "_held",
         "_model",
         "_output",
         "_seq",
@@ -139,6 +140,9 @@ class ResponsesStream(StreamTranslator):
         self._calls: dict[int, _Call] = {}
         self._call: _Call | None = None  # the open call
         self._waiting: list[_Call] = []  # named calls not open yet, in the order they came
+        # Text and reasoning that came while a call's arguments were not whole: (part, text),
+        # written once they are (`_calls_pending`)
+        self._held: list[tuple[str, str]] = []
         self._finish: str | None = None
         self._usage: dict[str, Any] | None = None
         # Events made before an upstream event was refused (BadUpstreamEvent): they go out
@@ -233,21 +237,44 @@ class ResponsesStream(StreamTranslator):
         delta = delta if isinstance(delta, dict) else {}
         reasoning = reasoning_text(delta)
         if reasoning:
-            self._text_delta("reasoning_text", reasoning, out)
+            self._text_or_hold("reasoning_text", reasoning, out)
         for key, kind in (("content", "output_text"), ("refusal", "refusal")):
             text = delta.get(key)
             if isinstance(text, str) and text:
-                self._text_delta(kind, text, out)
+                self._text_or_hold(kind, text, out)
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
                 if isinstance(call, dict):
                     self._call_delta(call, out)
+            if self._held and not self._calls_pending():
+                self._release(out)
         finish = choice.get("finish_reason")
         if finish is not None:
             self._close_all(finish if isinstance(finish, str) else "stop", out)
 
     # --- message and reasoning items -------------------------------------------------------
+
+    def _calls_pending(self) -> bool:
+        """Whether a tool call is not whole yet: the open one's arguments do not add up to
+        JSON, or a named call waits to open. Text or reasoning then waits too: Chat Completions
+        may send a call's name, then text, then its arguments, and a closed item takes no
+        more."""
+        return bool(self._waiting) or (
+            self._call is not None and not self._call.whole(self._call.args)
+        )
+
+    def _text_or_hold(self, part: str, text: str, out: list[bytes]) -> None:
+        if self._held or self._calls_pending():
+            self._held.append((part, text))
+        else:
+            self._text_delta(part, text, out)
+
+    def _release(self, out: list[bytes]) -> None:
+        """The held text and reasoning, in the order they came."""
+        held, self._held = self._held, []
+        for part, text in held:
+            self._text_delta(part, text, out)
 
     def _text_delta(self, part: str, delta: str, out: list[bytes]) -> None:
         item_kind, empty, delta_event, _, _ = _PARTS[part]
@@ -425,6 +452,11 @@ class ResponsesStream(StreamTranslator):
             return
         self._call = None
         call.state = "closed"
+        if call.decoder is not None and status == "incomplete":
+            # A custom tool's input cut by the output limit: never reported done (it has no
+            # status to say it is cut, and a client runs what it gets: half a patch or script),
+            # as a cut stream leaves its open item.
+            return
         if call.decoder is None and not any(call.args):
             self._arguments(call, NO_ARGUMENTS, out)  # the deltas add up to what .done says
         arguments = "".join(call.args)
@@ -470,6 +502,9 @@ class ResponsesStream(StreamTranslator):
                 self._open_call(call, out)
                 self._close_call(item_status, out)
         self._waiting.clear()
+        if self._held:  # text that waited for the calls: after them
+            self._release(out)
+            self._close_text(item_status, out)
 
     def _end(self) -> list[bytes]:
         self.done = True

@@ -37,13 +37,16 @@ from service.translate.openai_to_anthropic import adaptive_thinking
 from tests.sse_items import (
     ARGUMENTS,
     CUTS,
+    INSERTS,
     ORDERS,
     first_appearance,
+    inserted,
     parallel_call_chunks,
     parse,
     render,
     strings_among,
     translate_cut,
+    with_text,
 )
 
 CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
@@ -397,14 +400,16 @@ def test_a_stream_event_of_another_shape_is_an_upstream_fault(
 
 
 @settings(max_examples=150, deadline=None)
-@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS)
+@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS, texts=INSERTS)
 def test_parallel_tool_calls_reach_a_messages_client_whole_however_they_interleave(
-    args: list[str], order: list[int], cuts: list[list[int]]
+    args: list[str], order: list[int], cuts: list[list[int]], texts: list[tuple[int, str, str]]
 ) -> None:
-    """Chat servers may interleave the argument fragments of parallel calls; a Messages stream
-    has one open block, and nothing may follow its stop. Each call's block gets exactly its own
-    arguments, in the order the calls began, as the anthropic SDK's accumulator reads them."""
-    items = parallel_call_chunks(args, order, cuts[: len(args)])
+    """Chat servers may interleave the argument fragments of parallel calls, and put text or
+    reasoning between a call's name and its arguments; a Messages stream has one open block,
+    and nothing may follow its stop. Each call's block gets exactly its own arguments, in the
+    order the calls began, and the text and thinking blocks all of theirs, as the anthropic
+    SDK's accumulator reads them."""
+    items = with_text(parallel_call_chunks(args, order, cuts[: len(args)]), texts)
     tr = Translator("anthropic_to_openai", {}, CREATED)
     out = parse(tr.events(render(items)) + tr.finish())
     opened: set[int] = set()
@@ -425,9 +430,16 @@ def test_parallel_tool_calls_reach_a_messages_client_whole_however_they_interlea
         event = STREAM_EVENT.validate_python(data)
         snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)
     assert live is None and snapshot is not None
-    assert [(b.type, b.id, b.input) for b in snapshot.content] == [  # type: ignore[union-attr]
+    calls = [b for b in snapshot.content if b.type == "tool_use"]
+    assert [(b.type, b.id, b.input) for b in calls] == [
         ("tool_use", f"call_{i}", json.loads(args[i])) for i in first_appearance(items)
     ]
+    texts_out = "".join(b.text for b in snapshot.content if b.type == "text")
+    thinking_out = "".join(b.thinking for b in snapshot.content if b.type == "thinking")
+    assert (texts_out, thinking_out) == (
+        inserted(items, "content"),
+        inserted(items, "reasoning_content"),
+    )
 
 
 def test_a_waiting_call_s_name_that_comes_later_is_in_its_block() -> None:

@@ -42,13 +42,16 @@ from service.translate.responses_stream import CUT_MESSAGE, InputDecoder
 from tests.sse_items import (
     ARGUMENTS,
     CUTS,
+    INSERTS,
     ORDERS,
     first_appearance,
+    inserted,
     parallel_call_chunks,
     parse,
     render,
     strings_among,
     translate_cut,
+    with_text,
 )
 
 CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
@@ -215,14 +218,16 @@ def test_streams_translate_the_same_whatever_the_read_boundaries(
 
 
 @settings(max_examples=150, deadline=None)
-@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS)
+@given(args=st.lists(ARGUMENTS, min_size=1, max_size=3), order=ORDERS, cuts=CUTS, texts=INSERTS)
 def test_parallel_function_calls_reach_a_responses_client_whole_however_they_interleave(
-    args: list[str], order: list[int], cuts: list[list[int]]
+    args: list[str], order: list[int], cuts: list[list[int]], texts: list[tuple[int, str, str]]
 ) -> None:
-    """Chat servers may interleave the argument fragments of parallel calls; a Responses stream
-    reports a call done before the next one opens. Each function_call item gets exactly its own
-    arguments, in the order the calls began, as the SDK's stream accumulator builds them."""
-    items = parallel_call_chunks(args, order, cuts[: len(args)])
+    """Chat servers may interleave the argument fragments of parallel calls, and put text or
+    reasoning between a call's name and its arguments; a Responses stream reports a call done
+    before the next item opens. Each function_call item gets exactly its own arguments, in the
+    order the calls began, and the message and reasoning items all their text, as the SDK's
+    stream accumulator builds them."""
+    items = with_text(parallel_call_chunks(args, order, cuts[: len(args)]), texts)
     request = {"model": "m", "input": "x", "stream": True, "tools": []}
     tr = translator("responses_to_openai", {"client_request": request})
     events = sdk_events(b"".join(tr.events(render(items)) + tr.finish()))
@@ -231,16 +236,25 @@ def test_parallel_function_calls_reach_a_responses_client_whole_however_they_int
         state.handle_event(event)
     final = state._completed_response
     assert final is not None and final.status == "completed"
-    assert [(o.type, o.call_id, o.arguments) for o in final.output] == [  # type: ignore[union-attr]
+    calls = [o for o in final.output if o.type == "function_call"]
+    assert [(o.type, o.call_id, o.arguments) for o in calls] == [
         ("function_call", f"call_{i}", args[i]) for i in first_appearance(items)
     ]
+    out: list[Any] = list(final.output)
+    message = "".join(c.text for o in out if o.type == "message" for c in o.content)
+    reasoning = "".join(c.text for o in out if o.type == "reasoning" for c in o.content or [])
+    assert (message, reasoning) == (
+        inserted(items, "content"),
+        inserted(items, "reasoning_content"),
+    )
     items_seen = [
         (e.type[len("response.output_item.") :], e.output_index)
         for e in events
         if e.type.startswith("response.output_item.")
     ]
     # one item open at a time: each added is followed by its own done
-    assert items_seen == [(kind, i) for i in range(len(args)) for kind in ("added", "done")]
+    n = len(final.output)
+    assert items_seen == [(kind, i) for i in range(n) for kind in ("added", "done")]
 
 
 PIECES = ("Hel", "lo")  # the text deltas of every stream_text.json
@@ -613,3 +627,30 @@ def test_an_answer_fed_back_as_input_gives_the_upstream_the_same_turn(
         (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in tool_calls
     ]
     assert got == want
+
+
+def test_a_custom_tool_call_cut_by_the_output_limit_is_never_reported_done() -> None:
+    """A custom tool has no status to say its input was cut: reported done, half a patch (or
+    script) is run by the client. Codex got the raw `{"input": "*** Begin Patch…` even, and ran
+    it. Cut by finish_reason length, it is left open, as a cut stream leaves its items."""
+    request = {"stream": True, "tools": [{"type": "custom", "name": "apply_patch"}]}
+    tr = ResponsesTranslator("openai", request, CREATED)
+    cut = '{"input": "*** Begin Patch\\n*** Add'
+    fn = {"name": "apply_patch", "arguments": cut}
+    call = {"index": 0, "id": "p1", "type": "function", "function": fn}
+    out = tr.events([_chunk({"tool_calls": [call]}), _chunk({}, "length")])
+    out += tr.events([b"data: [DONE]\n\n"]) + tr.finish()
+    kinds = _types(out)
+    assert "response.custom_tool_call_input.delta" in kinds  # it streamed
+    assert "response.custom_tool_call_input.done" not in kinds
+    assert "response.output_item.done" not in kinds
+    (end,) = [
+        i["data"] for i in parse(out) if i.get("data", {}).get("type") == "response.incomplete"
+    ]
+    assert end["response"]["output"] == []
+    # whole, the same call is reported done with its decoded input
+    tr = ResponsesTranslator("openai", request, CREATED)
+    fn["arguments"] = '{"input": "*** Begin Patch\\n*** End Patch"}'
+    out = tr.events([_chunk({"tool_calls": [call]}), _chunk({}, "tool_calls")])
+    done = [i["data"] for i in parse(out) if i["data"]["type"].endswith("input.done")]
+    assert [d["input"] for d in done] == ["*** Begin Patch\n*** End Patch"]
