@@ -202,6 +202,10 @@ class Translation(_Strict):
     # `max_tokens`, which every compatible server takes); OpenAI's reasoning models (gpt-5,
     # o-series) refuse `max_tokens`.
     max_completion_tokens: bool | None = None
+    # The output limit (`max_tokens`) a request translated to a Messages upstream gets when its
+    # client set none (Codex never does): 4,096 by default, which every Claude model takes; the
+    # anthropic profile sets 32,000 (what Claude Code asks for).
+    default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class Timeouts(_Strict):
@@ -233,6 +237,8 @@ class Endpoint(_Strict):
 
 
 DEFAULT_BUFFER_SIZE = 8192
+# translation.defaultMaxTokens when none is set: every Claude model can produce this many tokens
+DEFAULT_MAX_TOKENS = 4096
 DEFAULT_HEARTBEAT_SECS = 30.0
 
 
@@ -259,6 +265,7 @@ class ResolvedEndpoint(BaseModel):
     reasoning_history: bool = False
     reasoning_effort: bool = True
     max_completion_tokens: bool = False
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
     # A token-counting route whose counted route's upstream speaks another format: the router
     # answers from its own estimate (COUNTS_FOR).
     local_estimate: bool = False
@@ -408,6 +415,10 @@ class Profile(_Strict):
                         if t.max_completion_tokens is not None
                     ),
                     False,
+                ),
+                default_max_tokens=next(
+                    (t.default_max_tokens for t in translation if t.default_max_tokens is not None),
+                    DEFAULT_MAX_TOKENS,
                 ),
                 local_estimate=counted is not None
                 and self._format(counted) != CLIENT_FORMAT[counted],

@@ -116,6 +116,7 @@ def translator_for(
         reasoning_history=ep.reasoning_history,
         reasoning_effort=ep.reasoning_effort,
         max_completion_tokens=ep.max_completion_tokens,
+        default_max_tokens=ep.default_max_tokens,
     )
     if route == RESPONSES:
         return ResponsesTranslator(ep.format, payload, int(time.time()), opts)

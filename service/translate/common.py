@@ -31,6 +31,9 @@ class TranslationOptions:
     # The output limit as Chat Completions `max_completion_tokens` instead of `max_tokens`
     # (OpenAI's reasoning models refuse `max_tokens`; other servers may not know the new name).
     max_completion_tokens: bool = False
+    # The Messages `max_tokens` of a request whose client set no output limit (Messages requires
+    # one; Chat Completions and Responses clients often leave it out).
+    default_max_tokens: int = 4096
 
 
 DEFAULT_OPTIONS = TranslationOptions()

@@ -34,9 +34,10 @@ from .common import (
 
 UPSTREAM = "Anthropic Messages"
 
-# Messages requires max_tokens; Chat Completions clients usually leave it out. Every current
-# Claude model can produce at least this many tokens.
-DEFAULT_MAX_TOKENS = 4096
+# Messages requires max_tokens; Chat Completions clients usually leave it out: they get the
+# route's `translation.defaultMaxTokens` (TranslationOptions.default_max_tokens). With thinking,
+# the answer keeps at least this much room beside the budget.
+ANSWER_ROOM = 4096
 
 # Fields that change the answer and have no Messages equivalent, unless they hold the value that
 # means "off" (clients and SDK helpers often send those explicitly).
@@ -113,14 +114,16 @@ def request(
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens") or None
-    out["max_tokens"] = limit if limit is not None else DEFAULT_MAX_TOKENS
+    default = options.default_max_tokens
+    out["max_tokens"] = limit if limit is not None else default
     if thinking is not None:
         # Thinking counts against max_tokens (as reasoning does against OpenAI's limit); a
-        # budget must be below it. Without a limit the answer keeps its default room beside the
-        # thinking; a limit that leaves no room for the budget is raised by the budget.
+        # budget must be below it. Without a limit the answer keeps at least ANSWER_ROOM beside
+        # the thinking (the default limit when that is larger: raising it further could pass
+        # the model's own cap); a limit that leaves no room for the budget is raised by it.
         budget = EFFORT_BUDGET[body["reasoning_effort"]]
         if limit is None:
-            out["max_tokens"] = DEFAULT_MAX_TOKENS + budget
+            out["max_tokens"] = max(default, budget + ANSWER_ROOM)
         elif "budget_tokens" in thinking and isinstance(limit, int) and limit <= budget:
             out["max_tokens"] = limit + budget
     stop = body.get("stop")

@@ -440,7 +440,7 @@ def test_openai_sdk_chat_on_an_anthropic_upstream(
         "model": "claude-sonnet-4-5",
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 4096,
+        "max_tokens": 32000,  # the anthropic profile's translation.defaultMaxTokens
         "stop_sequences": ["END"],
         "metadata": {"user_id": "u-2"},
     }

@@ -531,6 +531,33 @@ def test_shipped_profiles_translate_into_what_their_provider_takes(name: str) ->
         if ep.translation != "none" and ep.format == "openai":
             expected = TRANSLATION_OPTIONS.get(name, (True, False))
             assert (ep.reasoning_effort, ep.max_completion_tokens) == expected, route
+        if ep.translation != "none" and ep.format == "anthropic":
+            # Codex sends no output limit: 4,096 tokens cut every large file it wrote. Claude
+            # Code asks for 32,000, which every Claude 4 model takes.
+            assert ep.default_max_tokens == (32000 if name == "anthropic" else 4096), route
+
+
+def test_default_max_tokens_merges_like_the_other_translation_fields(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        {
+            "name": "x",
+            "baseUrl": "http://up",
+            "translation": {"defaultMaxTokens": 8192},
+            "endpoints": {
+                "/v1/chat/completions": {"format": "anthropic"},
+                "/v1/responses": {"format": "anthropic", "translation": {"strict": True}},
+                "/v1/completions": {"translation": {"defaultMaxTokens": 1000}},
+            },
+        },
+    )
+    eps = load_file(p).endpoints
+    assert eps["/v1/chat/completions"].default_max_tokens == 8192
+    assert eps["/v1/responses"].default_max_tokens == 8192  # another key set: this one kept
+    assert eps["/v1/completions"].default_max_tokens == 1000
+    with pytest.raises(ConfigError, match="defaultMaxTokens"):
+        load_file(_write(tmp_path, {"name": "x", "baseUrl": "http://up",
+                                    "translation": {"defaultMaxTokens": 0}}))  # fmt: skip
 
 
 def test_request_usage_merges_like_the_other_stream_fields(tmp_path: Path) -> None:

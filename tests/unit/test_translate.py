@@ -627,3 +627,27 @@ def test_format_anthropic_only_on_the_chat_routes(tmp_path: Path, route: str) ->
 def test_format_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\$\.endpoints\./v1/messages\.format"):
         load_file(_profile(tmp_path, {"/v1/messages": {"format": "gemini"}}))
+
+
+def test_a_request_without_an_output_limit_gets_the_route_s_default_max_tokens() -> None:
+    """Messages requires max_tokens; Codex (Responses) and many Chat clients send none. The
+    route's `translation.defaultMaxTokens` fills it; with thinking the answer keeps at least
+    4,096 tokens beside the budget, and never more than the default when that is larger (a
+    model's own cap, 32,000 for Opus 4.1, would refuse default + budget)."""
+    body = {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "hi"}]}
+    for default, effort, expected in (
+        (4096, None, 4096),
+        (32000, None, 32000),
+        (4096, "high", 16384 + 4096),  # as before: the budget plus the room
+        (32000, "high", 32000),
+        (32000, "xhigh", 32000),
+        (8192, "high", 16384 + 4096),
+    ):
+        options = TranslationOptions(default_max_tokens=default)
+        payload = dict(body, reasoning_effort=effort) if effort else body
+        out = Translator("openai_to_anthropic", payload, CREATED, options).request()
+        assert out["max_tokens"] == expected, (default, effort)
+    # a client's own limit wins
+    options = TranslationOptions(default_max_tokens=32000)
+    out = Translator("openai_to_anthropic", dict(body, max_tokens=100), CREATED, options).request()
+    assert out["max_tokens"] == 100
