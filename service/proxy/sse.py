@@ -54,7 +54,7 @@ from ..errors import (
 from ..server.stream_write import ChunkWriter, chunk_writer
 from ..state import RequestState
 from ..translate import BadUpstreamEvent, Translator
-from ..translate.common import MALFORMED
+from ..translate.common import MALFORMED, error_event
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
 from .events import (
@@ -138,10 +138,6 @@ def ends_answer(piece: bytes) -> bool:
     lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
     start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
     return piece.startswith(_LAST_EVENTS, start)
-
-
-def error_event(data: bytes) -> bytes:
-    return b"event: error\ndata: " + data + b"\n\n"
 
 
 # The Responses API (a coding agent such as Codex reads events, not comments, to reset its idle
@@ -690,6 +686,8 @@ async def relay_stream(
             except BadUpstreamEvent:
                 await stream.fail(StreamError())
                 return None
+            if translator.broken:  # cut before its finish, or an error event: the client was told
+                state.error_type = StreamError.error_type
         if rest:
             await stream.write(rest)
         await stream.end()

@@ -111,6 +111,12 @@ class Translator(JSONAnswers):
         """The upstream stream ended: whatever closes the client's stream."""
         return list(self._stream_translator().finish())
 
+    @property
+    def broken(self) -> bool:
+        """The upstream's stream failed (cut before its finish, or an error event): the
+        client's stream said so (StreamTranslator.broken)."""
+        return self._stream is not None and bool(self._stream.broken)
+
     def _stream_translator(self) -> Any:
         if self._stream is None:
             if self.to_openai:

@@ -24,6 +24,7 @@ from .common import (
     Untranslatable,
     WholeArguments,
     anthropic_error_type,
+    cut_event,
     effort_for_budget,
     error_message,
     given,
@@ -601,7 +602,7 @@ class EventTranslator(StreamTranslator):
 
     def on_event(self, data: dict[str, Any]) -> list[bytes]:
         if "error" in data:
-            self.done = True
+            self.done = self.broken = True
             status = data["error"].get("code") if isinstance(data["error"], dict) else None
             err = error(status if isinstance(status, int) else 500, orjson.dumps(data))
             return [sse(err, "error")]
@@ -617,8 +618,14 @@ class EventTranslator(StreamTranslator):
 
     def finish(self) -> list[bytes]:
         """The upstream ended: close the message if it finished without `[DONE]` (some servers
-        omit it); a stream cut before any finish_reason ends as cut."""
-        return self._end() if self._finish is not None and not self.done else []
+        omit it); a stream cut before any finish_reason ends with an error event, never as
+        complete (its open block is left open: a half-streamed tool call must not be run)."""
+        if self.done:
+            return []
+        if self._finish is not None:
+            return self._end()
+        self.done = self.broken = True
+        return [cut_event(anthropic=True)]
 
     def _message_start(self, chunk: dict[str, Any]) -> bytes:
         self._started = True

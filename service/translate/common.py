@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import BadRequest
+from ..errors import BadRequest, StreamError, error_body
 from ..proxy.events import DONE as DONE  # re-exported: the translators write it
 from ..proxy.events import event_data
 
@@ -398,10 +398,13 @@ class StreamTranslator:
     client's events for it. Comment events (keep-alives) pass as they are; events without data
     are dropped; data that is not a JSON object raises BadUpstreamEvent."""
 
-    __slots__ = ("done",)
+    __slots__ = ("broken", "done")
 
     def __init__(self) -> None:
         self.done = False  # the client's stream is complete: later upstream events are ignored
+        # the upstream's stream failed: it ended before its finish, or with an error event (the
+        # client was told; the relay records `stream_error`)
+        self.broken = False
 
     def feed(self, event: bytes) -> list[bytes]:
         if self.done:
@@ -431,6 +434,19 @@ class StreamTranslator:
     def finish(self) -> list[bytes]:
         """The upstream ended: whatever closes the client's stream."""
         raise NotImplementedError
+
+
+def error_event(data: bytes) -> bytes:
+    """An SSE `error` event carrying `data` (a JSON error in the client's shape)."""
+    return b"event: error\ndata: " + data + b"\n\n"
+
+
+def cut_event(anthropic: bool) -> bytes:
+    """What ends a client's translated stream whose upstream stream ended before its finish
+    (a Chat client, which needs no [DONE] to think it complete, or a Messages one, which the
+    missing message_stop only leaves hanging): the relay's own `stream_error`, as when the
+    upstream connection breaks."""
+    return error_event(error_body(StreamError(), anthropic))
 
 
 def text_of(blocks: Any, where: str, upstream: str, sep: str = "") -> str:

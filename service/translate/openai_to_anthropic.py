@@ -25,6 +25,7 @@ from .common import (
     StreamTranslator,
     TranslationOptions,
     Untranslatable,
+    cut_event,
     error_message,
     given,
     openai_error_type,
@@ -511,7 +512,7 @@ class EventTranslator(StreamTranslator):
         if kind == "message_stop":
             return self._end()
         if kind == "error":
-            self.done = True
+            self.done = self.broken = True
             err = data.get("error") or {}
             message = err.get("message") if isinstance(err, dict) else None
             body = orjson.dumps({"error": {"message": message, "type": err.get("type")}})
@@ -520,8 +521,14 @@ class EventTranslator(StreamTranslator):
 
     def finish(self) -> list[bytes]:
         """The upstream ended: finish the stream if the message did (without message_stop); a
-        stream cut before its stop reason ends as cut, without `[DONE]`."""
-        return self._end() if self._finished and not self.done else []
+        stream cut before its stop reason ends with an error event, without `[DONE]` (a Chat
+        client takes a stream that just ends as complete)."""
+        if self.done:
+            return []
+        if self._finished:
+            return self._end()
+        self.done = self.broken = True
+        return [cut_event(anthropic=False)]
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

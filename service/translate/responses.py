@@ -227,10 +227,19 @@ class ResponsesTranslator(JSONAnswers):
         stream = self._stream_translator()
         out: list[bytes] = []
         if self.to_anthropic:
-            for event in self._translator().finish():
-                out.extend(stream.feed(event))
+            inner = self._translator()
+            events = inner.finish()
+            if not inner.broken:  # (cut: the Responses stream says so in its own words below)
+                for event in events:
+                    out.extend(stream.feed(event))
         out.extend(stream.finish())
         return out
+
+    @property
+    def broken(self) -> bool:
+        """The upstream's stream failed (cut before its finish, or an error event): the
+        client's stream ended with `response.failed`."""
+        return self._stream is not None and self._stream.broken
 
     def error_data(self, status: int, body: bytes) -> bytes:
         """An upstream error answer after the SSE head, as the data of a Responses `error`

@@ -514,7 +514,7 @@ class ResponsesStream(StreamTranslator):
         return [self._event(kind, {"response": response})]
 
     def _failed(self, error: dict[str, Any]) -> list[bytes]:
-        self.done = True
+        self.done = self.broken = True
         response = self._response("failed", usage=self._usage, error=error)
         return [self._event("response.failed", {"response": response})]
 

@@ -16,7 +16,14 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply, sse
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    anthropic_stream,
+    default_reply,
+    sse,
+)
 from tests.scrape import scrape, value
 from tests.support import RouterFactory, RouterProcess, shipped_profile
 
@@ -482,6 +489,29 @@ def test_openai_sdk_stream_on_an_anthropic_upstream(
     assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.endswith("data: [DONE]\n\n")
     assert '"usage"' not in raw.text
+
+
+def test_a_translated_stream_cut_before_its_end_fails_for_the_client_and_in_the_log(
+    claude: RouterProcess, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """The upstream's stream ends before its stop reason: a Chat client took the stream that
+    just ended as complete (no [DONE] is needed), and the request was logged as healthy.
+    Now the client gets the relay's stream error, and the log and metrics say stream_error."""
+    events = anthropic_stream("claude-sonnet-4-5")
+    cut = [e for e in events if "message_delta" not in e and "message_stop" not in e]
+    chunks = [(0.0, e.encode()) for e in cut]
+    upstream.reply_with(Reply(headers=[("Content-Type", "text/event-stream")], chunks=chunks))
+    with pytest.raises(openai.APIError, match="stream broke"):
+        list(
+            oai.chat.completions.create(
+                model="claude-sonnet-4-5",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                extra_headers={"X-Request-ID": "cut-stream-1"},
+            )
+        )
+    line = claude.wait_for_log(lambda r: r.get("request_id") == "cut-stream-1")
+    assert line["status_code"] == 200 and line["error_type"] == "stream_error"
 
 
 def test_openai_sdk_tool_calls_on_an_anthropic_upstream(

@@ -556,10 +556,20 @@ def test_an_openai_stream_that_ends_without_done_is_closed_after_its_finish_reas
     tr = Translator("anthropic_to_openai", {}, CREATED)
     out = parse(tr.events(render(chunks)) + tr.finish())
     assert [o["event"] for o in out][-2:] == ["message_delta", "message_stop"]
-    # A stream cut before any finish_reason is not made to look complete.
+    assert not tr.broken
+    # A stream cut before any finish_reason is not made to look complete: it ends with the
+    # relay's own stream error (it just stopped: Claude Code said "Connection lost").
     cut = Translator("anthropic_to_openai", {}, CREATED)
     out = parse(cut.events(render(chunks[:1])) + cut.finish())
     assert "message_stop" not in [o["event"] for o in out]
+    assert out[-1]["event"] == "error"
+    assert out[-1]["data"]["error"] == {"type": "api_error", "message": "The upstream stream broke"}
+    assert cut.broken
+    # An error the upstream sent in the stream is the client's error event, and broken too.
+    failed = Translator("anthropic_to_openai", {}, CREATED)
+    bad = {"data": {"error": {"message": "overloaded", "code": 529}}}
+    out = parse(failed.events(render([*chunks[:1], bad])) + failed.finish())
+    assert [o["event"] for o in out].count("error") == 1 and failed.broken
 
 
 def test_an_anthropic_stream_cut_before_its_stop_reason_gets_no_done() -> None:
@@ -567,9 +577,14 @@ def test_an_anthropic_stream_cut_before_its_stop_reason_gets_no_done() -> None:
     tr = Translator("openai_to_anthropic", case["client_request"], CREATED)
     out = parse(tr.events(render(case["in"][:4])) + tr.finish())
     assert {"data": "[DONE]"} not in out
+    # an error event, as when the connection breaks: a Chat client takes a stream that just
+    # ends as complete
+    assert out[-1]["event"] == "error" and out[-1]["data"]["error"]["code"] == "stream_error"
+    assert tr.broken
     whole = Translator("openai_to_anthropic", case["client_request"], CREATED)
     out = parse(whole.events(render(case["in"][:-1])) + whole.finish())  # no message_stop
     assert out[-1] == {"data": "[DONE]"}
+    assert not whole.broken
 
 
 def test_translated_answers_keep_upstream_headers_but_describe_their_own_body() -> None:
