@@ -493,6 +493,9 @@ def build_upstreams(
             exclude={"profile", "credential", "api_key_env"},
             mode="json",
         )
+        for field in ("endpoints", "translation"):  # null: no override (the profile's stays)
+            if field in inline and inline[field] is None:
+                del inline[field]
         if "endpoints" in inline and "endpoints" in base:
             merged = dict(base["endpoints"])
             for route, ep in inline["endpoints"].items():

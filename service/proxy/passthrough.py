@@ -72,7 +72,6 @@ async def read_answer(
         resp.status_code in (204, 304)  # no body, whatever the head says
         or resp.request.method == "HEAD"
         or (coding is None and length is not None and length.isdigit() and int(length) <= limit)
-        or coding == ""  # a coding the router cannot read: not its to judge, read as before
     ):
         data = await http.read_raw(resp)
         return data
@@ -96,7 +95,7 @@ _JSON_STARTS = (b"{", b"[")
 
 def _inflated_coding(resp: httpx.Response) -> str | None:
     """The answer's content coding when the router inflates it (gzip, deflate); None for no
-    coding; "" for one it cannot read."""
+    coding; "" for one it cannot read (such an answer is judged by its size as sent)."""
     coding = resp.headers.get("content-encoding", "identity").strip().lower()
     if coding in ("", "identity"):
         return None

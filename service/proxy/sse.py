@@ -324,6 +324,11 @@ class _Stream:
 
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         self.request.ctx.state.error_type = err.error_type
+        if self.translator is not None and self.translator.broken:
+            # the translated stream ended with its error already (the upstream's error event):
+            # a second one is not news, and no client reads past the first
+            await self.end()
+            return
         if data is None:
             data = responses_error_body(err) if self.responses else error_body(err, self.anthropic)
         await self.write(self.failure(err.status, data))

@@ -116,6 +116,10 @@ def request(
     if limit is None:
         limit = body.get("max_tokens") or None
     default = options.default_max_tokens
+    if not body.get("stream"):
+        # Sent whole, a long answer would pass the upstream read timeout (300 s by default) before
+        # its first byte: a request that is not streamed keeps the 4,096 every Claude takes.
+        default = min(default, ANSWER_ROOM)
     out["max_tokens"] = limit if limit is not None else default
     if thinking is not None:
         # Thinking counts against max_tokens (as reasoning does against OpenAI's limit); a

@@ -447,7 +447,7 @@ def test_openai_sdk_chat_on_an_anthropic_upstream(
         "model": "claude-sonnet-4-5",
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 32000,  # the anthropic profile's translation.defaultMaxTokens
+        "max_tokens": 4096,  # not streamed: the default capped (translation.defaultMaxTokens)
         "stop_sequences": ["END"],
         "metadata": {"user_id": "u-2"},
     }
@@ -512,6 +512,37 @@ def test_a_translated_stream_cut_before_its_end_fails_for_the_client_and_in_the_
         )
     line = claude.wait_for_log(lambda r: r.get("request_id") == "cut-stream-1")
     assert line["status_code"] == 200 and line["error_type"] == "stream_error"
+
+
+def test_a_streamed_request_without_a_limit_gets_the_profile_s_default_max_tokens(
+    claude: RouterProcess, oai: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    list(
+        oai.chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert upstream.last.json()["max_tokens"] == 32000  # the anthropic profile's
+
+
+def test_an_upstream_error_event_then_a_break_is_one_error_for_the_client(
+    qwen: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The upstream reports an error in its stream, then its connection breaks: the client got
+    the error event, and a second one (the break's) after it was noise."""
+    choice = {"index": 0, "delta": {"content": "a"}, "finish_reason": None}
+    first = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+    failed = {"error": {"message": "overloaded", "type": "server_error", "code": 529}}
+    chunks = sse(f"data: {json.dumps(first)}\n\n", f"data: {json.dumps(failed)}\n\n", "x")
+    upstream.reply_with(Reply(headers=SSE_HEADERS, chunks=chunks, action="close_mid"))
+    body = {"model": "gpt-4", "max_tokens": 5, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with httpx.Client(timeout=10) as c:
+        r = c.post(qwen.url + "/v1/messages", json=body, headers={"X-Request-ID": "err-break"})
+    assert r.status_code == 200
+    assert r.text.count("event: error") == 1, r.text
+    line = qwen.wait_for_log(lambda e: e.get("request_id") == "err-break")
+    assert line["error_type"] == "stream_error"
 
 
 def test_openai_sdk_tool_calls_on_an_anthropic_upstream(

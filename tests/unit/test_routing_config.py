@@ -355,6 +355,20 @@ def test_the_multi_provider_example_sends_the_dashscope_key_to_dashscope(
     assert chat.url == "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
 
 
+def test_a_null_translation_or_endpoints_on_an_upstream_is_no_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`"translation": null` on an upstream whose profile has a translation block (the
+    anthropic profile's defaultMaxTokens) crashed the load with a TypeError traceback."""
+    data = {
+        "upstreams": {"a": {"profile": "anthropic", "translation": None, "endpoints": None}},
+        "modelRoutes": [{"match": "m", "targets": [{"upstream": "a"}]}],
+    }
+    cfg = load_file(write(tmp_path, data))
+    assert cfg.routing is not None
+    assert cfg.routing.upstreams["a"].endpoints["/v1/responses"].default_max_tokens == 32000
+
+
 names = st.text(alphabet="abcdefgh-.0123", min_size=1, max_size=8)
 
 

@@ -649,7 +649,11 @@ def test_a_request_without_an_output_limit_gets_the_route_s_default_max_tokens()
     route's `translation.defaultMaxTokens` fills it; with thinking the answer keeps at least
     4,096 tokens beside the budget, and never more than the default when that is larger (a
     model's own cap, 32,000 for Opus 4.1, would refuse default + budget)."""
-    body = {"model": "claude-opus-4-1", "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": "claude-opus-4-1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
     for default, effort, expected in (
         (4096, None, 4096),
         (32000, None, 32000),
@@ -666,3 +670,12 @@ def test_a_request_without_an_output_limit_gets_the_route_s_default_max_tokens()
     options = TranslationOptions(default_max_tokens=32000)
     out = Translator("openai_to_anthropic", dict(body, max_tokens=100), CREATED, options).request()
     assert out["max_tokens"] == 100
+    # not streamed, a long answer would pass the read timeout before its first byte: 4,096
+    whole = dict(body, stream=False)
+    assert (
+        Translator("openai_to_anthropic", whole, CREATED, options).request()["max_tokens"] == 4096
+    )
+    options = TranslationOptions(default_max_tokens=1000)
+    assert (
+        Translator("openai_to_anthropic", whole, CREATED, options).request()["max_tokens"] == 1000
+    )

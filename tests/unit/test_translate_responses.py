@@ -648,6 +648,12 @@ def test_a_custom_tool_call_cut_by_the_output_limit_is_never_reported_done() -> 
         i["data"] for i in parse(out) if i.get("data", {}).get("type") == "response.incomplete"
     ]
     assert end["response"]["output"] == []
+    # whole when the limit came, it is reported done (it is not cut)
+    tr = ResponsesTranslator("openai", request, CREATED)
+    fn["arguments"] = '{"input": "x"}'
+    out = tr.events([_chunk({"tool_calls": [call]}), _chunk({}, "length")])
+    done = [i["data"] for i in parse(out) if i["data"]["type"].endswith("input.done")]
+    assert [d["input"] for d in done] == ["x"]
     # whole, the same call is reported done with its decoded input
     tr = ResponsesTranslator("openai", request, CREATED)
     fn["arguments"] = '{"input": "*** Begin Patch\\n*** End Patch"}'
