@@ -34,6 +34,14 @@ def live(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> s
     return module_router_factory(profile).url
 
 
+@pytest.fixture(autouse=True)
+def _default_upstream(fake_upstream: FakeUpstream) -> None:
+    """The fake answers normally (its default replies): the session's fake may still hold the
+    reply an earlier test of this worker set without resetting it (an event stream, say, which it
+    then sent to a HEAD as a body: the router's 502 was that test's, not this contract's)."""
+    fake_upstream.reset()
+
+
 @schema.parametrize()
 @settings(
     max_examples=25,
