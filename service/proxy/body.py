@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -96,13 +97,37 @@ def accept_encoding(client_value: str | None, streaming: bool) -> str:
     return ", ".join(usable) if usable else "identity"
 
 
+# The content codings the router reads (zlib's: "x-gzip" is gzip, "deflate" zlib-wrapped).
+INFLATED_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+
+
+def content_coding(value: str | None) -> str:
+    """A Content-Encoding value, normalised: "" for none or `identity`."""
+    coding = (value or "").strip().lower()
+    return "" if coding == "identity" else coding
+
+
+def inflater() -> Any:
+    """A decompressor for any of INFLATED_CODINGS (47: gzip or zlib, auto-detected)."""
+    return zlib.decompressobj(wbits=47)
+
+
+def inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
+    """What `chunk` inflates to, in pieces of at most 1 MiB (a small chunk of a repetitive
+    body can be a hundred times larger decoded)."""
+    while chunk:
+        yield inflate.decompress(chunk, 1 << 20)
+        chunk = inflate.unconsumed_tail
+
+
 def decoded(body: bytes, content_encoding: str | None) -> bytes | None:
     """The body as text bytes for inspection, or None when it cannot be decoded."""
-    if not content_encoding or content_encoding.lower() == "identity":
+    coding = content_coding(content_encoding)
+    if not coding:
         return body
-    if content_encoding.lower() in ("gzip", "deflate", "x-gzip"):
+    if coding in INFLATED_CODINGS:
         try:
-            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib, auto-detected
+            return zlib.decompress(body, wbits=47)
         except zlib.error:
             return None
     return None

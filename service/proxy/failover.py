@@ -85,7 +85,15 @@ from ..state import RequestState
 from ..translate import Translator
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
-from .body import dump_json, exact_json, parse_json_object
+from .body import (
+    INFLATED_CODINGS,
+    content_coding,
+    dump_json,
+    exact_json,
+    inflated,
+    inflater,
+    parse_json_object,
+)
 from .events import EventFramer, EventTooLarge, ask_for_usage
 from .holdback import CONTENT, ERROR, MAX_HELD_BYTES, MAX_HELD_EVENTS, classify
 from .multipart import boundary_of, rewrite_body
@@ -96,8 +104,8 @@ from .outgoing import (
     outgoing_headers,
     translator_for,
 )
-from .passthrough import LargeAnswer, inflated, read_answer, relay_large_answer
-from .sse import DECODED_STREAM_CODINGS, relay_stream, relay_unasked_stream, unasked_stream
+from .passthrough import LargeAnswer, read_answer, relay_large_answer
+from .sse import relay_stream, relay_unasked_stream, unasked_stream
 from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -687,13 +695,13 @@ class _Attempts:
     async def _until_content(self, resp: httpx.Response, upstream_format: str) -> httpx.Response:
         framer = EventFramer()
         # A stream the upstream compressed though asked for none: its events are looked for in
-        # what it inflates to (the relay decodes it the same way: sse.DECODED_STREAM_CODINGS);
-        # one in any other coding cannot be read as events, and the next target is tried.
-        coding = resp.headers.get("content-encoding", "identity").strip().lower()
+        # what it inflates to (the relay decodes it the same way: body.INFLATED_CODINGS); one in
+        # any other coding cannot be read as events, and the next target is tried.
+        coding = content_coding(resp.headers.get("content-encoding"))
         inflate = None
-        if coding in DECODED_STREAM_CODINGS:
-            inflate = zlib.decompressobj(wbits=47)  # gzip or zlib, auto-detected
-        elif coding not in ("", "identity"):
+        if coding in INFLATED_CODINGS:
+            inflate = inflater()
+        elif coding:
             await resp.aclose()
             raise _BeforeContent("protocol_error", UpstreamProtocolError())
         chunks = resp.aiter_raw()

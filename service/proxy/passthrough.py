@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from sanic.compat import Header
 
 from ..context import RouterRequest
 from ..state import RequestState
+from .body import INFLATED_CODINGS, content_coding, inflated, inflater
 from .outgoing import answer_headers, early_head
 
 WHOLE_ANSWER_MAX_BYTES = 16 * 1024 * 1024
@@ -96,13 +97,10 @@ _JSON_STARTS = (b"{", b"[")
 def _inflated_coding(resp: httpx.Response) -> str | None:
     """The answer's content coding when the router inflates it (gzip, deflate); None for no
     coding; "" for one it cannot read (such an answer is judged by its size as sent)."""
-    coding = resp.headers.get("content-encoding", "identity").strip().lower()
-    if coding in ("", "identity"):
+    coding = content_coding(resp.headers.get("content-encoding"))
+    if not coding:
         return None
-    return coding if coding in _INFLATED else ""
-
-
-_INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
+    return coding if coding in INFLATED_CODINGS else ""
 
 
 async def _nothing() -> AsyncIterator[bytes]:
@@ -116,7 +114,7 @@ class _Size:
 
     def __init__(self, coding: str | None) -> None:
         self.size = 0
-        self._inflate: Any = zlib.decompressobj(wbits=47) if coding else None
+        self._inflate: Any = inflater() if coding else None
 
     def add(self, chunk: bytes) -> int:
         inflate = self._inflate
@@ -132,26 +130,14 @@ class _Size:
         return self.size
 
 
-def inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
-    """What `chunk` inflates to, in pieces of at most 1 MiB (a small chunk of a repetitive
-    body can be a hundred times larger decoded)."""
-    while chunk:
-        yield inflate.decompress(chunk, 1 << 20)
-        chunk = inflate.unconsumed_tail
-
-
 class UsageTail:
     """The last `USAGE_TAIL_BYTES` of an answer's text (decoded from gzip / deflate on the way),
     and the usage object found in them."""
 
     def __init__(self, coding: str | None) -> None:
-        coding = (coding or "identity").strip().lower()
-        self._inflate: Any = None
-        self._readable = True
-        if coding in ("gzip", "x-gzip", "deflate"):
-            self._inflate = zlib.decompressobj(wbits=47)  # gzip or zlib, auto-detected
-        elif coding not in ("", "identity"):
-            self._readable = False
+        coding = content_coding(coding)
+        self._inflate: Any = inflater() if coding in INFLATED_CODINGS else None
+        self._readable = not coding or self._inflate is not None
         self._tail = b""
 
     def feed(self, chunk: bytes) -> None:

@@ -57,6 +57,7 @@ from ..translate import BadUpstreamEvent, Translator
 from ..translate.common import MALFORMED, error_event
 from ..translate.responses import ResponsesTranslator
 from . import headers as h
+from .body import INFLATED_CODINGS, content_coding
 from .events import (
     HEARTBEAT,
     EventFramer,
@@ -606,9 +607,9 @@ async def relay_stream(
         # The router asked for no content coding; an upstream (or a proxy before it) may
         # compress the stream anyway. gzip and deflate are decoded on the way (httpx's decoders,
         # the fast paths left aside); any other coding cannot be read as events.
-        coding = resp.headers.get("content-encoding", "identity").strip().lower()
-        encoded = coding not in ("", "identity")
-        if encoded and coding not in DECODED_STREAM_CODINGS:
+        coding = content_coding(resp.headers.get("content-encoding"))
+        encoded = bool(coding)
+        if encoded and coding not in INFLATED_CODINGS:
             await resp.aclose()
             if stream.out is None:
                 raise UpstreamProtocolError()
@@ -718,8 +719,6 @@ async def relay_stream(
 
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
-# Content codings of an event stream the relay decodes (httpx's own decoders; "x-gzip" is gzip).
-DECODED_STREAM_CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 
 
 def unasked_stream(resp: httpx.Response) -> bool:
@@ -731,7 +730,7 @@ def unasked_stream(resp: httpx.Response) -> bool:
         and headers.get("content-type", "").lower().startswith("text/event-stream")
         # compressed (a request not asking for a stream may offer gzip): relayed whole, as
         # before, with its Content-Encoding; the event framer reads plain text only
-        and headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+        and not content_coding(headers.get("content-encoding"))
     )
 
 
