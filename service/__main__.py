@@ -242,9 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     from sanic.worker.loader import AppLoader
 
     from .app import create_app
-    from .server import manager
+    from .server import lifeline, manager
     from .server.protocol import GuardedHttpProtocol
 
+    lifeline.mark_primary()  # the children end with this process (service.server.lifeline)
     loader = AppLoader(factory=partial(create_app, settings))
     app = loader.load()
     app.prepare(

@@ -31,7 +31,7 @@ from .ratelimit.backends import REDIS_SCHEMES
 from .ratelimit.shared import TABLE_ENV as SHARED_TABLE_ENV
 from .ratelimit.tokens import TOKEN_TABLE_ENV, TokenLimiter, create_token_store
 from .routes import ops_bp, proxy_bp
-from .server import response_head, shutdown
+from .server import lifeline, response_head, shutdown
 from .server.dispatch import app_class
 from .settings import Settings
 
@@ -39,6 +39,7 @@ APP_NAME = "api_router"
 
 
 def create_app(settings: Settings) -> Sanic[Config, AppContext]:
+    lifeline.bind_to_primary()  # in a worker: it ends with the main process (SIGTERM)
     fast = settings.fast_paths  # API_ROUTER_FAST_PATHS, each applied where its module says
     configure_logging(settings.log_format, settings.log_level, fast=fast.logging)
     redact(settings.default_api_key)

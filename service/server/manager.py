@@ -25,14 +25,21 @@ upgrade of Sanic that renames them makes `patch()` fail loudly (AttributeError) 
 spin; one that fixes the loop makes it unnecessary.
 tests/integration/test_shutdown.py (`test_sigterm_while_workers_start_ends_the_process`) stops a
 router while its workers start. Always on.
+
+The worker-state manager (multiprocessing's `SyncManager`, which Sanic starts with no
+initializer) gets `service.server.lifeline.bind_to_primary` as its initializer, so that it ends
+with the main process as the workers do (`SyncManager.start`, replaced in the same process).
 """
 
 from __future__ import annotations
 
 import time
+from multiprocessing.managers import SyncManager
 from typing import Any
 
 import structlog
+
+from . import lifeline
 
 log = structlog.get_logger("api_router")
 RESPAWN_FIRST_SECS = 1.0  # the wait before a worker that died is started again
@@ -91,9 +98,21 @@ def patch() -> None:
         shutdown_signal(self, signal, frame)
 
     _all_workers_ack._api_router_patched = True  # type: ignore[attr-defined]
+    bind_state_manager()
     WorkerManager._all_workers_ack = _all_workers_ack  # type: ignore[method-assign]
     WorkerManager._sync_states = _sync_states  # type: ignore[method-assign]
     WorkerManager.shutdown_signal = _shutdown_signal  # type: ignore[method-assign]
+
+
+def bind_state_manager() -> None:
+    """Sanic's worker-state manager (multiprocessing's `Manager()`, started without an
+    initializer) binds itself to the main process (service.server.lifeline) as it starts."""
+    start = SyncManager.start
+
+    def _start(self: SyncManager, initializer: Any = None, initargs: Any = ()) -> None:
+        start(self, lifeline.bind_to_primary if initializer is None else initializer, initargs)
+
+    SyncManager.start = _start  # type: ignore[method-assign,assignment]
 
 
 def respawn_dead(self: Any, now: float | None = None) -> None:

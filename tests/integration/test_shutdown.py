@@ -271,7 +271,7 @@ def test_sighup_is_logged_and_changes_nothing(
         hangups = [e for e in router.logs() if e.get("event") == "sighup_ignored"]
         assert len(hangups) == 2
         assert router.stop() == 0
-    finally:  # a main process that died leaves its workers behind: stop them too
+    finally:  # should the main process die, its workers must not outlive the test
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -309,3 +309,47 @@ def test_sigint_stops_the_router_like_sigterm(
     assert httpx.get(router.url + "/health").status_code == 200
     router.proc.send_signal(signal.SIGINT)
     assert router.proc.wait(20) == 0, router.output()[-3000:]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a child of init is reaped by it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_children_end_with_a_main_process_that_was_killed(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """`kill -9` of the main process (the OOM killer's choice, a crash): its workers and Sanic's
+    worker-state manager went on serving on the port, orphaned, with nobody to stop them (a new
+    router on that port failed with "address in use"). The kernel now sends each SIGTERM
+    (service.server.lifeline): a stream in flight drains whole, then every child exits and the
+    port refuses connections."""
+    fake.reply_with(slow_stream(8, 0.3))
+    router = router_factory(profile(fake), workers=2)
+    assert router.proc is not None
+    children = _children(router.proc.pid)
+    workers = worker_pids(router)
+    assert len(workers) == 2 and set(workers) < set(children)  # the state manager besides
+    stream = StreamReader(router.url)
+    stream.start()
+    try:
+        assert stream.first.wait(10) and stream.error is None, stream.error
+        router.proc.kill()
+        router.proc.wait(10)
+        stream.join(20)
+        assert stream.error is None, stream.error
+        assert stream.lines[-1] == "[DONE]"
+        assert stream.content() == "".join(f"p{i} " for i in range(8))
+        wait_until(lambda: not any(_alive(pid) for pid in children), 20, "every child to end")
+        assert refuses_connections(router.port)
+    finally:  # without the fix they would outlive the test
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
