@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, default_reply
 from tests.support import RouterFactory, RouterProcess
 
 # One marker per system service a test needs beyond the venv. `make test` installs them all
@@ -50,9 +50,23 @@ def fake_upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture
 def upstream(fake_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The session's fake upstream for a test that scripts its replies: reset before and after
+    (a reply left set is sent to the next test of the same xdist worker)."""
     fake_upstream.reset()
     yield fake_upstream
     fake_upstream.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fake_upstream_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that scripts a reply on the session's fake takes `upstream`, which resets it; one
+    that took `fake_upstream` and left a reply set fails here, not a later test it poisoned."""
+    yield
+    if "fake_upstream" in request.fixturenames and "upstream" not in request.fixturenames:
+        fake: FakeUpstream = request.getfixturevalue("fake_upstream")
+        if fake.handler is not default_reply:
+            fake.reset()
+            pytest.fail("the session's fake upstream was left with a reply set: take `upstream`")
 
 
 def base_profile(url: str, **extra: Any) -> dict[str, Any]:

@@ -289,15 +289,15 @@ def _transcript_events() -> list[bytes]:
 
 
 def test_a_streamed_transcription_is_relayed_as_it_comes_with_its_usage(
-    fake_upstream: FakeUpstream, router_factory: RouterFactory
+    upstream: FakeUpstream, router_factory: RouterFactory
 ) -> None:
     """`stream=true` is a form field here, not JSON: the answer was read whole before the
     client got a byte (no heartbeat, a Content-Length), its usage never read and the token
     reservation kept. It is a stream from its head now, as the SDK's `stream=True` expects."""
-    profile = base_profile(fake_upstream.url, tokenLimit={"tokensPerMinute": 100_000})
+    profile = base_profile(upstream.url, tokenLimit={"tokensPerMinute": 100_000})
     router = router_factory(profile, name="transcribe-stream")
     events = _transcript_events()
-    fake_upstream.reply_with(
+    upstream.reply_with(
         Reply(
             headers=[("Content-Type", "text/event-stream")],
             chunks=[(0.0, events[0]), (1.0, events[1]), (0.0, events[2])],
@@ -320,7 +320,7 @@ def test_a_streamed_transcription_is_relayed_as_it_comes_with_its_usage(
         "transcript.text.done",
     ]
     assert seen[1][0] - seen[0][0] > 0.5  # the first delta came before the upstream's second
-    assert b'name="stream"' in fake_upstream.last.body  # the form field went upstream as it was
+    assert b'name="stream"' in upstream.last.body  # the form field went upstream as it was
     line = router.wait_for_log(
         lambda r: r.get("event") == "request_completed" and r["route"] == "/v1/audio/transcriptions"
     )

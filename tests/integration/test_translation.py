@@ -781,13 +781,13 @@ def test_each_sdk_streams_tool_use_from_an_upstream_of_its_own_format(
 
 
 def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_crash(
-    claude: RouterProcess, fake_upstream: FakeUpstream
+    claude: RouterProcess, upstream: FakeUpstream
 ) -> None:
     """JSON of another shape than the upstream's format promises (here Anthropic's `content`
     a number, a content block a number): 502 `upstream_json_error` for a whole answer, an error
     event ending a stream. Before, the translator's AttributeError became a 500 (a whole
     answer) or killed the relay with a traceback (a stream cut without an error event)."""
-    fake_upstream.reply_with(_json({"id": "m", "type": "message", "content": 5}))
+    upstream.reply_with(_json({"id": "m", "type": "message", "content": 5}))
     r = httpx.post(
         claude.url + "/v1/chat/completions",
         json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]},
@@ -795,7 +795,7 @@ def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_cras
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_json_error"
     start = {"type": "message_start", "message": {"id": "m", "model": "m", "usage": {}}}
     bad = {"type": "content_block_start", "index": 0, "content_block": 5}
-    fake_upstream.reply_with(
+    upstream.reply_with(
         Reply(
             headers=[("Content-Type", "text/event-stream")],
             chunks=[(0.0, _event(start).encode()), (0.1, _event(bad).encode())],
