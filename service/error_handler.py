@@ -21,6 +21,7 @@ from .errors import (
     RequestTimeout,
     RouterError,
     ServiceUnavailable,
+    WebSocketNotSupported,
     error_body,
 )
 from .observability.lifecycle import access_log
@@ -57,8 +58,18 @@ def to_router_error(exc: BaseException) -> RouterError:
     return RouterError()
 
 
+def websocket_handshake(request: Request) -> bool:
+    """Whether the request asks to become a WebSocket (RFC 6455: `Upgrade: websocket`)."""
+    upgrade = request.headers.get("upgrade")
+    return upgrade is not None and any(
+        token.strip().lower() == "websocket" for token in upgrade.split(",")
+    )
+
+
 def error_response(request: Request, exc: BaseException) -> HTTPResponse:
     err = to_router_error(exc)
+    if err.__class__ is MethodNotAllowed and websocket_handshake(request):
+        err = WebSocketNotSupported(headers={**err.headers, "Upgrade": "HTTP/1.1"})
     state = getattr(request.ctx, "state", None)
     if state is not None and err.error_type is not None:
         state.error_type = err.error_type

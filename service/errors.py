@@ -8,6 +8,7 @@
     │   ├── NotFound                 404 (RouteNotAvailable: disabled by the profile;
     │   │                            ModelNotFound, UnknownModel: model_not_found)
     │   ├── MethodNotAllowed         405 (with Allow)
+    │   │   └── WebSocketNotSupported 426 a WebSocket handshake on a route served over HTTP
     │   ├── RequestTimeout           408 head or body not received in time (service.connlimits)
     │   ├── PayloadTooLarge          413 request_too_large
     │   ├── ExpectationFailed        417 an `Expect` other than 100-continue
@@ -144,6 +145,17 @@ class MethodNotAllowed(ClientError):
     anthropic_type = "invalid_request_error"
     code = "method_not_allowed"
     message = "Method not allowed on this route"
+
+
+class WebSocketNotSupported(MethodNotAllowed):
+    """A WebSocket handshake (`GET` with `Upgrade: websocket`) on a route the router serves only
+    over HTTP. Codex's built-in `openai` provider first tries `/v1/responses` that way: it takes
+    426 as "use HTTP" at once, where it tried a 405 seven times. The answer names HTTP/1.1 as
+    the protocol to use (`Upgrade`) and keeps the 405's `Allow`."""
+
+    status = 426
+    code = "websocket_not_supported"
+    message = "This route is served over HTTP only, not over a WebSocket"
 
 
 class RequestTimeout(ClientError):

@@ -196,8 +196,16 @@ class Translation(_Strict):
     # DeepSeek, vLLM); else earlier thinking blocks are dropped.
     reasoning_history: bool | None = None
     # Map the client's reasoning request to Chat Completions `reasoning_effort` (default true);
-    # false for an upstream model that refuses the field.
-    reasoning_effort: bool | None = None
+    # false for an upstream model that refuses the field; a list: only for the upstream models
+    # it names (exact names, or prefixes ending in `*`, as a routing file's `match`).
+    reasoning_effort: (
+        bool
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^*]*\*?$")]],
+            Field(max_length=256),
+        ]
+        | None
+    ) = None
     # Send the output limit as Chat Completions `max_completion_tokens` (default false:
     # `max_tokens`, which every compatible server takes); OpenAI's reasoning models (gpt-5,
     # o-series) refuse `max_tokens`.
@@ -263,7 +271,8 @@ class ResolvedEndpoint(BaseModel):
     request_usage: bool = True
     translation_strict: bool = False
     reasoning_history: bool = False
-    reasoning_effort: bool = True
+    # True / False, or the upstream model names (and `prefix*` patterns) that take it
+    reasoning_effort: bool | tuple[str, ...] = True
     max_completion_tokens: bool = False
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     # A token-counting route whose counted route's upstream speaks another format: the router
@@ -405,7 +414,13 @@ class Profile(_Strict):
                     False,
                 ),
                 reasoning_effort=next(
-                    (t.reasoning_effort for t in translation if t.reasoning_effort is not None),
+                    (
+                        t.reasoning_effort
+                        if isinstance(t.reasoning_effort, bool)
+                        else tuple(t.reasoning_effort)
+                        for t in translation
+                        if t.reasoning_effort is not None
+                    ),
                     True,
                 ),
                 max_completion_tokens=next(

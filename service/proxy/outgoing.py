@@ -27,7 +27,7 @@ from ..context import RouterRequest
 from ..errors import UpstreamJSONError
 from ..state import RequestState
 from ..translate import TranslationOptions, Translator
-from ..translate.common import MALFORMED
+from ..translate.common import MALFORMED, takes_effort
 from ..translate.responses import ResponsesTranslator
 from . import estimate
 from . import headers as h
@@ -114,7 +114,7 @@ def translator_for(
     opts = TranslationOptions(
         strict=ep.translation_strict,
         reasoning_history=ep.reasoning_history,
-        reasoning_effort=ep.reasoning_effort,
+        reasoning_effort=takes_effort(ep.reasoning_effort, payload.get("model")),
         max_completion_tokens=ep.max_completion_tokens,
         default_max_tokens=ep.default_max_tokens,
     )

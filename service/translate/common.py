@@ -39,6 +39,16 @@ class TranslationOptions:
 DEFAULT_OPTIONS = TranslationOptions()
 
 
+def takes_effort(setting: bool | tuple[str, ...], model: Any) -> bool:
+    """Whether `reasoning_effort` goes to the upstream model `model` under the `reasoningEffort`
+    setting: a bool, or the model names and `prefix*` patterns that take it."""
+    if isinstance(setting, bool):
+        return setting
+    if not isinstance(model, str):
+        return False
+    return any(model.startswith(p[:-1]) if p.endswith("*") else model == p for p in setting)
+
+
 def output_limit_field(options: TranslationOptions) -> str:
     """The Chat Completions field a translated request's output limit goes in."""
     return "max_completion_tokens" if options.max_completion_tokens else "max_tokens"

@@ -61,6 +61,9 @@ class Cell:
     profile: str  # a shipped profile
     model: str  # the model name the client is told to use
     tool: str  # the client's file-writing tool that the fake upstream must find and call
+    # Codex: its built-in `openai` provider pointed at the router (`openai_base_url`) instead of
+    # a provider of its own; that one opens /v1/responses as a WebSocket first
+    builtin: bool = False
 
     @property
     def upstream_path(self) -> str:
@@ -78,6 +81,10 @@ CELLS = [
     pytest.param(Cell("codex", "openai", "gpt-5.5", "apply_patch"), id="codex-on-openai"),
     pytest.param(Cell("codex", "qwen", "gpt-5.5", "apply_patch"), id="codex-on-qwen"),
     pytest.param(Cell("codex", "anthropic", "gpt-5.5", "apply_patch"), id="codex-on-anthropic"),
+    pytest.param(
+        Cell("codex", "qwen", "gpt-5.5", "apply_patch", builtin=True),
+        id="codex-builtin-provider-on-qwen",
+    ),
     # Qwen Code: native Chat Completions, and Chat translated to Messages.
     pytest.param(Cell("qwen", "qwen", "qwen3-coder-plus", "write_file"), id="qwen-code-on-qwen"),
     pytest.param(
@@ -168,6 +175,13 @@ def command(
             # a refused turn fails the cell at once instead of after minutes of backoff
             "CLAUDE_CODE_MAX_RETRIES": "0",
         }
+    if cell.client == "codex" and cell.builtin:
+        config = home / ".codex" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(f'model = "{cell.model}"\nopenai_base_url = "{router.url}/v1"\n')
+        argv = [str(bin_dir / "codex"), "exec", "--skip-git-repo-check"]
+        argv += ["--dangerously-bypass-approvals-and-sandbox", prompt]
+        return argv, {"OPENAI_API_KEY": API_KEY, "CODEX_API_KEY": API_KEY}
     if cell.client == "codex":
         config = home / ".codex" / "config.toml"
         config.parent.mkdir(parents=True)
@@ -276,3 +290,11 @@ def test_agent_writes_a_file_through_the_router(
     assert {t.path for t in script.turns} == {cell.upstream_path}, why
     assert conversation[0].tool == cell.tool, why
     assert all(t.model == PROVIDER_MODEL[cell.profile] for t in script.turns), why
+    if cell.builtin:
+        # One WebSocket handshake, answered 426 ("use HTTP"); a 405 was retried for seconds.
+        handshakes = [
+            r["status_code"]
+            for r in agent_router.access_logs()
+            if r["method"] == "GET" and r["route"] == "/v1/responses"
+        ]
+        assert handshakes == [426], why

@@ -166,6 +166,27 @@ def test_405_on_the_messages_route_is_anthropic_shaped(app: InProcess) -> None:
     assert r.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize("upgrade", ["websocket", "WebSocket", "foo, websocket"])
+def test_a_websocket_handshake_on_an_http_route_is_426(app: InProcess, upgrade: str) -> None:
+    """Codex's built-in `openai` provider first opens `/v1/responses` as a WebSocket; it took
+    the 405 for a failure to retry (seven handshakes) and takes 426 as "use HTTP" at once. The
+    answer keeps the 405's `Allow` and names HTTP/1.1 (RFC 9110: a 426 says which protocol to
+    use)."""
+    handshake = {
+        "Upgrade": upgrade,
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    r = app.request("GET", "/v1/responses", headers=handshake)
+    err = _openai_error(r, 426, "websocket_not_supported")
+    assert err["type"] == "invalid_request_error"
+    assert (r.headers["allow"], r.headers["upgrade"]) == ("POST", "HTTP/1.1")
+    # the same GET without the handshake, or a handshake on an unknown path: as before
+    assert app.get("/v1/responses").status_code == 405
+    assert app.request("GET", "/v1/realtime", headers=handshake).status_code == 404
+
+
 # -- invalid JSON: 400 before any upstream call ---------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.scrape import scrape, value
-from tests.support import RouterFactory, RouterProcess
+from tests.support import RouterFactory, RouterProcess, shipped_profile
 
 MESSAGES = "/v1/messages"
 CHAT = "/v1/chat/completions"
@@ -140,3 +140,36 @@ def test_strict_translation_restores_the_refusals(
     assert "has no equivalent" in err["error"]["message"]
     assert ok.status_code == 200, ok.text
     assert len(upstream.requests) == 1  # the refused request never reached the upstream
+
+
+def test_the_openai_profile_sends_an_effort_only_to_openai_s_reasoning_models(
+    upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Claude Code asks for thinking on its requests; OpenAI's gpt-4o and gpt-4.1 (the shipped
+    profile's models) answer 400 to `reasoning_effort`, so Claude Code mapped to gpt-4.1 failed on
+    every turn. The shipped profile's `reasoningEffort` names the reasoning models: others get
+    no effort (dropped and counted as `thinking`), a gpt-5 model still gets it. The name judged
+    is the one sent upstream, after `modelMapping`."""
+    profile = shipped_profile("openai", upstream.url)
+    profile["modelMapping"] = {"claude-sonnet-4-5": "gpt-4.1", "claude-opus-4-5": "gpt-5.5"}
+    router = router_factory(profile, name="openai-effort")
+    sent: dict[str, dict[str, object]] = {}
+    for client_model in ("claude-sonnet-4-5", "claude-opus-4-5", "o3-mini"):
+        before = value(scrape(router.url), "translation_dropped_fields_total", field="thinking")
+        r = httpx.post(
+            router.url + MESSAGES,
+            json={**CLAUDE_CODE, "model": client_model},
+            headers=CLAUDE_HEADERS,
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        body = json.loads(upstream.last.body)
+        sent[body["model"]] = body
+        dropped = value(scrape(router.url), "translation_dropped_fields_total", field="thinking")
+        assert dropped - before == (1 if body["model"] == "gpt-4.1" else 0), client_model
+    assert set(sent) == {"gpt-4.1", "gpt-5.5", "o3-mini"}
+    assert "reasoning_effort" not in sent["gpt-4.1"]
+    assert sent["gpt-5.5"]["reasoning_effort"] == "medium"  # budget 10,000
+    assert sent["o3-mini"]["reasoning_effort"] == "medium"
+    for body in sent.values():
+        assert body["max_completion_tokens"] == 32000 and "max_tokens" not in body

@@ -11,6 +11,7 @@ from service.config import ConfigError, available_profiles, find_profile, load_f
 from service.config.loader import SHIPPED_DIR, LoadedConfig
 from service.config.model import PROXY_ROUTES
 from service.proxy.headers import credential_header
+from service.translate.common import takes_effort
 
 SHIPPED = [
     "anthropic",
@@ -511,16 +512,24 @@ def test_every_route_of_every_shipped_profile(name: str) -> None:
 
 
 # What each shipped profile's translated routes may send, by what the provider takes: OpenAI's
-# reasoning models refuse `max_tokens` (openai: max_completion_tokens); Ollama refuses
+# reasoning models refuse `max_tokens` (openai: max_completion_tokens) and its other models
+# (gpt-4o, gpt-4.1: the shipped list) refuse `reasoning_effort`; Ollama refuses
 # `reasoning_effort` for a model that cannot think (llama3.2, qwen2.5-coder, qwen3-coder:480b of
-# the shipped lists; ollama-cloud's gpt-oss models think, and lose the client's effort: see
-# docs/translation.md), and Cohere's compatibility API takes only `none` / `high` (and its
-# shipped model does not reason): those profiles send none.
+# the shipped lists) and takes it from the gpt-oss models, which think; Cohere's compatibility
+# API takes only `none` / `high` (and its shipped model does not reason): it sends none.
+OPENAI_REASONING = ("o1", "o1-2*", "o1-pro*", "o3*", "o4*", "gpt-5*")
 TRANSLATION_OPTIONS = {
-    "openai": (True, True),  # (reasoning_effort, max_completion_tokens)
+    "openai": (OPENAI_REASONING, True),  # (reasoning_effort, max_completion_tokens)
     "cohere": (False, False),
-    "ollama-cloud": (False, False),
-    "ollama-local": (False, False),
+    "ollama-cloud": (("gpt-oss*",), False),
+    "ollama-local": (("gpt-oss*",), False),
+}
+# Which of the shipped profiles' own models get the client's effort.
+TAKES_EFFORT = {
+    "openai": {"gpt-5.5": True, "gpt-5-mini": True, "o3": True, "o4-mini": True, "o1": True}
+    | {"o1-mini": False, "gpt-4o": False, "gpt-4o-mini": False, "gpt-4.1": False},
+    "ollama-cloud": {"gpt-oss:120b": True, "gpt-oss:20b": True, "qwen3-coder:480b": False},
+    "ollama-local": {"llama3.2": False, "qwen2.5-coder": False, "gpt-oss:20b": True},
 }
 
 
@@ -531,6 +540,8 @@ def test_shipped_profiles_translate_into_what_their_provider_takes(name: str) ->
         if ep.translation != "none" and ep.format == "openai":
             expected = TRANSLATION_OPTIONS.get(name, (True, False))
             assert (ep.reasoning_effort, ep.max_completion_tokens) == expected, route
+            for model, takes in TAKES_EFFORT.get(name, {}).items():
+                assert takes_effort(ep.reasoning_effort, model) is takes, (route, model)
         if ep.translation != "none" and ep.format == "anthropic":
             # Codex sends no output limit: 4,096 tokens cut every large file it wrote. Claude
             # Code asks for 32,000, which every Claude 4 model takes.
@@ -613,6 +624,43 @@ def test_translation_options_merge_endpoint_over_profile(tmp_path: Path) -> None
         load_file(find_profile("anthropic")).endpoints["/v1/messages/count_tokens"].local_estimate
         is False
     )
+
+
+def test_reasoning_effort_may_name_the_models_that_take_it(tmp_path: Path) -> None:
+    """A list: the upstream model names and `prefix*` patterns that get the client's effort (an
+    endpoint's list replaces the profile's); a `*` anywhere but at the end is refused."""
+    p = _write(
+        tmp_path,
+        {
+            "name": "x",
+            "baseUrl": "http://h",
+            "translation": {"reasoningEffort": ["o3*", "gpt-5"]},
+            "endpoints": {
+                "/v1/messages": {"format": "openai"},
+                "/v1/responses": {"format": "openai", "translation": {"reasoningEffort": ["r1"]}},
+            },
+        },
+    )
+    eps = load_file(p).endpoints
+    setting = eps["/v1/messages"].reasoning_effort
+    assert setting == ("o3*", "gpt-5")
+    assert [takes_effort(setting, m) for m in ("o3", "o3-mini", "gpt-5", "gpt-5-mini")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert [takes_effort(setting, m) for m in ("gpt-4.1", "", None, 5)] == [False] * 4
+    assert eps["/v1/responses"].reasoning_effort == ("r1",)
+    assert takes_effort(True, None) and not takes_effort(False, "o3")
+    for bad in (["o*3"], [""], "o3", [3]):
+        with pytest.raises(ConfigError):
+            load_file(
+                _write(
+                    tmp_path,
+                    {"name": "x", "baseUrl": "http://h", "translation": {"reasoningEffort": bad}},
+                )
+            )
 
 
 @pytest.mark.parametrize(
