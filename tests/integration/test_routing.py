@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from service.proxy.passthrough import WHOLE_ANSWER_MAX_BYTES
 from tests.fakes.upstream import (
     FakeUpstream,
     Recorded,
@@ -1098,6 +1099,31 @@ def test_total_secs_bounds_a_whole_answer_s_body_too(
     r = post(router, CHAT, chat("gpt-4o"))
     assert r.status_code == 504
     assert time.monotonic() - started < 2.5
+
+
+def test_total_secs_bounds_only_the_first_16_mib_of_a_large_answer(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """docs/forwarding.md: an answer past WHOLE_ANSWER_MAX_BYTES is relayed as it arrives, and
+    under a routing file `totalSecs` bounds its first 16 MiB (the attempt's first content), not
+    the rest: its last piece 2.5 s after the head, under totalSecs 1, still reaches the client
+    whole (the same delay before a small answer's body is a 504, above)."""
+    data = routing_file(primary, secondary, timeouts={"totalSecs": 1})
+    router = router_factory(data, name="total-large")
+    filler = "x" * (WHOLE_ANSWER_MAX_BYTES + 2 * 1024 * 1024)
+    answer = json.dumps(
+        {"id": "c", "object": "chat.completion", "choices": [], "filler": filler}
+    ).encode()
+    piece = 1024 * 1024
+    chunks = [(0.0, answer[i : i + piece]) for i in range(0, len(answer), piece)]
+    chunks[-1] = (2.5, chunks[-1][1])
+    primary.reply_with(
+        lambda _r: Reply(headers=[("Content-Type", "application/json")], chunks=chunks)
+    )
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200
+    assert r.content == answer
+    assert len(primary.requests) == 1  # no second attempt
 
 
 def test_total_secs_does_not_cut_a_stream_after_its_first_content(
