@@ -316,6 +316,21 @@ async def _read_failed(resp: httpx.Response) -> bytes:
     return b"".join(parts)[:MAX_FAILED_BODY]
 
 
+def _failed_text(resp: httpx.Response, body: bytes) -> bytes:
+    """A failed answer's body (at most MAX_FAILED_BODY as sent) as text to look into: inflated
+    when the upstream compressed it (the router asks for gzip/deflate on whole answers), as far
+    as those bytes go; b"" when they cannot be read."""
+    coding = content_coding(resp.headers.get("content-encoding"))
+    if not coding:
+        return body
+    if coding not in INFLATED_CODINGS:
+        return b""
+    try:
+        return inflater().decompress(body, MAX_FAILED_BODY)
+    except zlib.error:
+        return b""
+
+
 class _Attempts:
     """The attempts of one request: which candidate next, the waits, the record.
 
@@ -530,6 +545,14 @@ class _Attempts:
                     self.queue.pop(0)
                     continue
                 probe = gate.probe
+            else:
+                # Decided before its wait: not if the target began to cool down meanwhile (a
+                # longer Retry-After another request got) or was ejected (its probe failed).
+                gate = ejections.peek(name)
+                if not gate.allowed and (not self.try_all or gate.why == "cooling"):
+                    self.queue.pop(0)
+                    self.same_retries = 0
+                    continue
             retry = bool(self.state.attempts)
             if retry and not BUDGET.allows(
                 self.policy.budget_ratio, self.policy.budget_min_retries
@@ -598,7 +621,7 @@ class _Attempts:
                 # client's answer: the earlier failure is, so it is never masked.
                 body = await _read_failed(resp) if status == 400 else None
                 if body is not None and not self.context_used:
-                    if is_context_length_error(status, body):
+                    if is_context_length_error(status, _failed_text(resp, body)):
                         self.context_used = True
                         chosen.failed_body = body
                         self.last, self.last_error = (resp, chosen), None

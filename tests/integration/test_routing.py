@@ -376,6 +376,36 @@ def test_context_length_exceeded_goes_to_the_context_window_fallback(
     assert secondary.last.json()["model"] == "backup-model"
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_context_length_error_goes_to_the_context_window_fallback(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream, coding: str
+) -> None:
+    """The router asks for gzip/deflate on whole answers (the SDKs' default Accept-Encoding),
+    and a provider compresses its 400 too: the wording was looked for in the compressed bytes,
+    so the fallback never fired and the client got the 400."""
+    too_long = json.dumps({"error": {"message": "prompt is too long: 9000 tokens > 8192"}})
+    packer = zlib.compressobj(wbits=31 if coding == "gzip" else 15)
+    body = packer.compress(too_long.encode()) + packer.flush()
+    primary.reply_with(
+        Script(
+            Reply(
+                status=400,
+                headers=[("Content-Type", "application/json"), ("Content-Encoding", coding)],
+                body=body,
+            )
+        )
+    )
+    r = httpx.post(
+        router.url + CHAT,
+        json=chat("small"),
+        headers={**KEY, "Accept-Encoding": "gzip, deflate"},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    assert r.headers["x-router-upstream"] == "secondary"
+    assert primary.last.header("accept-encoding") == "gzip, deflate"
+
+
 def test_when_every_attempt_fails_the_last_answer_is_relayed(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:
@@ -642,6 +672,47 @@ def test_when_every_target_is_cooling_down_the_answer_is_503_with_retry_after(
     assert r.json()["error"]["code"] == "upstreams_unavailable"
     assert 100 <= int(r.headers["retry-after"]) <= 120
     assert len(primary.requests) == 1  # the cooling upstream was not asked again
+
+
+def test_a_retry_after_a_short_wait_respects_a_longer_cooldown_set_meanwhile(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """SPEC §11: a later, longer Retry-After extends the cooldown, and a cooling target is left
+    alone. Two requests at once: A gets 429 `Retry-After: 60`, B (answered later) 429
+    `Retry-After: 1`, short enough to wait for. B then retried the same target though it cooled
+    for a minute by then; it now ends with its own 429."""
+    data = routing_file(primary, secondary)
+    data["retry"]["maxRetryAfterSecs"] = 5
+    router = router_factory(data, name="cooling-meanwhile")
+    # Both requests reach the upstream before A's answer (1 s): B's comes at 1.5 s, and its
+    # wait of 1 s ends well inside A's minute.
+    answers = iter([("60", 1.0), ("1", 1.5)])
+
+    def reply(req: Recorded) -> Reply:
+        after, delay = next(answers, (None, 0.0))
+        if after is None:
+            return default_reply(req)
+        body = json.dumps({"error": {"message": f"slow down {after}"}}).encode()
+        headers = [("Content-Type", "application/json"), ("Retry-After", after)]
+        return Reply(status=429, headers=headers, body=body, delay=delay)
+
+    primary.reply_with(reply)
+    got: dict[int, httpx.Response] = {}
+
+    def ask(i: int) -> None:
+        got[i] = post(router, CHAT, chat("small"))  # one target on primary, no fallbacks
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # A's request first
+    for t in threads:
+        t.join(30)
+    assert sorted(r.status_code for r in got.values()) == [429, 429]
+    assert sorted(r.headers["retry-after"] for r in got.values()) == ["1", "60"]
+    assert len(primary.requests) == 2  # B did not go back to the cooling upstream
+    r = post(router, CHAT, chat("small"))
+    assert r.status_code == 503 and 50 <= int(r.headers["retry-after"]) <= 60
 
 
 def test_when_every_target_is_ejected_they_are_all_still_tried(
