@@ -89,6 +89,13 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
     if args.port is None and args.profile is not None and args.profile.isdigit():
         # `api-router 9000` / `api-router --config f.json 9000`: a lone number is the port.
         args.port, args.profile = args.profile, None
+    if args.config and args.profile is not None:
+        # --config names the profile's file: a PROFILE argument beside it would be ignored
+        # (a mistyped port, `9OOO`, served on the file's port without a word).
+        raise SettingsError(
+            f"{args.profile!r} is not a port; with --config the profile is that file, and the "
+            "only argument is the port"
+        )
     name = args.profile or env.get("API_ROUTER_PROFILE") or "qwen"
     # Arguments win over the environment: a PROFILE argument over API_ROUTER_CONFIG_PATH (which
     # the chart sets), as --config wins over both.
@@ -235,7 +242,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[EJECTION_TABLE_ENV] = ejection_table = share_ejection_table()
     tune_malloc(env)  # read by glibc when each spawned worker starts
     created = "PROMETHEUS_MULTIPROC_DIR" not in env
-    mp_dir = prepare_multiproc_dir(env)  # before prometheus_client is imported anywhere
+    try:
+        mp_dir = prepare_multiproc_dir(env)  # before prometheus_client is imported anywhere
+    except OSError as e:
+        for shared in (table, ejection_table):  # made above: nothing of this run stays behind
+            if shared is not None:
+                remove_table(shared)
+        where = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
+        print(
+            f"api-router: error: PROMETHEUS_MULTIPROC_DIR={where!r}: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     settings = Settings(**{**settings.__dict__, "multiproc_dir": mp_dir})
 
     from sanic import Sanic

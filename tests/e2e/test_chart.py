@@ -456,6 +456,10 @@ def test_notes_name_the_served_config_and_warn_of_per_pod_limits(helm: str, tmp_
     assert "Redis (shared by all replicas)" in redis and "WARNING" not in redis
     single = notes(helm, tmp_path / "f", "--set", "replicaCount=1")
     assert "WARNING" not in single
+    # With access keys /v1/models answers 401 without one: the command sends one.
+    assert "/v1/models\n" in default and "ACCESS_KEY" not in default
+    guarded = notes(helm, tmp_path / "g", "--set", f"accessKeys.hashes[0]=sha256:{'0' * 64}")
+    assert '/v1/models -H "Authorization: Bearer $ACCESS_KEY"' in guarded
 
 
 def test_autoscaling_minimum_above_maximum_is_refused(helm: str) -> None:

@@ -51,6 +51,19 @@ def run_cli(
             "API_ROUTER_FORWARDED_HEADERS='trust' must be one of replace, keep, drop",
         ),
         (["qwen", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        # A mistyped port beside --config was taken for a profile name and ignored: the router
+        # served on the file's port.
+        (
+            ["--config", str(ROOT / "service/config/profiles/qwen.json"), "9OOO"],
+            {},
+            "'9OOO' is not a port; with --config the profile is that file",
+        ),
+        # An unusable metrics directory was a traceback and exit 1.
+        (
+            ["qwen"],
+            {"PROMETHEUS_MULTIPROC_DIR": "/proc/nope/metrics"},
+            "PROMETHEUS_MULTIPROC_DIR='/proc/nope/metrics': No such file or directory",
+        ),
         # Checked before any worker starts (each worker failed on them, with a page of
         # traceback, and Sanic then killed the whole process group).
         (
