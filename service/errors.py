@@ -59,6 +59,18 @@ class RouterError(Exception):
         self.headers: dict[str, str] = dict(headers or {})
 
 
+def status_outcome(status: int) -> str:
+    """What an upstream's answer of `status` was, as an attempt's outcome (the `outcome` label of
+    `upstream_attempts_total`, an attempt span's `error.type`)."""
+    if 200 <= status < 400:
+        return "ok"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "server_error"
+    return "client_error"
+
+
 class ClientError(RouterError):
     pass
 

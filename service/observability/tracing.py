@@ -49,6 +49,7 @@ from ..config.model import (
     TRANSCRIPTIONS,
     TRANSLATIONS,
 )
+from ..errors import status_outcome
 from ..proxy.events import answer_facts
 from ..state import clipped
 from ..usage import count, token_counts
@@ -140,7 +141,8 @@ class Tracing:
     def start_request(self, request: Any) -> None:
         headers = request.headers
         parent = None
-        if "traceparent" in headers:
+        # One traceparent only: several are invalid (W3C Trace Context), a new trace begins.
+        if "traceparent" in headers and len(headers.getall("traceparent")) == 1:
             parent = self.propagator.extract(_HeaderCarrier(headers))
         ctx = request.ctx
         span = ctx.span = self.tracer.start_span(
@@ -206,7 +208,9 @@ class Tracing:
             attrs["api_router.attempts"] = len(state.attempts)
         attrs["api_router.request_id"] = ctx.request_id
         span.set_attributes(attrs)
-        if status >= 500:  # server errors only: a 4xx is the client's, not ours (HTTP conventions)
+        # Server errors, and an answer that failed after its 2xx head (a stream cut: the
+        # completion line's `stream_error`); a 4xx is the client's, not ours (HTTP conventions).
+        if status >= 500 or (state.error_type is not None and status < 400):
             span.set_attribute("error.type", state.error_type or str(status))
             span.set_status(Status(StatusCode.ERROR))
         span.end()
@@ -267,6 +271,10 @@ class Tracing:
         self.propagator.inject(carrier, context=trace.set_span_in_context(span))
         for k, v in carrier.items():  # replaces a traceparent the client sent along
             upstream_request.headers[k] = v
+        if "tracestate" not in carrier:
+            # A new trace (no usable traceparent came): the client's tracestate belongs to
+            # another one, and is never sent on with it (W3C Trace Context).
+            upstream_request.headers.pop("tracestate", None)
 
     def attempt_failed(self, request: Any, error_type: str, status: int | None = None) -> None:
         """The current attempt got no usable answer (a retry or failover follows, or none)."""
@@ -304,12 +312,15 @@ class Tracing:
             first = ctx.started + state.first_byte_latency
             attrs["gen_ai.response.time_to_first_chunk"] = max(0.0, first - started)
         span.set_attributes(attrs)
-        failed = state.error_type is not None or (state.upstream_status or 0) >= 400
-        if failed or status >= 500:
-            span.set_attribute(
-                "error.type", state.error_type or str(state.upstream_status or status)
-            )
+        error = state.error_type
+        upstream_status = state.upstream_status or 0
+        if upstream_status >= 400 and error in (None, "upstream_error"):
+            error = status_outcome(upstream_status)  # as a routing file's attempts say it
+        if error is not None or status >= 500:
+            span.set_attribute("error.type", error or str(upstream_status or status))
             span.set_status(Status(StatusCode.ERROR))
+        elif status == 499:  # the client left: the attempt was cut, not failed
+            span.set_attribute("error.type", "cancelled")
         span.end()
 
     def shutdown(self, within: float | None = None) -> bool:

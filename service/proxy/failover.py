@@ -78,6 +78,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamsUnavailable,
     UpstreamTimeout,
+    status_outcome,
 )
 from ..ratelimit.bucket import Limit
 from ..server.body import read_whole
@@ -249,16 +250,6 @@ def is_context_length_error(status: int, body: bytes) -> bool:
     )
 
 
-def _outcome(status: int) -> str:
-    if 200 <= status < 400:
-        return "ok"
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "server_error"
-    return "client_error"
-
-
 def _error_outcome(err: RouterError) -> str:
     if isinstance(err, ServiceUnavailable):
         return "pool_exhausted"
@@ -343,6 +334,7 @@ class _Attempts:
     last: tuple[httpx.Response, Chosen] | None = None
     last_error: RouterError | None = None
     previous: Upstream | None = None
+    attempt_started = 0.0  # perf_counter() when the last attempt with an answer was sent
     reason = "error"
     same_retries = 0
     skipped: tuple[Gate, ...] = ()
@@ -603,7 +595,8 @@ class _Attempts:
                 self._failed(err)
                 continue
             status = resp.status_code
-            self._record(name, _outcome(status), started, status)
+            self._record(name, status_outcome(status), started, status)
+            self.attempt_started = started  # a stream's attempt runs on to its first content
             if status >= 500:
                 ejections.failure(name, outlier)
             elif status == 429:
@@ -637,7 +630,7 @@ class _Attempts:
                     if body is None:
                         await resp.aclose()
                     if tracing is not None:  # not the answer: the earlier failure is
-                        tracing.attempt_failed(self.request, _outcome(status), status)
+                        tracing.attempt_failed(self.request, status_outcome(status), status)
                     return self._earlier(*earlier)
                 chosen.failed_body = body
                 return resp, chosen
@@ -646,7 +639,7 @@ class _Attempts:
             self.last, self.last_error = (resp, chosen), None
             self.reason = "rate_limited" if status == 429 else "server_error"
             if tracing is not None:
-                tracing.attempt_failed(self.request, _outcome(status), status)
+                tracing.attempt_failed(self.request, status_outcome(status), status)
             after = retry_after_secs(resp.headers)
             if after is not None:  # its cooldown, at most an ejection's longest time
                 ejections.cool(name, min(after, outlier.max_ejection_secs))
@@ -705,9 +698,11 @@ class _Attempts:
             try:
                 ready = await self._until_content(resp, ep.format)
             except _BeforeContent as e:
+                upstream, _, _, status = self.state.attempts[-1]
                 if self.ctx.tracing is not None:
-                    self.ctx.tracing.attempt_failed(self.request, e.outcome)
-                upstream, _, secs, status = self.state.attempts[-1]
+                    self.ctx.tracing.attempt_failed(self.request, e.outcome, status)
+                # its time: to the failure, not to the head
+                secs = round(time.perf_counter() - self.attempt_started, 4)
                 self.state.attempts[-1] = (upstream, e.outcome, secs, status)
                 ejections.failure(name, outlier)
                 self._failed(e.error)

@@ -774,6 +774,29 @@ def test_a_stream_cut_before_its_first_content_fails_over_whole(
     assert len(secondary.requests) == 1
 
 
+def test_a_stream_attempt_that_fails_before_content_is_timed_to_its_failure(
+    router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
+) -> None:
+    """SPEC §11: each attempt in the completion line with its duration. A stream attempt that
+    broke 0.4 s after its head was recorded with the time to its head (a few ms), so a stalling
+    provider looked fast in the line and in `upstream_attempt_seconds`."""
+
+    def cut(_r: Recorded) -> Reply:
+        chunks = sse(role_chunk(), content_chunk("never sent"))
+        chunks[-1] = (0.4, chunks[-1][1])
+        return Reply(headers=SSE_HEAD, chunks=chunks, action="close_mid")
+
+    primary.reply_with(cut)
+    since = len(router.output())
+    r, body = stream_chat(router)
+    assert r.status_code == 200 and b"backup-model" in body
+    (line,) = completion_lines(router, since)
+    attempts = line["attempts"]
+    assert [a["upstream"] for a in attempts] == ["primary", "primary", "secondary"]
+    assert [a["status"] for a in attempts] == [200, 200, 200]
+    assert all(a["secs"] >= 0.35 for a in attempts[:2]), attempts
+
+
 def test_a_compressed_stream_is_read_for_its_content_and_relayed_decoded(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.otlp_receiver import OTLPReceiver, Span
-from tests.fakes.upstream import FakeUpstream, Reply, default_reply
+from tests.fakes.upstream import FakeUpstream, Reply, default_reply, openai_chat_stream
 from tests.support import RouterFactory, RouterProcess
 
 CHAT = "/v1/chat/completions"
@@ -290,3 +290,87 @@ def test_an_unsampled_request_records_nothing_and_still_propagates(
     httpx.post(router.url + CHAT, json=chat(), headers=sampled_headers, timeout=10)
     tree(receiver, sampled)
     assert not [s for s in receiver.spans if s.trace_id == trace_id]
+
+
+def test_attempt_error_type_is_its_outcome_and_a_cut_stream_marks_the_server_span(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    """docs/observability.md: an attempt's `error.type` is its outcome as a routing file names it
+    (a plain profile said `upstream_error` for a 429 a routing file calls `rate_limited`); a
+    stream cut after its 2xx head is an error of the server span too (it looked clean while the
+    completion line said `stream_error`)."""
+    upstream.reply_with(
+        Reply(
+            status=429,
+            headers=[("Content-Type", "application/json")],
+            body=b'{"error": {"message": "slow down"}}',
+        )
+    )
+    trace_id, _, headers = parent_header()
+    assert (
+        httpx.post(traced.url + CHAT, json=chat(), headers=headers, timeout=10).status_code == 429
+    )
+    server, (attempt,) = tree(receiver, trace_id)
+    assert attempt.status == 2 and attempt.attributes["error.type"] == "rate_limited"
+    assert server.status != 2 and "error.type" not in server.attributes  # a 4xx: the client's
+    events = openai_chat_stream("up-model-4", ("Hel", "lo", "never"))
+    upstream.reply_with(
+        Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            chunks=[(0.0, e.encode()) for e in events[:3]] + [(0.05, b"")],
+            action="close_mid",
+        )
+    )
+    trace_id, _, headers = parent_header()
+    with httpx.stream(
+        "POST", traced.url + CHAT, json=chat(stream=True), headers=headers, timeout=10
+    ) as r:
+        assert r.status_code == 200
+        r.read()
+    server, (attempt,) = tree(receiver, trace_id)
+    assert server.status == 2 and server.attributes["error.type"] == "stream_error"
+    assert server.attributes["http.response.status_code"] == 200
+    assert attempt.attributes["error.type"] == "stream_error"
+
+
+def test_a_new_trace_sends_the_client_s_tracestate_nowhere(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    """W3C Trace Context: a tracestate without a usable traceparent belongs to another trace and
+    is dropped; two traceparent headers are no usable one (a new trace begins). Before, the
+    client's tracestate went upstream beside the router's new trace id, and the first of two
+    traceparents was continued."""
+    r = httpx.post(traced.url + CHAT, json=chat(), headers={"tracestate": "vendor=stale"})
+    assert r.status_code == 200
+    assert upstream.last.header("traceparent") is not None
+    assert upstream.last.header("tracestate") is None
+    trace_id, parent, _ = parent_header()
+    two = [
+        ("traceparent", f"00-{trace_id}-{parent}-01"),
+        ("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"),
+        ("tracestate", "k=v"),
+    ]
+    assert httpx.post(traced.url + CHAT, json=chat(), headers=two).status_code == 200
+    sent = upstream.last.header("traceparent")
+    assert sent is not None and trace_id not in sent
+    assert upstream.last.header("tracestate") is None
+    # one valid traceparent: continued, with its tracestate (as before)
+    trace_id, _, headers = parent_header()
+    assert httpx.post(traced.url + CHAT, json=chat(), headers=headers).status_code == 200
+    assert trace_id in (upstream.last.header("traceparent") or "")
+    assert upstream.last.header("tracestate") == "k=v"
+
+
+def test_an_attempt_the_client_left_is_marked_cancelled(
+    traced: RouterProcess, receiver: OTLPReceiver, upstream: FakeUpstream
+) -> None:
+    """The client left while the upstream was still answering (499): the attempt span said
+    nothing of it, like a clean success."""
+    upstream.reply_with(lambda req: Reply(delay=1.5, body=default_reply(req).body))
+    trace_id, _, headers = parent_header()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(traced.url + CHAT, json=chat(), headers=headers, timeout=0.3)
+    server, (attempt,) = tree(receiver, trace_id)
+    assert server.attributes["http.response.status_code"] == 499
+    assert attempt.attributes["error.type"] == "cancelled"
+    assert attempt.status != 2  # not the upstream's failure
