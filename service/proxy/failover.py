@@ -281,6 +281,10 @@ class Chosen:
     failed_body: bytes | None  # a non-2xx answer's body, already read
     idle_secs: float | None = None  # the route's idleSecs: the most silence between events
     model: str = ""  # the model name sent upstream
+    # A whole 2xx answer, read within its attempt (bytes, or a LargeAnswer's first part), and
+    # when its head came (perf_counter)
+    answer: bytes | LargeAnswer | None = None
+    headed: float = 0.0
 
 
 def upstream_credential(up: Upstream, client: str | None, own: str | None) -> Any:
@@ -597,13 +601,29 @@ class _Attempts:
             status = resp.status_code
             self._record(name, status_outcome(status), started, status)
             self.attempt_started = started  # a stream's attempt runs on to its first content
+            # A whole 2xx answer is the attempt's first content: read here, so that one whose
+            # body breaks or stalls fails over like an answer that never came (the client has
+            # had nothing yet), and counts as the failure it is.
+            whole = not self.streaming and 200 <= status < 300 and not unasked_stream(resp)
             if status >= 500:
                 ejections.failure(name, outlier)
             elif status == 429:
                 if probe:
                     ejections.release_probe(name)
-            elif not (self.streaming and status < 300):
+            elif not (self.streaming and status < 300) and not whole:
                 # A stream's 2xx head is not yet a success: its first content is (open_stream)
+                ejections.success(name, outlier)
+            if whole:
+                broken = await self._read_whole(resp, chosen)
+                if broken is not None:
+                    outcome = _error_outcome(broken)
+                    if tracing is not None:
+                        tracing.attempt_failed(self.request, outcome, status)
+                    secs = round(time.perf_counter() - started, 4)
+                    self.state.attempts[-1] = (name, outcome, secs, status)
+                    ejections.failure(name, outlier)
+                    self._failed(broken)
+                    continue
                 ejections.success(name, outlier)
             if status < 400:
                 return resp, chosen
@@ -655,6 +675,26 @@ class _Attempts:
         if self.skipped:  # nothing was tried: each target ejected, probed by another, cooling
             raise _unavailable(self.skipped, ejections.now())
         raise RouteNotAvailable()
+
+    async def _read_whole(self, resp: httpx.Response, chosen: Chosen) -> RouterError | None:
+        """Read a whole 2xx answer into `chosen.answer` (its first 16 MiB when it is larger:
+        service.proxy.passthrough relays the rest as it comes), within totalSecs; the router's
+        error when its body broke or stalled."""
+        chosen.headed = time.perf_counter()
+        http = self.ctx.http
+        passthrough = chosen.translator is None
+        try:
+            if self.deadline is None:
+                chosen.answer = await read_answer(http, resp, passthrough)
+            else:
+                async with asyncio.timeout(self.left()):
+                    chosen.answer = await read_answer(http, resp, passthrough)
+        except TimeoutError:
+            await resp.aclose()
+            return UpstreamTimeout()
+        except httpx.HTTPError as e:
+            return map_exception(e)
+        return None
 
     @staticmethod
     def _earlier(
@@ -984,21 +1024,21 @@ async def _relay(
                 functools.partial(_router_headers, state, extra),
             )
         else:
-            headed = time.perf_counter()
-            # a large untranslated 2xx answer is relayed as it comes (service.proxy.passthrough)
-            passthrough = chosen.translator is None and 200 <= resp.status_code < 300
-            http = request.app.ctx.http
-            try:
-                if attempts.deadline is None:
-                    read = await read_answer(http, resp, passthrough)
-                else:  # a whole answer is the attempt's first content: within totalSecs
-                    async with asyncio.timeout(attempts.left()):
-                        read = await read_answer(http, resp, passthrough)
-            except TimeoutError:
-                await resp.aclose()
-                raise UpstreamTimeout() from None
-            except httpx.HTTPError as e:
-                raise map_exception(e) from None
+            if chosen.answer is not None:  # a 2xx: read within its attempt (`_read_whole`)
+                read, headed = chosen.answer, chosen.headed
+            else:  # a 3xx
+                headed = time.perf_counter()
+                try:
+                    if attempts.deadline is None:
+                        read = await read_answer(request.app.ctx.http, resp, False)
+                    else:  # a whole answer is the attempt's first content: within totalSecs
+                        async with asyncio.timeout(attempts.left()):
+                            read = await read_answer(request.app.ctx.http, resp, False)
+                except TimeoutError:
+                    await resp.aclose()
+                    raise UpstreamTimeout() from None
+                except httpx.HTTPError as e:
+                    raise map_exception(e) from None
             if isinstance(read, LargeAnswer):
                 relayed = True  # its upstream time runs to its last byte: the relay's to set
                 extra = _router_headers(state, extra)

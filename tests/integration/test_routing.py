@@ -406,6 +406,45 @@ def test_a_compressed_context_length_error_goes_to_the_context_window_fallback(
     assert primary.last.header("accept-encoding") == "gzip, deflate"
 
 
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_whole_answer_whose_body_breaks_fails_over_and_counts_as_a_failure(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory, fault: str
+) -> None:
+    """SPEC §11: until the first content reaches the client a failed attempt is retried or
+    failed over; a whole answer is its attempt's first content. A 200 head whose body was cut,
+    or came after headersSecs, was the client's 502 / 504 with no fallback tried, counted as an
+    `ok` attempt and a success for ejection (an upstream whose bodies always broke was never
+    ejected)."""
+    data = routing_file(primary, secondary, timeouts={"headersSecs": 1})
+    data["outlierDetection"] = {"consecutiveFailures": 2, "baseEjectionSecs": 60, "failureRate": 0}
+    router = router_factory(data, name=f"body-{fault}")
+    answer = json.dumps({"id": "c", "object": "chat.completion", "choices": []}).encode()
+    head = [("Content-Type", "application/json")]
+    if fault == "cut":
+        broken = Reply(headers=head, body=answer[:20], action="close_mid")
+    else:
+        broken = Reply(headers=head, chunks=[(3.0, answer)])
+    primary.reply_with(lambda _r: broken)
+    before = scrape(router.url)
+    since = len(router.output())
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200 and r.headers["x-router-upstream"] == "secondary"
+    (line,) = completion_lines(router, since)
+    got = [(a["upstream"], a["outcome"]) for a in line["attempts"]]
+    if fault == "cut":  # the same target once more (two failures: ejected), then the fallback
+        assert got == [("primary", "protocol_error")] * 2 + [("secondary", "ok")]
+    else:  # a timeout is not tried again on the same target
+        assert got == [("primary", "timeout"), ("secondary", "ok")]
+        post(router, CHAT, chat("gpt-4o"))  # its second failure: ejected
+    after = scrape(router.url)
+    ok = value(after, "upstream_attempts_total", upstream="primary", outcome="ok")
+    assert ok == value(before, "upstream_attempts_total", upstream="primary", outcome="ok")
+    assert value(after, "upstream_ejected", upstream="primary") == 1
+    asked = len(primary.requests)
+    assert post(router, CHAT, chat("gpt-4o")).headers["x-router-upstream"] == "secondary"
+    assert len(primary.requests) == asked  # ejected: not asked
+
+
 def test_when_every_attempt_fails_the_last_answer_is_relayed(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:
