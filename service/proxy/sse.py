@@ -133,11 +133,14 @@ _LAST_EVENTS = tuple(
 
 
 def ends_answer(piece: bytes) -> bool:
-    """`piece` (whole events, as the upstream framed them: LF or CRLF) ends with the stream's
-    last event."""
+    """`piece` (whole events, as the upstream framed them: LF, CRLF or CR) ends with the
+    stream's last event."""
     end = len(piece) - 2
     lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
     start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+    cr = piece.rfind(b"\r\r", start, end)  # CR-framed events (rare), after the others
+    if cr >= 0:
+        start = cr + 3 if piece[cr + 2 : cr + 3] == b"\n" else cr + 2
     return piece.startswith(_LAST_EVENTS, start)
 
 
@@ -696,6 +699,15 @@ async def relay_stream(
                 state.error_type = StreamError.error_type
         if rest:
             await stream.write(rest)
+            if ends_answer(rest + b"\n\n"):  # its last event, without the blank line after it
+                state.answered = True
+        if translator is None and not state.answered and (stream.anthropic or stream.responses):
+            # Messages and Responses streams always end with their last event (`message_stop`,
+            # `response.completed` / `.incomplete` / `.failed`): one that ends before it was
+            # cut, and the client must not take what it got for the whole answer (SPEC §11).
+            # (Chat Completions' `[DONE]` is left out: not every compatible server sends it.)
+            await stream.fail(StreamError())
+            return None
         await stream.end()
         return None
     finally:

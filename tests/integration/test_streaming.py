@@ -22,7 +22,14 @@ import pytest
 from service.config.model import Profile
 from service.proxy.events import HEARTBEAT, EventFramer
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream, Recorded, Reply, anthropic_stream, openai_chat_stream
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    anthropic_stream,
+    openai_chat_stream,
+    openai_response_stream,
+)
 from tests.scrape import scrape, value
 from tests.support import RouterFactory, RouterProcess
 
@@ -406,6 +413,53 @@ def test_upstream_break_mid_stream_ends_with_an_error_event(
             model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True
         ):
             pass
+
+
+@pytest.mark.parametrize("route", ["/v1/messages", "/v1/responses", "/v1/chat/completions"])
+def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
+    srouter: RouterProcess, upstream: FakeUpstream, route: str
+) -> None:
+    """SPEC §11: a cut stream never ends cleanly. An upstream that ended its response (a proper
+    chunked end) after a few events and before `message_stop` / `response.completed` reached the
+    client as a whole stream: the anthropic SDK returned "Hel" with no stop reason. Messages and
+    Responses streams always end with their last event, so one without it ends with an error;
+    Chat Completions' `[DONE]` is not sent by every compatible server: such a stream ends as
+    the upstream ended it (docs/forwarding.md)."""
+    if route == "/v1/messages":
+        events = anthropic_stream("m")[:3]  # message_start, block start, the first delta
+        body: dict[str, Any] = {"model": "m", "max_tokens": 9, "messages": [], "stream": True}
+    elif route == "/v1/responses":
+        events = openai_response_stream("m")[:5]  # ... the first output_text.delta
+        body = {"model": "m", "input": "x", "stream": True}
+    else:
+        events = openai_chat_stream("m")[:2]  # no finish_reason, no [DONE]
+        body = CHAT_BODY
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0, e.encode()) for e in events]))
+    rid = f"early-end-{route.rsplit('/', 1)[1]}"
+    got = stream(srouter, route, body, headers={"X-Request-ID": rid})
+    assert_sse_head(got)
+    relayed = [e for _, e in got.events()]
+    assert relayed[: len(events)] == [e.encode() for e in events]
+    line = access_line(srouter, rid)
+    if route == "/v1/chat/completions":
+        assert len(relayed) == len(events) and line.get("error_type") is None
+        return
+    last = relayed[-1]
+    assert len(relayed) == len(events) + 1
+    if route == "/v1/messages":
+        assert last.startswith(b"event: error\ndata: ")
+    else:
+        assert last.startswith(b"event: response.failed\ndata: ")
+    assert line["status_code"] == 200 and line["error_type"] == "stream_error"
+    # a whole stream whose last event came without the blank line after it: not cut
+    whole = anthropic_stream("m")
+    pieces = [(0.0, e.encode()) for e in whole]
+    pieces[-1] = (0.0, whole[-1].encode().rstrip(b"\n") + b"\n")
+    upstream.reply_with(Reply(headers=SSE, chunks=pieces))
+    messages = {"model": "m", "max_tokens": 9, "messages": [], "stream": True}
+    got = stream(srouter, "/v1/messages", messages, headers={"X-Request-ID": rid + "-whole"})
+    assert b"event: error" not in got.body
+    assert access_line(srouter, rid + "-whole").get("error_type") is None
 
 
 def test_client_disconnect_cancels_the_upstream_within_a_second(

@@ -376,6 +376,11 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         (b"data: [DONE]\r\n\r\ndata: {}\r\n\r\n", False),
         (b"event: message_start\ndata: {}\n\n", False),
         (b": heartbeat\n\n", False),
+        # CR framing before it (SSE allows a lone CR as a line end), or of it
+        (b"data: one\r\revent: message_stop\ndata: {}\n\n", True),
+        (b"data: one\n\ndata: two\r\r\nevent: message_stop\ndata: {}\n\n", True),
+        (b"data: one\r\rdata: [DONE]\r\r", True),
+        (b"data: [DONE]\r\rdata: one\r\r", False),
     ],
 )  # fmt: skip
 def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) -> None:
