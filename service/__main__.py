@@ -90,12 +90,15 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
         # `api-router 9000` / `api-router --config f.json 9000`: a lone number is the port.
         args.port, args.profile = args.profile, None
     if args.config and args.profile is not None:
-        # --config names the profile's file: a PROFILE argument beside it would be ignored
-        # (a mistyped port, `9OOO`, served on the file's port without a word).
-        raise SettingsError(
-            f"{args.profile!r} is not a port; with --config the profile is that file, and the "
-            "only argument is the port"
-        )
+        # --config wins over a PROFILE argument (configuration.md), but one that names no
+        # profile at all is a mistyped port (`9OOO`): it served on the file's port unsaid.
+        try:
+            find_profile(args.profile)
+        except ConfigError:
+            raise SettingsError(
+                f"{args.profile!r} is neither a port nor a profile (with --config, the only "
+                "argument is normally the port)"
+            ) from None
     name = args.profile or env.get("API_ROUTER_PROFILE") or "qwen"
     # Arguments win over the environment: a PROFILE argument over API_ROUTER_CONFIG_PATH (which
     # the chart sets), as --config wins over both.

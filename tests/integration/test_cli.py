@@ -56,7 +56,7 @@ def run_cli(
         (
             ["--config", str(ROOT / "service/config/profiles/qwen.json"), "9OOO"],
             {},
-            "'9OOO' is not a port; with --config the profile is that file",
+            "'9OOO' is neither a port nor a profile (with --config",
         ),
         # An unusable metrics directory was a traceback and exit 1.
         (
