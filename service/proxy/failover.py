@@ -542,13 +542,17 @@ class _Attempts:
                     continue
                 probe = gate.probe
             else:
-                # Decided before its wait: not if the target began to cool down meanwhile (a
-                # longer Retry-After another request got) or was ejected (its probe failed).
+                # Decided before its wait: not if the target was ejected meanwhile (its probe
+                # failed), or began to cool down for longer than a wait this request would take
+                # (another request's longer Retry-After). A cooldown that ends soon (this
+                # request's own, measured a moment later, or shared through Redis) is waited out.
                 gate = ejections.peek(name)
-                if not gate.allowed and (not self.try_all or gate.why == "cooling"):
-                    self.queue.pop(0)
-                    self.same_retries = 0
-                    continue
+                if not gate.allowed and (gate.why == "cooling" or not self.try_all):
+                    left = gate.until - ejections.now() if gate.why == "cooling" else math.inf
+                    if left > self.policy.max_retry_after_secs or not await self._wait(left):
+                        self.queue.pop(0)
+                        self.same_retries = 0
+                        continue
             retry = bool(self.state.attempts)
             if retry and not BUDGET.allows(
                 self.policy.budget_ratio, self.policy.budget_min_retries
@@ -614,7 +618,12 @@ class _Attempts:
                 # A stream's 2xx head is not yet a success: its first content is (open_stream)
                 ejections.success(name, outlier)
             if whole:
-                broken = await self._read_whole(resp, chosen)
+                try:
+                    broken = await self._read_whole(resp, chosen)
+                except BaseException:  # the client left: a probe's claim is not kept for it
+                    if probe:
+                        ejections.release_probe(name)
+                    raise
                 if broken is not None:
                     outcome = _error_outcome(broken)
                     if tracing is not None:

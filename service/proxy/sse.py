@@ -133,15 +133,34 @@ _LAST_EVENTS = tuple(
 
 
 def ends_answer(piece: bytes) -> bool:
-    """`piece` (whole events, as the upstream framed them: LF, CRLF or CR) ends with the
-    stream's last event."""
+    """`piece` (whole events, as the upstream framed them: LF or CRLF) ends with the stream's
+    last event (the usual framing, checked on every piece: `ends_stream` reads any framing)."""
     end = len(piece) - 2
     lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
     start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
-    cr = piece.rfind(b"\r\r", start, end)  # CR-framed events (rare), after the others
-    if cr >= 0:
-        start = cr + 3 if piece[cr + 2 : cr + 3] == b"\n" else cr + 2
     return piece.startswith(_LAST_EVENTS, start)
+
+
+# What may end a Messages or Responses stream: its last event, or an error event of its own.
+_FINAL_EVENT_NAMES = frozenset(
+    {b"message_stop", b"response.completed", b"response.incomplete", b"response.failed", b"error"}
+)
+
+
+def ends_stream(tail: bytes) -> bool:
+    """Whether the last event in `tail` (the last bytes relayed, whole events or one without
+    its blank line) ends the stream: an `event:` line (wherever in the event) naming a final
+    event or an error, or `data: [DONE]`; any framing (LF, CRLF, CR). Run once, at the end."""
+    text = tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+    last = text.rpartition(b"\n\n")[2]
+    for line in last.split(b"\n"):
+        field, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if (field == b"event" and value in _FINAL_EVENT_NAMES) or (
+            field == b"data" and value == b"[DONE]"
+        ):
+            return True
+    return False
 
 
 # The Responses API (a coding agent such as Codex reads events, not comments, to reset its idle
@@ -217,6 +236,7 @@ class _Stream:
         "request",
         "responses",
         "saved_limits",
+        "tail",
         "translator",
         "writing",
     )
@@ -238,6 +258,7 @@ class _Stream:
         self.last_write = 0.0
         self.saved_limits: tuple[int, int] | None = None
         self.writing = False  # a write through Sanic is in course (or the response ended)
+        self.tail = b""  # the last piece of the upstream's events relayed (`ends_stream`)
 
     async def commit(
         self, headers: list[tuple[str, str]], buffer_size: int, upstream_head: float | None
@@ -467,6 +488,7 @@ class _Offer:
                 piece = out[0] if len(out) == 1 else b"".join(out)
                 self.writer.write(piece)
                 stream.last_write = time.monotonic()
+                stream.tail = piece
                 if ends_answer(piece):
                     state.answered = True
         except Exception as e:  # what the task would have raised, it raises from its read
@@ -686,6 +708,7 @@ async def relay_stream(
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 piece = out[0] if len(out) == 1 else b"".join(out)
                 await stream.write(piece)
+                stream.tail = piece
                 if ends_answer(piece):
                     state.answered = True
         rest = pieces.framer.flush()  # (the offer is gone: the body's end released it)
@@ -699,13 +722,18 @@ async def relay_stream(
                 state.error_type = StreamError.error_type
         if rest:
             await stream.write(rest)
-            if ends_answer(rest + b"\n\n"):  # its last event, without the blank line after it
-                state.answered = True
-        if translator is None and not state.answered and (stream.anthropic or stream.responses):
+            stream.tail = rest  # an event without the blank line after it
+        if (
+            translator is None
+            and not state.answered
+            and (stream.anthropic or stream.responses)
+            and not ends_stream(stream.tail)
+        ):
             # Messages and Responses streams always end with their last event (`message_stop`,
-            # `response.completed` / `.incomplete` / `.failed`): one that ends before it was
-            # cut, and the client must not take what it got for the whole answer (SPEC §11).
-            # (Chat Completions' `[DONE]` is left out: not every compatible server sends it.)
+            # `response.completed` / `.incomplete` / `.failed`) or an error event: one that
+            # ends before it was cut, and the client must not take what it got for the whole
+            # answer (SPEC §11). (Chat Completions' `[DONE]` is left out: not every compatible
+            # server sends it.)
             await stream.fail(StreamError())
             return None
         await stream.end()

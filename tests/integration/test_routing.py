@@ -754,6 +754,42 @@ def test_a_retry_after_a_short_wait_respects_a_longer_cooldown_set_meanwhile(
     assert r.status_code == 503 and 50 <= int(r.headers["retry-after"]) <= 60
 
 
+def test_a_retry_after_a_short_wait_waits_out_a_cooldown_that_ends_soon(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """Two requests at once, both 429 `Retry-After: 1`, 0.15 s apart: the second's cooldown
+    ends 0.15 s after the first one's wait. The first waits that out and retries (a review of
+    the check above caught it giving up, as it did on every 429 with Redis, whose cooldown
+    comes back a moment later than the one set)."""
+    data = routing_file(primary, secondary)
+    data["retry"]["maxRetryAfterSecs"] = 5
+    router = router_factory(data, name="cooling-soon")
+    delays = iter([0.3, 0.45])
+
+    def reply(req: Recorded) -> Reply:
+        delay = next(delays, None)
+        if delay is None:
+            return default_reply(req)
+        body = json.dumps({"error": {"message": "slow down"}}).encode()
+        headers = [("Content-Type", "application/json"), ("Retry-After", "1")]
+        return Reply(status=429, headers=headers, body=body, delay=delay)
+
+    primary.reply_with(reply)
+    got: dict[int, httpx.Response] = {}
+
+    def ask(i: int) -> None:
+        got[i] = post(router, CHAT, chat("small"))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(30)
+    assert [got[i].status_code for i in range(2)] == [200, 200]
+    assert [got[i].headers["x-router-attempts"] for i in range(2)] == ["2", "2"]
+
+
 def test_when_every_target_is_ejected_they_are_all_still_tried(
     primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory
 ) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes.redis_server import RedisServer
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, default_reply
 from tests.integration.test_routing import CHAT, chat, error, post, routing_file
 from tests.scrape import scrape, value
 from tests.support import RouterFactory, free_port
@@ -103,3 +103,24 @@ def test_a_redis_down_is_logged_once_per_interval_not_per_sync(
     time.sleep(3.0)  # six syncs
     lines = [x for x in router.logs() if x.get("event") == "ejection_share_failed"]
     assert len(lines) == 1, lines
+
+
+def test_a_short_retry_after_is_waited_out_and_retried_with_redis(
+    redis_server: RedisServer,
+    upstreams: tuple[FakeUpstream, FakeUpstream],
+    router_factory: RouterFactory,
+) -> None:
+    """A lone request, one target: 429 `Retry-After: 1`, then 200. The cooldown the 429 set comes
+    back from Redis a moment later than it was set here; the retry after the 1 s wait must not
+    take that for another request's longer cooldown (a review caught every such request ending
+    with its 429)."""
+    primary, secondary = upstreams
+    data = routing_file(primary, secondary)
+    data["retry"]["maxRetryAfterSecs"] = 5
+    router = router_factory(data, env={"RATE_LIMIT_BACKEND": redis_server.url}, name="echo")
+    answers = iter([error(429, **{"Retry-After": "1"})])
+    primary.reply_with(lambda r: next(answers, None) or default_reply(r))
+    r = post(router, CHAT, chat("small"))  # one target on primary, no fallbacks
+    assert r.status_code == 200
+    assert r.headers["x-router-attempts"] == "2"
+    assert len(primary.requests) == 2

@@ -451,15 +451,22 @@ def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
     else:
         assert last.startswith(b"event: response.failed\ndata: ")
     assert line["status_code"] == 200 and line["error_type"] == "stream_error"
-    # a whole stream whose last event came without the blank line after it: not cut
+    # Not cut: a whole stream whose last event came without the blank line after it, or with
+    # another field before its `event:` line; one that ended with an error event of its own is
+    # not given a second one.
     whole = anthropic_stream("m")
-    pieces = [(0.0, e.encode()) for e in whole]
-    pieces[-1] = (0.0, whole[-1].encode().rstrip(b"\n") + b"\n")
-    upstream.reply_with(Reply(headers=SSE, chunks=pieces))
+    error = 'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}\n\n'
+    tails = {
+        "bare": whole[-1].rstrip("\n") + "\n",
+        "id": "id: 42\n" + whole[-1],
+        "error": error,
+    }
     messages = {"model": "m", "max_tokens": 9, "messages": [], "stream": True}
-    got = stream(srouter, "/v1/messages", messages, headers={"X-Request-ID": rid + "-whole"})
-    assert b"event: error" not in got.body
-    assert access_line(srouter, rid + "-whole").get("error_type") is None
+    for name, last in tails.items():
+        sent = [*whole[:-1], last] if name != "error" else [*whole[:3], last]
+        upstream.reply_with(Reply(headers=SSE, chunks=[(0.0, e.encode()) for e in sent]))
+        got = stream(srouter, "/v1/messages", messages, headers={"X-Request-ID": f"{rid}-{name}"})
+        assert got.body == "".join(sent).encode(), name
 
 
 def test_client_disconnect_cancels_the_upstream_within_a_second(

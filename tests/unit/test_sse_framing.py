@@ -19,7 +19,7 @@ from service.proxy.events import (
     malformed,
 )
 from service.proxy.multipart import ModelPartRewriter, boundary_of, rewrite_body
-from service.proxy.sse import ends_answer
+from service.proxy.sse import ends_answer, ends_stream
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -376,14 +376,33 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         (b"data: [DONE]\r\n\r\ndata: {}\r\n\r\n", False),
         (b"event: message_start\ndata: {}\n\n", False),
         (b": heartbeat\n\n", False),
-        # CR framing before it (SSE allows a lone CR as a line end), or of it
-        (b"data: one\r\revent: message_stop\ndata: {}\n\n", True),
-        (b"data: one\n\ndata: two\r\r\nevent: message_stop\ndata: {}\n\n", True),
-        (b"data: one\r\rdata: [DONE]\r\r", True),
-        (b"data: [DONE]\r\rdata: one\r\r", False),
     ],
 )  # fmt: skip
 def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) -> None:
     """What marks a stream's answer as delivered (a client that closes after it got its
     answer: 200, not 499)."""
     assert ends_answer(piece) is last
+
+
+@pytest.mark.parametrize(
+    ("tail", "ended"),
+    [
+        (b'event: message_stop\ndata: {}\n\n', True),
+        (b'event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n', True),
+        (b'event: message_stop\ndata: {}\n', True),  # without the blank line after it
+        (b'id: 42\nevent: message_stop\ndata: {}\n\n', True),  # another field first
+        (b'data: {}\nevent:response.completed\n\n', True),
+        (b'event: response.failed\r\ndata: {}\r\n\r\n', True),
+        (b'data: one\r\revent: response.incomplete\rdata: {}\r\r', True),  # CR framing
+        (b'event: error\ndata: {"type":"error"}\n\n', True),  # the upstream's own error
+        (b"data: [DONE]\n\n", True),
+        (b'event: content_block_delta\ndata: {}\n\n', False),
+        (b'event: message_stop\ndata: {}\n\nevent: ping\ndata: {}\n\n', False),
+        (b'data: {"type": "message_stop"}\n\n', False),  # a name in data is not the event
+        (b"", False),
+    ],
+)  # fmt: skip
+def test_ends_stream_reads_the_last_event_whatever_its_framing(tail: bytes, ended: bool) -> None:
+    """What a relayed Messages or Responses stream must end with (else the relay ends it with
+    an error event): its last event or an error event, with any field order and framing."""
+    assert ends_stream(tail) is ended
