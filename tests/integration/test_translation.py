@@ -791,6 +791,7 @@ def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_cras
     r = httpx.post(
         claude.url + "/v1/chat/completions",
         json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "x"}]},
+        headers={"X-Request-ID": "misshapen-json"},
     )
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_json_error"
     start = {"type": "message_start", "message": {"id": "m", "model": "m", "usage": {}}}
@@ -802,17 +803,18 @@ def test_misshapen_upstream_json_is_a_json_error_and_a_stream_error_never_a_cras
         )
     )
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    with httpx.stream("POST", claude.url + "/v1/chat/completions", json=body) as s:
+    with httpx.stream(
+        "POST",
+        claude.url + "/v1/chat/completions",
+        json=body,
+        headers={"X-Request-ID": "misshapen-stream"},
+    ) as s:
         lines = [line for line in s.iter_lines() if line.startswith("data: ")]
     assert json.loads(lines[-1][6:])["error"]["code"] == "stream_error"
-    # (the stream's line is written once its response has ended: waited for)
-    claude.wait_for_log(
-        lambda e: e.get("event") == "request_completed" and e.get("error_type") == "stream_error"
-    )
-    completions = [
-        e
-        for e in claude.logs()
-        if e.get("event") == "request_completed" and e["route"] == "/v1/chat/completions"
-    ]
-    assert [e.get("error_type") for e in completions[-2:]] == ["json_error", "stream_error"]
+    # (the stream's line is written once its response has ended: waited for, by its own id; a
+    # line of an earlier test in the module may say stream_error too)
+    line = claude.wait_for_log(lambda e: e.get("request_id") == "misshapen-stream")
+    assert line["error_type"] == "stream_error"
+    line = claude.wait_for_log(lambda e: e.get("request_id") == "misshapen-json")
+    assert line["error_type"] == "json_error"
     assert not [e for e in claude.logs() if e.get("exception")]
