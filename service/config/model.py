@@ -97,6 +97,9 @@ RouteKey = Literal[
     "/v1/messages/count_tokens",
 ]
 
+# A model name, or a prefix ending in `*` (`gpt-*`): a routing file's `match`, the model list of
+# `translation.reasoningEffort`.
+ModelPattern = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^*]*\*?$")]
 HeaderMap = dict[Annotated[str, Field(min_length=1, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")], str]
 
 
@@ -198,14 +201,7 @@ class Translation(_Strict):
     # Map the client's reasoning request to Chat Completions `reasoning_effort` (default true);
     # false for an upstream model that refuses the field; a list: only for the upstream models
     # it names (exact names, or prefixes ending in `*`, as a routing file's `match`).
-    reasoning_effort: (
-        bool
-        | Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^*]*\*?$")]],
-            Field(max_length=256),
-        ]
-        | None
-    ) = None
+    reasoning_effort: bool | Annotated[list[ModelPattern], Field(max_length=256)] | None = None
     # Send the output limit as Chat Completions `max_completion_tokens` (default false:
     # `max_tokens`, which every compatible server takes); OpenAI's reasoning models (gpt-5,
     # o-series) refuse `max_tokens`.

@@ -49,6 +49,7 @@ from .model import (
     Auth,
     Endpoint,
     HeaderMap,
+    ModelPattern,
     Profile,
     RateLimit,
     ResolvedEndpoint,
@@ -139,7 +140,7 @@ class OutlierDetection(_Strict):
 
 
 class ModelRoute(_Strict):
-    match: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^*]*\*?$")]
+    match: ModelPattern
     targets: Annotated[list[Target], Field(min_length=1)]
     strategy: Literal["weighted", "priority"] = "weighted"
     fallbacks: list[str] = Field(default_factory=list)

@@ -120,14 +120,15 @@ def inflated(inflate: Any, chunk: bytes) -> Iterator[bytes]:
         chunk = inflate.unconsumed_tail
 
 
-def decoded(body: bytes, content_encoding: str | None) -> bytes | None:
-    """The body as text bytes for inspection, or None when it cannot be decoded."""
+def decoded(body: bytes, content_encoding: str | None, limit: int = 0) -> bytes | None:
+    """The body as text bytes for inspection, or None when it cannot be decoded. With `limit`,
+    at most that much of what it inflates to, as far as the bytes go (a body cut short)."""
     coding = content_coding(content_encoding)
     if not coding:
         return body
     if coding in INFLATED_CODINGS:
         try:
-            return zlib.decompress(body, wbits=47)
+            return inflater().decompress(body, limit) if limit else zlib.decompress(body, wbits=47)
         except zlib.error:
             return None
     return None

@@ -89,6 +89,7 @@ from . import headers as h
 from .body import (
     INFLATED_CODINGS,
     content_coding,
+    decoded,
     dump_json,
     exact_json,
     inflated,
@@ -309,21 +310,6 @@ async def _read_failed(resp: httpx.Response) -> bytes:
     finally:
         await resp.aclose()
     return b"".join(parts)[:MAX_FAILED_BODY]
-
-
-def _failed_text(resp: httpx.Response, body: bytes) -> bytes:
-    """A failed answer's body (at most MAX_FAILED_BODY as sent) as text to look into: inflated
-    when the upstream compressed it (the router asks for gzip/deflate on whole answers), as far
-    as those bytes go; b"" when they cannot be read."""
-    coding = content_coding(resp.headers.get("content-encoding"))
-    if not coding:
-        return body
-    if coding not in INFLATED_CODINGS:
-        return b""
-    try:
-        return inflater().decompress(body, MAX_FAILED_BODY)
-    except zlib.error:
-        return b""
 
 
 class _Attempts:
@@ -643,7 +629,9 @@ class _Attempts:
                 # client's answer: the earlier failure is, so it is never masked.
                 body = await _read_failed(resp) if status == 400 else None
                 if body is not None and not self.context_used:
-                    if is_context_length_error(status, _failed_text(resp, body)):
+                    # inflated when compressed (the router asks for gzip/deflate on whole answers)
+                    text = decoded(body, resp.headers.get("content-encoding"), MAX_FAILED_BODY)
+                    if is_context_length_error(status, text or b""):
                         self.context_used = True
                         chosen.failed_body = body
                         self.last, self.last_error = (resp, chosen), None
@@ -685,13 +673,15 @@ class _Attempts:
             raise _unavailable(self.skipped, ejections.now())
         raise RouteNotAvailable()
 
-    async def _read_whole(self, resp: httpx.Response, chosen: Chosen) -> RouterError | None:
-        """Read a whole 2xx answer into `chosen.answer` (its first 16 MiB when it is larger:
-        service.proxy.passthrough relays the rest as it comes), within totalSecs; the router's
-        error when its body broke or stalled."""
+    async def _read_whole(
+        self, resp: httpx.Response, chosen: Chosen, passthrough: bool = True
+    ) -> RouterError | None:
+        """Read a whole answer into `chosen.answer` (a 2xx untranslated one past 16 MiB: its
+        first part, service.proxy.passthrough relays the rest as it comes), within totalSecs;
+        the router's error when its body broke or stalled."""
         chosen.headed = time.perf_counter()
         http = self.ctx.http
-        passthrough = chosen.translator is None
+        passthrough = passthrough and chosen.translator is None
         try:
             if self.deadline is None:
                 chosen.answer = await read_answer(http, resp, passthrough)
@@ -1033,21 +1023,12 @@ async def _relay(
                 functools.partial(_router_headers, state, extra),
             )
         else:
-            if chosen.answer is not None:  # a 2xx: read within its attempt (`_read_whole`)
-                read, headed = chosen.answer, chosen.headed
-            else:  # a 3xx
-                headed = time.perf_counter()
-                try:
-                    if attempts.deadline is None:
-                        read = await read_answer(request.app.ctx.http, resp, False)
-                    else:  # a whole answer is the attempt's first content: within totalSecs
-                        async with asyncio.timeout(attempts.left()):
-                            read = await read_answer(request.app.ctx.http, resp, False)
-                except TimeoutError:
-                    await resp.aclose()
-                    raise UpstreamTimeout() from None
-                except httpx.HTTPError as e:
-                    raise map_exception(e) from None
+            if chosen.answer is None:  # a 3xx (a 2xx was read within its attempt)
+                broken = await attempts._read_whole(resp, chosen, passthrough=False)
+                if broken is not None:
+                    raise broken
+            read, headed = chosen.answer, chosen.headed
+            assert read is not None
             if isinstance(read, LargeAnswer):
                 relayed = True  # its upstream time runs to its last byte: the relay's to set
                 extra = _router_headers(state, extra)

@@ -118,14 +118,17 @@ def _ended_early() -> RouterError:
 # The events after which a stream's protocol sends nothing more: the OpenAI `[DONE]` (also what
 # the translators end OpenAI streams with), Anthropic's `message_stop`, the Responses API's
 # final events; with or without the space SSE allows after the colon, before LF or CRLF.
+_LAST_EVENT_NAMES = (
+    b"message_stop",
+    b"response.completed",
+    b"response.incomplete",
+    b"response.failed",
+)
 _LAST_EVENTS = tuple(
     field + space + value + end
     for field, value in (
         (b"data:", b"[DONE]"),
-        (b"event:", b"message_stop"),
-        (b"event:", b"response.completed"),
-        (b"event:", b"response.incomplete"),
-        (b"event:", b"response.failed"),
+        *((b"event:", name) for name in _LAST_EVENT_NAMES),
     )
     for space in (b" ", b"")
     for end in (b"\n", b"\r")
@@ -142,9 +145,7 @@ def ends_answer(piece: bytes) -> bool:
 
 
 # What may end a Messages or Responses stream: its last event, or an error event of its own.
-_FINAL_EVENT_NAMES = frozenset(
-    {b"message_stop", b"response.completed", b"response.incomplete", b"response.failed", b"error"}
-)
+_FINAL_EVENT_NAMES = frozenset({*_LAST_EVENT_NAMES, b"error"})
 
 
 def ends_stream(tail: bytes) -> bool:

@@ -265,6 +265,16 @@ def test_upstream_latency_overhead_and_tokens_per_known_model(
     )
     assert parts == pytest.approx(total, rel=1e-6)
     assert d("upstream_latency_seconds_count", route="/health") == 0
+    # Answered by the router alone (invalid JSON): counted, and in neither of the two
+    # histograms (METRICS.md: router_overhead_seconds covers requests that reached an upstream).
+    assert httpx.post(router.url + CHAT, content=b"{not json").status_code == 400
+    final = scrape(router.url)
+    for name, more in (
+        ("request_latency_seconds_count", 1),
+        ("router_overhead_seconds_count", 0),
+        ("upstream_latency_seconds_count", 0),
+    ):
+        assert value(final, name, route=CHAT) - value(after, name, route=CHAT) == more, name
 
 
 def test_in_flight_requests_and_build_info(router: RouterProcess, upstream: FakeUpstream) -> None:
