@@ -11,6 +11,7 @@ are summed; `active_connections` and in-flight requests are `livesum` (dead work
 `rate_limiter_buckets` is `livemostrecent` (the limiter's count is instance-wide, and the worker
 that answers a scrape sets it just before), `build_info` is `max`. A worker that stops cleanly
 marks itself dead; a worker that was killed is detected at the next scrape (`reap_dead_workers`).
+A worker's file that exists but is still empty is left out of a scrape (`SettledFiles`).
 
 A request's writes go through label children looked up once per label values (`Children`, the
 `Metrics.*_by` maps); with the `metrics` fast path (API_ROUTER_FAST_PATHS) they reach the
@@ -296,8 +297,34 @@ def exposition_registry(local: CollectorRegistry) -> CollectorRegistry:
         return local
     reap_dead_workers(path)
     registry = CollectorRegistry()
-    mp.MultiProcessCollector(registry, path=path)
+    SettledFiles(registry, path=path)
     return registry
+
+
+class SettledFiles(mp.MultiProcessCollector):
+    """The library's collector without the files that hold nothing yet.
+
+    prometheus-client creates a process's file empty and gives it its size a moment later; read
+    in between, the whole collection fails (`struct.error`) and /metrics answers 500. That
+    happens while a worker starts, and for good when a worker is killed in that moment, as its
+    file then stays empty (prometheus/client_python#1199, open in 0.26.0). An empty file has no
+    value to lose: it is skipped. A file only grows, so one that has a size when looked at still
+    has it when the library reads it."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        super().__init__(registry, path=path)
+        self._dir = path
+
+    def collect(self) -> Any:
+        files = []
+        for entry in os.scandir(self._dir):
+            if entry.name.endswith(".db"):
+                try:
+                    if entry.stat().st_size > 0:
+                        files.append(entry.path)
+                except FileNotFoundError:  # a dead worker's live gauges, just removed
+                    continue
+        return self.merge(files, accumulate=True)
 
 
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")

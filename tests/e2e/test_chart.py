@@ -669,7 +669,8 @@ def test_kube_play_runs_the_default_render(helm: str, kube_play: Any) -> None:
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["profile"] == "qwen"
     metrics = httpx.get(f"{url}/metrics")
-    assert metrics.status_code == 200 and "# TYPE requests_total counter" in metrics.text
+    assert metrics.status_code == 200, f"{metrics.text}\n{pod_logs()}"
+    assert "# TYPE requests_total counter" in metrics.text
     # The pod's container really is read-only and non-root, as the chart asks.
     ps = podman(
         "ps", "--filter", "name=kube-play-api-router-pod-0-api-router", "--format", "{{.ID}}"

@@ -395,6 +395,30 @@ def test_active_connections_returns_to_its_base(three_workers: tuple[RouterProce
     _wait_for(lambda: value(scrape(r.url), "active_connections") == base)
 
 
+def test_a_metrics_file_not_yet_sized_does_not_fail_the_scrape(
+    three_workers: tuple[RouterProcess, Path],
+) -> None:
+    """prometheus-client creates a worker's file empty and sizes it a moment later; a scrape in
+    between (a worker starting, or one killed in that moment, whose file stays empty for good)
+    made /metrics a 500 (prometheus/client_python#1199). Such a file holds no value yet."""
+    r, mp_dir = three_workers
+    before = value(scrape(r.url), "requests_total", route="/health", method="GET", status="200")
+    empty = [mp_dir / "counter_2147480001.db", mp_dir / "histogram_2147480001.db",
+             mp_dir / "gauge_livesum_2147480001.db"]  # fmt: skip
+    try:
+        for f in empty:
+            f.write_bytes(b"")
+        assert httpx.get(f"{r.url}/health").status_code == 200
+        for accept in ("application/openmetrics-text", "text/plain"):
+            res = httpx.get(f"{r.url}/metrics", headers={"Accept": accept})
+            assert res.status_code == 200, res.text
+        after = value(res.text, "requests_total", route="/health", method="GET", status="200")
+        assert after == before + 1  # the other workers' values are all still there
+    finally:
+        for f in empty:
+            f.unlink(missing_ok=True)
+
+
 def test_multiproc_dir_is_fresh_at_start_and_killed_workers_drop_out(
     fake_upstream: FakeUpstream, tmp_path: Path, router_factory: RouterFactory
 ) -> None:
