@@ -39,7 +39,7 @@ import orjson
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from ..config.model import MESSAGES, RESPONSES, ResolvedEndpoint
+from ..config.model import CHAT, COMPLETIONS, MESSAGES, RESPONSES, ResolvedEndpoint
 from ..context import RouterRequest
 from ..errors import (
     RouterError,
@@ -63,6 +63,7 @@ from .events import (
     EventFramer,
     EventTooLarge,
     UsageTracker,
+    answer_facts,
     malformed,
     plain_events,
     split_events,
@@ -148,19 +149,53 @@ def ends_answer(piece: bytes) -> bool:
 _FINAL_EVENT_NAMES = frozenset({*_LAST_EVENT_NAMES, b"error"})
 
 
-def ends_stream(tail: bytes) -> bool:
-    """Whether the last event in `tail` (the last bytes relayed, whole events or one without
-    its blank line) ends the stream: an `event:` line (wherever in the event) naming a final
-    event or an error, or `data: [DONE]`; any framing (LF, CRLF, CR). Run once, at the end."""
+def _fields(tail: bytes) -> list[list[tuple[bytes, bytes]]]:
+    """The events of `tail` (the last bytes relayed, whole events or one without its blank
+    line; any framing: LF, CRLF, CR), last first, each as its (field, value) lines."""
     text = tail.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
-    last = text.rpartition(b"\n\n")[2]
-    for line in last.split(b"\n"):
-        field, _, value = line.partition(b":")
-        value = value[1:] if value.startswith(b" ") else value
-        if (field == b"event" and value in _FINAL_EVENT_NAMES) or (
-            field == b"data" and value == b"[DONE]"
-        ):
+    events = []
+    for event in reversed(text.split(b"\n\n")):
+        lines = []
+        for line in event.split(b"\n"):
+            field, _, value = line.partition(b":")
+            lines.append((field, value[1:] if value.startswith(b" ") else value))
+        events.append(lines)
+    return events
+
+
+def ends_stream(tail: bytes) -> bool:
+    """Whether the last event in `tail` ends a Messages or Responses stream: an `event:` line
+    (wherever in the event) naming a final event or an error, or `data: [DONE]`. Run once, at
+    the end."""
+    last = _fields(tail)[0]
+    return any(
+        (field == b"event" and value in _FINAL_EVENT_NAMES)
+        or (field == b"data" and value == b"[DONE]")
+        for field, value in last
+    )
+
+
+def ends_chat(tail: bytes) -> bool:
+    """Whether the last event with data in `tail` shows a Chat Completions (or Completions)
+    stream's answer ended: `[DONE]`, a choice with a finish reason, the usage chunk that follows
+    it (no choices), or an error object of the upstream's own. Comment events after it are
+    skipped. Run once, at the end of a stream without `[DONE]`."""
+    for event in _fields(tail):
+        data = [value for field, value in event if field == b"data"]
+        if not data:
+            continue
+        value = b"\n".join(data)
+        if value == b"[DONE]":
             return True
+        try:
+            obj = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(obj, dict):
+            return False
+        if "error" in obj or (obj.get("choices") == [] and isinstance(obj.get("usage"), dict)):
+            return True
+        return bool(answer_facts(obj, {}).get("finish_reasons"))
     return False
 
 
@@ -230,6 +265,7 @@ class _Stream:
 
     __slots__ = (
         "anthropic",
+        "chat",
         "heartbeat",
         "interval",
         "last_write",
@@ -254,6 +290,7 @@ class _Stream:
         self.interval = interval
         self.anthropic = route == MESSAGES  # the router's errors in the Anthropic shape
         self.responses = route == RESPONSES  # the Responses API's heartbeat and failure
+        self.chat = route in (CHAT, COMPLETIONS)  # `finish_reason` in `choices`
         self.heartbeat = RESPONSES_HEARTBEAT if self.responses else HEARTBEAT
         self.out: Any = None
         self.last_write = 0.0
@@ -286,6 +323,29 @@ class _Stream:
         finally:
             self.writing = False
         self.last_write = time.monotonic()
+
+    def relayed(self, piece: bytes, state: RequestState) -> None:
+        """`piece` of the upstream's events was written: the answer is whole when it ends with
+        the stream's last event. It is the stream's tail (`cut`) unless it is only comments
+        (keep-alives), which may follow an answer's last event."""
+        if piece[0] != 58 or b"data:" in piece:  # 58: ":"
+            self.tail = piece
+        if ends_answer(piece):
+            state.answered = True
+
+    def cut(self) -> bool:
+        """Whether the relayed stream, now ended by the upstream without its usual last event
+        in the last piece (`ends_answer`), was cut before its answer's end. Messages and
+        Responses streams always end with their last event (`message_stop`,
+        `response.completed` / `.incomplete` / `.failed`) or an error event. Chat Completions'
+        `[DONE]` is not sent by every compatible server, so a Chat (or Completions) stream
+        without it was cut only when its last data event has no finish reason either (nor is
+        the usage chunk after it, nor an error). Other routes' streams end as they end."""
+        if self.anthropic or self.responses:
+            return not ends_stream(self.tail)
+        if self.chat:
+            return not ends_chat(self.tail)
+        return False
 
     async def end(self) -> None:
         """The end of the response (Sanic's last chunk)."""
@@ -489,9 +549,7 @@ class _Offer:
                 piece = out[0] if len(out) == 1 else b"".join(out)
                 self.writer.write(piece)
                 stream.last_write = time.monotonic()
-                stream.tail = piece
-                if ends_answer(piece):
-                    state.answered = True
+                stream.relayed(piece, state)
         except Exception as e:  # what the task would have raised, it raises from its read
             self.body.fail(e)
             return False
@@ -709,9 +767,7 @@ async def relay_stream(
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 piece = out[0] if len(out) == 1 else b"".join(out)
                 await stream.write(piece)
-                stream.tail = piece
-                if ends_answer(piece):
-                    state.answered = True
+                stream.relayed(piece, state)
         rest = pieces.framer.flush()  # (the offer is gone: the body's end released it)
         if translator is not None:  # the upstream ended: what closes the client's stream
             try:
@@ -724,17 +780,9 @@ async def relay_stream(
         if rest:
             await stream.write(rest)
             stream.tail = rest  # an event without the blank line after it
-        if (
-            translator is None
-            and not state.answered
-            and (stream.anthropic or stream.responses)
-            and not ends_stream(stream.tail)
-        ):
-            # Messages and Responses streams always end with their last event (`message_stop`,
-            # `response.completed` / `.incomplete` / `.failed`) or an error event: one that
-            # ends before it was cut, and the client must not take what it got for the whole
-            # answer (SPEC §11). (Chat Completions' `[DONE]` is left out: not every compatible
-            # server sends it.)
+        if translator is None and not state.answered and stream.cut():
+            # The upstream ended the stream before its answer's end: the client must not take
+            # what it got for the whole answer (SPEC §11).
             await stream.fail(StreamError())
             return None
         await stream.end()

@@ -421,10 +421,11 @@ def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
 ) -> None:
     """SPEC §11: a cut stream never ends cleanly. An upstream that ended its response (a proper
     chunked end) after a few events and before `message_stop` / `response.completed` reached the
-    client as a whole stream: the anthropic SDK returned "Hel" with no stop reason. Messages and
-    Responses streams always end with their last event, so one without it ends with an error;
-    Chat Completions' `[DONE]` is not sent by every compatible server: such a stream ends as
-    the upstream ended it (docs/forwarding.md)."""
+    client as a whole stream: the anthropic SDK returned "Hel" with no stop reason, the openai
+    SDK "Hello" as if complete. Messages and Responses streams always end with their last event,
+    so one without it ends with an error; Chat Completions' `[DONE]` is not sent by every
+    compatible server, so a Chat stream without it is cut when its last data event has no
+    finish reason either (docs/forwarding.md)."""
     if route == "/v1/messages":
         events = anthropic_stream("m")[:3]  # message_start, block start, the first delta
         body: dict[str, Any] = {"model": "m", "max_tokens": 9, "messages": [], "stream": True}
@@ -441,16 +442,36 @@ def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
     relayed = [e for _, e in got.events()]
     assert relayed[: len(events)] == [e.encode() for e in events]
     line = access_line(srouter, rid)
-    if route == "/v1/chat/completions":
-        assert len(relayed) == len(events) and line.get("error_type") is None
-        return
     last = relayed[-1]
     assert len(relayed) == len(events) + 1
-    if route == "/v1/messages":
-        assert last.startswith(b"event: error\ndata: ")
-    else:
+    if route == "/v1/responses":
         assert last.startswith(b"event: response.failed\ndata: ")
+    else:
+        assert last.startswith(b"event: error\ndata: ")
     assert line["status_code"] == 200 and line["error_type"] == "stream_error"
+    if route == "/v1/chat/completions":
+        # Not cut: a whole Chat stream without `[DONE]` (its finish chunk last, or the usage
+        # chunk after it, or a comment after that), or one that ended with an error object of
+        # the upstream's own.
+        whole = openai_chat_stream("m")[:-1]  # ... the finish chunk, no [DONE]
+        usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+        usage_chunk = "data: " + json.dumps({"id": "c", "choices": [], "usage": usage}) + "\n\n"
+        upstream_error = 'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n'
+        chat_tails = {
+            "finish": whole,
+            "usage": [*whole, usage_chunk],
+            "comment": [*whole, ": still here\n\n"],
+            "crlf": [e.replace("\n", "\r\n") for e in whole],
+            "error": [*whole[:1], upstream_error],
+        }
+        for name, sent in chat_tails.items():
+            # apart in time: each its own piece (a piece of comments only is not the tail)
+            upstream.reply_with(Reply(headers=SSE, chunks=[(0.05, e.encode()) for e in sent]))
+            got = stream(srouter, route, {**CHAT_BODY, "stream_options": {"include_usage": True}},
+                         headers={"X-Request-ID": f"{rid}-{name}"})  # fmt: skip
+            assert got.body == "".join(sent).encode(), name
+            assert access_line(srouter, f"{rid}-{name}").get("error_type") is None, name
+        return
     # Not cut: a whole stream whose last event came without the blank line after it, or with
     # another field before its `event:` line; one that ended with an error event of its own is
     # not given a second one.
@@ -596,6 +617,7 @@ class RssPeak:
 
 EVENT = b"data: " + b"x" * (65536 - 8) + b"\n\n"
 TOTAL_EVENTS = 3200  # 3200 * 64 KiB = 200 MiB
+DONE = b"data: [DONE]\n\n"  # a Chat stream ends with it (or a finish reason), else it was cut
 
 
 def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
@@ -608,9 +630,10 @@ def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
     def big() -> Iterator[tuple[float, bytes]]:
         for _ in range(TOTAL_EVENTS):
             yield (0, EVENT)
+        yield (0, DONE)
 
     # warm up allocator and code paths with a short version of the same stream
-    upstream.reply_with(Reply(headers=SSE, chunks=[(0, EVENT)] * 32))
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0, EVENT)] * 32 + [(0, DONE)]))
     stream(srouter, "/v1/chat/completions", CHAT_BODY)
     upstream.reply_with(Reply(headers=SSE, chunk_source=big))
     received = 0
@@ -630,7 +653,7 @@ def test_memory_stays_bounded_for_a_200_mb_stream_to_a_slow_reader(
                 sent_during_pause = upstream.body_bytes_sent - sent_before
             elif i % 8 == 0:
                 time.sleep(0.002)  # and then reads slowly
-    assert received == TOTAL_EVENTS * len(EVENT)
+    assert received == TOTAL_EVENTS * len(EVENT) + len(DONE)
     assert rss.grown_mib < 50, f"worker RSS grew by {rss.grown_mib:.1f} MiB"
     # back-pressure reached the upstream: while the reader paused, at most the socket buffers
     # (a few MiB each way) were filled, not the 200 MiB stream

@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 from service.proxy.events import EventTooLarge, UsageTracker
-from service.proxy.sse import _Offer, _Pieces
+from service.proxy.sse import _Offer, _Pieces, _Stream
 from service.state import RequestState
 
 
@@ -40,7 +40,8 @@ class Body:
 def offer(max_event: int = 1 << 20) -> tuple[_Offer, SimpleNamespace, Writer, Body, RequestState]:
     state = RequestState()
     request = SimpleNamespace(ctx=SimpleNamespace(state=state, started=time.perf_counter()))
-    stream = SimpleNamespace(writing=False, last_write=0.0)
+    stream = SimpleNamespace(writing=False, last_write=0.0, tail=b"")
+    stream.relayed = lambda piece, st: _Stream.relayed(stream, piece, st)  # type: ignore[arg-type]
     pieces = _Pieces(UsageTracker(), None, state, 300.0, math.inf)
     pieces.framer.max_event = max_event
     writer, body = Writer(), Body()
