@@ -27,12 +27,16 @@ tests/integration/test_shutdown.py (`test_sigterm_while_workers_start_ends_the_p
 router while its workers start. Always on.
 
 The worker-state manager (multiprocessing's `SyncManager`, which Sanic starts with no
-initializer) gets `service.server.lifeline.bind_to_primary` as its initializer, so that it ends
-with the main process as the workers do (`SyncManager.start`, replaced in the same process).
+initializer) gets `state_manager_started` as its initializer (`SyncManager.start`, replaced in
+the same process): it ends with the main process as the workers do
+(`service.server.lifeline.bind_to_primary`), and it ignores SIGHUP as they do. A terminal that
+closes sends SIGHUP to the whole process group; the manager's default action ended it, and the
+main process then stopped the router at its next state sync (BrokenPipeError, exit 1).
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from multiprocessing.managers import SyncManager
 from typing import Any
@@ -104,13 +108,19 @@ def patch() -> None:
     WorkerManager.shutdown_signal = _shutdown_signal  # type: ignore[method-assign]
 
 
+def state_manager_started() -> None:
+    """First thing in the worker-state manager's process (see the module docstring)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lifeline.bind_to_primary()
+
+
 def bind_state_manager() -> None:
     """Sanic's worker-state manager (multiprocessing's `Manager()`, started without an
-    initializer) binds itself to the main process (service.server.lifeline) as it starts."""
+    initializer) runs `state_manager_started` as it starts."""
     start = SyncManager.start
 
     def _start(self: SyncManager, initializer: Any = None, initargs: Any = ()) -> None:
-        start(self, lifeline.bind_to_primary if initializer is None else initializer, initargs)
+        start(self, state_manager_started if initializer is None else initializer, initargs)
 
     SyncManager.start = _start  # type: ignore[method-assign,assignment]
 

@@ -19,6 +19,17 @@ connection's `_http.keep_alive` and `close_if_idle()`, and the signal handlers i
 installs (chained, not replaced). An upgrade of Sanic that moves these may break it:
 tests/integration/test_shutdown.py stops a real router with streams in flight. Always on.
 
+A worker stops on the first SIGTERM or SIGINT it gets and ignores any later one. A service
+manager that signals the whole process group (systemd's default `KillMode=control-group`,
+Ctrl-C in a terminal) reaches each worker twice, directly and through the main process. Sanic's
+handler answered the second by stopping the event loop again, in the middle of the drain
+(uvloop: "Event loop stopped before Future completed"), or, once Sanic had removed its handler
+at the loop's end, the default action ended the worker: the streams in flight were cut and the
+router still exited 0. `_stop_once` replaces Sanic's loop handler in each worker; it removes
+itself and sets the signals to be ignored before it stops the server, so Sanic's removal at the
+loop's end finds nothing to restore. (A second SIGTERM or SIGINT to the main process is Sanic's
+"Shutdown interrupted. Killing.": the workers are killed at once.)
+
 SIGHUP (a terminal that closes, or an operator used to "HUP reloads") would end the main process
 by default and leave its workers serving, orphaned. It is logged and otherwise ignored, in the
 main process and in the workers: the active config file is reloaded whenever it changes anyway
@@ -89,6 +100,26 @@ def install(app: Sanic[Any, AppContext]) -> None:
         # middle of another write to the same stream.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _hangup, signal.SIGHUP, None)
         drain_until(math.inf)  # a server started again in this process: not draining
+
+    @app.after_server_start
+    async def _stop_once(app: Sanic) -> None:
+        # After Sanic's own handlers (set between the two start events), and only where it set
+        # them: a server run without system signals has the signal ignored, not handled.
+        if not callable(signal.getsignal(signal.SIGTERM)):
+            return
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+            app.stop(terminate=False)
+
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _hangup(signum: int, frame: FrameType | None) -> None:

@@ -131,6 +131,31 @@ def test_sigterm_drains_in_flight_stream_and_exits_zero(
     late.close()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_process_group_drains_too(
+    fake: FakeUpstream, router_factory: RouterFactory, sig: signal.Signals
+) -> None:
+    """A service manager that signals the whole group (systemd's default KillMode; Ctrl-C in a
+    terminal) reaches each worker twice: directly and through the main process. The second
+    signal stopped the worker's event loop in the middle of its drain (or, once Sanic had
+    removed its handler, ended the worker at once): the stream was cut, yet the router exited
+    0."""
+    fake.reply_with(slow_stream(12, 0.25))
+    router = router_factory(profile(fake), workers=2)
+    assert router.proc is not None
+    stream = StreamReader(router.url)
+    stream.start()
+    assert stream.first.wait(10) and stream.error is None, stream.error
+    os.killpg(router.proc.pid, sig)
+    stream.join(20)
+    assert not stream.is_alive()
+    assert stream.error is None, stream.error
+    assert stream.lines[-1] == "[DONE]"
+    assert stream.content() == "".join(f"p{i} " for i in range(12))
+    assert router.proc.wait(20) == 0, router.output()[-3000:]
+    assert "Event loop stopped before Future completed" not in router.output()
+
+
 def test_keep_alive_connection_of_a_drained_stream_is_closed(
     fake: FakeUpstream, router_factory: RouterFactory
 ) -> None:
@@ -270,7 +295,21 @@ def test_sighup_is_logged_and_changes_nothing(
             assert httpx.get(router.url + "/health").status_code == 200
         hangups = [e for e in router.logs() if e.get("event") == "sighup_ignored"]
         assert len(hangups) == 2
+        # To the whole process group, as a terminal that closes sends it: Sanic's worker-state
+        # manager (a process of the group too) ended by default, and the router with it (exit 1,
+        # BrokenPipeError at its next state sync).
+        os.killpg(router.proc.pid, signal.SIGHUP)
+        wait_until(
+            lambda: sum(e.get("event") == "sighup_ignored" for e in router.logs()) == 5,
+            10,
+            "the main process and both workers to log the group's signal",
+        )
+        time.sleep(1.5)  # the monitor syncs the workers' states with the manager meanwhile
+        assert router.proc.poll() is None, router.output()[-3000:]
+        for _ in range(4):
+            assert httpx.get(router.url + "/health").status_code == 200
         assert router.stop() == 0
+        assert "Experienced exception while trying to serve" not in router.output()
     finally:  # should the main process die, its workers must not outlive the test
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
