@@ -22,7 +22,14 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.support import SSE, RouterFactory, StreamReader, slow_stream, worker_pids
+from tests.support import (
+    SSE,
+    RouterFactory,
+    RouterProcess,
+    StreamReader,
+    slow_stream,
+    worker_pids,
+)
 
 
 def http_get(sock: socket.socket, path: str) -> bytes:
@@ -86,6 +93,17 @@ def profile(upstream: FakeUpstream) -> dict[str, Any]:
     return base_profile(upstream.url, timeouts={"readSecs": 30})
 
 
+def drained_whole(stream: StreamReader, router: RouterProcess) -> None:
+    """The stream of `slow_stream(12, …)` ended whole, then the router exited 0."""
+    stream.join(20)
+    assert not stream.is_alive()
+    assert stream.error is None, stream.error
+    assert stream.lines[-1] == "[DONE]"
+    assert stream.content() == "".join(f"p{i} " for i in range(12))
+    assert router.proc is not None
+    assert router.proc.wait(20) == 0, router.output()[-3000:]
+
+
 def test_sigterm_drains_in_flight_stream_and_exits_zero(
     fake: FakeUpstream, router_factory: RouterFactory
 ) -> None:
@@ -121,12 +139,7 @@ def test_sigterm_drains_in_flight_stream_and_exits_zero(
     assert b"connection: close" in head.lower()
     assert stream.is_alive(), "the stream ended before the drain was observed"
 
-    stream.join(20)
-    assert not stream.is_alive()
-    assert stream.error is None, stream.error
-    assert stream.lines[-1] == "[DONE]"
-    assert stream.content() == "".join(f"p{i} " for i in range(12))
-    assert router.proc.wait(20) == 0, router.output()[-3000:]
+    drained_whole(stream, router)
     idle.close()
     late.close()
 
@@ -147,12 +160,7 @@ def test_a_signal_to_the_process_group_drains_too(
     stream.start()
     assert stream.first.wait(10) and stream.error is None, stream.error
     os.killpg(router.proc.pid, sig)
-    stream.join(20)
-    assert not stream.is_alive()
-    assert stream.error is None, stream.error
-    assert stream.lines[-1] == "[DONE]"
-    assert stream.content() == "".join(f"p{i} " for i in range(12))
-    assert router.proc.wait(20) == 0, router.output()[-3000:]
+    drained_whole(stream, router)
     assert "Event loop stopped before Future completed" not in router.output()
 
 
