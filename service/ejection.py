@@ -4,9 +4,11 @@ instance (SPEC §11).
 An upstream that fails `consecutiveFailures` attempts in a row (no answer, or a 5xx) is
 **ejected**: skipped by every request for `baseEjectionSecs`, doubled on each ejection that
 follows without a success in between, up to `maxEjectionSecs`. When the time is up, one request
-at a time may **probe** it (half-open: the first request to find it due claims the probe for
-`PROBE_LEASE_SECS`; the others keep skipping it); a success restores it (and forgets its
-ejection count), a failure ejects it again for the next, longer time.
+at a time may **probe** it (half-open: the first request to find it due claims the probe for a
+lease, the longest its attempt may take and at least `PROBE_LEASE_SECS`, or until it lets go;
+the others keep skipping it); a success restores it (and forgets its ejection count), a failure
+ejects it again for the next, longer time. While the ejection runs, answers to attempts sent
+before it change nothing.
 
 An upstream that answered 429 with a `Retry-After` **cools down** for that long; a later, longer
 value extends the cooldown, a shorter one never shortens it.
@@ -194,8 +196,11 @@ class Ejections:
             return Gate(True, probe=True)
 
     def _rate_trips(self, name: str, failed: bool, policy: OutlierPolicy) -> bool:
-        """Count the attempt in this worker's window; True when the window's failure rate
-        says eject (the window then starts again)."""
+        """Count the attempt in this worker's window; True when it is a failure and the
+        window's failure rate says eject (the window then starts again). A success is only
+        counted: it never trips (and its caller ejects nothing), so judging on it threw away
+        a window that had reached the rate (an upstream failing every other attempt, first
+        failing, was never ejected: each window's 20th attempt was a success)."""
         if policy.failure_rate <= 0:
             return False
         now = self.now()
@@ -203,14 +208,19 @@ class Ejections:
         if w is None or now - w[0] >= policy.failure_rate_window_secs:
             w = self._windows[name] = [now, 0, 0]
         w[1] += 1
-        w[2] += failed
+        if not failed:
+            return False
+        w[2] += 1
         if w[1] >= policy.failure_rate_min_attempts and w[2] >= policy.failure_rate * w[1]:
             self._windows[name] = [now, 0, 0]
             return True
         return False
 
     def success(self, name: str, policy: OutlierPolicy | None = None) -> None:
-        """An answer that was not a failure: restored, its ejection count forgotten."""
+        """An answer that was not a failure: restored, its ejection count forgotten. Not while
+        its ejection time runs: such an answer comes from an attempt sent before the ejection
+        (no request is let through meanwhile), as the failures that are ignored then do; the
+        ejection ends with a probe (it ended at once, and with Redis for every replica)."""
         if policy is not None and policy.failure_rate > 0:
             self._rate_trips(name, False, policy)
         at = self._slots.get(name)
@@ -223,7 +233,7 @@ class Ejections:
             return
         with self._locked():
             fails, _, ejected, cooled, _ = self._read(at)
-            if not (ejected or fails):
+            if not (ejected or fails) or ejected > self.now():
                 return
             self._write(at, 0, 0, 0.0, cooled, 0.0)
         if ejected and self.on_wait is not None:

@@ -67,7 +67,7 @@ from ..config.loader import LoadedConfig
 from ..config.model import COUNTS_FOR, EMBEDDINGS, MULTIPART_ROUTES, ResolvedEndpoint
 from ..config.routing import Candidate, Policy, Routing, Upstream
 from ..context import RouterRequest
-from ..ejection import Gate
+from ..ejection import PROBE_LEASE_SECS, Gate
 from ..errors import (
     ModelNotFound,
     RateLimited,
@@ -329,6 +329,7 @@ class _Attempts:
     same_retries = 0
     skipped: tuple[Gate, ...] = ()
     pending: tuple[bool, float] | None = None  # (retry the same target, wait) to apply
+    claim: str | None = None  # the upstream whose half-open probe this request claimed
 
     def __init__(
         self,
@@ -489,10 +490,49 @@ class _Attempts:
     async def run(self) -> tuple[httpx.Response, Chosen]:
         """Try the candidates; the response the client gets (its head read) and how to read
         it. Raises the router's error when the last attempt got no answer at all."""
+        try:
+            return await self._run()
+        except BaseException:
+            self.let_go()  # the client left (cancelled) while its probe was in flight
+            raise
+
+    def let_go(self) -> None:
+        """Release the probe this request claimed, if it has not reported: its client left
+        (during the head wait, a whole answer's body, a stream before its first content), so
+        another request may probe at once instead of after the claim's lease. After a report
+        the release changes nothing (the slot was restored, or ejected again with no claim)."""
+        if self.claim is not None:
+            self.ctx.ejections.release_probe(self.claim)
+            self.claim = None
+
+    def _report(self, name: str, ok: bool) -> None:
+        """An attempt at `name` succeeded or failed (outlier ejection); a probe has reported."""
+        if ok:
+            self.ctx.ejections.success(name, self.routing.outlier)
+        else:
+            self.ctx.ejections.failure(name, self.routing.outlier)
+        if name == self.claim:
+            self.claim = None
+
+    def _probe_lease(self, up: Upstream) -> float:
+        """How long a probe's claim holds: the longest its attempt may take before it reports
+        (connect, the head, then a stream's first content or a whole answer's body within the
+        read timeout; totalSecs bounds them all), and at least PROBE_LEASE_SECS. With a lease
+        shorter than its attempt, a slow probe lost its claim and a second request probed the
+        ejected upstream alongside it. A claim whose request ends unreported is released
+        (`let_go`): the lease is for a worker that dies mid-probe."""
+        t = up.profile.timeouts
+        p = self.policy
+        read = p.headers_secs or t.read_secs
+        secs = (p.connect_secs or t.connect_secs) + read + (p.first_content_secs or read)
+        if self.deadline is not None:
+            secs = min(secs, self.deadline - time.monotonic() + DEADLINE_GRACE_SECS)
+        return max(PROBE_LEASE_SECS, secs)
+
+    async def _run(self) -> tuple[httpx.Response, Chosen]:
         if not self.started:
             self._start()
         ejections = self.ctx.ejections
-        outlier = self.routing.outlier
         while self.queue:
             if self.pending is not None:
                 retry_same, wait = self.pending
@@ -519,14 +559,17 @@ class _Attempts:
                 break  # totalSecs spent: the answer we have
             cand = self.queue[0]
             name = cand.upstream.name
-            probe = False
             if self.same_retries == 0:  # a retry of the same target was decided already
-                gate = ejections.peek(name) if self.try_all else ejections.gate(name)
+                if self.try_all:
+                    gate = ejections.peek(name)
+                else:
+                    gate = ejections.gate(name, self._probe_lease(cand.upstream))
                 if not gate.allowed and (not self.try_all or gate.why == "cooling"):
                     self.skipped = (*self.skipped, gate)
                     self.queue.pop(0)
                     continue
-                probe = gate.probe
+                if gate.probe:
+                    self.claim = name
             else:
                 # Decided before its wait: not if the target was ejected meanwhile (its probe
                 # failed), or began to cool down for longer than a wait this request would take
@@ -543,13 +586,11 @@ class _Attempts:
             if retry and not BUDGET.allows(
                 self.policy.budget_ratio, self.policy.budget_min_retries
             ):
-                if probe:
-                    ejections.release_probe(name)
+                self.let_go()
                 break  # an outage must not multiply the load: the answer we have
             built = self._build(cand)
             if built is None:
-                if probe:
-                    ejections.release_probe(name)
+                self.let_go()
                 self.queue.pop(0)
                 continue
             req, chosen = built
@@ -585,7 +626,7 @@ class _Attempts:
                     tracing.attempt_failed(self.request, err.error_type or "error")
                 self._record(name, _error_outcome(err), started)
                 if not isinstance(err, ServiceUnavailable):  # our own pool: not its fault
-                    ejections.failure(name, outlier)
+                    self._report(name, False)
                 self._failed(err)
                 continue
             status = resp.status_code
@@ -596,30 +637,24 @@ class _Attempts:
             # had nothing yet), and counts as the failure it is.
             whole = not self.streaming and 200 <= status < 300 and not unasked_stream(resp)
             if status >= 500:
-                ejections.failure(name, outlier)
+                self._report(name, False)
             elif status == 429:
-                if probe:
-                    ejections.release_probe(name)
+                self.let_go()
             elif not (self.streaming and status < 300) and not whole:
                 # A stream's 2xx head is not yet a success: its first content is (open_stream)
-                ejections.success(name, outlier)
+                self._report(name, True)
             if whole:
-                try:
-                    broken = await self._read_whole(resp, chosen)
-                except BaseException:  # the client left: a probe's claim is not kept for it
-                    if probe:
-                        ejections.release_probe(name)
-                    raise
+                broken = await self._read_whole(resp, chosen)
                 if broken is not None:
                     outcome = _error_outcome(broken)
                     if tracing is not None:
                         tracing.attempt_failed(self.request, outcome, status)
                     secs = round(time.perf_counter() - started, 4)
                     self.state.attempts[-1] = (name, outcome, secs, status)
-                    ejections.failure(name, outlier)
+                    self._report(name, False)
                     self._failed(broken)
                     continue
-                ejections.success(name, outlier)
+                self._report(name, True)
             if status < 400:
                 return resp, chosen
             earlier = self.last, self.last_error
@@ -659,7 +694,7 @@ class _Attempts:
                 tracing.attempt_failed(self.request, status_outcome(status), status)
             after = retry_after_secs(resp.headers)
             if after is not None:  # its cooldown, at most an ejection's longest time
-                ejections.cool(name, min(after, outlier.max_ejection_secs))
+                ejections.cool(name, min(after, self.routing.outlier.max_ejection_secs))
             if after is not None and after > self.policy.max_retry_after_secs:
                 self.pending = (False, 0.0)  # too long: the next target at once
             else:
@@ -723,7 +758,6 @@ class _Attempts:
         """`run` for a stream: an upstream's 2xx stream is read up to its first content event
         (the events before it held back) and handed over only then, so that a stream that
         breaks, errs or stays silent before any content fails over like a failed attempt."""
-        ejections, outlier = self.ctx.ejections, self.routing.outlier
         while True:
             resp, chosen = await self.run()
             name = chosen.upstream.name
@@ -731,7 +765,7 @@ class _Attempts:
             ctype = resp.headers.get("content-type", "").lower()
             if not ok or not ctype.startswith("text/event-stream"):
                 if ok:  # a whole answer to a stream request: a success as such
-                    ejections.success(name, outlier)
+                    self._report(name, True)
                 return resp, chosen
             ep = chosen.upstream.endpoints[self.route]
             try:
@@ -743,10 +777,13 @@ class _Attempts:
                 # its time: to the failure, not to the head
                 secs = round(time.perf_counter() - self.attempt_started, 4)
                 self.state.attempts[-1] = (upstream, e.outcome, secs, status)
-                ejections.failure(name, outlier)
+                self._report(name, False)
                 self._failed(e.error)
                 continue
-            ejections.success(name, outlier)  # its first content: the attempt succeeded
+            except BaseException:  # the client left before the first content
+                self.let_go()
+                raise
+            self._report(name, True)  # its first content: the attempt succeeded
             return ready, chosen
 
     async def _until_content(self, resp: httpx.Response, upstream_format: str) -> httpx.Response:

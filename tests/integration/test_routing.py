@@ -27,6 +27,7 @@ from tests.fakes.upstream import (
     Reply,
     anthropic_stream,
     default_reply,
+    openai_chat,
     sse,
 )
 from tests.scrape import scrape, value
@@ -1244,6 +1245,42 @@ def test_a_stream_that_fails_before_content_counts_toward_ejection(
         r, body = stream_chat(router)
         assert r.status_code == 200 and b"backup-model" in body
     assert len(primary.requests) == 2  # ejected after the first request's two failed streams
+
+
+@pytest.mark.parametrize("left_during", ["head", "body", "stream"])
+def test_a_probe_whose_client_leaves_lets_another_request_probe_at_once(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory, left_during: str
+) -> None:
+    """The probe of an ejected primary is slow, and its client gives up: during the head wait,
+    a whole answer's body, or a stream before its first content. Its claim is released: the
+    next request probes (it kept the claim for its 30 s lease, and every request meanwhile
+    skipped a primary whose ejection was over and which nobody probed)."""
+    data = routing_file(
+        primary, secondary, outlierDetection={"consecutiveFailures": 2, "baseEjectionSecs": 1}
+    )
+    router = router_factory(data, name=f"probe-left-{left_during}")
+    primary.reply_with(lambda _r: error(503))
+    assert post(router, CHAT, chat("gpt-4o")).headers["x-router-upstream"] == "secondary"
+    assert value(scrape(router.url), "upstream_ejected", upstream="primary") == 1
+    time.sleep(1.2)  # the ejection is over: the next request probes
+    slow = {
+        "head": Reply(delay=5, body=json.dumps(openai_chat("primary-model")).encode()),
+        "body": Reply(headers=[("Content-Type", "application/json")],
+                      chunks=[(0.0, b'{"id": "x", '), (5.0, b'"object": "chat.completion"}')]),
+        "stream": Reply(headers=SSE_HEAD, chunks=[(0.0, role_chunk().encode()),
+                                                  (5.0, content_chunk("late").encode())]),
+    }[left_during]  # fmt: skip
+    primary.reply_with(lambda _r: slow)
+    asked = len(primary.requests)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(router.url + CHAT, json=chat("gpt-4o", stream=left_during == "stream"),
+                   headers=KEY, timeout=0.6)  # fmt: skip
+    assert len(primary.requests) == asked + 1  # it was the probe
+    primary.reply_with(lambda r: default_reply(r))
+    time.sleep(0.3)  # the router notices the client has gone
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200 and r.headers["x-router-upstream"] == "primary"
+    assert value(scrape(router.url), "upstream_ejected", upstream="primary") == 0
 
 
 def test_total_secs_bounds_every_attempt(

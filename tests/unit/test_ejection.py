@@ -176,3 +176,63 @@ def test_a_released_probe_can_be_claimed_again_at_once(table, clock):
     assert not table.gate("a").allowed
     table.release_probe("a")
     assert table.gate("a").probe
+
+
+def test_a_rate_reached_on_a_success_is_not_thrown_away(table, clock):
+    """An upstream that fails every other attempt, beginning with a failure: each window's
+    fourth attempt (RATE's minimum) is a success. The rate was judged on it, the window
+    started again, and nothing was ejected, window after window; now the next failure ejects."""
+    ejected_at = None
+    for attempt in range(1, 41):
+        if attempt % 2:
+            if table.failure("a", RATE):
+                ejected_at = attempt
+                break
+        else:
+            table.success("a", RATE)
+    assert ejected_at == 5  # 3 of 5 failed: at least half of at least 4
+    assert table.gate("a").why == "ejected"
+
+
+def test_a_success_sent_before_the_ejection_does_not_end_it(table, clock):
+    """As failures of attempts in flight are ignored while ejected, so are successes: one
+    straggling answer ended the ejection at once, with no probe (with Redis, everywhere)."""
+    restored: list[str] = []
+    table.on_wait = lambda name, what, secs: restored.append(what)
+    for _ in range(3):
+        table.failure("a", POLICY)
+    until = table.gate("a").until
+    clock.t += 2
+    table.success("a", POLICY)  # an answer to an attempt sent before the ejection
+    g = table.gate("a")
+    assert (g.allowed, g.why, g.until) == (False, "ejected", until)
+    assert restored == ["ejected"]  # nothing published as restored
+    clock.t = until
+    assert table.gate("a").probe  # its end is still a probe's
+    table.success("a", POLICY)
+    assert table.gate("a").allowed and not table.ejected("a")
+    assert restored == ["ejected", "restored"]
+
+
+def test_a_probe_s_claim_lasts_as_long_as_its_attempt_may() -> None:
+    """The claim's lease covers the probe's longest attempt (connect, head, then first content
+    or body), so a slow probe keeps it: with the fixed 30 s, a probe of an upstream with a
+    120 s read timeout lost its claim after 30 s and a second request probed alongside it."""
+    import time
+    from types import SimpleNamespace
+
+    from service.proxy.failover import _Attempts
+
+    def lease(timeouts: dict[str, float | None], read: float, deadline: float | None) -> float:
+        policy = SimpleNamespace(**{"connect_secs": None, "headers_secs": None,
+                                    "first_content_secs": None, **timeouts})  # fmt: skip
+        up = SimpleNamespace(profile=SimpleNamespace(
+            timeouts=SimpleNamespace(connect_secs=2.0, read_secs=read)))  # fmt: skip
+        attempts = SimpleNamespace(policy=policy, deadline=deadline)
+        return _Attempts._probe_lease(attempts, up)  # type: ignore[arg-type]
+
+    assert lease({}, 120, None) == 2 + 120 + 120  # head, then first content, each its read
+    assert lease({"headers_secs": 60, "first_content_secs": 30}, 300, None) == 2 + 60 + 30
+    assert lease({}, 5, None) == PROBE_LEASE_SECS  # never shorter than before
+    soon = time.monotonic() + 100  # totalSecs: the attempt cannot outlive the request
+    assert 99 < lease({}, 120, soon) <= 100.1
