@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 from .access import from_settings
-from .config import ConfigError, Profile, find_profile, load_file
+from .config import ConfigError, Profile, find_profile, lastgood, load_file
 from .ejection import EJECTION_TABLE_ENV
 from .ejection import share_table as share_ejection_table
 from .observability import sentry
@@ -243,12 +243,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     # A routing file's ejections and cooldowns, shared by the workers (service.ejection).
     os.environ[EJECTION_TABLE_ENV] = ejection_table = share_ejection_table()
+    # The last good config, for a worker started again while the file is broken (stored by the
+    # main process's own create_app below first, then by each worker at each load).
+    os.environ[lastgood.LAST_GOOD_ENV] = last_good = lastgood.create()
     tune_malloc(env)  # read by glibc when each spawned worker starts
     created = "PROMETHEUS_MULTIPROC_DIR" not in env
     try:
         mp_dir = prepare_multiproc_dir(env)  # before prometheus_client is imported anywhere
     except OSError as e:
-        for shared in (table, ejection_table):  # made above: nothing of this run stays behind
+        for shared in (table, ejection_table, last_good):  # made above: none of it stays
             if shared is not None:
                 remove_table(shared)
         where = env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         if table is not None:
             remove_table(table)
         remove_table(ejection_table)
+        remove_table(last_good)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ import asyncio
 import gc
 import os
 
+import structlog
 from sanic import Sanic
 from sanic.config import Config
 
 from . import access, connlimits, cors
-from .config import ConfigHolder, load_file
+from .config import ConfigError, ConfigHolder, LoadedConfig, lastgood, load_file
 from .context import AppContext
 from .error_handler import error_response
 from .observability import lifecycle
@@ -44,11 +45,30 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     configure_logging(settings.log_format, settings.log_level, fast=fast.logging)
     redact(settings.default_api_key)
     response_head.install(fast.head)
+    try:
+        initial, broken = load_file(settings.profile_path), None
+    except ConfigError as e:
+        # A worker started again while the file is broken: the instance's last good config
+        # (service.config.lastgood); the file's error is reported at the first check.
+        stored, broken = lastgood.load(), str(e)
+        if stored is None:
+            raise
+        initial = stored
+        structlog.get_logger("api_router").warning(
+            "config_started_from_last_good", path=str(settings.profile_path), error=broken
+        )
+
+    def _loaded(cfg: LoadedConfig) -> None:
+        redact_profile_secrets(cfg)
+        lastgood.save(cfg)
+
     context = AppContext(
         settings,
-        ConfigHolder(load_file(settings.profile_path), on_load=redact_profile_secrets),
+        ConfigHolder(initial, on_load=_loaded),
         access.from_settings(settings),  # API_ROUTER_ACCESS_KEYS_FILE
     )
+    if broken is not None:
+        context.config.refused_at_start(broken)
     app: Sanic[Config, AppContext] = app_class(fast.dispatch)(
         APP_NAME, ctx=context, configure_logging=False
     )
@@ -96,6 +116,8 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
 
                 ctx.exemplars = Exemplars(settings.multiproc_dir)
             ctx.config.on_result = ctx.metrics.on_reload
+            if broken is not None:  # refused before the metrics were there
+                ctx.metrics.on_reload("failure")
         # Per worker: a handle on the table the CLI shared between workers, or a Redis client.
         ctx.limiter = create_limiter(
             settings.rate_limit_backend,

@@ -52,7 +52,7 @@ class ConfigHolder:
         self.last_check_at = time.time()
         cfg = self.current
         path = cfg.path
-        stamp = (stamp_of(path), *(stamp_of(dep) for dep, _ in cfg.deps))
+        stamp = self._stamp()
         current = (
             (cfg.mtime_ns, cfg.size, cfg.inode, cfg.ctime_ns),
             *(was for _, was in cfg.deps),
@@ -94,6 +94,17 @@ class ConfigHolder:
         if self.on_result:
             self.on_result("success")
         return True
+
+    def refused_at_start(self, error: str) -> None:
+        """The file could not be loaded when this worker started, and it serves the instance's
+        last good config (service.config.lastgood): reported as a failed reload, at once (the
+        first check would only find it a second later), and not again until the file changes."""
+        self._failed(self._stamp(), error)
+
+    def _stamp(self) -> tuple[Stamp, ...]:
+        """The stamps of the files the current config was read from, as they are now."""
+        cfg = self.current
+        return (stamp_of(cfg.path), *(stamp_of(dep) for dep, _ in cfg.deps))
 
     def _failed(self, stamp: tuple[Stamp, ...], error: str) -> None:
         # Remember the broken version so it is reported once, not every second.

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
+from tests.scrape import scrape, value
 from tests.support import (
     SSE,
     RouterFactory,
@@ -344,6 +345,58 @@ def test_a_worker_that_dies_is_logged_and_started_again(
     wait_until(lambda: router.output().count("Worker ready") >= 3, 15, "the new worker ready")
     for _ in range(6):  # on new connections: both workers answer
         assert httpx.get(router.url + "/health").status_code == 200
+    assert router.stop() == 0
+
+
+def test_a_worker_started_again_while_the_config_is_broken_serves_the_last_good_one(
+    fake: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """A broken edit keeps the last good config serving; a worker that dies then was started
+    again, read the broken file and could not start (the instance went on with a worker less,
+    and with none once all had died). It starts from the instance's last good config (the one
+    the running workers took, not the one the router started with), reports the file's error,
+    and takes the next good edit as the others do."""
+    data = profile(fake)
+    router = router_factory({**data, "modelMapping": {"gpt-4": "first-model"}}, workers=2)
+    path = router.profile_path
+    path.write_text(json.dumps({**data, "modelMapping": {"gpt-4": "good-model"}}))
+    wait_until(
+        lambda: sum(e.get("event") == "config_reloaded" for e in router.logs()) == 2,
+        10,
+        "both workers to take the good edit",
+    )
+    path.write_text('{"name": "broken", ')
+    wait_until(
+        lambda: sum(e.get("event") == "config_reload_failed" for e in router.logs()) == 2,
+        10,
+        "both workers to refuse the broken edit",
+    )
+    workers = worker_pids(router)
+    for pid in workers:  # every worker: the instance is down unless they start again
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: router.output().count("Worker ready") >= 4, 20, "two new workers ready")
+    started = [e for e in router.logs() if e.get("event") == "config_started_from_last_good"]
+    assert len(started) == 2 and "invalid JSON" in started[0]["error"], started
+    # reported at once by each new worker, as a failed reload (log line, /health, the metric)
+    assert sum(e.get("event") == "config_reload_failed" for e in router.logs()) == 4
+    assert sorted(set(worker_pids(router)) & set(workers)) == []
+    assert len(worker_pids(router)) == 2
+    models = set()
+    for _ in range(8):  # on new connections: both workers answer, with the good edit's mapping
+        chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+        r = httpx.post(router.url + "/v1/chat/completions", json=chat)
+        assert r.status_code == 200, r.text
+        models.add(json.loads(fake.requests[-1].body)["model"])
+    assert models == {"good-model"}
+    health = httpx.get(router.url + "/health").json()
+    assert health["config"]["status"] == "error" and "invalid JSON" in health["config"]["lastError"]
+    assert value(scrape(router.url), "config_reload_failures_total") == 4
+    path.write_text(json.dumps({**data, "modelMapping": {"gpt-4": "fixed-model"}}))
+    wait_until(
+        lambda: sum(e.get("event") == "config_reloaded" for e in router.logs()) == 4,
+        10,
+        "the new workers to take the fixed file",
+    )
     assert router.stop() == 0
 
 
