@@ -31,6 +31,7 @@ class RequestState:
         "attempts",
         "config",
         "dropped",
+        "ended_by",
         "error_type",
         "fallbacks",
         "first_byte_latency",
@@ -86,3 +87,6 @@ class RequestState:
         # everything before the response's end): a client that closes after this did not leave
         # early, whatever became of HTTP's last chunk (service.observability.lifecycle).
         self.answered = False
+        # "shutdown": the stream was ended by the worker's drain (`server_shutting_down`), not
+        # by its upstream nor its client: no error_type (nothing failed upstream), but logged.
+        self.ended_by: str | None = None

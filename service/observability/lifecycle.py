@@ -213,6 +213,9 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.error_type is not None:
             fields["error_type"] = state.error_type
             level = logging.WARNING
+        if state.ended_by is not None:  # a stream the drain ended (`server_shutting_down`)
+            fields["ended_by"] = state.ended_by
+            level = logging.WARNING
         emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, ctx.request_id)
     if state.error_type is not None or status >= 500:
         _failed(request, route, status, state.error_type)

@@ -409,7 +409,10 @@ class _Stream:
             transport.set_write_buffer_limits(high=high, low=low)
 
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
-        self.request.ctx.state.error_type = err.error_type
+        state = self.request.ctx.state
+        state.error_type = err.error_type
+        if err is SHUTTING_DOWN:
+            state.ended_by = "shutdown"
         if self.translator is not None and self.translator.broken:
             # the translated stream ended with its error already (the upstream's error event):
             # a second one is not news, and no client reads past the first

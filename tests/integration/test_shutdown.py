@@ -227,6 +227,8 @@ def test_drain_time_bounds_a_stream_that_does_not_end(
         if e.get("event") == "request_completed" and e["route"] == "/v1/chat/completions"
     ]
     assert line["status_code"] == 200 and "error_type" not in line
+    # but it says the drain ended it, at warning level: a deploy's cut streams can be counted
+    assert (line["ended_by"], line["level"]) == ("shutdown", "warning")
 
 
 def test_the_drain_reaches_a_silent_stream_waiting_out_a_long_heartbeat(
