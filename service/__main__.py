@@ -154,9 +154,35 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
         for f in [*p.glob("*.db"), p / "exemplars.bin", p / "failure-alarm.json"]:
             f.unlink(missing_ok=True)
     else:
-        path = tempfile.mkdtemp(prefix="api-router-metrics-")
+        sweep_metric_dirs()
+        path = tempfile.mkdtemp(prefix=f"{METRIC_DIR_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
+
+
+METRIC_DIR_PREFIX = "api-router-metrics-"
+
+
+def sweep_metric_dirs(tmp: str | None = None) -> list[str]:
+    """Remove the temporary metric directories of routers that died without removing theirs
+    (SIGKILL, the OOM killer): each is named after its main process, and one whose process is
+    gone and that belongs to this user is left by nobody. The removed paths."""
+    removed: list[str] = []
+    if not Path("/proc/self").exists():  # no way to tell a live router from a dead one
+        return removed
+    base = Path(tmp or tempfile.gettempdir())
+    for d in base.glob(f"{METRIC_DIR_PREFIX}*-*"):
+        pid = d.name[len(METRIC_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            if not d.is_dir() or d.is_symlink() or d.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    return removed
 
 
 def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | None:

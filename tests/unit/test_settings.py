@@ -86,6 +86,38 @@ def test_options_may_come_between_or_after_the_positional_arguments() -> None:
         assert (s.profile_path.stem, s.port, s.workers) == ("openai", 9000, 2)
 
 
+def test_temporary_metric_dirs_of_dead_routers_are_swept_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR each run makes a temporary directory, removed by its
+    main process at its end: a router killed with SIGKILL left its own behind, one more per
+    kill. It is named after its main process now, and the next start removes those whose
+    process is gone (not a live router's, nor a directory of another name)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from service.__main__ import prepare_multiproc_dir
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, check=True)  # fmt: skip
+    dead = int(done.stdout)
+    stale = tmp_path / f"api-router-metrics-{dead}-k2j4"
+    live = tmp_path / f"api-router-metrics-{os.getpid()}-a8f1"
+    other = [tmp_path / "api-router-metrics-q1w2e3", tmp_path / "api-router-metrics-x-y"]
+    for d in (stale, live, *other):
+        d.mkdir()
+        (d / "counter_1.db").write_bytes(b"")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    made = Path(prepare_multiproc_dir({}))
+    assert made.parent == tmp_path and made.name.startswith(f"api-router-metrics-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (made, live, *other)
+    )
+
+
 def test_a_previous_run_s_metrics_exemplars_and_alarm_are_removed_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
