@@ -39,21 +39,29 @@ def create() -> str:
     return share_file(path)
 
 
-def save(config: LoadedConfig) -> None:
-    """Store `config` (one that loaded and validated) as the instance's last good one."""
+def save(config: LoadedConfig) -> bool:
+    """Store `config` (one that loaded and validated) as the instance's last good one; False
+    when it could not be. Never raises: it runs in every load (`ConfigHolder.on_load`), and a
+    config that cannot be stored (the main process gone, a value pickle refuses) still serves."""
     path = os.environ.get(LAST_GOOD_ENV)
     if not path:
-        return
-    data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
-    fd = os.open(path, os.O_RDWR)
+        return False
+    try:
+        data = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
+        fd = os.open(path, os.O_RDWR)
+    except Exception:
+        return False
     try:
         with flocked(fd):
             os.ftruncate(fd, 0)
             view = memoryview(data)
             while view:
                 view = view[os.pwrite(fd, view, len(data) - len(view)) :]
+    except OSError:
+        return False
     finally:
         os.close(fd)
+    return True
 
 
 def load() -> LoadedConfig | None:
