@@ -17,7 +17,7 @@ from ..proxy.body import dumps_exact, loads_exact
 from .common import (
     ANTHROPIC_TO_EFFORT,
     DEFAULT_OPTIONS,
-    FINISH_TO_STOP,
+    CallPositions,
     Drops,
     StreamTranslator,
     TranslationOptions,
@@ -30,6 +30,7 @@ from .common import (
     given,
     output_limit_field,
     sse,
+    stop_reason,
 )
 
 UPSTREAM = "OpenAI Chat Completions"
@@ -530,7 +531,9 @@ def response(body: dict[str, Any]) -> dict[str, Any]:
         "role": "assistant",
         "model": body.get("model"),
         "content": content,
-        "stop_reason": FINISH_TO_STOP.get(choice.get("finish_reason") or "", "end_turn"),
+        "stop_reason": stop_reason(
+            choice.get("finish_reason"), any(c["type"] == "tool_use" for c in content)
+        ),
         "stop_sequence": None,
         "usage": usage(body.get("usage")),
     }
@@ -575,6 +578,7 @@ class EventTranslator(StreamTranslator):
         "_held",
         "_kind",
         "_open",
+        "_positions",
         "_started",
         "_tools",
         "_usage",
@@ -589,6 +593,7 @@ class EventTranslator(StreamTranslator):
         self._kind = ""  # its type: text, thinking or tool_use
         self._call: _ToolCall | None = None  # the open block's call when it is a tool_use
         self._tools: dict[int, _ToolCall] = {}  # by OpenAI tool_call index
+        self._positions = CallPositions()  # which call a delta is for (its index, or its id)
         self._waiting: list[_ToolCall] = []  # calls not started yet, in the order they came
         # Text and thinking that came while a call's arguments were not whole: (block type,
         # text), written once they are (`_calls_pending`)
@@ -726,7 +731,7 @@ class EventTranslator(StreamTranslator):
 
     def _tool_delta(self, call: dict[str, Any], out: list[bytes]) -> None:
         fn = call.get("function") or {}
-        position = call.get("index", 0)
+        position = self._positions(call)
         tool = self._tools.get(position)
         if tool is None:
             tool = self._tools[position] = _ToolCall(
@@ -754,10 +759,14 @@ class EventTranslator(StreamTranslator):
         if self._waiting and (self._call is None or self._call.whole(self._call.args)):
             self._start_waiting(out)
 
-    def _start_waiting(self, out: list[bytes]) -> None:
+    def _start_waiting(self, out: list[bytes], final: bool = False) -> None:
         """Start the waiting calls in order, each with its fragments so far, while the open
-        one's arguments are whole (the last one stays open: more may come for it)."""
+        one's arguments are whole (the last one stays open: more may come for it). A call
+        without its name yet waits for it (some servers send the name after the call's first
+        piece; its block started with an empty name) unless this is the `final` start."""
         while self._waiting and (self._call is None or self._call.whole(self._call.args)):
+            if not self._waiting[0].name and not final:
+                return
             tool = self._waiting.pop(0)
             block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
             tool.block = self._start_block(block, out)
@@ -772,7 +781,7 @@ class EventTranslator(StreamTranslator):
         """The finish: every waiting call is started and the last block closed."""
         while self._waiting:
             self._call = None  # the finish: the open call gets nothing more
-            self._start_waiting(out)
+            self._start_waiting(out, final=True)
         self._call = None
         self._release(out)
         self._close(out)
@@ -783,7 +792,7 @@ class EventTranslator(StreamTranslator):
         if not self._started:
             out.append(self._message_start({}))
         self._close_calls(out)
-        stop = FINISH_TO_STOP.get(self._finish or "stop", "end_turn")
+        stop = stop_reason(self._finish, bool(self._tools))
         out.append(
             sse(
                 {

@@ -310,6 +310,49 @@ FINISH_TO_STOP = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+
+
+def stop_reason(finish: str | None, tool_calls: bool) -> str:
+    """The Anthropic stop_reason for a Chat Completions finish_reason; `tool_calls`: the answer
+    holds tool calls. Some servers end a tool-call answer with `stop` (Gemini's OpenAI-compatible
+    streams): `end_turn` there made an agent (the anthropic SDK's tool runner, Claude Code) take
+    the turn for final and never run the calls."""
+    stop = FINISH_TO_STOP.get(finish or "stop", "end_turn")
+    return "tool_use" if tool_calls and stop == "end_turn" else stop
+
+
+class CallPositions:
+    """Which tool call of a Chat Completions stream a `tool_calls` delta belongs to: its
+    `index`. Some servers send none (Gemini's OpenAI-compatible API, which sends each call
+    whole with an id of its own): a delta without an index starts a new call when its `id`
+    differs from the last call's, and continues the last call otherwise (one without an id).
+    Every such delta was taken for call 0: a second call's arguments were appended to the
+    first's, and its id and name were lost."""
+
+    __slots__ = ("_last", "_last_id", "_next")
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._last_id: str | None = None
+        self._next = 0
+
+    def __call__(self, delta: dict[str, Any]) -> Any:
+        index = delta.get("index")
+        cid = delta.get("id")
+        cid = cid if isinstance(cid, str) and cid else None
+        if index is not None:
+            position = index  # as the server said (a key of the translator's calls)
+        elif cid is not None and self._last_id is not None and cid != self._last_id:
+            position = self._next
+        else:
+            position = self._last
+        if isinstance(position, int) and not isinstance(position, bool):
+            self._last, self._next = position, max(self._next, position + 1)
+        if cid is not None:
+            self._last_id = cid
+        return position
+
+
 STOP_TO_FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",

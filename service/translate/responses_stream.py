@@ -15,6 +15,7 @@ from .common import (
     MALFORMED,
     NO_ARGUMENTS,
     BadUpstreamEvent,
+    CallPositions,
     StreamTranslator,
     WholeArguments,
     sse,
@@ -115,6 +116,7 @@ class ResponsesStream(StreamTranslator):
         "_held",
         "_model",
         "_output",
+        "_positions",
         "_seq",
         "_started",
         "_text",
@@ -138,6 +140,7 @@ class ResponsesStream(StreamTranslator):
         self._output: list[dict[str, Any] | None] = []  # by output_index; None while open
         self._text: _Text | None = None
         self._calls: dict[int, _Call] = {}
+        self._positions = CallPositions()  # which call a delta is for (its index, or its id)
         self._call: _Call | None = None  # the open call
         self._waiting: list[_Call] = []  # named calls not open yet, in the order they came
         # Text and reasoning that came while a call's arguments were not whole: (part, text),
@@ -372,7 +375,7 @@ class ResponsesStream(StreamTranslator):
     # --- tool calls ------------------------------------------------------------------------
 
     def _call_delta(self, delta: dict[str, Any], out: list[bytes]) -> None:
-        position = delta.get("index", 0)
+        position = self._positions(delta)
         call = self._calls.get(position)
         if call is None:
             call = self._calls[position] = _Call()

@@ -319,7 +319,8 @@ def test_a_chat_answer_survives_both_translations(
     completion: int,
 ) -> None:
     """Chat Completions answer -> Messages answer -> Chat Completions answer keeps the text, the
-    tool calls (ids, names, arguments), the finish reason and the token counts."""
+    tool calls (ids, names, arguments), the finish reason (`stop` with tool calls becomes
+    `tool_calls`) and the token counts."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = [
@@ -348,7 +349,9 @@ def test_a_chat_answer_survives_both_translations(
         for c in m.get("tool_calls", [])
     ]
     assert got_calls == [(f"call_{i}", n, a) for i, (n, a) in enumerate(calls)]
-    assert again["choices"][0]["finish_reason"] == finish
+    # (an answer with tool calls that says `stop` says `tool_calls` after: common.stop_reason)
+    expected = "tool_calls" if calls and finish == "stop" else finish
+    assert again["choices"][0]["finish_reason"] == expected
     assert (again["usage"]["prompt_tokens"], again["usage"]["completion_tokens"]) == (
         prompt,
         completion,
@@ -454,6 +457,71 @@ def test_a_waiting_call_s_name_that_comes_later_is_in_its_block() -> None:
     out = parse(tr.events(render(items)) + tr.finish())
     starts = [i["data"]["content_block"] for i in out if i["event"] == "content_block_start"]
     assert [(b["id"], b["name"]) for b in starts] == [("call_0", "tool_0"), ("call_1", "tool_1")]
+
+
+def _chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"id": "c", "model": "m", "choices": [choice]}) + b"\n\n"
+
+
+def _messages_of(chunks: list[bytes]) -> Any:
+    """The message the anthropic SDK's accumulator makes of the translated stream."""
+    tr = Translator("anthropic_to_openai", {}, CREATED)
+    snapshot = None
+    bufs: dict[int, bytes] = {}
+    for item in parse(tr.events(chunks) + tr.finish()):
+        event = STREAM_EVENT.validate_python(item["data"])
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=bufs)
+    return snapshot
+
+
+def test_calls_without_an_index_are_told_apart_by_their_ids() -> None:
+    """Gemini's OpenAI-compatible stream sends each call whole, without `index`, and ends a
+    tool-call answer with `stop`: both calls were one block (`{"city":"Paris"}{"city":"Rome"}`,
+    Rome's id and input lost) with `end_turn`, which an agent takes for a final answer."""
+    calls = [
+        {"id": "function-call-1", "type": "function",
+         "function": {"name": "weather", "arguments": '{"city":"Paris"}'}},
+        {"id": "function-call-2", "type": "function",
+         "function": {"name": "weather", "arguments": '{"city":"Rome"}'}},
+    ]  # fmt: skip
+    for chunks in (
+        [_chat_chunk({"tool_calls": calls}, "stop")],  # both in one chunk
+        [_chat_chunk({"tool_calls": [calls[0]]}), _chat_chunk({"tool_calls": [calls[1]]}, "stop")],
+    ):
+        message = _messages_of(chunks)
+        assert [(b.id, b.name, b.input) for b in message.content] == [
+            ("function-call-1", "weather", {"city": "Paris"}),
+            ("function-call-2", "weather", {"city": "Rome"}),
+        ]
+        assert message.stop_reason == "tool_use"
+    # Pieces without an index or an id continue the last call.
+    pieces = [
+        _chat_chunk({"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": '{"x"'}}]}),
+        _chat_chunk({"tool_calls": [{"function": {"arguments": ": 1}"}}]}, "tool_calls"),
+    ]
+    assert [(b.id, b.input) for b in _messages_of(pieces).content] == [("a", {"x": 1})]
+    # A whole answer ending a tool call with `stop` is `tool_use` too.
+    body = {"choices": [{"message": {"tool_calls": calls[:1]}, "finish_reason": "stop"}]}
+    whole = Translator("anthropic_to_openai", {}, CREATED).body(
+        200, "application/json", orjson.dumps(body)
+    )
+    assert orjson.loads(whole)["stop_reason"] == "tool_use"
+
+
+def test_a_call_whose_name_comes_after_its_first_piece_keeps_it() -> None:
+    """Some servers send a call's id and arguments first and its name later: its block started
+    at once with `name: ""`, which a client cannot run."""
+    chunks = [
+        _chat_chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"arguments": ""}}]}),
+        _chat_chunk({"tool_calls": [{"index": 0, "function": {"name": "get_weather"}}]}),
+        _chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris"}'}}]},
+                    "tool_calls"),
+    ]  # fmt: skip
+    message = _messages_of(chunks)
+    assert [(b.id, b.name, b.input) for b in message.content] == [
+        ("call_1", "get_weather", {"city": "Paris"})
+    ]
 
 
 def test_integers_beyond_64_bits_in_tool_arguments_stay_exact() -> None:

@@ -495,6 +495,23 @@ def test_a_call_whose_name_comes_late_opens_when_it_does() -> None:
     assert tr.finish() == []
 
 
+def test_calls_without_an_index_are_told_apart_by_their_ids() -> None:
+    """Gemini's OpenAI-compatible stream sends each call whole without `index`: both were one
+    function_call whose arguments were `{"city":"Paris"}{"city":"Rome"}` (not JSON)."""
+    tr = ResponsesTranslator("openai", {"tools": [{"type": "function", "name": "w"}]}, CREATED)
+    calls = [
+        {"id": "function-call-1", "function": {"name": "w", "arguments": '{"city":"Paris"}'}},
+        {"id": "function-call-2", "function": {"name": "w", "arguments": '{"city":"Rome"}'}},
+    ]
+    out = tr.events([_chunk({"tool_calls": [calls[0]]}), _chunk({"tool_calls": [calls[1]]}, "stop"),
+                     b"data: [DONE]\n\n"])  # fmt: skip
+    output = [i["data"] for i in parse(out)][-1]["response"]["output"]
+    assert [(o["type"], o["call_id"], o["arguments"]) for o in output] == [
+        ("function_call", "function-call-1", '{"city":"Paris"}'),
+        ("function_call", "function-call-2", '{"city":"Rome"}'),
+    ]
+
+
 def test_an_empty_stream_ends_failed_and_a_done_without_finish_completes() -> None:
     cut = ResponsesTranslator("openai", {"model": "m"}, CREATED)
     items = [i["data"] for i in parse(cut.finish())]
