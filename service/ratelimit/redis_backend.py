@@ -239,7 +239,9 @@ return out
 
 # ARGV[1]: tokens to give back (negative: to take); then per meter like TOKEN_RESERVE. A bucket
 # that is gone was full; a budget that is gone is refunded nothing (its period ended) and takes an
-# overrun as its first use (the caller passes the period now current for an overrun).
+# overrun as its first use (the caller passes the period now current for an overrun). A budget
+# given back to zero is deleted, as a full bucket is: keys refused upstream (a made-up key's
+# 401, refunded whole) kept one key each until their month ended.
 TOKEN_SETTLE = (
     _TOKEN_COMMON
     + """
@@ -257,7 +259,11 @@ for i = 1, #KEYS do
     end
   elseif level ~= nil then
     level = math.max(0, level - delta)
-    redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', level))
+    if level <= 0 then  -- unused in its period again: as if never made (bounded keys)
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', level))
+    end
   elseif delta < 0 then  -- an overrun is the first use of a period (one that began meanwhile)
     redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', -delta))
     redis.call('PEXPIRE', KEYS[i], math.max(1, tonumber(ARGV[a + 2])))

@@ -122,6 +122,11 @@ def _writes(
             out.append(None)
         elif m.rate > 0:
             out.append((lv, now, now + (m.cap - lv) / m.rate))
+        elif lv <= 0:
+            # Given back to zero: unused in its period, as if never made; forgotten now (as a
+            # full bucket is), or a made-up key refused upstream (its 401 refunded whole) held
+            # a slot until its month ended, and enough of them filled the table.
+            out.append((0.0, now, now))
         else:  # a budget is forgotten when its period ends: set once, when it is created
             out.append((lv, now, now + m.ttl if s is None else None))
     return out
@@ -294,6 +299,9 @@ class LocalTokens:
             if w is not None:
                 old = self._values.get((m.scope, m.key))
                 full = w[2] if w[2] is not None else (old[2] if old else w[1])
+                if full <= w[1]:  # forgotten now (a budget given back to zero)
+                    self._values.pop((m.scope, m.key), None)
+                    continue
                 self._values[(m.scope, m.key)] = (w[0], w[1], full)
 
     async def reserve(self, meters: Sequence[Meter], amount: int) -> tuple[int, list[float]]:

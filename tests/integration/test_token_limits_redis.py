@@ -88,6 +88,39 @@ def test_budget_keys_name_their_period_and_expire_with_it(
         r.close()
 
 
+def test_budgets_refunded_whole_leave_no_key(redis_server: RedisServer) -> None:
+    """Made-up keys refused upstream (401) are refunded whole: each left its daily and monthly
+    key in Redis, at 0, until its month ended; nothing bounded them."""
+    from service.ratelimit.bucket import Meter
+    from service.ratelimit.redis_backend import RedisTokens
+
+    async def run() -> tuple[list[str], list[str]]:
+        store = RedisTokens(redis_server.url, prefix="api-router:tk-refund:")
+        try:
+            for i in range(20):
+                budgets = [
+                    Meter("daily", f"junk{i}.d1", 3000, 0.0, 86_400.0, True),
+                    Meter("monthly", f"junk{i}.m1", 9000, 0.0, 2_592_000.0, True),
+                ]
+                assert (await store.reserve(budgets, 120))[0] < 0
+                await store.settle(budgets, 120)
+            kept = [Meter("daily", "real.d1", 3000, 0.0, 86_400.0, True)]
+            assert (await store.reserve(kept, 120))[0] < 0
+            await store.settle(kept, 100)  # 20 used: kept
+        finally:
+            await store.close()
+        r = redis.Redis.from_url(redis_server.url)
+        try:
+            return sorted(k.decode() for k in r.scan_iter("api-router:tk-refund:*")), [
+                r.hget("api-router:tk-refund:daily:real.d1", "tokens").decode()
+            ]
+        finally:
+            r.close()
+
+    keys, level = asyncio.run(run())
+    assert keys == ["api-router:tk-refund:daily:real.d1"] and float(level[0]) == 20
+
+
 @pytest.mark.parametrize("fail_closed", [False, True], ids=["fail-open", "fail-closed"])
 def test_redis_gone(
     router_factory: RouterFactory, upstream: FakeUpstream, fail_closed: bool

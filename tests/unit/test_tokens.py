@@ -182,6 +182,34 @@ def test_local_and_shared_stores_agree(tmp_path: Path) -> None:
         remove_table(path)
 
 
+def test_a_budget_given_back_to_zero_is_forgotten(tmp_path: Path) -> None:
+    """A key refused upstream (a made-up key's 401) is refunded whole: its daily and monthly
+    entries stayed, at 0, until their period ended, and enough such keys filled the table, so a
+    new key's every request failed the token check (served unlimited, or 503 fail-closed)."""
+    clock = Clock()
+    path = create_table(64, str(tmp_path))
+    shared, local = SharedTokens(path), LocalTokens(clock)
+    shared.table._now = clock
+    try:
+        for i in range(200):  # far more keys than the table holds, each refused and refunded
+            budget = [Meter("daily", f"junk{i}.d", 3000, 0.0, 86_400.0, True)]
+            for store in (shared, local):
+                assert asyncio.run(store.reserve(budget, 120))[0] < 0
+                asyncio.run(store.settle(budget, 120))
+            clock.t += 0.01
+        # (the table's at most a quarter, as forgotten entries are swept once that many live)
+        assert shared.table.live() <= 64 // 4 and local._values == {}
+        real = [Meter("daily", "real.d", 300, 0.0, 86_400.0, True)]
+        assert asyncio.run(shared.reserve(real, 122)) == (-1, [122.0])
+        assert asyncio.run(shared.reserve(real, 122)) == (-1, [244.0])
+        assert asyncio.run(shared.reserve(real, 122))[0] == 0  # its budget, exact again
+        asyncio.run(shared.settle(real, 122))  # a partial refund keeps the entry
+        assert asyncio.run(shared.reserve(real, 0)) == (-1, [122.0])
+    finally:
+        asyncio.run(shared.close())
+        remove_table(path)
+
+
 def _reserve_many(path: str, n: int, out: Any) -> None:
     store = SharedTokens(path)
     meters = [Meter("minute", "one-key.p", 1000, 1e-9, 0.0, True)]
