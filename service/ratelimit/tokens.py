@@ -446,10 +446,11 @@ class TokenLimiter:
         for m in list(meters):
             if amount > m.cap:  # could never fit, whatever the wait
                 self._rejected(TOO_LARGE, m.enforce)
-                if m.enforce:
+                if m.enforce:  # with the request bucket's headers (it took its token)
                     raise TokenRequestTooLarge(
                         f"This request's token estimate ({amount}) is larger than its key's "
-                        f"whole {m.scope} token limit ({m.cap})"
+                        f"whole {m.scope} token limit ({m.cap})",
+                        headers=also,
                     )
                 meters.remove(m)
         headers: dict[str, str] = {}
@@ -459,7 +460,7 @@ class TokenLimiter:
             except Exception as e:  # whatever the store raised, the request gets an answer
                 self._failed(e, "reserve")
                 if self._fail_closed:
-                    raise ServiceUnavailable() from None
+                    raise ServiceUnavailable(headers=also) from None
                 return None
             if minute is not None and minute in meters:
                 headers = _headers(minute, levels[meters.index(minute)])

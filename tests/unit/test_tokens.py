@@ -295,6 +295,11 @@ def test_larger_than_the_whole_bucket_is_400_and_counted() -> None:
         asyncio.run(lim.reserve("k", rule(tokens_per_minute=100), {"max_tokens": 101}, 0))
     assert e.value.status == 400 and e.value.code == "request_exceeds_token_limit"
     assert lim.metrics.token_rejections_by.n == {("request_too_large", "enforce"): 1}
+    # the request bucket took its token: its headers come with the 400, as with the 429
+    bucket = {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4"}
+    with pytest.raises(TokenRequestTooLarge) as e:
+        asyncio.run(lim.reserve("k", rule(tokens_per_minute=100), {"max_tokens": 101}, 0, bucket))
+    assert e.value.headers == bucket
 
 
 def test_shadow_mode_never_refuses_and_reserves_only_what_fits() -> None:
@@ -318,8 +323,9 @@ def test_fail_open_and_fail_closed() -> None:
     assert asyncio.run(lim.reserve("k", rule(tokens_per_minute=6000), {}, 0)) is None
     closed = TokenLimiter(Failing(), backend="redis", fail_closed=True)
     with pytest.raises(ServiceUnavailable) as e:
-        asyncio.run(closed.reserve("k", rule(tokens_per_minute=6000), {}, 0))
+        asyncio.run(closed.reserve("k", rule(tokens_per_minute=6000), {}, 0, {"X-A": "1"}))
     assert "secret" not in str(e.value)
+    assert e.value.headers == {"X-A": "1"}  # the request bucket's headers, as documented
     # A settlement that fails is counted, never raised into the answer.
     charge = Charge([BUCKET], 10, rule(tokens_per_minute=60), {})
     asyncio.run(lim.settle(charge, {"prompt_tokens": 1}, False))
