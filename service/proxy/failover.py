@@ -934,7 +934,10 @@ async def forward_routed(
     assert routing is not None
     state: RequestState = request.ctx.state
     sent_key = h.client_credential(request.headers, None)
-    state.key_id = h.key_id(sent_key or ctx.settings.default_api_key)
+    keyed_by = sent_key
+    if keyed_by is None and ctx.access is None:  # a key in another form keys the buckets too
+        keyed_by = h.sent_key(request.headers, request.args)
+    state.key_id = h.key_id(keyed_by or ctx.settings.default_api_key)
     boundary: bytes | None = None
     if route in MULTIPART_ROUTES:
         # Audio uploads: read whole under a routing file (the model part decides where the

@@ -182,6 +182,28 @@ def client_credential(headers: Mapping[str, str], default_key: str | None) -> st
     return default_key or None
 
 
+def sent_key(headers: Mapping[str, str], query: Mapping[str, Any]) -> str | None:
+    """The key the client sent, in any form it may (`Authorization: Bearer`, `x-api-key`, then
+    `api-key`, `x-goog-api-key`, a `key=` query parameter): what keys its buckets (SPEC §7: one
+    per client credential). The other forms reach the upstream as they are on an open router;
+    their clients all shared the anonymous (or DEFAULT_API_KEY's) buckets, one using up
+    another's."""
+    own = client_credential(headers, None)
+    if own is not None:
+        return own
+    for name in sorted(OTHER_CREDENTIAL_HEADERS):
+        value = headers.get(name)
+        if value and value.strip():
+            return value.strip()
+    for name in sorted(CREDENTIAL_PARAMS):
+        value = query.get(name)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
 # Anthropic's OAuth tokens (a Claude subscription: Claude Code's `CLAUDE_CODE_OAUTH_TOKEN`, sent
 # as `Authorization: Bearer`) are refused in `x-api-key` ("invalid x-api-key"): they go upstream
 # as a bearer token whatever the profile's `auth` says for keys.

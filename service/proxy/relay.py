@@ -96,8 +96,11 @@ async def forward(
     state: RequestState = request.ctx.state
     request_id: str = request.ctx.request_id
 
-    credential = h.client_credential(request.headers, ctx.settings.default_api_key)
-    state.key_id = h.key_id(credential)
+    own = h.client_credential(request.headers, None)
+    credential = own or ctx.settings.default_api_key or None
+    if own is None and ctx.access is None:  # a key in another form keys the buckets too
+        own = h.sent_key(request.headers, request.args)
+    state.key_id = h.key_id(own or credential)
     if ctx.access is not None:
         # Shared deployment (service.access): the client's key was an access key, already
         # checked; it keys the buckets, and the upstream gets the operator's credential only.

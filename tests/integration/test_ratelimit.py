@@ -144,6 +144,28 @@ def test_buckets_are_per_key_and_route_and_anonymous_requests_share_one(
     assert post(limited.url, CHAT).status_code == 200
 
 
+def test_a_key_in_another_form_has_its_own_bucket(limited: RouterProcess) -> None:
+    """Keys sent as `x-goog-api-key`, `api-key` or `?key=` (forwarded as they are on an open
+    router) keyed no bucket: their clients all shared the anonymous one, one using up
+    another's (SPEC §7: one bucket per client credential)."""
+    url = limited.url + EMBEDDINGS
+    doc = {"model": "gpt-4", "input": "x"}
+    forms: list[dict[str, Any]] = [
+        {"headers": {"x-goog-api-key": "goog-1"}},
+        {"headers": {"api-key": "azure-1"}},
+        {"params": {"key": "query-1"}},
+    ]
+    for form in forms:  # each its own bucket of 2 (the endpoint's burst)
+        got = [httpx.post(url, json=doc, timeout=10, **form).status_code for _ in range(3)]
+        assert got == [200, 200, 429], form
+    other = httpx.post(url, json=doc, timeout=10, headers={"x-goog-api-key": "goog-2"})
+    assert other.status_code == 200  # another key of the same form: another bucket
+    ids = {e["key_id"] for e in limited.logs() if e.get("event") == "request_completed"
+           and e.get("route") == EMBEDDINGS}  # fmt: skip
+    assert len(ids) >= 4  # a short hash each, never the key
+    assert all(k not in " ".join(ids) for k in ("goog-1", "azure-1", "query-1"))
+
+
 def test_only_proxied_post_routes_are_limited(limited: RouterProcess) -> None:
     for _ in range(3):
         post(limited.url, EMBEDDINGS, "sk-get")
