@@ -177,9 +177,11 @@ def ends_stream(tail: bytes) -> bool:
 
 def ends_chat(tail: bytes) -> bool:
     """Whether the last event with data in `tail` shows a Chat Completions (or Completions)
-    stream's answer ended: `[DONE]`, a choice with a finish reason, the usage chunk that follows
-    it (no choices), or an error object of the upstream's own. Comment events after it are
-    skipped. Run once, at the end of a stream without `[DONE]`."""
+    stream's answer ended: `[DONE]`, a choice with a finish reason, a usage (the usage chunk
+    after the finish, whatever its `choices`: servers differ), or an error object of the
+    upstream's own. Comment events after it are skipped. Run once, at the end of a stream
+    without `[DONE]`. (A server that sends a usage in every chunk has a cut after any of them
+    taken for whole, as before: an error appended to a whole answer would be worse.)"""
     for event in _fields(tail):
         data = [value for field, value in event if field == b"data"]
         if not data:
@@ -193,7 +195,7 @@ def ends_chat(tail: bytes) -> bool:
             return False
         if not isinstance(obj, dict):
             return False
-        if "error" in obj or (obj.get("choices") == [] and isinstance(obj.get("usage"), dict)):
+        if "error" in obj or isinstance(obj.get("usage"), dict):
             return True
         return bool(answer_facts(obj, {}).get("finish_reasons"))
     return False

@@ -457,9 +457,12 @@ def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
         usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
         usage_chunk = "data: " + json.dumps({"id": "c", "choices": [], "usage": usage}) + "\n\n"
         upstream_error = 'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n'
+        usage_in_a_choice = "data: " + json.dumps({"id": "c", "usage": usage, "choices": [
+            {"index": 0, "delta": {}, "finish_reason": None}]}) + "\n\n"  # fmt: skip
         chat_tails = {
             "finish": whole,
             "usage": [*whole, usage_chunk],
+            "usage-in-a-choice": [*whole, usage_in_a_choice],
             "comment": [*whole, ": still here\n\n"],
             "crlf": [e.replace("\n", "\r\n") for e in whole],
             "error": [*whole[:1], upstream_error],
