@@ -330,7 +330,7 @@ class _Stream:
         """`piece` of the upstream's events was written: the answer is whole when it ends with
         the stream's last event. It is the stream's tail (`cut`) unless it is only comments
         (keep-alives), which may follow an answer's last event."""
-        if piece[0] != 58 or b"data:" in piece:  # 58: ":"
+        if piece[:1] != b":" or b"data:" in piece:
             self.tail = piece
         if ends_answer(piece):
             state.answered = True
