@@ -166,7 +166,8 @@ METRIC_DIR_PREFIX = "api-router-metrics-"
 def sweep_metric_dirs(tmp: str | None = None) -> list[str]:
     """Remove the temporary metric directories of routers that died without removing theirs
     (SIGKILL, the OOM killer): each is named after its main process, and one whose process is
-    gone and that belongs to this user is left by nobody. The removed paths."""
+    gone, that no live process still uses (its draining workers) and that belongs to this user
+    is left by nobody. The removed paths."""
     removed: list[str] = []
     if not Path("/proc/self").exists():  # no way to tell a live router from a dead one
         return removed
@@ -180,9 +181,28 @@ def sweep_metric_dirs(tmp: str | None = None) -> list[str]:
                 continue
         except OSError:
             continue
+        if _in_use(str(d)):  # its workers may outlive it a while (they drain first)
+            continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
     return removed
+
+
+def _in_use(path: str) -> bool:
+    """Whether a live process of ours was started with `path` as its metrics directory: the
+    workers of a main process that was killed drain their streams before they end
+    (service.server.lifeline) and still write there."""
+    wanted = b"PROMETHEUS_MULTIPROC_DIR=" + os.fsencode(path) + b"\0"
+    with os.scandir("/proc") as entries:
+        pids = [e.name for e in entries if e.name.isdigit()]
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if wanted in f.read() + b"\0":
+                    return True
+        except OSError:  # gone, or not ours
+            continue
+    return False
 
 
 def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | None:

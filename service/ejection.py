@@ -8,7 +8,7 @@ at a time may **probe** it (half-open: the first request to find it due claims t
 lease, the longest its attempt may take and at least `PROBE_LEASE_SECS`, or until it lets go;
 the others keep skipping it); a success restores it (and forgets its ejection count), a failure
 ejects it again for the next, longer time. While the ejection runs, answers to attempts sent
-before it change nothing.
+before it change nothing (a request that tries it because all its targets are ejected does).
 
 An upstream that answered 429 with a `Retry-After` **cools down** for that long; a later, longer
 value extends the cooldown, a shorter one never shortens it.
@@ -216,11 +216,15 @@ class Ejections:
             return True
         return False
 
-    def success(self, name: str, policy: OutlierPolicy | None = None) -> None:
+    def success(
+        self, name: str, policy: OutlierPolicy | None = None, tried_anyway: bool = False
+    ) -> None:
         """An answer that was not a failure: restored, its ejection count forgotten. Not while
-        its ejection time runs: such an answer comes from an attempt sent before the ejection
-        (no request is let through meanwhile), as the failures that are ignored then do; the
-        ejection ends with a probe (it ended at once, and with Redis for every replica)."""
+        its ejection time runs, unless `tried_anyway` (a request whose every target was
+        ejected tried it all the same, and it answered): otherwise such an answer comes from an
+        attempt sent before the ejection, as the failures ignored then do, and ended it at once
+        (with Redis for every replica). After its time, the first success restores it (the
+        probe's, or one sent before and answered late)."""
         if policy is not None and policy.failure_rate > 0:
             self._rate_trips(name, False, policy)
         at = self._slots.get(name)
@@ -233,7 +237,7 @@ class Ejections:
             return
         with self._locked():
             fails, _, ejected, cooled, _ = self._read(at)
-            if not (ejected or fails) or ejected > self.now():
+            if not (ejected or fails) or (ejected > self.now() and not tried_anyway):
                 return
             self._write(at, 0, 0, 0.0, cooled, 0.0)
         if ejected and self.on_wait is not None:

@@ -77,6 +77,8 @@ def load() -> LoadedConfig | None:
         with flocked(fd):
             size = os.fstat(fd).st_size
             data = os.pread(fd, size, 0) if size else b""
+    except OSError:
+        return None
     finally:
         os.close(fd)
     if not data:

@@ -317,13 +317,15 @@ class SettledFiles(mp.MultiProcessCollector):
 
     def collect(self) -> Any:
         files = []
-        for entry in os.scandir(self._dir):
-            if entry.name.endswith(".db"):
-                try:
-                    if entry.stat().st_size > 0:
-                        files.append(entry.path)
-                except FileNotFoundError:  # a dead worker's live gauges, just removed
-                    continue
+        # the library's glob("*.db"): no dot-files
+        with os.scandir(self._dir) as entries:
+            found = [e for e in entries if e.name.endswith(".db") and not e.name.startswith(".")]
+        for entry in found:
+            try:
+                if entry.stat().st_size > 0:
+                    files.append(entry.path)
+            except FileNotFoundError:  # a dead worker's live gauges, just removed
+                continue
         return self.merge(files, accumulate=True)
 
 

@@ -508,7 +508,7 @@ class _Attempts:
     def _report(self, name: str, ok: bool) -> None:
         """An attempt at `name` succeeded or failed (outlier ejection); a probe has reported."""
         if ok:
-            self.ctx.ejections.success(name, self.routing.outlier)
+            self.ctx.ejections.success(name, self.routing.outlier, self.try_all)
         else:
             self.ctx.ejections.failure(name, self.routing.outlier)
         if name == self.claim:
@@ -935,7 +935,9 @@ async def forward_routed(
     state: RequestState = request.ctx.state
     sent_key = h.client_credential(request.headers, None)
     keyed_by = sent_key
-    if keyed_by is None and ctx.access is None:  # a key in another form keys the buckets too
+    if keyed_by is None and ctx.access is None and not ctx.settings.default_api_key:
+        # A key in another form keys the buckets too, unless DEFAULT_API_KEY is what goes
+        # upstream for it (relay.py: the same rule)
         keyed_by = h.sent_key(request.headers, request.args)
     state.key_id = h.key_id(keyed_by or ctx.settings.default_api_key)
     boundary: bytes | None = None

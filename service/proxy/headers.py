@@ -182,6 +182,10 @@ def client_credential(headers: Mapping[str, str], default_key: str | None) -> st
     return default_key or None
 
 
+_OTHER_KEY_HEADERS = tuple(sorted(OTHER_CREDENTIAL_HEADERS))
+_KEY_PARAMS = tuple(sorted(CREDENTIAL_PARAMS))
+
+
 def sent_key(headers: Mapping[str, str], query: Mapping[str, Any]) -> str | None:
     """The key the client sent, in any form it may (`Authorization: Bearer`, `x-api-key`, then
     `api-key`, `x-goog-api-key`, a `key=` query parameter): what keys its buckets (SPEC §7: one
@@ -191,11 +195,11 @@ def sent_key(headers: Mapping[str, str], query: Mapping[str, Any]) -> str | None
     own = client_credential(headers, None)
     if own is not None:
         return own
-    for name in sorted(OTHER_CREDENTIAL_HEADERS):
+    for name in _OTHER_KEY_HEADERS:
         value = headers.get(name)
         if value and value.strip():
             return value.strip()
-    for name in sorted(CREDENTIAL_PARAMS):
+    for name in _KEY_PARAMS:
         value = query.get(name)
         if isinstance(value, list):
             value = value[0] if value else None

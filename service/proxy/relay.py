@@ -98,7 +98,10 @@ async def forward(
 
     own = h.client_credential(request.headers, None)
     credential = own or ctx.settings.default_api_key or None
-    if own is None and ctx.access is None:  # a key in another form keys the buckets too
+    if credential is None and ctx.access is None:
+        # A key in another form keys the buckets too, when it is the key the upstream gets
+        # (with DEFAULT_API_KEY the upstream gets that one: a made-up key per request must not
+        # buy a fresh bucket, so those requests share the default's).
         own = h.sent_key(request.headers, request.args)
     state.key_id = h.key_id(own or credential)
     if ctx.access is not None:

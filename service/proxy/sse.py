@@ -328,9 +328,10 @@ class _Stream:
 
     def relayed(self, piece: bytes, state: RequestState) -> None:
         """`piece` of the upstream's events was written: the answer is whole when it ends with
-        the stream's last event. It is the stream's tail (`cut`) unless it is only comments
-        (keep-alives), which may follow an answer's last event."""
-        if piece[:1] != b":" or b"data:" in piece:
+        the stream's last event. It is the stream's tail (`cut`) only when it holds a `data:`
+        field: comments (keep-alives), a lone blank line or an event without data may follow an
+        answer's last event."""
+        if b"data:" in piece:
             self.tail = piece
         if ends_answer(piece):
             state.answered = True
@@ -784,7 +785,8 @@ async def relay_stream(
                 state.error_type = StreamError.error_type
         if rest:
             await stream.write(rest)
-            stream.tail = rest  # an event without the blank line after it
+            if b"data:" in rest:  # an event without the blank line after it
+                stream.tail = rest
         if translator is None and not state.answered and stream.cut():
             # The upstream ended the stream before its answer's end: the client must not take
             # what it got for the whole answer (SPEC §11).

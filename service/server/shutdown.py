@@ -110,9 +110,15 @@ def install(app: Sanic[Any, AppContext]) -> None:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, signal.SIG_IGN)
+            # Blocked while the handlers are swapped: removing one restores the default action
+            # for a moment, and the main process's relayed copy comes within that millisecond.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            try:
+                for sig in _STOP_SIGNALS:
+                    loop.remove_signal_handler(sig)
+                    signal.signal(sig, signal.SIG_IGN)
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # then ignored
             app.stop(terminate=False)
 
         for sig in _STOP_SIGNALS:

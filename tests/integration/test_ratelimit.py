@@ -166,6 +166,23 @@ def test_a_key_in_another_form_has_its_own_bucket(limited: RouterProcess) -> Non
     assert all(k not in " ".join(ids) for k in ("goog-1", "azure-1", "query-1"))
 
 
+def test_with_a_default_key_a_made_up_key_of_another_form_buys_no_bucket(
+    fake_upstream: FakeUpstream, router_factory: RouterFactory
+) -> None:
+    """With DEFAULT_API_KEY the upstream gets the operator's key for a client that sends none
+    as Bearer / x-api-key: a new made-up `x-goog-api-key` per request must not get a fresh
+    bucket each time (the diff review found exactly that); they share the default's."""
+    profile = base_profile(fake_upstream.url, rateLimit={"requestsPerMinute": 1, "burst": 2})
+    router = router_factory(profile, env={"DEFAULT_API_KEY": "sk-operator-default"})
+    doc = {"model": "gpt-4", "input": "x"}
+    got = [
+        httpx.post(router.url + EMBEDDINGS, json=doc, timeout=10,
+                   headers={"x-goog-api-key": f"made-up-{i}"}).status_code
+        for i in range(4)
+    ]  # fmt: skip
+    assert got == [200, 200, 429, 429]
+
+
 def test_only_proxied_post_routes_are_limited(limited: RouterProcess) -> None:
     for _ in range(3):
         post(limited.url, EMBEDDINGS, "sk-get")

@@ -464,6 +464,9 @@ def test_a_stream_that_ends_before_its_last_event_ends_with_an_error_event(
             "usage": [*whole, usage_chunk],
             "usage-in-a-choice": [*whole, usage_in_a_choice],
             "comment": [*whole, ": still here\n\n"],
+            "blank-line": [*whole, "\n"],
+            "unended-comment": [*whole, ": ping"],
+            "event-without-data": [*whole, "event: ping\n\n"],
             "crlf": [e.replace("\n", "\r\n") for e in whole],
             "error": [*whole[:1], upstream_error],
         }

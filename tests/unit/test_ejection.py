@@ -236,3 +236,13 @@ def test_a_probe_s_claim_lasts_as_long_as_its_attempt_may() -> None:
     assert lease({}, 5, None) == PROBE_LEASE_SECS  # never shorter than before
     soon = time.monotonic() + 100  # totalSecs: the attempt cannot outlive the request
     assert 99 < lease({}, 120, soon) <= 100.1
+
+
+def test_a_success_of_a_request_that_tried_it_anyway_restores_it(table, clock):
+    """A request whose every target is ejected tries them all the same: an answer from one of
+    them is news (it works again), and restores it before its time."""
+    for _ in range(3):
+        table.failure("a", POLICY)
+    clock.t += 2
+    table.success("a", POLICY, tried_anyway=True)
+    assert table.gate("a").allowed and not table.ejected("a")

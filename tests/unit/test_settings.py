@@ -97,6 +97,7 @@ def test_temporary_metric_dirs_of_dead_routers_are_swept_at_start(
     import subprocess
     import sys
     import tempfile
+    import time
 
     from service.__main__ import prepare_multiproc_dir
 
@@ -109,12 +110,22 @@ def test_temporary_metric_dirs_of_dead_routers_are_swept_at_start(
     for d in (stale, live, *other):
         d.mkdir()
         (d / "counter_1.db").write_bytes(b"")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    made = Path(prepare_multiproc_dir({}))
+    # a dead main process whose worker still drains (it has the directory in its environment)
+    draining = tmp_path / f"api-router-metrics-{dead}-dr41"
+    draining.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(draining)}
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    try:
+        time.sleep(0.2)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        made = Path(prepare_multiproc_dir({}))
+    finally:
+        worker.kill()
+        worker.wait()
     assert made.parent == tmp_path and made.name.startswith(f"api-router-metrics-{os.getpid()}-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (made, live, *other)
+        p.name for p in (made, live, draining, *other)
     )
 
 
