@@ -6,10 +6,11 @@ message to itself forever (a busy loop at full CPU until SIGKILL): a pod stopped
 would spin through its grace period. Once shutting down, the wait ends; the manager's monitor
 then sees the shutdown message and stops the workers as usual. The wait also ends when the
 worker-state manager process is already gone (the SIGTERM reached it first), which otherwise
-ended the router with a traceback and exit 1 about one time in seven. And a SIGTERM that arrives
-while the manager's main thread is in a call to the worker-state manager (the ack wait, the
-monitor's state sync) is handled when that call returns, not in the middle of it: the signal
-handler's own calls would otherwise interleave with it on the one connection (seen in CI as
+ended the router with a traceback and exit 1 about one time in seven; so does the monitor's
+state sync (a group SIGTERM while streams drain: exit 1 after a whole drain). And a SIGTERM
+that arrives while the manager's main thread is in a call to the worker-state manager (the ack
+wait, the monitor's state sync) is handled when that call returns, not in the middle of it: the
+signal handler's own calls would otherwise interleave with it on the one connection (seen in CI as
 "'list' object is not a mapping" and exit 1).
 
 A worker that dies while the router serves (the OOM killer, a crash) is logged (`worker_died`,
@@ -86,7 +87,13 @@ def patch() -> None:
     def _sync_states(self: WorkerManager) -> None:
         self._api_router_in_call = True  # type: ignore[attr-defined]
         try:
-            sync_states(self)
+            try:
+                sync_states(self)
+            except (EOFError, OSError):
+                # The worker-state manager went away: a SIGTERM sent to the whole process group
+                # reached it too (its default action). The workers drain and stop as usual;
+                # this was a traceback and exit 1 once the drain had ended.
+                pass
             respawn_dead(self)
         finally:
             self._api_router_in_call = False  # type: ignore[attr-defined]
