@@ -934,12 +934,13 @@ async def forward_routed(
     assert routing is not None
     state: RequestState = request.ctx.state
     sent_key = h.client_credential(request.headers, None)
-    keyed_by = sent_key
-    if keyed_by is None and ctx.access is None and not ctx.settings.default_api_key:
-        # A key in another form keys the buckets too, unless DEFAULT_API_KEY is what goes
-        # upstream for it (relay.py: the same rule)
-        keyed_by = h.sent_key(request.headers, request.args)
-    state.key_id = h.key_id(keyed_by or ctx.settings.default_api_key)
+    state.key_id = h.bucket_id(
+        sent_key,
+        ctx.settings.default_api_key,
+        request.headers,
+        request.args,
+        ctx.access is not None,
+    )
     boundary: bytes | None = None
     if route in MULTIPART_ROUTES:
         # Audio uploads: read whole under a routing file (the model part decides where the

@@ -186,15 +186,26 @@ _OTHER_KEY_HEADERS = tuple(sorted(OTHER_CREDENTIAL_HEADERS))
 _KEY_PARAMS = tuple(sorted(CREDENTIAL_PARAMS))
 
 
-def sent_key(headers: Mapping[str, str], query: Mapping[str, Any]) -> str | None:
-    """The key the client sent, in any form it may (`Authorization: Bearer`, `x-api-key`, then
-    `api-key`, `x-goog-api-key`, a `key=` query parameter): what keys its buckets (SPEC §7: one
-    per client credential). The other forms reach the upstream as they are on an open router;
-    their clients all shared the anonymous (or DEFAULT_API_KEY's) buckets, one using up
-    another's."""
-    own = client_credential(headers, None)
-    if own is not None:
-        return own
+def bucket_id(
+    own: str | None,
+    default_key: str | None,
+    headers: Mapping[str, str],
+    query: Mapping[str, Any],
+    access: bool,
+) -> str:
+    """The `key_id` a request's buckets are keyed by (SPEC §7: one per client credential):
+    `own` (the client's Bearer / x-api-key, `client_credential`), else DEFAULT_API_KEY. On an
+    open router without DEFAULT_API_KEY, also a key in another form (`api-key`,
+    `x-goog-api-key`, a `key=` query parameter), which reaches the upstream as it is: those
+    clients all shared the anonymous buckets. With DEFAULT_API_KEY the upstream gets that key,
+    so a made-up key per request must not buy a fresh bucket; with access keys the access
+    key is `own`."""
+    if own is None and not default_key and not access:
+        own = _other_key(headers, query)
+    return key_id(own or default_key)
+
+
+def _other_key(headers: Mapping[str, str], query: Mapping[str, Any]) -> str | None:
     for name in _OTHER_KEY_HEADERS:
         value = headers.get(name)
         if value and value.strip():

@@ -98,12 +98,9 @@ async def forward(
 
     own = h.client_credential(request.headers, None)
     credential = own or ctx.settings.default_api_key or None
-    if credential is None and ctx.access is None:
-        # A key in another form keys the buckets too, when it is the key the upstream gets
-        # (with DEFAULT_API_KEY the upstream gets that one: a made-up key per request must not
-        # buy a fresh bucket, so those requests share the default's).
-        own = h.sent_key(request.headers, request.args)
-    state.key_id = h.key_id(own or credential)
+    state.key_id = h.bucket_id(
+        own, ctx.settings.default_api_key, request.headers, request.args, ctx.access is not None
+    )
     if ctx.access is not None:
         # Shared deployment (service.access): the client's key was an access key, already
         # checked; it keys the buckets, and the upstream gets the operator's credential only.
