@@ -514,6 +514,11 @@ class _Body(httpx.AsyncByteStream):
         self._done()
         return data
 
+    def has_bytes(self) -> bool:
+        """Whether body bytes (or the body's end) arrived and wait to be taken."""
+        conn = self._conn
+        return conn is not None and (bool(conn.chunks) or conn.complete)
+
     def push(self, offer: Callable[[], bool] | None) -> None:
         """While set, `offer()` is called in the connection's data callback whenever body bytes
         arrived, before a reader waiting in `receive` is woken: an offer that takes them

@@ -301,10 +301,16 @@ class _Stream:
         self.tail = b""  # the last piece of the upstream's events relayed (`ends_stream`)
 
     async def commit(
-        self, headers: list[tuple[str, str]], buffer_size: int, upstream_head: float | None
+        self,
+        headers: list[tuple[str, str]],
+        buffer_size: int,
+        upstream_head: float | None,
+        events_ready: bool = False,
     ) -> None:
         """Write the 200 SSE head; `upstream_head`: the upstream's time to its own head (None
-        when it has not answered yet)."""
+        when it has not answered yet). The head is written now (Sanic's `respond` alone writes
+        nothing until the first piece of the body), unless `events_ready`: the upstream's first
+        bytes are here already, and the head goes out with them in one write."""
         headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FROM_UPSTREAM]
         headers.extend(SSE_HEADERS)
         headers.extend(early_head(self.request, upstream_head))
@@ -316,6 +322,8 @@ class _Stream:
             # A slow client makes writes wait once bufferSize bytes are queued for it.
             self.saved_limits = transport.get_write_buffer_limits()
             transport.set_write_buffer_limits(high=buffer_size, low=buffer_size // 4)
+        if not events_ready:
+            await self.write(b"")  # the head alone (an empty piece is no chunk)
         self.last_write = time.monotonic()
 
     async def write(self, data: bytes) -> None:
@@ -708,7 +716,10 @@ async def relay_stream(
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
             headers.extend(head_headers)
-            await stream.commit(headers, ep.buffer_size, upstream_head)
+            ready = getattr(resp.stream, "has_bytes", None)
+            await stream.commit(
+                headers, ep.buffer_size, upstream_head, ready is not None and ready()
+            )
 
         pieces = _Pieces(usage, translator, state, idle_secs, deadline)
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
@@ -783,15 +794,17 @@ async def relay_stream(
                 return None
             if translator.broken:  # cut before its finish, or an error event: the client was told
                 state.error_type = StreamError.error_type
-        if rest:
-            await stream.write(rest)
-            if b"data:" in rest:  # an event without the blank line after it
-                stream.tail = rest
+        if rest and b"data:" in rest:  # an event without the blank line after it
+            stream.tail = rest
         if translator is None and not state.answered and stream.cut():
             # The upstream ended the stream before its answer's end: the client must not take
-            # what it got for the whole answer (SPEC §11).
+            # what it got for the whole answer (SPEC §11). What it left unterminated (`rest`,
+            # half an event, which an SSE client discards at the end of a stream) is not
+            # written: the error event must not be glued to it.
             await stream.fail(StreamError())
             return None
+        if rest:
+            await stream.write(rest)
         await stream.end()
         return None
     finally:

@@ -347,6 +347,32 @@ def test_early_commit_when_the_upstream_head_is_late(
     assert b"".join(k for k in kinds if k != HEARTBEAT) == "".join(openai_chat_stream("m")).encode()
 
 
+def test_the_sse_head_reaches_the_client_when_it_is_committed(
+    srouter: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The head is written when the router commits it, not with the first piece after it: the
+    router's own head after one heartbeat interval (before: only with the first heartbeat, two
+    intervals in), and the upstream's head as it arrives when no event came with it (before: an
+    interval later, with the first heartbeat). Neither head can reach the client before one
+    interval without the fix, so each bound fails deterministically without it."""
+    events = openai_chat_stream("m")
+    upstream.reply_with(
+        lambda req: Reply(headers=SSE, chunks=[(0, e.encode()) for e in events], delay=2.5)
+    )
+    got = stream(srouter, "/v1/completions", {"model": "m", "stream": True, "prompt": "hi"})
+    assert_sse_head(got)
+    assert got.head_at - got.t0 < 2 * HB_COMPLETIONS  # the router's own head, alone
+    assert [e for _, e in got.events()][:2] == [HEARTBEAT, HEARTBEAT]
+
+    upstream.reply_with(  # the upstream's head at once, its first event 1.5 s later
+        lambda req: Reply(headers=SSE, chunks=[(1.5, e.encode()) for e in events[:1]])
+    )
+    got = stream(srouter, "/v1/completions", {"model": "m", "stream": True, "prompt": "hi"})
+    assert_sse_head(got)
+    assert got.head_at - got.t0 < HB_COMPLETIONS  # the upstream's head, passed on at once
+    assert got.events()[0][1] == HEARTBEAT
+
+
 def test_early_commit_then_upstream_error_becomes_an_error_event(
     srouter: RouterProcess, upstream: FakeUpstream
 ) -> None:
@@ -410,6 +436,32 @@ def test_upstream_break_mid_stream_ends_with_an_error_event(
     client = openai.OpenAI(base_url=srouter.url + "/v1", api_key="k", max_retries=0)
     with pytest.raises(openai.APIError):
         for _ in client.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            pass
+
+
+@pytest.mark.parametrize("partial", ['data: {"partial', 'data: {"choices":[{"delta":{}}]}'])
+def test_a_stream_cut_in_the_middle_of_an_event_ends_with_an_error_event_of_its_own(
+    srouter: RouterProcess, upstream: FakeUpstream, partial: str
+) -> None:
+    """An upstream that ends its response (cleanly) in the middle of an event: half an event
+    that an SSE client discards, not an answer's end. The error event comes as an event of its
+    own; before, it was written straight after the half event, and the openai SDK raised a
+    JSONDecodeError instead of the stream's error."""
+    events = openai_chat_stream("m")[:2]
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0.05, e.encode()) for e in [*events, partial]]))
+    rid = f"mid-event-{len(partial)}"
+    got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": rid})
+    relayed = [e for _, e in got.events()]  # (asserts the body ends with a complete event)
+    assert relayed[:-1] == [e.encode() for e in events]
+    assert relayed[-1].startswith(b"event: error\ndata: ")
+    assert json.loads(relayed[-1].split(b"data: ", 1)[1])["error"]["code"] == "stream_error"
+    assert access_line(srouter, rid)["error_type"] == "stream_error"
+    with pytest.raises(openai.APIError, match="stream"):
+        for _ in openai.OpenAI(
+            base_url=srouter.url + "/v1", api_key="k", max_retries=0
+        ).chat.completions.create(
             model="gpt-4", messages=[{"role": "user", "content": "x"}], stream=True
         ):
             pass
