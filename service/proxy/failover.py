@@ -646,13 +646,7 @@ class _Attempts:
             if whole:
                 broken = await self._read_whole(resp, chosen)
                 if broken is not None:
-                    outcome = _error_outcome(broken)
-                    if tracing is not None:
-                        tracing.attempt_failed(self.request, outcome, status)
-                    secs = round(time.perf_counter() - started, 4)
-                    self.state.attempts[-1] = (name, outcome, secs, status)
-                    self._report(name, False)
-                    self._failed(broken)
+                    self._broken(name, status, started, broken, True)
                     continue
                 self._report(name, True)
             if status < 400:
@@ -662,7 +656,11 @@ class _Attempts:
                 # Never retried. After an earlier attempt failed, a fallback's refusal (a 400
                 # for a shape it does not take, a 401 for a key it does not know) is not the
                 # client's answer: the earlier failure is, so it is never masked.
-                body = await _read_failed(resp) if status == 400 else None
+                try:
+                    body = await _read_failed(resp) if status == 400 else None
+                except httpx.HTTPError as e:  # its body broke: a failed attempt
+                    self._broken(name, status, started, map_exception(e), True)
+                    continue
                 if body is not None and not self.context_used:
                     # inflated when compressed (the router asks for gzip/deflate on whole answers)
                     text = decoded(body, resp.headers.get("content-encoding"), MAX_FAILED_BODY)
@@ -686,7 +684,11 @@ class _Attempts:
                     return self._earlier(*earlier)
                 chosen.failed_body = body
                 return resp, chosen
-            body = await _read_failed(resp)
+            try:
+                body = await _read_failed(resp)
+            except httpx.HTTPError as e:  # its body broke: no answer to relay
+                self._broken(name, status, started, map_exception(e), status == 429)
+                continue
             chosen.failed_body = body
             self.last, self.last_error = (resp, chosen), None
             self.reason = "rate_limited" if status == 429 else "server_error"
@@ -746,6 +748,22 @@ class _Attempts:
             return await send(self.ctx.http, req)
         finally:
             BUDGET.retrying -= 1
+
+    def _broken(
+        self, name: str, status: int, started: float, err: RouterError, report: bool
+    ) -> None:
+        """The attempt's answer (its head `status`) broke off or stalled before its body's end:
+        recorded as the failure `err`, reported to ejection unless it was already (`report`),
+        and failed like an answer that never came."""
+        outcome = _error_outcome(err)
+        tracing = self.ctx.tracing
+        if tracing is not None:
+            tracing.attempt_failed(self.request, outcome, status)
+        secs = round(time.perf_counter() - started, 4)
+        self.state.attempts[-1] = (name, outcome, secs, status)
+        if report:
+            self._report(name, False)
+        self._failed(err)
 
     def _failed(self, err: RouterError) -> None:
         """An attempt that got no (usable) answer: the same target once more, unless the

@@ -123,6 +123,24 @@ def forwardable_request_headers(
     ]
 
 
+def add_router_headers(
+    headers: list[tuple[str, str]], extra: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """`extra` (the router's headers: its rate-limit decision, who answered, ...) appended to an
+    upstream answer's `headers`, except a router `X-RateLimit-*` header the upstream's answer
+    has itself: the upstream's rate-limit headers reach the client unchanged (SPEC §5), never
+    joined with the router's own of the same name into a value that is neither."""
+    names: set[str] | None = None
+    for k, v in extra:
+        if k[:12].lower() == "x-ratelimit-":
+            if names is None:
+                names = {n.lower() for n, _ in headers}
+            if k.lower() in names:
+                continue
+        headers.append((k, v))
+    return headers
+
+
 def returnable_response_headers(
     items: Iterable[tuple[str, str]], lowered: list[str] | None = None
 ) -> list[tuple[str, str]]:

@@ -204,7 +204,14 @@ def json_answer(
     text = decoded(data, encoding)  # once, for both uses below
     # Only a success must be valid JSON: an upstream 429/5xx (often an HTML page from a load
     # balancer under a JSON content-type) is passed through with its status and Retry-After.
-    if "json" in ctype and data and 200 <= resp.status_code < 300 and text is not None:
+    # An empty body is none (but for a 204/205 or a HEAD's answer, which have no body).
+    status = resp.status_code
+    if (
+        "json" in ctype
+        and 200 <= status < 300
+        and text is not None
+        and (data or (status not in (204, 205) and resp.request.method != "HEAD"))
+    ):
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -215,8 +222,7 @@ def json_answer(
             headers, data = translator.answer(resp.status_code, headers, text or b"")
         except MALFORMED:  # JSON, but not of the shape its format promises
             raise UpstreamJSONError() from None
-    for k, v in extra.items():
-        headers.append((k, v))
+    h.add_router_headers(headers, extra.items())
     return HTTPResponse(
         body=data, status=resp.status_code, headers=Header(headers), content_type=None
     )

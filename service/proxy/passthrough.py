@@ -33,6 +33,7 @@ from sanic.compat import Header
 
 from ..context import RouterRequest
 from ..state import RequestState
+from . import headers as h
 from .body import INFLATED_CODINGS, content_coding, inflated, inflater
 from .outgoing import answer_headers, early_head
 
@@ -188,7 +189,7 @@ async def relay_large_answer(
     the upstream fails mid-way, are left on its state."""
     state: RequestState = request.ctx.state
     headers, _, coding = answer_headers(resp, request.ctx.request_id)
-    headers.extend(extra.items())
+    h.add_router_headers(headers, extra.items())
     headers.extend(early_head(request, headed - started))
     length = resp.headers.get("content-length")
     if length is not None and length.isdigit():

@@ -664,7 +664,14 @@ async def relay_stream(
             # JSON): relayed as it is, as long as no SSE head went out yet.
             if resp.status_code == 429 or resp.status_code >= 500:
                 state.error_type = "upstream_error"
-            body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
+            try:
+                body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
+            except httpx.HTTPError as e:  # the answer broke off: the router's error, not a 500
+                err = map_exception(e)
+                if stream.out is None:
+                    raise err from None
+                await stream.fail(err)
+                return None
             if stream.out is None and 200 <= resp.status_code < 300:
                 # A whole answer to a stream request (an upstream that ignores `stream`): as
                 # a JSON request's, its usage counted (X-Request-ID is the answer's own).
@@ -677,7 +684,7 @@ async def relay_stream(
                         headers, body = translator.answer(resp.status_code, headers, body)
                     except MALFORMED:  # JSON, but not of the shape its format promises
                         raise UpstreamJSONError() from None
-                headers.extend(head_headers)
+                h.add_router_headers(headers, head_headers)
                 return HTTPResponse(
                     body=body, status=resp.status_code, headers=Header(headers), content_type=None
                 )
@@ -698,7 +705,7 @@ async def relay_stream(
             # upstream that ignores `stream` wrote its answer): its usage counted, and the
             # stream ended with an error event. Its bytes are not events (they were written
             # raw, and clients saw an empty answer).
-            with contextlib.suppress(orjson.JSONDecodeError):
+            with contextlib.suppress(orjson.JSONDecodeError, httpx.HTTPError):
                 keep_answer(orjson.loads(await _read_body(resp, None)), state)
             await stream.fail(StreamError())
             return None
@@ -715,7 +722,7 @@ async def relay_stream(
             return None
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
-            headers.extend(head_headers)
+            h.add_router_headers(headers, head_headers)
             ready = getattr(resp.stream, "has_bytes", None)
             await stream.commit(
                 headers, ep.buffer_size, upstream_head, ready is not None and ready()

@@ -253,6 +253,21 @@ def test_upstream_failures(
     assert rec["status_code"] == status
 
 
+def test_an_empty_json_success_is_a_json_error(
+    keyed_router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """SPEC §5: invalid JSON where JSON was promised is 502 `json_error`. An empty body is no
+    JSON: a 200 `application/json` without a byte reached the client as a 200 it could not
+    parse."""
+    upstream.reply_with(Reply(headers=[("Content-Type", "application/json")], body=b""))
+    r = chat(keyed_router.url, headers={"X-Request-ID": "fail-empty-json"})
+    _assert_error(r, 502, "upstream_json_error")
+    rec = keyed_router.wait_for_log(
+        lambda x: x.get("request_id") == "fail-empty-json" and x.get("event") == "request_completed"
+    )
+    assert rec["error_type"] == "json_error"
+
+
 def _not_tls_server() -> tuple[int, threading.Event, threading.Thread]:
     """Answers every connection with plain-text HTTP: a TLS client fails its handshake."""
     srv = socket.create_server(("127.0.0.1", 0))

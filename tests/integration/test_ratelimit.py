@@ -23,7 +23,7 @@ from service.proxy.headers import key_id
 from service.ratelimit.bucket import Limit
 from service.ratelimit.shared import SharedLimiter, create_table, remove_table
 from tests.conftest import base_profile
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Reply, openai_chat, openai_chat_stream
 from tests.support import ROOT, RouterFactory, RouterProcess, write_profile
 
 CHAT = "/v1/chat/completions"
@@ -390,3 +390,31 @@ def test_the_router_s_own_errors_carry_the_limit_headers_too(
     assert resp.headers["X-RateLimit-Remaining"] == "4"
     assert "x-ratelimit-remaining-tokens" in resp.headers
     assert resp.json()["error"]["code"] == "upstream_connect_error"
+
+
+def test_the_upstream_s_own_rate_limit_headers_win_over_the_router_s(
+    limited: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """SPEC §5: the upstream's rate-limit headers reach the client unchanged. An upstream that
+    sends `X-RateLimit-Limit` of its own: the client got it joined with the router's
+    (`999, 10`), a value that is neither; the router's headers the upstream has not sent are
+    still added. The same on a stream's head."""
+    own = [("X-RateLimit-Limit", "999"), ("X-RateLimit-Reset", "42")]
+    answer = json.dumps(openai_chat("m")).encode()
+    upstream.reply_with(Reply(headers=[("Content-Type", "application/json"), *own], body=answer))
+    r = post(limited.url, key="sk-upstream-own")
+    assert r.status_code == 200
+    assert r.headers.get_list("x-ratelimit-limit") == ["999"]
+    assert r.headers.get_list("x-ratelimit-reset") == ["42"]
+    assert r.headers.get_list("x-ratelimit-remaining") == ["9"]  # the router's own
+    events = [(0.0, e.encode()) for e in openai_chat_stream("m")]
+    upstream.reply_with(Reply(headers=[("Content-Type", "text/event-stream"), *own], chunks=events))
+    with httpx.stream(
+        "POST",
+        limited.url + CHAT,
+        json={"model": "m", "stream": True, "messages": []},
+        headers={"Authorization": "Bearer sk-upstream-own"},
+    ) as s:
+        assert s.status_code == 200
+        assert s.headers.get_list("x-ratelimit-limit") == ["999"]
+        assert s.headers.get_list("x-ratelimit-remaining") == ["8"]

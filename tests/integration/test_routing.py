@@ -446,6 +446,34 @@ def test_a_whole_answer_whose_body_breaks_fails_over_and_counts_as_a_failure(
     assert len(primary.requests) == asked  # ejected: not asked
 
 
+@pytest.mark.parametrize("status", [500, 429, 400])
+def test_an_error_answer_whose_body_breaks_fails_over(
+    primary: FakeUpstream, secondary: FakeUpstream, router_factory: RouterFactory, status: int
+) -> None:
+    """A 5xx, 429 or 400 whose body the upstream cuts off is a failed attempt like an answer
+    that never came: the same target once more, then the fallback. Before, the read's error
+    escaped: the client got a 500 "Internal error", and no fallback was tried."""
+    router = router_factory(routing_file(primary, secondary), name=f"cut-{status}")
+    body = json.dumps({"error": {"message": "overloaded " + "x" * 200}}).encode()
+    primary.reply_with(
+        lambda _r: Reply(
+            status=status,
+            headers=[("Content-Type", "application/json")],
+            body=body[:30],
+            action="close_mid",
+        )
+    )
+    since = len(router.output())
+    r = post(router, CHAT, chat("gpt-4o"))
+    assert r.status_code == 200 and r.headers["x-router-upstream"] == "secondary"
+    (line,) = completion_lines(router, since)
+    got = [(a["upstream"], a["outcome"], a.get("status")) for a in line["attempts"]]
+    assert got == [("primary", "protocol_error", status)] * 2 + [("secondary", "ok", 200)]
+    r = post(router, CHAT, {**chat("gpt-4o"), "stream": True})  # the same before a stream's head
+    assert r.status_code == 200 and r.headers["x-router-upstream"] == "secondary"
+    assert r.text.rstrip().endswith("data: [DONE]")
+
+
 def test_when_every_attempt_fails_the_last_answer_is_relayed(
     router: RouterProcess, primary: FakeUpstream, secondary: FakeUpstream
 ) -> None:

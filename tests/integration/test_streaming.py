@@ -373,6 +373,45 @@ def test_the_sse_head_reaches_the_client_when_it_is_committed(
     assert got.events()[0][1] == HEARTBEAT
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.8])
+def test_an_error_answer_that_breaks_off_is_a_502_or_an_error_event_never_a_500(
+    srouter: RouterProcess, upstream: FakeUpstream, delay: float
+) -> None:
+    """A stream request whose upstream answers 500 (or 400) and closes in the middle of that
+    answer's body: the router's 502 `protocol_error` (Anthropic-shaped on /v1/messages), or,
+    after the router committed the SSE head itself (`delay` > HB), an error event. Before, the
+    read's error escaped as a 500 "Internal error", and after an early commit the stream ended
+    cleanly without one."""
+    err = json.dumps({"error": {"message": "overloaded " + "x" * 200}}).encode()
+    head = [("Content-Type", "application/json")]
+    for status in (500, 400):
+        cut = Reply(status=status, headers=head, body=err[:30], action="close_mid", delay=delay)
+        upstream.reply_with(cut)
+        rid = f"cut-{status}-{delay}"
+        got = stream(srouter, "/v1/chat/completions", CHAT_BODY, headers={"X-Request-ID": rid})
+        line = access_line(srouter, rid)
+        assert line["error_type"] == "protocol_error", line
+        if delay:
+            assert_sse_head(got)
+            last = got.events()[-1][1]
+            assert last.startswith(b"event: error\ndata: ")
+            assert (
+                json.loads(last.split(b"data: ", 1)[1])["error"]["code"]
+                == "upstream_protocol_error"
+            )
+            continue
+        assert got.status == 502 and line["status_code"] == 502
+        assert json.loads(got.body)["error"]["code"] == "upstream_protocol_error"
+    upstream.reply_with(
+        Reply(status=500, headers=head, body=err[:30], action="close_mid", delay=delay)
+    )
+    got = stream(srouter, "/v1/messages", {"model": "c", "stream": True, "max_tokens": 5})
+    if delay:
+        assert json.loads(got.events()[-1][1].split(b"data: ", 1)[1])["type"] == "error"
+    else:
+        assert got.status == 502 and json.loads(got.body)["type"] == "error"
+
+
 def test_early_commit_then_upstream_error_becomes_an_error_event(
     srouter: RouterProcess, upstream: FakeUpstream
 ) -> None:
