@@ -186,3 +186,38 @@ def test_this_venv_holds_the_dev_lock_versions() -> None:
         if (pin.marker is None or pin.marker.evaluate()) and installed.get(name) != pin.version
     }
     assert not wrong, f"locked vs installed (run `make test` or `make lint` to sync): {wrong}"
+
+
+def test_the_wheel_ships_the_schemas_and_the_profiles(tmp_path: Path) -> None:
+    """The installed package (the image installs the wheel) holds the data files the code and
+    the docs name: both JSON Schemas (docs/routing.md points editors at routing.schema.json,
+    the loader reads profile.schema.json) and the built-in profiles. Built offline from a copy of
+    the tree, as the image builds it (--no-build-isolation)."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copytree(
+        ROOT / "service", tree / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    out = tmp_path / "dist"
+    out.mkdir()
+    build = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", build], cwd=tree, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = out.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    config = ROOT / "service" / "config"
+    expected = {
+        str(path.relative_to(ROOT))
+        for path in [*config.glob("*.schema.json"), *config.glob("profiles/*.json")]
+    }
+    assert {"service/config/routing.schema.json", "service/config/profile.schema.json"} <= expected
+    assert any("/profiles/" in name for name in expected)
+    assert expected - names == set(), f"missing from {wheel.name}"
