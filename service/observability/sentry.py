@@ -32,16 +32,21 @@ def configured(env: dict[str, str] | None = None) -> bool:
 
 
 def check(env: dict[str, str]) -> None:
-    """A SENTRY_DSN the SDK would refuse, found in the main process (each worker failed on it,
-    and Sanic then killed the whole process group). The DSN itself is never repeated: it holds
-    the project's key."""
+    """A SENTRY_DSN the router cannot use, found in the main process: one the SDK would refuse
+    (each worker failed on it, and Sanic then killed the whole process group), or one set where
+    sentry-sdk is not installed (the router served and reported nothing: the image installs
+    the redis and otel extras only). Like API_ROUTER_TRACING=true without the otel extra, that
+    stops the start. The DSN itself is never repeated: it holds the project's key."""
     dsn = env.get("SENTRY_DSN", "").strip()
     if not dsn:
         return
     try:
         from sentry_sdk.utils import BadDsn, Dsn
     except ImportError:
-        return  # logged by each worker as sentry_unavailable; the router serves without it
+        raise SettingsError(
+            "SENTRY_DSN is set but sentry-sdk is not installed: "
+            "pip install 'api-router[sentry]' (the image needs it built in; docs/deployment.md)"
+        ) from None
     try:
         Dsn(dsn)
     except BadDsn:

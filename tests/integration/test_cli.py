@@ -191,3 +191,25 @@ def test_a_port_in_use_or_a_foreign_host_exits_2_with_one_line() -> None:
             f"api-router: error: cannot listen on {host}:"
         )
         assert any(reason in lines[0] for reason in reasons), lines[0]
+
+
+def test_a_sentry_dsn_without_sentry_sdk_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The image holds the redis and otel extras only: SENTRY_DSN there was accepted and
+    nothing ever reached Sentry (each worker logged sentry_unavailable and served on). Like
+    API_ROUTER_TRACING=true without the otel extra, it now stops the start. `sentry_sdk` is
+    made unimportable by a package of that name first on PYTHONPATH."""
+    shim = tmp_path / "sentry_sdk"
+    shim.mkdir()
+    (shim / "__init__.py").write_text("raise ImportError('No module named sentry_sdk (shim)')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    dsn = "https://public-key-9f3@sentry.example.com/42"
+    r = run_cli("qwen", str(free_port()), env={"PYTHONPATH": path, "SENTRY_DSN": dsn})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0] == (
+        "api-router: error: SENTRY_DSN is set but sentry-sdk is not installed: "
+        "pip install 'api-router[sentry]' (the image needs it built in; docs/deployment.md)"
+    )
+    assert "public-key-9f3" not in r.stderr
+    assert r.stdout == ""
