@@ -571,6 +571,40 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
     assert cfg.routing is not None and set(cfg.routing.upstreams) == {"openai", "local"}
 
 
+# A value the schema bounds, the variable the chart renders it into, and the router's maximum.
+ROUTER_MAXIMA = [
+    ("router.maxBodyBytes", "API_ROUTER_MAX_BODY_BYTES", 2**40),
+    ("router.rateLimit.burst", "RATE_LIMIT_BURST", 10**9),
+    ("router.tokenLimit.tokensPerMinute", "TOKEN_LIMIT_TOKENS_PER_MINUTE", 10**12),
+    ("router.tokenLimit.burst", "TOKEN_LIMIT_BURST", 10**12),
+    ("router.tokenBudgets.daily", "TOKEN_BUDGET_DAILY", 10**15),
+    ("router.tokenBudgets.monthly", "TOKEN_BUDGET_MONTHLY", 10**15),
+]
+
+
+def test_the_schema_maxima_are_the_router_s(helm: str) -> None:
+    """Each bounded value at its maximum renders, and the router takes the rendered variable;
+    one more the router refuses (and the schema too: test_values_schema_rejects_bad_values).
+    A unix:// Redis URL, which the router takes (service/ratelimit/bucket.py REDIS_SCHEMES),
+    renders as well (the schema once allowed redis:// and rediss:// only)."""
+    from service.ratelimit.bucket import REDIS_SCHEMES
+    from service.settings import Settings, SettingsError
+
+    sets = [a for path, _, top in ROUTER_MAXIMA for a in ("--set", f"{path}={top}")]
+    text = render(helm, *sets, "--set", "redis.url=unix:///run/redis/redis.sock")
+    manifests = docs(text)
+    data = by_kind(manifests)["ConfigMap"]["data"]
+    secret = by_kind(manifests)["Secret"]
+    assert secret["data"]["RATE_LIMIT_BACKEND"] == "dW5peDovLy9ydW4vcmVkaXMvcmVkaXMuc29jaw=="
+    assert "unix://" in REDIS_SCHEMES
+    env = {name: data[name] for _, name, _ in ROUTER_MAXIMA}
+    assert env == {name: str(top) for _, name, top in ROUTER_MAXIMA}
+    Settings.from_env(env, profile_path=Path())
+    for _, name, top in ROUTER_MAXIMA:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({**env, name: str(top + 1)}, profile_path=Path())
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -581,6 +615,9 @@ def test_a_routing_file_is_stored_mounted_and_its_keys_come_from_secrets(
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("router.forwardedHeaders=trust", "router.forwardedHeaders"),
         ("router.tokenLimit.tokensPerMinute=-1", "router.tokenLimit.tokensPerMinute"),
+        # One past the router's own maximum (service/settings.py): the pods would exit 2 at
+        # start, in a crash loop (test_the_schema_maxima_are_the_router_s below).
+        *((f"{path}={top + 1}", path) for path, _, top in ROUTER_MAXIMA),
         ("router.tokenBudgets.weekly=5", "router.tokenBudgets"),
         ("tracing.sampler=sometimes", "tracing.sampler"),
         ("tracing.enabled=true", "tracing.endpoint"),  # on, but exporting nowhere
