@@ -166,6 +166,28 @@ def test_default_render_is_a_hardened_deployment(renders: dict[str, str]) -> Non
     assert "DEFAULT_API_KEY" not in json.dumps(c)
 
 
+def test_the_pods_get_no_service_link_variables(helm: str, renders: dict[str, str]) -> None:
+    """Kubernetes sets `<SERVICE>_PORT=tcp://IP:PORT` in every pod of a namespace for each
+    Service in it (service links). A release named api-router has a Service named api-router:
+    API_ROUTER_PORT=tcp://…, which the router refuses (only the ConfigMap's own API_ROUTER_PORT,
+    which a service link does not override, kept the chart's pods starting)."""
+    from service.__main__ import resolve_settings
+    from service.settings import SettingsError
+
+    objs = by_kind(docs(render(helm, release="api-router")))
+    service = objs["Service"]["metadata"]["name"]
+    link = service.upper().replace("-", "_") + "_PORT"
+    assert link == "API_ROUTER_PORT"  # the router's own port variable
+    with pytest.raises(SettingsError, match="API_ROUTER_PORT"):
+        resolve_settings(
+            [], {link: f"tcp://10.43.0.7:{objs['Service']['spec']['ports'][0]['port']}"}
+        )
+    assert objs["Deployment"]["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    for case, text in renders.items():
+        spec = by_kind(docs(text))["Deployment"]["spec"]["template"]["spec"]
+        assert spec["enableServiceLinks"] is False, case
+
+
 GRACE_MARGIN_SECS = 10  # for the process to exit after its drain (helm/README.md)
 
 
