@@ -121,11 +121,32 @@ def resolve_settings(argv: list[str] | None, env: dict[str, str]) -> Settings:
         if not 1 <= workers <= 256:
             raise SettingsError(f"invalid worker count {workers}: must be 1..256")
     else:
-        workers = max(1, os.cpu_count() or 1)
+        workers = default_workers()
     host = args.host or env.get("API_ROUTER_HOST") or "0.0.0.0"
     return Settings.from_env(
         env, profile_path=path.absolute(), host=host, port=port, workers=workers
     )
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def default_workers(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """One worker per CPU this process may run on: the CPUs of its affinity mask (taskset,
+    cpusets; os.cpu_count() counts the whole machine's), fewer when a cgroup v2 CPU quota
+    (`cpu.max`: "QUOTA PERIOD", or "max PERIOD" for none; a container's CPU limit) allows fewer:
+    ceil(QUOTA / PERIOD). At least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 controller here, or a line not understood
+        pass
+    return max(1, cpus)
 
 
 def check_listen(host: str, port: int) -> None:

@@ -142,3 +142,46 @@ def test_a_previous_run_s_metrics_exemplars_and_alarm_are_removed_at_start(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert prepare_multiproc_dir({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == str(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # not the router's
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "affinity", "expected"),
+    [
+        (None, 6, 6),  # no cgroup v2 file: the CPUs of the affinity mask
+        ("max 100000\n", 6, 6),  # no quota
+        ("200000 100000\n", 6, 2),  # a limit of 2 CPUs
+        ("150000 100000\n", 6, 2),  # 1.5 CPUs: rounded up
+        ("50000 100000\n", 6, 1),  # half a CPU: still one worker
+        ("800000 100000\n", 3, 3),  # a quota above the CPUs it may run on
+        ("garbage\n", 4, 4),  # a line not understood: ignored
+    ],
+)
+def test_the_default_worker_count_is_the_cpus_this_process_may_use(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cpu_max: str | None,
+    affinity: int,
+    expected: int,
+) -> None:
+    """os.cpu_count() counts the machine's CPUs: in a container limited to 2 CPUs on a 64-CPU
+    node, or under taskset, the router started one worker per CPU of the node."""
+    import os
+
+    from service.__main__ import default_workers
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_workers(path) == expected
+
+
+def test_without_workers_given_the_router_takes_the_default_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.__main__ as cli
+
+    monkeypatch.setattr(cli, "default_workers", lambda: 3)
+    assert cli.resolve_settings(["openai"], {}).workers == 3
+    assert cli.resolve_settings(["openai"], {"API_ROUTER_WORKERS": "5"}).workers == 5
