@@ -31,7 +31,11 @@ ca=()
 version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n1)
 # Also tagged with the version (the chart's appVersion, its default tag), so that
 # `helm install api-router ./helm` after `make image` names an image that exists.
-versioned="${TAG%:*}:$version"
+# A tag is what follows the last `:` only when no `/` comes after it: in
+# registry.example.com:5000/api-router the `:` is the registry's port, and there is no tag.
+repo=$TAG
+[[ ${TAG##*/} == *:* ]] && repo=${TAG%:*}
+versioned="$repo:$version"
 echo "build-image: $TAG and $versioned from $base"
 podman build --format docker --network=host "${ca[@]}" \
   --build-arg "BASE_IMAGE=$base" --build-arg "VERSION=$version" \
