@@ -55,3 +55,20 @@ def test_the_readme_is_what_a_first_time_user_needs() -> None:
     assert len(readme) < 8000  # the operator manual lives in docs/
     for doc in (ROOT / "docs").glob("*.md"):
         assert f"docs/{doc.name}" in readme, f"{doc.name} is not linked from the README"
+
+
+def test_every_podman_build_shown_keeps_the_healthcheck() -> None:
+    """podman's default image format (OCI) has no HEALTHCHECK field and drops the Containerfile's:
+    every `podman build` in the docs, the Containerfile and the scripts says `--format docker`,
+    and the README, whose `make image` hides the command, says so for a build by hand."""
+    files = [*DOCS, ROOT / "Containerfile", ROOT / "Makefile", *(ROOT / "scripts").glob("*.sh")]
+    builds = [
+        (path.name, line.strip())
+        for path in files
+        for line in path.read_text().splitlines()
+        if re.search(r"\bpodman build\b", line)
+    ]
+    assert any(name == "build-image.sh" for name, _ in builds)  # the scan sees `make image`'s
+    assert [b for b in builds if "--format docker" not in b[1]] == []
+    readme = (ROOT / "README.md").read_text()
+    assert "--format docker" in readme and "HEALTHCHECK" in readme
