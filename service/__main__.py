@@ -2,8 +2,8 @@
 
 Parse arguments over environment variables, validate the profile once (exit status 2 with one
 line naming the problem, never a fallback), prepare the multiprocess metrics directory, then
-serve with one Sanic worker per CPU (or `--workers N`), on the router's protocol
-(service.server.protocol) and with the worker manager's start-up wait mended
+serve with one Sanic worker per CPU it may use (default_workers; or `--workers N`), on the
+router's protocol (service.server.protocol) and with the worker manager's start-up wait mended
 (service.server.manager).
 
 Memory: before the workers are spawned, glibc's malloc is told (through the environment the
