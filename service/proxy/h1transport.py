@@ -32,8 +32,9 @@ otherwise, tests/integration/test_h1_differential.py records which one this foll
   stops the writing and is delivered; that connection is never reused. If the upstream then
   closed and a write failed (a reset), what the kernel had already received is still read.
 - Responses: 1xx answers are skipped (101 is an error: the relay never asks for an upgrade);
-  the body is handed over as it arrives (reading pauses past 256 KiB buffered, so a slow client
-  slows the upstream instead of growing memory); chunked bodies are de-chunked, chunk
+  the body is handed over as it arrives (reading pauses past 256 KiB not yet taken, or the
+  limit its reader set, `_Body.set_read_limit`, so a slow client slows the upstream instead of
+  growing memory); chunked bodies are de-chunked, chunk
   extensions and trailers dropped (as httpx); `Content-Encoding` is left alone (the relay passes
   raw bytes). Framing is llhttp's, strict: duplicate or conflicting `Content-Length`, both
   framings, obs-fold, LF-only lines are errors. Whether a body ends with the connection is
@@ -159,6 +160,7 @@ class _Conn(asyncio.Protocol):
         self.server_idle: float | None = None  # the upstream's `Keep-Alive: timeout=` if any
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
+        self.read_limit = READ_PAUSE_BYTES  # untaken body bytes past which reading pauses
         self.head_request = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -186,6 +188,7 @@ class _Conn(asyncio.Protocol):
         if sink is not None and self.chunks and self.error is None and sink():
             if not (self.complete or self.closed):
                 return  # handed over at once (`_Body.push`): no reader to wake
+        self._pause_if_full()
         self._wake()
 
     def eof_received(self) -> bool | None:
@@ -300,7 +303,17 @@ class _Conn(asyncio.Protocol):
             raise httpx.RemoteProtocolError("Unexpected bytes after a complete response")
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > READ_PAUSE_BYTES and not self.reading_paused and self.transport:
+
+    def _pause_if_full(self) -> None:
+        """Reading pauses while more than `read_limit` body bytes wait to be taken (after a
+        read, once an offer had its chance to take them: no pause and resume for a read it
+        passes on at once); `take` resumes it."""
+        if (
+            self.buffered > self.read_limit
+            and not self.reading_paused
+            and self.transport is not None
+            and not self.closed
+        ):
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -513,6 +526,14 @@ class _Body(httpx.AsyncByteStream):
         data = conn.take() if conn.chunks else b""
         self._done()
         return data
+
+    def set_read_limit(self, limit: int) -> None:
+        """Reading from the upstream pauses past `limit` bytes not yet taken (default 256 KiB):
+        a relay whose client is slow holds at most that much read ahead, plus one read."""
+        conn = self._conn
+        if conn is not None:
+            conn.read_limit = limit
+            conn._pause_if_full()
 
     def has_bytes(self) -> bool:
         """Whether body bytes (or the body's end) arrived and wait to be taken."""

@@ -729,6 +729,9 @@ async def relay_stream(
             )
 
         pieces = _Pieces(usage, translator, state, idle_secs, deadline)
+        read_limit = getattr(resp.stream, "set_read_limit", None)
+        if read_limit is not None:  # read ahead of a slow client: at most bufferSize (SPEC §6)
+            read_limit(ep.buffer_size)
         # A transport whose body offers `receive(limit)` (the default h1) is read without a task
         # per read; any other through a task that survives the heartbeat waits.
         receive = None if encoded else getattr(resp.stream, "receive", None)

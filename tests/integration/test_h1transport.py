@@ -286,6 +286,40 @@ def test_the_pool_cap_waits_then_answers_pool_timeout(scripted) -> None:
     assert s.connections == 1
 
 
+def test_a_read_limit_pauses_the_upstream_past_it(scripted) -> None:
+    """`_Body.set_read_limit` (a relayed stream sets its bufferSize): reading pauses once more
+    than that many body bytes wait to be taken, not only past 256 KiB, so a stream to a slow
+    client holds its bufferSize read ahead plus one read, not 256 KiB more (SPEC §6)."""
+    piece = b"x" * 4096
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * len(piece)))
+        for _ in range(64):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.005)
+
+    server = scripted(handler)
+
+    async def go() -> None:
+        c = client()
+        resp = await c.send(req(c, server.url), stream=True)
+        body = resp.stream
+        assert isinstance(body, _Body)
+        body.set_read_limit(8192)
+        await asyncio.sleep(0.6)  # not reading: 256 KiB would all be here without the limit
+        conn = body._conn
+        assert conn is not None and conn.reading_paused
+        assert 8192 < conn.buffered < 64 * 1024
+        data = b"".join([x async for x in resp.aiter_raw()])
+        assert data == piece * 64  # resumed by reading: nothing lost
+        await resp.aclose()
+        await c.aclose()
+
+    asyncio.run(go())
+
+
 def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
     total = 64 * 1024 * 1024
     piece = b"x" * 65536
