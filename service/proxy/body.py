@@ -3,6 +3,8 @@
 - JSON in: one JSON object (`parse_json_object`); integers beyond 64 bits are kept exact
   (`exact_json`: orjson would read them as floats, so such a body goes through the standard
   library, parsed and written again the same way by `dump_json`).
+- JSON out: whatever was read can be written again, however deeply nested (orjson writes 254
+  levels and reads 1,024; `dump_json` and `dumps_exact` write deeper values without recursion).
 - Content codings: what the router asks the upstream for (`accept_encoding`) and the upstream's
   body as text for inspection (`decoded`).
 """
@@ -26,6 +28,13 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x78 for i in range(256))
 _BIG_INT_RUN = b"0" * 19
 
 
+NOT_JSON = "Request body is not valid JSON"
+TOO_DEEP = (
+    "Request body is nested too deeply: the router reads JSON up to 1,024 levels deep (a little "
+    "less with integers of 19 digits or more)"
+)
+
+
 def exact_json(body: bytes) -> bool:
     """Whether `body` holds a run of 19+ digits (an integer orjson might not keep exact)."""
     return _BIG_INT_RUN in body.translate(_DIGITS_AS_ZERO)
@@ -39,10 +48,15 @@ def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
         if exact is None:
             exact = exact_json(body)
         data = json.loads(body) if exact else orjson.loads(body)
-    # orjson.JSONDecodeError is a ValueError (orjson refuses more than 1,024 levels of nesting;
-    # the standard library, for a body with big integers, runs out of stack near 1,000)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("Request body is not valid JSON") from None
+    # orjson refuses more than 1,024 levels of nesting; the standard library, for a body with
+    # big integers, runs out of stack near 1,000 (RecursionError)
+    except RecursionError:
+        raise BadRequest(TOO_DEEP) from None
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(TOO_DEEP if "depth limit" in str(e) else NOT_JSON) from None
+    # the standard library's JSONDecodeError is a ValueError too
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(NOT_JSON) from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
@@ -61,17 +75,79 @@ def loads_exact(text: str | bytes) -> Any:
 
 
 def dumps_exact(value: Any) -> bytes:
-    """`value` as compact JSON, integers beyond 64 bits included (orjson refuses them)."""
+    """`value` as compact JSON, integers beyond 64 bits included (orjson refuses them), at any
+    depth."""
     try:
         return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except TypeError:  # a big integer, or nesting beyond orjson's 254 levels
+        return _dumps_std(value)
 
 
 def dump_json(data: dict[str, Any], exact: bool = False) -> bytes:
+    """A request body written again (its model mapped, usage asked for, translated): exact
+    (the standard library) when it holds big integers, at any depth it could be read with."""
     if exact:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-    return orjson.dumps(data)
+        return _dumps_std(data)
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # nested beyond orjson's 254 levels (it reads 1,024)
+        return dumps_deep(data)
+
+
+def _dumps_std(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except RecursionError:
+        return dumps_deep(value)
+
+
+class _Raw(bytes):
+    """Punctuation already written, on `dumps_deep`'s stack."""
+
+
+_OPEN_OBJECT, _CLOSE_OBJECT = _Raw(b"{"), _Raw(b"}")
+_OPEN_ARRAY, _CLOSE_ARRAY = _Raw(b"["), _Raw(b"]")
+_COMMA = _Raw(b",")
+
+
+def dumps_deep(value: Any) -> bytes:
+    """`value` as compact JSON without recursion (nesting as deep as memory allows): what
+    orjson (254 levels) and the standard library (Python's stack) cannot write. Its scalars are
+    orjson's, integers beyond 64 bits written whole. Slower than either: only their fallback."""
+    out: list[bytes] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Raw):
+            out.append(item)
+        elif isinstance(item, dict):
+            if not item:
+                out.append(b"{}")
+                continue
+            out.append(_OPEN_OBJECT)
+            stack.append(_CLOSE_OBJECT)
+            parts: list[Any] = []
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise TypeError("Dict key must be str")
+                parts.append(_Raw((b"," if parts else b"") + orjson.dumps(k) + b":"))
+                parts.append(v)
+            stack.extend(reversed(parts))
+        elif isinstance(item, list | tuple):
+            if not item:
+                out.append(b"[]")
+                continue
+            out.append(_OPEN_ARRAY)
+            stack.append(_CLOSE_ARRAY)
+            for i in range(len(item) - 1, -1, -1):
+                stack.append(item[i])
+                if i:
+                    stack.append(_COMMA)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            out.append(str(item).encode())  # any size, as the standard library writes it
+        else:
+            out.append(orjson.dumps(item))
+    return b"".join(out)
 
 
 def accept_encoding(client_value: str | None, streaming: bool) -> str:

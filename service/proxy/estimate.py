@@ -27,20 +27,21 @@ ESTIMATE_HEADER = ("X-Router-Token-Count", "estimate")
 
 
 def _walk(value: Any, acc: list[int]) -> None:
-    """acc = [characters, images]."""
-    if isinstance(value, str):
-        acc[0] += len(value)
-    elif isinstance(value, dict):
-        if value.get("type") in _IMAGE_TYPES:
-            acc[1] += 1
-            return  # its base64 data is not text
-        for k, v in value.items():
-            if k in _FRAMING_KEYS:
-                continue
-            _walk(v, acc)
-    elif isinstance(value, list):
-        for v in value:
-            _walk(v, acc)
+    """acc = [characters, images]. Without recursion: a client's JSON may be nested 1,024
+    levels deep, deeper than Python's stack."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            acc[0] += len(value)
+        elif isinstance(value, dict):
+            kind = value.get("type")
+            if isinstance(kind, str) and kind in _IMAGE_TYPES:
+                acc[1] += 1
+                continue  # its base64 data is not text
+            stack.extend(v for k, v in value.items() if k not in _FRAMING_KEYS)
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def input_tokens(body: dict[str, Any]) -> int:

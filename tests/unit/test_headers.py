@@ -6,13 +6,21 @@ import os
 import string
 import uuid
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
 from service.proxy import headers as h
-from service.proxy.body import accept_encoding, decoded, loads_exact, parse_json_object
+from service.proxy.body import (
+    accept_encoding,
+    decoded,
+    dump_json,
+    dumps_deep,
+    loads_exact,
+    parse_json_object,
+)
 
 token = st.text(alphabet=string.ascii_letters + "-", min_size=1, max_size=20)
 
@@ -170,6 +178,36 @@ def test_loads_exact_refuses_nesting_past_the_stack_as_not_json() -> None:
     assert loads_exact('{"a": {"b": 12345678901234567890123}}') == {
         "a": {"b": 12345678901234567890123}
     }
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_dumps_deep_writes_what_orjson_writes(value: object) -> None:
+    assert dumps_deep(value) == orjson.dumps(value)
+
+
+def test_a_body_nested_beyond_orjson_s_writer_is_written_again() -> None:
+    """orjson reads 1,024 levels and writes 254: the rest was a 500 on every path that writes
+    the body again (a mapped model, a translation, a stream asked for usage)."""
+    for depth in (300, 1023):
+        raw = b'{"model":"m","n":' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        assert dump_json(parse_json_object(raw)) == raw
+        big = raw.replace(b'"m"', b"123456789012345678901234567890")
+        if depth < 900:  # the standard library (big integers) reads as deep as the stack lets it
+            assert dump_json(parse_json_object(big), exact=True) == big
+    assert dumps_deep({"a": [2**70, -(2**65), "é", 1.5, None, True]}) == (
+        '{"a":[1180591620717411303424,-36893488147419103232,"é",1.5,null,true]}'.encode()
+    )
 
 
 def test_accept_encoding_only_what_the_router_can_read() -> None:

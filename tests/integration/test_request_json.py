@@ -1,0 +1,180 @@
+"""The client's JSON body on a real router in front of the fake upstream (docs/forwarding.md):
+JSON nested as deeply as the router reads it (1,024 levels) is forwarded on every path that
+writes the body again (a mapped model, a stream asked for usage, a translated route, a routing
+file's attempt) and counted by the local token estimate; deeper is a clear 400 before any
+upstream call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import base_profile
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Recorded,
+    Reply,
+    openai_chat,
+    openai_chat_stream,
+    sse,
+)
+from tests.support import RouterFactory, RouterProcess
+
+CHAT = "/v1/chat/completions"
+MESSAGES = "/v1/messages"
+COUNT = "/v1/messages/count_tokens"
+JSON = {"content-type": "application/json"}
+SSE_HEADERS = [("Content-Type", "text/event-stream")]
+
+
+@pytest.fixture(scope="module")
+def router(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
+    """`gpt-4` mapped; Messages (and its count_tokens) translated to Chat Completions."""
+    profile = base_profile(
+        fake_upstream.url,
+        endpoints={"/v1/messages": {"format": "openai"}},
+    )
+    return module_router_factory(profile)
+
+
+@pytest.fixture(scope="module")
+def routed(fake_upstream: FakeUpstream, module_router_factory: RouterFactory) -> RouterProcess:
+    """A routing file: each request's body is written again by its attempt."""
+    routing = {
+        "upstreams": {
+            "up": {"baseUrl": fake_upstream.url, "timeouts": {"connectSecs": 2, "readSecs": 10}}
+        },
+        "modelRoutes": [{"match": "gpt-4", "targets": [{"upstream": "up", "model": "up-4"}]}],
+    }
+    return module_router_factory(routing, name="routing")
+
+
+def raw(body: dict[str, Any]) -> bytes:
+    """orjson writes 254 levels: the deepest bodies are written by hand."""
+    deep = body.pop("deep")
+    head = orjson.dumps(body)[:-1]
+    return head + b',"deep":' + deep + b"}"
+
+
+def deep_bytes(levels: int) -> bytes:
+    """A JSON value `levels` deep: lists around an object. (Compared as bytes: Python compares
+    such values by recursion, past its stack.)"""
+    return b"[" * (levels - 1) + b'{"k":"deep"}' + b"]" * (levels - 1)
+
+
+def openai_reply(req: Recorded) -> Reply:
+    """Like the default fake, without reading the (too deep for it) body."""
+    if b'"stream":true' in req.body:
+        return Reply(headers=SSE_HEADERS, chunks=sse(*openai_chat_stream("up")))
+    return Reply(
+        headers=[("Content-Type", "application/json")], body=orjson.dumps(openai_chat("up"))
+    )
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_mapped_model_s_deep_body_is_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    upstream.reply_with(openai_reply)
+    body = raw({"model": "gpt-4", "messages": [], "deep": deep_bytes(levels - 1)})
+    r = httpx.post(router.url + CHAT, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    sent = orjson.loads(upstream.last.body)
+    assert sent["model"] == "up-model-4"
+    assert b'"deep":' + deep_bytes(levels - 1) in upstream.last.body
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_deep_stream_asked_for_usage_is_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    upstream.reply_with(openai_reply)
+    body = raw(
+        {"model": "unmapped", "messages": [], "stream": True, "deep": deep_bytes(levels - 1)}
+    )
+    r = httpx.post(router.url + CHAT, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert "data: [DONE]" in r.text
+    sent = orjson.loads(upstream.last.body)
+    assert sent["stream_options"] == {"include_usage": True}  # the body was written again
+    assert b'"deep":' + deep_bytes(levels - 1) in upstream.last.body
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_deep_translated_messages_request_is_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    """A tool's input schema is where deep JSON is real: it goes upstream as the function's
+    parameters (body, tools, tool, input_schema: four levels above it)."""
+    upstream.reply_with(openai_reply)
+    schema = b'{"type":"object","x-deep":' + deep_bytes(levels - 4) + b"}"
+    body = (
+        b'{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}],'
+        b'"tools":[{"name":"t","input_schema":' + schema + b"}]}"
+    )
+    r = httpx.post(router.url + MESSAGES, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "message"
+    sent = orjson.loads(upstream.last.body)
+    assert upstream.last.path == CHAT
+    assert sent["tools"][0]["function"]["name"] == "t"
+    assert b'"parameters":' + schema in upstream.last.body
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_deep_body_is_counted_by_the_local_estimate(
+    router: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    content = deep_bytes(levels - 4)  # body, messages, message, content
+    body = b'{"model":"claude-x","messages":[{"role":"user","content":' + content + b"}]}"
+    r = httpx.post(router.url + COUNT, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-router-token-count"] == "estimate"
+    assert r.json() == {"input_tokens": 1 + 4}  # "deep": 1 token, and the message's 4
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_deep_body_goes_through_a_routing_file(
+    routed: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    upstream.reply_with(openai_reply)
+    body = raw({"model": "gpt-4", "messages": [], "deep": deep_bytes(levels - 1)})
+    r = httpx.post(routed.url + CHAT, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    sent = orjson.loads(upstream.last.body)
+    assert sent["model"] == "up-4"
+    assert b'"deep":' + deep_bytes(levels - 1) in upstream.last.body
+
+
+def test_a_deep_body_with_a_big_integer_is_forwarded_exact(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """A 19+ digit number takes the standard library's path: as deep, the number kept."""
+    upstream.reply_with(openai_reply)
+    body = (
+        raw({"model": "gpt-4", "messages": [], "deep": deep_bytes(300)})[:-1]
+        + b',"seed":123456789012345678901234567890}'
+    )
+    r = httpx.post(router.url + CHAT, content=body, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert b'"seed":123456789012345678901234567890' in upstream.last.body
+    assert b'"deep":' + deep_bytes(300) in upstream.last.body
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["orjson", "exact"])
+def test_json_deeper_than_the_router_reads_is_a_clear_400(
+    router: RouterProcess, upstream: FakeUpstream, big: bool
+) -> None:
+    extra = b',"seed":123456789012345678901234567890' if big else b""
+    body = b'{"model":"gpt-4","messages":[]' + extra + b',"deep":' + deep_bytes(1100) + b"}"
+    for path in (CHAT, MESSAGES):
+        r = httpx.post(router.url + path, content=body, headers=JSON, timeout=10)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert "nested too deeply" in err["message"]
+        assert err["type"] == "invalid_request_error"
+    assert upstream.requests == []
