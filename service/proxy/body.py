@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +49,7 @@ def parse_json_object(body: bytes, exact: bool | None = None) -> dict[str, Any]:
     try:
         if exact is None:
             exact = exact_json(body)
-        data = json.loads(body) if exact else orjson.loads(body)
+        data = _loads_std(body) if exact else orjson.loads(body)
     # orjson refuses more than 1,024 levels of nesting; the standard library, for a body with
     # big integers, runs out of stack near 1,000 (RecursionError)
     except RecursionError:
@@ -69,9 +71,44 @@ def loads_exact(text: str | bytes) -> Any:
     if not exact_json(raw):
         return orjson.loads(raw)
     try:
-        return json.loads(text)
+        return _loads_std(raw)
     except RecursionError:  # nested past the stack: not JSON the router can read, as orjson says
         raise ValueError("JSON nested too deeply") from None
+
+
+# A `\uD800`-`\uDFFF` escape: the standard library reads a lone one (orjson refuses it, and no
+# UTF-8 writer can write it back).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: orjson refuses it, the standard library reads inf
+        raise ValueError("number out of range")
+    return value
+
+
+def _loads_std(raw: bytes) -> Any:
+    """The standard library's parse, refusing what orjson refuses and it would accept: NaN,
+    Infinity and -Infinity, a number beyond a double's range, a byte order mark (decoded as
+    UTF-8 here, not sniffed: the BOM stays a character json refuses), a lone surrogate."""
+    data = json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then are the strings looked at
+        stack = [data]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, str):
+                value.encode()  # UnicodeEncodeError (a ValueError) on a lone surrogate
+            elif isinstance(value, dict):
+                stack.extend(value)
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+    return data
 
 
 def dumps_exact(value: Any) -> bytes:

@@ -2,7 +2,8 @@
 JSON nested as deeply as the router reads it (1,024 levels) is forwarded on every path that
 writes the body again (a mapped model, a stream asked for usage, a translated route, a routing
 file's attempt) and counted by the local token estimate; deeper is a clear 400 before any
-upstream call."""
+upstream call. What JSON does not allow (NaN, a byte order mark, ...) is a 400 whichever parser
+reads the body."""
 
 from __future__ import annotations
 
@@ -178,3 +179,38 @@ def test_json_deeper_than_the_router_reads_is_a_clear_400(
         assert "nested too deeply" in err["message"]
         assert err["type"] == "invalid_request_error"
     assert upstream.requests == []
+
+
+# -- what JSON does not allow, whichever parser reads the body ---------------------------------
+
+NOT_JSON = {
+    "NaN": (b"", b'"temperature":NaN'),
+    "Infinity": (b"", b'"temperature":Infinity'),
+    "-Infinity": (b"", b'"top_p":-Infinity'),
+    "beyond a double": (b"", b'"top_p":1e400'),
+    "lone surrogate": (b"", b'"user":"\\ud800"'),
+    "byte order mark": (b"\xef\xbb\xbf", b'"user":"u"'),
+}
+
+
+@pytest.mark.parametrize("case", NOT_JSON)
+@pytest.mark.parametrize("big", [False, True], ids=["orjson", "exact"])
+def test_what_json_does_not_allow_is_400_before_any_upstream_call(
+    router: RouterProcess, upstream: FakeUpstream, case: str, big: bool
+) -> None:
+    """A 19+ digit number sends the body through the standard library (to keep it exact),
+    which reads NaN, Infinity, a number beyond a double (as inf), a lone surrogate and a body
+    that begins with a byte order mark: such a body was forwarded there, refused otherwise."""
+    prefix, bad = NOT_JSON[case]
+    seed = b'"seed":123456789012345678901234567890,' if big else b""
+    body = prefix + b'{"model":"gpt-4","max_tokens":5,"messages":[],' + seed + bad + b"}"
+    for path in (CHAT, MESSAGES):
+        r = httpx.post(router.url + path, content=body, headers=JSON, timeout=10)
+        assert r.status_code == 400, (path, r.text)
+        assert "not valid JSON" in r.text
+    assert upstream.requests == []
+    # the same body without the fault is forwarded
+    fine = b'{"model":"gpt-4","max_tokens":5,"messages":[],' + seed + b'"user":"u"}'
+    r = httpx.post(router.url + CHAT, content=fine, headers=JSON, timeout=10)
+    assert r.status_code == 200, r.text
+    assert len(upstream.requests) == 1

@@ -171,6 +171,25 @@ def test_parse_json_object() -> None:
             raise AssertionError(bad)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"NaN", b"Infinity", b"-Infinity", b"1e400", b'"\\ud800"', b'"\\udfff"'],
+)
+def test_the_exact_parse_refuses_what_orjson_refuses(bad: bytes) -> None:
+    """The standard library (a body with a 19+ digit number) reads these; orjson does not."""
+    for body in (b'{"v":' + bad + b"}", b'{"n":12345678901234567890,"v":' + bad + b"}"):
+        with pytest.raises(BadRequest):
+            parse_json_object(body)
+        with pytest.raises(ValueError):
+            loads_exact(body)
+    with pytest.raises(BadRequest):
+        parse_json_object(b'\xef\xbb\xbf{"n":12345678901234567890}')
+    # an escaped backslash before "ud800" is text, and a pair is one character
+    text = b'{"n":12345678901234567890,"v":"\\\\ud800","w":"\\ud83d\\ude00"}'
+    assert parse_json_object(text)["v"] == "\\ud800"
+    assert parse_json_object(text)["w"] == "\U0001f600"
+
+
 def test_loads_exact_refuses_nesting_past_the_stack_as_not_json() -> None:
     deep = '{"a":' * 1200 + "12345678901234567890123" + "}" * 1200
     with pytest.raises(ValueError):
