@@ -32,6 +32,16 @@ def is_anthropic_route(route: str | None) -> bool:
     return route in (MESSAGES, COUNT_TOKENS)
 
 
+def error_route(request: Request) -> str:
+    """The route whose shape the request's errors take: the matched route's pattern (Sanic
+    serves `/v1/messages/` as `/v1/messages`), else the path without trailing slashes (a
+    405's route is not matched). An unknown path is its own: the OpenAI shape."""
+    route = getattr(request, "route", None)
+    if route is not None:
+        return "/" + route.path.strip("/")
+    return request.path.rstrip("/") or "/"
+
+
 def to_router_error(exc: BaseException) -> RouterError:
     """Every exception becomes one of ours; unknown ones become a bare 500 (no text leaks)."""
     if isinstance(exc, RouterError):
@@ -80,7 +90,7 @@ def error_response(request: Request, exc: BaseException) -> HTTPResponse:
     if rid:
         headers["X-Request-ID"] = rid
     return HTTPResponse(
-        error_body(err, is_anthropic_route(request.path)),
+        error_body(err, is_anthropic_route(error_route(request))),
         status=err.status,
         headers=headers,
         content_type="application/json",

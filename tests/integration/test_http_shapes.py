@@ -203,6 +203,27 @@ def test_invalid_json_is_400_before_any_upstream_call(
     assert upstream.requests == []
 
 
+def test_the_messages_routes_with_a_trailing_slash_answer_in_the_anthropic_shape(
+    app: InProcess, upstream: FakeUpstream
+) -> None:
+    """Sanic serves `/v1/messages/` by the Messages route: its errors are the Messages route's
+    (they were OpenAI-shaped, the path compared as sent). A 405 there has no matched route: the
+    path without its trailing slashes decides."""
+    headers = {"content-type": "application/json"}
+    for path in (MESSAGES + "/", "/v1/messages/count_tokens/"):
+        _anthropic_error(
+            app.post(path, content=b"{nope", headers=headers), 400, "invalid_request_error"
+        )
+    r = app.get(MESSAGES + "/")
+    _anthropic_error(r, 405, "invalid_request_error")
+    assert upstream.requests == []
+    # an unknown path, under the Messages route or not, is no route's: the OpenAI shape
+    for path in ("/v1/messages/nope", "/v1/messages/nope/", "/v1/messagesx/"):
+        _openai_error(app.post(path, content=b"{}", headers=headers), 404, "not_found")
+    # and the OpenAI routes keep theirs with a slash
+    _openai_error(app.post(CHAT + "/", content=b"{nope", headers=headers), 400, "invalid_request")
+
+
 def test_an_upstream_failure_on_the_messages_route_is_anthropic_shaped(
     app: InProcess, upstream: FakeUpstream
 ) -> None:

@@ -214,3 +214,17 @@ def test_what_json_does_not_allow_is_400_before_any_upstream_call(
     r = httpx.post(router.url + CHAT, content=fine, headers=JSON, timeout=10)
     assert r.status_code == 200, r.text
     assert len(upstream.requests) == 1
+
+
+def test_a_trailing_slash_on_the_messages_route_keeps_its_error_shape(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """Sanic serves `/v1/messages/` by the Messages route: its errors were OpenAI-shaped."""
+    for path in (MESSAGES + "/", COUNT + "/"):
+        r = httpx.post(router.url + path, content=b"{nope", headers=JSON, timeout=10)
+        assert r.status_code == 400
+        assert r.json()["type"] == "error"
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(router.url + MESSAGES + "/nope", content=b"{}", headers=JSON, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert upstream.requests == []
