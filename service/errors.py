@@ -58,6 +58,14 @@ class RouterError(Exception):
             self.message = message
         self.headers: dict[str, str] = dict(headers or {})
 
+    def __copy__(self) -> RouterError:
+        """A copy with its own attributes (the relay adds headers to a copy: an error may be
+        shared), made without calling `__init__` again: a subclass's takes other arguments
+        (translate.common.Untranslatable: copy.copy's default raised TypeError, a 500)."""
+        new = self.__class__.__new__(self.__class__, *self.args)
+        new.__dict__.update(self.__dict__)
+        return new
+
 
 def status_outcome(status: int) -> str:
     """What an upstream's answer of `status` was, as an attempt's outcome (the `outcome` label of

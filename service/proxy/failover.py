@@ -104,7 +104,7 @@ from .outgoing import (
     json_answer,
     local_estimate,
     outgoing_headers,
-    translator_for,
+    translated_request,
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
@@ -407,8 +407,7 @@ class _Attempts:
         self.fresh = False
         payload["model"] = cand.model
         if ep.translation != "none":
-            translator = translator_for(self.route, ep, payload)
-            body = dump_json(translator.request(), exact=self.exact)
+            translator, body = translated_request(self.route, ep, payload, self.exact)
             self.state.translation = ep.translation
             self.state.dropped = list(translator.dropped)
         else:

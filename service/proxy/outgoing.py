@@ -24,14 +24,14 @@ from ..config.model import (
     ResolvedEndpoint,
 )
 from ..context import RouterRequest
-from ..errors import UpstreamJSONError
+from ..errors import BadRequest, UpstreamJSONError
 from ..state import RequestState
 from ..translate import TranslationOptions, Translator
 from ..translate.common import MALFORMED, takes_effort
 from ..translate.responses import ResponsesTranslator
 from . import estimate
 from . import headers as h
-from .body import accept_encoding, decoded
+from .body import accept_encoding, decoded, dump_json
 
 log = structlog.get_logger("api_router.translate")
 
@@ -106,6 +106,41 @@ def local_estimate(route: str, payload: dict[str, Any], request_id: str) -> HTTP
         headers=Header([estimate.ESTIMATE_HEADER, ("X-Request-ID", request_id)]),
         content_type="application/json",
     )
+
+
+_TRANSLATE_PACKAGE = Translator.__module__  # service.translate
+
+
+def translated_request(
+    route: str, ep: ResolvedEndpoint, payload: dict[str, Any], exact: bool
+) -> tuple[Translator | ResponsesTranslator, bytes]:
+    """The translator of a translated route and the upstream body it writes for `payload`.
+    The translators refuse what they cannot translate with a 400 naming the field (SPEC §12);
+    a client value of a shape one of them still does not expect (a number where it reads an
+    object: MALFORMED) is the client's 400 too, never a 500."""
+    try:
+        translator = translator_for(route, ep, payload)
+        out = translator.request()
+    except MALFORMED as e:
+        raise BadRequest(_malformed(e)) from None
+    return translator, dump_json(out, exact=exact)
+
+
+def _malformed(exc: BaseException) -> str:
+    """The 400's message for a translator's MALFORMED: naming the part of the request it was
+    reading when one of its functions says (their `where` argument: `messages[2]`, ...)."""
+    where = None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost frame that knows wins
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__", "").startswith(_TRANSLATE_PACKAGE):
+            at = frame.f_locals.get("where")
+            if isinstance(at, str) and at:
+                where = at
+        tb = tb.tb_next
+    if where is None:
+        return "A field of the request has a value of the wrong type for its translation"
+    return f"'{where}' holds a value of the wrong type for its translation"
 
 
 def translator_for(

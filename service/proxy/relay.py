@@ -48,7 +48,7 @@ from .outgoing import (
     json_answer,
     local_estimate,
     outgoing_headers,
-    translator_for,
+    translated_request,
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
@@ -146,8 +146,7 @@ async def forward(
             return local_estimate(route, payload, request_id)
         if ep.translation != "none":
             state.translation = ep.translation
-            translator = translator_for(route, ep, payload)
-            body = dump_json(translator.request(), exact=exact)
+            translator, body = translated_request(route, ep, payload, exact)
             rewrite = False
             state.dropped = translator.dropped
         elif streaming and ep.request_usage and route in USAGE_ROUTES and ask_for_usage(payload):

@@ -271,7 +271,10 @@ def _tool_result_content(content: Any, where: str, drop: Drops) -> tuple[str, li
         _hints(block, at, drop)
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text", ""))
+            text = block.get("text", "")
+            if not isinstance(text, str):
+                raise BadRequest(f"'{at}.text' must be a string")
+            texts.append(text)
         elif kind == "image":
             parts.append(_image(block.get("source"), at))
         elif kind == "document":
@@ -347,7 +350,10 @@ def _assistant(
         _hints(block, at, drop)
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text", ""))
+            text = block.get("text", "")
+            if not isinstance(text, str):
+                raise BadRequest(f"'{at}.text' must be a string")
+            texts.append(text)
         elif kind == "tool_use":
             arguments = dumps_exact(block.get("input", {})).decode()
             calls.append(

@@ -208,6 +208,8 @@ def _thinking(
     effort = body.get("reasoning_effort")
     if effort is None or effort == "none":
         return None
+    if not isinstance(effort, str):
+        raise BadRequest("'reasoning_effort' must be a string")
     if effort not in EFFORT_BUDGET:
         drop("reasoning_effort", f"reasoning_effort={effort}")
         return None
@@ -337,15 +339,27 @@ def _assistant_content(m: dict[str, Any], where: str, drop: Drops) -> list[dict[
             drop("reasoning_history", f"{where}.{key}")
     content = m.get("content")
     if isinstance(content, list):
-        content = "".join(
-            p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict)
-        )
+        texts = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict):
+                continue
+            key = "text" if part.get("text") else "refusal"
+            text = part.get(key) or ""
+            if not isinstance(text, str):
+                raise BadRequest(f"'{where}.content[{k}].{key}' must be a string")
+            texts.append(text)
+        content = "".join(texts)
     if isinstance(content, str) and content:
         blocks.append({"type": "text", "text": content})
     if given(m, "function_call"):
         raise Untranslatable(f"{where}.function_call", UPSTREAM)
-    for k, call in enumerate(m.get("tool_calls") or []):
-        fn = call.get("function") if isinstance(call, dict) else None
+    calls = m.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequest(f"'{where}.tool_calls' must be an array")
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise BadRequest(f"'{where}.tool_calls[{k}]' must be an object")
+        fn = call.get("function")
         if not isinstance(fn, dict):
             raise Untranslatable(f"{where}.tool_calls[{k}].type={call.get('type')}", UPSTREAM)
         try:
@@ -363,6 +377,8 @@ def _tool(tool: Any, where: str, drop: Drops) -> dict[str, Any]:
         kind = tool.get("type") if isinstance(tool, dict) else None
         raise Untranslatable(f"{where}.type={kind}", UPSTREAM)
     fn = tool.get("function") or {}
+    if not isinstance(fn, dict):
+        raise BadRequest(f"'{where}.function' must be an object")
     if fn.get("strict") is True:
         # Anthropic's strict tools exist only on newer models: dropped so that every model
         # keeps working (it still gets the schema).
@@ -384,7 +400,10 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if choice == "none":
         return {"type": "none"}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+        fn = choice.get("function") or {}
+        if not isinstance(fn, dict):
+            raise BadRequest("'tool_choice.function' must be an object")
+        return {"type": "tool", "name": fn.get("name")}
     raise Untranslatable("tool_choice", UPSTREAM)
 
 

@@ -224,7 +224,9 @@ def _reasoning(reasoning: Any, out: dict[str, Any], st: _Request) -> None:
     if given(reasoning, "effort"):
         if st.options.reasoning_effort:
             effort = reasoning["effort"]
-            if st.upstream == CHAT and isinstance(effort, str):  # (a Messages upstream: its own)
+            if not isinstance(effort, str):
+                raise BadRequest("'reasoning.effort' must be a string")
+            if st.upstream == CHAT:  # (a Messages upstream: its own)
                 effort = RESPONSES_TO_CHAT_EFFORT.get(effort, effort)
             out["reasoning_effort"] = effort
         elif "reasoning.effort" not in st.dropped:  # turned off by the operator: never refused
@@ -273,6 +275,8 @@ def _tools(tools: Any, st: _Request) -> tuple[list[dict[str, Any]], dict[str, st
     names: dict[str, str] = {}
     for i, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind is not None and not isinstance(kind, str):
+            raise BadRequest(f"'tools[{i}].type' must be a string")
         if kind == "function":
             assert isinstance(tool, dict)
             fn: dict[str, Any] = {"name": tool.get("name")}
@@ -380,6 +384,8 @@ def _messages(instructions: Any, items: Any, st: _Request) -> list[dict[str, Any
         if not isinstance(item, dict):
             raise BadRequest(f"'{where}' must be an object")
         kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise BadRequest(f"'{where}.type' must be a string")
         role = item.get("role")
         if kind == "message" and role in ("system", "developer") and not conv.messages:
             text = _system_text(item.get("content"), where, st)
