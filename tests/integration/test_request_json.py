@@ -75,17 +75,23 @@ def openai_reply(req: Recorded) -> Reply:
     )
 
 
-@pytest.mark.parametrize("levels", [300, 1000])
-def test_a_mapped_model_s_deep_body_is_forwarded(
-    router: RouterProcess, upstream: FakeUpstream, levels: int
+def assert_deep_chat_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, levels: int, model: str
 ) -> None:
+    """A chat request `levels` deep reaches the upstream whole, its model written as `model`."""
     upstream.reply_with(openai_reply)
     body = raw({"model": "gpt-4", "messages": [], "deep": deep_bytes(levels - 1)})
     r = httpx.post(router.url + CHAT, content=body, headers=JSON, timeout=10)
     assert r.status_code == 200, r.text
-    sent = orjson.loads(upstream.last.body)
-    assert sent["model"] == "up-model-4"
+    assert orjson.loads(upstream.last.body)["model"] == model
     assert b'"deep":' + deep_bytes(levels - 1) in upstream.last.body
+
+
+@pytest.mark.parametrize("levels", [300, 1000])
+def test_a_mapped_model_s_deep_body_is_forwarded(
+    router: RouterProcess, upstream: FakeUpstream, levels: int
+) -> None:
+    assert_deep_chat_forwarded(router, upstream, levels, "up-model-4")
 
 
 @pytest.mark.parametrize("levels", [300, 1000])
@@ -142,13 +148,7 @@ def test_a_deep_body_is_counted_by_the_local_estimate(
 def test_a_deep_body_goes_through_a_routing_file(
     routed: RouterProcess, upstream: FakeUpstream, levels: int
 ) -> None:
-    upstream.reply_with(openai_reply)
-    body = raw({"model": "gpt-4", "messages": [], "deep": deep_bytes(levels - 1)})
-    r = httpx.post(routed.url + CHAT, content=body, headers=JSON, timeout=10)
-    assert r.status_code == 200, r.text
-    sent = orjson.loads(upstream.last.body)
-    assert sent["model"] == "up-4"
-    assert b'"deep":' + deep_bytes(levels - 1) in upstream.last.body
+    assert_deep_chat_forwarded(routed, upstream, levels, "up-4")
 
 
 def test_a_deep_body_with_a_big_integer_is_forwarded_exact(
