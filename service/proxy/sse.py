@@ -419,6 +419,13 @@ class _Stream:
             low, high = self.saved_limits
             transport.set_write_buffer_limits(high=high, low=low)
 
+    async def fail_or_raise(self, err: RouterError) -> None:
+        """`err` before the head went out: raised (the client gets the router's error
+        response); after it: the error event that ends the stream (`fail`)."""
+        if self.out is None:
+            raise err from None
+        await self.fail(err)
+
     async def fail(self, err: RouterError, data: bytes | None = None) -> None:
         state = self.request.ctx.state
         state.error_type = err.error_type
@@ -640,15 +647,10 @@ async def relay_stream(
         try:
             resp = done.result()
         except httpx.HTTPError as e:
-            err = map_exception(e)
-            if stream.out is None:
-                raise err from None
-            await stream.fail(err)
+            await stream.fail_or_raise(map_exception(e))
             return None
         except RouterError as e:  # the routing file's attempts ended without an answer
-            if stream.out is None:
-                raise
-            await stream.fail(e)
+            await stream.fail_or_raise(e)
             return None
         if chosen:
             translator = stream.translator = chosen[0].translator
@@ -667,10 +669,7 @@ async def relay_stream(
             try:
                 body = await _read_body(resp, None if stream.out is None else MAX_ERROR_BODY)
             except httpx.HTTPError as e:  # the answer broke off: the router's error, not a 500
-                err = map_exception(e)
-                if stream.out is None:
-                    raise err from None
-                await stream.fail(err)
+                await stream.fail_or_raise(map_exception(e))
                 return None
             if stream.out is None and 200 <= resp.status_code < 300:
                 # A whole answer to a stream request (an upstream that ignores `stream`): as
@@ -716,9 +715,7 @@ async def relay_stream(
         encoded = bool(coding)
         if encoded and coding not in INFLATED_CODINGS:
             await resp.aclose()
-            if stream.out is None:
-                raise UpstreamProtocolError()
-            await stream.fail(UpstreamProtocolError())
+            await stream.fail_or_raise(UpstreamProtocolError())
             return None
         if stream.out is None:
             headers = h.returnable_response_headers(resp.headers.multi_items())
