@@ -2,7 +2,7 @@
 
     .cache/bench-venv/bin/python bench/compare_revisions.py [--base HEAD] [--scenario sse64]
                                                             [--connections N] [--rounds 5]
-                                                            [--workers 1]
+                                                            [--workers 1] [--processes 1]
 
 How a change to the relay or the request path is measured before it is kept: the revision
 `--base` is checked out into .cache/bench-base/<sha> (a git worktree, reused), and one
@@ -14,8 +14,13 @@ burst, `ssepaced`; the order alternates from round to round); its workers' CPU t
 run divided by the requests answered is its CPU per request. Printed: per side the median and
 range over the rounds, the median over rounds of (tree - base) in the same round, and
 requests/s. Same method as
-bench/fastpath_cost.py. `--base . --base-env K=V` compares the tree with itself under a
-different environment (one fast path off, for instance). Loopback only; everything started is
+bench/fastpath_cost.py. `--processes N` starts N routers per side (started and measured
+alternately, base and tree): a process's own luck (its memory layout, its hash seed) moves its
+CPU per request by up to ~50 us on the same code on this kind of machine (bench/README, "Fast
+paths"), so a difference smaller than that needs several processes per side; a side's figure in a
+round is then the mean over its processes, and each process's median is printed too.
+`--base . --base-env K=V` compares the tree with itself under a different environment (one fast
+path off, for instance). Loopback only; everything started is
 stopped by its pid.
 """
 
@@ -83,6 +88,7 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=0, help="0: the scenario's own")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=1, help="routers per side")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--sse-gap-ms", type=float, default=run.DEFAULT_SSE_GAP_MS)
     ap.add_argument(
@@ -91,16 +97,19 @@ def main() -> None:
     a = ap.parse_args()
     sides = {"base": run.ROOT if a.base == "." else worktree(a.base), "tree": run.ROOT}
     envs = {"base": dict(kv.split("=", 1) for kv in a.base_env), "tree": {}}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    # per side, per process: one measurement per round
+    results: dict[str, list[list[dict[str, Any]]]] = {
+        name: [[] for _ in range(a.processes)] for name in sides
+    }
     load_before = run.loadavg()
     with run.scratch(True) as scratch:
         bodies = run.write_bodies(scratch)
         up_port = run.free_port()
         upstreams = run.start_upstream(scratch, up_port, a.sse_gap_ms)
-        started: list[tuple[str, run.Target, list[int]]] = []
+        started: list[tuple[str, int, run.Target, list[int]]] = []
         try:
-            for name, root in sides.items():
-                t = run.Target(f"router-{name}", "transport", name)
+            for p, (name, root) in ((p, s) for p in range(a.processes) for s in sides.items()):
+                t = run.Target(f"router-{name}-{p}", "transport", name)
                 config = routing(up_port, scratch, a.scenario) if a.routing else None
                 env = {"PYTHONPATH": str(root), **envs[name]}
                 run.start_router(t, a.workers, up_port, scratch, env, config=config)
@@ -113,37 +122,44 @@ def main() -> None:
                 workers = run.worker_pids(t.server.proc.pid, t.port)
                 if len(workers) != a.workers:
                     raise RuntimeError(f"{name}: {len(workers)} workers found, not {a.workers}")
-                started.append((name, t, workers))
+                started.append((name, p, t, workers))
                 run.wrk(t, a.scenario, bodies, 2, connections=a.connections or None)  # warm-up
             for i in range(a.rounds):
-                for name, t, workers in started if i % 2 == 0 else started[::-1]:
-                    results[name].append(
+                for name, p, t, workers in started if i % 2 == 0 else started[::-1]:
+                    results[name][p].append(
                         fastpath_cost.measure(
                             t, workers, bodies, a.seconds, a.scenario, a.connections or None
                         )
                     )
                 print(f"round {i + 1}/{a.rounds} done", file=sys.stderr)
         finally:
-            for _, t, _ in started:
+            for _, _, t, _ in started:
                 if t.server is not None:
                     t.server.stop()
             for u in upstreams:
                 u.stop()
     print("| side | CPU per request, us: median (range) | minus base (median) | req/s |")
     print("| --- | --- | --- | --- |")
+
+    def per_round(name: str, key: str) -> list[float]:  # the mean over the side's processes
+        return [statistics.fmean(x[key] for x in rows) for rows in zip(*results[name], strict=True)]
+
     for name in sides:
-        cpu = [r["cpu_us"] for r in results[name]]
-        diff = [
-            r["cpu_us"] - b["cpu_us"] for r, b in zip(results[name], results["base"], strict=True)
-        ]
+        cpu = per_round(name, "cpu_us")
+        diff = [r - b for r, b in zip(cpu, per_round("base", "cpu_us"), strict=True)]
         print(
             f"| {name} | {statistics.median(cpu):.0f} ({min(cpu):.0f}-{max(cpu):.0f}) "
             f"| {statistics.median(diff):+.1f} "
-            f"| {statistics.median(r['rps'] for r in results[name]):,.0f} |"
+            f"| {statistics.median(per_round(name, 'rps')):,.0f} |"
         )
+    if a.processes > 1:
+        for name in sides:
+            medians = [statistics.median(r["cpu_us"] for r in rows) for rows in results[name]]
+            print(f"\n{name}: each process's median, us: " + ", ".join(f"{m:.0f}" for m in medians))
     print(
         f"\n{a.scenario}{' (routing file)' if a.routing else ''}, "
-        f"{a.connections or 'its own'} connections, {a.workers} worker(s) each, "
+        f"{a.connections or 'its own'} connections, {a.processes} router(s) per side, "
+        f"{a.workers} worker(s) each, "
         f"{a.rounds} rounds of "
         f"{a.seconds:g} s, base {a.base} {envs['base'] or ''}; load average before {load_before}, "
         f"after {run.loadavg()}"

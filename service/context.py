@@ -30,6 +30,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:  # prometheus-client is imported only once the CLI set its directory
     from .observability.alerts import FailureAlarm
+    from .observability.completions import Completions
     from .observability.exemplars import Exemplars
     from .observability.metrics import Metrics
     from .observability.tracing import Tracing
@@ -42,6 +43,7 @@ class AppContext:
     __slots__ = (
         "access",
         "client_ip_from_headers",
+        "completions",
         "config",
         "connections",
         "cors",
@@ -87,6 +89,9 @@ class AppContext:
         self.client_ip_from_headers = False
         self.metrics: Metrics | None = None  # per worker, when API_ROUTER_METRICS is on
         self.failure_alarm: FailureAlarm | None = None
+        # The `batch` fast path: finished requests' records waiting for the end of the loop
+        # pass (service.observability.completions); None: each written in its own `finish`.
+        self.completions: Completions | None = None
         # service.server.shutdown: the worker is stopping; this worker's open connections.
         self.draining = False
         self.connections: set[Any] | None = None

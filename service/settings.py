@@ -33,7 +33,7 @@ class SettingsError(ValueError):
 
 FAST_PATHS_ENV = "API_ROUTER_FAST_PATHS"
 # Every fast path, by the name API_ROUTER_FAST_PATHS selects it with.
-FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request", "stream", "head")
+FAST_PATH_NAMES = ("dispatch", "metrics", "logging", "request", "stream", "head", "batch")
 _ALL = ("", "1", "all", "on", "true", "yes")
 _NONE = ("0", "none", "off", "false", "no")
 
@@ -54,7 +54,10 @@ class FastPaths:
     - `stream`: the SSE relay's task and Sanic's `response.send` carry every upstream piece
       (on: written from the upstream connection's callback; service.server.stream_write);
     - `head`: Sanic's own sanitiser walks every response header's name and value
-      (service.server.response_head).
+      (service.server.response_head);
+    - `batch`: each finished request's metrics, completion line and failure alarm are written
+      at once, in the request's own call (on: together with the other requests finished in the
+      same pass of the event loop, at its end; service.observability.completions).
 
     `API_ROUTER_FAST_PATHS`: `all` (the default) or `1`; `0` or `none`; or the names of those to
     keep on, comma-separated (`dispatch,metrics`), for measuring one against the others.
@@ -66,6 +69,7 @@ class FastPaths:
     request: bool = True
     stream: bool = True
     head: bool = True
+    batch: bool = True
 
     @classmethod
     def parse(cls, raw: str | None) -> FastPaths:

@@ -18,6 +18,12 @@ the per-request cost is two signal listeners. The app (`service.server.dispatch.
 calls these listeners directly rather than through Sanic's signal router; metric children are
 looked up once per label set (`Metrics.*_by`), and the completion line is rendered by structlog
 and written straight to the log stream (`observability.logging`).
+
+`finish` stamps the answer's headers and ends the trace span; `record` writes the metrics, the
+completion line and the failure path. With the `batch` fast path `record` runs at the end of the
+event-loop pass (service.observability.completions), except for a request whose client is gone:
+its handler is being cancelled and may still write to its state, so it is recorded at once, with
+what the state held when the client left (as without the fast path).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from ..state import RequestState, clipped
 from ..usage import token_counts
 from . import sentry
 from .alerts import FailureAlarm
+from .completions import Completions
 from .logging import emit, set_request_secret
 from .metrics import METHODS, method_label
 
@@ -122,9 +129,11 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         return
     ctx.finished = True
     conn = request.conn_info
+    lost = False
     if conn is not None:
         conn.ctx.request = None  # finished: its connection keeps no reference to it (or its body)
-        if conn.lost and not ctx.state.answered:
+        lost = conn.lost
+        if lost and not ctx.state.answered:
             status = 499  # the client left before the answer reached it
     app_ctx = request.app.ctx
     elapsed = time.perf_counter() - ctx.started
@@ -137,6 +146,31 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             response.headers[timing.SERVER_TIMING] = timing.whole(elapsed, state.upstream_latency)
             if app_ctx.cors is not None:  # a stream's head had them already
                 add_cors(app_ctx.cors, request, response)
+    tracing = app_ctx.tracing
+    trace_id = None
+    if tracing is not None:
+        trace_id = tracing.trace_id(request)
+        exemplars = app_ctx.exemplars
+        ids = tracing.sampled_ids(request) if exemplars is not None else None
+        if exemplars is not None and ids is not None:  # the same values the histograms got
+            exemplars.record(0, route, elapsed, *ids)
+            if state.upstream_latency is not None:
+                exemplars.record(1, route, state.upstream_latency, *ids)
+        tracing.finish_request(request, status, route, state)
+    completions = app_ctx.completions
+    if completions is not None and not lost:  # the `batch` fast path: at the end of the pass
+        completions.add(request, route, status, elapsed, trace_id)
+    else:
+        record(request, route, status, elapsed, trace_id)
+
+
+def record(
+    request: RouterRequest, route: str, status: int, elapsed: float, trace_id: str | None
+) -> None:
+    """A finished request's metric writes, completion line and failure path (its answer's
+    headers are stamped and its span ended already: `finish`)."""
+    app_ctx = request.app.ctx
+    state: RequestState = request.ctx.state
     metrics = app_ctx.metrics
     if metrics is not None:
         metrics.in_flight.inc(-1)
@@ -170,17 +204,6 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
                 metrics.tokens_by["prompt", model].inc(prompt)
             if completion:
                 metrics.tokens_by["completion", model].inc(completion)
-    tracing = app_ctx.tracing
-    trace_id = None
-    if tracing is not None:
-        trace_id = tracing.trace_id(request)
-        exemplars = app_ctx.exemplars
-        ids = tracing.sampled_ids(request) if exemplars is not None else None
-        if exemplars is not None and ids is not None:  # the same values the histograms got
-            exemplars.record(0, route, elapsed, *ids)
-            if state.upstream_latency is not None:
-                exemplars.record(1, route, state.upstream_latency, *ids)
-        tracing.finish_request(request, status, route, state)
     if app_ctx.settings.access_log_enabled:
         fields: dict[str, Any] = {
             "client_ip": client_address(request, app_ctx.client_ip_from_headers),
@@ -216,7 +239,7 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
         if state.ended_by is not None:  # a stream the drain ended (`server_shutting_down`)
             fields["ended_by"] = state.ended_by
             level = logging.WARNING
-        emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, ctx.request_id)
+        emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, request.ctx.request_id)
     if state.error_type is not None or status >= 500:
         _failed(request, route, status, state.error_type)
 
@@ -288,6 +311,8 @@ def install_request_id(app: Sanic) -> None:
 
 def install(app: Sanic[Any, AppContext]) -> None:
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if app.ctx.settings.fast_paths.batch:  # the app's `after_server_stop` writes the last ones
+        app.ctx.completions = Completions(record)
     app.ctx.failure_alarm = FailureAlarm(
         state_path=os.path.join(mp_dir, "failure-alarm.json") if mp_dir else None
     )

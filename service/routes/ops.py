@@ -74,6 +74,8 @@ async def metrics(request: RouterRequest) -> HTTPResponse:
     if app.ctx.metrics is None:
         # API_ROUTER_METRICS=false: nothing is recorded, so there is nothing to serve.
         raise NotFound("Metrics are disabled (API_ROUTER_METRICS=false)")
+    if app.ctx.completions is not None:  # this worker's requests finished in this loop pass
+        app.ctx.completions.flush()
     app.ctx.refresh_gauges()
     registry = exposition_registry(app.ctx.metrics.registry)
     accept = request.headers.get("accept", "")

@@ -1,6 +1,7 @@
 """API_ROUTER_FAST_PATHS=0 serves with the libraries' own code: Sanic's signal dispatch,
 prometheus-client's own metric writes, structlog's own chain for the completion line, httpx's own
-Request constructor, Sanic's own response-head sanitiser; every fast path's entry point is made
+Request constructor, Sanic's own response-head sanitiser, each request's record written in its
+own `finish`; every fast path's entry point is made
 to fail, and a proxied request still answers and is still recorded. Any mode answers the same."""
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import structlog
 from sanic import Sanic
 
 from service.app import create_app
+from service.observability import completions, metrics_fast
 from service.observability import logging as obs_logging
-from service.observability import metrics_fast
 from service.proxy import h1transport, sse, upstream
 from service.server import response_head, stream_write
 from service.server.dispatch import HOT_SIGNALS, RouterApp
@@ -95,6 +96,7 @@ def test_zero_serves_with_every_library_s_own_code(
     monkeypatch.setattr(obs_logging, "json_line", refuse)
     monkeypatch.setattr(obs_logging, "add_timestamp", refuse)
     monkeypatch.setattr(RouterApp, "plan_signals", refuse)
+    monkeypatch.setattr(completions.Completions, "add", refuse)
 
     app, log = make_app({"API_ROUTER_FAST_PATHS": "0"})
     assert type(app) is Sanic
