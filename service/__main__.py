@@ -170,9 +170,10 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
     if path:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        # the metric files, the exemplars and the repeated-failure alarm (service.observability):
-        # nothing of a previous run counts in this one
-        for f in [*p.glob("*.db"), p / "exemplars.bin", p / "failure-alarm.json"]:
+        # the metric files, the exemplars, the repeated-failure alarm and the workers' record
+        # flags (service.observability): nothing of a previous run counts in this one
+        stale = [*p.glob("*.db"), *p.glob("completions_*.flag")]
+        for f in [*stale, p / "exemplars.bin", p / "failure-alarm.json"]:
             f.unlink(missing_ok=True)
     else:
         sweep_metric_dirs()

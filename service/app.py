@@ -152,8 +152,13 @@ def create_app(settings: Settings) -> Sanic[Config, AppContext]:
     @app.after_server_stop
     async def _close(app: Sanic[Config, AppContext]) -> None:
         ctx = app.ctx
-        if ctx.completions is not None:  # the last loop pass's records, while all is still open
-            ctx.completions.flush()
+        try:
+            if ctx.completions is not None:  # the last pass's records, while all is still open
+                ctx.completions.close()
+        finally:
+            await _release(ctx)
+
+    async def _release(ctx: AppContext) -> None:
         ctx.watch_task.cancel()
         # gather() hands back the task's own CancelledError; a cancellation of *this* listener
         # still propagates.

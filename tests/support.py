@@ -95,6 +95,7 @@ class RouterProcess:
         self.env = base
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self._metrics_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -118,6 +119,7 @@ class RouterProcess:
         # A session of its own: Sanic's manager answers a second signal with killpg() on its
         # workers' process group, which must not be the test runner's.
         nofile = self.nofile
+        self._metrics_dir = None  # its workers' (found again: a new process may name another)
 
         def limits() -> None:
             if nofile is not None:
@@ -160,7 +162,36 @@ class RouterProcess:
         return self.output().count("Worker ready")
 
     def output(self) -> str:
+        """Everything it wrote (its workers' records of answered requests included: `settle`)."""
+        self.settle()
         return Path(self._log.name).read_text(errors="replace")
+
+    def metrics_dir(self) -> str | None:
+        """The multiprocess metrics directory its workers were started with (the CLI makes
+        one when the environment names none)."""
+        for pid in worker_pids(self):
+            with contextlib.suppress(OSError):
+                for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+                        return item.split(b"=", 1)[1].decode()
+        return None
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until no worker has records of finished requests still to write (the `batch`
+        fast path writes a request's completion line and metrics at the end of the loop pass in
+        which its answer went out: a test that reads the log right after an answer would race
+        it). Its workers' flags say so (service.observability.completions)."""
+        from service.observability.completions import raised_flags
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self._metrics_dir is None:
+            self._metrics_dir = self.metrics_dir()
+        if self._metrics_dir is None:
+            return
+        deadline = time.monotonic() + timeout
+        while raised_flags(self._metrics_dir) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def logs(self) -> list[dict[str, Any]]:
         out = []

@@ -21,9 +21,8 @@ and written straight to the log stream (`observability.logging`).
 
 `finish` stamps the answer's headers and ends the trace span; `record` writes the metrics, the
 completion line and the failure path. With the `batch` fast path `record` runs at the end of the
-event-loop pass (service.observability.completions), except for a request whose client is gone:
-its handler is being cancelled and may still write to its state, so it is recorded at once, with
-what the state held when the client left (as without the fast path).
+event-loop pass (service.observability.completions), except for a request whose client is gone,
+recorded at once as without the fast path (nothing is gained by waiting: no answer goes out).
 """
 
 from __future__ import annotations
@@ -157,15 +156,22 @@ def finish(request: RouterRequest, status: int, response: BaseHTTPResponse | Non
             if state.upstream_latency is not None:
                 exemplars.record(1, route, state.upstream_latency, *ids)
         tracing.finish_request(request, status, route, state)
+    # The router error Sentry reports, as it is now (a failed send may set another one later).
+    exception = getattr(ctx, "exception", None)
     completions = app_ctx.completions
     if completions is not None and not lost:  # the `batch` fast path: at the end of the pass
-        completions.add(request, route, status, elapsed, trace_id)
+        completions.add(request, route, status, elapsed, trace_id, exception)
     else:
-        record(request, route, status, elapsed, trace_id)
+        record(request, route, status, elapsed, trace_id, exception)
 
 
 def record(
-    request: RouterRequest, route: str, status: int, elapsed: float, trace_id: str | None
+    request: RouterRequest,
+    route: str,
+    status: int,
+    elapsed: float,
+    trace_id: str | None,
+    exception: BaseException | None = None,
 ) -> None:
     """A finished request's metric writes, completion line and failure path (its answer's
     headers are stamped and its span ended already: `finish`)."""
@@ -241,7 +247,7 @@ def record(
             level = logging.WARNING
         emit(access_log, ACCESS_LOGGER, level, "request_completed", fields, request.ctx.request_id)
     if state.error_type is not None or status >= 500:
-        _failed(request, route, status, state.error_type)
+        _failed(request, route, status, state.error_type, exception)
 
 
 def _attempt(upstream: str, outcome: str, secs: float, status: int | None) -> dict[str, Any]:
@@ -251,7 +257,13 @@ def _attempt(upstream: str, outcome: str, secs: float, status: int | None) -> di
     return {"upstream": upstream, "outcome": outcome, "status": status, "secs": secs}
 
 
-def _failed(request: RouterRequest, route: str, status: int, error_type: str | None) -> None:
+def _failed(
+    request: RouterRequest,
+    route: str,
+    status: int,
+    error_type: str | None,
+    exception: BaseException | None,
+) -> None:
     """The failure path: repeated-failure alarm and Sentry (never reached by a good request)."""
     app_ctx = request.app.ctx
     provider = (request.ctx.state.config or app_ctx.config.current).profile.name
@@ -276,7 +288,7 @@ def _failed(request: RouterRequest, route: str, status: int, error_type: str | N
                 "error_type": kind,
                 "provider": provider,
             },
-            exc=getattr(request.ctx, "exception", None) if error_type is None else None,
+            exc=exception if error_type is None else None,
         )
 
 
@@ -312,7 +324,14 @@ def install_request_id(app: Sanic) -> None:
 def install(app: Sanic[Any, AppContext]) -> None:
     mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if app.ctx.settings.fast_paths.batch:  # the app's `after_server_stop` writes the last ones
-        app.ctx.completions = Completions(record)
+        completions = app.ctx.completions = Completions(record)
+
+        @app.before_server_start
+        async def _flag(app: Sanic) -> None:
+            flags = app.ctx.settings.multiproc_dir
+            if flags:  # in the worker: a scrape by another worker waits for its records
+                completions.open_flag(flags)
+
     app.ctx.failure_alarm = FailureAlarm(
         state_path=os.path.join(mp_dir, "failure-alarm.json") if mp_dir else None
     )

@@ -332,7 +332,7 @@ class SettledFiles(mp.MultiProcessCollector):
 _LIVE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether `pid` still runs. A killed worker stays a zombie until Sanic's manager reaps it
     (`kill(pid, 0)` still succeeds then): on Linux its /proc state says so at once."""
     try:
@@ -360,7 +360,7 @@ def reap_dead_workers(path: str) -> list[int]:
     dead = set()
     for name in os.listdir(path):
         m = _LIVE_FILE.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not process_alive(int(m.group(1))):
             dead.add(int(m.group(1)))
     for pid in dead:
         mp.mark_process_dead(pid, path)

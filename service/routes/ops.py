@@ -14,6 +14,7 @@ from sanic.response import HTTPResponse
 from ..config.model import MODEL_ID
 from ..context import RouterRequest
 from ..errors import NotFound, UnknownModel
+from ..observability.completions import settled
 from ..observability.metrics import exposition_registry
 
 bp = Blueprint("ops")
@@ -74,8 +75,12 @@ async def metrics(request: RouterRequest) -> HTTPResponse:
     if app.ctx.metrics is None:
         # API_ROUTER_METRICS=false: nothing is recorded, so there is nothing to serve.
         raise NotFound("Metrics are disabled (API_ROUTER_METRICS=false)")
-    if app.ctx.completions is not None:  # this worker's requests finished in this loop pass
-        app.ctx.completions.flush()
+    completions = app.ctx.completions
+    mp_dir = app.ctx.settings.multiproc_dir
+    if completions is not None:  # the requests finished in this loop pass, here and elsewhere
+        completions.flush()
+        if mp_dir:
+            await settled(mp_dir)
     app.ctx.refresh_gauges()
     registry = exposition_registry(app.ctx.metrics.registry)
     accept = request.headers.get("accept", "")

@@ -8,12 +8,16 @@ import contextvars
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 import structlog
 
-from service.observability.completions import Completions
+from service.observability.completions import Completions, raised_flags, settled
 from service.observability.logging import configure_logging, emit, set_request_secret
 
 
@@ -128,3 +132,90 @@ def test_each_record_is_written_in_its_own_request_s_context(fast_logging: bool)
         ("rid-b", "model named [redacted]"),
     ]
     assert "sk-client-key" not in text
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_failed_record_is_reported_with_its_own_request_id() -> None:
+    stream = _configure()
+
+    def write(ok: bool) -> None:
+        if not ok:
+            raise ValueError
+
+    completions = Completions(write)
+
+    def finish(rid: str, ok: bool) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        completions.add(ok)
+
+    async def main() -> None:
+        contextvars.copy_context().run(finish, "rid-good", True)  # schedules the callback
+        contextvars.copy_context().run(finish, "rid-bad", False)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert (line["event"], line["request_id"]) == ("completion_record_failed", "rid-bad")
+
+
+def test_a_cancellation_while_writing_leaves_the_rest_waiting_in_order() -> None:
+    written: list[str] = []
+
+    def write(x: str) -> None:
+        if x == "stop":
+            raise KeyboardInterrupt
+        written.append(x)
+
+    completions = Completions(write)
+    completions._pending = [(contextvars.copy_context(), (x,)) for x in ("a", "stop", "b", "c")]
+    with pytest.raises(KeyboardInterrupt):
+        completions.flush()
+    assert written == ["a"] and completions.pending() == 2
+    completions.flush()
+    assert written == ["a", "b", "c"]
+
+
+def test_the_flag_is_up_while_records_wait_and_down_once_written(tmp_path: Any) -> None:
+    completions = Completions(lambda: None)
+    completions.open_flag(str(tmp_path))
+    flag = tmp_path / f"completions_{os.getpid()}.flag"
+
+    async def main() -> bytes:
+        completions.add()
+        up = flag.read_bytes()
+        await asyncio.sleep(0)
+        return up
+
+    assert asyncio.run(main()) == b"\x01"
+    assert flag.read_bytes() == b"\x00"
+    completions.close()
+    assert not flag.exists()
+
+
+def test_a_scrape_waits_for_another_live_worker_s_records(tmp_path: Any) -> None:
+    """`settled`: another live process's raised flag holds the scrape until it is lowered; a
+    dead process's flag, or one that never comes down within the limit, does not hold it."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        flag = tmp_path / f"completions_{other.pid}.flag"
+        flag.write_bytes(b"\x01")
+        (tmp_path / f"completions_{os.getpid()}.flag").write_bytes(b"\x01")  # its own: ignored
+        assert raised_flags(str(tmp_path)) == [other.pid]
+
+        async def lowered_later() -> tuple[bool, float]:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, flag.write_bytes, b"\x00")
+            started = time.monotonic()
+            done = await settled(str(tmp_path))
+            return done, time.monotonic() - started
+
+        done, waited = asyncio.run(lowered_later())
+        assert done and waited >= 0.04
+        flag.write_bytes(b"\x01")
+        assert asyncio.run(settled(str(tmp_path), limit=0.02)) is False
+    finally:
+        other.kill()
+        other.wait()
+    assert raised_flags(str(tmp_path)) == []  # its process is gone
+    assert asyncio.run(settled(str(tmp_path), limit=0.02)) is True

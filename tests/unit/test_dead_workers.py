@@ -8,24 +8,24 @@ import subprocess
 import sys
 import time
 
-from service.observability.metrics import _alive
+from service.observability.metrics import process_alive
 
 
 def test_a_zombie_worker_is_not_alive() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert _alive(proc.pid)
+        assert process_alive(proc.pid)
         proc.kill()
         deadline = time.monotonic() + 10
-        while _alive(proc.pid) and time.monotonic() < deadline:
+        while process_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.01)  # not reaped: a zombie from the moment it died
-        assert not _alive(proc.pid)
+        assert not process_alive(proc.pid)
         with open(f"/proc/{proc.pid}/stat", "rb") as f:
             assert b") Z " in f.read()  # it really is an unreaped zombie here
     finally:
         proc.kill()
         proc.wait()
-    assert not _alive(proc.pid)
+    assert not process_alive(proc.pid)
 
 
 def test_a_signal_during_a_call_to_the_state_manager_is_handled_after_it() -> None:
