@@ -33,7 +33,7 @@ What it keeps exact:
 What differs: a record is written after its response was handed to the transport (or queued
 behind a slow client), at most one loop pass later, and a completion line appears that much
 later in the log stream. A worker killed with SIGKILL loses the records of its last pass, where
-it would lose the request being finished anyway; its flag is ignored once it is gone.
+it would lose the request being finished anyway; the next scrape removes its flag.
 
 Off: `lifecycle.finish` writes the record itself (`Completions` is not created).
 """
@@ -41,6 +41,7 @@ Off: `lifecycle.finish` writes the record itself (`Completions` is not created).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import mmap
 import os
@@ -150,8 +151,13 @@ def raised_flags(directory: str) -> list[int]:
                 raised = f.read(1) == b"\x01"
         except OSError:  # removed meanwhile: that worker stopped
             continue
-        if raised and process_alive(int(m.group(1))):
+        if not raised:
+            continue
+        if process_alive(int(m.group(1))):
             up.append(int(m.group(1)))
+        else:  # a worker killed with its flag up: gone for good (its pid may be reused)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
     return up
 
 
