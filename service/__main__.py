@@ -34,7 +34,7 @@ from .access import from_settings
 from .config import ConfigError, Profile, find_profile, lastgood, load_file
 from .ejection import EJECTION_TABLE_ENV
 from .ejection import share_table as share_ejection_table
-from .observability import sentry
+from .observability import RECORD_FLAG, sentry
 from .proxy.upstream import check_transport
 from .ratelimit import check_backend
 from .ratelimit.backends import REDIS_SCHEMES
@@ -172,7 +172,7 @@ def prepare_multiproc_dir(env: dict[str, str]) -> str:
         p.mkdir(parents=True, exist_ok=True)
         # the metric files, the exemplars, the repeated-failure alarm and the workers' record
         # flags (service.observability): nothing of a previous run counts in this one
-        stale = [*p.glob("*.db"), *p.glob("completions_*.flag")]
+        stale = [*p.glob("*.db"), *p.glob(RECORD_FLAG.format(pid="*"))]
         for f in [*stale, p / "exemplars.bin", p / "failure-alarm.json"]:
             f.unlink(missing_ok=True)
     else:

@@ -33,7 +33,8 @@ What it keeps exact:
 What differs: a record is written after its response was handed to the transport (or queued
 behind a slow client), at most one loop pass later, and a completion line appears that much
 later in the log stream. A worker killed with SIGKILL loses the records of its last pass, where
-it would lose the request being finished anyway; the next scrape removes its flag.
+it would lose the request being finished anyway; its flag is ignored, and removed with its live
+gauges at the next scrape (metrics.reap_dead_workers).
 
 Off: `lifecycle.finish` writes the record itself (`Completions` is not created).
 """
@@ -52,11 +53,12 @@ from typing import Any
 
 import structlog
 
+from . import RECORD_FLAG
 from .metrics import process_alive
 
 log = structlog.get_logger("api_router")
 
-FLAG_FILE = re.compile(r"completions_(\d+)\.flag$")
+FLAG_FILE = re.compile(re.escape(RECORD_FLAG).replace(r"\{pid\}", r"(\d+)") + "$")
 SETTLE_SECS = 0.25  # the longest a scrape waits for the other workers' records
 SETTLE_POLL_SECS = 0.0005
 
@@ -75,7 +77,7 @@ class Completions:
     def open_flag(self, directory: str) -> None:
         """This worker's flag in `directory` (the multiprocess metrics directory): up while
         records wait."""
-        path = os.path.join(directory, f"completions_{os.getpid()}.flag")
+        path = os.path.join(directory, RECORD_FLAG.format(pid=os.getpid()))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, 1)
@@ -91,10 +93,8 @@ class Completions:
         if flag is not None:
             flag.close()
         if self._flag_path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._flag_path)
-            except FileNotFoundError:
-                pass
             self._flag_path = None
 
     def add(self, *record: Any) -> None:
@@ -151,13 +151,8 @@ def raised_flags(directory: str) -> list[int]:
                 raised = f.read(1) == b"\x01"
         except OSError:  # removed meanwhile: that worker stopped
             continue
-        if not raised:
-            continue
-        if process_alive(int(m.group(1))):
+        if raised and process_alive(int(m.group(1))):  # (a dead one's: reap_dead_workers)
             up.append(int(m.group(1)))
-        else:  # a worker killed with its flag up: gone for good (its pid may be reused)
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
     return up
 
 

@@ -171,7 +171,7 @@ def record(
     status: int,
     elapsed: float,
     trace_id: str | None,
-    exception: BaseException | None = None,
+    exception: BaseException | None,
 ) -> None:
     """A finished request's metric writes, completion line and failure path (its answer's
     headers are stamped and its span ended already: `finish`)."""

@@ -20,6 +20,7 @@ values more directly (service.observability.metrics_fast).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -38,7 +39,7 @@ from .. import __version__
 from ..config.model import TRANSLATION_DIRECTIONS
 from ..errors import ERROR_TYPES
 from ..ratelimit.tokens import SCOPES as TOKEN_SCOPES
-from . import metrics_fast
+from . import RECORD_FLAG, metrics_fast
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -356,7 +357,8 @@ def process_alive(pid: int) -> bool:
 
 def reap_dead_workers(path: str) -> list[int]:
     """Drop the live gauges of workers that died without `after_server_stop` (SIGKILL, OOM):
-    otherwise their last `active_connections` / in-flight values would be summed forever."""
+    otherwise their last `active_connections` / in-flight values would be summed forever; and
+    their record flags (a later process with the same pid is not that worker)."""
     dead = set()
     for name in os.listdir(path):
         m = _LIVE_FILE.match(name)
@@ -364,6 +366,8 @@ def reap_dead_workers(path: str) -> list[int]:
             dead.add(int(m.group(1)))
     for pid in dead:
         mp.mark_process_dead(pid, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, RECORD_FLAG.format(pid=pid)))
     return sorted(dead)
 
 

@@ -6,6 +6,11 @@ its own `finish` or with the others finished in the same loop pass
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,3 +98,35 @@ def test_batched_records_count_and_log_what_unbatched_ones_do(
     chat = [k for k in counts if k[0] == "requests_total" and ("status", "200") in k[1]]
     assert chat and sum(counts[k] for k in chat) >= 24
     assert sum(1 for x in lines if x[4] == "[redacted]") == 8  # the key sent as the model
+
+
+def test_a_scrape_waits_for_another_worker_s_waiting_records(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """/metrics returns only once no other live worker's flag is up (a worker raises it before
+    the answers of a pass go out). Here a live process stands in for a worker whose records
+    wait: the scrape does not come back before its flag is lowered."""
+    router = router_factory(base_profile(upstream.url))
+    mp_dir = router.metrics_dir()
+    assert mp_dir is not None
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    flag = Path(mp_dir) / f"completions_{other.pid}.flag"
+    lowered: list[float] = []
+
+    def lower() -> None:
+        time.sleep(0.1)
+        lowered.append(time.monotonic())
+        flag.write_bytes(b"\x00")
+
+    try:
+        flag.write_bytes(b"\x01")
+        lowering = threading.Thread(target=lower)
+        lowering.start()
+        scrape(router.url)
+        returned = time.monotonic()
+        lowering.join()
+    finally:
+        other.kill()
+        other.wait()
+        flag.unlink(missing_ok=True)
+    assert lowered and returned >= lowered[0]

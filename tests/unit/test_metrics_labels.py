@@ -108,13 +108,15 @@ def test_dead_workers_live_gauges_are_reaped(tmp_path: Path) -> None:
         f"gauge_livesum_{me}.db",
         f"counter_{dead_pid}.db",
         f"gauge_max_{dead_pid}.db",
+        f"completions_{dead_pid}.flag",  # its record flag: a later process may get its pid
+        f"completions_{me}.flag",
     ]
     for name in names:
         (tmp_path / name).write_bytes(b"")
     assert reap_dead_workers(str(tmp_path)) == [dead_pid]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([f"gauge_livesum_{me}.db", f"counter_{dead_pid}.db",
-                           f"gauge_max_{dead_pid}.db"])  # fmt: skip
+                           f"gauge_max_{dead_pid}.db", f"completions_{me}.flag"])  # fmt: skip
 
 
 # -- repeated upstream failures: one alert at most once a minute ----------------------------------
