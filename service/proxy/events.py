@@ -88,7 +88,7 @@ class EventFramer:
         self._held_cr = False  # what is held may contain a CR (the general scanner held it)
         self._line_empty = True  # at the start of a line: the next line ending is a blank line
         self._after_cr = False  # the last byte was a CR that may pair with a leading LF
-        self._cr_blank = False  # ...and that CR ended a blank line: the event waits for its LF
+        self._cr_blank = False  # ...and that CR ended a blank line: its event went out already
         self.max_event = max_event
 
     @property
@@ -171,12 +171,10 @@ class EventFramer:
             self._after_cr = False
             if data[0] == 0x0A:
                 pos = 1  # the LF of a CRLF split across two reads: not a new line
-            if self._cr_blank:
-                self._cr_blank = False
-                self._pending += data[:pos]
-                events.append(bytes(self._pending))
-                self._pending.clear()
-                start = pos
+                if self._cr_blank:  # ...whose CR ended an event, passed on at once: the LF
+                    events.append(data[:1])  # alone (what a blank line at an event's start is)
+                    start = 1
+            self._cr_blank = False
         while True:
             m = _EOL.search(data, pos)
             if m is None:
@@ -188,9 +186,11 @@ class EventFramer:
             end = m.end()
             self._after_cr = end == n and end - m.start() == 1 and data[m.start()] == 0x0D
             if self._line_empty:  # a blank line: the event is complete
-                if self._after_cr:
-                    self._cr_blank = True  # unless an LF follows in the next read
-                elif self._pending:
+                # A CR at the end of the read ends it too, at once: an LF that may follow it
+                # (CRLF cut across two reads) is passed on alone then (the SSE meaning is the
+                # same: a blank line at an event's start dispatches nothing).
+                self._cr_blank = self._after_cr
+                if self._pending:
                     self._pending += data[start:end]
                     events.append(bytes(self._pending))
                     self._pending.clear()

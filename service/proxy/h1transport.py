@@ -540,6 +540,12 @@ class _Body(httpx.AsyncByteStream):
         conn = self._conn
         return conn is not None and (bool(conn.chunks) or conn.complete)
 
+    def ending(self) -> bool:
+        """Whether the body's end arrived: what waits to be taken (or was just taken) is its
+        last bytes, and the next `receive` returns b"" at once."""
+        conn = self._conn
+        return conn is None or (conn.complete and conn.error is None)
+
     def push(self, offer: Callable[[], bool] | None) -> None:
         """While set, `offer()` is called in the connection's data callback whenever body bytes
         arrived, before a reader waiting in `receive` is woken: an offer that takes them

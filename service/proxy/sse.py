@@ -142,6 +142,8 @@ def ends_answer(piece: bytes) -> bool:
     end = len(piece) - 2
     lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
     start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+    if start == 0 and piece[:1] == b"\n":  # the LF of a CRLF cut at its CR (EventFramer)
+        start = 1
     return piece.startswith(_LAST_EVENTS, start)
 
 
@@ -269,6 +271,8 @@ class _Stream:
         "anthropic",
         "chat",
         "heartbeat",
+        "held",
+        "held_answers",
         "interval",
         "last_write",
         "out",
@@ -299,6 +303,8 @@ class _Stream:
         self.saved_limits: tuple[int, int] | None = None
         self.writing = False  # a write through Sanic is in course (or the response ended)
         self.tail = b""  # the last piece of the upstream's events relayed (`ends_stream`)
+        self.held = b""  # the upstream's last events, written with the response's end (`hold`)
+        self.held_answers = False  # ...and they end the answer (`ends_answer`)
 
     async def commit(
         self,
@@ -328,6 +334,8 @@ class _Stream:
 
     async def write(self, data: bytes) -> None:
         self.writing = True  # an offer (`_Offer`) waits: nothing may pass what this holds
+        if self.held:  # (only an error event follows a held piece: `fail`)
+            data, self.held = self.held + data, b""
         try:
             await self.out.send(data)
         finally:
@@ -344,6 +352,18 @@ class _Stream:
         if ends_answer(piece):
             state.answered = True
 
+    def hold(self, piece: bytes) -> None:
+        """`piece`, the upstream's last events (its body ended with them), is written with the
+        response's end (`end`), in one write: one system call (and one read for the client)
+        less per stream, and a response whose head has not gone out yet is sent whole, with a
+        Content-Length. Until then it counts as relayed for `cut`, not for `answered` (the
+        client has not got it)."""
+        self.writing = True  # no offer writes after it
+        self.held = piece
+        if b"data:" in piece:
+            self.tail = piece
+        self.held_answers = ends_answer(piece)
+
     def cut(self) -> bool:
         """Whether the relayed stream, now ended by the upstream without its usual last event
         in the last piece (`ends_answer`), was cut before its answer's end. Messages and
@@ -352,19 +372,28 @@ class _Stream:
         `[DONE]` is not sent by every compatible server, so a Chat (or Completions) stream
         without it was cut only when its last data event has no finish reason either (nor is
         the usage chunk after it, nor an error). Other routes' streams end as they end."""
+        if self.held_answers:  # as `relayed` would have marked it answered
+            return False
         if self.anthropic or self.responses:
             return not ends_stream(self.tail)
         if self.chat:
             return not ends_chat(self.tail)
         return False
 
-    async def end(self) -> None:
-        """The end of the response (Sanic's last chunk)."""
+    async def end(self, data: bytes = b"") -> None:
+        """The end of the response (Sanic's last chunk), with `data` and a held piece (`hold`)
+        before it in the same write."""
         self.writing = True  # for good: nothing is written after it
-        # Everything the client is owed is in its transport: a client that closes now (the
-        # last chunk then raises RequestCancelled, or the task is cancelled) got its answer.
+        if self.held:
+            data, self.held = self.held + data, b""
+        if not data:
+            # Everything the client is owed is in its transport: a client that closes now (the
+            # last chunk then raises RequestCancelled, or the task is cancelled) got its answer.
+            self.request.ctx.state.answered = True
+            await self.out.eof()
+            return
+        await self.out.send(data, True)
         self.request.ctx.state.answered = True
-        await self.out.eof()
 
     async def _slice(self, until: float) -> float | None:
         """Seconds to wait before the next heartbeat or `until` (a heartbeat written first when
@@ -535,7 +564,7 @@ class _Offer:
     closing, the head not out yet, the idle time or the deadline passed — and, failing, ends
     the body with the error, which the task then meets."""
 
-    __slots__ = ("body", "pieces", "started", "state", "stream", "writer")
+    __slots__ = ("body", "ending", "pieces", "started", "state", "stream", "writer")
 
     def __init__(
         self,
@@ -549,6 +578,8 @@ class _Offer:
         self.pieces = pieces
         self.writer = writer
         self.body = body
+        # the h1 body's own (a routing file's replayed body has none: its end is written apart)
+        self.ending: Callable[[], bool] | None = getattr(body, "ending", None)
         self.state: RequestState = request.ctx.state
         self.started: float = request.ctx.started
 
@@ -559,6 +590,8 @@ class _Offer:
             stream.writing  # the task holds a piece (in order: it goes first)
             or not self.writer.ready()
             or now >= pieces.until()
+            # the body's last bytes: the task writes them with the response's end (`hold`)
+            or (self.ending is not None and self.ending())
         ):
             return False
         try:
@@ -741,6 +774,9 @@ async def relay_stream(
         # connection's data callback (`_Offer`); the task below only writes heartbeats, waits
         # while the client is slow, and ends the stream.
         push = None if encoded else getattr(resp.stream, "push", None)
+        # A body that says when its end arrived (h1) has its last events held and written with
+        # the response's end (`_Stream.hold`).
+        ending = None if encoded else getattr(resp.stream, "ending", None)
         if push is not None and settings.fast_paths.stream:
             writer = chunk_writer(request)
             if writer is not None:
@@ -790,6 +826,10 @@ async def relay_stream(
                 if state.first_byte_latency is None:
                     state.first_byte_latency = time.perf_counter() - request.ctx.started
                 piece = out[0] if len(out) == 1 else b"".join(out)
+                if ending is not None and ending():
+                    stream.hold(piece)
+                    await resp.aclose()  # (the body is whole: the connection goes back first)
+                    break
                 await stream.write(piece)
                 stream.relayed(piece, state)
         rest = pieces.framer.flush()  # (the offer is gone: the body's end released it)
@@ -810,9 +850,7 @@ async def relay_stream(
             # written: the error event must not be glued to it.
             await stream.fail(StreamError())
             return None
-        if rest:
-            await stream.write(rest)
-        await stream.end()
+        await stream.end(rest)
         return None
     finally:
         if pushing is not None:  # first: nothing more is written from the upstream's callback

@@ -13,7 +13,7 @@ out through Sanic (the first piece of a response is always Sanic's), while the c
 has paused writing (then the relay's task waits for it through `response.send`, back-pressure
 as before), when it is closing, and for good when an `http.lifecycle.send` signal handler is
 registered (Sanic would dispatch it on every send). The end of the response is always Sanic's
-(`response.eof()`).
+(`response.eof()`, or `response.send(data, end_stream=True)` with the stream's last events).
 
 Relies on: `Http.response_func`, `Http.http1_response_chunked`, the protocol's `_can_write` event
 and `_time` (sanic/http/http1.py, sanic/server/protocols/base_protocol.py) and

@@ -64,6 +64,9 @@ class Reply:
     watch_close: bool = False
     # A chunked body's terminating chunk (`0\r\n\r\n`) comes this long after its last data.
     end_delay: float = 0.0
+    # The whole answer (head, every chunk, their delays ignored, the terminating chunk) in one
+    # write, as a server answering from memory sends it (bench/'s nginx).
+    one_write: bool = False
 
 
 def sse(*events: str) -> list[tuple[float, bytes]]:
@@ -473,7 +476,14 @@ class FakeUpstream(LoopbackServer):
             head.append(f"Content-Length: {len(reply.body) + 100}")
         elif "content-length" not in names:
             head.append(f"Content-Length: {len(reply.body)}")
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if reply.one_write and reply.chunks is not None and not head_only:
+            pieces = b"".join(b"%x\r\n%s\r\n" % (len(data), data) for _, data in reply.chunks)
+            writer.write(head_bytes + pieces + b"0\r\n\r\n")
+            self.body_bytes_sent += sum(len(data) for _, data in reply.chunks)
+            await writer.drain()
+            return True
+        writer.write(head_bytes)
         if head_only:
             await writer.drain()
             return True

@@ -171,6 +171,37 @@ def test_events_are_relayed_byte_exact_in_order_and_whole(
     assert upstream.last.json()["stream"] is True
 
 
+def test_a_stream_that_arrives_whole_goes_out_in_one_write_with_its_length(
+    router_factory: RouterFactory, upstream: FakeUpstream
+) -> None:
+    """An upstream that sends its whole stream at once (an answer from memory, a short one):
+    the default h1 transport knows the body ended with those bytes, and the relay writes them
+    with the response's end, the head too: one write, so Sanic frames it with a Content-Length
+    (before: the head and events in one write, the last chunk in another, chunked)."""
+    router = router_factory(
+        stream_profile(upstream.url), env={"API_ROUTER_UPSTREAM_TRANSPORT": "h1"}
+    )
+    raw = b"".join(EVENTS)
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0.0, e) for e in EVENTS], one_write=True))
+    got = stream(
+        router,
+        "/v1/messages",
+        {"model": "claude", "stream": True, "max_tokens": 5},
+        headers={"X-Request-ID": "whole-stream"},
+    )
+    assert_sse_head(got)
+    assert got.body == raw
+    assert got.headers["content-length"] == str(len(raw))
+    assert "transfer-encoding" not in got.headers
+    line = access_line(router, "whole-stream")
+    assert line["status_code"] == 200 and "error_type" not in line
+    # The same upstream answer cut at the end (no message_stop): still the error event (SPEC §11)
+    upstream.reply_with(Reply(headers=SSE, chunks=[(0.0, e) for e in EVENTS[:-1]], one_write=True))
+    got = stream(router, "/v1/messages", {"model": "claude", "stream": True, "max_tokens": 5})
+    assert got.body.startswith(b"".join(EVENTS[:-1]))
+    assert b"event: error" in got.body[len(b"".join(EVENTS[:-1])) :]
+
+
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 def test_a_compressed_event_stream_is_decoded_on_the_way(
     srouter: RouterProcess, upstream: FakeUpstream, coding: str

@@ -65,10 +65,32 @@ def test_framer_finds_every_event_whatever_the_read_boundaries(
     data, expected = stream
     events, rest = frame(split_at(data, cuts))
     assert b"".join(events) + rest == data  # byte-exact, nothing lost or added
-    # An event whose blank line is a lone CR at the very end of the input waits for a possible LF,
-    # so it comes out at the end of the stream instead.
-    assert events + ([rest] if rest else []) == expected
-    assert rest == b"" or rest.endswith(b"\r")
+    assert rest == b""  # every event ends with its blank line: none is held at the end
+    # An event whose blank line is CRLF cut between its CR and LF goes out at the CR; the LF
+    # comes after it alone (a blank line, which dispatches nothing).
+    merged: list[bytes] = []
+    for e in events:
+        if e == b"\n" and merged and merged[-1].endswith(b"\r"):
+            merged[-1] += e
+        else:
+            merged.append(e)
+    assert merged == expected
+
+
+def test_an_event_ended_by_a_cr_at_the_end_of_a_read_goes_out_at_once() -> None:
+    # A CR-only stream: each event's blank line is its last byte. Before, it waited for the
+    # next read (a possible LF), so every event of a paced CR stream came one event late.
+    f = EventFramer()
+    assert f.feed(b"data: one\r\r") == [b"data: one\r\r"]
+    assert f.feed(b"data: two\r\r") == [b"data: two\r\r"]
+    # CRLF cut between the blank line's CR and LF: the event at the CR, then the LF alone,
+    # and the next event starts clean.
+    assert f.feed(b"data: three\r\n\r") == [b"data: three\r\n\r"]
+    assert f.feed(b"\ndata: four\r\n\r\n") == [b"\n", b"data: four\r\n\r\n"]
+    # A CR ending a data line (not a blank line) at a read's end still pairs with the LF after it.
+    assert f.feed(b"data: five\r") == []
+    assert f.feed(b"\n\n") == [b"data: five\r\n\n"]
+    assert f.flush() == b""
 
 
 class RegexOnlyFramer(EventFramer):
@@ -376,6 +398,9 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         (b"data: [DONE]\r\n\r\ndata: {}\r\n\r\n", False),
         (b"event: message_start\ndata: {}\n\n", False),
         (b": heartbeat\n\n", False),
+        # the LF of the previous event's CRLF, cut at its CR, passed on first (EventFramer)
+        (b"\ndata: [DONE]\r\n\r\n", True),
+        (b"\nevent: message_stop\r\ndata: {}\r\n\r\n", True),
     ],
 )  # fmt: skip
 def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) -> None:

@@ -28,6 +28,10 @@ class Body:
     def __init__(self) -> None:
         self.arrived: list[bytes] = []
         self.failed: BaseException | None = None
+        self.ended = False
+
+    def ending(self) -> bool:
+        return self.ended
 
     def take_now(self) -> bytes:
         data, self.arrived = b"".join(self.arrived), []
@@ -133,3 +137,40 @@ def test_a_failed_over_stream_hands_the_offer_on_only_after_its_held_bytes() -> 
     assert asyncio.run(replay.receive(1.0)) == b"rest"
     replay.push(None)
     assert inner.offers == [offer, None]
+
+
+def test_the_body_s_last_bytes_are_left_to_the_task() -> None:
+    """When the upstream's body ended with these bytes, the task writes them together with the
+    response's end (`_Stream.hold`): one write instead of two."""
+    o, _, writer, body, _ = offer()
+    body.arrived = [b"data: {}\n\n"]
+    assert o() is True and writer.written == [b"data: {}\n\n"]
+    body.arrived, body.ended = [b"data: [DONE]\n\n"], True
+    assert o() is False
+    assert body.arrived == [b"data: [DONE]\n\n"] and writer.written == [b"data: {}\n\n"]
+
+
+def test_a_body_that_cannot_tell_its_end_is_relayed_by_the_offer() -> None:
+    """A routing file's replayed body (service.proxy.failover `_Replay`) has no `ending`: the
+    offer relays what came, as before, and its end is written apart."""
+
+    class NoEnd:
+        def __init__(self) -> None:
+            self.arrived = [b"data: [DONE]\n\n"]
+
+        def take_now(self) -> bytes:
+            data, self.arrived = b"".join(self.arrived), []
+            return data
+
+        def fail(self, exc: BaseException) -> None:
+            raise AssertionError(exc)
+
+    o, stream, writer, _, state = offer()
+    o2 = _Offer(
+        SimpleNamespace(ctx=SimpleNamespace(state=state, started=0.0)),
+        stream,
+        o.pieces,
+        writer,
+        NoEnd(),
+    )  # type: ignore[arg-type]
+    assert o2() is True and writer.written == [b"data: [DONE]\n\n"]
