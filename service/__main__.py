@@ -42,6 +42,7 @@ from .ratelimit.shared import (
     DEFAULT_MAX_BUCKETS,
     MAX_BUCKETS_ENV,
     TABLE_ENV,
+    check_room,
     remove_table,
     share_table,
 )
@@ -240,6 +241,7 @@ def prepare_ratelimit_table(settings: Settings, env: dict[str, str]) -> str | No
         raise ValueError(f"{MAX_BUCKETS_ENV}={raw!r} is not an integer") from None
     if not 1 <= max_buckets <= 50_000_000:
         raise ValueError(f"{MAX_BUCKETS_ENV}={max_buckets} is out of range (1..50000000)")
+    check_room(max_buckets, 2)  # this table and the token meters' (below)
     path = share_table(max_buckets)
     os.environ[TABLE_ENV] = path
     # The token meters' own table (service.ratelimit.tokens), as large: a second file, so that

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .ratelimit.shared import flocked, share_file
+from .ratelimit.shared import flocked, share_file, shm_directory
 
 EJECTION_TABLE_ENV = "API_ROUTER_EJECTION_TABLE"
 SLOTS = 256
@@ -58,8 +58,7 @@ class OutlierPolicy:
 
 def create_table() -> str:
     """An empty table file (in /dev/shm when it exists), for the workers of this process."""
-    directory = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="api-router-ejection-", suffix=".tbl", dir=directory)
+    fd, path = tempfile.mkstemp(prefix="api-router-ejection-", suffix=".tbl", dir=shm_directory())
     try:
         os.ftruncate(fd, SLOTS * _SLOT.size)
     finally:

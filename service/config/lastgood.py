@@ -24,7 +24,7 @@ import os
 import pickle
 import tempfile
 
-from ..ratelimit.shared import flocked, share_file
+from ..ratelimit.shared import flocked, share_file, shm_directory
 from .loader import LoadedConfig
 
 LAST_GOOD_ENV = "API_ROUTER_LAST_GOOD_CONFIG"
@@ -32,9 +32,7 @@ LAST_GOOD_ENV = "API_ROUTER_LAST_GOOD_CONFIG"
 
 def create() -> str:
     """An empty store for the workers of this (primary) process: the path they open."""
-    shm = "/dev/shm"
-    directory = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="api-router-config-", suffix=".pickle", dir=directory)
+    fd, path = tempfile.mkstemp(prefix="api-router-config-", suffix=".pickle", dir=shm_directory())
     os.close(fd)
     return share_file(path)
 

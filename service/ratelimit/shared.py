@@ -81,10 +81,38 @@ def table_size(max_buckets: int) -> int:
     return _HEADER + cap * (8 + 1 + 8 + 8 + 8)
 
 
+def shm_directory() -> str | None:
+    """Where the files the workers share go: /dev/shm when it exists and is writable (memory),
+    else None (tempfile's directory)."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def check_room(max_buckets: int, tables: int, directory: str | None = None) -> None:
+    """Refuse to start when `tables` tables of `max_buckets` cannot all be held where they go.
+
+    A table is a sparse file: a page takes room only once a bucket is written to it, and a
+    worker writing to a page a full tmpfs cannot give is killed by SIGBUS, mid-traffic and
+    without a word. So the room is checked once, here, against the file's whole size (the
+    buckets are spread over it by their hash: a busy table touches every page)."""
+    where = directory or shm_directory() or tempfile.gettempdir()
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    need = tables * table_size(max_buckets)
+    if need > free:
+        mib = 1 << 20
+        raise ValueError(
+            f"{MAX_BUCKETS_ENV}={max_buckets}: the router's {tables} bucket tables need "
+            f"{need / mib:,.0f} MiB in {where}, which has {free / mib:,.0f} MiB free; lower "
+            f"{MAX_BUCKETS_ENV} or give {where} more room (podman run --shm-size, a Kubernetes "
+            "emptyDir with medium Memory mounted at /dev/shm)"
+        )
+
+
 def create_table(max_buckets: int = DEFAULT_MAX_BUCKETS, directory: str | None = None) -> str:
     """Create an empty table file (in /dev/shm when it exists) and return its path."""
-    if directory is None and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        directory = "/dev/shm"
+    if directory is None:
+        directory = shm_directory()
     fd, path = tempfile.mkstemp(prefix="api-router-ratelimit-", suffix=".tbl", dir=directory)
     try:
         os.ftruncate(fd, table_size(max_buckets))  # zero-filled: every slot empty

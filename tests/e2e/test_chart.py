@@ -500,6 +500,20 @@ def test_tmp_size_limit_takes_kubernetes_quantities(helm: str, size: str) -> Non
     assert tmp["emptyDir"]["sizeLimit"] == size
 
 
+def test_shm_size_limit_mounts_a_memory_backed_dev_shm(helm: str) -> None:
+    """The bucket tables' room (docs/ratelimit.md): the runtime's own /dev/shm unless sized."""
+    default = by_kind(docs(render(helm)))["Deployment"]["spec"]["template"]["spec"]
+    assert "shm" not in [v["name"] for v in default["volumes"]]
+    assert "/dev/shm" not in [m["mountPath"] for m in default["containers"][0]["volumeMounts"]]
+    pod = by_kind(docs(render(helm, "--set", "shmSizeLimit=256Mi")))["Deployment"]["spec"][
+        "template"
+    ]["spec"]
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Mi"}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "shm"]
+    assert mount["mountPath"] == "/dev/shm"
+
+
 def test_access_keys_are_stored_as_hashes_mounted_and_named(
     renders: dict[str, str], helm: str
 ) -> None:
@@ -653,6 +667,7 @@ def test_the_schema_maxima_are_the_router_s(helm: str) -> None:
         ("podDisruptionBudget.minAvailable=abc", "podDisruptionBudget.minAvailable"),
         # a key pasted in clear where its hash belongs
         ("accessKeys.hashes[0]=sk-live-pasted-in-clear", "accessKeys.hashes"),
+        ("shmSizeLimit=lots", "shmSizeLimit"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm: str, setting: str, message: str) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -128,34 +132,42 @@ def test_env_profile_and_port_are_used_and_args_win(tmp_path: Path) -> None:
         "API_ROUTER_PORT_FILE": str(tmp_path / "port"),
         "PYTHONPATH": str(ROOT),
     }
+    with serving(["mine.json"], env, tmp_path, port) as health:
+        assert health["profile"] == "mine"
+        assert health["upstream"] == "http://127.0.0.1:9"
+        assert (tmp_path / "port").read_text() == f"{port}\n"  # what the image's healthcheck reads
+
+
+@contextlib.contextmanager
+def serving(
+    args: list[str], env: dict[str, str], cwd: Path, port: int, prefix: tuple[str, ...] = ()
+) -> Iterator[dict[str, Any]]:
+    """Run the CLI (after `prefix`, a command that execs it) until its /health answers and its
+    worker is ready; yield /health's body; stop it with SIGTERM and expect exit 0."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
     e.update(env)
-    log = tmp_path / "out.log"
+    log = cwd / "out.log"
     out = log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "mine.json"],
-        cwd=tmp_path,
+        [*prefix, sys.executable, "-m", "service", *args],
+        cwd=cwd,
         env=e,
         stdout=out,
         stderr=subprocess.STDOUT,
     )
     try:
-        import time
-
         deadline = time.monotonic() + 20
         health = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        assert health is not None, "router did not start"
+        assert health is not None, f"router did not start: {log.read_text()}"
         while "Worker ready" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert health["profile"] == "mine"
-        assert health["upstream"] == "http://127.0.0.1:9"
-        assert (tmp_path / "port").read_text() == f"{port}\n"  # what the image's healthcheck reads
+        yield health
     finally:
         proc.terminate()
         try:
@@ -213,3 +225,47 @@ def test_a_sentry_dsn_without_sentry_sdk_exits_2_with_one_line(tmp_path: Path) -
     )
     assert "public-key-9f3" not in r.stderr
     assert r.stdout == ""
+
+
+# The router's CLI with a /dev/shm of 16 MiB of its own (a private mount namespace: root here,
+# as in CI). Podman and Kubernetes give a container 64 MiB unless told otherwise.
+SMALL_SHM = (
+    "unshare",
+    "-m",
+    "sh",
+    "-c",
+    'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$@"',
+    "sh",
+)
+
+
+def test_bucket_tables_larger_than_their_room_refuse_to_start(tmp_path: Path) -> None:
+    """The tables are sparse files: without the check the router started, and a worker was
+    killed by SIGBUS once enough keys had written to pages the full tmpfs could not give."""
+    r = subprocess.run(
+        [*SMALL_SHM, sys.executable, "-m", "service", "qwen", "--host", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "api-router: error: RATE_LIMIT_MAX_BUCKETS=200000: the router's 2 bucket tables need "
+        "33 MiB in /dev/shm, which has 16 MiB free; lower RATE_LIMIT_MAX_BUCKETS or give "
+        "/dev/shm more room (podman run --shm-size, a Kubernetes emptyDir with medium Memory "
+        "mounted at /dev/shm)"
+    ]
+
+
+def test_bucket_tables_that_fit_their_room_serve(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "RATE_LIMIT_MAX_BUCKETS": "50000",  # two tables of 2.1 MiB
+        "API_ROUTER_WORKERS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    args = ["qwen", str(port), "--host", "127.0.0.1"]
+    with serving(args, env, tmp_path, port, SMALL_SHM) as health:
+        assert health["status"] == "ok"
