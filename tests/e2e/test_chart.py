@@ -715,9 +715,30 @@ def _kube_play(tmp_path: Path) -> Iterator[Any]:
         played.append(path)
         podman("kube", "play", "--replace", str(path), timeout=180)
 
+    _clear_kube_play()
     yield play
     for path in played:
         podman("kube", "down", str(path), check=False)
+    _clear_kube_play()
+
+
+def _clear_kube_play(release: str = "kube-play") -> None:
+    """What `kube down` leaves of a release: its ConfigMap volumes (podman 4.3 keeps them), and
+    a container that exists only in storage (a `kube play` killed by its timeout). A volume left
+    from an earlier run, its lock gone with a reboot of the machine, made the next `kube play`
+    of the same ConfigMap hang (CI, 2026-12-03), and the storage leftover then failed every
+    later play with "name already in use"."""
+    names = podman("volume", "ls", "--format", "{{.Name}}", timeout=30).stdout.split()
+    doomed = [n for n in names if n.startswith(f"{release}-api-router-")]
+    if doomed:  # removed even when podman then reports the lost lock
+        podman("volume", "rm", "--force", *doomed, check=False, timeout=30)
+    leftover = f"{release}-api-router-pod-0-api-router"
+    listed = podman(
+        "ps", "--all", "--external", "--filter", f"name=^{leftover}$", "--format", "{{.ID}}",
+        timeout=30,
+    )  # fmt: skip
+    for cid in listed.stdout.split():
+        podman("rm", "--force", "--storage", cid, check=False, timeout=30)
 
 
 def pod_logs(release: str = "kube-play") -> str:
