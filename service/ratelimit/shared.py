@@ -88,14 +88,14 @@ def shm_directory() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
-def check_room(max_buckets: int, tables: int, directory: str | None = None) -> None:
+def check_room(max_buckets: int, tables: int) -> None:
     """Refuse to start when `tables` tables of `max_buckets` cannot all be held where they go.
 
     A table is a sparse file: a page takes room only once a bucket is written to it, and a
     worker writing to a page a full tmpfs cannot give is killed by SIGBUS, mid-traffic and
     without a word. So the room is checked once, here, against the file's whole size (the
     buckets are spread over it by their hash: a busy table touches every page)."""
-    where = directory or shm_directory() or tempfile.gettempdir()
+    where = shm_directory() or tempfile.gettempdir()  # where create_table puts them
     st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
     need = tables * table_size(max_buckets)

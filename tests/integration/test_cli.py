@@ -19,12 +19,13 @@ from tests.support import ROOT, free_port
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, prefix: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
+    """The CLI run to its end (after `prefix`, a command that execs it)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
     e.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "service", *args],
+        [*prefix, sys.executable, "-m", "service", *args],
         capture_output=True,
         text=True,
         env=e,
@@ -239,17 +240,10 @@ SMALL_SHM = (
 )
 
 
-def test_bucket_tables_larger_than_their_room_refuse_to_start(tmp_path: Path) -> None:
+def test_bucket_tables_larger_than_their_room_refuse_to_start() -> None:
     """The tables are sparse files: without the check the router started, and a worker was
     killed by SIGBUS once enough keys had written to pages the full tmpfs could not give."""
-    r = subprocess.run(
-        [*SMALL_SHM, sys.executable, "-m", "service", "qwen", "--host", "127.0.0.1"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        timeout=30,
-    )
+    r = run_cli("qwen", "--host", "127.0.0.1", prefix=SMALL_SHM)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         "api-router: error: RATE_LIMIT_MAX_BUCKETS=200000: the router's 2 bucket tables need "
@@ -260,6 +254,7 @@ def test_bucket_tables_larger_than_their_room_refuse_to_start(tmp_path: Path) ->
 
 
 def test_bucket_tables_that_fit_their_room_serve(tmp_path: Path) -> None:
+    """The check refuses only what does not fit (the same 16 MiB /dev/shm)."""
     port = free_port()
     env = {
         "RATE_LIMIT_MAX_BUCKETS": "50000",  # two tables of 2.1 MiB
