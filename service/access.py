@@ -30,6 +30,7 @@ from sanic import Request, Sanic
 
 from .errors import Unauthorized
 from .proxy.headers import client_credential
+from .server.dispatch import plain_listener
 from .settings import Settings, SettingsError
 
 PREFIX = "sha256:"
@@ -102,8 +103,8 @@ def install(app: Sanic, keys: AccessKeys | None) -> None:
     if keys is None:
         return
 
-    @app.signal("http.routing.after")
-    async def _check(request: Request, **_: object) -> None:
+    @plain_listener(app, "http.routing.after")
+    def _check(request: Request, **_: object) -> None:
         if (
             request.path.startswith(PROTECTED_PREFIX)
             and request.method != "OPTIONS"  # a CORS preflight never carries the key

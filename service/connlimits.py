@@ -27,6 +27,7 @@ import re
 
 from sanic import Request, Sanic
 
+from .server.dispatch import plain_listener
 from .server.protocol import start_body_clock
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -63,12 +64,12 @@ class MalformedHead(ValueError):
 def install(app: Sanic) -> None:
     """The head check and the body clock (the protocol needs to know when the head ended)."""
 
-    @app.signal("http.lifecycle.read_head")
-    async def _strict_head(head: bytes) -> None:
+    @plain_listener(app, "http.lifecycle.read_head")
+    def _strict_head(head: bytes) -> None:
         reason = check_head(head)
         if reason is not None:
             raise MalformedHead(reason)
 
-    @app.signal("http.lifecycle.request")
-    async def _head_done(request: Request) -> None:
+    @plain_listener(app, "http.lifecycle.request")
+    def _head_done(request: Request) -> None:
         start_body_clock(request)

@@ -43,6 +43,7 @@ from ..config.model import MODEL_ID, PROXY_ROUTES, RESPONSE_ID, RESPONSE_INPUT_I
 from ..context import AppContext, RouterRequest
 from ..cors import Cors
 from ..proxy.headers import client_address, new_request_id, sane_request_id
+from ..server.dispatch import plain_listener
 from ..server.protocol import connection_of
 from ..state import RequestState, clipped
 from ..usage import token_counts
@@ -347,19 +348,19 @@ def install(app: Sanic[Any, AppContext]) -> None:
             sentry.flush()
 
         # Only with Sentry: the exception it reports. Costs a dispatch per error response.
-        @app.signal("http.lifecycle.exception")
-        async def _exception(request: Request, exception: BaseException) -> None:
+        @plain_listener(app, "http.lifecycle.exception")
+        def _exception(request: Request, exception: BaseException) -> None:
             if request is not None:
                 request.ctx.exception = exception
 
-    @app.signal("http.lifecycle.begin")
-    async def _conn_open(conn_info: ConnInfo) -> None:
+    @plain_listener(app, "http.lifecycle.begin")
+    def _conn_open(conn_info: ConnInfo) -> None:
         m = app.ctx.metrics
         if m is not None:
             m.active_connections.inc()
 
-    @app.signal("http.lifecycle.complete")
-    async def _conn_close(conn_info: ConnInfo) -> None:
+    @plain_listener(app, "http.lifecycle.complete")
+    def _conn_close(conn_info: ConnInfo) -> None:
         req = getattr(conn_info.ctx, "request", None)
         if req is not None and not req.ctx.finished:
             # The client left while its request was being handled: 499, unless the whole answer
@@ -369,8 +370,8 @@ def install(app: Sanic[Any, AppContext]) -> None:
         if m is not None:
             m.active_connections.dec()
 
-    @app.signal("http.lifecycle.request")
-    async def _request(request: RouterRequest) -> None:
+    @plain_listener(app, "http.lifecycle.request")
+    def _request(request: RouterRequest) -> None:
         start(request)
         tracing = app.ctx.tracing
         if tracing is not None:
@@ -382,8 +383,8 @@ def install(app: Sanic[Any, AppContext]) -> None:
         if m is not None:
             m.in_flight.inc(1)
 
-    @app.signal("http.lifecycle.response")
-    async def _response(request: RouterRequest, response: BaseHTTPResponse) -> None:
+    @plain_listener(app, "http.lifecycle.response")
+    def _response(request: RouterRequest, response: BaseHTTPResponse) -> None:
         status = response.status
         if not hasattr(request.ctx, "finished"):
             # Refused before its head was accepted (malformed, too large, too slow): Sanic
@@ -406,5 +407,5 @@ def install(app: Sanic[Any, AppContext]) -> None:
             transport = request.transport
             if (conn is not None and conn.lost) or transport is None or transport.is_closing():
                 status = 499  # the client left before its head was whole: it got nothing
-            await _request(request)
+            _request(request)
         finish(request, status, response)

@@ -417,7 +417,7 @@ class _Stream:
             step = await self._slice(until())
             if step is None:
                 return False
-            await asyncio.wait({task}, timeout=step)
+            await settle(task, step)
         return True
 
     async def receive(self, receive: Any, until: Callable[[], float]) -> bytes | None:
@@ -610,6 +610,30 @@ class _Offer:
         return True
 
 
+def _wake(waiter: asyncio.Future[None], *_: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def settle(task: asyncio.Future[Any], secs: float) -> None:
+    """Wait until `task` is done or `secs` seconds have passed, whichever comes first (what
+    `asyncio.wait({task}, timeout=secs)` does, without its set and per-call closures: one wait
+    per stream request; bench/README.md, "Fewer coroutines per request"). A cancellation
+    of the caller leaves `task` running, as asyncio.wait does."""
+    if task.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    wake = functools.partial(_wake, waiter)
+    task.add_done_callback(wake)
+    timer = loop.call_later(secs, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+
+
 async def _abandon(task: asyncio.Future[Any]) -> None:
     """Cancel a helper task and wait for it without raising its outcome (ours still propagates)."""
     if not task.done():
@@ -666,7 +690,7 @@ async def relay_stream(
     pushing: Callable[[Any], None] | None = None  # the body's `push` while an offer is set
     try:
         assert sending is not None
-        await asyncio.wait({sending}, timeout=ep.heartbeat_interval_secs)
+        await settle(sending, ep.heartbeat_interval_secs)
         if not sending.done():
             # Nothing from the upstream yet: show the client (and load balancers) life.
             await stream.commit(head_headers, ep.buffer_size, None)

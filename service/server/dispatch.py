@@ -11,13 +11,22 @@ changes how `_dispatch` chooses, orders or reports may break it:
 tests/integration/test_fast_dispatch.py runs the same apps on stock `Sanic` and on `RouterApp`
 (listener order, the error report, an `app.event()` waiter) and checks the router is skipped.
 
+Synchronous listeners (the router's own hot ones are plain functions: none of them waits) are
+called when `dispatch` is called, not in a coroutine: the call sites await the dispatch at once,
+so the order is the same, and a request saves the coroutine of each dispatch and listener
+(bench/README.md, "Fewer coroutines per request"). From the first listener that returns an
+awaitable on, the rest run in a coroutine as before. What the caller awaits: `_NOTHING` (no
+listener returned a truthy result), a coroutine returning that result, or one that reports and
+raises a listener's exception (as the signal router does, when awaited).
+
 Off (`API_ROUTER_FAST_PATHS` without `dispatch`): `create_app` builds a plain `Sanic`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from inspect import isawaitable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sanic import Sanic
 from sanic.config import Config
@@ -100,7 +109,7 @@ class RouterApp(Sanic[Config, Any]):
                     if s.ctx.waiters:
                         break  # app.event() waits on this group: the router sets its result
                 else:
-                    return self._run_signals(plan[0], context or {})
+                    return self._run_inline(plan[0], context or {})
         return super().dispatch(  # type: ignore[call-overload]
             event,
             condition=condition,
@@ -110,8 +119,30 @@ class RouterApp(Sanic[Config, Any]):
             reverse=reverse,
         )
 
-    async def _run_signals(self, signals: tuple[Any, ...], context: dict[str, Any]) -> Any:
+    def _run_inline(self, signals: tuple[Any, ...], context: dict[str, Any]) -> Any:
+        """Calls the listeners until one returns an awaitable (the rest: `_run_signals`)."""
+        i = 0
+        for s in signals:
+            i += 1
+            try:
+                result = s.handler(**context)
+            except Exception as e:
+                return self._failed(e)
+            if result is None:  # (a plain listener's usual result: no isawaitable's ABC check)
+                continue
+            if isawaitable(result):
+                return self._run_signals(signals[i:], context, result)
+            if result:
+                return _given(result)
+        return _NOTHING
+
+    async def _run_signals(
+        self, signals: tuple[Any, ...], context: dict[str, Any], pending: Any
+    ) -> Any:
         try:
+            result = await pending
+            if result:
+                return result
             for s in signals:
                 result = s.handler(**context)
                 if isawaitable(result):
@@ -120,11 +151,45 @@ class RouterApp(Sanic[Config, Any]):
                     return result
             return None
         except Exception as e:
-            if self.debug and self.state.verbosity >= 1:
-                error_logger.exception(e)
-            await self.signal_router.dispatch("server.exception.report", context={"exception": e})
-            e.__dispatched__ = True  # type: ignore[attr-defined]
-            raise
+            await self._failed(e)
+
+    async def _failed(self, e: Exception) -> None:
+        """`SignalRouter._dispatch`'s answer to a listener's exception: reported, then raised."""
+        if self.debug and self.state.verbosity >= 1:
+            error_logger.exception(e)
+        await self.signal_router.dispatch("server.exception.report", context={"exception": e})
+        e.__dispatched__ = True  # type: ignore[attr-defined]
+        raise e
+
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def plain_listener(app: Sanic[Any, Any], event: str) -> Callable[[F], F]:
+    """`app.signal(event)` for a plain (synchronous) listener. Sanic's signal router calls one and
+    awaits only what is awaitable; its type hints ask for a coroutine function."""
+
+    def register(listener: F) -> F:
+        app.signal(event)(cast(Any, listener))
+        return listener
+
+    return register
+
+
+class _Nothing:
+    """Awaited: None at once (no coroutine, nothing scheduled)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[Any]:
+        return iter(())
+
+
+_NOTHING = _Nothing()
+
+
+async def _given(result: Any) -> Any:
+    return result
 
 
 def app_class(fast_dispatch: bool) -> type[Sanic[Config, Any]]:

@@ -59,7 +59,7 @@ def install(app: Sanic[Any, AppContext]) -> None:
     ctx = app.ctx
 
     @app.on_request
-    async def _drain_guard(request: Request) -> None:
+    def _drain_guard(request: Request) -> None:  # (a plain function: Sanic makes no coroutine)
         if ctx.draining:
             # Served while draining: answer, then close rather than wait for another request.
             request.stream.keep_alive = False  # type: ignore[union-attr]
