@@ -5,6 +5,8 @@ unless it is one of ours.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sanic import Request
 from sanic import exceptions as sx
 from sanic.response import HTTPResponse
@@ -76,6 +78,22 @@ def websocket_handshake(request: Request) -> bool:
     )
 
 
+class UpgradeRequired(HTTPResponse):
+    """The 426 answer to a WebSocket handshake: RFC 9110 (§7.8) wants the `upgrade` connection
+    option beside its `Upgrade` header. Sanic writes `Connection` itself (keep-alive or close)
+    just before it reads the head's headers here, so the option is added to Sanic's value then."""
+
+    @property
+    def processed_headers(self) -> Iterator[tuple[bytes, bytes]]:
+        headers = self.headers
+        conn = headers.get("connection")
+        if conn is None:
+            headers["connection"] = "upgrade"
+        elif "upgrade" not in (token.strip().lower() for token in conn.split(",")):
+            headers["connection"] = f"upgrade, {conn}"
+        return super().processed_headers
+
+
 def error_response(request: Request, exc: BaseException) -> HTTPResponse:
     err = to_router_error(exc)
     if err.__class__ is MethodNotAllowed and websocket_handshake(request):
@@ -89,7 +107,7 @@ def error_response(request: Request, exc: BaseException) -> HTTPResponse:
     rid = getattr(request.ctx, "request_id", None)
     if rid:
         headers["X-Request-ID"] = rid
-    return HTTPResponse(
+    return (UpgradeRequired if isinstance(err, WebSocketNotSupported) else HTTPResponse)(
         error_body(err, is_anthropic_route(error_route(request))),
         status=err.status,
         headers=headers,

@@ -137,11 +137,13 @@ _LAST_EVENTS = tuple(
 
 
 def ends_answer(piece: bytes) -> bool:
-    """`piece` (whole events, as the upstream framed them: LF or CRLF) ends with the stream's
-    last event (the usual framing, checked on every piece: `ends_stream` reads any framing)."""
+    """`piece` (whole events, as the upstream framed them: LF, CRLF or CR) ends with the
+    stream's last event (checked on every piece: a scan from the end for the blank line before
+    the last event, no split; `ends_stream` reads the tail once, at the end)."""
     end = len(piece) - 2
     lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
-    start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+    cr = piece.rfind(b"\r\r", 0, end)  # (CR alone; a CRLF-framed piece never has two CRs in a row)
+    start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0, cr + 2 if cr >= 0 else 0)
     if start == 0 and piece[:1] == b"\n":  # the LF of a CRLF cut at its CR (EventFramer)
         start = 1
     return piece.startswith(_LAST_EVENTS, start)

@@ -182,6 +182,9 @@ def test_a_websocket_handshake_on_an_http_route_is_426(app: InProcess, upgrade: 
     err = _openai_error(r, 426, "websocket_not_supported")
     assert err["type"] == "invalid_request_error"
     assert (r.headers["allow"], r.headers["upgrade"]) == ("POST", "HTTP/1.1")
+    # RFC 9110 §7.8: the `upgrade` connection option with the Upgrade header (over ASGI the
+    # only option; over Sanic's own HTTP/1: test_refused_requests.py)
+    assert r.headers["connection"] == "upgrade"
     # the same GET without the handshake, or a handshake on an unknown path: as before
     assert app.get("/v1/responses").status_code == 405
     assert app.request("GET", "/v1/realtime", headers=handshake).status_code == 404

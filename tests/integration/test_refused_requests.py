@@ -145,3 +145,27 @@ def test_expect_100_continue_is_not_sent_before_a_refusal_or_to_http_1_0(
         assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    ("connection", "options"),
+    [(b"Upgrade", b"upgrade, close"), (b"keep-alive", b"upgrade, keep-alive")],
+)
+def test_a_426_names_the_upgrade_connection_option(
+    router: RouterProcess, connection: bytes, options: bytes
+) -> None:
+    """A WebSocket handshake on an HTTP route is 426 with `Upgrade: HTTP/1.1`; RFC 9110 §7.8
+    wants the `upgrade` connection option with it. Sanic writes `Connection` itself (close
+    after a request whose Connection did not ask to keep it, as a handshake's does not), and
+    the option is added to its value."""
+    answer = _raw(
+        router.port,
+        b"GET /v1/responses HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: %s\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        % connection,
+    )
+    head = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 426 Upgrade Required", head[0]
+    fields = [line.split(b":", 1) for line in head[1:]]
+    values = {name.strip().lower(): value.strip() for name, value in fields}
+    assert (values[b"upgrade"], values[b"connection"]) == (b"HTTP/1.1", options)

@@ -401,6 +401,11 @@ def test_multipart_item_limits_hold_however_the_body_arrives(item: str, whole: b
         # the LF of the previous event's CRLF, cut at its CR, passed on first (EventFramer)
         (b"\ndata: [DONE]\r\n\r\n", True),
         (b"\nevent: message_stop\r\ndata: {}\r\n\r\n", True),
+        # CR alone (SSE allows it): the last event is the one after the last blank line
+        (b'data: {"a":1}\r\rdata: [DONE]\r\r', True),
+        (b"event: message_delta\rdata: {}\r\revent: message_stop\rdata: {}\r\r", True),
+        (b"data: [DONE]\r\rdata: {}\r\r", False),
+        (b"event: message_stop\rdata: {}\r\revent: ping\rdata: {}\r\r", False),
     ],
 )  # fmt: skip
 def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) -> None:
