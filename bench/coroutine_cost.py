@@ -1,9 +1,9 @@
-"""What a stream request's first wait and a hot signal's dispatch cost, in one process (uvloop).
+"""What a stream's first wait, a hot signal's dispatch and a log line cost, in one process.
 
     .venv/bin/python bench/coroutine_cost.py [--count 100000] [--repeat 5]
 
-Two figures of bench/README.md, "Fewer coroutines per request", each the best of --repeat runs
-of --count calls, microseconds per call:
+The figures of bench/README.md, "Fewer coroutines and writes per request", each the best of
+--repeat runs of --count calls, microseconds per call:
 
 - the wait for the upstream's head of a stream request: `asyncio.wait({task}, timeout=...)`
   against `service.proxy.sse.settle(task, ...)`, for a task that finishes one loop pass later
@@ -11,6 +11,10 @@ of --count calls, microseconds per call:
 - `RouterApp.dispatch` of a hot event (`http.lifecycle.request`) with two listeners, as coroutine
   functions (how the router's were) and as plain functions (how they are now), awaited as
   Sanic's call sites do. The app is a bare `RouterApp` with its plan made by hand: no server.
+
+- a completion line written by itself (as before) against lines written eight at a time
+  (`logging.held_lines`, what one event-loop pass of `Completions.flush` does), to /dev/null
+  (what bench/run.py gives its routers) and to a pipe read by `cat` (a container's log pipe).
 
 An end-to-end A/B of the same change is within the noise of `bench/compare_revisions.py`
 (bench/README.md says by how much); these isolate the part that changed.
@@ -20,17 +24,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
+import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sanic import Sanic
 
+from service.observability.logging import configure_logging, emit, held_lines
 from service.proxy.sse import settle
 from service.server.dispatch import RouterApp
 
@@ -75,6 +85,46 @@ def _app(name: str, plain: bool) -> RouterApp:
     return app
 
 
+def _lines_cost(count: int, repeat: int) -> None:
+    configure_logging("json", "info")
+    handler = logging.getLogger().handlers[0]
+    log = structlog.get_logger("api_router.access")
+    fields = {"client_ip": "127.0.0.1", "method": "POST", "route": "/v1/chat/completions"}
+
+    def line() -> None:
+        emit(log, "api_router.access", logging.INFO, "request_completed", dict(fields), "r1")
+
+    def best(per_pass: int) -> float:
+        out = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            for _ in range(count // per_pass):
+                if per_pass == 1:
+                    line()
+                else:
+                    with held_lines():
+                        for _ in range(per_pass):
+                            line()
+            out = min(out, (time.perf_counter() - t) / count)
+        return out * 1e6
+
+    cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert cat.stdin is not None
+    targets = (("/dev/null", open(os.devnull, "w")), ("a pipe to cat", io.TextIOWrapper(cat.stdin)))
+    try:
+        for label, stream in targets:
+            handler.setStream(stream)  # type: ignore[attr-defined]
+            for per_pass in (1, 8):
+                what = "alone" if per_pass == 1 else "8 per write"
+                print(f"| completion line to {label}, {what} | {best(per_pass):.2f} |")
+    finally:
+        handler.setStream(sys.stdout)  # type: ignore[attr-defined]
+        for _, stream in targets:
+            stream.close()
+        cat.wait()
+        structlog.reset_defaults()
+
+
 async def main(count: int, repeat: int) -> None:
     loop = asyncio.get_running_loop()
 
@@ -115,3 +165,4 @@ if __name__ == "__main__":
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args()
     uvloop.run(main(a.count, a.repeat))
+    _lines_cost(a.count, a.repeat)

@@ -54,6 +54,7 @@ from typing import Any
 import structlog
 
 from . import RECORD_FLAG
+from .logging import held_lines
 from .metrics import process_alive
 
 log = structlog.get_logger("api_router")
@@ -115,15 +116,16 @@ class Completions:
 
     def flush(self) -> None:
         """Write every waiting record (also those added while writing), in order."""
-        while self._pending:
-            batch, self._pending = self._pending, []
-            for i, (context, record) in enumerate(batch):
-                try:
-                    context.run(self._write_one, record)
-                except BaseException:
-                    # (a cancellation or an exit): the rest of the pass still waits, in order
-                    self._pending[:0] = batch[i + 1 :]
-                    raise
+        with held_lines():  # the pass's completion lines: one write
+            while self._pending:
+                batch, self._pending = self._pending, []
+                for i, (context, record) in enumerate(batch):
+                    try:
+                        context.run(self._write_one, record)
+                    except BaseException:
+                        # (a cancellation or an exit): the rest of the pass still waits, in order
+                        self._pending[:0] = batch[i + 1 :]
+                        raise
         if self._flag is not None:
             self._flag[0] = 0
 

@@ -21,11 +21,13 @@ lines and for every standard-library record (Sanic, httpx, httpcore), at every l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
 import traceback
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -151,12 +153,47 @@ class HandlerStreamLogger:
     debug = info = warning = warn = error = critical = fatal = exception = log = msg
 
 
+# The lines held by `held_lines` (None: none is) and the thread that holds them.
+_held: list[str] | None = None
+_held_by = 0
+
+
+@contextlib.contextmanager
+def held_lines() -> Iterator[None]:
+    """structlog lines this thread writes meanwhile go out at the end, in order, in one write
+    and one flush (the completion records of one event-loop pass: service.observability.
+    completions): one system call per pass instead of one per line (bench/README.md,
+    "Fewer coroutines and writes per request"). Lines of other threads, and the standard library's
+    records, are written as they come. Also written when the block raises. Nested: the
+    outermost block writes."""
+    global _held, _held_by
+    if _held is not None:
+        yield
+        return
+    _held, _held_by = [], threading.get_ident()
+    try:
+        yield
+    finally:
+        lines, _held = _held, None
+        if lines:
+            _write_text(lines)
+
+
 def _write_line(line: str) -> None:
+    held = _held
+    if held is not None and _held_by == threading.get_ident():
+        held.append(line)
+        return
+    _write_text((line,))
+
+
+def _write_text(lines: list[str] | tuple[str]) -> None:
     h = _handler
     try:
         with h.lock:  # type: ignore[union-attr]
             stream = h.stream
-            stream.write(line + h.terminator)
+            end = h.terminator
+            stream.write(lines[0] + end if len(lines) == 1 else end.join(lines) + end)
             stream.flush()
     except RecursionError:
         raise

@@ -620,7 +620,7 @@ def _wake(waiter: asyncio.Future[None], *_: Any) -> None:
 async def settle(task: asyncio.Future[Any], secs: float) -> None:
     """Wait until `task` is done or `secs` seconds have passed, whichever comes first (what
     `asyncio.wait({task}, timeout=secs)` does, without its set and per-call closures: one wait
-    per stream request; bench/README.md, "Fewer coroutines per request"). A cancellation
+    per stream request; bench/README.md, "Fewer coroutines and writes per request"). A cancellation
     of the caller leaves `task` running, as asyncio.wait does."""
     if task.done():
         return

@@ -14,10 +14,10 @@ tests/integration/test_fast_dispatch.py runs the same apps on stock `Sanic` and 
 Synchronous listeners (the router's own hot ones are plain functions: none of them waits) are
 called when `dispatch` is called, not in a coroutine: the call sites await the dispatch at once,
 so the order is the same, and a request saves the coroutine of each dispatch and listener
-(bench/README.md, "Fewer coroutines per request"). From the first listener that returns an
-awaitable on, the rest run in a coroutine as before. What the caller awaits: `_NOTHING` (no
-listener returned a truthy result), a coroutine returning that result, or one that reports and
-raises a listener's exception (as the signal router does, when awaited).
+(bench/README.md, "Fewer coroutines and writes per request"). From the first listener that
+returns an awaitable on, the rest run in a coroutine as before. What the caller awaits:
+`_NOTHING` (no listener returned a truthy result), a coroutine returning that result, or one
+that reports and raises a listener's exception (as the signal router does, when awaited).
 
 Off (`API_ROUTER_FAST_PATHS` without `dispatch`): `create_app` builds a plain `Sanic`.
 """

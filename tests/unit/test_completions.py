@@ -219,3 +219,81 @@ def test_a_scrape_waits_for_another_live_worker_s_records(tmp_path: Any) -> None
         other.wait()
     assert raised_flags(str(tmp_path)) == []  # its process is gone (reap_dead_workers drops it)
     assert asyncio.run(settled(str(tmp_path), limit=0.02)) is True
+
+
+class _CountingStream(io.StringIO):
+    """A log stream that counts the writes it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def _emit_line(n: int) -> None:
+    emit(
+        structlog.get_logger("api_router.access"),
+        "api_router.access",
+        logging.INFO,
+        "request_completed",
+        {"n": n},
+        f"rid-{n}",
+    )
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_pass_s_completion_lines_go_out_in_one_write_in_order(fmt: str) -> None:
+    configure_logging(fmt, "info")
+    stream = _CountingStream()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    completions = Completions(_emit_line)
+    try:
+
+        async def main() -> None:
+            for i in range(5):
+                completions.add(i)
+            await asyncio.sleep(0)  # the pass ends: its five lines, one write
+            completions.add(5)
+            await asyncio.sleep(0)  # a pass of one line: one write
+
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 6 and stream.writes == 2, (stream.writes, lines)
+    if fmt == "json":
+        assert [json.loads(x)["request_id"] for x in lines] == [f"rid-{i}" for i in range(6)]
+    else:
+        assert all(f"n={i}" in x for i, x in enumerate(lines)), lines
+
+
+def test_held_lines_are_written_when_a_record_raises_and_other_threads_write_at_once() -> None:
+    import threading
+
+    from service.observability.logging import held_lines
+
+    stream = _CountingStream()
+    configure_logging("json", "info")
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    log = structlog.get_logger("api_router")
+    try:
+        with pytest.raises(KeyboardInterrupt), held_lines():
+            log.info("first")
+            other = threading.Thread(target=lambda: log.info("from_another_thread"))
+            other.start()
+            other.join()
+            # the other thread's line is out already, this thread's is held
+            assert [json.loads(x)["event"] for x in stream.getvalue().splitlines()] == [
+                "from_another_thread"
+            ]
+            with held_lines():  # nested: the outer block writes
+                log.info("second")
+            assert stream.writes == 1
+            raise KeyboardInterrupt
+    finally:
+        structlog.reset_defaults()
+    events = [json.loads(x)["event"] for x in stream.getvalue().splitlines()]
+    assert events == ["from_another_thread", "first", "second"] and stream.writes == 2
