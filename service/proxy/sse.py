@@ -141,8 +141,12 @@ def ends_answer(piece: bytes) -> bool:
     stream's last event (checked on every piece: a scan from the end for the blank line before
     the last event, no split; `ends_stream` reads the tail once, at the end)."""
     end = len(piece) - 2
-    lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
-    cr = piece.rfind(b"\r\r", 0, end)  # (CR alone; a CRLF-framed piece never has two CRs in a row)
+    # The last blank line of each framing; each search starts where the one before found its
+    # own (only a later one can be the last), so a piece in one framing is scanned once.
+    lf = piece.rfind(b"\n\n", 0, end)
+    crlf = piece.rfind(b"\n\r\n", max(lf, 0), end)
+    # (CR alone; a CRLF-framed piece never has two CRs in a row)
+    cr = piece.rfind(b"\r\r", max(lf, crlf, 0), end)
     start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0, cr + 2 if cr >= 0 else 0)
     if start == 0 and piece[:1] == b"\n":  # the LF of a CRLF cut at its CR (EventFramer)
         start = 1

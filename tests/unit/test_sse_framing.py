@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import BadRequest
+from service.proxy import sse as sse_mod
 from service.proxy.events import (
     EventFramer,
     EventTooLarge,
@@ -412,6 +413,34 @@ def test_ends_answer_knows_each_protocol_s_last_event(piece: bytes, last: bool) 
     """What marks a stream's answer as delivered (a client that closes after it got its
     answer: 200, not 499)."""
     assert ends_answer(piece) is last
+
+
+def _ends_answer_full_scans(piece: bytes) -> bool:
+    """`ends_answer` as first written: each framing's last blank line searched over the whole
+    piece."""
+    end = len(piece) - 2
+    lf, crlf = piece.rfind(b"\n\n", 0, end), piece.rfind(b"\n\r\n", 0, end)
+    cr = piece.rfind(b"\r\r", 0, end)
+    start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0, cr + 2 if cr >= 0 else 0)
+    if start == 0 and piece[:1] == b"\n":
+        start = 1
+    return piece.startswith(sse_mod._LAST_EVENTS, start)
+
+
+last_lines = st.sampled_from([b"data: [DONE]", b"event: message_stop", b"data: {}", b": ping"])
+
+
+@given(
+    st.lists(st.tuples(st.one_of(line, last_lines), eol, st.booleans()), min_size=0, max_size=8),
+    st.integers(0, 3),
+)
+def test_ends_answer_scans_less_and_answers_the_same(
+    parts: list[tuple[bytes, bytes, bool]], lead: int
+) -> None:
+    """Each framing's search starts where the previous one found its blank line: the same
+    answer as searching the whole piece each time, on pieces of mixed framing."""
+    piece = b"\n" * (lead == 1) + b"".join(ln + e + (e if blank else b"") for ln, e, blank in parts)
+    assert ends_answer(piece) is _ends_answer_full_scans(piece)
 
 
 @pytest.mark.parametrize(
