@@ -440,7 +440,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"Portkey gateway {mach['portkey']}.",
         "",
         f"Method: {m['rounds']} interleaved rounds x {m['duration_secs']:.0f} s per wrk run; "
-        "median (min-max) over rounds. Load generator (wrk), fake upstream (nginx) and the "
+        "median (min-max) over rounds"
+        + (
+            f" ({m['processes']} processes each of api-router 2w and the minimal aiohttp relay, "
+            "round r on process r mod that)"
+            if m.get("processes", 1) > 1
+            else ""
+        )
+        + ". Load generator (wrk), fake upstream (nginx) and the "
         "configuration under test share the same cores, all on 127.0.0.1. "
         f"Load average before {m['loadavg_before']}, after {m.get('loadavg_after')}."
         + (f" Conditions: {m['conditions']}" if m.get("conditions") else ""),

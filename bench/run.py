@@ -2,6 +2,7 @@
 
     .cache/bench-venv/bin/python bench/run.py [--quick] [--rounds N] [--duration S] [--soak S]
                                               [--sse-gap-ms MS] [--only NAME,...]
+                                              [--processes N]
 
 (`make bench` / `make bench-quick` install what it needs and call it.) It starts, on 127.0.0.1:
 
@@ -336,6 +337,20 @@ class Target:
     sanic: bool = False  # RSS is read from its Sanic workers
     # Only these scenarios (None: every one it supports by the rules below).
     scenarios: tuple[str, ...] | None = None
+    # --processes N: the N running copies of a configuration of COPIED, (port, server) each;
+    # round r is measured on copy r % N (`use`). Empty: one process.
+    copies: list[tuple[int, Server | None]] = field(default_factory=list)
+
+    def use(self, rnd: int) -> None:
+        """Point the runs of round `rnd` at this configuration's copy for it."""
+        if self.copies:
+            self.port, self.server = self.copies[rnd % len(self.copies)]
+
+    def servers(self) -> list[Server]:
+        """Every process started for this configuration (all its copies)."""
+        if self.copies:
+            return [s for _, s in self.copies if s is not None]
+        return [self.server] if self.server is not None else []
 
     def request(self, scenario: str, bodies: dict[str, Path]) -> tuple[str, Path, dict[str, str]]:
         h = {"Authorization": f"Bearer {API_KEY}", **self.headers}
@@ -618,8 +633,16 @@ def start_upstream(run: Path, port: int, gap_ms: float, h2_port: int | None = No
     return [front, paced]
 
 
+# The two sides of the JSON target (issue 20: api-router 2w / the minimal aiohttp relay), the
+# configurations `--processes N` starts N times: a process's own luck (memory layout, hash seed)
+# moves its requests/s by up to ~10 % on the same code (bench/README.md, "Fast paths"), and one
+# process per side makes a run's ratio that process's luck. With N copies each round measures
+# another copy, so the median over rounds spans processes.
+COPIED = ("router-2w", report.MINIMAL_REFERENCE)
+
+
 def start_all(
-    run: Path, quick: bool, only: set[str] | None, gap_ms: float
+    run: Path, quick: bool, only: set[str] | None, gap_ms: float, processes: int = 1
 ) -> tuple[list[Server], list[Target]]:
     up_port, h2_port = free_port(), free_port()
     upstream = start_upstream(run, up_port, gap_ms, h2_port)
@@ -632,6 +655,12 @@ def start_all(
             return
         try:
             start(t)
+            if processes > 1 and t.name in COPIED:
+                t.copies = [(t.port, t.server)]
+                for i in range(1, processes):
+                    copy = Target(f"{t.name}.{i}", t.group, t.label, scenarios=t.scenarios)
+                    start(copy)
+                    t.copies.append((copy.port, copy.server))
         except Exception as e:  # a peer that does not install or start is recorded, not fatal
             t.status = f"not measured: {e}"
             print(f"bench: {t.name}: {t.status}", file=sys.stderr)
@@ -1117,6 +1146,13 @@ def main() -> None:
         default=DEFAULT_SSE_GAP_MS,
         help="ms between two events of the paced SSE stream (default 10: 100 tokens/s)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help=f"start {' and '.join(COPIED)} this many times each; round r measures copy "
+        "r mod N (default 1)",
+    )
     p.add_argument("--out", type=Path, help="results directory")
     p.add_argument(
         "--capacity",
@@ -1138,6 +1174,7 @@ def main() -> None:
         "quick": a.quick,
         "rounds": rounds,
         "duration_secs": duration,
+        "processes": max(1, a.processes),
         "machine": machine(),
         "loadavg_before": loadavg(),
         "events_per_stream": EVENTS_PER_STREAM,
@@ -1150,7 +1187,7 @@ def main() -> None:
         SCENARIOS["ssepaced"]["title"] = (
             f"SSE paced ({a.sse_gap_ms:g} ms per event), 64 connections"
         )
-        upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms)
+        upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms, max(1, a.processes))
         try:
             plan: list[tuple[Target, str]] = []
             checked: dict[str, int] = {}
@@ -1178,6 +1215,8 @@ def main() -> None:
                 file=sys.stderr,
             )
             for rnd in range(rounds):
+                for t in targets:
+                    t.use(rnd)  # (--processes: this round's copy)
                 # Interleaved: every configuration once per round, the order rotated each round.
                 order = plan[rnd % len(plan) :] + plan[: rnd % len(plan)] if plan else []
                 for t, sc in order:
@@ -1215,8 +1254,8 @@ def main() -> None:
             cap_runs = capacity(targets, bodies, cap_conns, rounds, duration) if cap_conns else []
         finally:
             for t in targets:
-                if t.server is not None:
-                    t.server.stop()
+                for server in t.servers():
+                    server.stop()
             for u in upstreams:
                 u.stop()
         tracing = sink_counts(run, targets, runs, checked)
