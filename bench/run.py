@@ -1160,6 +1160,7 @@ def main() -> None:
         f"{DEFAULT_CAPACITY}; none with --quick; '' for none)",
     )
     a = p.parse_args()
+    processes = max(1, a.processes)
     rounds = a.rounds or (1 if a.quick else 3)
     duration = a.duration or (2.0 if a.quick else 5.0)
     soak_secs = a.soak if a.soak is not None else (10.0 if a.quick else 600.0)
@@ -1174,7 +1175,7 @@ def main() -> None:
         "quick": a.quick,
         "rounds": rounds,
         "duration_secs": duration,
-        "processes": max(1, a.processes),
+        "processes": processes,
         "machine": machine(),
         "loadavg_before": loadavg(),
         "events_per_stream": EVENTS_PER_STREAM,
@@ -1187,7 +1188,7 @@ def main() -> None:
         SCENARIOS["ssepaced"]["title"] = (
             f"SSE paced ({a.sse_gap_ms:g} ms per event), 64 connections"
         )
-        upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms, max(1, a.processes))
+        upstreams, targets = start_all(run, a.quick, only, a.sse_gap_ms, processes)
         try:
             plan: list[tuple[Target, str]] = []
             checked: dict[str, int] = {}

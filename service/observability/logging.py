@@ -176,7 +176,8 @@ def held_lines() -> Iterator[None]:
     finally:
         lines, _held = _held, None
         if lines:
-            _write_text(lines)
+            end = _handler.terminator
+            _write_text(end.join(lines) + end)
 
 
 def _write_line(line: str) -> None:
@@ -184,16 +185,16 @@ def _write_line(line: str) -> None:
     if held is not None and _held_by == threading.get_ident():
         held.append(line)
         return
-    _write_text((line,))
+    _write_text(line + _handler.terminator)
 
 
-def _write_text(lines: list[str] | tuple[str]) -> None:
+def _write_text(text: str) -> None:
+    """`text` (whole lines) to the root handler's stream, under its lock, flushed."""
     h = _handler
     try:
         with h.lock:  # type: ignore[union-attr]
             stream = h.stream
-            end = h.terminator
-            stream.write(lines[0] + end if len(lines) == 1 else end.join(lines) + end)
+            stream.write(text)
             stream.flush()
     except RecursionError:
         raise

@@ -121,9 +121,7 @@ class RouterApp(Sanic[Config, Any]):
 
     def _run_inline(self, signals: tuple[Any, ...], context: dict[str, Any]) -> Any:
         """Calls the listeners until one returns an awaitable (the rest: `_run_signals`)."""
-        i = 0
-        for s in signals:
-            i += 1
+        for i, s in enumerate(signals):
             try:
                 result = s.handler(**context)
             except Exception as e:
@@ -131,7 +129,7 @@ class RouterApp(Sanic[Config, Any]):
             if result is None:  # (a plain listener's usual result: no isawaitable's ABC check)
                 continue
             if isawaitable(result):
-                return self._run_signals(signals[i:], context, result)
+                return self._run_signals(signals[i + 1 :], context, result)
             if result:
                 return _given(result)
         return _NOTHING
