@@ -29,7 +29,10 @@ Decisions (SPEC §12: stateless requests only):
   tools (web_search, file_search, code_interpreter, image_generation, tool_search, mcp,
   computer use, local_shell/shell/apply_patch built-ins) offered alongside are dropped
   (`tools.hosted`); a `tool_choice` that forces one is refused. `allowed_tools` narrows the
-  offered functions. Earlier hosted-tool calls in the input are dropped.
+  offered functions. Earlier hosted-tool calls in the input are dropped. A tool inside a
+  `namespace` (as every tool of Codex's "Responses Lite" models is, in
+  an `additional_tools` input item with an empty `tools`) is offered as `<namespace>__<name>`,
+  and its calls come back under its own name with its `namespace` (`ClientTools`).
 - Reasoning. `reasoning.effort` -> `reasoning_effort`. The upstream's reasoning (Chat
   `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
   item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what
@@ -83,7 +86,7 @@ from .responses_output import (
     response_object,
     usage,
 )
-from .responses_request import CHAT, RESPONSES_DROPPED_FIELDS, chat_request
+from .responses_request import CHAT, RESPONSES_DROPPED_FIELDS, chat_request, client_tools
 from .responses_stream import ResponsesStream
 
 MESSAGES = "Anthropic Messages"
@@ -101,11 +104,11 @@ class ResponsesTranslator(JSONAnswers):
         "_inner",
         "_stream",
         "created",
-        "custom_tools",
         "direction",
         "dropped",
         "options",
         "payload",
+        "tools",
     )
 
     def __init__(
@@ -125,8 +128,9 @@ class ResponsesTranslator(JSONAnswers):
         # RESPONSES_DROPPED_FIELDS, plus, for a Messages upstream, the labels the Chat ->
         # Messages translation adds.
         self.dropped: list[str] = []
-        # Names of the client's custom tools: their calls come back as custom_tool_call items.
-        self.custom_tools = _custom_names(payload.get("tools"))
+        # How the client's tools are named upstream: calls of its custom tools come back as
+        # custom_tool_call items, those of a namespace's tools with their namespace.
+        self.tools = client_tools(payload)
         self._chat: dict[str, Any] | None = None
         self._inner: Translator | None = None
         self._stream: ResponsesStream | None = None
@@ -141,7 +145,7 @@ class ResponsesTranslator(JSONAnswers):
         upstream = MESSAGES if self.to_anthropic else CHAT
         chat = chat_request(self.payload, self.options, upstream)
         self._chat = chat.body
-        self.custom_tools = chat.custom
+        self.tools = chat.tools
         self.dropped = list(chat.dropped)
         if not self.to_anthropic:
             return chat.body
@@ -192,7 +196,7 @@ class ResponsesTranslator(JSONAnswers):
         status, reason = finish_status(choice.get("finish_reason"))
         base = base_id(chat.get("id"))
         item_status = "completed" if status == "completed" else "incomplete"
-        output = output_items(message, base, self.custom_tools, item_status)
+        output = output_items(message, base, self.tools, item_status)
         return response_object(
             self.payload,
             base=base,
@@ -255,18 +259,8 @@ class ResponsesTranslator(JSONAnswers):
 
     def _stream_translator(self) -> ResponsesStream:
         if self._stream is None:
-            self._stream = ResponsesStream(self.payload, self.created, self.custom_tools)
+            self._stream = ResponsesStream(self.payload, self.created, self.tools)
         return self._stream
-
-
-def _custom_names(tools: Any) -> frozenset[str]:
-    if not isinstance(tools, list):
-        return frozenset()
-    return frozenset(
-        t["name"]
-        for t in tools
-        if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)
-    )
 
 
 def _renamed(e: Untranslatable, origins: list[str]) -> Untranslatable:

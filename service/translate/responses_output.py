@@ -11,7 +11,7 @@ import orjson
 
 from ..proxy.body import loads_exact
 from .common import NO_ARGUMENTS, error_message, openai_error_type
-from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS
+from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS, ClientTools
 
 # Chat finish_reason -> (Responses status, incomplete_details.reason).
 FINISH_STATUS: dict[str, tuple[str, str | None]] = {
@@ -153,7 +153,7 @@ def text_part(text: str) -> dict[str, Any]:
 
 
 def output_items(
-    message: dict[str, Any], base: str, custom: frozenset[str], status: str
+    message: dict[str, Any], base: str, tools: ClientTools, status: str
 ) -> list[dict[str, Any]]:
     """The output items of a Chat Completions answer's message: reasoning, the message (text and
     refusal parts), then function and custom tool calls."""
@@ -200,7 +200,7 @@ def output_items(
                 fn.get("arguments") or NO_ARGUMENTS,
                 base,
                 len(items),
-                custom,
+                tools,
                 status,
             )
         )
@@ -213,29 +213,35 @@ def tool_item(
     arguments: Any,
     base: str,
     index: int,
-    custom: frozenset[str],
+    tools: ClientTools,
     status: str,
 ) -> dict[str, Any]:
-    """A `function_call` item, or a `custom_tool_call` one for a custom tool's name."""
+    """A `function_call` item, or a `custom_tool_call` one for a custom tool's name; a tool
+    offered in a namespace is named as the client named it, with its `namespace`."""
     call_id = call_id if isinstance(call_id, str) and call_id else item_id("call", base, index)
     name = name if isinstance(name, str) else ""
     arguments = arguments if isinstance(arguments, str) else ""
-    if name in custom:
-        return {
+    if name in tools.custom:
+        item = {
             "id": item_id("ctc", base, index),
             "type": "custom_tool_call",
             "call_id": call_id,
             "name": name,
             "input": custom_input(arguments),
         }
-    return {
-        "id": item_id("fc", base, index),
-        "type": "function_call",
-        "status": status,
-        "arguments": arguments,
-        "call_id": call_id,
-        "name": name,
-    }
+    else:
+        item = {
+            "id": item_id("fc", base, index),
+            "type": "function_call",
+            "status": status,
+            "arguments": arguments,
+            "call_id": call_id,
+            "name": name,
+        }
+    namespaced = tools.namespaced.get(name)
+    if namespaced is not None:
+        item["namespace"], item["name"] = namespaced
+    return item
 
 
 # A Chat request field (named in an upstream error's `param` or in a refusal of the Chat ->

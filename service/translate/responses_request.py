@@ -1,13 +1,15 @@
 """An OpenAI Responses request (`POST /v1/responses`) as a Chat Completions request (pure; no I/O).
 
-`chat_request(body, options, upstream)` returns the Chat Completions body, the names of the
-client's custom (free-form) tools, and the labels of the hint fields it dropped. What it refuses,
-drops and maps is listed in `service.translate.responses` (module docstring).
+`chat_request(body, options, upstream)` returns the Chat Completions body, how the client's tools
+are named upstream (`ClientTools`: custom, namespaced), and the labels of the hint fields it
+dropped. What it refuses, drops and maps is listed in `service.translate.responses` (module
+docstring).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -118,26 +120,44 @@ class NeedsState(Untranslatable):
         )
 
 
+# A tool the client offered inside a `namespace` (Codex's MCP servers, and all of its tools in the
+# `additional_tools` input item of its "Responses Lite" models) is offered upstream, where names
+# are flat, as `<namespace>__<name>`; its calls come back with the namespace and the tool's own
+# name (`ClientTools.namespaced`).
+NAMESPACE_SEPARATOR = "__"
+
+
+@dataclass(slots=True, frozen=True)
+class ClientTools:
+    """The client's tools by the names the upstream knows them by: `custom`, the free-form ones
+    (their calls come back as `custom_tool_call` items), and `namespaced`, name upstream ->
+    (namespace, the tool's own name) for those offered inside a namespace."""
+
+    custom: frozenset[str] = frozenset()
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class ChatRequest:
-    """A Responses request as Chat Completions: the `body`, the names of the client's custom
-    tools, the labels of the hints dropped, and where each Chat message came from (`input[i]`
+    """A Responses request as Chat Completions: the `body`, how the client's tools are named
+    upstream, the labels of the hints dropped, and where each Chat message came from (`input[i]`
     or `instructions`), to name the client's parameter when a later step refuses a message."""
 
     body: dict[str, Any]
-    custom: frozenset[str]
+    tools: ClientTools
     dropped: list[str]
     origins: list[str]
 
 
 class _Request:
-    __slots__ = ("custom", "dropped", "options", "origins", "upstream")
+    __slots__ = ("custom", "dropped", "namespaced", "options", "origins", "upstream")
 
     def __init__(self, options: TranslationOptions, upstream: str) -> None:
         self.options = options
         self.upstream = upstream
         self.dropped: list[str] = []
         self.custom: set[str] = set()
+        self.namespaced: dict[str, tuple[str, str]] = {}
         self.origins: list[str] = []
 
     def drop(self, label: str, where: str | None = None) -> None:
@@ -186,7 +206,7 @@ def chat_request(
         out["stream"] = body["stream"]
         if body["stream"] is True:  # usage arrives in a last chunk only when asked for
             out["stream_options"] = {"include_usage": True}
-    tools, names = _tools(body.get("tools"), st)
+    tools, names = _tools(body, st)
     choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
     if tools:
         out["tools"] = tools
@@ -201,7 +221,9 @@ def chat_request(
     for key, value in body.items():
         if key not in _KNOWN:
             out[key] = value  # the upstream decides, as on an untranslated route
-    return ChatRequest(out, frozenset(st.custom), st.dropped, st.origins)
+    return ChatRequest(
+        out, ClientTools(frozenset(st.custom), st.namespaced), st.dropped, st.origins
+    )
 
 
 def _include(include: Any, st: _Request) -> None:
@@ -265,46 +287,111 @@ def _text(text: Any, out: dict[str, Any], st: _Request) -> None:
 # --- tools -------------------------------------------------------------------------------------
 
 
-def _tools(tools: Any, st: _Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Chat function tools, and each offered name's Responses kind (function | custom)."""
-    if tools is None:
-        return [], {}
-    if not isinstance(tools, list):
-        raise BadRequest("'tools' must be an array")
-    out: list[dict[str, Any]] = []
-    names: dict[str, str] = {}
+def _offered(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any, str | None, str]]:
+    """Every tool the request offers, namespaces opened: (tool, name upstream, namespace or None,
+    where): `tools`, then the tools of each `additional_tools` input item (Codex sends its tools
+    there, with an empty `tools`, for models it marks "Responses Lite"), in order."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be an array")
+        yield from _opened(tools, "tools", None)
+    items = body.get("input")
+    if isinstance(items, list):  # (anything else: refused with the input itself)
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("type") == "additional_tools":
+                where = f"input[{i}].tools"
+                tools = item.get("tools")
+                if not isinstance(tools, list):
+                    raise BadRequest(f"'{where}' must be an array")
+                yield from _opened(tools, where, None)
+
+
+def _opened(
+    tools: list[Any], where: str, namespace: str | None
+) -> Iterator[tuple[dict[str, Any], Any, str | None, str]]:
     for i, tool in enumerate(tools):
-        kind = tool.get("type") if isinstance(tool, dict) else None
+        at = f"{where}[{i}]"
+        if not isinstance(tool, dict):
+            raise BadRequest(f"'{at}' must be an object")
+        kind = tool.get("type")
         if kind is not None and not isinstance(kind, str):
-            raise BadRequest(f"'tools[{i}].type' must be a string")
+            raise BadRequest(f"'{at}.type' must be a string")
+        if kind == "namespace":
+            name, inner = tool.get("name"), tool.get("tools")
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"'{at}.name' must be a string")
+            if not isinstance(inner, list):
+                raise BadRequest(f"'{at}.tools' must be an array")
+            yield from _opened(inner, f"{at}.tools", upstream_name(namespace, name))
+            continue
+        name = tool.get("name")
+        upstream = upstream_name(namespace, name) if isinstance(name, str) else name
+        yield tool, upstream, namespace, at
+
+
+def upstream_name(namespace: Any, name: str) -> str:
+    """A tool's name upstream: `<namespace>__<name>` for one offered (or called) in a namespace."""
+    if isinstance(namespace, str) and namespace:
+        return f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+    return name
+
+
+def client_tools(body: dict[str, Any]) -> ClientTools:
+    """`ClientTools` of a request as sent (`chat_request` checks it; a malformed one: none)."""
+    custom: set[str] = set()
+    namespaced: dict[str, tuple[str, str]] = {}
+    try:
+        for tool, upstream, namespace, _ in _offered(body):
+            if not isinstance(upstream, str):
+                continue
+            if tool.get("type") == "custom":
+                custom.add(upstream)
+            if namespace is not None:
+                namespaced[upstream] = (namespace, tool["name"])
+    except BadRequest:
+        pass
+    return ClientTools(frozenset(custom), namespaced)
+
+
+def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Chat function tools, and each offered name's Responses kind (function | custom). A name
+    offered twice (Codex repeats its `additional_tools` item in the conversation it replays)
+    keeps its first place and its last definition."""
+    out: dict[str, dict[str, Any]] = {}
+    names: dict[str, str] = {}
+    for tool, name, namespace, where in _offered(body):
+        kind = tool.get("type")
         if kind == "function":
-            assert isinstance(tool, dict)
-            fn: dict[str, Any] = {"name": tool.get("name")}
+            fn: dict[str, Any] = {"name": name}
             if given(tool, "description"):
                 fn["description"] = tool["description"]
             fn["parameters"] = tool.get("parameters") or {"type": "object", "properties": {}}
             if isinstance(tool.get("strict"), bool):
                 fn["strict"] = tool["strict"]
-            out.append({"type": "function", "function": fn})
-            names[str(tool.get("name"))] = "function"
         elif kind == "custom":
-            assert isinstance(tool, dict)
-            name = tool.get("name")
-            if not isinstance(name, str) or not name:
-                raise BadRequest(f"'tools[{i}].name' must be a string")
+            if not isinstance(name, str) or not tool.get("name"):
+                raise BadRequest(f"'{where}.name' must be a string")
             fn = {
                 "name": name,
-                "description": _custom_description(tool, f"tools[{i}]", st),
+                "description": _custom_description(tool, where, st),
                 "parameters": _CUSTOM_PARAMETERS,
             }
-            out.append({"type": "function", "function": fn})
-            names[name] = "custom"
-            st.custom.add(name)
         elif kind in HOSTED_TOOLS:
-            st.drop("tools.hosted", f"tools[{i}].type={kind}")
+            st.drop("tools.hosted", f"{where}.type={kind}")
+            continue
         else:
-            raise Untranslatable(f"tools[{i}].type={kind}", st.upstream)
-    return out, names
+            raise Untranslatable(f"{where}.type={kind}", st.upstream)
+        key = str(name)
+        out[key] = {"type": "function", "function": fn}
+        names[key] = kind
+        st.custom.discard(key)
+        st.namespaced.pop(key, None)
+        if kind == "custom":
+            st.custom.add(key)
+        if namespace is not None:
+            st.namespaced[key] = (namespace, tool["name"])
+    return list(out.values()), names
 
 
 def _custom_description(tool: dict[str, Any], where: str, st: _Request) -> str:
@@ -343,11 +430,11 @@ def _tool_choice(
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind in ("function", "custom"):
         assert isinstance(choice, dict)
-        return {"type": "function", "function": {"name": choice.get("name")}}, tools
+        return {"type": "function", "function": {"name": _called(choice)}}, tools
     if kind == "allowed_tools":
         assert isinstance(choice, dict)
         allowed = {
-            t.get("name")
+            _called(t)
             for t in choice.get("tools") or []
             if isinstance(t, dict) and t.get("type") in ("function", "custom")
         }
@@ -359,6 +446,12 @@ def _tool_choice(
             raise Untranslatable(f"tool_choice.mode={mode}", st.upstream)
         return mode, kept
     raise Untranslatable(f"tool_choice.type={kind}", st.upstream)
+
+
+def _called(obj: dict[str, Any]) -> Any:
+    """The upstream name of the tool a choice or an earlier call names (with its `namespace`)."""
+    name = obj.get("name")
+    return upstream_name(obj.get("namespace"), name) if isinstance(name, str) else name
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -455,6 +548,8 @@ class _Conversation:
                 st.drop("input.reasoning")
         elif kind in _HOSTED_CALLS:
             st.drop("input.hosted_tool_calls", f"{where}.type={kind}")
+        elif kind == "additional_tools":
+            pass  # tools on offer (`_offered`), not a message
         elif kind == "item_reference":
             raise NeedsState(f"{where}.type=item_reference", st.upstream)
         else:
@@ -466,7 +561,7 @@ class _Conversation:
         call = {
             "id": item.get("call_id"),
             "type": "function",
-            "function": {"name": item.get("name"), "arguments": arguments},
+            "function": {"name": _called(item), "arguments": arguments},
         }
         last = self.messages[-1] if self.messages else None
         if last is not None and last["role"] == "assistant":

@@ -33,6 +33,7 @@ from .responses_output import (
     tool_item,
     usage,
 )
+from .responses_request import ClientTools
 
 CUT_MESSAGE = "The upstream stream ended before the response was complete"
 
@@ -124,15 +125,15 @@ class ResponsesStream(StreamTranslator):
         "_usage",
         "_waiting",
         "created",
-        "custom",
         "payload",
+        "tools",
     )
 
-    def __init__(self, payload: dict[str, Any], created: int, custom: frozenset[str]) -> None:
+    def __init__(self, payload: dict[str, Any], created: int, tools: ClientTools) -> None:
         super().__init__()
         self.payload = payload  # the client's Responses request (echoed in the response object)
         self.created = created
-        self.custom = custom  # names of the client's custom tools
+        self.tools = tools  # how the client's tools are named upstream
         self._seq = 0
         self._started = False
         self._base = ""
@@ -417,8 +418,8 @@ class ResponsesStream(StreamTranslator):
         call.index = len(self._output)
         self._output.append(None)
         call.state = "open"
-        call.custom = call.name in self.custom
-        item = tool_item(call.name, call.call_id, "", self._base, call.index, self.custom, "")
+        call.custom = call.name in self.tools.custom
+        item = tool_item(call.name, call.call_id, "", self._base, call.index, self.tools, "")
         call.call_id = item["call_id"]
         if call.custom:
             call.decoder = InputDecoder()
@@ -464,7 +465,7 @@ class ResponsesStream(StreamTranslator):
             self._arguments(call, NO_ARGUMENTS, out)  # the deltas add up to what .done says
         arguments = "".join(call.args)
         item = tool_item(
-            call.name, call.call_id, arguments, self._base, call.index, self.custom, status
+            call.name, call.call_id, arguments, self._base, call.index, self.tools, status
         )
         where = {"item_id": item["id"], "output_index": call.index}
         if call.decoder is not None:

@@ -16,6 +16,10 @@ Choices, for the reader:
   follow whatever formats the shipped profiles declare. Codex uses `gpt-5.5`, a name from its
   built-in list, so that it offers its `apply_patch` tool; the profiles map that name (and the
   other clients' names) to the provider's own model, as an operator would.
+- Codex also runs as `gpt-6-sol`, one of the models its list marks "Responses Lite" and code mode
+  only (its default kind of model): all of its tools then come in an `additional_tools` input
+  item, inside namespaces, with an empty `tools`, and the file is written by JavaScript that its
+  `exec` tool (namespace `functions`) runs, calling the nested apply_patch.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ PROVIDER_MODEL = {
     "qwen": "qwen3-coder-plus",
     "openai": "gpt-5.5",
 }
+# Names only a client uses: mapped to the provider's own model on every profile.
+CLIENT_MODELS = ("gpt-6-sol",)
 UPSTREAM_PATH = {
     "anthropic": "/v1/messages",
     "qwen": "/v1/chat/completions",
@@ -85,6 +91,12 @@ CELLS = [
         Cell("codex", "qwen", "gpt-5.5", "apply_patch", builtin=True),
         id="codex-builtin-provider-on-qwen",
     ),
+    # ...with a "Responses Lite" model: namespaced tools in an `additional_tools` input item.
+    pytest.param(Cell("codex", "openai", "gpt-6-sol", "exec"), id="codex-lite-on-openai"),
+    pytest.param(Cell("codex", "qwen", "gpt-6-sol", "functions__exec"), id="codex-lite-on-qwen"),
+    pytest.param(
+        Cell("codex", "anthropic", "gpt-6-sol", "functions__exec"), id="codex-lite-on-anthropic"
+    ),
     # Qwen Code: native Chat Completions, and Chat translated to Messages.
     pytest.param(Cell("qwen", "qwen", "qwen3-coder-plus", "write_file"), id="qwen-code-on-qwen"),
     pytest.param(
@@ -112,7 +124,7 @@ def agent_profile(name: str, upstream_url: str) -> dict[str, Any]:
     """Shipped profile `name`, pointed at the fake upstream, every client's model mapped."""
     profile = shipped_profile(name, upstream_url, read_secs=30)
     own = PROVIDER_MODEL[name]
-    mapping = {m: own for m in PROVIDER_MODEL.values() if m != own}
+    mapping = {m: own for m in (*PROVIDER_MODEL.values(), *CLIENT_MODELS) if m != own}
     profile["modelMapping"] = {**profile.get("modelMapping", {}), **mapping}
     return profile
 

@@ -56,6 +56,7 @@ class Tool:
     name: str
     kind: str  # "function" (JSON arguments) or "custom" (freeform text input)
     properties: tuple[str, ...] = ()
+    namespace: str | None = None  # Responses: offered inside a `namespace` tool
 
 
 @dataclass(frozen=True)
@@ -187,17 +188,29 @@ def _read_messages(body: dict[str, Any], token: str) -> Reading:
     return r
 
 
-def _read_responses(body: dict[str, Any], token: str) -> Reading:
+def _responses_tools(offered: list[Any], namespace: str | None = None) -> list[Tool]:
     tools = []
-    for t in body.get("tools") or []:
+    for t in offered:
         if t.get("type") == "function":
-            tools.append(Tool(t.get("name", ""), "function", _properties(t.get("parameters"))))
+            props = _properties(t.get("parameters"))
+            tools.append(Tool(t.get("name", ""), "function", props, namespace))
         elif t.get("type") == "custom":
-            tools.append(Tool(t.get("name", ""), "custom"))
+            tools.append(Tool(t.get("name", ""), "custom", (), namespace))
+        elif t.get("type") == "namespace":
+            tools += _responses_tools(t.get("tools") or [], t.get("name"))
+    return tools
+
+
+def _read_responses(body: dict[str, Any], token: str) -> Reading:
     items = body.get("input")
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
-    r = Reading(tools)
+    # Codex's "Responses Lite" models get their tools in an `additional_tools` input item
+    offered = list(body.get("tools") or [])
+    for item in items or []:
+        if item.get("type") == "additional_tools":
+            offered += item.get("tools") or []
+    r = Reading(_responses_tools(offered))
     for item in items or []:
         kind = item.get("type", "message")
         if kind == "message" and item.get("role") == "user":
@@ -325,6 +338,14 @@ class AgentScript:
                 named: list[str] = [p for p in ("input", "patch") if p in t.properties]
                 prop = (named or [*t.properties, "input"])[0]
                 return Call(t, arguments={prop: self.patch()})
+        for t in tools:
+            # Codex's code mode (its "Responses Lite" models): one free-form `exec` tool runs
+            # JavaScript that calls the nested tools, apply_patch among them; offered upstream
+            # as a function `functions__exec` with one string parameter where translated
+            if t.name == "exec" and t.kind == "custom":
+                return Call(t, text=self.script())
+            if t.name.endswith("__exec") and "input" in t.properties:
+                return Call(t, arguments={"input": self.script()})
         command = f"printf %s {shlex.quote(self.content)} > {shlex.quote(str(self.path))}"
         for t in tools:
             if t.kind != "function":
@@ -336,6 +357,10 @@ class AgentScript:
             if t.name in ("Bash", "run_shell_command") and "command" in t.properties:
                 return Call(t, arguments={"command": command})
         return None
+
+    def script(self) -> str:
+        """Code mode's JavaScript that writes the file through the nested apply_patch tool."""
+        return f"await tools.apply_patch({json.dumps(self.patch())});\n"
 
     def patch(self) -> str:
         lines = "".join(f"+{line}\n" for line in self.content.splitlines())
@@ -529,6 +554,8 @@ def _responses_items(
                 "status": "completed",
             }
         )
+        if call.tool.namespace is not None:
+            items[-1]["namespace"] = call.tool.namespace
     elif call:
         items.append(
             {
@@ -540,6 +567,8 @@ def _responses_items(
                 "status": "completed",
             }
         )
+        if call.tool.namespace is not None:
+            items[-1]["namespace"] = call.tool.namespace
     return items
 
 

@@ -677,3 +677,126 @@ def test_a_custom_tool_call_cut_by_the_output_limit_is_never_reported_done() -> 
     out = tr.events([_chunk({"tool_calls": [call]}), _chunk({}, "tool_calls")])
     done = [i["data"] for i in parse(out) if i["data"]["type"].endswith("input.done")]
     assert [d["input"] for d in done] == ["*** Begin Patch\n*** End Patch"]
+
+
+# --- namespaced tools (Codex's "Responses Lite" models: an `additional_tools` input item) --------
+
+_SLEEP = {"type": "function", "name": "sleep", "parameters": {"type": "object"}}
+_EXEC = {"type": "custom", "name": "exec", "description": "Run JavaScript."}
+
+
+def _lite(*tools: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    item = {"type": "additional_tools", "role": "developer", "tools": list(tools)}
+    return {"model": "m", "tools": [], "input": [item, {"role": "user", "content": "go"}], **extra}
+
+
+def _offered_names(body: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in body.get("tools", [])]
+
+
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_namespaced_calls_go_back_as_the_client_named_them_and_come_round_again(fmt: str) -> None:
+    """A call of a namespaced tool reaches the client under the tool's own name with its
+    namespace (Codex finds the tool by both); sent back as input, it is the same call upstream."""
+    payload = _lite(
+        {"type": "namespace", "name": "functions", "tools": [_EXEC]},
+        {"type": "namespace", "name": "clock", "tools": [_SLEEP]},
+    )
+    tr = ResponsesTranslator("openai", payload, CREATED)
+    assert _offered_names(tr.request()) == ["functions__exec", "clock__sleep"]
+    calls = [
+        ("call_1", "functions__exec", {"input": "text(1)"}),
+        ("call_2", "clock__sleep", {"duration_ms": 2}),
+    ]
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+            for i, n, a in calls
+        ],
+    }
+    answer = {"id": "x", "model": "m", "choices": [{"index": 0, "message": message}]}
+    output = json.loads(tr.body(200, "application/json", orjson.dumps(answer)))["output"]
+    assert [(o["type"], o.get("namespace"), o["name"]) for o in output] == [
+        ("custom_tool_call", "functions", "exec"),
+        ("function_call", "clock", "sleep"),
+    ]
+    again = {**payload, "input": [*payload["input"], *output]}
+    back = ResponsesTranslator(fmt, again, CREATED).request()
+    if fmt == "openai":
+        sent = [
+            (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in back["messages"][-1]["tool_calls"]
+        ]
+    else:
+        blocks = back["messages"][-1]["content"]
+        sent = [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
+        assert [t["name"] for t in back["tools"]] == ["functions__exec", "clock__sleep"]
+    assert sent == calls
+
+
+def test_a_tool_offered_again_keeps_its_place_and_takes_its_last_definition() -> None:
+    """Codex replays its whole conversation, an `additional_tools` item at each change of its
+    tools: one tool upstream per name, where it first came, as it was last described."""
+    later = {**_SLEEP, "description": "newer"}
+    payload = _lite({"type": "namespace", "name": "clock", "tools": [_SLEEP]}, _EXEC)
+    payload["tools"] = [{"type": "function", "name": "first"}]
+    payload["input"].append(
+        {
+            "type": "additional_tools",
+            "tools": [{"type": "namespace", "name": "clock", "tools": [later]}],
+        }
+    )
+    body = ResponsesTranslator("openai", payload, CREATED).request()
+    assert _offered_names(body) == ["first", "clock__sleep", "exec"]
+    assert body["tools"][1]["function"]["description"] == "newer"
+    assert [m["role"] for m in body["messages"]] == ["user"]  # the items are no messages
+
+
+def test_a_choice_of_a_namespaced_tool_names_it_as_offered() -> None:
+    ns = {"type": "namespace", "name": "clock", "tools": [_SLEEP, {**_SLEEP, "name": "now"}]}
+    forced = {"type": "function", "namespace": "clock", "name": "sleep"}
+    body = ResponsesTranslator("openai", _lite(ns, tool_choice=forced), CREATED).request()
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "clock__sleep"}}
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [forced]}
+    body = ResponsesTranslator("openai", _lite(ns, tool_choice=allowed), CREATED).request()
+    assert (body["tool_choice"], _offered_names(body)) == ("required", ["clock__sleep"])
+
+
+def test_namespaces_nest_and_hosted_tools_in_them_are_dropped() -> None:
+    inner = {"type": "namespace", "name": "b", "tools": [_SLEEP, {"type": "web_search"}]}
+    tr = ResponsesTranslator(
+        "openai", _lite({"type": "namespace", "name": "a", "tools": [inner]}), CREATED
+    )
+    assert _offered_names(tr.request()) == ["a__b__sleep"]
+    assert tr.dropped == ["tools.hosted"]
+    assert tr.tools.namespaced == {"a__b__sleep": ("a__b", "sleep")}
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ([{"type": "namespace", "tools": []}], "'input[0].tools[0].name' must be a string"),
+        ([{"type": "namespace", "name": "n"}], "'input[0].tools[0].tools' must be an array"),
+        (["sleep"], "'input[0].tools[0]' must be an object"),
+        (
+            [{"type": "namespace", "name": "n", "tools": [{"type": "custom"}]}],
+            "'input[0].tools[0].tools[0].name' must be a string",
+        ),
+    ],
+)
+def test_a_malformed_namespace_is_a_bad_request(tools: list[Any], message: str) -> None:
+    from service.errors import BadRequest
+
+    with pytest.raises(BadRequest) as e:
+        ResponsesTranslator("openai", _lite(*tools), CREATED).request()
+    assert e.value.message == message
+
+
+def test_additional_tools_without_a_tool_list_is_a_bad_request() -> None:
+    from service.errors import BadRequest
+
+    payload = {"model": "m", "input": [{"type": "additional_tools"}]}
+    with pytest.raises(BadRequest, match=r"'input\[0\].tools' must be an array"):
+        ResponsesTranslator("openai", payload, CREATED).request()
