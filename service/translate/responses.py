@@ -26,13 +26,16 @@ Decisions (SPEC §12: stateless requests only):
   text format) folded into the description; when the model calls it, the client gets a
   `custom_tool_call` item whose `input` is that string (arguments that are not `{"input": …}`
   get their best reading: a lone string member, a JSON string, or the text as it is). Hosted
-  tools (web_search, file_search, code_interpreter, image_generation, tool_search, mcp,
-  computer use, local_shell/shell/apply_patch built-ins) offered alongside are dropped
+  tools (web_search, file_search, code_interpreter, image_generation, tool_search run by
+  OpenAI, mcp, computer use, local_shell/shell/apply_patch built-ins) offered alongside are dropped
   (`tools.hosted`); a `tool_choice` that forces one is refused. `allowed_tools` narrows the
   offered functions. Earlier hosted-tool calls in the input are dropped. A tool inside a
   `namespace` (as every tool of Codex's "Responses Lite" models is, in
   an `additional_tools` input item with an empty `tools`) is offered as `<namespace>__<name>`,
-  and its calls come back under its own name with its `namespace` (`ClientTools`).
+  and its calls come back under its own name with its `namespace` (`ClientTools`). A
+  `tool_search` the client runs (`execution: "client"`, Codex's way to its MCP tools) is a
+  function whose calls come back as `tool_search_call` items; the tools of the client's
+  `tool_search_output` items are offered from then on.
 - Reasoning. `reasoning.effort` -> `reasoning_effort`. The upstream's reasoning (Chat
   `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
   item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what

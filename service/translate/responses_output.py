@@ -207,6 +207,16 @@ def output_items(
     return items
 
 
+def search_arguments(arguments: str) -> Any:
+    """A tool search call's `arguments` (an object, not a JSON string) from the arguments of the
+    function it was offered as; text that is not a JSON object is taken for the query."""
+    try:
+        value = loads_exact(arguments) if arguments else {}
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"query": arguments}
+
+
 def tool_item(
     name: Any,
     call_id: Any,
@@ -216,11 +226,21 @@ def tool_item(
     tools: ClientTools,
     status: str,
 ) -> dict[str, Any]:
-    """A `function_call` item, or a `custom_tool_call` one for a custom tool's name; a tool
-    offered in a namespace is named as the client named it, with its `namespace`."""
+    """A `function_call` item, a `custom_tool_call` one for a custom tool's name, a
+    `tool_search_call` one for the client's own tool search; a tool offered in a namespace is
+    named as the client named it, with its `namespace`."""
     call_id = call_id if isinstance(call_id, str) and call_id else item_id("call", base, index)
     name = name if isinstance(name, str) else ""
     arguments = arguments if isinstance(arguments, str) else ""
+    if name in tools.search:
+        return {
+            "id": item_id("tsc", base, index),
+            "type": "tool_search_call",
+            "call_id": call_id,
+            "execution": "client",
+            "arguments": search_arguments(arguments),
+            "status": status,
+        }
     if name in tools.custom:
         item = {
             "id": item_id("ctc", base, index),

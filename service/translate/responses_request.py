@@ -98,6 +98,12 @@ _KNOWN = frozenset(
     " background top_logprobs".split()
 ) | {*_REFUSED, *_HINTS}
 
+# The parameters of a client tool search that names none (what Codex's declares).
+_SEARCH_PARAMETERS = {
+    "type": "object",
+    "properties": {"query": {"type": "string"}, "limit": {"type": "number"}},
+    "required": ["query"],
+}
 # The Chat parameter schema a custom tool is offered with, and its one property.
 CUSTOM_INPUT = "input"
 _CUSTOM_PARAMETERS = {
@@ -127,14 +133,28 @@ class NeedsState(Untranslatable):
 NAMESPACE_SEPARATOR = "__"
 
 
+# A `tool_search` tool the client runs itself (`execution: "client"`: Codex searches its deferred
+# tools, an MCP server's among them) is offered upstream as a function of this name; the model's
+# call of it comes back as a `tool_search_call` item, and the tools the client's
+# `tool_search_output` item then brings are offered from the next request on.
+TOOL_SEARCH = "tool_search"
+
+
+def client_search(tool: dict[str, Any]) -> bool:
+    """Whether a `tool_search` tool, call or output is one the client runs (else: hosted)."""
+    return tool.get("execution") == "client"
+
+
 @dataclass(slots=True, frozen=True)
 class ClientTools:
     """The client's tools by the names the upstream knows them by: `custom`, the free-form ones
-    (their calls come back as `custom_tool_call` items), and `namespaced`, name upstream ->
-    (namespace, the tool's own name) for those offered inside a namespace."""
+    (their calls come back as `custom_tool_call` items), `namespaced`, name upstream ->
+    (namespace, the tool's own name) for those offered inside a namespace, and `search`, the
+    client's own tool search (its calls come back as `tool_search_call` items)."""
 
     custom: frozenset[str] = frozenset()
     namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    search: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -150,7 +170,7 @@ class ChatRequest:
 
 
 class _Request:
-    __slots__ = ("custom", "dropped", "namespaced", "options", "origins", "upstream")
+    __slots__ = ("custom", "dropped", "namespaced", "options", "origins", "search", "upstream")
 
     def __init__(self, options: TranslationOptions, upstream: str) -> None:
         self.options = options
@@ -158,7 +178,11 @@ class _Request:
         self.dropped: list[str] = []
         self.custom: set[str] = set()
         self.namespaced: dict[str, tuple[str, str]] = {}
+        self.search: set[str] = set()
         self.origins: list[str] = []
+
+    def tools(self) -> ClientTools:
+        return ClientTools(frozenset(self.custom), self.namespaced, frozenset(self.search))
 
     def drop(self, label: str, where: str | None = None) -> None:
         """Drop a hint field (counted), or refuse it (named by `where`) on a strict route."""
@@ -221,9 +245,7 @@ def chat_request(
     for key, value in body.items():
         if key not in _KNOWN:
             out[key] = value  # the upstream decides, as on an untranslated route
-    return ChatRequest(
-        out, ClientTools(frozenset(st.custom), st.namespaced), st.dropped, st.origins
-    )
+    return ChatRequest(out, st.tools(), st.dropped, st.origins)
 
 
 def _include(include: Any, st: _Request) -> None:
@@ -290,7 +312,8 @@ def _text(text: Any, out: dict[str, Any], st: _Request) -> None:
 def _offered(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any, str | None, str]]:
     """Every tool the request offers, namespaces opened: (tool, name upstream, namespace or None,
     where): `tools`, then the tools of each `additional_tools` input item (Codex sends its tools
-    there, with an empty `tools`, for models it marks "Responses Lite"), in order."""
+    there, with an empty `tools`, for models it marks "Responses Lite") and of each
+    `tool_search_output` item of the client's own tool search (the tools it found), in order."""
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
@@ -299,7 +322,10 @@ def _offered(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Any, str | 
     items = body.get("input")
     if isinstance(items, list):  # (anything else: refused with the input itself)
         for i, item in enumerate(items):
-            if isinstance(item, dict) and item.get("type") == "additional_tools":
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if kind == "additional_tools" or (kind == "tool_search_output" and client_search(item)):
                 where = f"input[{i}].tools"
                 tools = item.get("tools")
                 if not isinstance(tools, list):
@@ -339,19 +365,32 @@ def upstream_name(namespace: Any, name: str) -> str:
 
 def client_tools(body: dict[str, Any]) -> ClientTools:
     """`ClientTools` of a request as sent (`chat_request` checks it; a malformed one: none)."""
-    custom: set[str] = set()
-    namespaced: dict[str, tuple[str, str]] = {}
+    st = _Request(DEFAULT_OPTIONS, CHAT)
     try:
         for tool, upstream, namespace, _ in _offered(body):
-            if not isinstance(upstream, str):
-                continue
-            if tool.get("type") == "custom":
-                custom.add(upstream)
-            if namespace is not None:
-                namespaced[upstream] = (namespace, tool["name"])
+            kind = tool.get("type")
+            if kind == TOOL_SEARCH and client_search(tool):
+                st.search.add(TOOL_SEARCH)
+            elif isinstance(upstream, str):
+                _named(st, upstream, kind, namespace, tool)
     except BadRequest:
         pass
-    return ClientTools(frozenset(custom), namespaced)
+    return st.tools()
+
+
+def _named(
+    st: _Request, upstream: str, kind: Any, namespace: str | None, tool: dict[str, Any]
+) -> None:
+    """Record how the tool offered as `upstream` comes back (the last offer of a name wins)."""
+    st.custom.discard(upstream)
+    st.namespaced.pop(upstream, None)
+    st.search.discard(upstream)
+    if kind == "custom":
+        st.custom.add(upstream)
+    elif kind == TOOL_SEARCH:
+        st.search.add(upstream)
+    if namespace is not None:
+        st.namespaced[upstream] = (namespace, tool["name"])
 
 
 def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -377,6 +416,11 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
                 "description": _custom_description(tool, where, st),
                 "parameters": _CUSTOM_PARAMETERS,
             }
+        elif kind == TOOL_SEARCH and client_search(tool):
+            name = TOOL_SEARCH
+            fn = {"name": name, "parameters": tool.get("parameters") or _SEARCH_PARAMETERS}
+            if given(tool, "description"):
+                fn["description"] = tool["description"]
         elif kind in HOSTED_TOOLS:
             st.drop("tools.hosted", f"{where}.type={kind}")
             continue
@@ -385,12 +429,7 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
         key = str(name)
         out[key] = {"type": "function", "function": fn}
         names[key] = kind
-        st.custom.discard(key)
-        st.namespaced.pop(key, None)
-        if kind == "custom":
-            st.custom.add(key)
-        if namespace is not None:
-            st.namespaced[key] = (namespace, tool["name"])
+        _named(st, key, kind, namespace, tool)
     return list(out.values()), names
 
 
@@ -509,10 +548,17 @@ class _Conversation:
 
     def add(self, item: dict[str, Any], kind: Any, where: str) -> None:
         st = self.st
-        if kind in ("function_call_output", "custom_tool_call_output"):
-            text, images = _tool_output(item.get("output"), f"{where}.output", st)
+        search = kind in ("tool_search_call", "tool_search_output") and client_search(item)
+        if kind in ("function_call_output", "custom_tool_call_output") or (
+            search and kind == "tool_search_output"
+        ):
+            images: list[dict[str, Any]] = []
+            if search:  # what the client's tool search found (on offer now: `_offered`)
+                content: Any = _found(item.get("tools"), f"{where}.tools")
+            else:
+                content, images = _tool_output(item.get("output"), f"{where}.output", st)
             self.where = f"{where}.output"  # where the images came from
-            self.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+            self.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
             self.images.extend(images)
             return
         self.flush_images()
@@ -535,6 +581,11 @@ class _Conversation:
                 raise Untranslatable(f"{where}.role={role}", st.upstream)
         elif kind == "function_call":
             self._call(item, item.get("arguments") or "{}", where)
+        elif search:  # the client's tool search, called (its arguments are an object)
+            given_args = item.get("arguments")
+            if not isinstance(given_args, str):
+                given_args = orjson.dumps({} if given_args is None else given_args).decode()
+            self._call({**item, "name": TOOL_SEARCH, "namespace": None}, given_args, where)
         elif kind == "custom_tool_call":
             text = item.get("input")
             if not isinstance(text, str):
@@ -584,6 +635,19 @@ class _Conversation:
         if self.images:
             self.append({"role": "user", "content": self.images})
             self.images = []
+
+
+def _found(tools: Any, where: str) -> str:
+    """The tool message for a client tool search's output: the tools it found, by the names
+    they are offered under (their definitions are in the request's tools from now on)."""
+    lines = []
+    if isinstance(tools, list):
+        for tool, name, _, _ in _opened(tools, where, None):
+            text = tool.get("description")
+            lines.append(f"- {name}: {text}" if isinstance(text, str) and text else f"- {name}")
+    if not lines:
+        return "No tools found."
+    return "Tools found, now available to call:\n" + "\n".join(lines)
 
 
 def _reasoning_text(item: dict[str, Any]) -> str:

@@ -88,6 +88,7 @@ class _Call:
         "index",
         "name",
         "pending",
+        "search",
         "state",
         "whole",
     )
@@ -102,6 +103,7 @@ class _Call:
         # new (no name yet) | waiting (for the open call: common.WholeArguments) | open | closed
         self.state = "new"
         self.custom = False
+        self.search = False  # the client's tool search: its arguments go out whole, at the end
         self.decoder: InputDecoder | None = None
 
 
@@ -419,6 +421,7 @@ class ResponsesStream(StreamTranslator):
         self._output.append(None)
         call.state = "open"
         call.custom = call.name in self.tools.custom
+        call.search = call.name in self.tools.search
         item = tool_item(call.name, call.call_id, "", self._base, call.index, self.tools, "")
         call.call_id = item["call_id"]
         if call.custom:
@@ -435,6 +438,8 @@ class ResponsesStream(StreamTranslator):
 
     def _arguments(self, call: _Call, fragment: str, out: list[bytes]) -> None:
         call.args.append(fragment)
+        if call.search:
+            return
         where = {"item_id": self._call_item_id(call), "output_index": call.index}
         if call.decoder is None:
             out.append(
@@ -456,10 +461,12 @@ class ResponsesStream(StreamTranslator):
             return
         self._call = None
         call.state = "closed"
-        if call.decoder is not None and status == "incomplete" and not call.whole(call.args):
-            # A custom tool's input cut by the output limit: never reported done (it has no
-            # status to say it is cut, and a client runs what it gets: half a patch or script),
-            # as a cut stream leaves its open item. (Whole, it is reported as any other.)
+        cut = status == "incomplete" and not call.whole(call.args)
+        if cut and (call.decoder is not None or call.search):
+            # A custom tool's input (or a tool search's arguments) cut by the output limit: never
+            # reported done (it has no status to say it is cut, and a client runs what it gets:
+            # half a patch or script), as a cut stream leaves its open item. (Whole, it is
+            # reported as any other.)
             return
         if call.decoder is None and not any(call.args):
             self._arguments(call, NO_ARGUMENTS, out)  # the deltas add up to what .done says
@@ -482,7 +489,7 @@ class ResponsesStream(StreamTranslator):
             out.append(
                 self._event("response.custom_tool_call_input.done", {**where, "input": final})
             )
-        else:
+        elif not call.search:  # (a tool search's item carries its arguments: no events)
             out.append(
                 self._event(
                     "response.function_call_arguments.done", {**where, "arguments": arguments}

@@ -20,6 +20,9 @@ Choices, for the reader:
   only (its default kind of model): all of its tools then come in an `additional_tools` input
   item, inside namespaces, with an empty `tools`, and the file is written by JavaScript that its
   `exec` tool (namespace `functions`) runs, calling the nested apply_patch.
+- Codex with an MCP server (tests/fakes/mcp_notes.py, whose `save_note` writes the file): Codex
+  defers MCP tools behind its own client-side `tool_search`, so the model searches first, Codex
+  answers with the tools found (in a namespace, `mcp__notes`), and the model calls one of them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -70,6 +74,8 @@ class Cell:
     # Codex: its built-in `openai` provider pointed at the router (`openai_base_url`) instead of
     # a provider of its own; that one opens /v1/responses as a WebSocket first
     builtin: bool = False
+    # Codex with an MCP server: the file is written by its tool, found by Codex's tool search
+    mcp: bool = False
 
     @property
     def upstream_path(self) -> str:
@@ -96,6 +102,14 @@ CELLS = [
     pytest.param(Cell("codex", "qwen", "gpt-6-sol", "functions__exec"), id="codex-lite-on-qwen"),
     pytest.param(
         Cell("codex", "anthropic", "gpt-6-sol", "functions__exec"), id="codex-lite-on-anthropic"
+    ),
+    # ...with an MCP server, whose tools Codex offers through its own tool search.
+    pytest.param(
+        Cell("codex", "qwen", "gpt-5.5", "mcp__notes__save_note", mcp=True), id="codex-mcp-on-qwen"
+    ),
+    pytest.param(
+        Cell("codex", "anthropic", "gpt-5.5", "mcp__notes__save_note", mcp=True),
+        id="codex-mcp-on-anthropic",
     ),
     # Qwen Code: native Chat Completions, and Chat translated to Messages.
     pytest.param(Cell("qwen", "qwen", "qwen3-coder-plus", "write_file"), id="qwen-code-on-qwen"),
@@ -169,8 +183,20 @@ def client_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def mcp_config(cell: Cell, note: Path) -> str:
+    """Codex's config for the cell's MCP server (none unless the cell has one)."""
+    if not cell.mcp:
+        return ""
+    server = ROOT / "tests" / "fakes" / "mcp_notes.py"
+    return (
+        "[mcp_servers.notes]\n"
+        f"command = {json.dumps(sys.executable)}\n"
+        f"args = [{json.dumps(str(server))}, {json.dumps(str(note))}]\n"
+    )
+
+
 def command(
-    cell: Cell, bin_dir: Path, router: RouterProcess, home: Path, prompt: str
+    cell: Cell, bin_dir: Path, router: RouterProcess, home: Path, prompt: str, note: Path
 ) -> tuple[list[str], dict[str, str]]:
     if cell.client == "claude":
         argv = [str(bin_dir / "claude"), "-p", prompt, "--model", cell.model]
@@ -206,7 +232,7 @@ def command(
             'env_key = "ROUTER_API_KEY"\n'
             'wire_api = "responses"\n'
             "request_max_retries = 0\n"
-            "stream_max_retries = 0\n"
+            "stream_max_retries = 0\n" + mcp_config(cell, note)
         )
         argv = [str(bin_dir / "codex"), "exec", "--skip-git-repo-check"]
         argv += ["--dangerously-bypass-approvals-and-sandbox", prompt]
@@ -285,9 +311,10 @@ def test_agent_writes_a_file_through_the_router(
         workdir=workdir,
         filename=f"note-{token}.txt",
         content=f"written by the agent for {token}\nsecond line\n",
+        mcp=cell.mcp,
     )
     upstream.reply_with(script)
-    argv, extra = command(cell, agents, agent_router, home, script.prompt)
+    argv, extra = command(cell, agents, agent_router, home, script.prompt, script.path)
 
     run = run_client(argv, client_env(home, extra), workdir)
 
@@ -298,9 +325,13 @@ def test_agent_writes_a_file_through_the_router(
     assert script.path.read_text() == script.content, why
     # The conversation went as scripted, in the upstream's own format, with the client's tool.
     conversation = script.conversation()
-    assert [t.kind for t in conversation] == ["tool_call", "final"], why
+    if cell.mcp:  # the client's tool search, then the tool it found
+        assert [t.kind for t in conversation] == ["tool_call", "tool_call", "final"], why
+        assert [t.tool for t in conversation[:2]] == ["tool_search", cell.tool], why
+    else:
+        assert [t.kind for t in conversation] == ["tool_call", "final"], why
+        assert conversation[0].tool == cell.tool, why
     assert {t.path for t in script.turns} == {cell.upstream_path}, why
-    assert conversation[0].tool == cell.tool, why
     assert all(t.model == PROVIDER_MODEL[cell.profile] for t in script.turns), why
     if cell.builtin:
         # One WebSocket handshake, answered 426 ("use HTTP"); a 405 was retried for seconds.

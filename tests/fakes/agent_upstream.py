@@ -268,6 +268,10 @@ class AgentScript:
     workdir: Path
     filename: str
     content: str  # ends with a newline, so that an apply_patch "Add File" writes it byte for byte
+    # The file is written by an MCP server's `save_note` tool (tests/fakes/mcp_notes.py), which
+    # the client offers only once its own tool search (Codex's `tool_search`) has found it: the
+    # script searches first, then calls what was found, then says it is done.
+    mcp: bool = False
     turns: list[Turn] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -300,9 +304,11 @@ class AgentScript:
         call = None
         if seen.finished:
             kind, text = "side", SIDE_TEXT
+        elif self.mcp and seen.prompted and (call := self.mcp_plan(seen)) is not None:
+            kind, text = "tool_call", PREAMBLE
         elif seen.prompted and seen.results:
             kind, text = "final", self.final_text
-        elif seen.prompted and (call := self.plan(seen.tools)) is not None:
+        elif not self.mcp and seen.prompted and (call := self.plan(seen.tools)) is not None:
             kind, text = "tool_call", PREAMBLE
         else:
             kind, text = "side", SIDE_TEXT
@@ -323,6 +329,17 @@ class AgentScript:
         reasoning = seen.reasoning and kind != "side"
         reply = {CHAT: chat_reply, MESSAGES: messages_reply, RESPONSES: responses_reply}[seen.fmt]
         return reply(seen, f"{self.token}{n}", text, call, reasoning)
+
+    def mcp_plan(self, seen: Seen) -> Call | None:
+        """The tool search (no result yet), then the `save_note` it found (one result)."""
+        if len(seen.results) > 1:
+            return None
+        for t in seen.tools:
+            if not seen.results and t.name == "tool_search" and "query" in t.properties:
+                return Call(t, arguments={"query": "save a note"})
+            if seen.results and t.name.endswith("save_note") and "text" in t.properties:
+                return Call(t, arguments={"text": self.content})
+        return None
 
     def plan(self, tools: list[Tool]) -> Call | None:
         """The call that writes the file, with the best tool the request offers."""

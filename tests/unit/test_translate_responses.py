@@ -180,6 +180,9 @@ def test_streams_parse_as_the_sdk_event_types_and_accumulate(direction: str, pat
                 assert part.get("text", part.get("refusal")) == built[(event.output_index, j)]
         elif item["type"] == "function_call":
             assert item["arguments"] == built.get((event.output_index, 0), "")
+        elif item["type"] == "tool_search_call":  # its arguments are in the item alone
+            assert isinstance(item["arguments"], dict)
+            assert (event.output_index, 0) not in built
         else:
             assert item["input"] == built.get((event.output_index, 0), "")
     if last.type != "response.failed":
@@ -800,3 +803,68 @@ def test_additional_tools_without_a_tool_list_is_a_bad_request() -> None:
     payload = {"model": "m", "input": [{"type": "additional_tools"}]}
     with pytest.raises(BadRequest, match=r"'input\[0\].tools' must be an array"):
         ResponsesTranslator("openai", payload, CREATED).request()
+
+
+# --- the client's own tool search (Codex: `tool_search` with `execution: "client"`) ---------------
+
+_SEARCH = {"type": "tool_search", "execution": "client", "description": "Find tools."}
+
+
+def test_a_hosted_tool_search_is_still_dropped_and_its_items_too() -> None:
+    hosted = {"type": "tool_search"}
+    items = [
+        {"role": "user", "content": "go"},
+        {"type": "tool_search_call", "call_id": "c", "arguments": {"query": "q"}},
+        {"type": "tool_search_output", "call_id": "c", "tools": [_SLEEP]},
+    ]
+    tr = ResponsesTranslator("openai", {"model": "m", "input": items, "tools": [hosted]}, CREATED)
+    body = tr.request()
+    assert "tools" not in body and [m["role"] for m in body["messages"]] == ["user"]
+    assert sorted(tr.dropped) == ["input.hosted_tool_calls", "tools.hosted"]
+    assert tr.tools.search == frozenset()
+
+
+def test_a_client_tool_search_without_parameters_asks_for_a_query() -> None:
+    tr = ResponsesTranslator("openai", {"model": "m", "input": "go", "tools": [_SEARCH]}, CREATED)
+    (tool,) = tr.request()["tools"]
+    assert tool["function"]["name"] == "tool_search"
+    assert tool["function"]["description"] == "Find tools."
+    assert tool["function"]["parameters"]["required"] == ["query"]
+    assert tr.tools.search == frozenset({"tool_search"})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "want"),
+    [
+        ('{"query": "notes", "limit": 2}', {"query": "notes", "limit": 2}),
+        ("", {}),
+        ("save a note", {"query": "save a note"}),  # not JSON: taken for the query
+        ('["x"]', {"query": '["x"]'}),
+    ],
+)
+def test_a_tool_search_call_carries_its_arguments_as_an_object(arguments: str, want: Any) -> None:
+    tr = ResponsesTranslator("openai", {"model": "m", "input": "go", "tools": [_SEARCH]}, CREATED)
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "tool_search", "arguments": arguments},
+    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answer = {"id": "x", "model": "m", "choices": [{"index": 0, "message": message}]}
+    (item,) = json.loads(tr.body(200, "application/json", orjson.dumps(answer)))["output"]
+    assert item["type"] == "tool_search_call" and item["execution"] == "client"
+    assert item["arguments"] == want
+
+
+def test_a_search_that_found_nothing_says_so() -> None:
+    items = [
+        {"role": "user", "content": "go"},
+        {"type": "tool_search_call", "execution": "client", "call_id": "c", "arguments": {}},
+        {"type": "tool_search_output", "execution": "client", "call_id": "c", "tools": []},
+    ]
+    body = ResponsesTranslator(
+        "openai", {"model": "m", "input": items, "tools": [_SEARCH]}, CREATED
+    )
+    messages = body.request()["messages"]
+    assert messages[-1] == {"role": "tool", "tool_call_id": "c", "content": "No tools found."}
+    assert messages[-2]["tool_calls"][0]["function"] == {"name": "tool_search", "arguments": "{}"}
