@@ -1,9 +1,9 @@
 """An OpenAI Responses request (`POST /v1/responses`) as a Chat Completions request (pure; no I/O).
 
 `chat_request(body, options, upstream)` returns the Chat Completions body, how the client's tools
-are named upstream (`ClientTools`: custom, namespaced), and the labels of the hint fields it
-dropped. What it refuses, drops and maps is listed in `service.translate.responses` (module
-docstring).
+are named upstream (`ClientTools`: custom, namespaced, the client's own tool search), and the
+labels of the hint fields it dropped. What it refuses, drops and maps is listed in
+`service.translate.responses` (module docstring).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest
+from ..proxy.body import dumps_exact
 from .common import (
     DEFAULT_OPTIONS,
     RESPONSES_TO_CHAT_EFFORT,
@@ -352,6 +353,9 @@ def _opened(
             yield from _opened(inner, f"{at}.tools", upstream_name(namespace, name))
             continue
         name = tool.get("name")
+        if namespace is not None and kind in ("function", "custom"):
+            if not isinstance(name, str) or not name:
+                raise BadRequest(f"'{at}.name' must be a string")
         upstream = upstream_name(namespace, name) if isinstance(name, str) else name
         yield tool, upstream, namespace, at
 
@@ -370,7 +374,7 @@ def client_tools(body: dict[str, Any]) -> ClientTools:
         for tool, upstream, namespace, _ in _offered(body):
             kind = tool.get("type")
             if kind == TOOL_SEARCH and client_search(tool):
-                st.search.add(TOOL_SEARCH)
+                _named(st, TOOL_SEARCH, kind, None, tool)
             elif isinstance(upstream, str):
                 _named(st, upstream, kind, namespace, tool)
     except BadRequest:
@@ -399,6 +403,7 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
     keeps its first place and its last definition."""
     out: dict[str, dict[str, Any]] = {}
     names: dict[str, str] = {}
+    origins: dict[str, tuple[Any, ...]] = {}  # name upstream -> (kind, namespace, name, where)
     for tool, name, namespace, where in _offered(body):
         kind = tool.get("type")
         if kind == "function":
@@ -417,7 +422,7 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
                 "parameters": _CUSTOM_PARAMETERS,
             }
         elif kind == TOOL_SEARCH and client_search(tool):
-            name = TOOL_SEARCH
+            name, namespace = TOOL_SEARCH, None
             fn = {"name": name, "parameters": tool.get("parameters") or _SEARCH_PARAMETERS}
             if given(tool, "description"):
                 fn["description"] = tool["description"]
@@ -427,6 +432,14 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
         else:
             raise Untranslatable(f"{where}.type={kind}", st.upstream)
         key = str(name)
+        origin = (kind, namespace, tool.get("name"))
+        if key in origins and origins[key][:3] != origin:
+            # two different tools under one name upstream (`a__b`, and `b` in namespace `a`):
+            # the model's call of it could not be told apart
+            raise BadRequest(
+                f"'{where}' would be offered upstream as '{key}', the name of '{origins[key][3]}'"
+            )
+        origins[key] = (*origin, where)
         out[key] = {"type": "function", "function": fn}
         names[key] = kind
         _named(st, key, kind, namespace, tool)
@@ -473,9 +486,9 @@ def _tool_choice(
     if kind == "allowed_tools":
         assert isinstance(choice, dict)
         allowed = {
-            _called(t)
+            TOOL_SEARCH if t.get("type") == TOOL_SEARCH else _called(t)
             for t in choice.get("tools") or []
-            if isinstance(t, dict) and t.get("type") in ("function", "custom")
+            if isinstance(t, dict) and t.get("type") in ("function", "custom", TOOL_SEARCH)
         }
         kept = [t for t in tools if t["function"]["name"] in allowed]
         mode = choice.get("mode", "auto")
@@ -583,9 +596,12 @@ class _Conversation:
             self._call(item, item.get("arguments") or "{}", where)
         elif search:  # the client's tool search, called (its arguments are an object)
             given_args = item.get("arguments")
-            if not isinstance(given_args, str):
-                given_args = orjson.dumps({} if given_args is None else given_args).decode()
-            self._call({**item, "name": TOOL_SEARCH, "namespace": None}, given_args, where)
+            if given_args is None:
+                given_args = {}
+            if not isinstance(given_args, dict):
+                raise BadRequest(f"'{where}.arguments' must be an object")
+            arguments = dumps_exact(given_args).decode()
+            self._call({**item, "name": TOOL_SEARCH, "namespace": None}, arguments, where)
         elif kind == "custom_tool_call":
             text = item.get("input")
             if not isinstance(text, str):
@@ -643,6 +659,8 @@ def _found(tools: Any, where: str) -> str:
     lines = []
     if isinstance(tools, list):
         for tool, name, _, _ in _opened(tools, where, None):
+            if tool.get("type") not in ("function", "custom") or not isinstance(name, str):
+                continue  # (hosted tools are not offered)
             text = tool.get("description")
             lines.append(f"- {name}: {text}" if isinstance(text, str) and text else f"- {name}")
     if not lines:

@@ -461,12 +461,10 @@ class ResponsesStream(StreamTranslator):
             return
         self._call = None
         call.state = "closed"
-        cut = status == "incomplete" and not call.whole(call.args)
-        if cut and (call.decoder is not None or call.search):
-            # A custom tool's input (or a tool search's arguments) cut by the output limit: never
-            # reported done (it has no status to say it is cut, and a client runs what it gets:
-            # half a patch or script), as a cut stream leaves its open item. (Whole, it is
-            # reported as any other.)
+        if call.decoder is not None and status == "incomplete" and not call.whole(call.args):
+            # A custom tool's input cut by the output limit: never reported done (it has no
+            # status to say it is cut, and a client runs what it gets: half a patch or script),
+            # as a cut stream leaves its open item. (Whole, it is reported as any other.)
             return
         if call.decoder is None and not any(call.args):
             self._arguments(call, NO_ARGUMENTS, out)  # the deltas add up to what .done says

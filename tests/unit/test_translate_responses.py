@@ -868,3 +868,101 @@ def test_a_search_that_found_nothing_says_so() -> None:
     messages = body.request()["messages"]
     assert messages[-1] == {"role": "tool", "tool_call_id": "c", "content": "No tools found."}
     assert messages[-2]["tool_calls"][0]["function"] == {"name": "tool_search", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        (
+            [{"type": "namespace", "name": "a", "tools": [{"type": "function"}]}],
+            "tools[0].tools[0].name",
+        ),
+        (
+            [{"type": "namespace", "name": "a", "tools": [{"type": "function", "name": 5}]}],
+            "tools[0].tools[0].name",
+        ),
+        (
+            [
+                {"type": "function", "name": "a__b"},
+                {"type": "namespace", "name": "a", "tools": [_SLEEP | {"name": "b"}]},
+            ],
+            "'tools[1].tools[0]' would be offered upstream as 'a__b', the name of 'tools[0]'",
+        ),
+        (
+            [{"type": "function", "name": "tool_search"}, _SEARCH],
+            "'tools[1]' would be offered upstream as 'tool_search', the name of 'tools[0]'",
+        ),
+    ],
+)
+def test_a_tool_that_cannot_be_told_apart_upstream_is_a_bad_request(
+    tools: list[Any], message: str
+) -> None:
+    from service.errors import BadRequest
+
+    with pytest.raises(BadRequest) as e:
+        ResponsesTranslator(
+            "openai", {"model": "m", "input": "go", "tools": tools}, CREATED
+        ).request()
+    assert message in e.value.message
+
+
+def test_tool_search_call_arguments_must_be_an_object_and_keep_their_numbers() -> None:
+    from service.errors import BadRequest
+    from service.proxy.body import loads_exact
+
+    def items(arguments: bytes) -> bytes:
+        return (
+            b'{"model": "m", "tools": [], "input": [{"role": "user", "content": "go"},'
+            b' {"type": "tool_search_call", "execution": "client", "call_id": "c",'
+            b' "arguments": ' + arguments + b"}]}"
+        )
+
+    big = ResponsesTranslator(
+        "openai", loads_exact(items(b'{"limit": 123456789012345678901234567890}')), CREATED
+    )
+    (call,) = big.request()["messages"][-1]["tool_calls"]
+    assert call["function"]["arguments"] == '{"limit":123456789012345678901234567890}'
+    for odd in (b"[1, 2]", b"5", b'"q"'):
+        with pytest.raises(BadRequest, match=r"'input\[1\].arguments' must be an object"):
+            ResponsesTranslator("openai", loads_exact(items(odd)), CREATED).request()
+
+
+def test_a_tool_search_call_cut_by_the_output_limit_is_reported_incomplete_either_way() -> None:
+    """Unlike a custom tool's call, a tool search's item has a status to say it was cut."""
+    request = {"model": "m", "input": "go", "stream": True, "tools": [_SEARCH]}
+    fn = {"name": "tool_search", "arguments": '{"query": "no'}
+    call = {"index": 0, "id": "s1", "type": "function", "function": fn}
+    tr = ResponsesTranslator("openai", request, CREATED)
+    out = tr.events([_chunk({"tool_calls": [call]}), _chunk({}, "length")]) + tr.finish()
+    (end,) = [i["data"] for i in parse(out) if i["data"]["type"] == "response.incomplete"]
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answer = {
+        "id": "x",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "length"}],
+    }
+    whole = json.loads(
+        ResponsesTranslator("openai", request, CREATED).body(
+            200, "application/json", orjson.dumps(answer)
+        )
+    )
+    for output in (end["response"]["output"], whole["output"]):
+        assert [(o["type"], o["status"]) for o in output] == [("tool_search_call", "incomplete")]
+
+
+def test_allowed_tools_may_name_the_tool_search_and_its_output_lists_callable_tools() -> None:
+    allowed = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "tool_search"}]}
+    request = {"model": "m", "input": "go", "tools": [_SEARCH, _SLEEP], "tool_choice": allowed}
+    assert _offered_names(ResponsesTranslator("openai", request, CREATED).request()) == [
+        "tool_search"
+    ]
+    found = [{"type": "web_search"}, {"type": "namespace", "name": "n", "tools": [_SLEEP]}]
+    items = [
+        {"role": "user", "content": "go"},
+        {"type": "tool_search_call", "execution": "client", "call_id": "c", "arguments": {}},
+        {"type": "tool_search_output", "execution": "client", "call_id": "c", "tools": found},
+    ]
+    tr = ResponsesTranslator("openai", {"model": "m", "input": items, "tools": [_SEARCH]}, CREATED)
+    body = tr.request()
+    assert body["messages"][-1]["content"] == "Tools found, now available to call:\n- n__sleep"
+    assert _offered_names(body) == ["tool_search", "n__sleep"]
