@@ -103,6 +103,10 @@ CELLS = [
     pytest.param(
         Cell("codex", "anthropic", "gpt-6-sol", "functions__exec"), id="codex-lite-on-anthropic"
     ),
+    pytest.param(
+        Cell("codex", "qwen", "gpt-6-sol", "functions__exec", builtin=True),
+        id="codex-lite-builtin-provider-on-qwen",
+    ),
     # ...with an MCP server, whose tools Codex offers through its own tool search.
     pytest.param(
         Cell("codex", "qwen", "gpt-5.5", "mcp__notes__save_note", mcp=True), id="codex-mcp-on-qwen"
