@@ -80,7 +80,9 @@ def init(env: dict[str, str] | None = None) -> bool:
         default_integrations=False,
         auto_enabling_integrations=False,
         integrations=[],
-        send_default_pii=False,
+        # No personal data: the SDK's default, not set here (sentry-sdk 2.75 deprecates
+        # `send_default_pii` and warns when it is given; `data_collection` would turn off its
+        # event scrubber).
         include_local_variables=False,
         max_breadcrumbs=0,
         before_send=_before_send,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,3 +65,63 @@ def test_upstream_failure_reaches_sentry_with_request_id_and_route_and_no_creden
     assert by_rid["sentry-rid-2"]["route"] == "/v1/messages"
     raw = b"".join(sentry.raw)
     assert CLIENT_KEY.encode() not in raw and DEFAULT_KEY.encode() not in raw
+
+
+def test_a_router_fault_reaches_sentry_as_its_exception_scrubbed(
+    sentry: FakeSentry, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A request the router itself fails (an exception no handler expects: a 500, no
+    error_type) is reported with its exception, which the failure path kept at
+    `http.lifecycle.exception`; the credential in its message is scrubbed. In process, so that
+    the fault can be put in: a route that raises, added to the app `create_app` made."""
+    import asyncio
+    import logging
+    import warnings
+
+    import sentry_sdk
+    import structlog
+    from sanic import Sanic
+
+    from service.app import create_app
+    from service.observability import sentry as router_sentry
+    from service.settings import Settings
+    from tests.support import write_profile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # sanic-testing's websockets import
+        import sanic_testing  # noqa: F401
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, Sanic.test_mode)
+    Sanic.test_mode = True
+    path = write_profile(tmp_path, base_profile(fake_upstream.url))
+    env = {"LOG_FORMAT": "json", "SENTRY_DSN": sentry.dsn(), "DEFAULT_API_KEY": DEFAULT_KEY}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SENTRY_DSN", sentry.dsn())  # what create_app and the worker's start read
+    app = create_app(Settings.from_env(env, profile_path=path))
+    try:
+
+        @app.get("/v1/fault-for-test")
+        async def fault(_: Any) -> None:
+            raise RuntimeError(f"broken while holding {DEFAULT_KEY}")
+
+        _, got = asyncio.run(
+            app.asgi_client.get("/v1/fault-for-test", headers={"X-Request-ID": "fault-1"})
+        )
+        assert got is not None and got.status_code == 500
+        (event,) = _wait_events(sentry, 1)
+    finally:
+        mp.undo()
+        sentry_sdk.get_client().close()  # nothing more of this process goes to the fake
+        router_sentry._enabled = False
+        Sanic._app_registry.pop(app.name, None)
+        root.handlers[:], level, Sanic.test_mode = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+    assert event["tags"]["request_id"] == "fault-1"
+    assert event["tags"]["status_code"] == "500"
+    assert event["tags"]["error_type"] == "router_error"
+    (exc,) = event["exception"]["values"]
+    assert exc["type"] == "RuntimeError"
+    assert DEFAULT_KEY not in exc["value"]
+    assert DEFAULT_KEY.encode() not in b"".join(sentry.raw)
