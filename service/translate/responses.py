@@ -36,6 +36,11 @@ Decisions (SPEC §12: stateless requests only):
   `tool_search` the client runs (`execution: "client"`, Codex's way to its MCP tools) is a
   function whose calls come back as `tool_search_call` items; the tools of the client's
   `tool_search_output` items are offered from then on.
+- Compaction. A request whose input holds a `compaction_trigger` item (Codex's server-side
+  compaction) asks the upstream for a summary (`COMPACTION_PROMPT` after the conversation, no
+  tool callable); its text comes back as one `compaction` item, the summary opaque in its
+  `encrypted_content`, which a later request's `compaction` item turns back into a message. One
+  another provider made cannot be read: refused.
 - Reasoning. `reasoning.effort` -> `reasoning_effort`. The upstream's reasoning (Chat
   `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
   item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what
@@ -83,13 +88,21 @@ from .responses_output import (
     as_dict,
     base_id,
     client_param,
+    compaction_item,
     error_json,
     finish_status,
+    message_text,
     output_items,
     response_object,
     usage,
 )
-from .responses_request import CHAT, RESPONSES_DROPPED_FIELDS, chat_request, client_tools
+from .responses_request import (
+    CHAT,
+    RESPONSES_DROPPED_FIELDS,
+    chat_request,
+    client_tools,
+    compacting,
+)
 from .responses_stream import ResponsesStream
 
 MESSAGES = "Anthropic Messages"
@@ -106,6 +119,7 @@ class ResponsesTranslator(JSONAnswers):
         "_chat",
         "_inner",
         "_stream",
+        "compact",
         "created",
         "direction",
         "dropped",
@@ -134,6 +148,7 @@ class ResponsesTranslator(JSONAnswers):
         # How the client's tools are named upstream: calls of its custom tools come back as
         # custom_tool_call items, those of a namespace's tools with their namespace.
         self.tools = client_tools(payload)
+        self.compact = compacting(payload)  # a compaction: the answer is a `compaction` item
         self._chat: dict[str, Any] | None = None
         self._inner: Translator | None = None
         self._stream: ResponsesStream | None = None
@@ -149,6 +164,7 @@ class ResponsesTranslator(JSONAnswers):
         chat = chat_request(self.payload, self.options, upstream)
         self._chat = chat.body
         self.tools = chat.tools
+        self.compact = chat.compact
         self.dropped = list(chat.dropped)
         if not self.to_anthropic:
             return chat.body
@@ -199,7 +215,13 @@ class ResponsesTranslator(JSONAnswers):
         status, reason = finish_status(choice.get("finish_reason"))
         base = base_id(chat.get("id"))
         item_status = "completed" if status == "completed" else "incomplete"
-        output = output_items(message, base, self.tools, item_status)
+        if self.compact:  # the answer is the summary
+            summary = message_text(message)
+            if not summary:
+                raise UpstreamJSONError("The upstream model wrote no summary to compact into")
+            output = [compaction_item(base, 0, summary)]
+        else:
+            output = output_items(message, base, self.tools, item_status)
         return response_object(
             self.payload,
             base=base,
@@ -262,7 +284,7 @@ class ResponsesTranslator(JSONAnswers):
 
     def _stream_translator(self) -> ResponsesStream:
         if self._stream is None:
-            self._stream = ResponsesStream(self.payload, self.created, self.tools)
+            self._stream = ResponsesStream(self.payload, self.created, self.tools, self.compact)
         return self._stream
 
 

@@ -11,7 +11,7 @@ import orjson
 
 from ..proxy.body import loads_exact
 from .common import NO_ARGUMENTS, error_message, openai_error_type
-from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS, ClientTools
+from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS, ClientTools, encode_summary
 
 # Chat finish_reason -> (Responses status, incomplete_details.reason).
 FINISH_STATUS: dict[str, tuple[str, str | None]] = {
@@ -168,13 +168,9 @@ def output_items(
                 "content": [{"type": "reasoning_text", "text": reasoning}],
             }
         )
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
+    content = message_text(message)
     parts: list[dict[str, Any]] = []
-    if isinstance(content, str) and content:
+    if content:
         parts.append(text_part(content))
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
@@ -205,6 +201,25 @@ def output_items(
             )
         )
     return items
+
+
+def compaction_item(base: str, index: int, summary: str) -> dict[str, Any]:
+    """The `compaction` item of a compaction request's answer: the upstream's summary, opaque."""
+    return {
+        "id": item_id("cmp", base, index),
+        "type": "compaction",
+        "encrypted_content": encode_summary(summary),
+    }
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a Chat Completions answer's message (a string, or its text parts)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return content if isinstance(content, str) else ""
 
 
 def search_arguments(arguments: str) -> Any:

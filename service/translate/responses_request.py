@@ -8,6 +8,8 @@ labels of the hint fields it dropped. What it refuses, drops and maps is listed 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +143,49 @@ NAMESPACE_SEPARATOR = "__"
 TOOL_SEARCH = "tool_search"
 
 
+# Server-side compaction (Codex's built-in `openai` provider ends a request's input with a
+# `compaction_trigger` item and wants a `compaction` item back): the upstream model is asked for
+# a summary of the conversation, which the client gets as the `encrypted_content` of a
+# `compaction` item (our prefix and the summary in base64: opaque to the client, not secret: it
+# is the client's own conversation) and sends back in place of what it summarises.
+COMPACTION_PREFIX = "api-router.compaction.v1."
+COMPACTION_PROMPT = (
+    "The conversation above is about to be replaced by a summary, and the work will go on from"
+    " that summary alone. Write it now: the user's goal and instructions; what has been done so"
+    " far (files read or changed, commands run and what they showed); decisions taken and why;"
+    " what is left to do; and every exact name, path, value or error message still needed."
+    " Answer with the summary only, and call no tool."
+)
+SUMMARY_INTRO = "A summary of the earlier conversation, which it replaces:"
+
+
+def encode_summary(text: str) -> str:
+    return COMPACTION_PREFIX + base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_summary(content: Any, where: str, upstream: str) -> str:
+    """The summary of a `compaction` item made by the router; one made by another provider
+    (OpenAI's is encrypted) cannot be read here."""
+    if not isinstance(content, str) or not content.startswith(COMPACTION_PREFIX):
+        raise Untranslatable(f"{where}.type=compaction (made by another provider)", upstream)
+    try:
+        data = content[len(COMPACTION_PREFIX) :].encode()
+        raw = base64.b64decode(data, altchars=b"-_", validate=True)
+        return raw.decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest(
+            f"'{where}.encrypted_content' is not a compaction of this router"
+        ) from None
+
+
+def compacting(body: dict[str, Any]) -> bool:
+    """Whether the request asks for a compaction (a `compaction_trigger` input item)."""
+    items = body.get("input")
+    return isinstance(items, list) and any(
+        isinstance(item, dict) and item.get("type") == "compaction_trigger" for item in items
+    )
+
+
 def client_search(tool: dict[str, Any]) -> bool:
     """Whether a `tool_search` tool, call or output is one the client runs (else: hosted)."""
     return tool.get("execution") == "client"
@@ -168,10 +213,20 @@ class ChatRequest:
     tools: ClientTools
     dropped: list[str]
     origins: list[str]
+    compact: bool = False  # the answer is a compaction: its text, the summary
 
 
 class _Request:
-    __slots__ = ("custom", "dropped", "namespaced", "options", "origins", "search", "upstream")
+    __slots__ = (
+        "compact",
+        "custom",
+        "dropped",
+        "namespaced",
+        "options",
+        "origins",
+        "search",
+        "upstream",
+    )
 
     def __init__(self, options: TranslationOptions, upstream: str) -> None:
         self.options = options
@@ -181,6 +236,7 @@ class _Request:
         self.namespaced: dict[str, tuple[str, str]] = {}
         self.search: set[str] = set()
         self.origins: list[str] = []
+        self.compact = False
 
     def tools(self) -> ClientTools:
         return ClientTools(frozenset(self.custom), self.namespaced, frozenset(self.search))
@@ -233,6 +289,8 @@ def chat_request(
             out["stream_options"] = {"include_usage": True}
     tools, names = _tools(body, st)
     choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
+    if st.compact and tools:  # the summary is text: the tools stay offered (the conversation
+        choice = "none"  # holds calls of them), none may be called
     if tools:
         out["tools"] = tools
         if choice is not None:
@@ -246,7 +304,7 @@ def chat_request(
     for key, value in body.items():
         if key not in _KNOWN:
             out[key] = value  # the upstream decides, as on an untranslated route
-    return ChatRequest(out, st.tools(), st.dropped, st.origins)
+    return ChatRequest(out, st.tools(), st.dropped, st.origins, st.compact)
 
 
 def _include(include: Any, st: _Request) -> None:
@@ -539,16 +597,19 @@ def _messages(instructions: Any, items: Any, st: _Request) -> list[dict[str, Any
             continue
         conv.add(item, kind, where)
     conv.flush_images()
+    if st.compact:
+        conv.append({"role": "user", "content": COMPACTION_PROMPT}, conv.trigger)
     st.origins = (["instructions"] if system else []) + conv.origins
     head = [{"role": "system", "content": "\n\n".join(system)}] if system else []
     return head + conv.messages
 
 
 class _Conversation:
-    __slots__ = ("images", "messages", "origins", "reasoning", "st", "where")
+    __slots__ = ("images", "messages", "origins", "reasoning", "st", "trigger", "where")
 
     def __init__(self, st: _Request) -> None:
         self.st = st
+        self.trigger = ""  # where the compaction_trigger item was
         self.where = ""  # the input item being added
         self.messages: list[dict[str, Any]] = []
         self.origins: list[str] = []  # the input item each message came from
@@ -617,6 +678,11 @@ class _Conversation:
             st.drop("input.hosted_tool_calls", f"{where}.type={kind}")
         elif kind == "additional_tools":
             pass  # tools on offer (`_offered`), not a message
+        elif kind == "compaction_trigger":
+            st.compact, self.trigger = True, where  # (the prompt comes last: `_messages`)
+        elif kind == "compaction":
+            summary = decode_summary(item.get("encrypted_content"), where, st.upstream)
+            self.append({"role": "user", "content": f"{SUMMARY_INTRO}\n\n{summary}"})
         elif kind == "item_reference":
             raise NeedsState(f"{where}.type=item_reference", st.upstream)
         else:

@@ -22,6 +22,7 @@ from .common import (
 )
 from .responses_output import (
     base_id,
+    compaction_item,
     error_code,
     error_json,
     finish_status,
@@ -122,17 +123,25 @@ class ResponsesStream(StreamTranslator):
         "_positions",
         "_seq",
         "_started",
+        "_summary",
         "_text",
         "_unsent",
         "_usage",
         "_waiting",
+        "compact",
         "created",
         "payload",
         "tools",
     )
 
-    def __init__(self, payload: dict[str, Any], created: int, tools: ClientTools) -> None:
+    def __init__(
+        self, payload: dict[str, Any], created: int, tools: ClientTools, compact: bool = False
+    ) -> None:
         super().__init__()
+        # A compaction: the upstream's text is the summary, kept until the finish and sent as
+        # one `compaction` item (added and done); its reasoning and any call are not sent.
+        self.compact = compact
+        self._summary: list[str] = []
         self.payload = payload  # the client's Responses request (echoed in the response object)
         self.created = created
         self.tools = tools  # how the client's tools are named upstream
@@ -241,6 +250,9 @@ class ResponsesStream(StreamTranslator):
             return  # after the finish_reason only usage is expected
         delta = choice.get("delta")
         delta = delta if isinstance(delta, dict) else {}
+        if self.compact:
+            self._compaction(delta, choice.get("finish_reason"), out)
+            return
         reasoning = reasoning_text(delta)
         if reasoning:
             self._text_or_hold("reasoning_text", reasoning, out)
@@ -258,6 +270,24 @@ class ResponsesStream(StreamTranslator):
         finish = choice.get("finish_reason")
         if finish is not None:
             self._close_all(finish if isinstance(finish, str) else "stop", out)
+
+    def _compaction(self, delta: dict[str, Any], finish: Any, out: list[bytes]) -> None:
+        text = delta.get("content")
+        if isinstance(text, str):
+            self._summary.append(text)
+        if finish is None:
+            return
+        self._finish = finish if isinstance(finish, str) else "stop"
+        summary = "".join(self._summary)
+        if not summary:
+            error = {"code": "server_error", "message": "The upstream model wrote no summary"}
+            out.extend(self._failed(error))
+            return
+        index = len(self._output)
+        item = compaction_item(self._base, index, summary)
+        self._output.append(item)
+        out.append(self._event("response.output_item.added", {"output_index": index, "item": item}))
+        out.append(self._event("response.output_item.done", {"output_index": index, "item": item}))
 
     # --- message and reasoning items -------------------------------------------------------
 

@@ -76,6 +76,8 @@ class Cell:
     builtin: bool = False
     # Codex with an MCP server: the file is written by its tool, found by Codex's tool search
     mcp: bool = False
+    # Codex (built-in provider) compacts after the tool call: the router makes the summary
+    compact: bool = False
 
     @property
     def upstream_path(self) -> str:
@@ -106,6 +108,12 @@ CELLS = [
     pytest.param(
         Cell("codex", "qwen", "gpt-6-sol", "functions__exec", builtin=True),
         id="codex-lite-builtin-provider-on-qwen",
+    ),
+    # ...compacting its context (server-side, as its built-in provider does) on a translated
+    # profile: the router asks the model for the summary and hands it back as a compaction item.
+    pytest.param(
+        Cell("codex", "qwen", "gpt-5.5", "apply_patch", builtin=True, compact=True),
+        id="codex-compaction-on-qwen",
     ),
     # ...with an MCP server, whose tools Codex offers through its own tool search.
     pytest.param(
@@ -220,7 +228,10 @@ def command(
     if cell.client == "codex" and cell.builtin:
         config = home / ".codex" / "config.toml"
         config.parent.mkdir(parents=True)
-        config.write_text(f'model = "{cell.model}"\nopenai_base_url = "{router.url}/v1"\n')
+        config.write_text(
+            f'model = "{cell.model}"\nopenai_base_url = "{router.url}/v1"\n'
+            + ("model_auto_compact_token_limit = 5000\n" if cell.compact else "")
+        )
         argv = [str(bin_dir / "codex"), "exec", "--skip-git-repo-check"]
         argv += ["--dangerously-bypass-approvals-and-sandbox", prompt]
         return argv, {"OPENAI_API_KEY": API_KEY, "CODEX_API_KEY": API_KEY}
@@ -316,6 +327,7 @@ def test_agent_writes_a_file_through_the_router(
         filename=f"note-{token}.txt",
         content=f"written by the agent for {token}\nsecond line\n",
         mcp=cell.mcp,
+        compact=cell.compact,
     )
     upstream.reply_with(script)
     argv, extra = command(cell, agents, agent_router, home, script.prompt, script.path)
@@ -329,7 +341,10 @@ def test_agent_writes_a_file_through_the_router(
     assert script.path.read_text() == script.content, why
     # The conversation went as scripted, in the upstream's own format, with the client's tool.
     conversation = script.conversation()
-    if cell.mcp:  # the client's tool search, then the tool it found
+    if cell.compact:  # the tool call, the summary the router asked for, the final text
+        assert [t.kind for t in conversation] == ["tool_call", "compact", "final"], why
+        assert conversation[0].tool == cell.tool, why
+    elif cell.mcp:  # the client's tool search, then the tool it found
         assert [t.kind for t in conversation] == ["tool_call", "tool_call", "final"], why
         assert [t.tool for t in conversation[:2]] == ["tool_search", cell.tool], why
     else:

@@ -40,6 +40,8 @@ SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cach
 JSON_HEADERS = [("Content-Type", "application/json")]
 CREATED = 1700000000
 REASONING = "The user wants a file; I will call the tool that writes it."
+# How the router asks the upstream model for a compaction's summary (its words, in part).
+COMPACTION_ASK = "is about to be replaced by a summary"
 PREAMBLE = "Writing the file now."
 SIDE_TEXT = "OK"
 
@@ -272,6 +274,11 @@ class AgentScript:
     # the client offers only once its own tool search (Codex's `tool_search`) has found it: the
     # script searches first, then calls what was found, then says it is done.
     mcp: bool = False
+    # Chat Completions only: the tool call reports a context of 200,000 tokens, so that the
+    # client compacts before it goes on (Codex's built-in provider asks the router to, with a
+    # `compaction_trigger`); the summary request is answered with a summary naming the task,
+    # and the request that carries that summary back gets the final text.
+    compact: bool = False
     turns: list[Turn] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -283,6 +290,10 @@ class AgentScript:
     @property
     def final_text(self) -> str:
         return f"DONE-{self.token}"
+
+    @property
+    def summary(self) -> str:
+        return f"Summary of task {self.token}: the file {self.filename} was written."
 
     @property
     def path(self) -> Path:
@@ -302,8 +313,13 @@ class AgentScript:
         except ValueError:
             return Reply(status=404, headers=JSON_HEADERS, body=b'{"error":"not scripted"}')
         call = None
+        raw = req.body.decode(errors="replace")
         if seen.finished:
             kind, text = "side", SIDE_TEXT
+        elif self.compact and COMPACTION_ASK in raw:
+            kind, text = "compact", self.summary
+        elif self.compact and self.summary in raw:
+            kind, text = "final", self.final_text
         elif self.mcp and seen.prompted and (call := self.mcp_plan(seen)) is not None:
             kind, text = "tool_call", PREAMBLE
         elif seen.prompted and seen.results:
@@ -328,6 +344,8 @@ class AgentScript:
         n = next(self._ids)
         reasoning = seen.reasoning and kind != "side"
         reply = {CHAT: chat_reply, MESSAGES: messages_reply, RESPONSES: responses_reply}[seen.fmt]
+        if self.compact and kind == "tool_call" and seen.fmt == CHAT:
+            return chat_reply(seen, f"{self.token}{n}", text, call, reasoning, 200_000)
         return reply(seen, f"{self.token}{n}", text, call, reasoning)
 
     def mcp_plan(self, seen: Seen) -> Call | None:
@@ -411,10 +429,16 @@ def _halves(s: str) -> list[str]:
     return [s[:mid], s[mid:]] if len(s) > 1 else [s]
 
 
-def chat_reply(seen: Seen, uid: str, text: str, call: Call | None, reasoning: bool) -> Reply:
+def chat_reply(
+    seen: Seen, uid: str, text: str, call: Call | None, reasoning: bool, prompt_tokens: int = 120
+) -> Reply:
     call_id = f"call_{uid}"
     finish = "tool_calls" if call else "stop"
-    usage = {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 30,
+        "total_tokens": prompt_tokens + 30,
+    }
     base = {"id": f"chatcmpl-{uid}", "created": CREATED, "model": seen.model}
     if not seen.stream:
         message: dict[str, Any] = {"role": "assistant", "content": text}

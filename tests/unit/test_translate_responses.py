@@ -183,6 +183,9 @@ def test_streams_parse_as_the_sdk_event_types_and_accumulate(direction: str, pat
         elif item["type"] == "tool_search_call":  # its arguments are in the item alone
             assert isinstance(item["arguments"], dict)
             assert (event.output_index, 0) not in built
+        elif item["type"] == "compaction":  # the summary is in the item alone
+            assert item["encrypted_content"]
+            assert (event.output_index, 0) not in built
         else:
             assert item["input"] == built.get((event.output_index, 0), "")
     if last.type != "response.failed":
@@ -966,3 +969,71 @@ def test_allowed_tools_may_name_the_tool_search_and_its_output_lists_callable_to
     body = tr.request()
     assert body["messages"][-1]["content"] == "Tools found, now available to call:\n- n__sleep"
     assert _offered_names(body) == ["tool_search", "n__sleep"]
+
+
+# --- server-side compaction (Codex's built-in provider: a `compaction_trigger` input item) ------
+
+
+def _compaction_answer(text: Any) -> bytes:
+    message = {"role": "assistant", "content": text}
+    return orjson.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "message": message}]})
+
+
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_a_compaction_goes_round_as_the_summary_it_holds(fmt: str) -> None:
+    """The summary the upstream wrote comes back to the client as a compaction item; sent back
+    in place of the conversation, it reaches the upstream as that summary."""
+    trigger = {
+        "model": "m",
+        "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
+    }
+    tr = ResponsesTranslator("openai", trigger, CREATED)
+    assert tr.request()["messages"][-1]["content"].startswith("The conversation above")
+    (item,) = json.loads(tr.body(200, "application/json", _compaction_answer("Wrote a.txt.")))[
+        "output"
+    ]
+    assert item["type"] == "compaction"
+    later = {"model": "m", "input": [item, {"role": "user", "content": "and now?"}]}
+    body = ResponsesTranslator(fmt, later, CREATED).request()
+    texts = json.dumps(body["messages"])
+    assert "A summary of the earlier conversation, which it replaces:\\n\\nWrote a.txt." in texts
+    assert "and now?" in texts
+
+
+def test_a_compaction_without_a_summary_is_an_upstream_fault() -> None:
+    from service.errors import UpstreamJSONError
+
+    trigger = {
+        "model": "m",
+        "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
+    }
+    with pytest.raises(UpstreamJSONError, match="no summary"):
+        ResponsesTranslator("openai", trigger, CREATED).body(
+            200, "application/json", _compaction_answer("")
+        )
+    tr = ResponsesTranslator("openai", {**trigger, "stream": True}, CREATED)
+    out = (
+        tr.events([_chunk({"content": ""}), _chunk({}, "stop"), b"data: [DONE]\n\n"]) + tr.finish()
+    )
+    (failed,) = [i["data"] for i in parse(out) if i["data"]["type"] == "response.failed"]
+    assert failed["response"]["error"]["code"] == "server_error"
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        ("gAAAAABopaque", Untranslatable, "'input[0].type=compaction (made by another provider)'"),
+        (None, Untranslatable, "made by another provider"),
+        ("api-router.compaction.v1.%%%", None, "'input[0].encrypted_content' is not a compaction"),
+        ("api-router.compaction.v1.__8=", None, "'input[0].encrypted_content' is not a compaction"),
+    ],
+)
+def test_a_compaction_the_router_did_not_make_is_refused(
+    content: Any, error: Any, message: str
+) -> None:
+    from service.errors import BadRequest
+
+    item = {"type": "compaction", "encrypted_content": content}
+    with pytest.raises(error or BadRequest) as e:
+        ResponsesTranslator("openai", {"model": "m", "input": [item]}, CREATED).request()
+    assert message in e.value.message
