@@ -89,6 +89,7 @@ from .responses_output import (
     base_id,
     client_param,
     compaction_item,
+    compaction_problem,
     error_json,
     finish_status,
     message_text,
@@ -217,8 +218,9 @@ class ResponsesTranslator(JSONAnswers):
         item_status = "completed" if status == "completed" else "incomplete"
         if self.compact:  # the answer is the summary
             summary = message_text(message)
-            if not summary:
-                raise UpstreamJSONError("The upstream model wrote no summary to compact into")
+            problem = compaction_problem(summary, choice.get("finish_reason"))
+            if problem is not None:
+                raise UpstreamJSONError(problem)
             output = [compaction_item(base, 0, summary)]
         else:
             output = output_items(message, base, self.tools, item_status)

@@ -212,6 +212,17 @@ def compaction_item(base: str, index: int, summary: str) -> dict[str, Any]:
     }
 
 
+def compaction_problem(summary: str, finish: Any) -> str | None:
+    """Why a compaction's answer cannot be handed out (None: it can): no summary, or one cut
+    short (a client replaces its conversation with what it gets, and a compaction item has no
+    status to say it is cut)."""
+    if finish in ("length", "content_filter"):
+        return f"The upstream model's summary was cut short (finish_reason {finish})"
+    if not summary:
+        return "The upstream model wrote no summary"
+    return None
+
+
 def message_text(message: dict[str, Any]) -> str:
     """The text of a Chat Completions answer's message (a string, or its text parts)."""
     content = message.get("content")

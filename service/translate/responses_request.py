@@ -288,9 +288,10 @@ def chat_request(
         if body["stream"] is True:  # usage arrives in a last chunk only when asked for
             out["stream_options"] = {"include_usage": True}
     tools, names = _tools(body, st)
-    choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
-    if st.compact and tools:  # the summary is text: the tools stay offered (the conversation
-        choice = "none"  # holds calls of them), none may be called
+    if st.compact:  # the summary is text: every tool stays offered (the conversation holds
+        choice: Any = "none"  # calls of them), none may be called, whatever the client chose
+    else:
+        choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
     if tools:
         out["tools"] = tools
         if choice is not None:
@@ -299,6 +300,8 @@ def chat_request(
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
     _reasoning(body.get("reasoning"), out, st)
     _text(body.get("text"), out, st)
+    if st.compact:
+        out.pop("response_format", None)  # the summary is free text, not the client's format
     if given(body, "user"):
         out["user"] = body["user"]
     for key, value in body.items():

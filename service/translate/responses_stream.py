@@ -23,6 +23,7 @@ from .common import (
 from .responses_output import (
     base_id,
     compaction_item,
+    compaction_problem,
     error_code,
     error_json,
     finish_status,
@@ -227,8 +228,12 @@ class ResponsesStream(StreamTranslator):
         if not self._started:
             self._start({}, out)
         if self._finish is None:  # the upstream said it is done without a finish_reason
-            self._close_all("stop", out)
-        out.extend(self._end())
+            if self.compact:
+                self._compaction({}, "stop", out)
+            else:
+                self._close_all("stop", out)
+        if not self.done:  # (a compaction without its summary failed)
+            out.extend(self._end())
         return out
 
     def finish(self) -> list[bytes]:
@@ -279,9 +284,9 @@ class ResponsesStream(StreamTranslator):
             return
         self._finish = finish if isinstance(finish, str) else "stop"
         summary = "".join(self._summary)
-        if not summary:
-            error = {"code": "server_error", "message": "The upstream model wrote no summary"}
-            out.extend(self._failed(error))
+        problem = compaction_problem(summary, self._finish)
+        if problem is not None:
+            out.extend(self._failed({"code": "server_error", "message": problem}))
             return
         index = len(self._output)
         item = compaction_item(self._base, index, summary)

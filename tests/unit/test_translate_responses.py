@@ -1037,3 +1037,52 @@ def test_a_compaction_the_router_did_not_make_is_refused(
     with pytest.raises(error or BadRequest) as e:
         ResponsesTranslator("openai", {"model": "m", "input": [item]}, CREATED).request()
     assert message in e.value.message
+
+
+_TRIGGER = {
+    "model": "m",
+    "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
+}
+
+
+def test_a_streamed_summary_without_a_finish_reason_still_comes_back() -> None:
+    tr = ResponsesTranslator("openai", {**_TRIGGER, "stream": True}, CREATED)
+    out = tr.events([_chunk({"content": "Did it."}), b"data: [DONE]\n\n"]) + tr.finish()
+    (done,) = [i["data"] for i in parse(out) if i["data"]["type"] == "response.completed"]
+    (item,) = done["response"]["output"]
+    assert item["type"] == "compaction" and item["encrypted_content"].endswith("RGlkIGl0Lg==")
+
+
+@pytest.mark.parametrize("finish", ["length", "content_filter"])
+def test_a_summary_cut_short_is_never_handed_out(finish: str) -> None:
+    """The client replaces its conversation with the compaction: half a summary would lose it."""
+    from service.errors import UpstreamJSONError
+
+    tr = ResponsesTranslator("openai", {**_TRIGGER, "stream": True}, CREATED)
+    out = tr.events([_chunk({"content": "Half a"}), _chunk({}, finish)]) + tr.finish()
+    assert "response.output_item.added" not in _types(out)
+    (failed,) = [i["data"] for i in parse(out) if i["data"]["type"] == "response.failed"]
+    assert "cut short" in failed["response"]["error"]["message"]
+    message = {"role": "assistant", "content": "Half a"}
+    answer = {
+        "id": "c",
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
+    with pytest.raises(UpstreamJSONError, match="cut short"):
+        ResponsesTranslator("openai", _TRIGGER, CREATED).body(
+            200, "application/json", orjson.dumps(answer)
+        )
+
+
+def test_a_compaction_request_ignores_the_clients_format_and_tool_choice() -> None:
+    fmt = {"format": {"type": "json_schema", "name": "o", "schema": {"type": "object"}}}
+    allowed = {
+        "type": "allowed_tools",
+        "mode": "required",
+        "tools": [{"type": "function", "name": "x"}],
+    }
+    payload = {**_TRIGGER, "text": fmt, "tool_choice": allowed, "tools": [_SLEEP]}
+    body = ResponsesTranslator("openai", payload, CREATED).request()
+    assert "response_format" not in body
+    assert (body["tool_choice"], _offered_names(body)) == ("none", ["sleep"])
