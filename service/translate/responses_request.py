@@ -543,14 +543,24 @@ def _tool_choice(
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind in ("function", "custom"):
         assert isinstance(choice, dict)
+        if not isinstance(choice.get("name"), str):
+            raise BadRequest("'tool_choice.name' must be a string")
         return {"type": "function", "function": {"name": _called(choice)}}, tools
     if kind == "allowed_tools":
         assert isinstance(choice, dict)
-        allowed = {
-            TOOL_SEARCH if t.get("type") == TOOL_SEARCH else _called(t)
-            for t in choice.get("tools") or []
-            if isinstance(t, dict) and t.get("type") in ("function", "custom", TOOL_SEARCH)
-        }
+        listed = choice.get("tools") or []
+        if not isinstance(listed, list):
+            raise BadRequest("'tool_choice.tools' must be an array")
+        allowed: set[str] = set()
+        for i, t in enumerate(listed):
+            kind_i = t.get("type") if isinstance(t, dict) else None
+            if kind_i == TOOL_SEARCH:
+                allowed.add(TOOL_SEARCH)
+            elif kind_i in ("function", "custom"):
+                assert isinstance(t, dict)
+                if not isinstance(t.get("name"), str):
+                    raise BadRequest(f"'tool_choice.tools[{i}].name' must be a string")
+                allowed.add(_called(t))
         kept = [t for t in tools if t["function"]["name"] in allowed]
         mode = choice.get("mode", "auto")
         if mode == "required" and not kept:

@@ -1086,3 +1086,31 @@ def test_a_compaction_request_ignores_the_clients_format_and_tool_choice() -> No
     body = ResponsesTranslator("openai", payload, CREATED).request()
     assert "response_format" not in body
     assert (body["tool_choice"], _offered_names(body)) == ("none", ["sleep"])
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ({"type": "function", "name": ["a"]}, "'tool_choice.name' must be a string"),
+        (
+            {
+                "type": "allowed_tools",
+                "mode": "auto",
+                "tools": [{"type": "function", "name": ["a"]}],
+            },
+            "'tool_choice.tools[0].name' must be a string",
+        ),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": "a"},
+            "'tool_choice.tools' must be an array",
+        ),
+    ],
+)
+def test_a_malformed_tool_choice_is_a_bad_request(choice: Any, message: str) -> None:
+    """(An allowed tool named by a list was a TypeError: a 500.)"""
+    from service.errors import BadRequest
+
+    payload = {"model": "m", "input": "go", "tools": [_SLEEP], "tool_choice": choice}
+    with pytest.raises(BadRequest) as e:
+        ResponsesTranslator("openai", payload, CREATED).request()
+    assert e.value.message == message
