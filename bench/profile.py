@@ -141,39 +141,36 @@ def main() -> None:
             time.sleep(1)
             if a.perf:
                 report = perf_profile(worker, a.seconds, out_dir / f"{a.scenario}.perf")
-                load.join()
-                print(report)
-                if result:
-                    print(f"\nwrk: {result['rps']:,.0f} requests/s over the run")
-                return
-            subprocess.run(
-                [
-                    str(run.BENCH_VENV / "bin" / "py-spy"),
-                    "record",
-                    "--pid",
-                    str(worker),
-                    "--duration",
-                    str(a.seconds),
-                    "--rate",
-                    "200",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(collapsed),
-                    "--nonblocking",
-                    *(["--gil"] if a.gil else []),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=a.seconds + 60,
-            )
+            else:
+                subprocess.run(
+                    [
+                        str(run.BENCH_VENV / "bin" / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(worker),
+                        "--duration",
+                        str(a.seconds),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(collapsed),
+                        "--nonblocking",
+                        *(["--gil"] if a.gil else []),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=a.seconds + 60,
+                )
+                report = top(collapsed, a.top)
             load.join()
         finally:
             if t.server is not None:
                 t.server.stop()
             for u in upstreams:
                 u.stop()
-    print(top(collapsed, a.top))
+    print(report)
     if result:
         print(f"\nwrk: {result['rps']:,.0f} requests/s over the run")
 

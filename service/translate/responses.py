@@ -100,6 +100,7 @@ from .responses_output import (
 from .responses_request import (
     CHAT,
     RESPONSES_DROPPED_FIELDS,
+    ClientTools,
     chat_request,
     client_tools,
     compacting,
@@ -118,15 +119,15 @@ class ResponsesTranslator(JSONAnswers):
 
     __slots__ = (
         "_chat",
+        "_compact",
         "_inner",
         "_stream",
-        "compact",
+        "_tools",
         "created",
         "direction",
         "dropped",
         "options",
         "payload",
-        "tools",
     )
 
     def __init__(
@@ -146,13 +147,27 @@ class ResponsesTranslator(JSONAnswers):
         # RESPONSES_DROPPED_FIELDS, plus, for a Messages upstream, the labels the Chat ->
         # Messages translation adds.
         self.dropped: list[str] = []
-        # How the client's tools are named upstream: calls of its custom tools come back as
-        # custom_tool_call items, those of a namespace's tools with their namespace.
-        self.tools = client_tools(payload)
-        self.compact = compacting(payload)  # a compaction: the answer is a `compaction` item
+        # How the client's tools are named upstream (calls of its custom tools come back as
+        # custom_tool_call items, those of a namespace's tools with their namespace), and
+        # whether the answer is a `compaction` item: set by `request()`; read from the payload
+        # only when an answer is translated without it.
+        self._tools: ClientTools | None = None
+        self._compact: bool | None = None
         self._chat: dict[str, Any] | None = None
         self._inner: Translator | None = None
         self._stream: ResponsesStream | None = None
+
+    @property
+    def tools(self) -> ClientTools:
+        if self._tools is None:
+            self._tools = client_tools(self.payload)
+        return self._tools
+
+    @property
+    def compact(self) -> bool:
+        if self._compact is None:
+            self._compact = compacting(self.payload)
+        return self._compact
 
     @property
     def to_anthropic(self) -> bool:
@@ -164,8 +179,7 @@ class ResponsesTranslator(JSONAnswers):
         upstream = MESSAGES if self.to_anthropic else CHAT
         chat = chat_request(self.payload, self.options, upstream)
         self._chat = chat.body
-        self.tools = chat.tools
-        self.compact = chat.compact
+        self._tools, self._compact = chat.tools, chat.compact
         self.dropped = list(chat.dropped)
         if not self.to_anthropic:
             return chat.body

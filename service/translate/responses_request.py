@@ -287,11 +287,11 @@ def chat_request(
         out["stream"] = body["stream"]
         if body["stream"] is True:  # usage arrives in a last chunk only when asked for
             out["stream_options"] = {"include_usage": True}
-    tools, names = _tools(body, st)
+    tools = _tools(body, st)
     if st.compact:  # the summary is text: every tool stays offered (the conversation holds
         choice: Any = "none"  # calls of them), none may be called, whatever the client chose
     else:
-        choice, tools = _tool_choice(body.get("tool_choice"), tools, names, st)
+        choice, tools = _tool_choice(body.get("tool_choice"), tools, st)
     if tools:
         out["tools"] = tools
         if choice is not None:
@@ -429,41 +429,21 @@ def upstream_name(namespace: Any, name: str) -> str:
 
 
 def client_tools(body: dict[str, Any]) -> ClientTools:
-    """`ClientTools` of a request as sent (`chat_request` checks it; a malformed one: none)."""
+    """`ClientTools` of a request as sent, without translating the rest of it (a request that
+    `chat_request` would refuse: none)."""
     st = _Request(DEFAULT_OPTIONS, CHAT)
     try:
-        for tool, upstream, namespace, _ in _offered(body):
-            kind = tool.get("type")
-            if kind == TOOL_SEARCH and client_search(tool):
-                _named(st, TOOL_SEARCH, kind, None, tool)
-            elif isinstance(upstream, str):
-                _named(st, upstream, kind, namespace, tool)
-    except BadRequest:
-        pass
+        _tools(body, st)
+    except (BadRequest, Untranslatable):
+        return ClientTools()
     return st.tools()
 
 
-def _named(
-    st: _Request, upstream: str, kind: Any, namespace: str | None, tool: dict[str, Any]
-) -> None:
-    """Record how the tool offered as `upstream` comes back (the last offer of a name wins)."""
-    st.custom.discard(upstream)
-    st.namespaced.pop(upstream, None)
-    st.search.discard(upstream)
-    if kind == "custom":
-        st.custom.add(upstream)
-    elif kind == TOOL_SEARCH:
-        st.search.add(upstream)
-    if namespace is not None:
-        st.namespaced[upstream] = (namespace, tool["name"])
-
-
-def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Chat function tools, and each offered name's Responses kind (function | custom). A name
+def _tools(body: dict[str, Any], st: _Request) -> list[dict[str, Any]]:
+    """Chat function tools; how each comes back is recorded in `st` (`ClientTools`). A tool
     offered twice (Codex repeats its `additional_tools` item in the conversation it replays)
-    keeps its first place and its last definition."""
+    keeps its first place and its last definition; two tools under one name are refused."""
     out: dict[str, dict[str, Any]] = {}
-    names: dict[str, str] = {}
     origins: dict[str, tuple[Any, ...]] = {}  # name upstream -> (kind, namespace, name, where)
     for tool, name, namespace, where in _offered(body):
         kind = tool.get("type")
@@ -502,9 +482,13 @@ def _tools(body: dict[str, Any], st: _Request) -> tuple[list[dict[str, Any]], di
             )
         origins[key] = (*origin, where)
         out[key] = {"type": "function", "function": fn}
-        names[key] = kind
-        _named(st, key, kind, namespace, tool)
-    return list(out.values()), names
+        if kind == "custom":
+            st.custom.add(key)
+        elif kind == TOOL_SEARCH:
+            st.search.add(key)
+        if namespace is not None:
+            st.namespaced[key] = (namespace, tool["name"])
+    return list(out.values())
 
 
 def _custom_description(tool: dict[str, Any], where: str, st: _Request) -> str:
@@ -529,7 +513,7 @@ def _custom_description(tool: dict[str, Any], where: str, st: _Request) -> str:
 
 
 def _tool_choice(
-    choice: Any, tools: list[dict[str, Any]], names: dict[str, str], st: _Request
+    choice: Any, tools: list[dict[str, Any]], st: _Request
 ) -> tuple[Any, list[dict[str, Any]]]:
     """(Chat tool_choice, the tools to offer). A choice that forces a hosted tool is refused."""
     if choice is None:
