@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 
 # Keep in step with tests/e2e/test_coding_agents.py (which reads the binaries from here).
 PINNED=(
-  "@anthropic-ai/claude-code@2.1.328"
-  "@openai/codex@0.169.0"
+  "@anthropic-ai/claude-code@2.1.332"
+  "@openai/codex@0.171.0"
   "@qwen-code/qwen-code@0.24.4"
 )
 BINS=(claude codex qwen)

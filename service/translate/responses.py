@@ -41,7 +41,9 @@ Decisions (SPEC §12: stateless requests only):
   tool callable); its text comes back as one `compaction` item, the summary opaque in its
   `encrypted_content`, which a later request's `compaction` item turns back into a message. One
   another provider made cannot be read: refused.
-- Reasoning. `reasoning.effort` -> `reasoning_effort`. The upstream's reasoning (Chat
+- Reasoning. `reasoning.effort` -> `reasoning_effort`; the last `configuration_update` input
+  item's `reasoning` holds over the request's (a stateless upstream needs only the settings in
+  force now). The upstream's reasoning (Chat
   `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
   item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what
   OpenAI sends for open-weight models, and what Codex reads as reasoning content), never

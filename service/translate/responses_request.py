@@ -49,6 +49,7 @@ RESPONSES_DROPPED_FIELDS = (
     "tools.hosted",  # hosted tools (web_search, file_search, …) offered, not forced
     "input.hosted_tool_calls",  # earlier hosted-tool calls (web_search_call, …) in the input
     "input.reasoning",  # earlier reasoning items (or their encrypted content) not sent back
+    "input.configuration_update",  # a setting other than `reasoning` in a configuration_update
 )
 # Dropped even when the route is strict: earlier reasoning was never sent back to another
 # provider (as with thinking blocks on the other translated routes).
@@ -225,6 +226,7 @@ class _Request:
         "options",
         "origins",
         "search",
+        "update",
         "upstream",
     )
 
@@ -237,6 +239,8 @@ class _Request:
         self.search: set[str] = set()
         self.origins: list[str] = []
         self.compact = False
+        # The reasoning of the input's last `configuration_update` item (over the request's)
+        self.update: dict[str, Any] = {}
 
     def tools(self) -> ClientTools:
         return ClientTools(frozenset(self.custom), self.namespaced, frozenset(self.search))
@@ -298,7 +302,10 @@ def chat_request(
             out["tool_choice"] = choice
         if isinstance(body.get("parallel_tool_calls"), bool):
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
-    _reasoning(body.get("reasoning"), out, st)
+    reasoning = body.get("reasoning")
+    if st.update and (reasoning is None or isinstance(reasoning, dict)):
+        reasoning = {**(reasoning or {}), **st.update}  # the conversation's last update holds
+    _reasoning(reasoning, out, st)
     _text(body.get("text"), out, st)
     if st.compact:
         out.pop("response_format", None)  # the summary is free text, not the client's format
@@ -675,6 +682,16 @@ class _Conversation:
             st.drop("input.hosted_tool_calls", f"{where}.type={kind}")
         elif kind == "additional_tools":
             pass  # tools on offer (`_offered`), not a message
+        elif kind == "configuration_update":
+            # A change of settings from here on (Codex sends the reasoning effort so, on models
+            # that take it, keeping the request's own prefix for caching); a stateless upstream
+            # needs only the one in force now: the last update's, over the request's.
+            reasoning = item.get("reasoning")
+            if reasoning is not None and not isinstance(reasoning, dict):
+                raise BadRequest(f"'{where}.reasoning' must be an object")
+            st.update.update(reasoning or {})
+            if any(key not in ("type", "id", "reasoning") for key in item):
+                st.drop("input.configuration_update", where)
         elif kind == "compaction_trigger":
             st.compact, self.trigger = True, where  # (the prompt comes last: `_messages`)
         elif kind == "compaction":

@@ -376,8 +376,17 @@ def test_openai_sdk_responses_tool_round_trip(
         output_type = "custom_tool_call_output" if kind == "custom" else "function_call_output"
         items += [item.model_dump(exclude_none=True) for item in first.output]
         items.append({"type": output_type, "call_id": call.call_id, "output": TOOL_RESULT})
+        # the effort raised from here on, the request's own left as it was (as Codex 0.171 does)
+        items.append({"type": "configuration_update", "reasoning": {"effort": "high"}})
         final = _responses_turn(client, stream, input=items, **kw)
     assert final.status == "completed"
+    first_sent, final_sent = (json.loads(r.body) for r in upstream.requests[-2:])
+    if profile == "qwen":
+        assert (first_sent["reasoning_effort"], final_sent["reasoning_effort"]) == ("low", "high")
+    elif profile == "openai":  # a Responses upstream reads the item itself
+        assert final_sent["input"][-1] == items[-1]
+    # (A Messages upstream gets the turn after a tool call whose thinking blocks it cannot have
+    # without thinking, whatever the effort: the unit and conformance cases show its budget.)
     assert final.output_text == script.final_text
     assert not [item for item in final.output if item.type.endswith("call")]
     assert final.usage is not None and final.usage.total_tokens > 0

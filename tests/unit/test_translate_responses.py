@@ -1114,3 +1114,60 @@ def test_a_malformed_tool_choice_is_a_bad_request(choice: Any, message: str) -> 
     with pytest.raises(BadRequest) as e:
         ResponsesTranslator("openai", payload, CREATED).request()
     assert e.value.message == message
+
+
+# --- settings changed mid-conversation (`configuration_update` input items) -------------------
+
+
+def _updated(*updates: dict[str, Any], reasoning: Any = None) -> dict[str, Any]:
+    """A conversation with `updates` as configuration_update items between its messages."""
+    items: list[Any] = [{"type": "message", "role": "user", "content": "hi"}]
+    for update in updates:
+        items += [{"type": "configuration_update", **update}]
+        items += [{"type": "message", "role": "user", "content": "go on"}]
+    payload: dict[str, Any] = {"model": "m", "input": items}
+    if reasoning is not None:
+        payload["reasoning"] = reasoning
+    return payload
+
+
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_the_last_configuration_update_sets_the_effort_and_is_no_message(fmt: str) -> None:
+    """(Codex 0.171, after its WebSocket attempts failed, sent one: a 400 on every translated
+    profile.)"""
+    payload = _updated(
+        {"reasoning": {"effort": "high"}},
+        {"reasoning": {"effort": "low"}},
+        reasoning={"effort": "medium", "context": "all_turns"},
+    )
+    tr = ResponsesTranslator(fmt, payload, CREATED)
+    body = tr.request()
+    assert [m["content"] for m in body["messages"]] == ["hi", "go on", "go on"]
+    alone = ResponsesTranslator(fmt, {**payload, "reasoning": {"effort": "low"}}, CREATED)
+    expected = alone.request()  # the same as the request asking for the last update's effort
+    assert {k: v for k, v in body.items() if k != "messages"} == {
+        k: v for k, v in expected.items() if k != "messages"
+    }
+    assert tr.dropped == []
+
+
+def test_a_configuration_update_without_a_request_effort_still_applies() -> None:
+    body = ResponsesTranslator("openai", _updated({"reasoning": {"effort": "xhigh"}}), CREATED)
+    assert body.request()["reasoning_effort"] == "high"  # (xhigh: OpenAI's extreme)
+
+
+def test_a_configuration_update_of_anything_else_is_dropped_and_refused_when_strict() -> None:
+    payload = _updated({"text": {"verbosity": "high"}})
+    tr = ResponsesTranslator("openai", payload, CREATED)
+    assert "reasoning_effort" not in tr.request()
+    assert tr.dropped == ["input.configuration_update"]
+    strict = TranslationOptions(strict=True)
+    with pytest.raises(Untranslatable, match=r"input\[1\]"):
+        ResponsesTranslator("openai", payload, CREATED, strict).request()
+
+
+def test_a_configuration_update_whose_reasoning_is_not_an_object_is_a_bad_request() -> None:
+    from service.errors import BadRequest
+
+    with pytest.raises(BadRequest, match=r"'input\[1\].reasoning' must be an object"):
+        ResponsesTranslator("openai", _updated({"reasoning": "high"}), CREATED).request()
