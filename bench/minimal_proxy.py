@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/minimal_proxy.py --client CLIENT PORT UPSTREAM_URL
 
-CLIENT: aiohttp | httpx | httpx-aiohttp | httpx-h1 | httpx-h1-direct.
+CLIENT: aiohttp | httpx | httpx-aiohttp | httpx-h1 | httpx-h1-direct | none.
 
 Per request it does what the router's hot path cannot avoid (read the body, parse it, rewrite
 `model`, send it upstream over a pooled keep-alive client, relay status and body) and nothing
@@ -17,6 +17,11 @@ missing that variant exits before listening and the harness records it as not me
 With `aiohttp` it also relays the upstream's SSE stream (`/sse/v1/chat/completions`, each
 piece written as it arrives through Sanic's streaming response, nothing parsed): the burst
 scenario's Python reference (issue 20), as the JSON route is the JSON scenario's.
+With `none` (Sanic alone) there is no upstream request at all: each worker fetches the
+upstream's JSON answer and SSE stream once when it starts and answers every request with those
+bytes, the body read and parsed as above, the stream written through the same streaming
+response as the `aiohttp` relay's. It is Sanic's own floor on this machine: what any relay on
+Sanic, however small, stays below (issue 20's burst target measured against it).
 Listens on 127.0.0.1 only; two workers, like the router's measured configuration.
 """
 
@@ -29,7 +34,7 @@ import orjson
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct")
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "none")
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
 
 
@@ -46,6 +51,9 @@ def create_app(client: str, upstream: str) -> Sanic:
     app.config.MOTD = False
     url = upstream.rstrip("/") + "/v1/chat/completions"
     sse_url = upstream.rstrip("/") + "/sse/v1/chat/completions"  # the whole stream at once
+
+    if client == "none":
+        return _alone(app, url, sse_url)
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:
@@ -110,6 +118,36 @@ def create_app(client: str, upstream: str) -> Sanic:
                 async for chunk in resp.content.iter_any():
                     await out.send(chunk)
                 await out.eof()
+
+    return app
+
+
+def _alone(app: Sanic, url: str, sse_url: str) -> Sanic:
+    """Sanic alone: the upstream's answers fetched once per worker, then served from memory."""
+
+    @app.before_server_start
+    async def _fetch(app: Sanic) -> None:
+        import urllib.request
+
+        def fetch(target: str) -> bytes:
+            req = urllib.request.Request(target, data=b'{"model":"m"}', headers=HEADERS)
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                data: bytes = resp.read()
+                return data
+
+        app.ctx.json, app.ctx.sse = fetch(url), fetch(sse_url)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> HTTPResponse:
+        _upstream_body(request)
+        return HTTPResponse(app.ctx.json, content_type="application/json")
+
+    @app.post("/sse/v1/chat/completions")
+    async def chat_stream(request: Request) -> None:
+        _upstream_body(request)
+        out = await request.respond(status=200, content_type="text/event-stream")
+        await out.send(app.ctx.sse)
+        await out.eof()
 
     return app
 

@@ -752,17 +752,19 @@ def start_all(
             Target(f"router-2w-{name}", "transport", label),
             lambda t, p=port, e=engine: start_router(t, 2, p, run, e),
         )
-    for client in ("httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "aiohttp"):
+    for client in ("httpx", "httpx-aiohttp", "httpx-h1", "httpx-h1-direct", "aiohttp", "none"):
 
         def minimal(t: Target, client: str = client) -> None:
             start_minimal(t, client, base, run)
 
         name = f"minimal-{client}"
-        # The reference also relays the SSE burst (its Python reference); the others JSON only.
-        scenarios = ("json1", "json64", "sse64") if name == report.MINIMAL_REFERENCE else None
+        # The reference also relays the SSE burst (its Python reference), and Sanic alone
+        # answers it (the floor); the others JSON only.
+        burst = name in (report.MINIMAL_REFERENCE, report.SANIC_ALONE)
+        scenarios = ("json1", "json64", "sse64") if burst else None
+        label = "Sanic alone, answers from memory" if client == "none" else client
         add(
-            Target(name, "transport", f"minimal Sanic proxy, {client}", scenarios=scenarios),
-            minimal,
+            Target(name, "transport", f"minimal Sanic proxy, {label}", scenarios=scenarios), minimal
         )
     return upstream, targets
 
