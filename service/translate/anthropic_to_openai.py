@@ -27,6 +27,7 @@ from .common import (
     cut_event,
     effort_for_budget,
     error_message,
+    found_tools,
     given,
     output_limit_field,
     sse,
@@ -266,6 +267,8 @@ def _tool_result_content(content: Any, where: str, drop: Drops) -> tuple[str, li
         return content or "", []
     texts: list[str] = []
     parts: list[dict[str, Any]] = []
+    found: list[str] = []  # the tools a tool search loaded, told where the first one was
+    first = 0
     for k, block in enumerate(_blocks(content, where)):
         at = f"{where}.content[{k}]"
         _hints(block, at, drop)
@@ -275,12 +278,24 @@ def _tool_result_content(content: Any, where: str, drop: Drops) -> tuple[str, li
             if not isinstance(text, str):
                 raise BadRequest(f"'{at}.text' must be a string")
             texts.append(text)
+        elif kind == "tool_reference":
+            # A tool the client's tool search loaded (Claude Code's ToolSearch): its definition
+            # comes with the request's tools (`defer_loading` dropped, so it is offered); the
+            # model is told its name.
+            name = block.get("tool_name")
+            if not isinstance(name, str):
+                raise BadRequest(f"'{at}.tool_name' must be a string")
+            if not found:
+                first = len(texts)
+            found.append(f"- {name}")
         elif kind == "image":
             parts.append(_image(block.get("source"), at))
         elif kind == "document":
             parts.extend(_document(block, at, drop))
         else:
             raise Untranslatable(f"{at}.type={kind}", UPSTREAM)
+    if found:
+        texts.insert(first, found_tools(found))
     return "\n".join(texts), parts
 
 

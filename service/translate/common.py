@@ -519,6 +519,15 @@ def text_of(blocks: Any, where: str, upstream: str, sep: str = "") -> str:
     return sep.join(out)
 
 
+def found_tools(lines: list[str]) -> str:
+    """The text of a client tool search's result for an upstream without tool search: the tools
+    it found (one line each), whose definitions the client sends with its tools from then on
+    (Codex's `tool_search_output`, Claude Code's `tool_reference` blocks)."""
+    if not lines:
+        return "No tools found."
+    return "Tools found, now available to call:\n" + "\n".join(lines)
+
+
 def given(body: dict[str, Any], key: str) -> bool:
     """The client sent `key` with a value (OpenAI clients often send explicit nulls)."""
     return body.get(key) is not None

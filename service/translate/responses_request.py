@@ -23,6 +23,7 @@ from .common import (
     RESPONSES_TO_CHAT_EFFORT,
     TranslationOptions,
     Untranslatable,
+    found_tools,
     given,
     output_limit_field,
 )
@@ -743,9 +744,7 @@ def _found(tools: Any, where: str) -> str:
                 continue  # (hosted tools are not offered)
             text = tool.get("description")
             lines.append(f"- {name}: {text}" if isinstance(text, str) and text else f"- {name}")
-    if not lines:
-        return "No tools found."
-    return "Tools found, now available to call:\n" + "\n".join(lines)
+    return found_tools(lines)
 
 
 def _reasoning_text(item: dict[str, Any]) -> str:

@@ -20,6 +20,9 @@ Choices, for the reader:
   only (its default kind of model): all of its tools then come in an `additional_tools` input
   item, inside namespaces, with an empty `tools`, and the file is written by JavaScript that its
   `exec` tool (namespace `functions`) runs, calling the nested apply_patch.
+- Claude Code offers some of its tools (NotebookEdit, WebFetch, the task tools …) only once its
+  own ToolSearch has loaded them: the result of that search is a `tool_reference` block, and the
+  tool comes with the next request's tools (`defer_loading`). One cell loads such a tool first.
 - Codex with an MCP server (tests/fakes/mcp_notes.py, whose `save_note` writes the file): Codex
   defers MCP tools behind its own client-side `tool_search`, so the model searches first, Codex
   answers with the tools found (in a namespace, `mcp__notes`), and the model calls one of them.
@@ -39,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.agent_upstream import AgentScript
+from tests.fakes.agent_upstream import DEFERRED_TOOL, AgentScript
 from tests.fakes.upstream import FakeUpstream
 from tests.support import ROOT, RouterFactory, RouterProcess, machine_lock, shipped_profile
 
@@ -78,6 +81,8 @@ class Cell:
     mcp: bool = False
     # Codex (built-in provider) compacts after the tool call: the router makes the summary
     compact: bool = False
+    # Claude Code loads a deferred tool with its ToolSearch first (a `tool_reference` comes back)
+    tool_search: bool = False
 
     @property
     def upstream_path(self) -> str:
@@ -91,6 +96,11 @@ CELLS = [
         Cell("claude", "anthropic", "claude-sonnet-4-5", "Write"), id="claude-code-on-anthropic"
     ),
     pytest.param(Cell("claude", "qwen", "qwen3-coder-plus", "Write"), id="claude-code-on-qwen"),
+    # ...loading one of the tools it defers, through its ToolSearch, before it writes.
+    pytest.param(
+        Cell("claude", "qwen", "qwen3-coder-plus", "Write", tool_search=True),
+        id="claude-code-tool-search-on-qwen",
+    ),
     # Codex CLI speaks only Responses: relayed natively, translated to Chat, to Messages.
     pytest.param(Cell("codex", "openai", "gpt-5.5", "apply_patch"), id="codex-on-openai"),
     pytest.param(Cell("codex", "qwen", "gpt-5.5", "apply_patch"), id="codex-on-qwen"),
@@ -328,6 +338,7 @@ def test_agent_writes_a_file_through_the_router(
         content=f"written by the agent for {token}\nsecond line\n",
         mcp=cell.mcp,
         compact=cell.compact,
+        tool_search=cell.tool_search,
     )
     upstream.reply_with(script)
     argv, extra = command(cell, agents, agent_router, home, script.prompt, script.path)
@@ -347,6 +358,16 @@ def test_agent_writes_a_file_through_the_router(
     elif cell.mcp:  # the client's tool search, then the tool it found
         assert [t.kind for t in conversation] == ["tool_call", "tool_call", "final"], why
         assert [t.tool for t in conversation[:2]] == ["tool_search", cell.tool], why
+    elif cell.tool_search:  # the deferred tool loaded (and offered from then on), then the write
+        assert [t.kind for t in conversation] == ["tool_call", "tool_call", "final"], why
+        assert [t.tool for t in conversation[:2]] == ["ToolSearch", cell.tool], why
+        # The search's result reached the model: the tool it loaded, by name. (Refused, Claude
+        # Code sent the request twice more, then again with the result replaced by "[Tool
+        # references removed - tool search not enabled]" and its tool search off for the session.)
+        loaded = conversation[1].body["messages"][-1]
+        assert loaded["role"] == "tool" and DEFERRED_TOOL in loaded["content"], why
+        posts = [r for r in agent_router.access_logs() if r["method"] == "POST"]
+        assert [r["status_code"] for r in posts if r["status_code"] != 200] == [], why
     else:
         assert [t.kind for t in conversation] == ["tool_call", "final"], why
         assert conversation[0].tool == cell.tool, why

@@ -259,6 +259,10 @@ def format_of(path: str) -> str:
     raise ValueError(f"no scripted format for {path}")
 
 
+# A tool Claude Code defers (offered only once its ToolSearch has loaded it).
+DEFERRED_TOOL = "NotebookEdit"
+
+
 # -- the script ---------------------------------------------------------------------------------
 
 
@@ -274,6 +278,10 @@ class AgentScript:
     # the client offers only once its own tool search (Codex's `tool_search`) has found it: the
     # script searches first, then calls what was found, then says it is done.
     mcp: bool = False
+    # Claude Code: the model first loads one of the tools Claude Code defers (`DEFERRED_TOOL`)
+    # with its ToolSearch tool, whose result names the tool loaded; the next request must offer
+    # that tool, and the script then writes the file as usual.
+    tool_search: bool = False
     # Chat Completions only: the tool call reports a context of 200,000 tokens, so that the
     # client compacts before it goes on (Codex's built-in provider asks the router to, with a
     # `compaction_trigger`); the summary request is answered with a summary naming the task,
@@ -322,6 +330,8 @@ class AgentScript:
             kind, text = "final", self.final_text
         elif self.mcp and seen.prompted and (call := self.mcp_plan(seen)) is not None:
             kind, text = "tool_call", PREAMBLE
+        elif self.tool_search and seen.prompted and (call := self.search_plan(seen)) is not None:
+            kind, text = "tool_call", PREAMBLE
         elif seen.prompted and seen.results:
             kind, text = "final", self.final_text
         elif not self.mcp and seen.prompted and (call := self.plan(seen.tools)) is not None:
@@ -357,6 +367,18 @@ class AgentScript:
                 return Call(t, arguments={"query": "save a note"})
             if seen.results and t.name.endswith("save_note") and "text" in t.properties:
                 return Call(t, arguments={"text": self.content})
+        return None
+
+    def search_plan(self, seen: Seen) -> Call | None:
+        """ToolSearch loading DEFERRED_TOOL (no result yet), then, once that tool is offered, the
+        call that writes the file (one result)."""
+        names = {t.name for t in seen.tools}
+        if not seen.results:
+            for t in seen.tools:
+                if t.name == "ToolSearch" and "query" in t.properties:
+                    return Call(t, arguments={"query": f"select:{DEFERRED_TOOL}"})
+        elif len(seen.results) == 1 and DEFERRED_TOOL in names:
+            return self.plan(seen.tools)
         return None
 
     def plan(self, tools: list[Tool]) -> Call | None:

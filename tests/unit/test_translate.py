@@ -778,3 +778,43 @@ def test_a_shape_a_translator_does_not_expect_is_the_client_s_400_naming_where(
     assert e.value.message == (
         "A field of the request has a value of the wrong type for its translation"
     )
+
+
+# --- a client tool search's result (Claude Code's ToolSearch: `tool_reference` blocks) ---------
+
+
+def _tool_search_result(*content: dict[str, Any]) -> dict[str, Any]:
+    call = {"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {"query": "x"}}
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": list(content)}
+    return {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [result]},
+        ],
+    }
+
+
+def test_tool_references_become_the_names_loaded_where_they_stood() -> None:
+    """(Refused with 400 before: Claude Code then sent the request twice more, and again with
+    its tool search turned off for the session.)"""
+    body = _tool_search_result(
+        {"type": "text", "text": "before"},
+        {"type": "tool_reference", "tool_name": "WebFetch"},
+        {"type": "tool_reference", "tool_name": "NotebookEdit"},
+        {"type": "text", "text": "after"},
+    )
+    tool = Translator("anthropic_to_openai", body, CREATED).request()["messages"][-1]
+    assert tool == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": "before\nTools found, now available to call:\n- WebFetch\n- NotebookEdit\nafter",
+    }
+
+
+def test_a_tool_reference_without_a_name_is_a_bad_request() -> None:
+    body = _tool_search_result({"type": "tool_reference", "tool_name": 7})
+    with pytest.raises(BadRequest, match=r"'messages\[2\].content\[0\].content\[0\].tool_name'"):
+        Translator("anthropic_to_openai", body, CREATED).request()
