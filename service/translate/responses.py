@@ -17,7 +17,8 @@ Decisions (SPEC §12: stateless requests only):
 - Hints dropped (each counted under a label of `RESPONSES_DROPPED_FIELDS`, refused on a strict
   route): `include` (e.g. `reasoning.encrypted_content`), `prompt_cache_key`,
   `prompt_cache_retention`, `service_tier`, `metadata`/`client_metadata`, `safety_identifier`,
-  `truncation: auto`, `stream_options`, `max_tool_calls`, `reasoning.summary`, `text.verbosity`.
+  `truncation: auto`, `stream_options`, `max_tool_calls`, `reasoning.summary`, `text.verbosity`,
+  settings other than `reasoning` in a `configuration_update` item.
   `user` is kept (Chat has it). Earlier `reasoning` items are dropped (their encrypted content is
   for OpenAI only) unless the route's `reasoning_history` option sends their text back as the
   next assistant message's `reasoning_content`; they are dropped on strict routes too.
@@ -41,9 +42,9 @@ Decisions (SPEC §12: stateless requests only):
   tool callable); its text comes back as one `compaction` item, the summary opaque in its
   `encrypted_content`, which a later request's `compaction` item turns back into a message. One
   another provider made cannot be read: refused.
-- Reasoning. `reasoning.effort` -> `reasoning_effort`; the last `configuration_update` input
-  item's `reasoning` holds over the request's (a stateless upstream needs only the settings in
-  force now). The upstream's reasoning (Chat
+- Reasoning. `reasoning.effort` -> `reasoning_effort`; the `reasoning` of `configuration_update`
+  input items holds over the request's, a later item's over an earlier's (a stateless upstream
+  needs only the settings in force now). The upstream's reasoning (Chat
   `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
   item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what
   OpenAI sends for open-weight models, and what Codex reads as reasoning content), never

@@ -305,7 +305,7 @@ def chat_request(
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
     reasoning = body.get("reasoning")
     if st.update and (reasoning is None or isinstance(reasoning, dict)):
-        reasoning = {**(reasoning or {}), **st.update}  # the conversation's last update holds
+        reasoning = {**(reasoning or {}), **st.update}  # the updates in force now
     _reasoning(reasoning, out, st)
     _text(body.get("text"), out, st)
     if st.compact:
@@ -686,11 +686,17 @@ class _Conversation:
         elif kind == "configuration_update":
             # A change of settings from here on (Codex sends the reasoning effort so, on models
             # that take it, keeping the request's own prefix for caching); a stateless upstream
-            # needs only the one in force now: the last update's, over the request's.
+            # needs only those in force now: the updates', later over earlier, over the request's.
             reasoning = item.get("reasoning")
             if reasoning is not None and not isinstance(reasoning, dict):
                 raise BadRequest(f"'{where}.reasoning' must be an object")
-            st.update.update(reasoning or {})
+            for key, value in (reasoning or {}).items():
+                if key == "effort" and not isinstance(value, str):
+                    raise BadRequest(f"'{where}.reasoning.effort' must be a string")
+                if key in ("summary", "generate_summary"):
+                    st.drop("reasoning.summary", f"{where}.reasoning.{key}")
+                else:
+                    st.update[key] = value
             if any(key not in ("type", "id", "reasoning") for key in item):
                 st.drop("input.configuration_update", where)
         elif kind == "compaction_trigger":

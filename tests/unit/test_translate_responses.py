@@ -1171,3 +1171,23 @@ def test_a_configuration_update_whose_reasoning_is_not_an_object_is_a_bad_reques
 
     with pytest.raises(BadRequest, match=r"'input\[1\].reasoning' must be an object"):
         ResponsesTranslator("openai", _updated({"reasoning": "high"}), CREATED).request()
+
+
+def test_configuration_updates_hold_later_over_earlier_setting_by_setting() -> None:
+    payload = _updated({"reasoning": {"effort": "high"}}, {"reasoning": {"context": "all_turns"}})
+    body = ResponsesTranslator("openai", payload, CREATED).request()
+    assert body["reasoning_effort"] == "high"  # (the second update changed another setting)
+
+
+def test_a_configuration_update_is_named_in_its_own_errors_and_refusals() -> None:
+    from service.errors import BadRequest
+
+    bad = _updated({"reasoning": {"effort": 3}})
+    with pytest.raises(BadRequest, match=r"'input\[1\].reasoning.effort' must be a string"):
+        ResponsesTranslator("openai", bad, CREATED).request()
+    summary = _updated({"reasoning": {"effort": "low", "summary": "auto"}})
+    tr = ResponsesTranslator("openai", summary, CREATED)
+    assert (tr.request()["reasoning_effort"], tr.dropped) == ("low", ["reasoning.summary"])
+    strict = TranslationOptions(strict=True)
+    with pytest.raises(Untranslatable, match=r"input\[1\].reasoning.summary"):
+        ResponsesTranslator("openai", summary, CREATED, strict).request()
