@@ -86,6 +86,8 @@ class Cell:
 
     @property
     def upstream_path(self) -> str:
+        if self.client == "claude" and self.profile == "openai":  # Messages: to Chat there
+            return UPSTREAM_PATH["qwen"]
         return UPSTREAM_PATH[self.profile]
 
 
@@ -96,6 +98,9 @@ CELLS = [
         Cell("claude", "anthropic", "claude-sonnet-4-5", "Write"), id="claude-code-on-anthropic"
     ),
     pytest.param(Cell("claude", "qwen", "qwen3-coder-plus", "Write"), id="claude-code-on-qwen"),
+    # On the openai profile (Messages to Chat Completions, `max_completion_tokens`, the effort
+    # only for the models it lists), told OpenAI's model name.
+    pytest.param(Cell("claude", "openai", "gpt-5.5", "Write"), id="claude-code-on-openai"),
     # ...loading one of the tools it defers, through its ToolSearch, before it writes.
     pytest.param(
         Cell("claude", "qwen", "qwen3-coder-plus", "Write", tool_search=True),
@@ -372,6 +377,10 @@ def test_agent_writes_a_file_through_the_router(
         assert [t.kind for t in conversation] == ["tool_call", "final"], why
         assert conversation[0].tool == cell.tool, why
     assert {t.path for t in script.turns} == {cell.upstream_path}, why
+    if cell.client == "claude" and cell.profile == "openai":  # the profile's translation options
+        sent = conversation[0].body
+        assert "max_tokens" not in sent and sent.get("max_completion_tokens"), why
+        assert sent.get("reasoning_effort") == "high", why  # gpt-5.5 takes it (`gpt-5*`)
     assert all(t.model == PROVIDER_MODEL[cell.profile] for t in script.turns), why
     if cell.builtin:
         # One WebSocket handshake, answered 426 ("use HTTP"); a 405 was retried for seconds.
