@@ -86,7 +86,7 @@ class Cell:
 
     @property
     def upstream_path(self) -> str:
-        if self.client == "claude" and self.profile == "openai":  # Messages: to Chat there
+        if self.client != "codex" and self.profile == "openai":  # Chat there (Messages too)
             return UPSTREAM_PATH["qwen"]
         return UPSTREAM_PATH[self.profile]
 
@@ -140,6 +140,7 @@ CELLS = [
     ),
     # Qwen Code: native Chat Completions, and Chat translated to Messages.
     pytest.param(Cell("qwen", "qwen", "qwen3-coder-plus", "write_file"), id="qwen-code-on-qwen"),
+    pytest.param(Cell("qwen", "openai", "gpt-5.5", "write_file"), id="qwen-code-on-openai"),
     pytest.param(
         Cell("qwen", "anthropic", "claude-sonnet-4-5", "write_file"), id="qwen-code-on-anthropic"
     ),
