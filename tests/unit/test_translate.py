@@ -818,3 +818,22 @@ def test_a_tool_reference_without_a_name_is_a_bad_request() -> None:
     body = _tool_search_result({"type": "tool_reference", "tool_name": 7})
     with pytest.raises(BadRequest, match=r"'messages\[2\].content\[0\].content\[0\].tool_name'"):
         Translator("anthropic_to_openai", body, CREATED).request()
+
+
+def test_tool_references_beside_an_image_and_in_several_results() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    body = _tool_search_result(image, {"type": "tool_reference", "tool_name": "A"})
+    second = {"type": "tool_result", "tool_use_id": "t2", "content": [
+        {"type": "tool_reference", "tool_name": "B"}]}  # fmt: skip
+    body["messages"][1]["content"].append(
+        {"type": "tool_use", "id": "t2", "name": "ToolSearch", "input": {"query": "y"}}
+    )
+    body["messages"][2]["content"].append(second)
+    out = Translator("anthropic_to_openai", body, CREATED).request()["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in out[-3:]] == [
+        ("tool", "t1"),
+        ("tool", "t2"),
+        ("user", None),
+    ]
+    assert out[-3]["content"].endswith("\n- A") and out[-2]["content"].endswith("\n- B")
+    assert out[-1]["content"][0]["type"] == "image_url"  # (the result's image follows)
