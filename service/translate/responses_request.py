@@ -240,7 +240,8 @@ class _Request:
         self.search: set[str] = set()
         self.origins: list[str] = []
         self.compact = False
-        # The reasoning of the input's last `configuration_update` item (over the request's)
+        # The reasoning of the input's `configuration_update` items, later over earlier (over
+        # the request's)
         self.update: dict[str, Any] = {}
 
     def tools(self) -> ClientTools:

@@ -367,6 +367,8 @@ def test_agent_writes_a_file_through_the_router(
     elif cell.tool_search:  # the deferred tool loaded (and offered from then on), then the write
         assert [t.kind for t in conversation] == ["tool_call", "tool_call", "final"], why
         assert [t.tool for t in conversation[:2]] == ["ToolSearch", cell.tool], why
+        offered = [t["function"]["name"] for t in conversation[0].body.get("tools", [])]
+        assert DEFERRED_TOOL not in offered, why  # not before the search loaded it
         # The search's result reached the model: the tool it loaded, by name. (Refused, Claude
         # Code sent the request twice more, then again with the result replaced by "[Tool
         # references removed - tool search not enabled]" and its tool search off for the session.)

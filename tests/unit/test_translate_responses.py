@@ -974,24 +974,36 @@ def test_allowed_tools_may_name_the_tool_search_and_its_output_lists_callable_to
 # --- server-side compaction (Codex's built-in provider: a `compaction_trigger` input item) ------
 
 
-def _compaction_answer(text: Any) -> bytes:
-    message = {"role": "assistant", "content": text}
-    return orjson.dumps({"id": "c", "model": "m", "choices": [{"index": 0, "message": message}]})
+_TRIGGER = {
+    "model": "m",
+    "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
+}
+
+
+def _compaction_answer(text: Any, finish: str | None = None, fmt: str = "openai") -> bytes:
+    """The upstream's whole answer to a compaction request, in its format."""
+    if fmt == "anthropic":
+        stop = {"length": "max_tokens", "content_filter": "refusal"}.get(finish or "", "end_turn")
+        return orjson.dumps({
+            "id": "msg_c", "type": "message", "role": "assistant", "model": "m",
+            "content": [{"type": "text", "text": text}] if text else [], "stop_reason": stop,
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        })  # fmt: skip
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    if finish is not None:
+        choice["finish_reason"] = finish
+    return orjson.dumps({"id": "c", "model": "m", "choices": [choice]})
 
 
 @pytest.mark.parametrize("fmt", ["openai", "anthropic"])
 def test_a_compaction_goes_round_as_the_summary_it_holds(fmt: str) -> None:
-    """The summary the upstream wrote comes back to the client as a compaction item; sent back
-    in place of the conversation, it reaches the upstream as that summary."""
-    trigger = {
-        "model": "m",
-        "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
-    }
-    tr = ResponsesTranslator("openai", trigger, CREATED)
-    assert tr.request()["messages"][-1]["content"].startswith("The conversation above")
-    (item,) = json.loads(tr.body(200, "application/json", _compaction_answer("Wrote a.txt.")))[
-        "output"
-    ]
+    """The summary the upstream wrote (a Chat Completions or a Messages upstream) comes back to
+    the client as a compaction item; sent back in place of the conversation, it reaches the
+    upstream as that summary."""
+    tr = ResponsesTranslator(fmt, _TRIGGER, CREATED)
+    assert json.dumps(tr.request()["messages"][-1]["content"]).startswith('"The conversation')
+    answer = _compaction_answer("Wrote a.txt.", fmt=fmt)
+    (item,) = json.loads(tr.body(200, "application/json", answer))["output"]
     assert item["type"] == "compaction"
     later = {"model": "m", "input": [item, {"role": "user", "content": "and now?"}]}
     body = ResponsesTranslator(fmt, later, CREATED).request()
@@ -1001,17 +1013,11 @@ def test_a_compaction_goes_round_as_the_summary_it_holds(fmt: str) -> None:
 
 
 def test_a_compaction_without_a_summary_is_an_upstream_fault() -> None:
-    from service.errors import UpstreamJSONError
-
-    trigger = {
-        "model": "m",
-        "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
-    }
     with pytest.raises(UpstreamJSONError, match="no summary"):
-        ResponsesTranslator("openai", trigger, CREATED).body(
+        ResponsesTranslator("openai", _TRIGGER, CREATED).body(
             200, "application/json", _compaction_answer("")
         )
-    tr = ResponsesTranslator("openai", {**trigger, "stream": True}, CREATED)
+    tr = ResponsesTranslator("openai", {**_TRIGGER, "stream": True}, CREATED)
     out = (
         tr.events([_chunk({"content": ""}), _chunk({}, "stop"), b"data: [DONE]\n\n"]) + tr.finish()
     )
@@ -1039,12 +1045,6 @@ def test_a_compaction_the_router_did_not_make_is_refused(
     assert message in e.value.message
 
 
-_TRIGGER = {
-    "model": "m",
-    "input": [{"role": "user", "content": "go"}, {"type": "compaction_trigger"}],
-}
-
-
 def test_a_streamed_summary_without_a_finish_reason_still_comes_back() -> None:
     tr = ResponsesTranslator("openai", {**_TRIGGER, "stream": True}, CREATED)
     out = tr.events([_chunk({"content": "Did it."}), b"data: [DONE]\n\n"]) + tr.finish()
@@ -1056,23 +1056,16 @@ def test_a_streamed_summary_without_a_finish_reason_still_comes_back() -> None:
 @pytest.mark.parametrize("finish", ["length", "content_filter"])
 def test_a_summary_cut_short_is_never_handed_out(finish: str) -> None:
     """The client replaces its conversation with the compaction: half a summary would lose it."""
-    from service.errors import UpstreamJSONError
-
     tr = ResponsesTranslator("openai", {**_TRIGGER, "stream": True}, CREATED)
     out = tr.events([_chunk({"content": "Half a"}), _chunk({}, finish)]) + tr.finish()
     assert "response.output_item.added" not in _types(out)
     (failed,) = [i["data"] for i in parse(out) if i["data"]["type"] == "response.failed"]
     assert "cut short" in failed["response"]["error"]["message"]
-    message = {"role": "assistant", "content": "Half a"}
-    answer = {
-        "id": "c",
-        "model": "m",
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-    }
-    with pytest.raises(UpstreamJSONError, match="cut short"):
-        ResponsesTranslator("openai", _TRIGGER, CREATED).body(
-            200, "application/json", orjson.dumps(answer)
-        )
+    for fmt in ("openai", "anthropic"):  # (a Messages upstream's max_tokens / refusal too)
+        with pytest.raises(UpstreamJSONError, match="cut short"):
+            ResponsesTranslator(fmt, _TRIGGER, CREATED).body(
+                200, "application/json", _compaction_answer("Half a", finish, fmt)
+            )
 
 
 def test_a_compaction_request_ignores_the_clients_format_and_tool_choice() -> None:
@@ -1143,8 +1136,9 @@ def test_the_last_configuration_update_sets_the_effort_and_is_no_message(fmt: st
     tr = ResponsesTranslator(fmt, payload, CREATED)
     body = tr.request()
     assert [m["content"] for m in body["messages"]] == ["hi", "go on", "go on"]
-    alone = ResponsesTranslator(fmt, {**payload, "reasoning": {"effort": "low"}}, CREATED)
-    expected = alone.request()  # the same as the request asking for the last update's effort
+    items = [i for i in payload["input"] if i["type"] != "configuration_update"]
+    alone = {**payload, "input": items, "reasoning": {"effort": "low"}}
+    expected = ResponsesTranslator(fmt, alone, CREATED).request()  # as asked for the last's
     assert {k: v for k, v in body.items() if k != "messages"} == {
         k: v for k, v in expected.items() if k != "messages"
     }
@@ -1174,9 +1168,13 @@ def test_a_configuration_update_whose_reasoning_is_not_an_object_is_a_bad_reques
 
 
 def test_configuration_updates_hold_later_over_earlier_setting_by_setting() -> None:
-    payload = _updated({"reasoning": {"effort": "high"}}, {"reasoning": {"context": "all_turns"}})
+    payload = _updated(
+        {"reasoning": {"effort": "high"}},
+        {"reasoning": {"effort": "low"}},
+        {"reasoning": {"context": "all_turns"}},  # (another setting: the effort stays)
+    )
     body = ResponsesTranslator("openai", payload, CREATED).request()
-    assert body["reasoning_effort"] == "high"  # (the second update changed another setting)
+    assert body["reasoning_effort"] == "low"
 
 
 def test_a_configuration_update_is_named_in_its_own_errors_and_refusals() -> None:
