@@ -44,11 +44,11 @@ Decisions (SPEC §12: stateless requests only):
   another provider made cannot be read: refused.
 - Reasoning. `reasoning.effort` -> `reasoning_effort`; the `reasoning` of `configuration_update`
   input items holds over the request's, a later item's over an earlier's (a stateless upstream
-  needs only the settings in force now). The upstream's reasoning (Chat
-  `reasoning_content` or `reasoning`) is raw chain of thought, so it comes back as a `reasoning`
-  item with `reasoning_text` content and `response.reasoning_text.delta/.done` events (what
-  OpenAI sends for open-weight models, and what Codex reads as reasoning content), never
-  labelled a summary; `summary` stays empty.
+  needs only the settings in force now), and the answer's `response` object echoes those. The
+  upstream's reasoning (Chat `reasoning_content` or `reasoning`) is raw chain of thought, so it
+  comes back as a `reasoning` item with `reasoning_text` content and
+  `response.reasoning_text.delta/.done` events (what OpenAI sends for open-weight models, and
+  what Codex reads as reasoning content), never labelled a summary; `summary` stays empty.
 - Limits and format. `max_output_tokens` -> `max_tokens` (the Chat field every compatible server
   takes; `max_completion_tokens` with translation.maxCompletionTokens, for OpenAI's reasoning
   models); `text.format` json_schema / json_object -> `response_format`; text -> nothing.
@@ -129,6 +129,7 @@ class ResponsesTranslator(JSONAnswers):
         "created",
         "direction",
         "dropped",
+        "echo",
         "options",
         "payload",
     )
@@ -144,6 +145,9 @@ class ResponsesTranslator(JSONAnswers):
             raise ValueError(f"no Responses translation for the {upstream_format!r} format")
         self.direction = UPSTREAM_FORMATS[upstream_format]
         self.payload = payload  # the client's request (after the model mapping)
+        # What the response object echoes: the request, with the reasoning settings in force
+        # when its `configuration_update` items changed them (set by `request()`)
+        self.echo = payload
         self.created = created  # `created_at` of the response
         self.options = options
         # Fields `request()` dropped, each a label of `translation_dropped_fields_total`:
@@ -183,6 +187,8 @@ class ResponsesTranslator(JSONAnswers):
         chat = chat_request(self.payload, self.options, upstream)
         self._chat = chat.body
         self._tools, self._compact = chat.tools, chat.compact
+        if chat.reasoning is not None:
+            self.echo = {**self.payload, "reasoning": chat.reasoning}
         self.dropped = list(chat.dropped)
         if not self.to_anthropic:
             return chat.body
@@ -242,7 +248,7 @@ class ResponsesTranslator(JSONAnswers):
         else:
             output = output_items(message, base, self.tools, item_status)
         return response_object(
-            self.payload,
+            self.echo,
             base=base,
             created=self.created,
             model=chat.get("model"),
@@ -303,7 +309,7 @@ class ResponsesTranslator(JSONAnswers):
 
     def _stream_translator(self) -> ResponsesStream:
         if self._stream is None:
-            self._stream = ResponsesStream(self.payload, self.created, self.tools, self.compact)
+            self._stream = ResponsesStream(self.echo, self.created, self.tools, self.compact)
         return self._stream
 
 

@@ -216,6 +216,9 @@ class ChatRequest:
     dropped: list[str]
     origins: list[str]
     compact: bool = False  # the answer is a compaction: its text, the summary
+    # The request's `reasoning` with its `configuration_update` items' over it (None without
+    # any): the settings the answer is made with, which the response object echoes
+    reasoning: dict[str, Any] | None = None
 
 
 class _Request:
@@ -305,8 +308,9 @@ def chat_request(
         if isinstance(body.get("parallel_tool_calls"), bool):
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
     reasoning = body.get("reasoning")
+    updated = None
     if st.update and (reasoning is None or isinstance(reasoning, dict)):
-        reasoning = {**(reasoning or {}), **st.update}  # the updates in force now
+        reasoning = updated = {**(reasoning or {}), **st.update}  # the updates in force now
     _reasoning(reasoning, out, st)
     _text(body.get("text"), out, st)
     if st.compact:
@@ -316,7 +320,7 @@ def chat_request(
     for key, value in body.items():
         if key not in _KNOWN:
             out[key] = value  # the upstream decides, as on an untranslated route
-    return ChatRequest(out, st.tools(), st.dropped, st.origins, st.compact)
+    return ChatRequest(out, st.tools(), st.dropped, st.origins, st.compact, updated)
 
 
 def _include(include: Any, st: _Request) -> None:

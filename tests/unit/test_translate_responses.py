@@ -1177,6 +1177,32 @@ def test_configuration_updates_hold_later_over_earlier_setting_by_setting() -> N
     assert body["reasoning_effort"] == "low"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_answer_echoes_the_reasoning_a_configuration_update_set(stream: bool) -> None:
+    """The response object says what the answer was made with: the last update's effort (the
+    request's summary kept), not the request's own effort."""
+    payload = _updated(
+        {"reasoning": {"effort": "high"}}, reasoning={"effort": "low", "summary": "auto"}
+    )
+    tr = ResponsesTranslator("openai", payload, CREATED)
+    tr.request()
+    if stream:
+        out = tr.events([_chunk({"content": "ok"}, "stop"), b"data: [DONE]\n\n"]) + tr.finish()
+        events = [item["data"] for item in parse(out) if "data" in item]
+        responses = [e["response"] for e in events if "response" in e]
+        assert [r["status"] for r in responses] == ["in_progress", "in_progress", "completed"]
+    else:
+        message = {"role": "assistant", "content": "ok"}
+        answer = {"id": "x", "model": "m", "choices": [{"index": 0, "message": message}]}
+        responses = [json.loads(tr.body(200, "application/json", orjson.dumps(answer)))]
+    for response in responses:
+        assert response["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert payload["reasoning"] == {"effort": "low", "summary": "auto"}  # (the client's, as sent)
+    plain = ResponsesTranslator("openai", {"model": "m", "input": "go", "reasoning": {}}, CREATED)
+    plain.request()
+    assert plain.echo is plain.payload  # (no update: the request itself)
+
+
 def test_a_configuration_update_is_named_in_its_own_errors_and_refusals() -> None:
     from service.errors import BadRequest
 
