@@ -8,28 +8,18 @@ import asyncio
 import inspect
 import io
 import json
-import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import structlog
 from sanic import Sanic, response
 
-from service.app import create_app
 from service.server.dispatch import HOT_SIGNALS, RouterApp
-from service.settings import Settings
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
-from tests.support import write_profile
-
-with warnings.catch_warnings():
-    # sanic-testing imports websockets.legacy, which warns about its own deprecation.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import sanic_testing  # noqa: F401
+from tests.in_process import in_process_apps  # (also: sanic-testing's clients)
 
 
 @pytest.fixture(autouse=True)
@@ -56,20 +46,8 @@ def _routed_events(app: Sanic) -> list[str]:
 
 @pytest.fixture
 def app_and_log(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[tuple[Sanic, io.StringIO]]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    profile = write_profile(tmp_path, base_profile(fake_upstream.url))
-    settings = Settings.from_env({"LOG_FORMAT": "json"}, profile_path=profile)
-    app = create_app(settings)
-    stream = io.StringIO()
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
-    try:
-        yield app, stream
-    finally:
-        Sanic._app_registry.pop(app.name, None)
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        structlog.reset_defaults()
+    with in_process_apps(tmp_path) as make:
+        yield make(base_profile(fake_upstream.url))
 
 
 def test_hot_signals_bypass_the_signal_router_and_still_record(

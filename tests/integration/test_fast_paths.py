@@ -8,73 +8,40 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from sanic import Sanic
 
-from service.app import create_app
 from service.observability import completions, metrics_fast
 from service.observability import logging as obs_logging
 from service.proxy import h1transport, sse, upstream
 from service.server import response_head, stream_write
 from service.server.dispatch import HOT_SIGNALS, RouterApp
-from service.settings import FAST_PATH_NAMES, Settings
+from service.settings import FAST_PATH_NAMES
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply, openai_chat_stream, openai_usage_chunk
+from tests.in_process import in_process_apps
 from tests.integration.test_fast_dispatch import _routed_events
-from tests.support import write_profile
-
-with warnings.catch_warnings():
-    # sanic-testing imports websockets.legacy, which warns about its own deprecation.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import sanic_testing  # noqa: F401
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(autouse=True)
-def _test_mode() -> Iterator[None]:
-    saved = Sanic.test_mode
-    Sanic.test_mode = True
-    yield
-    Sanic.test_mode = saved
 
 
 @pytest.fixture
 def make_app(upstream: FakeUpstream, tmp_path: Path) -> Iterator[Any]:
     """`make_app(env)`: the app `create_app` builds for these environment variables (on
-    `config`, a profile or routing file, when given), and the stream its log lines go to."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    profile = write_profile(tmp_path, base_profile(upstream.url))
-    apps: list[Sanic] = []
+    `config`, a profile or routing file, when given), and the stream its log lines go to
+    (tests.in_process)."""
+    with in_process_apps(tmp_path) as make:
 
-    def make(
-        env: dict[str, str], config: dict[str, Any] | None = None
-    ) -> tuple[Sanic, io.StringIO]:
-        path = profile if config is None else write_profile(tmp_path, config, f"c{len(apps)}")
-        settings = Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=path)
-        app = create_app(settings)
-        apps.append(app)
-        stream = io.StringIO()
-        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
-        return app, stream
+        def one(
+            env: dict[str, str], config: dict[str, Any] | None = None
+        ) -> tuple[Sanic, io.StringIO]:
+            return make(config or base_profile(upstream.url), env)
 
-    try:
-        yield make
-    finally:
-        for app in apps:
-            Sanic._app_registry.pop(app.name, None)
-        response_head.install(True)  # the default, whatever the last app set process-wide
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
-        structlog.reset_defaults()
+        yield one
 
 
 def _completion_lines(stream: io.StringIO) -> list[dict[str, Any]]:

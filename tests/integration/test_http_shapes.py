@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,19 +26,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import structlog
 from sanic import Sanic
 
-from service.app import create_app
-from service.settings import Settings
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.support import RouterFactory, write_profile
-
-with warnings.catch_warnings():
-    # sanic-testing imports websockets.legacy, which warns about its own deprecation.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import sanic_testing  # noqa: F401
+from tests.in_process import in_process_apps
+from tests.support import RouterFactory
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -79,31 +70,14 @@ MakeApp = Callable[..., InProcess]
 @pytest.fixture
 def make_app(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[MakeApp]:
     """`make_app(profile=None, **env)`: the app for that profile (default: the base profile in
-    front of the fake upstream) and those environment settings, as the CLI would make it.
-    create_app configures the process's logging: it is put back afterwards."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, Sanic.test_mode)
-    Sanic.test_mode = True  # several apps of the same name in one process
-    made: list[Sanic] = []
+    front of the fake upstream) and those environment settings, as the CLI would make it
+    (tests.in_process)."""
+    with in_process_apps(tmp_path) as make:
 
-    def make(profile: dict[str, Any] | None = None, **env: str) -> InProcess:
-        path = write_profile(
-            tmp_path, profile or base_profile(fake_upstream.url), name=f"profile-{len(made)}"
-        )
-        app = create_app(Settings.from_env({"LOG_FORMAT": "json", **env}, profile_path=path))
-        made.append(app)
-        log = io.StringIO()
-        root.handlers[0].setStream(log)  # type: ignore[attr-defined]
-        return InProcess(app, log)
+        def one(profile: dict[str, Any] | None = None, **env: str) -> InProcess:
+            return InProcess(*make(profile or base_profile(fake_upstream.url), env))
 
-    try:
-        yield make
-    finally:
-        for app in made:
-            Sanic._app_registry.pop(app.name, None)
-        root.handlers[:], level, Sanic.test_mode = saved
-        root.setLevel(level)
-        structlog.reset_defaults()
+        yield one
 
 
 @pytest.fixture

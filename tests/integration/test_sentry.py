@@ -75,49 +75,32 @@ def test_a_router_fault_reaches_sentry_as_its_exception_scrubbed(
     `http.lifecycle.exception`; the credential in its message is scrubbed. In process, so that
     the fault can be put in: a route that raises, added to the app `create_app` made."""
     import asyncio
-    import logging
-    import warnings
 
     import sentry_sdk
-    import structlog
-    from sanic import Sanic
 
-    from service.app import create_app
     from service.observability import sentry as router_sentry
-    from service.settings import Settings
-    from tests.support import write_profile
+    from tests.in_process import in_process_apps
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # sanic-testing's websockets import
-        import sanic_testing  # noqa: F401
-
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, Sanic.test_mode)
-    Sanic.test_mode = True
-    path = write_profile(tmp_path, base_profile(fake_upstream.url))
-    env = {"LOG_FORMAT": "json", "SENTRY_DSN": sentry.dsn(), "DEFAULT_API_KEY": DEFAULT_KEY}
+    env = {"SENTRY_DSN": sentry.dsn(), "DEFAULT_API_KEY": DEFAULT_KEY}
     mp = pytest.MonkeyPatch()
     mp.setenv("SENTRY_DSN", sentry.dsn())  # what create_app and the worker's start read
-    app = create_app(Settings.from_env(env, profile_path=path))
     try:
+        with in_process_apps(tmp_path) as make:
+            app, _ = make(base_profile(fake_upstream.url), env)
 
-        @app.get("/v1/fault-for-test")
-        async def fault(_: Any) -> None:
-            raise RuntimeError(f"broken while holding {DEFAULT_KEY}")
+            @app.get("/v1/fault-for-test")
+            async def fault(_: Any) -> None:
+                raise RuntimeError(f"broken while holding {DEFAULT_KEY}")
 
-        _, got = asyncio.run(
-            app.asgi_client.get("/v1/fault-for-test", headers={"X-Request-ID": "fault-1"})
-        )
-        assert got is not None and got.status_code == 500
-        (event,) = _wait_events(sentry, 1)
+            _, got = asyncio.run(
+                app.asgi_client.get("/v1/fault-for-test", headers={"X-Request-ID": "fault-1"})
+            )
+            assert got is not None and got.status_code == 500
+            (event,) = _wait_events(sentry, 1)
     finally:
         mp.undo()
         sentry_sdk.get_client().close()  # nothing more of this process goes to the fake
         router_sentry._enabled = False
-        Sanic._app_registry.pop(app.name, None)
-        root.handlers[:], level, Sanic.test_mode = saved
-        root.setLevel(level)
-        structlog.reset_defaults()
     assert event["tags"]["request_id"] == "fault-1"
     assert event["tags"]["status_code"] == "500"
     assert event["tags"]["error_type"] == "router_error"
