@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profile", nargs="?", help="profile name or NAME.json (default: qwen)")
     p.add_argument("port", nargs="?", help="listening port (default: the profile's, 8000)")
     p.add_argument("--host", help="listening address (default 0.0.0.0)")
-    p.add_argument("--workers", help="worker processes (default: number of CPUs)")
+    p.add_argument("--workers", help="worker processes (default: the CPUs it may use)")
     p.add_argument("--config", help="path of a profile JSON file (overrides PROFILE lookup)")
     return p
 

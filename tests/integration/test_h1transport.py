@@ -1200,6 +1200,37 @@ def test_tls_with_an_operator_trusted_ca_sni_and_hostname_checks(tls_files, monk
         server.close()
 
 
+def test_tls_with_a_ca_directory_the_operator_names(tls_files, tmp_path, monkeypatch) -> None:
+    """SSL_CERT_DIR (an OpenSSL hashed directory, as `openssl rehash` makes) is the other way
+    docs/configuration.md names to trust a private CA."""
+    import shutil
+    import subprocess
+
+    from service.proxy.upstream import _transport
+
+    name = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", tls_files["ca"]],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    shutil.copy(tls_files["ca"], tmp_path / f"{name}.0")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # (it would win over the directory)
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    server = TLSServer(tls_files, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async def go() -> None:
+        c = UpstreamClient(_transport("h1"))
+        resp, data = await fetch(c, req(c, f"https://localhost:{server.port}/v1/x"))
+        assert (resp.status_code, data) == (200, b"ok")
+        await c.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("clean", [True, False], ids=["close-notify", "truncated"])
 def test_a_tls_body_ending_with_the_connection_needs_close_notify(tls_files, clean) -> None:
     from service.proxy.upstream import map_exception
