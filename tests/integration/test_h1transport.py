@@ -1223,6 +1223,10 @@ def test_tls_with_a_ca_directory_the_operator_names(tls_files, tmp_path, monkeyp
         c = UpstreamClient(_transport("h1"))
         resp, data = await fetch(c, req(c, f"https://localhost:{server.port}/v1/x"))
         assert (resp.status_code, data) == (200, b"ok")
+        assert server.server_names == ["localhost"]  # SNI sent
+        with pytest.raises(httpx.ConnectError) as e:  # the certificate does not name 127.0.0.1
+            await fetch(c, req(c, f"https://127.0.0.1:{server.port}/"))
+        assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
         await c.aclose()
 
     try:

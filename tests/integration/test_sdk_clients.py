@@ -383,10 +383,10 @@ def test_openai_sdk_responses_tool_round_trip(
     first_sent, final_sent = (json.loads(r.body) for r in upstream.requests[-2:])
     if profile == "qwen":
         assert (first_sent["reasoning_effort"], final_sent["reasoning_effort"]) == ("low", "high")
-    if profile != "openai":  # a translated answer says the effort it was made with
-        assert (first.reasoning.effort, final.reasoning.effort) == ("low", "high")
-    elif profile == "openai":  # a Responses upstream reads the item itself
+    if profile == "openai":  # a Responses upstream reads the item itself
         assert final_sent["input"][-1] == items[-1]
+    else:  # a translated answer echoes the effort in force (the request's, then the update's)
+        assert (first.reasoning.effort, final.reasoning.effort) == ("low", "high")
     # (A Messages upstream gets the turn after a tool call whose thinking blocks it cannot have
     # without thinking, whatever the effort: the unit and conformance cases show its budget.)
     assert final.output_text == script.final_text

@@ -53,7 +53,8 @@ def stream_profile(url: str) -> dict[str, Any]:
 # transports are read through the relay's task with the fast paths on or off alike, so on them
 # that pass would repeat what the first one ran; the Sanic side it is there for runs on `h1`.
 ALL_TRANSPORTS = ("h1", "aiohttp", "httpx", "pyreqwest")
-TRANSPORTS = os.environ.get("TEST_TRANSPORTS", ",".join(ALL_TRANSPORTS)).split(",")
+TRANSPORTS = [t.strip() for t in os.environ.get("TEST_TRANSPORTS", "").split(",") if t.strip()]
+TRANSPORTS = TRANSPORTS or list(ALL_TRANSPORTS)
 if not set(TRANSPORTS) <= set(ALL_TRANSPORTS):
     raise ValueError(f"TEST_TRANSPORTS={TRANSPORTS}: each must be one of {ALL_TRANSPORTS}")
 
