@@ -26,6 +26,7 @@ from .common import (
     anthropic_error_type,
     cut_event,
     effort_for_budget,
+    end_user_id,
     error_message,
     found_tools,
     given,
@@ -96,7 +97,7 @@ def request(
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
         if isinstance(metadata.get("user_id"), str):
-            out["user"] = metadata["user_id"]
+            out["user"] = end_user_id(metadata["user_id"])
         for key, value in metadata.items():
             if key != "user_id" and value is not None:
                 drop("metadata", f"metadata.{key}")

@@ -3,6 +3,7 @@ tables, and writing and reading SSE events (pure functions, no I/O)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,25 @@ def takes_effort(setting: bool | tuple[str, ...], model: Any) -> bool:
 def output_limit_field(options: TranslationOptions) -> str:
     """The Chat Completions field a translated request's output limit goes in."""
     return "max_completion_tokens" if options.max_completion_tokens else "max_tokens"
+
+
+# An end user's identifier as both providers take it: Anthropic's `metadata.user_id` only of
+# letters, digits, `_` and `-` (its 400 names the pattern), OpenAI's `user` short (its
+# `safety_identifier` holds at most 64 characters; OpenRouter refuses a `user` over 128).
+_FITTING_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def end_user_id(value: str) -> str:
+    """`value` (Anthropic `metadata.user_id`, Chat `user` or `safety_identifier`) as the other
+    format's field: itself when it fits both providers' rules, else `u-` and a digest of it, as
+    stable and as distinct as the value (one id per end user is what either field is for, and
+    a digest carries no e-mail address). Claude Code sends a JSON object of about 140
+    characters (device, account and session ids)."""
+    if _FITTING_USER_ID.fullmatch(value):
+        return value
+    return (
+        "u-" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    )
 
 
 # The arguments of a tool call without any, as OpenAI writes them: a JSON object. Anthropic's

@@ -26,6 +26,7 @@ from .common import (
     TranslationOptions,
     Untranslatable,
     cut_event,
+    end_user_id,
     error_message,
     given,
     openai_error_type,
@@ -145,11 +146,11 @@ def request(
     user = body.get("user")
     identifier = body.get("safety_identifier")
     if isinstance(user, str):
-        out["metadata"] = {"user_id": user}
+        out["metadata"] = {"user_id": end_user_id(user)}
         if given(body, "safety_identifier"):
             drop("safety_identifier", "safety_identifier")
     elif isinstance(identifier, str):
-        out["metadata"] = {"user_id": identifier}
+        out["metadata"] = {"user_id": end_user_id(identifier)}
     if given(body, "stream"):
         out["stream"] = body["stream"]
     if isinstance(tools, list) and tools:

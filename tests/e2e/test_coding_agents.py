@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -385,6 +386,11 @@ def test_agent_writes_a_file_through_the_router(
         assert "max_tokens" not in sent and sent.get("max_completion_tokens"), why
         assert sent.get("reasoning_effort") == "high", why  # gpt-5.5 takes it (`gpt-5*`)
     assert all(t.model == PROVIDER_MODEL[cell.profile] for t in script.turns), why
+    if cell.client == "claude" and cell.upstream_path.endswith("chat/completions"):
+        # Claude Code's metadata.user_id, a JSON object of ~140 characters, as a `user` every
+        # Chat provider takes (OpenRouter refuses one over 128 characters; OpenAI's limit is 64)
+        users = {t.body.get("user") for t in script.turns}
+        assert len(users) == 1 and re.fullmatch(r"u-[0-9a-f]{32}", users.pop() or ""), why
     if cell.builtin:
         # One WebSocket handshake, answered 426 ("use HTTP"); a 405 was retried for seconds.
         handshakes = [

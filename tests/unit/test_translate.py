@@ -11,6 +11,7 @@ true}`); a request case lists in `dropped` the labels the translator records (no
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from service.translate import (
     Untranslatable,
     openai_to_anthropic,
 )
-from service.translate.common import Drops, effort_for_budget
+from service.translate.common import Drops, effort_for_budget, end_user_id
 from service.translate.openai_to_anthropic import adaptive_thinking
 from tests.sse_items import (
     ARGUMENTS,
@@ -837,3 +838,26 @@ def test_tool_references_beside_an_image_and_in_several_results() -> None:
     ]
     assert out[-3]["content"].endswith("\n- A") and out[-2]["content"].endswith("\n- B")
     assert out[-1]["content"][0]["type"] == "image_url"  # (the result's image follows)
+
+
+# --- end-user identifiers ---------------------------------------------------------------------
+
+
+@given(st.text(max_size=200))
+def test_an_end_user_id_fits_both_providers_and_stays_one_per_user(value: str) -> None:
+    got = end_user_id(value)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", got)  # Anthropic's pattern, OpenAI's 64
+    assert end_user_id(value) == got  # stable
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        assert got == value  # one that fits goes as it is
+    else:
+        assert got.startswith("u-") and (value not in got or not value)
+        assert end_user_id(value + "x") != got  # distinct users stay distinct
+
+
+def test_an_end_user_id_at_the_limits() -> None:
+    assert end_user_id("a" * 64) == "a" * 64
+    assert end_user_id("a" * 65) != "a" * 65
+    assert end_user_id("user-42_x") == "user-42_x"
+    assert end_user_id("jane@example.com").startswith("u-")
+    assert end_user_id("") != ""  # (Anthropic refuses an empty one too)
