@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,10 @@ class NeedsState(Untranslatable):
 # are flat, as `<namespace>__<name>`; its calls come back with the namespace and the tool's own
 # name (`ClientTools.namespaced`).
 NAMESPACE_SEPARATOR = "__"
+# The longest function name upstream: OpenAI's (Chat Completions and Responses) and Anthropic's
+# limit. A joined name longer (a long MCP server's name and a long tool name) keeps its first
+# 55 characters, `_` and 8 hex digits of a digest of the whole: still one name per tool.
+MAX_TOOL_NAME = 64
 
 
 # A `tool_search` tool the client runs itself (`execution: "client"`: Codex searches its deferred
@@ -424,7 +429,7 @@ def _opened(
                 raise BadRequest(f"'{at}.name' must be a string")
             if not isinstance(inner, list):
                 raise BadRequest(f"'{at}.tools' must be an array")
-            yield from _opened(inner, f"{at}.tools", upstream_name(namespace, name))
+            yield from _opened(inner, f"{at}.tools", _joined(namespace, name))
             continue
         name = tool.get("name")
         if namespace is not None and kind in ("function", "custom"):
@@ -435,10 +440,21 @@ def _opened(
 
 
 def upstream_name(namespace: Any, name: str) -> str:
-    """A tool's name upstream: `<namespace>__<name>` for one offered (or called) in a namespace."""
-    if isinstance(namespace, str) and namespace:
-        return f"{namespace}{NAMESPACE_SEPARATOR}{name}"
-    return name
+    """A tool's name upstream: `<namespace>__<name>` for one offered (or called) in a namespace,
+    cut to MAX_TOOL_NAME with a digest of the whole when longer (the client's own flat names are
+    the client's: as they are)."""
+    if not isinstance(namespace, str) or not namespace:
+        return name
+    joined = _joined(namespace, name)
+    if len(joined) <= MAX_TOOL_NAME:
+        return joined
+    digest = hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{joined[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
+
+
+def _joined(namespace: str | None, name: str) -> str:
+    """The namespace a nested namespace's tools are in, as the client names it back."""
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
 
 
 def client_tools(body: dict[str, Any]) -> ClientTools:

@@ -13,6 +13,7 @@ fields), `client_request` (the Responses request, for answers and streams), `sta
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -740,6 +741,46 @@ def test_namespaced_calls_go_back_as_the_client_named_them_and_come_round_again(
         sent = [(b["id"], b["name"], b["input"]) for b in blocks if b["type"] == "tool_use"]
         assert [t["name"] for t in back["tools"]] == ["functions__exec", "clock__sleep"]
     assert sent == calls
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_namespaced_name_too_long_upstream_is_cut_and_still_comes_back_whole(
+    stream: bool,
+) -> None:
+    """An MCP server's namespace and its tool's name joined can pass the 64 characters OpenAI
+    (and Anthropic) take for a function's name: cut with a digest, one name per tool, and the
+    call comes back, and goes round again, as the client named it."""
+    server = "mcp__enterprise_knowledge_base_connector"
+    tools = [
+        {**_SLEEP, "name": "search_documents_by_label_and_space"},
+        {**_SLEEP, "name": "search_documents_by_label_and_owner"},
+        _SLEEP,
+    ]
+    payload = _lite({"type": "namespace", "name": server, "tools": tools})
+    tr = ResponsesTranslator("openai", payload, CREATED)
+    names = _offered_names(tr.request())
+    assert all(len(n) <= 64 and re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in names), names
+    assert len(set(names)) == 3 and names[2] == f"{server}__sleep"  # (short: as it was)
+    assert names[0].startswith(server + "__search_docume") and names[0] != names[1]
+    call = {"id": "call_1", "type": "function", "function": {"name": names[1], "arguments": "{}"}}
+    if stream:
+        chunks = [_chunk({"tool_calls": [{"index": 0, **call}]}, "tool_calls")]
+        out = tr.events([*chunks, b"data: [DONE]\n\n"]) + tr.finish()
+        done = [e["data"] for e in parse(out) if e.get("event") == "response.completed"]
+        output = done[0]["response"]["output"]
+    else:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        answer = {"id": "x", "model": "m", "choices": [{"index": 0, "message": message}]}
+        output = json.loads(tr.body(200, "application/json", orjson.dumps(answer)))["output"]
+    assert [(o["namespace"], o["name"]) for o in output] == [
+        (server, "search_documents_by_label_and_owner")
+    ]
+    again = {**payload, "input": [*payload["input"], *output]}
+    back = ResponsesTranslator("openai", again, CREATED).request()
+    assert back["messages"][-1]["tool_calls"][0]["function"]["name"] == names[1]
+    forced = {"type": "function", "namespace": server, "name": tools[0]["name"]}
+    chosen = ResponsesTranslator("openai", {**payload, "tool_choice": forced}, CREATED).request()
+    assert chosen["tool_choice"] == {"type": "function", "function": {"name": names[0]}}
 
 
 def test_a_tool_offered_again_keeps_its_place_and_takes_its_last_definition() -> None:
