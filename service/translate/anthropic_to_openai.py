@@ -96,8 +96,11 @@ def request(
             out[key] = body[key]
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
-        if isinstance(metadata.get("user_id"), str):
-            out["user"] = end_user_id(metadata["user_id"])
+        user = (
+            end_user_id(metadata["user_id"]) if isinstance(metadata.get("user_id"), str) else None
+        )
+        if user is not None:
+            out["user"] = user
         for key, value in metadata.items():
             if key != "user_id" and value is not None:
                 drop("metadata", f"metadata.{key}")

@@ -55,18 +55,22 @@ def output_limit_field(options: TranslationOptions) -> str:
     return "max_completion_tokens" if options.max_completion_tokens else "max_tokens"
 
 
-# An end user's identifier as both providers take it: Anthropic's `metadata.user_id` only of
-# letters, digits, `_` and `-` (its 400 names the pattern), OpenAI's `user` short (its
-# `safety_identifier` holds at most 64 characters; OpenRouter refuses a `user` over 128).
+# An end user's identifier as the servers of either format take it: OpenAI's short (its
+# `safety_identifier` holds at most 64 characters; OpenRouter refuses a `user` over 128), and
+# Anthropic-compatible servers' (DeepSeek's among them) only of letters, digits, `_` and `-`
+# (their 400 names the pattern); Anthropic itself asks for an opaque id, not an e-mail address.
 _FITTING_USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def end_user_id(value: str) -> str:
+def end_user_id(value: str) -> str | None:
     """`value` (Anthropic `metadata.user_id`, Chat `user` or `safety_identifier`) as the other
-    format's field: itself when it fits both providers' rules, else `u-` and a digest of it, as
-    stable and as distinct as the value (one id per end user is what either field is for, and
-    a digest carries no e-mail address). Claude Code sends a JSON object of about 140
-    characters (device, account and session ids)."""
+    format's field: itself when it fits every server's rules, else `u-` and a digest of it, as
+    stable and as distinct as the value (one id per end user, or per user and session as Claude
+    Code sends it, is what either field is for, and a digest carries no e-mail address); None
+    (not sent) for an empty one, which names nobody. Claude Code sends a JSON object of about
+    140 characters (device, account and session ids)."""
+    if not value:
+        return None
     if _FITTING_USER_ID.fullmatch(value):
         return value
     return (

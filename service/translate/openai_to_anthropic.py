@@ -145,12 +145,13 @@ def request(
                 out[key] = body[key]
     user = body.get("user")
     identifier = body.get("safety_identifier")
-    if isinstance(user, str):
-        out["metadata"] = {"user_id": end_user_id(user)}
-        if given(body, "safety_identifier"):
-            drop("safety_identifier", "safety_identifier")
-    elif isinstance(identifier, str):
-        out["metadata"] = {"user_id": end_user_id(identifier)}
+    user_id = end_user_id(user) if isinstance(user, str) else None
+    if user_id is not None and given(body, "safety_identifier"):
+        drop("safety_identifier", "safety_identifier")
+    elif user_id is None and isinstance(identifier, str):
+        user_id = end_user_id(identifier)  # (an empty `user` names nobody: this one then)
+    if user_id is not None:
+        out["metadata"] = {"user_id": user_id}
     if given(body, "stream"):
         out["stream"] = body["stream"]
     if isinstance(tools, list) and tools:

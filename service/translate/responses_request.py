@@ -137,8 +137,8 @@ class NeedsState(Untranslatable):
 # are flat, as `<namespace>__<name>`; its calls come back with the namespace and the tool's own
 # name (`ClientTools.namespaced`).
 NAMESPACE_SEPARATOR = "__"
-# The longest function name upstream: OpenAI's (Chat Completions and Responses) and Anthropic's
-# limit. A joined name longer (a long MCP server's name and a long tool name) keeps its first
+# The longest function name upstream: OpenAI's limit (Chat Completions and Responses; Anthropic
+# takes 128). A joined name longer (a long MCP server's name and a long tool name) keeps its first
 # 55 characters, `_` and 8 hex digits of a digest of the whole: still one name per tool.
 MAX_TOOL_NAME = 64
 

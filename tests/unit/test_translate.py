@@ -846,12 +846,15 @@ def test_tool_references_beside_an_image_and_in_several_results() -> None:
 @given(st.text(max_size=200))
 def test_an_end_user_id_fits_both_providers_and_stays_one_per_user(value: str) -> None:
     got = end_user_id(value)
-    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", got)  # Anthropic's pattern, OpenAI's 64
+    if not value:
+        assert got is None  # names nobody: not sent
+        return
+    assert got is not None and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", got)  # every server's rule
     assert end_user_id(value) == got  # stable
     if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
         assert got == value  # one that fits goes as it is
     else:
-        assert got.startswith("u-") and (value not in got or not value)
+        assert re.fullmatch(r"u-[0-9a-f]{32}", got)  # a digest: nothing of the value itself
         assert end_user_id(value + "x") != got  # distinct users stay distinct
 
 
@@ -860,4 +863,20 @@ def test_an_end_user_id_at_the_limits() -> None:
     assert end_user_id("a" * 65) != "a" * 65
     assert end_user_id("user-42_x") == "user-42_x"
     assert end_user_id("jane@example.com").startswith("u-")
-    assert end_user_id("") != ""  # (Anthropic refuses an empty one too)
+    assert end_user_id("") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "metadata"),
+    [
+        ({"user": "", "safety_identifier": "sid-1"}, {"user_id": "sid-1"}),
+        ({"user": ""}, None),
+        ({"safety_identifier": ""}, None),
+    ],
+)
+def test_an_empty_end_user_id_is_not_sent(body: dict[str, Any], metadata: Any) -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], **body}
+    assert Translator("openai_to_anthropic", chat, 0).request().get("metadata") == metadata
+    messages = {"model": "m", "max_tokens": 8, "messages": chat["messages"]}
+    empty = {**messages, "metadata": {"user_id": ""}}
+    assert "user" not in Translator("anthropic_to_openai", empty, 0).request()

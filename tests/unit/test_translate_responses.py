@@ -778,9 +778,15 @@ def test_a_namespaced_name_too_long_upstream_is_cut_and_still_comes_back_whole(
     again = {**payload, "input": [*payload["input"], *output]}
     back = ResponsesTranslator("openai", again, CREATED).request()
     assert back["messages"][-1]["tool_calls"][0]["function"]["name"] == names[1]
+    anthropic = ResponsesTranslator("anthropic", again, CREATED).request()  # (via Chat)
+    assert [t["name"] for t in anthropic["tools"]] == names
+    assert [b["name"] for b in anthropic["messages"][-1]["content"]] == [names[1]]
     forced = {"type": "function", "namespace": server, "name": tools[0]["name"]}
     chosen = ResponsesTranslator("openai", {**payload, "tool_choice": forced}, CREATED).request()
     assert chosen["tool_choice"] == {"type": "function", "function": {"name": names[0]}}
+    allowed = {"type": "allowed_tools", "mode": "auto", "tools": [forced]}
+    chosen = ResponsesTranslator("openai", {**payload, "tool_choice": allowed}, CREATED).request()
+    assert _offered_names(chosen) == names[:1]
 
 
 def test_a_tool_offered_again_keeps_its_place_and_takes_its_last_definition() -> None:
