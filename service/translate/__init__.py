@@ -95,7 +95,8 @@ class Translator(JSONAnswers):
         if not isinstance(parsed, dict):
             raise UpstreamJSONError()
         if self.to_openai:
-            return dumps_exact(anthropic_to_openai.response(parsed))
+            names = anthropic_to_openai.client_names(self.payload)
+            return dumps_exact(anthropic_to_openai.response(parsed, names))
         return dumps_exact(openai_to_anthropic.response(parsed, self.created))
 
     def events(self, events: list[bytes]) -> list[bytes]:
@@ -120,7 +121,8 @@ class Translator(JSONAnswers):
     def _stream_translator(self) -> Any:
         if self._stream is None:
             if self.to_openai:
-                self._stream = anthropic_to_openai.EventTranslator()
+                names = anthropic_to_openai.client_names(self.payload)
+                self._stream = anthropic_to_openai.EventTranslator(names)
             else:
                 opts = self.payload.get("stream_options")
                 include = isinstance(opts, dict) and opts.get("include_usage") is True

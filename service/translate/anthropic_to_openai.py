@@ -28,6 +28,7 @@ from .common import (
     effort_for_budget,
     end_user_id,
     error_message,
+    fitting_tool_name,
     found_tools,
     given,
     output_limit_field,
@@ -379,7 +380,7 @@ def _assistant(
                 {
                     "id": block.get("id"),
                     "type": "function",
-                    "function": {"name": block.get("name"), "arguments": arguments},
+                    "function": {"name": _upstream_name(block.get("name")), "arguments": arguments},
                 }
             )
         elif kind == "thinking":
@@ -451,13 +452,31 @@ def _tool(tool: Any, where: str, drop: Drops) -> dict[str, Any] | None:
     for key in TOOL_HINTS:
         if tool.get(key) not in (None, False, [], {}):
             drop(key, f"{where}.{key}")
-    fn: dict[str, Any] = {"name": tool.get("name")}
+    fn: dict[str, Any] = {"name": _upstream_name(tool.get("name"))}
     if given(tool, "description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
     if tool.get("strict") is True:
         fn["strict"] = True
     return {"type": "function", "function": fn}
+
+
+def _upstream_name(name: Any) -> Any:
+    """A tool's name upstream: OpenAI takes 64 characters, Anthropic (and so Claude Code, whose
+    MCP tools are `mcp__<server>__<tool>`) 128; a longer one is cut (`fitting_tool_name`) and
+    the answer's calls name it as the client did (`client_names`)."""
+    return fitting_tool_name(name) if isinstance(name, str) else name
+
+
+def client_names(payload: dict[str, Any]) -> dict[str, str]:
+    """The client's tool names that go upstream cut, by the cut name (empty: none is)."""
+    tools = payload.get("tools")
+    names = (t.get("name") for t in tools if isinstance(t, dict)) if isinstance(tools, list) else ()
+    return {
+        fitting_tool_name(name): name
+        for name in names
+        if isinstance(name, str) and fitting_tool_name(name) != name
+    }
 
 
 def _tool_choice(choice: dict[str, Any]) -> Any:
@@ -469,7 +488,7 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
     if kind == "none":
         return "none"
     if kind == "tool":
-        return {"type": "function", "function": {"name": choice.get("name")}}
+        return {"type": "function", "function": {"name": _upstream_name(choice.get("name"))}}
     raise Untranslatable(f"tool_choice.type={kind}", UPSTREAM)
 
 
@@ -523,7 +542,7 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return value
 
 
-def response(body: dict[str, Any]) -> dict[str, Any]:
+def response(body: dict[str, Any], names: dict[str, str] | None = None) -> dict[str, Any]:
     """The Anthropic message for a Chat Completions response (its first choice)."""
     choices = body.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
@@ -542,11 +561,12 @@ def response(body: dict[str, Any]) -> dict[str, Any]:
         content.append({"type": "text", "text": refusal})
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
+        name = fn.get("name")
         content.append(
             {
                 "type": "tool_use",
                 "id": _tool_use_id(call.get("id")),
-                "name": fn.get("name"),
+                "name": names.get(name, name) if names and isinstance(name, str) else name,
                 "input": _tool_input(fn.get("arguments")),
             }
         )
@@ -608,11 +628,13 @@ class EventTranslator(StreamTranslator):
         "_tools",
         "_usage",
         "_waiting",
+        "names",
         "next_index",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         super().__init__()
+        self.names = names or {}  # the client's tool names, by the cut name upstream
         self._started = False
         self._open: int | None = None  # index of the open content block
         self._kind = ""  # its type: text, thinking or tool_use
@@ -793,7 +815,8 @@ class EventTranslator(StreamTranslator):
             if not self._waiting[0].name and not final:
                 return
             tool = self._waiting.pop(0)
-            block = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
+            name = self.names.get(tool.name, tool.name)
+            block = {"type": "tool_use", "id": tool.id, "name": name, "input": {}}
             tool.block = self._start_block(block, out)
             self._call = tool
             if tool.held:

@@ -78,6 +78,20 @@ def end_user_id(value: str) -> str | None:
     )
 
 
+# The longest function name OpenAI takes (Chat Completions and Responses; Anthropic takes 128).
+# A longer one keeps its first 55 characters, `_` and 8 hex digits of a digest of the whole:
+# still one name per tool, which the translation maps back in the answer.
+MAX_TOOL_NAME = 64
+
+
+def fitting_tool_name(name: str) -> str:
+    """`name` as a function's name upstream: itself when it is short enough, else cut."""
+    if len(name) <= MAX_TOOL_NAME:
+        return name
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{name[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
+
+
 # The arguments of a tool call without any, as OpenAI writes them: a JSON object. Anthropic's
 # stream of a tool without input has one empty fragment, and some Chat upstreams send "", which
 # a client's JSON parser (Codex's, the openai SDK's `parse`) refuses.

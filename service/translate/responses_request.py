@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from .common import (
     RESPONSES_TO_CHAT_EFFORT,
     TranslationOptions,
     Untranslatable,
+    fitting_tool_name,
     found_tools,
     given,
     output_limit_field,
@@ -137,10 +137,6 @@ class NeedsState(Untranslatable):
 # are flat, as `<namespace>__<name>`; its calls come back with the namespace and the tool's own
 # name (`ClientTools.namespaced`).
 NAMESPACE_SEPARATOR = "__"
-# The longest function name upstream: OpenAI's limit (Chat Completions and Responses; Anthropic
-# takes 128). A joined name longer (a long MCP server's name and a long tool name) keeps its first
-# 55 characters, `_` and 8 hex digits of a digest of the whole: still one name per tool.
-MAX_TOOL_NAME = 64
 
 
 # A `tool_search` tool the client runs itself (`execution: "client"`: Codex searches its deferred
@@ -441,15 +437,11 @@ def _opened(
 
 def upstream_name(namespace: Any, name: str) -> str:
     """A tool's name upstream: `<namespace>__<name>` for one offered (or called) in a namespace,
-    cut to MAX_TOOL_NAME with a digest of the whole when longer (the client's own flat names are
-    the client's: as they are)."""
+    cut as `fitting_tool_name` says when longer than OpenAI takes (a long MCP server's name and a
+    long tool name; the client's own flat names are the client's: as they are)."""
     if not isinstance(namespace, str) or not namespace:
         return name
-    joined = _joined(namespace, name)
-    if len(joined) <= MAX_TOOL_NAME:
-        return joined
-    digest = hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
-    return f"{joined[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
+    return fitting_tool_name(_joined(namespace, name))
 
 
 def _joined(namespace: str | None, name: str) -> str:

@@ -880,3 +880,72 @@ def test_an_empty_end_user_id_is_not_sent(body: dict[str, Any], metadata: Any) -
     messages = {"model": "m", "max_tokens": 8, "messages": chat["messages"]}
     empty = {**messages, "metadata": {"user_id": ""}}
     assert "user" not in Translator("anthropic_to_openai", empty, 0).request()
+
+
+# --- tool names longer than OpenAI takes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_name_too_long_for_openai_is_cut_upstream_and_named_as_sent_in_the_answer(
+    stream: bool,
+) -> None:
+    """Anthropic takes tool names of 128 characters, OpenAI 64: Claude Code names an MCP tool
+    `mcp__<server>__<tool>`, which a plugin's server and a long tool name take past 64."""
+    long = "mcp__plugin_enterprise_search_knowledge__search_documents_by_label_and_space_key"
+    other = long.replace("space_key", "owner_key")
+    tools = [{"name": n, "input_schema": {"type": "object"}} for n in (long, other, "Write")]
+    history = [
+        {"role": "user", "content": "find it"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": long, "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "none"}],
+        },
+    ]
+    payload = {
+        "model": "m",
+        "max_tokens": 64,
+        "tools": tools,
+        "tool_choice": {"type": "tool", "name": other},
+        "messages": history,
+    }
+    tr = Translator("anthropic_to_openai", payload, 0)
+    sent = tr.request()
+    names = [t["function"]["name"] for t in sent["tools"]]
+    assert all(len(n) <= 64 for n in names) and names[2] == "Write" and len(set(names)) == 3
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": names[1]}}
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == names[0]
+    call = {"id": "c2", "type": "function", "function": {"name": names[1], "arguments": "{}"}}
+    if stream:
+        chunk = {
+            "id": "x",
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, **call}]},
+                    "finish_reason": "tool_calls",
+                }
+            ],
+        }
+        out = (
+            tr.events([b"data: " + orjson.dumps(chunk) + b"\n\n", b"data: [DONE]\n\n"])
+            + tr.finish()
+        )
+        blocks = [
+            e["data"]["content_block"]
+            for e in parse(out)
+            if e.get("event") == "content_block_start"
+        ]
+    else:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        answer = {
+            "id": "x",
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        }
+        blocks = json.loads(tr.body(200, "application/json", orjson.dumps(answer)))["content"]
+    assert [(b["type"], b["name"]) for b in blocks] == [("tool_use", other)]
