@@ -97,10 +97,8 @@ def request(
             out[key] = body[key]
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
-        user = (
-            end_user_id(metadata["user_id"]) if isinstance(metadata.get("user_id"), str) else None
-        )
-        if user is not None:
+        user_id = metadata.get("user_id")
+        if isinstance(user_id, str) and (user := end_user_id(user_id)) is not None:
             out["user"] = user
         for key, value in metadata.items():
             if key != "user_id" and value is not None:
@@ -473,9 +471,9 @@ def client_names(payload: dict[str, Any]) -> dict[str, str]:
     tools = payload.get("tools")
     names = (t.get("name") for t in tools if isinstance(t, dict)) if isinstance(tools, list) else ()
     return {
-        fitting_tool_name(name): name
+        cut: name
         for name in names
-        if isinstance(name, str) and fitting_tool_name(name) != name
+        if isinstance(name, str) and (cut := fitting_tool_name(name)) != name
     }
 
 

@@ -73,9 +73,12 @@ def end_user_id(value: str) -> str | None:
         return None
     if _FITTING_USER_ID.fullmatch(value):
         return value
-    return (
-        "u-" + hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    )
+    return "u-" + _digest(value, 16)
+
+
+def _digest(text: str, size: int) -> str:
+    """`size` bytes of a digest of `text`, in hex: the same in every process (no salt)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
 # The longest function name OpenAI takes (Chat Completions and Responses; Anthropic takes 128).
@@ -88,7 +91,7 @@ def fitting_tool_name(name: str) -> str:
     """`name` as a function's name upstream: itself when it is short enough, else cut."""
     if len(name) <= MAX_TOOL_NAME:
         return name
-    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    digest = _digest(name, 4)
     return f"{name[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
 
 

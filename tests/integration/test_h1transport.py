@@ -1169,12 +1169,31 @@ class TLSServer:
         self.sock.close()
 
 
-def test_tls_with_an_operator_trusted_ca_sni_and_hostname_checks(tls_files, monkeypatch) -> None:
-    """The CA is trusted as an operator would: SSL_CERT_FILE names the bundle the transport's
-    default context (httpx.create_ssl_context) loads instead of certifi's."""
+@pytest.mark.parametrize("named_by", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_tls_with_an_operator_trusted_ca_sni_and_hostname_checks(
+    tls_files, tmp_path, monkeypatch, named_by
+) -> None:
+    """The CA is trusted as an operator would: SSL_CERT_FILE names the bundle, or SSL_CERT_DIR an
+    OpenSSL hashed directory (as `openssl rehash` makes), that the transport's default context
+    (httpx.create_ssl_context) loads instead of certifi's."""
+    import shutil
+    import subprocess
+
     from service.proxy.upstream import _transport, map_exception
 
-    monkeypatch.setenv("SSL_CERT_FILE", tls_files["ca"])
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)  # (the file would win over the directory)
+    if named_by == "SSL_CERT_DIR":
+        hashed = subprocess.run(
+            ["openssl", "x509", "-hash", "-noout", "-in", tls_files["ca"]],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        shutil.copy(tls_files["ca"], tmp_path / f"{hashed}.0")
+        monkeypatch.setenv(named_by, str(tmp_path))
+    else:
+        monkeypatch.setenv(named_by, tls_files["ca"])
     server = TLSServer(tls_files, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async def go() -> None:
@@ -1187,46 +1206,11 @@ def test_tls_with_an_operator_trusted_ca_sni_and_hostname_checks(tls_files, monk
         assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
         assert map_exception(e.value).error_type == "tls_error"
         await c.aclose()
-        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.delenv(named_by)
         c = UpstreamClient(_transport("h1"))  # certifi's CAs only: our CA is not trusted
         with pytest.raises(httpx.ConnectError) as e:
             await fetch(c, req(c, f"https://localhost:{server.port}/"))
         assert map_exception(e.value).error_type == "tls_error"
-        await c.aclose()
-
-    try:
-        asyncio.run(go())
-    finally:
-        server.close()
-
-
-def test_tls_with_a_ca_directory_the_operator_names(tls_files, tmp_path, monkeypatch) -> None:
-    """SSL_CERT_DIR (an OpenSSL hashed directory, as `openssl rehash` makes) is the other way
-    docs/configuration.md names to trust a private CA."""
-    import shutil
-    import subprocess
-
-    from service.proxy.upstream import _transport
-
-    name = subprocess.run(
-        ["openssl", "x509", "-hash", "-noout", "-in", tls_files["ca"]],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    shutil.copy(tls_files["ca"], tmp_path / f"{name}.0")
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # (it would win over the directory)
-    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
-    server = TLSServer(tls_files, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    async def go() -> None:
-        c = UpstreamClient(_transport("h1"))
-        resp, data = await fetch(c, req(c, f"https://localhost:{server.port}/v1/x"))
-        assert (resp.status_code, data) == (200, b"ok")
-        assert server.server_names == ["localhost"]  # SNI sent
-        with pytest.raises(httpx.ConnectError) as e:  # the certificate does not name 127.0.0.1
-            await fetch(c, req(c, f"https://127.0.0.1:{server.port}/"))
-        assert isinstance(e.value.__cause__, ssl.SSLCertVerificationError)
         await c.aclose()
 
     try:
