@@ -212,6 +212,11 @@ class Translation(_Strict):
     default_max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
+# How function tools' parameter schemas go to an OpenAI-format upstream: as the client wrote
+# them, or rewritten into what Gemini's function declarations take (service.proxy.tool_schemas).
+ToolSchemas = Literal["asIs", "gemini"]
+
+
 class Timeouts(_Strict):
     connect_secs: Annotated[float, Field(gt=0, le=600)] = 10
     read_secs: Annotated[float, Field(gt=0, le=3600)] = 300
@@ -231,6 +236,7 @@ class Endpoint(_Strict):
     # false: the provider has no such endpoint; the router answers 404 itself.
     enabled: bool = True
     translation: Translation | None = None
+    tool_schemas: ToolSchemas | None = None
 
     @field_validator("upstream_path")
     @classmethod
@@ -274,6 +280,8 @@ class ResolvedEndpoint(BaseModel):
     # A token-counting route whose counted route's upstream speaks another format: the router
     # answers from its own estimate (COUNTS_FOR).
     local_estimate: bool = False
+    # How function tools' parameter schemas go upstream (service.proxy.tool_schemas)
+    tool_schemas: str = "asIs"
 
 
 class Profile(_Strict):
@@ -303,6 +311,7 @@ class Profile(_Strict):
     token_budgets: TokenBudgets | None = None
     stream_config: StreamConfig | None = None
     translation: Translation | None = None
+    tool_schemas: ToolSchemas | None = None
     auth: Auth = Field(default_factory=Auth)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -433,6 +442,7 @@ class Profile(_Strict):
                 ),
                 local_estimate=counted is not None
                 and self._format(counted) != CLIENT_FORMAT[counted],
+                tool_schemas=ep.tool_schemas or self.tool_schemas or "asIs",
             )
         return out
 

@@ -58,6 +58,7 @@ from .model import (
     Timeouts,
     TokenBudgets,
     TokenLimit,
+    ToolSchemas,
     Translation,
     _Strict,
 )
@@ -78,6 +79,7 @@ class UpstreamSpec(_Strict):
     timeouts: Timeouts | None = None
     stream_config: StreamConfig | None = None
     translation: Translation | None = None
+    tool_schemas: ToolSchemas | None = None
     credential: Credential | None = None
     api_key_env: Annotated[str, Field(pattern=ENV_NAME)] | None = None
 

@@ -108,6 +108,7 @@ from .outgoing import (
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
+from .tool_schemas import fit_tools
 from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -413,6 +414,7 @@ class _Attempts:
         else:
             if streaming and ep.request_usage and self.route in USAGE_ROUTES:
                 strip = ask_for_usage(payload)
+            fit_tools(payload, ep.tool_schemas)
             body = dump_json(payload, exact=self.exact)
             self.state.translation = "none"
         return self._request(cand, ep, body, translator, strip, streaming)

@@ -32,6 +32,7 @@ from ..translate.responses import ResponsesTranslator
 from . import estimate
 from . import headers as h
 from .body import accept_encoding, decoded, dump_json
+from .tool_schemas import fit_tools
 
 log = structlog.get_logger("api_router.translate")
 
@@ -123,6 +124,7 @@ def translated_request(
         out = translator.request()
     except MALFORMED as e:
         raise BadRequest(_malformed(e)) from None
+    fit_tools(out, ep.tool_schemas)
     return translator, dump_json(out, exact=exact)
 
 

@@ -52,6 +52,7 @@ from .outgoing import (
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
+from .tool_schemas import fit_tools
 from .upstream import map_exception, request_timeout, send
 
 # A stored response's id as the Responses API writes it (`resp_…`): nothing that could step out of
@@ -149,9 +150,11 @@ async def forward(
             translator, body = translated_request(route, ep, payload, exact)
             rewrite = False
             state.dropped = translator.dropped
-        elif streaming and ep.request_usage and route in USAGE_ROUTES and ask_for_usage(payload):
-            strip_usage = True
-            rewrite = True
+        else:
+            if streaming and ep.request_usage and route in USAGE_ROUTES:
+                strip_usage = ask_for_usage(payload)
+            # fit_tools first: it must run whatever ask_for_usage says
+            rewrite = fit_tools(payload, ep.tool_schemas) or strip_usage or rewrite
         if rewrite:
             body = dump_json(payload, exact=exact)
 

@@ -59,6 +59,7 @@ PROVIDER_MODEL = {
     "anthropic": "claude-sonnet-4-5",
     "qwen": "qwen3-coder-plus",
     "openai": "gpt-5.5",
+    "gemini": "gemini-2.5-pro",
 }
 # Names only a client uses: mapped to the provider's own model on every profile.
 CLIENT_MODELS = ("gpt-6-sol",)
@@ -66,6 +67,7 @@ UPSTREAM_PATH = {
     "anthropic": "/v1/messages",
     "qwen": "/v1/chat/completions",
     "openai": "/v1/responses",
+    "gemini": "/v1beta/openai/chat/completions",
 }
 
 
@@ -145,6 +147,12 @@ CELLS = [
     pytest.param(
         Cell("qwen", "anthropic", "claude-sonnet-4-5", "write_file"), id="qwen-code-on-anthropic"
     ),
+    # Each client on the gemini profile (Chat Completions at Gemini's OpenAI-compatible path),
+    # whose fake refuses, as Gemini does, a tool schema outside its Schema object
+    # (tests/fakes/gemini_schema.py): every client's tools carry such keywords.
+    pytest.param(Cell("claude", "gemini", "gemini-2.5-pro", "Write"), id="claude-code-on-gemini"),
+    pytest.param(Cell("codex", "gemini", "gpt-5.5", "apply_patch"), id="codex-on-gemini"),
+    pytest.param(Cell("qwen", "gemini", "gemini-2.5-pro", "write_file"), id="qwen-code-on-gemini"),
 ]
 
 
@@ -322,6 +330,7 @@ def diagnosis(run: Run, router: RouterProcess, script: AgentScript) -> str:
             "router warnings/errors:",
             *problems[-12:],
             f"upstream turns: {turns}",
+            *(f"refused as Gemini would: {r[:3]}" for r in script.refused[-3:]),
         ]
     )
 
@@ -381,6 +390,7 @@ def test_agent_writes_a_file_through_the_router(
         assert [t.kind for t in conversation] == ["tool_call", "final"], why
         assert conversation[0].tool == cell.tool, why
     assert {t.path for t in script.turns} == {cell.upstream_path}, why
+    assert script.refused == [], why
     if cell.client == "claude" and cell.profile == "openai":  # the profile's translation options
         sent = conversation[0].body
         assert "max_tokens" not in sent and sent.get("max_completion_tokens"), why

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.gemini_schema import refusals
 from tests.fakes.upstream import Recorded, Reply, sse
 
 SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
@@ -259,6 +260,17 @@ def format_of(path: str) -> str:
     raise ValueError(f"no scripted format for {path}")
 
 
+# Gemini's OpenAI-compatible API: tool schemas are checked as Gemini checks them.
+GEMINI_PATH = "/v1beta/openai/"
+
+
+def gemini_refusal(problems: list[str]) -> Reply:
+    """Gemini's 400 for tool schemas it cannot read (its OpenAI-compatible API answers with a
+    list holding its own error object)."""
+    error = {"code": 400, "message": "\n".join(problems), "status": "INVALID_ARGUMENT"}
+    return Reply(status=400, headers=JSON_HEADERS, body=json.dumps([{"error": error}]).encode())
+
+
 # A tool Claude Code defers (offered only once its ToolSearch has loaded it).
 DEFERRED_TOOL = "NotebookEdit"
 
@@ -288,6 +300,8 @@ class AgentScript:
     # and the request that carries that summary back gets the final text.
     compact: bool = False
     turns: list[Turn] = field(default_factory=list)
+    # What the Gemini fake refused (its paths: GEMINI_PATH), per request
+    refused: list[list[str]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -320,6 +334,11 @@ class AgentScript:
             seen = read_request(req, self.token)
         except ValueError:
             return Reply(status=404, headers=JSON_HEADERS, body=b'{"error":"not scripted"}')
+        if req.path.startswith(GEMINI_PATH):
+            refused = refusals(req.json().get("tools"))
+            if refused:
+                self.refused.append(refused)
+                return gemini_refusal(refused)
         call = None
         raw = req.body.decode(errors="replace")
         if seen.finished:

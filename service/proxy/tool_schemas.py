@@ -1,0 +1,312 @@
+"""Tool parameter schemas rewritten for an upstream that takes only part of JSON Schema.
+
+A profile's `toolSchemas` (default `asIs`: sent as the client wrote them) can be `gemini`: every
+function tool's `parameters` in an OpenAI-format upstream body (Chat Completions
+`tools[].function.parameters`, Responses `tools[].parameters`) is rewritten into the subset of
+the OpenAPI 3.0 schema object that Gemini's function declarations accept, on its own API and on
+its OpenAI-compatible endpoint alike (the shipped `gemini` profile sets it; Vertex AI's Gemini
+models read the same object).
+
+Why: the coding agents describe their tools with the whole of JSON Schema (Claude Code 2.1:
+`$schema`, `additionalProperties`, `propertyNames`, `exclusiveMinimum`, `const`, `allOf`,
+`format: uri`; Qwen Code: `oneOf`, type lists; MCP servers: `$ref`/`$defs`), and Gemini refuses
+the whole request for one keyword it does not know ("Invalid JSON payload received. Unknown name
+..."), for a parameter-less object ("properties: should be non-empty for OBJECT type") and for a
+`required` name with no property. So with `gemini`, each schema node keeps only what Gemini
+reads, and what it cannot say is said as closely as it can:
+
+- `$ref` to a local definition (`#/$defs/…`, `#/definitions/…`, `#`) is replaced by the
+  definition (a reference back into itself becomes an unconstrained node); `allOf` members are
+  merged into their node; `oneOf` is `anyOf`;
+- a type list becomes one type (`nullable` for `"null"`) or an `anyOf` of the types; an
+  `anyOf` branch that only allows null becomes `nullable`, and a single remaining branch is
+  merged into its node;
+- `const` becomes a one-value `enum`; enum values are written as strings (Gemini's enum holds
+  strings; a null value becomes `nullable`); a node with only string values and no type gets
+  `type: string`;
+- `exclusiveMinimum` / `exclusiveMaximum` (numbers) become `minimum` / `maximum` (the bound is
+  kept, its exclusivity is not);
+- `format` stays only where Gemini takes it (`enum` and `date-time` on strings, `float` and
+  `double` on numbers, `int32` and `int64` on integers);
+- `properties` and `required` stay on object nodes only, `required` lists only names that are
+  properties, and an object node left without properties (a map: `additionalProperties` or
+  `propertyNames` only) loses its `type`, as does an array without `items` (Gemini refuses
+  both): the model still reads their descriptions. A function whose parameters have no
+  property at all is sent without `parameters`;
+- every other keyword is dropped (`additionalProperties`, `$schema`, `$id`, `$comment`,
+  `propertyNames`, `patternProperties`, `multipleOf`, `uniqueItems`, `not`, `if`/`then`/`else`,
+  `examples`, …).
+
+Only the upstream's copy changes: the client's tools, the answer's tool calls and every other
+field stay as they were. A schema nested deeper than `MAX_DEPTH`, or past `MAX_NODES` nodes
+(definitions referenced from many places), is cut there (an unconstrained node).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+AS_IS = "asIs"
+GEMINI = "gemini"
+MODES = (AS_IS, GEMINI)
+
+# The fields of Gemini's Schema object (a subset of OpenAPI 3.0's).
+GEMINI_KEYS = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+GEMINI_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object"})
+GEMINI_FORMATS = {
+    "string": frozenset({"enum", "date-time"}),
+    "number": frozenset({"float", "double"}),
+    "integer": frozenset({"int32", "int64"}),
+}
+MAX_DEPTH = 64
+MAX_NODES = 20_000
+
+
+def fit_tools(payload: dict[str, Any], mode: str) -> bool:
+    """Rewrite the function tools' parameter schemas of an OpenAI-format body (Chat Completions
+    or Responses) for `mode`, in place; True when anything changed."""
+    if mode != GEMINI:
+        return False
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return False
+    changed = False
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        fn = tool.get("function")
+        nested = isinstance(fn, dict)  # Chat Completions nests the function; Responses does not
+        holder: dict[str, Any] = fn if isinstance(fn, dict) else tool
+        schema = holder.get("parameters")
+        if not isinstance(schema, dict):
+            continue
+        fitted = gemini_parameters(schema)
+        if fitted == schema:
+            continue
+        holder = {k: v for k, v in holder.items() if k != "parameters"}
+        if fitted is not None:
+            holder["parameters"] = fitted
+        tools[i] = {**tool, "function": holder} if nested else holder
+        changed = True
+    return changed
+
+
+def gemini_parameters(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """A function's parameters as Gemini takes them; None: send no parameters (none left)."""
+    out = _Fitter(schema).node(schema, 0, frozenset())
+    if not out.get("properties"):
+        return None
+    out["type"] = "object"
+    return out
+
+
+class _Fitter:
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.budget = MAX_NODES  # definitions referenced from many places expand only so far
+
+    def _resolve(self, ref: str) -> Any:
+        if ref == "#":
+            return self.root
+        if not ref.startswith("#/"):
+            return None
+        node: Any = self.root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node if isinstance(node, dict) else None
+
+    def _expand(
+        self, s: dict[str, Any], refs: frozenset[str]
+    ) -> tuple[dict[str, Any], frozenset[str]]:
+        """`s` with its `$ref` replaced by the definition and its `allOf` merged in."""
+        ref = s.get("$ref")
+        if isinstance(ref, str):
+            s = {k: v for k, v in s.items() if k != "$ref"}
+            target = self._resolve(ref)
+            if target is not None and ref not in refs:
+                refs = refs | {ref}
+                target, refs = self._expand(target, refs)
+                s = _merge(target, s)
+        members = s.get("allOf")
+        if isinstance(members, list):
+            s = {k: v for k, v in s.items() if k != "allOf"}
+            for m in members:
+                if isinstance(m, dict):
+                    m, _ = self._expand(m, refs)
+                    s = _merge(s, m)
+        return s, refs
+
+    def node(self, s: Any, depth: int, refs: frozenset[str]) -> dict[str, Any]:
+        self.budget -= 1
+        if not isinstance(s, dict) or depth > MAX_DEPTH or self.budget < 0:
+            return {}
+        s, refs = self._expand(s, refs)
+        out: dict[str, Any] = {}
+        nullable = s.get("nullable") is True
+        branches: list[Any] = []
+        for key in ("anyOf", "oneOf"):
+            if isinstance(s.get(key), list):
+                branches.extend(s[key])
+
+        kind = s.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if isinstance(k, str)]
+            nullable = nullable or "null" in kinds
+            kinds = [k for k in kinds if k in GEMINI_TYPES]
+            if len(kinds) == 1:
+                kind = kinds[0]
+            else:
+                kind = None
+                if len(kinds) > 1 and not branches:
+                    shared = ("description", "title", "default", "type")
+                    rest = {k: v for k, v in s.items() if k not in shared}
+                    branches = [{**rest, "type": k} for k in kinds]
+                    s = {k: v for k, v in s.items() if k in shared}
+        elif kind == "null":
+            nullable, kind = True, None
+        elif not isinstance(kind, str) or kind not in GEMINI_TYPES:
+            kind = None
+
+        values = s.get("enum")
+        if "const" in s and not isinstance(values, list):
+            values = [s["const"]]
+        if isinstance(values, list):
+            strings = [_as_string(v) for v in values if v is not None]
+            nullable = nullable or len(strings) < len(values)
+            if strings:
+                out["enum"] = strings
+                if kind is None and all(isinstance(v, str) for v in values if v is not None):
+                    kind = "string"
+
+        for key in ("title", "description", "pattern"):
+            if isinstance(s.get(key), str):
+                out[key] = s[key]
+        for key in ("default", "example"):
+            if key in s:
+                out[key] = s[key]
+        for key in (
+            "minLength",
+            "maxLength",
+            "minItems",
+            "maxItems",
+            "minProperties",
+            "maxProperties",
+        ):
+            if isinstance(s.get(key), int) and not isinstance(s[key], bool):
+                out[key] = s[key]
+        for key, strict in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            bound = s.get(key) if _number(s.get(key)) else None
+            other = s.get(strict) if _number(s.get(strict)) else None
+            if bound is not None or other is not None:
+                pick = max if key == "minimum" else min
+                out[key] = pick(b for b in (bound, other) if b is not None)
+
+        props = s.get("properties")
+        if kind is None and isinstance(props, dict) and props:
+            kind = "object"
+        if kind == "object":
+            fitted = {
+                str(name): self.node(sub, depth + 1, refs)
+                for name, sub in (props.items() if isinstance(props, dict) else ())
+            }
+            if fitted:
+                out["properties"] = fitted
+                required = s.get("required")
+                if isinstance(required, list):
+                    names = [n for n in _names(required) if n in fitted]
+                    if names:
+                        out["required"] = names
+                order = s.get("propertyOrdering")
+                if isinstance(order, list) and order == [n for n in _names(order) if n in fitted]:
+                    out["propertyOrdering"] = order
+            else:
+                kind = None  # a map: no OBJECT without properties
+                for key in ("minProperties", "maxProperties"):
+                    out.pop(key, None)
+        if kind == "array":
+            items = s.get("items")
+            if isinstance(items, list):  # tuple form: any of the positions' schemas
+                fitted_items = [self.node(i, depth + 1, refs) for i in items]
+                out["items"] = (
+                    fitted_items[0] if len(fitted_items) == 1 else {"anyOf": fitted_items}
+                )
+            elif isinstance(items, dict):
+                out["items"] = self.node(items, depth + 1, refs)
+            else:  # Gemini needs the items' schema: an array of anything is left untyped
+                kind = None
+                for key in ("minItems", "maxItems"):
+                    out.pop(key, None)
+        fmt = s.get("format")
+        if kind in GEMINI_FORMATS and isinstance(fmt, str) and fmt in GEMINI_FORMATS[kind]:
+            out["format"] = fmt
+
+        if branches:
+            fitted_branches = []
+            for b in branches:
+                f = self.node(b, depth + 1, refs)
+                if f == {"nullable": True}:
+                    nullable = True
+                elif f not in fitted_branches:
+                    fitted_branches.append(f)
+            if len(fitted_branches) == 1:
+                out = _merge(fitted_branches[0], out)
+                kind = out.pop("type", kind)
+            elif fitted_branches:
+                out["anyOf"] = fitted_branches
+        if kind is not None:
+            out["type"] = kind
+        if nullable:
+            out["nullable"] = True
+        return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over`'s keys on `base`'s, with `properties` joined and `required` united."""
+    out = {**base, **over}
+    if isinstance(base.get("properties"), dict) and isinstance(over.get("properties"), dict):
+        out["properties"] = {**base["properties"], **over["properties"]}
+    if isinstance(base.get("required"), list) and isinstance(over.get("required"), list):
+        out["required"] = _names([*base["required"], *over["required"]])
+    return out
+
+
+def _names(values: list[Any]) -> list[str]:
+    """The strings of `values`, each once, in order."""
+    return list(dict.fromkeys(v for v in values if isinstance(v, str)))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _as_string(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
