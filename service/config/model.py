@@ -213,8 +213,11 @@ class Translation(_Strict):
 
 
 # How function tools' parameter schemas go to an OpenAI-format upstream: as the client wrote
-# them, or rewritten into what Gemini's function declarations take (service.proxy.tool_schemas).
+# them, or rewritten into what Gemini's function declarations take (service.proxy.gemini).
 ToolSchemas = Literal["asIs", "gemini"]
+# Earlier tool calls without a Gemini thought signature: as they are, or with the value Gemini
+# documents for calls it did not sign (service.proxy.gemini).
+ThoughtSignatures = Literal["asIs", "gemini"]
 
 
 class Timeouts(_Strict):
@@ -237,6 +240,7 @@ class Endpoint(_Strict):
     enabled: bool = True
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
+    thought_signatures: ThoughtSignatures | None = None
 
     @field_validator("upstream_path")
     @classmethod
@@ -280,8 +284,10 @@ class ResolvedEndpoint(BaseModel):
     # A token-counting route whose counted route's upstream speaks another format: the router
     # answers from its own estimate (COUNTS_FOR).
     local_estimate: bool = False
-    # How function tools' parameter schemas go upstream (service.proxy.tool_schemas)
+    # How function tools' parameter schemas go upstream (service.proxy.gemini)
     tool_schemas: str = "asIs"
+    # Whether unsigned earlier tool calls get Gemini's skip value (service.proxy.gemini)
+    thought_signatures: str = "asIs"
 
 
 class Profile(_Strict):
@@ -312,6 +318,7 @@ class Profile(_Strict):
     stream_config: StreamConfig | None = None
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
+    thought_signatures: ThoughtSignatures | None = None
     auth: Auth = Field(default_factory=Auth)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -443,6 +450,7 @@ class Profile(_Strict):
                 local_estimate=counted is not None
                 and self._format(counted) != CLIENT_FORMAT[counted],
                 tool_schemas=ep.tool_schemas or self.tool_schemas or "asIs",
+                thought_signatures=ep.thought_signatures or self.thought_signatures or "asIs",
             )
         return out
 

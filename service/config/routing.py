@@ -55,6 +55,7 @@ from .model import (
     ResolvedEndpoint,
     RouteKey,
     StreamConfig,
+    ThoughtSignatures,
     Timeouts,
     TokenBudgets,
     TokenLimit,
@@ -80,6 +81,7 @@ class UpstreamSpec(_Strict):
     stream_config: StreamConfig | None = None
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
+    thought_signatures: ThoughtSignatures | None = None
     credential: Credential | None = None
     api_key_env: Annotated[str, Field(pattern=ENV_NAME)] | None = None
 

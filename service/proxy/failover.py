@@ -97,6 +97,7 @@ from .body import (
     parse_json_object,
 )
 from .events import EventFramer, EventTooLarge, ask_for_usage
+from .gemini import fit_body
 from .holdback import CONTENT, ERROR, MAX_HELD_BYTES, MAX_HELD_EVENTS, classify
 from .multipart import boundary_of, rewrite_body
 from .outgoing import (
@@ -108,7 +109,6 @@ from .outgoing import (
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
-from .tool_schemas import fit_tools
 from .upstream import map_exception, send, timeout_of
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -414,7 +414,7 @@ class _Attempts:
         else:
             if streaming and ep.request_usage and self.route in USAGE_ROUTES:
                 strip = ask_for_usage(payload)
-            fit_tools(payload, ep.tool_schemas)
+            fit_body(payload, ep)
             body = dump_json(payload, exact=self.exact)
             self.state.translation = "none"
         return self._request(cand, ep, body, translator, strip, streaming)

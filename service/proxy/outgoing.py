@@ -32,7 +32,7 @@ from ..translate.responses import ResponsesTranslator
 from . import estimate
 from . import headers as h
 from .body import accept_encoding, decoded, dump_json
-from .tool_schemas import fit_tools
+from .gemini import fit_body
 
 log = structlog.get_logger("api_router.translate")
 
@@ -124,7 +124,7 @@ def translated_request(
         out = translator.request()
     except MALFORMED as e:
         raise BadRequest(_malformed(e)) from None
-    fit_tools(out, ep.tool_schemas)
+    fit_body(out, ep)
     return translator, dump_json(out, exact=exact)
 
 

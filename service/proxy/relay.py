@@ -42,6 +42,7 @@ from . import headers as h
 from .body import dump_json, exact_json, parse_json_object
 from .events import ask_for_usage
 from .failover import forward_routed, upstream_credential
+from .gemini import fit_body
 from .multipart import prepare
 from .outgoing import (
     USAGE_ROUTES,
@@ -52,7 +53,6 @@ from .outgoing import (
 )
 from .passthrough import LargeAnswer, read_answer, relay_large_answer
 from .sse import relay_stream, relay_unasked_stream, unasked_stream
-from .tool_schemas import fit_tools
 from .upstream import map_exception, request_timeout, send
 
 # A stored response's id as the Responses API writes it (`resp_…`): nothing that could step out of
@@ -153,8 +153,8 @@ async def forward(
         else:
             if streaming and ep.request_usage and route in USAGE_ROUTES:
                 strip_usage = ask_for_usage(payload)
-            # fit_tools first: it must run whatever ask_for_usage says
-            rewrite = fit_tools(payload, ep.tool_schemas) or strip_usage or rewrite
+            # fit_body first: it must run whatever ask_for_usage says
+            rewrite = fit_body(payload, ep) or strip_usage or rewrite
         if rewrite:
             body = dump_json(payload, exact=exact)
 

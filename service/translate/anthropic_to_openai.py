@@ -24,6 +24,8 @@ from .common import (
     Untranslatable,
     WholeArguments,
     anthropic_error_type,
+    carried,
+    carrying_id,
     cut_event,
     effort_for_budget,
     end_user_id,
@@ -254,9 +256,8 @@ def _user(content: Any, where: str, drop: Drops) -> list[dict[str, Any]]:
             # follow them in the user message. `is_error` has no field; the result's text
             # carries the error.
             text, extra = _tool_result_content(block.get("content"), at, drop)
-            tool_messages.append(
-                {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
-            )
+            call_id, _ = carried(block.get("tool_use_id"))
+            tool_messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
             tool_parts.extend(extra)
         else:
             raise Untranslatable(f"{at}.type={kind}", UPSTREAM)
@@ -374,13 +375,15 @@ def _assistant(
             texts.append(text)
         elif kind == "tool_use":
             arguments = dumps_exact(block.get("input", {})).decode()
-            calls.append(
-                {
-                    "id": block.get("id"),
-                    "type": "function",
-                    "function": {"name": _upstream_name(block.get("name")), "arguments": arguments},
-                }
-            )
+            call_id, carried_extra = carried(block.get("id"))
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": _upstream_name(block.get("name")), "arguments": arguments},
+            }
+            if carried_extra is not None:  # the upstream's own (common.carrying_id)
+                call["extra_content"] = carried_extra
+            calls.append(call)
         elif kind == "thinking":
             # Earlier reasoning goes back as `reasoning_content` when the upstream takes it
             # (`reasoning_history`); an empty block (display omitted) carries nothing.
@@ -563,7 +566,7 @@ def response(body: dict[str, Any], names: dict[str, str] | None = None) -> dict[
         content.append(
             {
                 "type": "tool_use",
-                "id": _tool_use_id(call.get("id")),
+                "id": carrying_id(_tool_use_id(call.get("id")), call.get("extra_content")),
                 "name": names.get(name, name) if names and isinstance(name, str) else name,
                 "input": _tool_input(fn.get("arguments")),
             }
@@ -600,11 +603,12 @@ def _tool_use_id(call_id: Any) -> str:
 class _ToolCall:
     """One tool call of the upstream (by its Chat tool_calls index)."""
 
-    __slots__ = ("args", "block", "held", "id", "name", "whole")
+    __slots__ = ("args", "block", "extra", "held", "id", "name", "whole")
 
     def __init__(self, id_: str, name: str) -> None:
         self.id = id_
         self.name = name
+        self.extra: Any = None  # its `extra_content`, carried in the id (common.carrying_id)
         self.block: int | None = None  # its content block's index once started
         self.args: list[str] = []  # the fragments sent in its block
         self.held: list[str] = []  # fragments kept while it waits (common.WholeArguments)
@@ -785,6 +789,8 @@ class EventTranslator(StreamTranslator):
             self._waiting.append(tool)
         elif tool.block is None and not tool.name and isinstance(fn.get("name"), str):
             tool.name = fn["name"]  # it came after the call's first piece, before its block
+        if tool.block is None and "extra_content" in call:
+            tool.extra = call["extra_content"]  # (after its block started: too late for its id)
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:
             if tool.block is None:
@@ -814,7 +820,12 @@ class EventTranslator(StreamTranslator):
                 return
             tool = self._waiting.pop(0)
             name = self.names.get(tool.name, tool.name)
-            block = {"type": "tool_use", "id": tool.id, "name": name, "input": {}}
+            block = {
+                "type": "tool_use",
+                "id": carrying_id(tool.id, tool.extra),
+                "name": name,
+                "input": {},
+            }
             tool.block = self._start_block(block, out)
             self._call = tool
             if tool.held:

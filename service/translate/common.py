@@ -3,6 +3,7 @@ tables, and writing and reading SSE events (pure functions, no I/O)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, StreamError, error_body
+from ..proxy.body import dumps_exact, loads_exact
 from ..proxy.events import DONE as DONE  # re-exported: the translators write it
 from ..proxy.events import event_data
 
@@ -93,6 +95,44 @@ def fitting_tool_name(name: str) -> str:
         return name
     digest = _digest(name, 4)
     return f"{name[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
+
+
+# A Chat Completions tool call's `extra_content` (Gemini 3 puts its thought signature there,
+# `{"google": {"thought_signature": …}}`, and refuses the next turn's call without it: "Function
+# call is missing a thought_signature") has no field in the Messages or Responses formats. The
+# call goes to such a client under an id that carries it: `xc_` and the unpadded base64url of
+# the JSON `[upstream id, extra_content]` (letters, digits, `_` and `-`: an id Anthropic takes
+# too). The client sends that id back with the call and its result, and the Chat request made
+# from them has the upstream's id and `extra_content` again. An id without the prefix, or one
+# that does not decode to that shape, is the client's own and goes as it is.
+CARRIED_ID_PREFIX = "xc_"
+
+
+def carrying_id(call_id: str, extra: Any) -> str:
+    """`call_id` for the client, carrying the upstream call's `extra_content` (if any)."""
+    if not isinstance(extra, dict) or not extra:
+        return call_id
+    raw = base64.urlsafe_b64encode(dumps_exact([call_id, extra])).rstrip(b"=")
+    return CARRIED_ID_PREFIX + raw.decode()
+
+
+def carried(client_id: Any) -> tuple[Any, dict[str, Any] | None]:
+    """The upstream id and `extra_content` a client's call id carries; (the id, None) when it
+    carries none."""
+    if isinstance(client_id, str) and client_id.startswith(CARRIED_ID_PREFIX):
+        text = client_id[len(CARRIED_ID_PREFIX) :]
+        try:
+            value = loads_exact(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except ValueError:  # binascii.Error and loads_exact's errors are ValueErrors
+            return client_id, None
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], str)
+            and isinstance(value[1], dict)
+        ):
+            return value[0], value[1]
+    return client_id, None
 
 
 # The arguments of a tool call without any, as OpenAI writes them: a JSON object. Anthropic's

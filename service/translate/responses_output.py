@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from ..proxy.body import loads_exact
-from .common import NO_ARGUMENTS, error_message, openai_error_type
+from .common import NO_ARGUMENTS, carrying_id, error_message, openai_error_type
 from .responses_request import CUSTOM_INPUT, HOSTED_TOOLS, ClientTools, encode_summary
 
 # Chat finish_reason -> (Responses status, incomplete_details.reason).
@@ -198,6 +198,7 @@ def output_items(
                 len(items),
                 tools,
                 status,
+                call.get("extra_content"),
             )
         )
     return items
@@ -251,11 +252,14 @@ def tool_item(
     index: int,
     tools: ClientTools,
     status: str,
+    extra: Any = None,
 ) -> dict[str, Any]:
     """A `function_call` item, a `custom_tool_call` one for a custom tool's name, a
     `tool_search_call` one for the client's own tool search; a tool offered in a namespace is
-    named as the client named it, with its `namespace`."""
+    named as the client named it, with its `namespace`. The upstream call's `extra_content`
+    goes in its id (common.carrying_id)."""
     call_id = call_id if isinstance(call_id, str) and call_id else item_id("call", base, index)
+    call_id = carrying_id(call_id, extra)
     name = name if isinstance(name, str) else ""
     arguments = arguments if isinstance(arguments, str) else ""
     if name in tools.search:

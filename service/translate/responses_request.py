@@ -23,6 +23,7 @@ from .common import (
     RESPONSES_TO_CHAT_EFFORT,
     TranslationOptions,
     Untranslatable,
+    carried,
     fitting_tool_name,
     found_tools,
     given,
@@ -650,7 +651,8 @@ class _Conversation:
             else:
                 content, images = _tool_output(item.get("output"), f"{where}.output", st)
             self.where = f"{where}.output"  # where the images came from
-            self.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": content})
+            call_id, _ = carried(item.get("call_id"))
+            self.append({"role": "tool", "tool_call_id": call_id, "content": content})
             self.images.extend(images)
             return
         self.flush_images()
@@ -725,11 +727,14 @@ class _Conversation:
     def _call(self, item: dict[str, Any], arguments: Any, where: str) -> None:
         if not isinstance(arguments, str):
             raise BadRequest(f"'{where}.arguments' must be a string")
+        call_id, extra = carried(item.get("call_id"))
         call = {
-            "id": item.get("call_id"),
+            "id": call_id,
             "type": "function",
             "function": {"name": _called(item), "arguments": arguments},
         }
+        if extra is not None:  # the upstream's own (common.carrying_id)
+            call["extra_content"] = extra
         last = self.messages[-1] if self.messages else None
         if last is not None and last["role"] == "assistant":
             last.setdefault("tool_calls", []).append(call)

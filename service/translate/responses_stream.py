@@ -87,6 +87,7 @@ class _Call:
         "call_id",
         "custom",
         "decoder",
+        "extra",
         "index",
         "name",
         "pending",
@@ -97,6 +98,7 @@ class _Call:
 
     def __init__(self) -> None:
         self.call_id: str | None = None
+        self.extra: Any = None  # its `extra_content`, carried in the id (common.carrying_id)
         self.name = ""
         self.args: list[str] = []
         self.whole = WholeArguments()  # whether `args` add up to one JSON value yet
@@ -430,6 +432,8 @@ class ResponsesStream(StreamTranslator):
             call.call_id = delta["id"]
         if not call.name and isinstance(fn.get("name"), str):
             call.name = fn["name"]
+        if call.state in ("new", "waiting") and "extra_content" in delta:
+            call.extra = delta["extra_content"]  # (once its item is open: too late for its id)
         fragment = fn.get("arguments")
         fragment = fragment if isinstance(fragment, str) else ""
         if call.state in ("new", "waiting"):
@@ -457,7 +461,9 @@ class ResponsesStream(StreamTranslator):
         call.state = "open"
         call.custom = call.name in self.tools.custom
         call.search = call.name in self.tools.search
-        item = tool_item(call.name, call.call_id, "", self._base, call.index, self.tools, "")
+        item = tool_item(
+            call.name, call.call_id, "", self._base, call.index, self.tools, "", call.extra
+        )
         call.call_id = item["call_id"]
         if call.custom:
             call.decoder = InputDecoder()

@@ -27,8 +27,10 @@ the report of what each client sent.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,8 +262,11 @@ def format_of(path: str) -> str:
     raise ValueError(f"no scripted format for {path}")
 
 
-# Gemini's OpenAI-compatible API: tool schemas are checked as Gemini checks them.
+# Gemini's OpenAI-compatible API: tool schemas are checked as Gemini checks them, and earlier
+# function calls must come back with the thought signature the fake gave them, or with the value
+# Gemini documents for calls it did not sign.
 GEMINI_PATH = "/v1beta/openai/"
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
 def gemini_refusal(problems: list[str]) -> Reply:
@@ -302,6 +307,10 @@ class AgentScript:
     turns: list[Turn] = field(default_factory=list)
     # What the Gemini fake refused (its paths: GEMINI_PATH), per request
     refused: list[list[str]] = field(default_factory=list)
+    # The thought signature the Gemini fake gave each of its calls, by call id, and the calls
+    # that came back with Gemini's skip value instead (SKIP_SIGNATURE)
+    signatures: dict[str, str] = field(default_factory=dict)
+    skipped: list[Any] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -335,7 +344,8 @@ class AgentScript:
         except ValueError:
             return Reply(status=404, headers=JSON_HEADERS, body=b'{"error":"not scripted"}')
         if req.path.startswith(GEMINI_PATH):
-            refused = refusals(req.json().get("tools"))
+            body = req.json()
+            refused = refusals(body.get("tools")) + self.unsigned(body.get("messages"))
             if refused:
                 self.refused.append(refused)
                 return gemini_refusal(refused)
@@ -375,7 +385,33 @@ class AgentScript:
         reply = {CHAT: chat_reply, MESSAGES: messages_reply, RESPONSES: responses_reply}[seen.fmt]
         if self.compact and kind == "tool_call" and seen.fmt == CHAT:
             return chat_reply(seen, f"{self.token}{n}", text, call, reasoning, 200_000)
+        if call is not None and req.path.startswith(GEMINI_PATH):
+            # Gemini 3: the call comes with a thought signature the next turn must send back
+            sig = base64.b64encode(os.urandom(240)).decode()
+            self.signatures[f"call_{self.token}{n}"] = sig
+            extra = {"google": {"thought_signature": sig}}
+            return chat_reply(seen, f"{self.token}{n}", text, call, reasoning, extra=extra)
         return reply(seen, f"{self.token}{n}", text, call, reasoning)
+
+    def unsigned(self, messages: Any) -> list[str]:
+        """Gemini 3's refusal of earlier function calls sent back without the thought signature
+        it gave them (`extra_content.google.thought_signature`)."""
+        out = []
+        for i, m in enumerate(messages if isinstance(messages, list) else []):
+            calls = m.get("tool_calls") if isinstance(m, dict) else None
+            for call in calls if isinstance(calls, list) else []:
+                extra = call.get("extra_content") if isinstance(call, dict) else None
+                google = extra.get("google") if isinstance(extra, dict) else None
+                sig = google.get("thought_signature") if isinstance(google, dict) else None
+                if sig == SKIP_SIGNATURE:  # Gemini's documented stand-in: taken
+                    self.skipped.append(call.get("id"))
+                elif sig is None or sig != self.signatures.get(call.get("id")):
+                    name = (call.get("function") or {}).get("name")
+                    out.append(
+                        "Function call is missing a thought_signature in functionCall parts. "
+                        f"function call `default_api:{name}`, position {i + 1}."
+                    )
+        return out
 
     def mcp_plan(self, seen: Seen) -> Call | None:
         """The tool search (no result yet), then the `save_note` it found (one result)."""
@@ -471,8 +507,15 @@ def _halves(s: str) -> list[str]:
 
 
 def chat_reply(
-    seen: Seen, uid: str, text: str, call: Call | None, reasoning: bool, prompt_tokens: int = 120
+    seen: Seen,
+    uid: str,
+    text: str,
+    call: Call | None,
+    reasoning: bool,
+    prompt_tokens: int = 120,
+    extra: dict[str, Any] | None = None,
 ) -> Reply:
+    """`extra`: the tool call's `extra_content` (Gemini's thought signature)."""
     call_id = f"call_{uid}"
     finish = "tool_calls" if call else "stop"
     usage = {
@@ -487,6 +530,8 @@ def chat_reply(
             message["reasoning_content"] = REASONING
         if call:
             message["tool_calls"] = [_chat_tool_call(call, call_id)]
+            if extra:
+                message["tool_calls"][0]["extra_content"] = extra
         body = {
             **base,
             "object": "chat.completion",
@@ -516,6 +561,7 @@ def chat_reply(
             "id": call_id,
             "type": "function",
             "function": {"name": call.tool.name, "arguments": ""},
+            **({"extra_content": extra} if extra else {}),
         }
         events.append(chunk({"tool_calls": [head]}))
         events += [

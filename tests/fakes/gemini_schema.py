@@ -14,7 +14,7 @@ checks below are the refusals its users report, with Gemini's own wording where 
 - a `format` its type does not take (strings: `enum`, `date-time`; numbers: `float`,
   `double`; integers: `int32`, `int64`).
 
-Independent of the router's service.proxy.tool_schemas (it is what that module is tested
+Independent of the router's service.proxy.gemini (it is what that module is tested
 against), so it lists the fields itself.
 """
 

@@ -1,6 +1,6 @@
-"""`toolSchemas` on a routing file's upstreams (service.proxy.tool_schemas): the real router in
-front of a fake that refuses tool schemas as Gemini does (tests/fakes/gemini_schema.py), the
-real `openai` and `anthropic` SDKs as clients.
+"""`toolSchemas` and `thoughtSignatures` on a routing file's upstreams (service.proxy.gemini):
+the real router in front of a fake that refuses tool schemas as Gemini does
+(tests/fakes/gemini_schema.py), the real `openai` and `anthropic` SDKs as clients.
 
 The single-profile path is what the coding agents' gemini cells run (tests/e2e); here the
 routed one: an upstream built on the gemini profile, one that sets `toolSchemas` inline, one
@@ -22,6 +22,7 @@ from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply
 from tests.support import RouterFactory, RouterProcess
 
 KEY = "sk-client-key-1234"
+SKIP = {"google": {"thought_signature": "skip_thought_signature_validator"}}
 # A tool described as the coding agents describe theirs (JSON Schema 2020-12, a closed object,
 # an exclusive bound, a nullable type list): Gemini refuses each of those keywords.
 SCHEMA = {
@@ -155,3 +156,20 @@ def test_a_retried_attempt_and_a_translated_request_are_fitted_too(
         (sent,) = req.json()["tools"]
         assert sent["function"]["parameters"] == FITTED
     assert tool["input_schema"] == SCHEMA
+
+
+def test_an_unsigned_earlier_call_gets_gemini_s_stand_in_on_a_routed_gemini_upstream(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    for model, expected in (("g", SKIP), ("o", None)):  # "o" sets toolSchemas only
+        with _openai(router) as client:
+            client.chat.completions.create(model=model, messages=history)  # type: ignore[arg-type]
+        (sent,) = upstream.last.json()["messages"][1]["tool_calls"]
+        assert sent.get("extra_content") == expected
+        assert {k: sent[k] for k in call} == call

@@ -1,4 +1,4 @@
-"""service.proxy.tool_schemas: tool parameter schemas rewritten into what Gemini takes.
+"""service.proxy.gemini: tool parameter schemas rewritten into what Gemini takes.
 
 The schemas below have the shapes the coding agents send (checked against Claude Code 2.1.332,
 Qwen Code 0.24.4 and Codex 0.171.0 talking to a capturing server): a JSON Schema 2020-12
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 
 from service.config.model import Profile
-from service.proxy.tool_schemas import AS_IS, GEMINI, fit_tools, gemini_parameters
+from service.proxy.gemini import AS_IS, GEMINI, fit_tools, gemini_parameters
 from tests.fakes.gemini_schema import schema_refusals
 
 AGENT_LIKE: dict[str, dict[str, Any]] = {

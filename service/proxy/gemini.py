@@ -1,4 +1,23 @@
-"""Tool parameter schemas rewritten for an upstream that takes only part of JSON Schema.
+"""What Gemini requires of a request that other OpenAI-compatible servers do not: two profile keys,
+each `asIs` (the default: the body goes as written) or `gemini`; the shipped `gemini` profile sets
+both, `fit_body` applies them to an OpenAI-format upstream body (relayed, or translated, and each
+attempt of a routing file's).
+
+## Thought signatures (`thoughtSignatures`)
+
+Gemini 3 models sign each function call they make (`extra_content.google.thought_signature` on
+the Chat Completions tool call, OpenAI-compatible endpoint) and refuse a request whose earlier
+function calls come back without that signature ("Function call is missing a thought_signature
+in functionCall parts"). Through the Messages and Responses translations the signature travels
+in the call's id (service.translate.common.carrying_id) and comes back as it was. A client
+that speaks Chat Completions itself must send `extra_content` back on its own; one that does not
+(Qwen Code 0.24 does not), and calls from another model (a routing file's failover, a
+conversation begun elsewhere), would be refused: with `gemini`, an assistant tool call that has
+no signature gets `skip_thought_signature_validator`, the value Gemini documents for calls it
+did not sign (its validation is then skipped for that call; Google warns the model may reason a
+little worse). A signature that is there is never changed.
+
+## Tool parameter schemas (`toolSchemas`)
 
 A profile's `toolSchemas` (default `asIs`: sent as the client wrote them) can be `gemini`: every
 function tool's `parameters` in an OpenAI-format upstream body (Chat Completions
@@ -45,11 +64,52 @@ field stay as they were. A schema nested deeper than `MAX_DEPTH`, or past `MAX_N
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 AS_IS = "asIs"
 GEMINI = "gemini"
 MODES = (AS_IS, GEMINI)
+# Gemini's documented stand-in for a thought signature it did not make.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+class _Rules(Protocol):
+    tool_schemas: str
+    thought_signatures: str
+
+
+def fit_body(payload: dict[str, Any], ep: _Rules) -> bool:
+    """Apply the endpoint's Gemini rules to an OpenAI-format upstream body, in place; True when
+    anything changed (the body must be written again)."""
+    fitted = fit_tools(payload, ep.tool_schemas)
+    return sign_calls(payload, ep.thought_signatures) or fitted
+
+
+def sign_calls(payload: dict[str, Any], mode: str) -> bool:
+    """Give each assistant tool call of a Chat Completions body without a Gemini thought
+    signature the skip value, in place; True when any got it."""
+    if mode != GEMINI:
+        return False
+    messages = payload.get("messages")
+    changed = False
+    for m in messages if isinstance(messages, list) else ():
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if not isinstance(calls, list):
+            continue
+        for i, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            extra = call.get("extra_content")
+            google = extra.get("google") if isinstance(extra, dict) else None
+            if isinstance(google, dict) and google.get("thought_signature"):
+                continue
+            extra = dict(extra) if isinstance(extra, dict) else {}
+            google = dict(google) if isinstance(google, dict) else {}
+            extra["google"] = {**google, "thought_signature": SKIP_SIGNATURE}
+            calls[i] = {**call, "extra_content": extra}
+            changed = True
+    return changed
+
 
 # The fields of Gemini's Schema object (a subset of OpenAPI 3.0's).
 GEMINI_KEYS = frozenset(
