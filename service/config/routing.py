@@ -498,7 +498,8 @@ def build_upstreams(
             exclude={"profile", "credential", "api_key_env"},
             mode="json",
         )
-        for field in ("endpoints", "translation"):  # null: no override (the profile's stays)
+        # null: no override (the profile's stays)
+        for field in ("endpoints", "translation", "toolSchemas", "thoughtSignatures"):
             if field in inline and inline[field] is None:
                 del inline[field]
         if "endpoints" in inline and "endpoints" in base:

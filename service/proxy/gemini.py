@@ -39,10 +39,11 @@ reads, and what it cannot say is said as closely as it can:
   merged into their node; `oneOf` is `anyOf`;
 - a type list becomes one type (`nullable` for `"null"`) or an `anyOf` of the types; an
   `anyOf` branch that only allows null becomes `nullable`, and a single remaining branch is
-  merged into its node;
-- `const` becomes a one-value `enum`; enum values are written as strings (Gemini's enum holds
-  strings; a null value becomes `nullable`); a node with only string values and no type gets
-  `type: string`;
+  merged into its node (unless the two name different types, which no value can satisfy: the
+  node's own type stays);
+- `const` becomes a one-value `enum`. Gemini takes an enum of strings on a string only: string
+  values stay an `enum` (the node becomes `type: string`), other values (numbers, booleans)
+  are written into the description ("one of: 1, 2, 3"), and a null value becomes `nullable`;
 - `exclusiveMinimum` / `exclusiveMaximum` (numbers) become `minimum` / `maximum` (the bound is
   kept, its exclusivity is not);
 - `format` stays only where Gemini takes it (`enum` and `date-time` on strings, `float` and
@@ -50,21 +51,26 @@ reads, and what it cannot say is said as closely as it can:
 - `properties` and `required` stay on object nodes only, `required` lists only names that are
   properties, and an object node left without properties (a map: `additionalProperties` or
   `propertyNames` only) loses its `type`, as does an array without `items` (Gemini refuses
-  both): the model still reads their descriptions. A function whose parameters have no
-  property at all is sent without `parameters`;
+  both): the model still reads their descriptions. Every key Gemini reads for one type only
+  (`items`, `pattern`, `minimum`, …) is dropped from a node of another type. Parameters that
+  are one of several objects (a tagged union: `oneOf` at the top) become one object with every
+  branch's properties, required where every branch requires them (Gemini's parameters are one
+  object). A function whose parameters have no property at all is sent without `parameters`;
 - every other keyword is dropped (`additionalProperties`, `$schema`, `$id`, `$comment`,
   `propertyNames`, `patternProperties`, `multipleOf`, `uniqueItems`, `not`, `if`/`then`/`else`,
   `examples`, …).
 
 Only the upstream's copy changes: the client's tools, the answer's tool calls and every other
 field stay as they were. A schema nested deeper than `MAX_DEPTH`, or past `MAX_NODES` nodes
-(definitions referenced from many places), is cut there (an unconstrained node).
+and reference expansions (definitions referenced from many places), is cut there (an
+unconstrained node).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
+
+from .body import dumps_exact
 
 AS_IS = "asIs"
 GEMINI = "gemini"
@@ -180,6 +186,8 @@ def fit_tools(payload: dict[str, Any], mode: str) -> bool:
 def gemini_parameters(schema: dict[str, Any]) -> dict[str, Any] | None:
     """A function's parameters as Gemini takes them; None: send no parameters (none left)."""
     out = _Fitter(schema).node(schema, 0, frozenset())
+    if not out.get("properties") and isinstance(out.get("anyOf"), list):
+        out = _union(out)
     if not out.get("properties"):
         return None
     out["type"] = "object"
@@ -205,23 +213,27 @@ class _Fitter:
         return node if isinstance(node, dict) else None
 
     def _expand(
-        self, s: dict[str, Any], refs: frozenset[str]
+        self, s: dict[str, Any], refs: frozenset[str], depth: int = 0
     ) -> tuple[dict[str, Any], frozenset[str]]:
-        """`s` with its `$ref` replaced by the definition and its `allOf` merged in."""
+        """`s` with its `$ref` replaced by the definition and its `allOf` merged in (each
+        expansion spends the node budget: references inside `allOf` can double at every step)."""
+        self.budget -= 1
+        if depth > MAX_DEPTH or self.budget < 0:
+            return {k: v for k, v in s.items() if k not in ("$ref", "allOf")}, refs
         ref = s.get("$ref")
         if isinstance(ref, str):
             s = {k: v for k, v in s.items() if k != "$ref"}
             target = self._resolve(ref)
             if target is not None and ref not in refs:
                 refs = refs | {ref}
-                target, refs = self._expand(target, refs)
+                target, refs = self._expand(target, refs, depth + 1)
                 s = _merge(target, s)
         members = s.get("allOf")
         if isinstance(members, list):
             s = {k: v for k, v in s.items() if k != "allOf"}
             for m in members:
                 if isinstance(m, dict):
-                    m, _ = self._expand(m, refs)
+                    m, _ = self._expand(m, refs, depth + 1)
                     s = _merge(s, m)
         return s, refs
 
@@ -256,20 +268,22 @@ class _Fitter:
         elif not isinstance(kind, str) or kind not in GEMINI_TYPES:
             kind = None
 
+        for key in ("title", "description", "pattern"):
+            if isinstance(s.get(key), str):
+                out[key] = s[key]
         values = s.get("enum")
         if "const" in s and not isinstance(values, list):
             values = [s["const"]]
         if isinstance(values, list):
-            strings = [_as_string(v) for v in values if v is not None]
-            nullable = nullable or len(strings) < len(values)
-            if strings:
-                out["enum"] = strings
-                if kind is None and all(isinstance(v, str) for v in values if v is not None):
-                    kind = "string"
-
-        for key in ("title", "description", "pattern"):
-            if isinstance(s.get(key), str):
-                out[key] = s[key]
+            kept = [v for v in values if v is not None]
+            nullable = nullable or len(kept) < len(values)
+            if kept and kind in (None, "string") and all(isinstance(v, str) for v in kept):
+                out["enum"], kind = kept, "string"
+            elif kept:  # Gemini takes an enum on strings only: the values go in the description
+                note = "one of: " + ", ".join(_as_string(v) for v in kept)
+                out["description"] = (
+                    f"{out['description']} ({note})" if "description" in out else note
+                )
         for key in ("default", "example"):
             if key in s:
                 out[key] = s[key]
@@ -338,15 +352,33 @@ class _Fitter:
                 elif f not in fitted_branches:
                     fitted_branches.append(f)
             if len(fitted_branches) == 1:
-                out = _merge(fitted_branches[0], out)
-                kind = out.pop("type", kind)
+                branch = fitted_branches[0]
+                if kind is None or branch.get("type") in (None, kind):
+                    out = _merge(branch, out)
+                    kind = out.pop("type", kind)
+                # else: both must hold and cannot (two types): the node's own type stays
             elif fitted_branches:
                 out["anyOf"] = fitted_branches
         if kind is not None:
             out["type"] = kind
+        for key, types in _TYPED_KEYS.items():
+            if key in out and kind not in types:
+                del out[key]  # what Gemini reads for another type only
         if nullable:
             out["nullable"] = True
         return out
+
+
+# The keys Gemini reads for some types only (`format` is checked where it is set).
+_TYPED_KEYS = {
+    **dict.fromkeys(
+        ("properties", "required", "propertyOrdering", "minProperties", "maxProperties"),
+        ("object",),
+    ),
+    **dict.fromkeys(("items", "minItems", "maxItems"), ("array",)),
+    **dict.fromkeys(("enum", "minLength", "maxLength", "pattern"), ("string",)),
+    **dict.fromkeys(("minimum", "maximum"), ("number", "integer")),
+}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -368,5 +400,24 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _union(out: dict[str, Any]) -> dict[str, Any]:
+    """Parameters that are one of several objects (a tagged union) as one object: every
+    branch's properties (the first branch's schema for a name in several), required where every
+    branch requires it. Gemini's function parameters must be one object."""
+    properties: dict[str, Any] = {}
+    required: list[set[str]] = []
+    for branch in out["anyOf"]:
+        props = branch.get("properties") if isinstance(branch, dict) else None
+        for name, sub in (props or {}).items():
+            properties.setdefault(name, sub)
+        required.append(set(branch.get("required", ())) if props else set())
+    if not properties:
+        return out
+    common = set.intersection(*required) if required else set()
+    kept = {k: v for k, v in out.items() if k in ("title", "description")}
+    names = [n for n in properties if n in common]
+    return {**kept, "properties": properties, **({"required": names} if names else {})}
+
+
 def _as_string(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+    return v if isinstance(v, str) else dumps_exact(v).decode()

@@ -789,7 +789,7 @@ class EventTranslator(StreamTranslator):
             self._waiting.append(tool)
         elif tool.block is None and not tool.name and isinstance(fn.get("name"), str):
             tool.name = fn["name"]  # it came after the call's first piece, before its block
-        if tool.block is None and "extra_content" in call:
+        if tool.block is None and isinstance(call.get("extra_content"), dict):
             tool.extra = call["extra_content"]  # (after its block started: too late for its id)
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:

@@ -432,7 +432,7 @@ class ResponsesStream(StreamTranslator):
             call.call_id = delta["id"]
         if not call.name and isinstance(fn.get("name"), str):
             call.name = fn["name"]
-        if call.state in ("new", "waiting") and "extra_content" in delta:
+        if call.state in ("new", "waiting") and isinstance(delta.get("extra_content"), dict):
             call.extra = delta["extra_content"]  # (once its item is open: too late for its id)
         fragment = fn.get("arguments")
         fragment = fragment if isinstance(fragment, str) else ""

@@ -7,7 +7,8 @@ checks below are the refusals its users report, with Gemini's own wording where 
 - a key its Schema object does not have: `Invalid JSON payload received. Unknown name "$schema"`
   (also `additionalProperties`, `propertyNames`, `exclusiveMinimum`, `const`, `$ref`, …);
 - a `type` that is not one of its type names (a JSON Schema type list, `"null"`);
-- an enum value that is not a string (its enum is a list of strings);
+- an enum value that is not a string (its enum is a list of strings), an enum on another type
+  than a string (`enum: only allowed for STRING type`);
 - `properties: should be non-empty for OBJECT type`;
 - `properties: only allowed for OBJECT type`;
 - a `required` name that is not a property (`property is not defined`);
@@ -86,6 +87,8 @@ def _check(s: Any, at: str, out: list[str]) -> None:
     enum = s.get("enum")
     if enum is not None and not (isinstance(enum, list) and all(isinstance(v, str) for v in enum)):
         out.append(f"Invalid value at '{at}.enum': not a list of strings")
+    if enum is not None and kind != "string":
+        out.append(f"{at}.enum: only allowed for STRING type")
     fmt = s.get("format")
     if fmt is not None and fmt not in FORMATS.get(kind if isinstance(kind, str) else "", ()):
         out.append(f"{at}.format: not supported for type {kind}")

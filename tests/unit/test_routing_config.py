@@ -369,6 +369,33 @@ def test_a_null_translation_or_endpoints_on_an_upstream_is_no_override(
     assert cfg.routing.upstreams["a"].endpoints["/v1/responses"].default_max_tokens == 32000
 
 
+def test_gemini_s_rules_on_an_upstream_follow_its_profile_unless_it_sets_them(
+    tmp_path: Path,
+) -> None:
+    data = {
+        "upstreams": {
+            "named": {"profile": "gemini"},
+            "null": {"profile": "gemini", "toolSchemas": None, "thoughtSignatures": None},
+            "off": {"profile": "gemini", "toolSchemas": "asIs"},
+            "own": {"baseUrl": "http://127.0.0.1:1", "thoughtSignatures": "gemini"},
+        },
+        "modelRoutes": [{"match": "m", "targets": [{"upstream": "named"}]}],
+    }
+    cfg = load_file(write(tmp_path, data))
+    assert cfg.routing is not None
+    rules = {
+        name: (u.endpoints[CHAT].tool_schemas, u.endpoints[CHAT].thought_signatures)
+        for name, u in cfg.routing.upstreams.items()
+    }
+    assert rules == {
+        "named": ("gemini", "gemini"),
+        "null": ("gemini", "gemini"),  # null: no override, as for endpoints and translation
+        "off": ("asIs", "gemini"),
+        "own": ("asIs", "gemini"),
+    }
+
+
+CHAT = "/v1/chat/completions"
 names = st.text(alphabet="abcdefgh-.0123", min_size=1, max_size=8)
 
 

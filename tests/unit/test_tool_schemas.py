@@ -140,7 +140,8 @@ def test_what_each_keyword_becomes() -> None:
     assert tree["properties"]["label"] == {"type": "string"}
     # the reference back into the tree is cut there: an unconstrained node
     assert tree["properties"]["children"] == {"type": "array", "items": {}}
-    assert m["properties"]["level"] == {"type": "integer", "enum": ["1", "2", "3"]}
+    # Gemini takes an enum on strings only: another type's values go in its description
+    assert m["properties"]["level"] == {"type": "integer", "description": "one of: 1, 2, 3"}
     assert m["properties"]["maybe"] == {"type": "string", "nullable": True, "default": None}
     assert m["title"] == "save_noteArguments" and "$defs" not in m
 
@@ -210,6 +211,71 @@ def test_a_definition_referenced_everywhere_expands_only_so_far() -> None:
         {"$defs": defs, "type": "object", "properties": {"x": {"$ref": "#/$defs/D0"}}}
     )
     assert fitted is not None and schema_refusals(fitted) == []
+
+
+def test_schemas_that_cannot_hold_as_written_still_give_what_gemini_takes() -> None:
+    # Two types at once (the node's and its only branch's): the node's own stays.
+    two = {"properties": {"a": {}}, "anyOf": [{"type": "string"}]}
+    assert gemini_parameters({"type": "object", "properties": {"x": two}}) == {
+        "type": "object",
+        "properties": {"x": {"type": "object", "properties": {"a": {}}}},
+    }
+    dated = {"type": "string", "format": "date-time", "anyOf": [{"type": "object"}]}
+    assert gemini_parameters({"properties": {"d": dated}}) == {
+        "type": "object",
+        "properties": {"d": {"type": "string", "format": "date-time"}},
+    }
+    # An enum of another type than strings, with null: the values described, null as nullable.
+    assert gemini_parameters({"properties": {"b": {"enum": [True, 2, None]}}}) == {
+        "type": "object",
+        "properties": {"b": {"description": "one of: true, 2", "nullable": True}},
+    }
+    # Parameters that are one of several objects: one object with every branch's properties.
+    union = {
+        "type": "object",
+        "description": "an action",
+        "oneOf": [
+            {
+                "properties": {"kind": {"const": "move"}, "to": {"type": "string"}},
+                "required": ["kind", "to"],
+            },
+            {"properties": {"kind": {"const": "stop"}}, "required": ["kind"]},
+        ],
+    }
+    assert gemini_parameters(union) == {
+        "description": "an action",
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string", "enum": ["move"]},
+            "to": {"type": "string"},
+        },
+        "required": ["kind"],
+    }
+
+
+def test_references_that_multiply_or_go_deep_end_in_bounded_time() -> None:
+    # allOf of the same reference twice at every level: 4**30 expansions written out.
+    defs: dict[str, Any] = {
+        f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+        for i in range(30)
+    }
+    defs["d30"] = {"type": "object", "properties": {"a": {"type": "string"}}}
+    fitted = gemini_parameters(
+        {"$defs": defs, "type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}}
+    )
+    assert fitted is not None and schema_refusals(fitted) == []
+    # A chain of 1,500 references, and an enum value nested 1,000 deep (JSON the router reads).
+    chain: dict[str, Any] = {f"c{i}": {"$ref": f"#/$defs/c{i + 1}"} for i in range(1500)}
+    chain["c1500"] = {"type": "string"}
+    deep: Any = 1
+    for _ in range(1000):
+        deep = [deep]
+    for schema in (
+        {"$defs": chain, "properties": {"x": {"$ref": "#/$defs/c0"}}},
+        {"properties": {"x": {"enum": [deep]}}},
+    ):
+        out = gemini_parameters(schema)
+        assert out is not None and schema_refusals(out) == []
 
 
 def _json_values() -> st.SearchStrategy[Any]:
