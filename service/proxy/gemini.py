@@ -93,7 +93,8 @@ def fit_body(payload: dict[str, Any], ep: _Rules) -> bool:
 
 def sign_calls(payload: dict[str, Any], mode: str) -> bool:
     """Give each assistant tool call of a Chat Completions body without a Gemini thought
-    signature the skip value, in place; True when any got it."""
+    signature (`extra_content.google`, or `.vertex` as Vertex AI writes it) the skip value, in
+    place; True when any got it."""
     if mode != GEMINI:
         return False
     messages = payload.get("messages")
@@ -106,9 +107,11 @@ def sign_calls(payload: dict[str, Any], mode: str) -> bool:
             if not isinstance(call, dict):
                 continue
             extra = call.get("extra_content")
+            if isinstance(extra, dict) and any(
+                isinstance(v, dict) and v.get("thought_signature") for v in extra.values()
+            ):
+                continue  # signed: under `google` (Gemini API), or `vertex` (Vertex AI)
             google = extra.get("google") if isinstance(extra, dict) else None
-            if isinstance(google, dict) and google.get("thought_signature"):
-                continue
             extra = dict(extra) if isinstance(extra, dict) else {}
             google = dict(google) if isinstance(google, dict) else {}
             extra["google"] = {**google, "thought_signature": SKIP_SIGNATURE}

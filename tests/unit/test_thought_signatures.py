@@ -25,6 +25,7 @@ from service.translate.responses import ResponsesTranslator
 CREATED = 1700000000
 SIGNED = {"google": {"thought_signature": "CiQBjz1rX+sig/with+base64=="}}
 ANTHROPIC_ID = re.compile(r"[A-Za-z0-9_-]+")
+VERTEX = {"vertex": {"thought_signature": "AY89a18IwQsQ8in/"}}
 
 
 def _chat_answer(call_id: str, extra: dict[str, Any] | None) -> bytes:
@@ -168,6 +169,12 @@ def test_unsigned_calls_get_gemini_s_skip_value_and_signed_ones_stay() -> None:
                             "function": {"name": "h"},
                             "extra_content": {"other": 1},
                         },
+                        {
+                            "id": "d",
+                            "type": "function",
+                            "function": {"name": "i"},
+                            "extra_content": VERTEX,
+                        },
                     ],
                 },
                 {"role": "tool", "tool_call_id": "a", "content": "ok"},
@@ -185,6 +192,7 @@ def test_unsigned_calls_get_gemini_s_skip_value_and_signed_ones_stay() -> None:
         "other": 1,
         "google": {"thought_signature": SKIP_SIGNATURE},
     }
+    assert calls[3]["extra_content"] == VERTEX  # Vertex AI writes it under `vertex`
     assert signed["messages"][0] == body()["messages"][0]
     assert not sign_calls(signed, GEMINI)  # nothing left to sign
     assert not sign_calls({"messages": [{"role": "user", "content": "hi"}]}, GEMINI)
