@@ -515,9 +515,11 @@ def chat_reply(
     prompt_tokens: int = 120,
     extra: dict[str, Any] | None = None,
 ) -> Reply:
-    """`extra`: the tool call's `extra_content` (Gemini's thought signature)."""
+    """`extra`: the tool call's `extra_content` (Gemini's thought signature); given, the answer
+    is shaped as Gemini's OpenAI-compatible API shapes it: a streamed call comes whole in one
+    chunk without an `index`, and an answer with calls ends with `stop`."""
     call_id = f"call_{uid}"
-    finish = "tool_calls" if call else "stop"
+    finish = "tool_calls" if call and not extra else "stop"
     usage = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 30,
@@ -555,13 +557,20 @@ def chat_reply(
             chunk({"tool_calls": [{"index": 0, "custom": {"input": piece}}]})
             for piece in _halves(call.text or "")
         ]
+    elif call and extra:
+        whole = {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": call.tool.name, "arguments": call.arguments_json()},
+            "extra_content": extra,
+        }
+        events.append(chunk({"tool_calls": [whole]}))
     elif call:
         head = {
             "index": 0,
             "id": call_id,
             "type": "function",
             "function": {"name": call.tool.name, "arguments": ""},
-            **({"extra_content": extra} if extra else {}),
         }
         events.append(chunk({"tool_calls": [head]}))
         events += [
