@@ -74,7 +74,6 @@ from .body import dumps_exact
 
 AS_IS = "asIs"
 GEMINI = "gemini"
-MODES = (AS_IS, GEMINI)
 # Gemini's documented stand-in for a thought signature it did not make.
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
@@ -107,46 +106,19 @@ def sign_calls(payload: dict[str, Any], mode: str) -> bool:
             if not isinstance(call, dict):
                 continue
             extra = call.get("extra_content")
-            if isinstance(extra, dict) and any(
-                isinstance(v, dict) and v.get("thought_signature") for v in extra.values()
-            ):
+            extra = extra if isinstance(extra, dict) else {}
+            if any(isinstance(v, dict) and v.get("thought_signature") for v in extra.values()):
                 continue  # signed: under `google` (Gemini API), or `vertex` (Vertex AI)
-            google = extra.get("google") if isinstance(extra, dict) else None
-            extra = dict(extra) if isinstance(extra, dict) else {}
-            google = dict(google) if isinstance(google, dict) else {}
-            extra["google"] = {**google, "thought_signature": SKIP_SIGNATURE}
-            calls[i] = {**call, "extra_content": extra}
+            google = extra.get("google")
+            google = {
+                **(google if isinstance(google, dict) else {}),
+                "thought_signature": SKIP_SIGNATURE,
+            }
+            calls[i] = {**call, "extra_content": {**extra, "google": google}}
             changed = True
     return changed
 
 
-# The fields of Gemini's Schema object (a subset of OpenAPI 3.0's).
-GEMINI_KEYS = frozenset(
-    {
-        "type",
-        "format",
-        "title",
-        "description",
-        "nullable",
-        "enum",
-        "maxItems",
-        "minItems",
-        "properties",
-        "required",
-        "minProperties",
-        "maxProperties",
-        "minLength",
-        "maxLength",
-        "pattern",
-        "example",
-        "anyOf",
-        "propertyOrdering",
-        "default",
-        "items",
-        "minimum",
-        "maximum",
-    }
-)
 GEMINI_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object"})
 GEMINI_FORMATS = {
     "string": frozenset({"enum", "date-time"}),
@@ -170,8 +142,9 @@ def fit_tools(payload: dict[str, Any], mode: str) -> bool:
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             continue
         fn = tool.get("function")
-        nested = isinstance(fn, dict)  # Chat Completions nests the function; Responses does not
+        # Chat Completions nests the function; Responses does not
         holder: dict[str, Any] = fn if isinstance(fn, dict) else tool
+        nested = holder is not tool
         schema = holder.get("parameters")
         if not isinstance(schema, dict):
             continue
@@ -327,8 +300,6 @@ class _Fitter:
                     out["propertyOrdering"] = order
             else:
                 kind = None  # a map: no OBJECT without properties
-                for key in ("minProperties", "maxProperties"):
-                    out.pop(key, None)
         if kind == "array":
             items = s.get("items")
             if isinstance(items, list):  # tuple form: any of the positions' schemas
@@ -340,8 +311,6 @@ class _Fitter:
                 out["items"] = self.node(items, depth + 1, refs)
             else:  # Gemini needs the items' schema: an array of anything is left untyped
                 kind = None
-                for key in ("minItems", "maxItems"):
-                    out.pop(key, None)
         fmt = s.get("format")
         if kind in GEMINI_FORMATS and isinstance(fmt, str) and fmt in GEMINI_FORMATS[kind]:
             out["format"] = fmt

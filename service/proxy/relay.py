@@ -153,7 +153,7 @@ async def forward(
         else:
             if streaming and ep.request_usage and route in USAGE_ROUTES:
                 strip_usage = ask_for_usage(payload)
-            # fit_body first: it must run whatever ask_for_usage says
+            # fit_body before `or`: it must run whether or not usage was asked for
             rewrite = fit_body(payload, ep) or strip_usage or rewrite
         if rewrite:
             body = dump_json(payload, exact=exact)

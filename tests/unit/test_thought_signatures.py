@@ -65,17 +65,32 @@ def test_an_id_carries_its_extra_content_there_and_back(call_id: str, extra: Any
     assert carried(carrying) == (call_id, extra)
 
 
-@given(st.text(max_size=60))
-def test_an_id_that_carries_nothing_goes_as_it_is(client_id: str) -> None:
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.text(alphabet=B64URL, max_size=60).map(lambda t: CARRIED_ID_PREFIX + t),
+    )
+)
+def test_any_other_id_goes_as_it_is_and_never_raises(client_id: str) -> None:
     id_, extra = carried(client_id)
     if extra is None:
         assert id_ == client_id
-    else:  # only an id the router made decodes to something
+    else:  # the shape only an id the router made has
         assert client_id.startswith(CARRIED_ID_PREFIX)
-        assert carrying_id(id_, extra) == client_id
+        assert isinstance(id_, str) and isinstance(extra, dict)
+
+
+def test_ids_that_look_carried_but_are_not() -> None:
     assert carried(CARRIED_ID_PREFIX + "not base64 !") == (CARRIED_ID_PREFIX + "not base64 !", None)
+    not_a_pair = CARRIED_ID_PREFIX + "WyJhIl0"  # base64url of ["a"]
+    assert carried(not_a_pair) == (not_a_pair, None)
     assert carried(carrying_id("x", {})) == ("x", None)  # nothing to carry: the id itself
     assert carried(None) == (None, None)
+    for own in ("toolu_01A09q90qw90lq917835lq9", "call_abc123", "fc_68af"):
+        assert carried(own) == (own, None)
 
 
 def test_a_messages_client_sends_the_signature_back_to_the_chat_upstream() -> None:
