@@ -171,7 +171,7 @@ def test_the_pods_get_no_service_link_variables(helm: str, renders: dict[str, st
     Service in it (service links). A release named api-router has a Service named api-router:
     API_ROUTER_PORT=tcp://…, which the router refuses (only the ConfigMap's own API_ROUTER_PORT,
     which a service link does not override, kept the chart's pods starting)."""
-    from service.__main__ import resolve_settings
+    from service.cli import resolve_settings
     from service.settings import SettingsError
 
     objs = by_kind(docs(render(helm, release="api-router")))

@@ -145,17 +145,20 @@ def serving(
 ) -> Iterator[dict[str, Any]]:
     """Run the CLI (after `prefix`, a command that execs it) until its /health answers and its
     worker is ready; yield /health's body; stop it with SIGTERM and expect exit 0."""
+    with running([*prefix, sys.executable, "-m", "service", *args], env, cwd, port) as (_, health):
+        yield health
+
+
+@contextlib.contextmanager
+def running(
+    command: list[str], env: dict[str, str], cwd: Path, port: int
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+    """`serving` for any command that serves the router: yields its process too."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
     e.update(env)
     log = cwd / "out.log"
     out = log.open("wb")
-    proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "service", *args],
-        cwd=cwd,
-        env=e,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen(command, cwd=cwd, env=e, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         health = None
@@ -168,7 +171,7 @@ def serving(
         assert health is not None, f"router did not start: {log.read_text()}"
         while "Worker ready" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield health
+        yield proc, health
     finally:
         proc.terminate()
         try:
@@ -176,6 +179,31 @@ def serving(
         finally:
             proc.kill()
             out.close()
+
+
+def test_the_api_router_script_spawns_no_process_that_imports_what_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    """The image's entrypoint is the `api-router` script, and each process Sanic spawns runs the
+    parent's main script again first (service/__main__.py). Sanic's shared-state manager needs
+    none of the router's modules: it maps no pydantic-core (it did, with the CLI's imports in
+    the script's module), while the worker, which validates the config, does."""
+    port = free_port()
+    script = Path(sys.executable).with_name("api-router")
+    command = [str(script), "--config", str(ROOT / "service/config/profiles/openai.json")]
+    command += ["--host", "127.0.0.1", "--workers", "1", str(port)]
+    with running(command, {"OPENAI_API_KEY": "sk-test"}, tmp_path, port) as (proc, health):
+        assert health["profile"] == "openai"
+        spawned = {}
+        for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:  # (not multiprocessing's resource tracker)
+                worker = (
+                    b"\0SANIC_WORKER_NAME=" in b"\0" + Path(f"/proc/{child}/environ").read_bytes()
+                )
+                maps = Path(f"/proc/{child}/maps").read_text()
+                spawned["worker" if worker else "manager"] = "_pydantic_core" in maps
+    assert spawned == {"worker": True, "manager": False}
 
 
 def test_a_port_in_use_or_a_foreign_host_exits_2_with_one_line() -> None:

@@ -1,4 +1,4 @@
-"""Worker memory: the CLI hands glibc's malloc settings to the workers it spawns (service/__main__
+"""Worker memory: the CLI hands glibc's malloc settings to the workers it spawns (service/cli
 `MALLOC_ENV`, bench/README.md "Memory"), and keeps an operator's own."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import MALLOC_ENV, OPERATOR_MALLOC_VARS
+from service.cli import MALLOC_ENV, OPERATOR_MALLOC_VARS
 from tests.conftest import base_profile
 from tests.fakes.upstream import FakeUpstream
 from tests.support import RouterFactory, RouterProcess

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CI_RUN = ROOT / ".ci" / "run"
 # What reaches API_ROUTER_FAST_PATHS: a router process, an app, the settings, the CLI
 NEAR_THE_SETTING = {"tests.support", "tests.in_process", "service.app", "service.settings"}
-NEAR_THE_SETTING |= {"service.__main__", "service.server"}
+NEAR_THE_SETTING |= {"service.cli", "service.__main__", "service.server"}
 # tests/conftest.py's fixtures that start a router (and the streaming module's own)
 ROUTER_FIXTURES = {"router", "router_factory", "module_router_factory", "shipped", "srouter"}
 

@@ -6,6 +6,8 @@ still a cycle of rooms)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +97,7 @@ def test_the_graph_sees_function_level_and_relative_imports() -> None:
     assert "service.proxy.headers" in graph["service.settings"]
     assert "service.proxy.h1transport" in graph["service.proxy.upstream"]
     # `from .app import create_app` inside main()
-    assert "service.app" in graph["service.__main__"]
+    assert "service.app" in graph["service.cli"]
 
 
 def test_a_cycle_is_found() -> None:
@@ -106,3 +108,16 @@ def test_a_cycle_is_found() -> None:
 def test_service_modules_import_each_other_without_a_cycle() -> None:
     cycle = _cycle(_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_entry_module_imports_nothing_until_it_runs() -> None:
+    """service/__main__.py is run again by every process Sanic spawns under the `api-router`
+    script: importing it loads no module of the router and none of its libraries."""
+    probe = "import sys, service.__main__; print(*sorted(sys.modules), sep='\\n')"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert [m for m in loaded if m.split(".")[0] == PACKAGE] == ["service", "service.__main__"]
+    heavy = {"sanic", "pydantic", "httpx", "structlog", "prometheus_client", "asyncio"}
+    assert heavy.isdisjoint(m.split(".")[0] for m in loaded)
+    assert "json" in loaded or "os" in loaded  # (the probe saw the interpreter's own modules)

@@ -64,7 +64,7 @@ def test_a_number_setting_must_be_finite(raw: str) -> None:
 def test_a_profile_argument_wins_over_the_config_path_of_the_environment(tmp_path: Path) -> None:
     """configuration.md: arguments win over the environment. The chart sets
     API_ROUTER_CONFIG_PATH; `api-router openai` in such a pod served the mounted file."""
-    from service.__main__ import resolve_settings
+    from service.cli import resolve_settings
     from service.config.loader import SHIPPED_DIR
 
     live = tmp_path / "live.json"
@@ -79,7 +79,7 @@ def test_a_profile_argument_wins_over_the_config_path_of_the_environment(tmp_pat
 
 def test_options_may_come_between_or_after_the_positional_arguments() -> None:
     """`api-router openai --workers 2 9000` was refused ("unrecognized arguments: 9000")."""
-    from service.__main__ import resolve_settings
+    from service.cli import resolve_settings
 
     for argv in (["openai", "--workers", "2", "9000"], ["--workers", "2", "openai", "9000"]):
         s = resolve_settings(argv, {})
@@ -99,7 +99,7 @@ def test_temporary_metric_dirs_of_dead_routers_are_swept_at_start(
     import tempfile
     import time
 
-    from service.__main__ import prepare_multiproc_dir
+    from service.cli import prepare_multiproc_dir
 
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, check=True)  # fmt: skip
@@ -135,7 +135,7 @@ def test_a_previous_run_s_metrics_exemplars_and_alarm_are_removed_at_start(
     """With a fixed PROMETHEUS_MULTIPROC_DIR (the image's), a restart must not count a previous
     run's figures, nor alarm on its failures (the alarm's file was kept: 4 failures before a
     restart and 1 after made 5, and an alarm)."""
-    from service.__main__ import prepare_multiproc_dir
+    from service.cli import prepare_multiproc_dir
 
     for name in ("counter_1.db", "exemplars.bin", "failure-alarm.json", "notes.txt"):
         (tmp_path / name).write_text("x")
@@ -167,7 +167,7 @@ def test_the_default_worker_count_is_the_cpus_this_process_may_use(
     node, or under taskset, the router started one worker per CPU of the node."""
     import os
 
-    from service.__main__ import default_workers
+    from service.cli import default_workers
 
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
@@ -180,7 +180,7 @@ def test_the_default_worker_count_is_the_cpus_this_process_may_use(
 def test_without_workers_given_the_router_takes_the_default_worker_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import service.__main__ as cli
+    import service.cli as cli
 
     monkeypatch.setattr(cli, "default_workers", lambda: 3)
     assert cli.resolve_settings(["openai"], {}).workers == 3
