@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import NO_AUTOLOAD, ONLY_XDIST, ROOT
 
 # Two items named alike, collected from one file.
 CONFTEST = """
@@ -41,11 +41,11 @@ def pytest_collect_file(parent, file_path):
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "cases.txt").write_text("")
-    plugins = ["-p", "tests.lost_tests", "-p", "no:cacheprovider"]
+    plugins = ["-p", "tests.lost_tests", "-p", "no:cacheprovider", *ONLY_XDIST]
     return subprocess.run(
         [sys.executable, "-m", "pytest", *plugins, *args, "cases.txt"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **NO_AUTOLOAD},
         capture_output=True,
         text=True,
         timeout=60,

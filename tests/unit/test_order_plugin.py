@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import NO_AUTOLOAD, ONLY_XDIST, ROOT
 
 MODULE = """
 import os
@@ -46,9 +46,9 @@ def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], 
     log.unlink(missing_ok=True)
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.order_plugin", "-p", "no:cacheprovider",
-         *args, "test_m1.py", "test_m2.py"],
+         *ONLY_XDIST, *args, "test_m1.py", "test_m2.py"],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "ORDER_LOG": str(log)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ORDER_LOG": str(log), **NO_AUTOLOAD},
         capture_output=True,
         text=True,
         timeout=60,
