@@ -236,7 +236,7 @@ def test_a_compressed_event_stream_is_decoded_on_the_way(
     got = stream(srouter, "/v1/messages", {"model": "claude", "stream": True, "max_tokens": 5})
     assert_sse_head(got)
     assert "content-encoding" not in got.headers
-    assert got.body == b"".join(EVENTS)
+    assert without_heartbeats(got.body) == b"".join(EVENTS)  # (HB: a loaded machine may pause)
 
 
 def test_a_byte_order_mark_before_the_first_event_does_not_cost_that_event(
