@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ class Reply:
     # "invalid_json" (200 application/json whose body is not JSON).
     action: str | None = None
     delay: float = 0.0  # before the response head
+    # When set, the head waits until the test sets this event (at most 10 s), then `delay`: for
+    # answers timed from a moment the test chooses (every concurrent request arrived), not
+    # from each request's arrival, which a loaded machine may hold back.
+    after: threading.Event | None = None
     # A chunked body produced lazily (it may be endless): called once per response, yields
     # (delay before it, bytes) like `chunks`. Used instead of `chunks` when set.
     chunk_source: Callable[[], Iterable[tuple[float, bytes]]] | None = None
@@ -425,6 +430,8 @@ class FakeUpstream(LoopbackServer):
                     break
                 self.requests.append(rec)
                 reply = self.handler(rec)
+                if reply.after is not None:
+                    await asyncio.to_thread(reply.after.wait, 10)
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
                 keep = await self._respond(reply, writer, reader, rec.method == "HEAD")

@@ -755,14 +755,17 @@ def test_a_retry_after_a_short_wait_respects_a_longer_cooldown_set_meanwhile(
     # Both requests reach the upstream before A's answer (1 s): B's comes at 1.5 s, and its
     # wait of 1 s ends well inside A's minute.
     answers = iter([("60", 1.0), ("1", 1.5)])
+    both_in = threading.Event()  # (the delays count from B's arrival: as in the test below)
 
     def reply(req: Recorded) -> Reply:
         after, delay = next(answers, (None, 0.0))
         if after is None:
             return default_reply(req)
+        if after == "1":
+            both_in.set()
         body = json.dumps({"error": {"message": f"slow down {after}"}}).encode()
         headers = [("Content-Type", "application/json"), ("Retry-After", after)]
-        return Reply(status=429, headers=headers, body=body, delay=delay)
+        return Reply(status=429, headers=headers, body=body, delay=delay, after=both_in)
 
     primary.reply_with(reply)
     got: dict[int, httpx.Response] = {}
@@ -794,14 +797,19 @@ def test_a_retry_after_a_short_wait_waits_out_a_cooldown_that_ends_soon(
     data["retry"]["maxRetryAfterSecs"] = 5
     router = router_factory(data, name="cooling-soon")
     delays = iter([0.3, 0.45])
+    # Timed from the second request's arrival: were the second held back past the first's
+    # answer (a loaded machine), it would find the target cooling and get 503 at once.
+    both_in = threading.Event()
 
     def reply(req: Recorded) -> Reply:
         delay = next(delays, None)
         if delay is None:
             return default_reply(req)
+        if delay == 0.45:
+            both_in.set()
         body = json.dumps({"error": {"message": "slow down"}}).encode()
         headers = [("Content-Type", "application/json"), ("Retry-After", "1")]
-        return Reply(status=429, headers=headers, body=body, delay=delay)
+        return Reply(status=429, headers=headers, body=body, delay=delay, after=both_in)
 
     primary.reply_with(reply)
     got: dict[int, httpx.Response] = {}
