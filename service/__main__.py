@@ -5,9 +5,10 @@ and its shared-state manager with multiprocessing's `spawn`, and a spawned proce
 parent's main script again under another name: for the `api-router` script (the image's
 entrypoint) that is `from service.__main__ import main`. Were the CLI's imports here (the config
 models, Sanic, httpx, the rate limiters…), every such process would pay them before doing its
-own work: the manager process, which needs none of them, held about 25 MB more and the router
-took about 0.4 s longer to start (measured in docs/deployment.md, "Start-up"). With `python -m
-service` multiprocessing skips a package's `__main__` in the children anyway. Checked by
+own work: the manager process, which needs none of them (its start-up hook,
+service.server.manager, imports structlog and service.server.lifeline only), held about 25 MB
+more and the router took about 0.3 s longer to start (docs/deployment.md, "Start-up"). With
+`python -m service` multiprocessing skips a package's `__main__` in the children. Checked by
 tests/unit/test_imports.py (a fresh interpreter imports this module alone) and
 tests/integration/test_cli.py (the script's manager process maps no pydantic-core).
 """

@@ -186,8 +186,9 @@ def test_the_api_router_script_spawns_no_process_that_imports_what_it_does_not_u
 ) -> None:
     """The image's entrypoint is the `api-router` script, and each process Sanic spawns runs the
     parent's main script again first (service/__main__.py). Sanic's shared-state manager needs
-    none of the router's modules: it maps no pydantic-core (it did, with the CLI's imports in
-    the script's module), while the worker, which validates the config, does."""
+    none of the CLI's modules (config models, Sanic, httpx…): it maps no pydantic-core (it did,
+    with the CLI's imports in the script's module), while the worker, which validates the
+    config, does."""
     port = free_port()
     script = Path(sys.executable).with_name("api-router")
     command = [str(script), "--config", str(ROOT / "service/config/profiles/openai.json")]

@@ -779,6 +779,7 @@ def test_a_retry_after_a_short_wait_respects_a_longer_cooldown_set_meanwhile(
         time.sleep(0.05)  # A's request first
     for t in threads:
         t.join(30)
+    assert both_in.is_set()
     assert sorted(r.status_code for r in got.values()) == [429, 429]
     assert sorted(r.headers["retry-after"] for r in got.values()) == ["1", "60"]
     assert len(primary.requests) == 2  # B did not go back to the cooling upstream
@@ -825,6 +826,7 @@ def test_a_retry_after_a_short_wait_waits_out_a_cooldown_that_ends_soon(
         t.join(30)
     assert [got[i].status_code for i in range(2)] == [200, 200]
     assert [got[i].headers["x-router-attempts"] for i in range(2)] == ["2", "2"]
+    assert both_in.is_set()  # (else the fake answered 10 s late, on its own timing)
 
 
 def test_when_every_target_is_ejected_they_are_all_still_tried(
