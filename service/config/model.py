@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import unquote_plus, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 # The router's proxied routes (SPEC §4). Endpoint override keys must be one of these.
@@ -218,6 +218,25 @@ ToolSchemas = Literal["asIs", "gemini"]
 # Earlier tool calls without a Gemini thought signature: as they are, or with the value Gemini
 # documents for calls it did not sign (service.proxy.gemini).
 ThoughtSignatures = Literal["asIs", "gemini"]
+# Top-level request body fields an upstream refuses (Gemini's OpenAI-compatible endpoint answers
+# 400 "Unknown name ..." for a field it does not know): removed from every JSON body sent to it,
+# relayed or translated (service.proxy.gemini.fit_body). Not `model` or `stream`: the router
+# routes and relays by them.
+KEPT_FIELDS = ("model", "stream")
+
+
+def _droppable(names: list[str]) -> list[str]:
+    kept = [n for n in names if n in KEPT_FIELDS]
+    if kept:
+        raise ValueError(f"cannot drop {kept[0]!r}: the router needs it")
+    return list(dict.fromkeys(names))
+
+
+DropFields = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=64)]],
+    AfterValidator(_droppable),
+    Field(max_length=64),
+]
 
 
 class Timeouts(_Strict):
@@ -241,6 +260,8 @@ class Endpoint(_Strict):
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
     thought_signatures: ThoughtSignatures | None = None
+    # The route's own list replaces the profile's (`[]`: drop nothing here)
+    drop_fields: DropFields | None = None
 
     @field_validator("upstream_path")
     @classmethod
@@ -288,6 +309,8 @@ class ResolvedEndpoint(BaseModel):
     tool_schemas: str = "asIs"
     # Whether unsigned earlier tool calls get Gemini's skip value (service.proxy.gemini)
     thought_signatures: str = "asIs"
+    # Top-level body fields removed before the body goes upstream (service.proxy.gemini)
+    drop_fields: tuple[str, ...] = ()
 
 
 class Profile(_Strict):
@@ -319,6 +342,7 @@ class Profile(_Strict):
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
     thought_signatures: ThoughtSignatures | None = None
+    drop_fields: DropFields | None = None
     auth: Auth = Field(default_factory=Auth)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -451,6 +475,9 @@ class Profile(_Strict):
                 and self._format(counted) != CLIENT_FORMAT[counted],
                 tool_schemas=ep.tool_schemas or self.tool_schemas or "asIs",
                 thought_signatures=ep.thought_signatures or self.thought_signatures or "asIs",
+                drop_fields=tuple(
+                    ep.drop_fields if ep.drop_fields is not None else self.drop_fields or ()
+                ),
             )
         return out
 

@@ -47,6 +47,7 @@ from ..ratelimit.bucket import Limit
 from .model import (
     RESPONSES,
     Auth,
+    DropFields,
     Endpoint,
     HeaderMap,
     ModelPattern,
@@ -82,6 +83,7 @@ class UpstreamSpec(_Strict):
     translation: Translation | None = None
     tool_schemas: ToolSchemas | None = None
     thought_signatures: ThoughtSignatures | None = None
+    drop_fields: DropFields | None = None
     credential: Credential | None = None
     api_key_env: Annotated[str, Field(pattern=ENV_NAME)] | None = None
 
@@ -499,7 +501,7 @@ def build_upstreams(
             mode="json",
         )
         # null: no override (the profile's stays)
-        for field in ("endpoints", "translation", "toolSchemas", "thoughtSignatures"):
+        for field in ("endpoints", "translation", "toolSchemas", "thoughtSignatures", "dropFields"):
             if field in inline and inline[field] is None:
                 del inline[field]
         if "endpoints" in inline and "endpoints" in base:

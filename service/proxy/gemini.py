@@ -1,7 +1,10 @@
 """What Gemini requires of a request that other OpenAI-compatible servers do not: two profile keys,
 each `asIs` (the default: the body goes as written) or `gemini`; the shipped `gemini` profile sets
 both, `fit_body` applies them to an OpenAI-format upstream body (relayed, or translated, and each
-attempt of a routing file's).
+attempt of a routing file's). `fit_body` also removes the top-level fields named in `dropFields`
+(any provider, any format; service.config.model), for an upstream that refuses a field its
+clients send or a translation writes (Gemini's OpenAI-compatible endpoint answers 400 "Unknown
+name" to fields it does not know; reported for `parallel_tool_calls` and `frequency_penalty`).
 
 ## Thought signatures (`thoughtSignatures`)
 
@@ -81,13 +84,21 @@ SKIP_SIGNATURE = "skip_thought_signature_validator"
 class _Rules(Protocol):
     tool_schemas: str
     thought_signatures: str
+    drop_fields: tuple[str, ...]
 
 
 def fit_body(payload: dict[str, Any], ep: _Rules) -> bool:
-    """Apply the endpoint's Gemini rules to an OpenAI-format upstream body, in place; True when
-    anything changed (the body must be written again)."""
+    """Apply the endpoint's body rules to an upstream body, in place: Gemini's two (they touch
+    only OpenAI-format bodies) and `dropFields` (the top-level fields the upstream refuses, in
+    any format). True when anything changed (the body must be written again)."""
     fitted = fit_tools(payload, ep.tool_schemas)
-    return sign_calls(payload, ep.thought_signatures) or fitted
+    dropped = False
+    for name in ep.drop_fields:  # (empty unless configured: the loop is the only cost)
+        dropped = payload.pop(name, _ABSENT) is not _ABSENT or dropped
+    return sign_calls(payload, ep.thought_signatures) or fitted or dropped
+
+
+_ABSENT = object()
 
 
 def sign_calls(payload: dict[str, Any], mode: str) -> bool:

@@ -362,6 +362,23 @@ def default_reply(req: Recorded) -> Reply:
     return _json_reply({"error": {"message": "not found", "type": "invalid_request_error"}}, 404)
 
 
+class FailFirst:
+    """A reply handler whose first `fail` requests get a bare 503 (a provider overloaded for a
+    moment), then `answer`'s reply (a subclass's; default_reply here)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.fail = fail
+
+    def __call__(self, req: Recorded) -> Reply:
+        if self.fail:
+            self.fail -= 1
+            return Reply(status=503, headers=[("Content-Type", "application/json")], body=b"{}")
+        return self.answer(req)
+
+    def answer(self, req: Recorded) -> Reply:
+        return default_reply(req)
+
+
 class FakeUpstream(LoopbackServer):
     thread_name = "fake-upstream"
     stream_limit = 2**20

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.agent_upstream import gemini_refusal
 from tests.fakes.gemini_schema import refusals
-from tests.fakes.upstream import FakeUpstream, Recorded, Reply, default_reply
+from tests.fakes.upstream import FailFirst, FakeUpstream, Recorded, Reply, default_reply
 from tests.support import RouterFactory, RouterProcess
 
 KEY = "sk-client-key-1234"
@@ -45,17 +45,11 @@ FITTED = {
 }
 
 
-class Gemini:
+class Gemini(FailFirst):
     """Gemini's checks on tool schemas, then a provider's answer; the first `fail` requests
     get a 503."""
 
-    def __init__(self, fail: int = 0) -> None:
-        self.fail = fail
-
-    def __call__(self, req: Recorded) -> Reply:
-        if self.fail:
-            self.fail -= 1
-            return Reply(status=503, headers=[("Content-Type", "application/json")], body=b"{}")
+    def answer(self, req: Recorded) -> Reply:
         refused = refusals(req.json().get("tools"))
         return gemini_refusal(refused) if refused else default_reply(req)
 

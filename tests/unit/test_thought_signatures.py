@@ -217,6 +217,7 @@ class _Endpoint:
     def __init__(self, tool_schemas: str, thought_signatures: str) -> None:
         self.tool_schemas = tool_schemas
         self.thought_signatures = thought_signatures
+        self.drop_fields: tuple[str, ...] = ()
 
 
 def test_fit_body_applies_both_rules_and_says_whether_anything_changed() -> None:
