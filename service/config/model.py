@@ -234,8 +234,8 @@ def _droppable(names: list[str]) -> list[str]:
 
 DropFields = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=64)]],
-    AfterValidator(_droppable),
     Field(max_length=64),
+    AfterValidator(_droppable),
 ]
 
 
