@@ -81,6 +81,9 @@ GEMINI = "gemini"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 
+_ABSENT = object()  # (dict.pop's default: a field whose value is None is there)
+
+
 class _Rules(Protocol):
     tool_schemas: str
     thought_signatures: str
@@ -96,9 +99,6 @@ def fit_body(payload: dict[str, Any], ep: _Rules) -> bool:
     for name in ep.drop_fields:  # (empty unless configured: the loop is the only cost)
         dropped = payload.pop(name, _ABSENT) is not _ABSENT or dropped
     return sign_calls(payload, ep.thought_signatures) or fitted or dropped
-
-
-_ABSENT = object()
 
 
 def sign_calls(payload: dict[str, Any], mode: str) -> bool:

@@ -6,7 +6,6 @@ the profile's, and an upstream of a routing file overrides its profile's."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import base_profile
+from tests.fakes.agent_upstream import gemini_refusal
 from tests.fakes.upstream import FailFirst, FakeUpstream, Recorded, Reply, default_reply
 from tests.support import RouterFactory, RouterProcess
 
@@ -29,17 +29,17 @@ CHAT = {
 }
 
 
+def unknown_names(body: dict[str, Any]) -> list[str]:
+    return [f'Invalid JSON payload received. Unknown name "{k}"' for k in REFUSED if k in body]
+
+
 class Strict(FailFirst):
-    """A provider that refuses REFUSED as Gemini refuses a field it does not know; the first
-    `fail` requests get a 503."""
+    """A provider that refuses REFUSED as Gemini refuses a field it does not know (its 400 as
+    the agent cells' fake writes it); the first `fail` requests get a 503."""
 
     def answer(self, req: Recorded) -> Reply:
-        unknown = [k for k in REFUSED if k in req.json()]
-        if unknown:
-            message = f'Invalid JSON payload received. Unknown name "{unknown[0]}"'
-            body = json.dumps({"error": {"code": 400, "message": message}}).encode()
-            return Reply(status=400, headers=[("Content-Type", "application/json")], body=body)
-        return default_reply(req)
+        unknown = unknown_names(req.json())
+        return gemini_refusal(unknown) if unknown else default_reply(req)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def router(upstream: FakeUpstream, module_router_factory: RouterFactory) -> Rout
         endpoints={
             "/v1/messages": {"format": "openai"},
             "/v1/embeddings": {"dropFields": []},  # this route drops nothing
+            "/v1/completions": {"dropFields": ["stream_options"]},
         },
     )
     return module_router_factory(profile, name="drop")
@@ -165,4 +166,29 @@ def test_an_upstream_without_the_key_sends_them(
     there today): the refusal reaches the client as the provider wrote it."""
     r = _post(routed, "/v1/chat/completions", {**CHAT, "model": "g"})
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == 'Invalid JSON payload received. Unknown name "user"'
+    sent = upstream.last.json()
+    assert set(REFUSED) <= set(sent)
+    assert r.content == gemini_refusal(unknown_names(sent)).body  # as the provider wrote it
+
+
+def test_dropping_stream_options_removes_the_usage_request_the_router_adds(
+    router: RouterProcess, upstream: FakeUpstream
+) -> None:
+    """The router asks a streamed Chat or Completions request for usage (`stream_options`,
+    streamConfig.requestUsage) before the body rules run: a route that drops `stream_options`
+    sends none (docs/configuration.md: such streams carry no usage to count)."""
+    upstream.reply_with(default_reply)
+    body = {"model": "m", "prompt": "hi", "stream": True}
+    with httpx.stream(
+        "POST",
+        router.url + "/v1/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    ) as r:
+        r.read()
+    assert r.status_code == 200
+    assert upstream.last.json() == {"model": "m", "prompt": "hi", "stream": True}
+    r = _post(router, "/v1/chat/completions", {**CHAT, "stream": True})  # the profile's list
+    assert r.status_code == 200
+    assert upstream.last.json()["stream_options"] == {"include_usage": True}
